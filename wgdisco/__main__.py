@@ -1,0 +1,5 @@
+import sys
+
+from wgdisco.cli import main
+
+sys.exit(main())

@@ -1,0 +1,122 @@
+"""The command line: ``wgdisco <command>``.
+
+Key commands behave like wg(8): ``wgdisco genkey | wgdisco pubkey`` gives the
+same output as ``wg genkey | wg pubkey``. Errors go to stderr as one line,
+``wgdisco <command>: <what went wrong>``, and the exit code is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+import sys
+from typing import Callable, Sequence, TextIO
+
+from wgdisco import __version__, config
+from wgdisco.errors import ConfigError, DecodeError
+from wgdisco.proto import keys
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2  # also "not implemented yet", like argparse's usage errors
+
+
+def warn_if_world_accessible(out: TextIO, err: TextIO) -> None:
+    """wg genkey warns when the key goes into a file others can read; so do we."""
+    try:
+        mode = os.fstat(out.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        return
+    if stat.S_ISREG(mode) and mode & stat.S_IRWXO:
+        print("Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.", file=err)
+
+
+def cmd_genkey(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    warn_if_world_accessible(out, err)
+    print(keys.key_to_base64(keys.generate_private_key(os.urandom(keys.KEY_LEN))), file=out)
+    return EXIT_OK
+
+
+def cmd_genpsk(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    warn_if_world_accessible(out, err)
+    print(keys.key_to_base64(os.urandom(keys.KEY_LEN)), file=out)
+    return EXIT_OK
+
+
+def cmd_pubkey(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    text = sys.stdin.read(1024)
+    try:
+        private = keys.key_from_base64(text)
+    except DecodeError:
+        print("wgdisco pubkey: Key is not the correct length or format", file=err)
+        return EXIT_ERROR
+    print(keys.key_to_base64(keys.public_key(private)), file=out)
+    return EXIT_OK
+
+
+def cmd_showconf(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        cfg = config.load(args.config)
+    except ConfigError as e:
+        print(f"wgdisco showconf: {e}", file=err)
+        return EXIT_ERROR
+    for warning in cfg.warnings:
+        print(f"Warning: {warning}", file=err)
+    out.write(config.format_config(cfg))
+    return EXIT_OK
+
+
+def not_implemented(name: str) -> Callable[[argparse.Namespace, TextIO, TextIO], int]:
+    def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+        print(f"wgdisco {name}: not implemented yet", file=err)
+        return EXIT_USAGE
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wgdisco",
+        description="WireGuard endpoint discovery and NAT traversal, with a userspace tunnel.",
+    )
+    parser.add_argument("--version", action="version", version=f"wgdisco {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def add(name: str, func: Callable[..., int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    add("genkey", cmd_genkey, "print a new private key (base64), like wg genkey")
+    add("genpsk", cmd_genpsk, "print a new preshared key (base64), like wg genpsk")
+    add("pubkey", cmd_pubkey, "read a private key on stdin, print its public key, like wg pubkey")
+    add("showconf", cmd_showconf, "print a config file normalized, secrets hidden").add_argument(
+        "config", help="path to a wg-quick style config (e.g. /etc/wireguard/wg0.conf)"
+    )
+    add("up", not_implemented("up"), "run the tunnel and discovery in the foreground").add_argument(
+        "config", help="path to the config; the interface is named after the file stem"
+    )
+    p = add("status", not_implemented("status"), "show interfaces, peers and paths")
+    p.add_argument("iface", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p = add("netcheck", not_implemented("netcheck"), "report reflexive addresses and NAT behaviour")
+    p.add_argument("--stun", action="append", default=[], metavar="HOST:PORT")
+    p.add_argument("--json", action="store_true")
+    add("demo", not_implemented("demo"), "build a lab of namespaces and show discovery and NAT traversal")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""Configuration: wg-quick INI plus one [Discovery] section.
+
+Theory of operation
+-------------------
+A config that works with wg-quick(8) works with wgdisco. The parser follows
+wg-quick and wg(8) rather than Python's configparser:
+
+- Sections ``[Interface]`` (once), ``[Peer]`` (repeated) and ``[Discovery]``
+  (once, wgdisco's own keys). Section and key names are case-insensitive.
+- ``#`` starts a comment anywhere on a line (wg-quick strips ``${line%%#*}``);
+  blank lines are ignored; whitespace around keys and values is stripped.
+- Keys that take lists (Address, DNS, AllowedIPs, Pre/PostUp/Down) accumulate
+  over repeated lines, as wg-quick does; other keys: the last value wins.
+- Every error names the file, the line and the key (``ConfigError``), and the
+  first error stops parsing: a bad config changes nothing.
+
+Discovery keys are declared in ``DISCOVERY_KEYS``; issues that add a feature
+add its keys there. An unknown key is an error naming it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from wgdisco.errors import ConfigError, DecodeError
+from wgdisco.proto import keys
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# wg-quick: interface names are [a-zA-Z0-9_=+.-]{1,15} (IFNAMSIZ - 1).
+IFACE_NAME_RE = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A peer endpoint as written: ``host:port`` or ``[v6]:port``. The host may be a name."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass
+class PeerConfig:
+    public_key: bytes
+    line: int = 0
+    preshared_key: bytes | None = None
+    allowed_ips: list[IPNetwork] = field(default_factory=list)
+    endpoint: Endpoint | None = None
+    persistent_keepalive: int = 0  # seconds, 0 = off
+
+
+@dataclass
+class InterfaceConfig:
+    private_key: bytes | None = None
+    listen_port: int | None = None
+    fwmark: int = 0
+    addresses: list[IPInterface] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    mtu: int | None = None
+    table: str | None = None
+    pre_up: list[str] = field(default_factory=list)
+    post_up: list[str] = field(default_factory=list)
+    pre_down: list[str] = field(default_factory=list)
+    post_down: list[str] = field(default_factory=list)
+    save_config: bool = False
+
+
+@dataclass
+class Config:
+    path: str
+    name: str  # interface name: the file stem, as wg-quick
+    interface: InterfaceConfig
+    peers: list[PeerConfig]
+    discovery: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+# --- value parsers: each raises ValueError with a message for the user ----------
+
+
+def parse_key(value: str) -> bytes:
+    try:
+        return keys.key_from_base64(value)
+    except DecodeError as e:
+        raise ValueError(f"not a valid key ({e})") from None
+
+
+def parse_port(value: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise ValueError(f"{value!r} is not a port number (0-65535)")
+    return int(value)
+
+
+def parse_fwmark(value: str) -> int:
+    if value.lower() == "off":
+        return 0
+    try:
+        mark = int(value, 0)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a fwmark (a number or 'off')") from None
+    if not 0 <= mark <= 0xFFFFFFFF:
+        raise ValueError(f"{value!r} is out of range for a fwmark")
+    return mark
+
+
+def parse_keepalive(value: str) -> int:
+    if value.lower() == "off":
+        return 0
+    if not value.isdigit() or not 0 <= int(value) <= 65535:
+        raise ValueError(f"{value!r} is not a keepalive interval (1-65535 seconds or 'off')")
+    return int(value)
+
+
+def parse_mtu(value: str) -> int:
+    if not value.isdigit() or not 576 <= int(value) <= 65535:
+        raise ValueError(f"{value!r} is not an MTU (576-65535)")
+    return int(value)
+
+
+def split_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def parse_address(value: str) -> IPInterface:
+    try:
+        return ipaddress.ip_interface(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an address (like 10.0.0.1/24 or fd00::1/64)") from None
+
+
+def parse_network(value: str) -> IPNetwork:
+    # wg masks host bits: 10.0.0.1/24 means 10.0.0.0/24.
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a network (like 10.0.0.0/24 or fd00::/64)") from None
+
+
+def parse_endpoint(value: str) -> Endpoint:
+    """``host:port`` or ``[v6]:port``, as wg(8) accepts them."""
+    if value.startswith("["):
+        host, sep, port = value[1:].partition("]:")
+        if not sep or not host:
+            raise ValueError(f"{value!r} is not an endpoint (IPv6 is written [addr]:port)")
+        try:
+            ipaddress.IPv6Address(host.split("%", 1)[0])
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    else:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{value!r} is not an endpoint (host:port)")
+        if ":" in host:
+            raise ValueError(f"{value!r}: an IPv6 endpoint is written [addr]:port")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{port!r} is not a port number (1-65535)")
+    return Endpoint(host, int(port))
+
+
+def parse_bool(value: str) -> bool:
+    low = value.lower()
+    if low in ("true", "yes", "on", "1"):
+        return True
+    if low in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (true/false)")
+
+
+# --- key tables: lowercase name -> (canonical name, parser, setter) --------------
+
+Setter = Callable[[Any, Any], None]
+
+
+def _set(attr: str) -> Setter:
+    return lambda obj, v: setattr(obj, attr, v)
+
+
+def _extend(attr: str) -> Setter:
+    return lambda obj, v: getattr(obj, attr).extend(v)
+
+
+def _each(parser: Callable[[str], Any]) -> Callable[[str], list[Any]]:
+    return lambda value: [parser(item) for item in split_list(value)]
+
+
+def _verbatim(value: str) -> list[str]:
+    return [value]
+
+
+INTERFACE_KEYS: dict[str, tuple[str, Callable[[str], Any], Setter]] = {
+    "privatekey": ("PrivateKey", parse_key, _set("private_key")),
+    "listenport": ("ListenPort", parse_port, _set("listen_port")),
+    "fwmark": ("FwMark", parse_fwmark, _set("fwmark")),
+    "address": ("Address", _each(parse_address), _extend("addresses")),
+    "dns": ("DNS", split_list, _extend("dns")),
+    "mtu": ("MTU", parse_mtu, _set("mtu")),
+    "table": ("Table", str, _set("table")),
+    "preup": ("PreUp", _verbatim, _extend("pre_up")),
+    "postup": ("PostUp", _verbatim, _extend("post_up")),
+    "predown": ("PreDown", _verbatim, _extend("pre_down")),
+    "postdown": ("PostDown", _verbatim, _extend("post_down")),
+    "saveconfig": ("SaveConfig", parse_bool, _set("save_config")),
+}
+
+PEER_KEYS: dict[str, tuple[str, Callable[[str], Any], Setter]] = {
+    "publickey": ("PublicKey", parse_key, _set("public_key")),
+    "presharedkey": ("PresharedKey", parse_key, _set("preshared_key")),
+    "allowedips": ("AllowedIPs", _each(parse_network), _extend("allowed_ips")),
+    "endpoint": ("Endpoint", parse_endpoint, _set("endpoint")),
+    "persistentkeepalive": ("PersistentKeepalive", parse_keepalive, _set("persistent_keepalive")),
+}
+
+# [Discovery] keys: lowercase name -> (canonical name, parser, default).
+# Later features (mDNS, unicast DNS-SD, STUN, metrics) register their keys here.
+DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {}
+
+# Keys wg-quick honours that wgdisco accepts but does not act on (yet): a warning, not an error.
+UNSUPPORTED_INTERFACE_KEYS = {
+    "DNS": "DNS is not applied by wgdisco (configure the resolver yourself)",
+    "SaveConfig": "SaveConfig is not supported; the file is never rewritten",
+}
+
+
+# --- the parser -------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, text: str, path: str) -> None:
+        self.text = text
+        self.path = path
+        self.interface: InterfaceConfig | None = None
+        self.interface_line = 0
+        self.peers: list[PeerConfig] = []
+        self.peer_has_key: list[bool] = []
+        self.discovery: dict[str, Any] | None = None
+        self.seen_unsupported: dict[str, int] = {}
+        self.interface_key_lines: dict[str, int] = {}
+
+    def error(self, message: str, line: int | None = None, key: str | None = None) -> ConfigError:
+        return ConfigError(message, file=self.path, line=line, key=key)
+
+    def parse(self) -> tuple[InterfaceConfig, list[PeerConfig], dict[str, Any]]:
+        section: str | None = None
+        for lineno, raw in enumerate(self.text.splitlines(), start=1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            if line.startswith("["):
+                section = self.open_section(line, lineno)
+                continue
+            key, sep, value = line.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not key:
+                raise self.error(f"expected 'Key = Value', got {line!r}", lineno)
+            if section is None:
+                raise self.error("key outside of any section (add [Interface] above it)", lineno, key)
+            self.assign(section, key, value, lineno)
+        return self.finish()
+
+    def open_section(self, line: str, lineno: int) -> str:
+        m = re.fullmatch(r"\[\s*([A-Za-z]+)\s*\]", line)
+        name = m.group(1).lower() if m else ""
+        if name == "interface":
+            if self.interface is not None:
+                raise self.error(f"second [Interface] section (first on line {self.interface_line})", lineno)
+            self.interface, self.interface_line = InterfaceConfig(), lineno
+        elif name == "peer":
+            self.peers.append(PeerConfig(public_key=b"", line=lineno))
+            self.peer_has_key.append(False)
+        elif name == "discovery":
+            if self.discovery is not None:
+                raise self.error("second [Discovery] section", lineno)
+            self.discovery = {}
+        else:
+            raise self.error(f"unknown section {line!r} (expected [Interface], [Peer] or [Discovery])", lineno)
+        return name
+
+    def assign(self, section: str, key: str, value: str, lineno: int) -> None:
+        low = key.lower()
+        if section == "discovery":
+            assert self.discovery is not None
+            if low not in DISCOVERY_KEYS:
+                raise self.error("unknown key in [Discovery]", lineno, key)
+            canonical, parser, _default = DISCOVERY_KEYS[low]
+            self.discovery[canonical] = self.convert(parser, value, lineno, canonical)
+            return
+        table = INTERFACE_KEYS if section == "interface" else PEER_KEYS
+        if low not in table:
+            raise self.error(f"unknown key in [{section.capitalize()}]", lineno, key)
+        canonical, parser, setter = table[low]
+        if section == "peer" and canonical == "PublicKey":
+            self.peer_has_key[-1] = True
+        if section == "interface":
+            self.interface_key_lines[canonical] = lineno
+            if canonical in UNSUPPORTED_INTERFACE_KEYS:
+                self.seen_unsupported.setdefault(canonical, lineno)
+        target = self.interface if section == "interface" else self.peers[-1]
+        setter(target, self.convert(parser, value, lineno, canonical))
+
+    def convert(self, parser: Callable[[str], Any], value: str, lineno: int, key: str) -> Any:
+        try:
+            return parser(value)
+        except ValueError as e:
+            raise self.error(str(e), lineno, key) from None
+
+    def finish(self) -> tuple[InterfaceConfig, list[PeerConfig], dict[str, Any]]:
+        if self.interface is None:
+            raise self.error("no [Interface] section")
+        if self.interface.private_key is None:
+            raise self.error("[Interface] has no PrivateKey", self.interface_line, "PrivateKey")
+        own_public = keys.public_key(self.interface.private_key)
+        seen: dict[bytes, int] = {}
+        for peer, has_key in zip(self.peers, self.peer_has_key):
+            if not has_key:
+                raise self.error("[Peer] has no PublicKey", peer.line, "PublicKey")
+            if peer.public_key == own_public:
+                raise self.error("a peer has this interface's own public key", peer.line, "PublicKey")
+            if peer.public_key in seen:
+                raise self.error(
+                    f"the same peer is already configured on line {seen[peer.public_key]}",
+                    peer.line,
+                    "PublicKey",
+                )
+            seen[peer.public_key] = peer.line
+        if self.interface.mtu is not None and self.interface.mtu < 1280:
+            if any(a.version == 6 for a in self.interface.addresses):
+                raise self.error(
+                    "IPv6 needs an MTU of at least 1280", self.interface_key_lines.get("MTU"), "MTU"
+                )
+        discovery = {canonical: default for canonical, _p, default in DISCOVERY_KEYS.values()}
+        discovery.update(self.discovery or {})
+        return self.interface, self.peers, discovery
+
+
+def parse(text: str, path: str = "<config>", name: str = "wg0") -> Config:
+    """Parse config text. Raises ConfigError naming path, line and key."""
+    parser = _Parser(text, path)
+    interface, peers, discovery = parser.parse()
+    warnings = [
+        f"{path}:{line}: {key}: {UNSUPPORTED_INTERFACE_KEYS[key]}"
+        for key, line in parser.seen_unsupported.items()
+    ]
+    return Config(path, name, interface, peers, discovery, warnings)
+
+
+def interface_name(path: str | os.PathLike[str]) -> str:
+    """The interface name wg-quick derives from a config path: the file stem."""
+    name = Path(path).name
+    if name.endswith(".conf"):
+        name = name[: -len(".conf")]
+    if not IFACE_NAME_RE.match(name):
+        raise ConfigError(
+            f"interface name {name!r} (from the file name) must be 1-15 of [a-zA-Z0-9_=+.-]",
+            file=str(path),
+        )
+    return name
+
+
+def load(path: str | os.PathLike[str]) -> Config:
+    """Read and parse a config file; warns (in Config.warnings) when others can read it."""
+    spath = str(path)
+    try:
+        with open(spath, encoding="utf-8") as f:
+            text = f.read()
+            mode = os.fstat(f.fileno()).st_mode
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=spath) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", file=spath) from None
+    config = parse(text, spath, interface_name(spath))
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        config.warnings.insert(
+            0, f"{spath}: holds a private key but is accessible by others (mode {mode & 0o777:03o}; chmod 600)"
+        )
+    return config
+
+
+# --- normalized output (showconf) ---------------------------------------------
+
+
+def format_config(config: Config, show_secrets: bool = False) -> str:
+    """Normalized wg-quick INI. Secrets print as ``(hidden)`` unless asked for."""
+
+    def secret(key: bytes | None) -> str:
+        assert key is not None
+        return keys.key_to_base64(key) if show_secrets else "(hidden)"
+
+    i = config.interface
+    out = ["[Interface]", f"# PublicKey = {keys.key_to_base64(keys.public_key(i.private_key))}"]  # type: ignore[arg-type]
+    out.append(f"PrivateKey = {secret(i.private_key)}")
+    if i.listen_port is not None:
+        out.append(f"ListenPort = {i.listen_port}")
+    if i.fwmark:
+        out.append(f"FwMark = {i.fwmark:#x}")
+    if i.addresses:
+        out.append("Address = " + ", ".join(str(a) for a in i.addresses))
+    if i.dns:
+        out.append("DNS = " + ", ".join(i.dns))
+    if i.mtu is not None:
+        out.append(f"MTU = {i.mtu}")
+    if i.table is not None:
+        out.append(f"Table = {i.table}")
+    for key, commands in (("PreUp", i.pre_up), ("PostUp", i.post_up), ("PreDown", i.pre_down), ("PostDown", i.post_down)):
+        out.extend(f"{key} = {c}" for c in commands)
+    if i.save_config:
+        out.append("SaveConfig = true")
+    if config.discovery:
+        out += ["", "[Discovery]"]
+        out.extend(f"{k} = {format_discovery_value(v)}" for k, v in config.discovery.items())
+    for p in config.peers:
+        out += ["", "[Peer]", f"PublicKey = {keys.key_to_base64(p.public_key)}"]
+        if p.preshared_key is not None:
+            out.append(f"PresharedKey = {secret(p.preshared_key)}")
+        if p.allowed_ips:
+            out.append("AllowedIPs = " + ", ".join(str(n) for n in p.allowed_ips))
+        if p.endpoint is not None:
+            out.append(f"Endpoint = {p.endpoint}")
+        if p.persistent_keepalive:
+            out.append(f"PersistentKeepalive = {p.persistent_keepalive}")
+    return "\n".join(out) + "\n"
+
+
+def format_discovery_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    return str(value)

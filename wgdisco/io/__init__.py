@@ -1,0 +1,1 @@
+"""Thin shells, one per real thing. A shell never imports another shell or the daemon."""

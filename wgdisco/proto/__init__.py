@@ -1,0 +1,1 @@
+"""Pure protocol cores: no sockets, no asyncio, no threads, no clock reads."""
