@@ -1,0 +1,191 @@
+"""wgdisco.io.udp: the dual-stack socket and its address tuples (loopback only, no root)."""
+
+from __future__ import annotations
+
+import select
+import socket
+
+import pytest
+
+from wgdisco.errors import LocalError
+from wgdisco.io import udp
+
+
+def ipv6_available() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback on this machine")
+
+
+@pytest.fixture
+def sock():
+    s = udp.open_udp(0)
+    yield s
+    s.close()
+
+
+def recv(sock: socket.socket, timeout: float = 2.0) -> tuple[bytes, tuple]:
+    ready, _, _ = select.select([sock], [], [], timeout)
+    assert ready, "no datagram arrived"
+    return sock.recvfrom(2048)
+
+
+@needs_ipv6
+def test_socket_is_dual_stack_nonblocking(sock):
+    assert sock.family == socket.AF_INET6
+    assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+    assert sock.getblocking() is False
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+    assert sock.getsockname()[0] == "::"
+    assert udp.local_port(sock) > 0
+    with pytest.raises(BlockingIOError):
+        sock.recvfrom(2048)
+
+
+def test_buffers_raised(sock):
+    # The kernel doubles the value it stores; without root it is capped by rmem_max.
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 200_000
+
+
+@needs_ipv6
+def test_receives_ipv4_as_mapped_and_ipv6(sock):
+    port = udp.local_port(sock)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
+        v4.sendto(b"four", ("127.0.0.1", port))
+        data, addr = recv(sock)
+        assert data == b"four"
+        assert addr == ("::ffff:127.0.0.1", v4.getsockname()[1], 0, 0)
+        assert addr == udp.to_sockaddr(sock, "127.0.0.1", v4.getsockname()[1])
+        assert udp.from_sockaddr(addr) == ("127.0.0.1", v4.getsockname()[1])
+        # A reply to the mapped tuple reaches the IPv4 socket.
+        sock.sendto(b"back", addr)
+        assert v4.recvfrom(100) == (b"back", ("127.0.0.1", port))
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as v6:
+        v6.sendto(b"six", ("::1", port))
+        data, addr = recv(sock)
+        assert data == b"six"
+        assert addr == ("::1", v6.getsockname()[1], 0, 0)
+        assert addr == udp.to_sockaddr(sock, "::1", v6.getsockname()[1])
+        assert udp.from_sockaddr(addr) == ("::1", v6.getsockname()[1])
+
+
+@needs_ipv6
+def test_to_sockaddr_exact_values(sock):
+    assert udp.to_sockaddr(sock, "198.51.100.7", 51820) == ("::ffff:198.51.100.7", 51820, 0, 0)
+    assert udp.to_sockaddr(sock, "2001:DB8:0:0::1", 1) == ("2001:db8::1", 1, 0, 0)
+    assert udp.to_sockaddr(sock, "[2001:db8::1]", 1) == ("2001:db8::1", 1, 0, 0)
+    assert udp.to_sockaddr(sock, "::ffff:203.0.113.9", 2) == ("::ffff:203.0.113.9", 2, 0, 0)
+    assert udp.to_sockaddr(sock, "fe80::1%lo", 3) == ("fe80::1", 3, 0, socket.if_nametoindex("lo"))
+    assert udp.to_sockaddr(sock, "fe80::1%7", 3) == ("fe80::1", 3, 0, 7)
+
+
+def test_to_sockaddr_errors(sock):
+    with pytest.raises(LocalError, match="no interface 'nosuchif0'"):
+        udp.to_sockaddr(sock, "fe80::1%nosuchif0", 1)
+    with pytest.raises(LocalError, match="IPv4 address has no scope"):
+        udp.to_sockaddr(sock, "198.51.100.1%lo", 1)
+    with pytest.raises(LocalError, match="out of range"):
+        udp.to_sockaddr(sock, "198.51.100.1", 65536)
+
+
+def fake_getaddrinfo(answers):
+    """A getaddrinfo that answers from a table: name tests never touch a resolver."""
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        if host not in answers:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [
+            (fam, socket.SOCK_DGRAM, 17, "", (ip, port, 0, 0) if fam == socket.AF_INET6 else (ip, port))
+            for fam, ip in answers[host]
+            if family in (socket.AF_UNSPEC, fam)
+        ]
+
+    return getaddrinfo
+
+
+def test_to_sockaddr_resolves_names(sock, monkeypatch):
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        fake_getaddrinfo(
+            {
+                "v4.example": [(socket.AF_INET, "198.51.100.9")],
+                "v6.example": [(socket.AF_INET6, "2001:db8::9"), (socket.AF_INET, "198.51.100.9")],
+            }
+        ),
+    )
+    if sock.family == socket.AF_INET6:
+        assert udp.to_sockaddr(sock, "v4.example", 4) == ("::ffff:198.51.100.9", 4, 0, 0)
+        assert udp.to_sockaddr(sock, "v6.example", 4) == ("2001:db8::9", 4, 0, 0)  # first answer wins
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s4:
+        assert udp.to_sockaddr(s4, "v6.example", 4) == ("198.51.100.9", 4)  # asks for IPv4 only
+    with pytest.raises(LocalError, match="cannot resolve 'nowhere.example'"):
+        udp.to_sockaddr(sock, "nowhere.example", 1)
+
+
+def test_ipv4_only_socket_addresses():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s4:
+        assert udp.to_sockaddr(s4, "198.51.100.7", 9) == ("198.51.100.7", 9)
+        assert udp.to_sockaddr(s4, "::ffff:198.51.100.7", 9) == ("198.51.100.7", 9)
+        with pytest.raises(LocalError, match="IPv4-only"):
+            udp.to_sockaddr(s4, "2001:db8::1", 9)
+
+
+def test_from_sockaddr_exact_values():
+    assert udp.from_sockaddr(("::ffff:198.51.100.7", 51820, 0, 0)) == ("198.51.100.7", 51820)
+    assert udp.from_sockaddr(("198.51.100.7", 51820)) == ("198.51.100.7", 51820)
+    assert udp.from_sockaddr(("2001:db8::1", 5, 0, 0)) == ("2001:db8::1", 5)
+    assert udp.from_sockaddr(("fe80::1", 5, 0, socket.if_nametoindex("lo"))) == ("fe80::1%lo", 5)
+    assert udp.from_sockaddr(("fe80::1", 5, 0, 987654)) == ("fe80::1%987654", 5)
+
+
+@needs_ipv6
+@pytest.mark.parametrize(
+    "addr",
+    [
+        ("::ffff:198.51.100.7", 51820, 0, 0),
+        ("2001:db8::1", 1, 0, 0),
+        ("2001:db8:1:2:3:4:5:6", 65535, 0, 0),
+        ("fe80::1", 0, 0, 1),
+    ],
+)
+def test_round_trip(sock, addr):
+    assert udp.to_sockaddr(sock, *udp.from_sockaddr(addr)) == addr
+
+
+def test_sockaddr_bytes_exact_values():
+    # Whitepaper §5.4.4 / kernel cookie.c: source IP bytes, then the UDP port in network order.
+    assert udp.sockaddr_bytes(("::ffff:198.51.100.7", 51820, 0, 0)) == bytes([198, 51, 100, 7, 0xCA, 0x6C])
+    assert udp.sockaddr_bytes(("198.51.100.7", 51820)) == bytes([198, 51, 100, 7, 0xCA, 0x6C])
+    assert udp.sockaddr_bytes(("2001:db8::1", 1, 0, 0)) == bytes.fromhex("20010db8000000000000000000000001") + b"\x00\x01"
+    assert udp.sockaddr_bytes(("fe80::1", 258, 0, 4)) == bytes.fromhex("fe800000000000000000000000000001") + b"\x01\x02"
+    # Mapped and plain IPv4 are one source; different ports are different sources.
+    assert udp.sockaddr_bytes(("::ffff:203.0.113.1", 7, 0, 0)) == udp.sockaddr_bytes(("203.0.113.1", 7))
+    assert udp.sockaddr_bytes(("203.0.113.1", 7)) != udp.sockaddr_bytes(("203.0.113.1", 8))
+
+
+def test_port_in_use():
+    with udp.open_udp(0) as first:
+        port = udp.local_port(first)
+        with pytest.raises(LocalError) as info:
+            udp.open_udp(port)
+        assert str(info.value) == f"UDP port {port} is already in use"
+
+
+def test_port_held_by_ipv4_socket_is_in_use():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
+        v4.bind(("0.0.0.0", 0))
+        port = v4.getsockname()[1]
+        with pytest.raises(LocalError, match=f"^UDP port {port} is already in use$"):
+            udp.open_udp(port)
+
+
+def test_port_out_of_range():
+    with pytest.raises(LocalError, match="out of range"):
+        udp.open_udp(70000)

@@ -1,0 +1,215 @@
+"""Interface, address and route configuration over rtnetlink (pyroute2 ``IPRoute``).
+
+Everything acts in the network namespace of the calling thread, like ``ip(8)``.
+These calls block (briefly) and pyroute2's synchronous ``IPRoute`` runs its own
+event loop, so they cannot be called from inside a running asyncio loop: the
+daemon calls them through ``asyncio.to_thread``.  Calling them from a running
+loop raises LocalError rather than pyroute2's obscure RuntimeError.
+
+Routes are added the way wg-quick does with ``ip route add NET dev IFACE``
+(protocol ``boot``, link scope): a network already reached through the
+interface's own on-link address route (the ``proto kernel`` route the kernel
+adds for ``10.0.0.1/24``) is skipped.  ``0.0.0.0/0`` and ``::/0`` are plain
+routes in the given table; wg-quick's policy routing for default routes
+(fwmark, ``ip rule ... suppress_prefixlength 0``) is out of scope here.
+
+Netlink failures become LocalError naming the interface and the object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+from collections.abc import Iterable
+from socket import AF_INET, AF_INET6
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from wgdisco.errors import LocalError
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+RT_TABLE_MAIN = 254
+RTPROT_KERNEL = 2  # routes the kernel adds for an address
+RTPROT_BOOT = 3  # what `ip route add` uses; also our marker when deleting
+RT_SCOPE_LINK = 253
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
+
+
+def _iproute() -> IPRoute:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return IPRoute()
+    raise LocalError("wgdisco.io.netlink blocks: call it through asyncio.to_thread() from the event loop")
+
+
+def _index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _require_index(ipr: IPRoute, name: str) -> int:
+    index = _index(ipr, name)
+    if index is None:
+        raise LocalError(f"interface {name} does not exist")
+    return index
+
+
+def _family(net: IPNetwork | IPInterface) -> int:
+    return AF_INET if net.version == 4 else AF_INET6
+
+
+def _scope(net: IPNetwork) -> int:
+    return RT_SCOPE_LINK if net.version == 4 else 0  # `ip route add NET dev X`; IPv6 has no scopes
+
+
+def link_exists(name: str) -> bool:
+    """True if an interface called ``name`` exists in this namespace."""
+    with _iproute() as ipr:
+        return _index(ipr, name) is not None
+
+
+def configure_link(name: str, *, addresses: Iterable[IPInterface], mtu: int, up: bool = True) -> None:
+    """Set the MTU, add ``addresses`` (already present ones are kept) and bring the link up.
+
+    Additive: addresses not in the list are left alone.  Note that an MTU below
+    1280 disables IPv6 on the link, so IPv6 addresses then fail to add.
+    """
+    with _iproute() as ipr:
+        index = _require_index(ipr, name)
+        try:
+            ipr.link("set", index=index, mtu=mtu)
+        except NetlinkError as e:
+            raise LocalError(f"cannot set MTU {mtu} on {name}: {e.args[1]}") from e
+        for address in addresses:
+            try:
+                ipr.addr("add", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise LocalError(f"cannot add address {address} to {name}: {e.args[1]}") from e
+        if up:
+            try:
+                ipr.link("set", index=index, state="up")
+            except NetlinkError as e:
+                raise LocalError(f"cannot bring {name} up: {e.args[1]}") from e
+
+
+def _onlink_networks(ipr: IPRoute, index: int) -> list[IPNetwork]:
+    """Destinations of the kernel's address routes through interface ``index`` (main table)."""
+    nets: list[IPNetwork] = []
+    for msg in ipr.route("dump"):
+        if (
+            msg.get("oif") == index
+            and msg.get("table") == RT_TABLE_MAIN
+            and msg["proto"] == RTPROT_KERNEL
+            and msg.get("dst") is not None
+        ):
+            nets.append(ipaddress.ip_network(f"{msg.get('dst')}/{msg['dst_len']}", strict=False))
+    return nets
+
+
+def add_routes(name: str, networks: Iterable[IPNetwork], table: int | None = None) -> list[IPNetwork]:
+    """Route ``networks`` through interface ``name``; the networks actually added.
+
+    ``table`` None means the main table.  Existing routes (EEXIST) are fine, and
+    in the main table a network inside an on-link address route is skipped.
+    """
+    added: list[IPNetwork] = []
+    with _iproute() as ipr:
+        index = _require_index(ipr, name)
+        onlink = _onlink_networks(ipr, index) if table in (None, RT_TABLE_MAIN) else []
+        for net in networks:
+            if any(net.version == o.version and net.subnet_of(o) for o in onlink):  # type: ignore[arg-type]
+                continue
+            try:
+                ipr.route(
+                    "add",
+                    family=_family(net),
+                    dst=str(net),
+                    oif=index,
+                    table=table or RT_TABLE_MAIN,
+                    proto=RTPROT_BOOT,
+                    scope=_scope(net),
+                )
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise LocalError(f"cannot add route {net} dev {name}: {e.args[1]}") from e
+            added.append(net)
+    return added
+
+
+def remove_routes(name: str, networks: Iterable[IPNetwork], table: int | None = None) -> None:
+    """Remove routes ``add_routes`` made; missing routes or a missing link are ignored.
+
+    Only ``proto boot`` routes match, so the kernel's own address routes stay.
+    """
+    with _iproute() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return  # the routes went with the link
+        for net in networks:
+            try:
+                ipr.route(
+                    "del",
+                    family=_family(net),
+                    dst=str(net),
+                    oif=index,
+                    table=table or RT_TABLE_MAIN,
+                    proto=RTPROT_BOOT,
+                    scope=_scope(net),  # IPv4 matches the scope on delete too
+                )
+            except NetlinkError as e:
+                if e.code not in (errno.ESRCH, errno.ENOENT, errno.ENODEV):
+                    raise LocalError(f"cannot remove route {net} dev {name}: {e.args[1]}") from e
+
+
+def delete_link(name: str) -> None:
+    """Delete interface ``name``; nothing happens if it is already gone."""
+    with _iproute() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return
+        try:
+            ipr.link("del", index=index)
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                raise LocalError(f"cannot delete interface {name}: {e.args[1]}") from e
+
+
+def interface_addresses(exclude: Iterable[str] = ()) -> list[tuple[str, IPInterface]]:
+    """``(ifname, address)`` for every usable address, for announcing local candidates.
+
+    Skipped: interfaces named in ``exclude`` (e.g. the tunnel itself), interfaces
+    that are down or loopback, loopback and link-local addresses, and IPv6
+    addresses still tentative or whose duplicate address detection failed.
+    """
+    excluded = set(exclude)
+    result: list[tuple[str, IPInterface]] = []
+    with _iproute() as ipr:
+        links = {
+            msg["index"]: msg.get("ifname")
+            for msg in ipr.link("dump")
+            if msg["flags"] & IFF_UP and not msg["flags"] & IFF_LOOPBACK and msg.get("ifname") not in excluded
+        }
+        for msg in ipr.addr("dump"):
+            ifname = links.get(msg["index"])
+            if ifname is None:
+                continue
+            if msg.get("IFA_FLAGS", msg["flags"]) & (IFA_F_DADFAILED | IFA_F_TENTATIVE):
+                continue
+            # On point-to-point links IFA_ADDRESS is the peer; IFA_LOCAL is ours.
+            local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+            if local is None:
+                continue
+            iface = ipaddress.ip_interface(f"{local}/{msg['prefixlen']}")
+            if iface.ip.is_loopback or iface.ip.is_link_local:
+                continue
+            result.append((ifname, iface))
+    return result

@@ -1,0 +1,133 @@
+"""The TUN device: a non-blocking fd carrying raw IP packets (Linux).
+
+``Tun(name)`` opens ``/dev/net/tun`` and attaches it to a new layer-3 interface
+with ``IFF_TUN | IFF_NO_PI`` (no 4-byte packet-information header: each read
+returns exactly one IPv4 or IPv6 packet, each write takes one).  ``IFF_TUN_EXCL``
+makes the kernel refuse a name that already exists instead of attaching to it,
+so a second daemon for the same interface fails loudly.
+
+The interface lives as long as the fd (it is not made persistent); closing the
+fd deletes it.  Addresses, MTU and routes are netlink's business, not ours.
+
+Would-block is not an error on a non-blocking fd: ``read``/``readinto`` return
+``None`` and ``write`` returns 0 (the packet is dropped and counted in
+``drops``), so the data plane never needs a try/except around them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+from wgdisco.errors import LocalError
+
+TUN_PATH = "/dev/net/tun"
+TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
+IFF_TUN = 0x0001
+IFF_NO_PI = 0x1000
+IFF_TUN_EXCL = 0x8000
+IFNAMSIZ = 16
+IFREQ_SIZE = 40  # sizeof(struct ifreq) on Linux
+IFREQ_FORMAT = f"{IFNAMSIZ}sH{IFREQ_SIZE - IFNAMSIZ - 2}x"  # ifr_name, ifr_flags, union padding
+
+# Write errors meaning "the kernel could not take this packet now": drop it, like a full queue.
+_WRITE_DROPS = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM, errno.EIO})
+
+
+def pack_ifreq(name: str, flags: int) -> bytes:
+    """``struct ifreq`` with ``ifr_name`` and ``ifr_flags`` set, as TUNSETIFF takes it."""
+    raw = name.encode()
+    if len(raw) >= IFNAMSIZ or "/" in name or any(c.isspace() for c in name):
+        raise LocalError(f"invalid interface name {name!r} (at most {IFNAMSIZ - 1} bytes, no '/' or spaces)")
+    return struct.pack(IFREQ_FORMAT, raw, flags)
+
+
+def unpack_ifreq_name(ifreq: bytes) -> str:
+    """The NUL-terminated ``ifr_name`` of a ``struct ifreq``."""
+    return ifreq[:IFNAMSIZ].split(b"\0", 1)[0].decode()
+
+
+class Tun:
+    """One TUN interface, opened and owned by this process."""
+
+    def __init__(self, name: str) -> None:
+        """Create interface ``name`` (a kernel pattern such as ``"tun%d"`` is allowed).
+
+        Raises LocalError when not permitted (needs root / CAP_NET_ADMIN), when the
+        name is taken, or when ``/dev/net/tun`` is missing.
+        """
+        ifreq = pack_ifreq(name, IFF_TUN | IFF_NO_PI | IFF_TUN_EXCL)
+        try:
+            fd = os.open(TUN_PATH, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise LocalError(f"{TUN_PATH} does not exist (is the tun module loaded?)") from None
+        except PermissionError:
+            raise LocalError("opening a TUN device needs root (CAP_NET_ADMIN)") from None
+        try:
+            result = fcntl.ioctl(fd, TUNSETIFF, ifreq)
+        except OSError as e:
+            os.close(fd)
+            if e.errno == errno.EPERM:
+                raise LocalError("opening a TUN device needs root (CAP_NET_ADMIN)") from None
+            if e.errno in (errno.EBUSY, errno.EEXIST):
+                raise LocalError(f"interface {name} already exists") from None
+            raise LocalError(f"cannot create TUN interface {name}: {e.strerror}") from e
+        self._fd = fd
+        self.name = unpack_ifreq_name(result)
+        self.drops = 0  # packets write() could not hand to the kernel
+
+    def fileno(self) -> int:
+        """The fd, for ``loop.add_reader`` or ``select``; raises LocalError once closed."""
+        if self._fd < 0:
+            raise LocalError(f"TUN {self.name} is closed")
+        return self._fd
+
+    def read(self, bufsize: int = 65535) -> bytes | None:
+        """One packet, or None when none is waiting (EAGAIN)."""
+        try:
+            return os.read(self.fileno(), bufsize)
+        except BlockingIOError:
+            return None
+
+    def readinto(self, buf: bytearray | memoryview) -> int | None:
+        """Read one packet into ``buf``; its length, or None when none is waiting (EAGAIN).
+
+        A packet longer than ``buf`` is truncated by the kernel (size ``buf`` for the MTU).
+        """
+        try:
+            return os.readv(self.fileno(), [buf])
+        except BlockingIOError:
+            return None
+
+    def write(self, packet: bytes | bytearray | memoryview) -> int:
+        """Hand one IP packet to the kernel; bytes written, or 0 if it was dropped.
+
+        Dropped (counted in ``drops``, not raised): EAGAIN/ENOBUFS/ENOMEM (queue full)
+        and EIO (the interface is down).  Other errors, e.g. EINVAL for a malformed
+        packet or EBADFD after the interface was deleted, are raised as OSError.
+        """
+        try:
+            return os.write(self.fileno(), packet)
+        except OSError as e:
+            if e.errno not in _WRITE_DROPS:
+                raise
+            self.drops += 1
+            return 0
+
+    def close(self) -> None:
+        """Close the fd, which deletes the interface. Idempotent."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
+    def __enter__(self) -> Tun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"<Tun {self.name} {state}>"

@@ -1,0 +1,179 @@
+"""The one UDP socket (the tunnel's listen port) and the addresses it speaks in.
+
+``open_udp`` makes a non-blocking dual-stack socket: AF_INET6 bound to ``::``
+with IPV6_V6ONLY off, so IPv4 peers arrive as IPv4-mapped addresses
+(``::ffff:198.51.100.7``).  Without IPv6 in the kernel it falls back to an
+AF_INET socket on ``0.0.0.0``.  SO_REUSEADDR is deliberately not set: a port
+another process holds is an error, not a silent share.
+
+The cores treat an address as an opaque hashable value: exactly the tuple
+``recvfrom`` returns, ``(host, port, flowinfo, scope_id)`` on the dual-stack
+socket and ``(host, port)`` on the IPv4 fallback.  ``to_sockaddr`` builds the
+same canonical tuple from a config's ``host``/``port`` so the two compare
+equal: the host is written as ``inet_ntop`` writes it (lowercase, compressed,
+mapped IPv4 dotted), flowinfo is 0 (the kernel reports 0 unless IPV6_FLOWINFO
+is enabled), and a link-local scope is the interface index in the fourth
+field, never a ``%name`` suffix in the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import struct
+
+from wgdisco.errors import LocalError
+
+Sockaddr = tuple  # (host, port) or (host, port, flowinfo, scope_id), as recvfrom returns
+
+SOCKET_BUFFER = 4 * 1024 * 1024
+SO_SNDBUFFORCE = 32  # Linux <asm-generic/socket.h>; not in Python's socket module
+SO_RCVBUFFORCE = 33
+SO_MARK = getattr(socket, "SO_MARK", 36)
+_MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, RFC 4291 §2.5.5.2
+
+
+def open_udp(port: int, *, fwmark: int = 0) -> socket.socket:
+    """The tunnel's UDP socket on ``port`` (0: the kernel picks one; see ``local_port``).
+
+    Raises LocalError if the port is taken or not permitted, or if ``fwmark`` is
+    set without CAP_NET_ADMIN.
+    """
+    if not 0 <= port <= 65535:
+        raise LocalError(f"UDP port {port} is out of range 0..65535")
+    try:
+        sock = _bind(socket.AF_INET6, "::", port)
+    except OSError as e:
+        if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
+            raise
+        sock = _bind(socket.AF_INET, "0.0.0.0", port)
+    try:
+        _raise_buffers(sock)
+        if fwmark:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+            except PermissionError:
+                raise LocalError("setting a fwmark on the UDP socket needs root (CAP_NET_ADMIN)") from None
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind(family: int, host: str, port: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setblocking(False)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise LocalError(f"UDP port {port} is already in use") from None
+        if e.errno == errno.EACCES:
+            raise LocalError(f"UDP port {port} is not permitted (privileged port?)") from None
+        raise
+    return sock
+
+
+def _raise_buffers(sock: socket.socket) -> None:
+    """4 MiB buffers: the FORCE options ignore rmem_max/wmem_max but need CAP_NET_ADMIN."""
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)  # capped by the sysctl
+
+
+def local_port(sock: socket.socket) -> int:
+    """The port the socket is bound to."""
+    return sock.getsockname()[1]
+
+
+def to_sockaddr(sock: socket.socket, host: str, port: int) -> Sockaddr:
+    """The address tuple ``sock.recvfrom`` would return for a datagram from ``host``:``port``.
+
+    ``host`` is an IPv4 or IPv6 literal (``fe80::1%eth0`` gives the scope by
+    interface name or number) or a name, resolved with getaddrinfo (blocking;
+    only names the configuration gives), taking the first answer.
+    """
+    if not 0 <= port <= 65535:
+        raise LocalError(f"port {port} is out of range 0..65535")
+    ip, scope = _parse_host(sock, host, port)
+    if sock.family == socket.AF_INET6:
+        if ip.version == 4:
+            return (f"::ffff:{ip}", port, 0, 0)
+        return (socket.inet_ntop(socket.AF_INET6, ip.packed), port, 0, scope)
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return (str(ip.ipv4_mapped), port)
+        raise LocalError(f"cannot reach IPv6 address {host} from an IPv4-only socket")
+    return (str(ip), port)
+
+
+def _parse_host(sock: socket.socket, host: str, port: int) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """(address, scope id) of a literal, or of the first getaddrinfo answer for a name."""
+    literal, _, scope_text = host.strip("[]").partition("%")
+    try:
+        ip = ipaddress.ip_address(literal)
+    except ValueError:
+        return _resolve(sock, host, port)
+    scope = 0
+    if scope_text:
+        if ip.version == 4:
+            raise LocalError(f"an IPv4 address has no scope: {host}")
+        if scope_text.isdigit():
+            scope = int(scope_text)
+        else:
+            try:
+                scope = socket.if_nametoindex(scope_text)
+            except OSError:
+                raise LocalError(f"no interface {scope_text!r} for the scope of {host}") from None
+    return ip, scope
+
+
+def _resolve(sock: socket.socket, host: str, port: int) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    family = socket.AF_UNSPEC if sock.family == socket.AF_INET6 else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+    except (socket.gaierror, UnicodeError) as e:
+        raise LocalError(f"cannot resolve {host!r}: {e}") from None
+    for fam, _, _, _, addr in infos:
+        if fam in (socket.AF_INET, socket.AF_INET6):
+            ip = ipaddress.ip_address(addr[0].partition("%")[0])
+            return ip, (addr[3] if fam == socket.AF_INET6 else 0)
+    raise LocalError(f"cannot resolve {host!r}: no IPv4 or IPv6 address")
+
+
+def from_sockaddr(addr: Sockaddr) -> tuple[str, int]:
+    """``(host, port)`` for people and configs: IPv4-mapped shown as plain IPv4,
+    IPv6 without brackets, a scope as ``%ifname`` (``%index`` if the interface is gone)."""
+    literal = addr[0].partition("%")[0]
+    port = addr[1]
+    ip = ipaddress.ip_address(literal)
+    if ip.version == 4:
+        return str(ip), port
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped), port
+    host = socket.inet_ntop(socket.AF_INET6, ip.packed)
+    scope = addr[3] if len(addr) > 3 else 0
+    if scope:
+        try:
+            host += "%" + socket.if_indextoname(scope)
+        except OSError:
+            host += f"%{scope}"
+    return host, port
+
+
+def sockaddr_bytes(addr: Sockaddr) -> bytes:
+    """The source address as the cookie MAC hashes it (whitepaper §5.4.4, kernel cookie.c):
+    4 (IPv4, including IPv4-mapped) or 16 address bytes, then the port big-endian.
+
+    Only the node that makes a cookie ever checks it, so this encoding only has to
+    be consistent within wgdisco (wireguard-go happens to pack the port little-endian)."""
+    ip = ipaddress.ip_address(addr[0].partition("%")[0])
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.packed + struct.pack("!H", addr[1])

@@ -1,0 +1,26 @@
+"""Demultiplexing the one UDP socket by a datagram's first bytes (ARCHITECTURE.md, "The one socket").
+
+- WireGuard: byte 0 in 1..4 and bytes 1..3 zero (whitepaper §5.4: a little-endian
+  u32 type with three reserved zero bytes).
+- STUN: the two top bits of byte 0 are zero and bytes 4..8 hold the magic cookie
+  0x2112A442 (RFC 5389 §6). Binding messages (types 0x0001, 0x0101, 0x0111)
+  start with byte 0 = 0 or byte 1 != 0, so they never look like WireGuard;
+  WireGuard is tested first because it is the hot path.
+- Anything else is dropped and counted by the caller.
+"""
+
+from __future__ import annotations
+
+WIREGUARD = 1
+STUN = 2
+OTHER = 0
+
+STUN_MAGIC_COOKIE = b"\x21\x12\xa4\x42"
+
+
+def classify(data: bytes) -> int:
+    if len(data) >= 4 and 1 <= data[0] <= 4 and not (data[1] | data[2] | data[3]):
+        return WIREGUARD
+    if len(data) >= 20 and data[0] & 0xC0 == 0 and data[4:8] == STUN_MAGIC_COOKIE:
+        return STUN
+    return OTHER
