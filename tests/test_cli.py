@@ -84,7 +84,7 @@ def test_showconf_warns_about_loose_mode(tmp_path: Path) -> None:
     assert "accessible by others" in proc.stderr and PRIV not in proc.stderr
 
 
-@pytest.mark.parametrize("argv", [["up", "x.conf"], ["status"], ["netcheck"], ["demo"]])
+@pytest.mark.parametrize("argv", [["status"], ["netcheck"], ["demo"]])
 def test_stubs_say_not_implemented(argv: list[str]) -> None:
     proc = wgdisco(*argv)
     assert proc.returncode == 2
@@ -94,3 +94,11 @@ def test_stubs_say_not_implemented(argv: list[str]) -> None:
 def test_no_command_is_a_usage_error() -> None:
     proc = wgdisco()
     assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+def test_up_with_bad_config_exits_with_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "wg0.conf"
+    path.write_text("[Interface]\nListenPort = 1\n")
+    proc = wgdisco("up", str(path))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"wgdisco up: {path}:1: PrivateKey: [Interface] has no PrivateKey"

@@ -67,6 +67,22 @@ def cmd_showconf(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import asyncio
+    import logging
+
+    from wgdisco import daemon
+    from wgdisco.errors import LocalError
+
+    logging.basicConfig(level=logging.INFO, stream=err, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(daemon.run_config(args.config))
+    except (ConfigError, LocalError) as e:
+        print(f"wgdisco up: {e}", file=err)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
 def not_implemented(name: str) -> Callable[[argparse.Namespace, TextIO, TextIO], int]:
     def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"wgdisco {name}: not implemented yet", file=err)
@@ -95,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("showconf", cmd_showconf, "print a config file normalized, secrets hidden").add_argument(
         "config", help="path to a wg-quick style config (e.g. /etc/wireguard/wg0.conf)"
     )
-    add("up", not_implemented("up"), "run the tunnel and discovery in the foreground").add_argument(
+    add("up", cmd_up, "run the tunnel and discovery in the foreground").add_argument(
         "config", help="path to the config; the interface is named after the file stem"
     )
     p = add("status", not_implemented("status"), "show interfaces, peers and paths")

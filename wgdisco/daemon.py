@@ -1,4 +1,363 @@
 """The daemon: wires the pure cores (wgdisco.proto) to the shells (wgdisco.io).
 
-Filled in by the tunnel issue; `wgdisco up` reports "not implemented yet" until then.
+One asyncio loop owns everything: the TUN fd and the one UDP socket are read
+with ``add_reader`` (draining each until EAGAIN), the device's timer is one
+``call_at`` re-armed after every batch (aioquic's shell pattern), and the UAPI
+socket lets ``wg show``/``wg set`` read and change the device.
+
+Clocks: ``now`` is ``loop.time()`` (monotonic); wall time for TAI64N and for
+``latest handshake`` is ``now + wall_offset``.
 """
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from typing import Any
+
+from wgdisco import config as configmod
+from wgdisco.errors import LocalError
+from wgdisco.io import netlink, udp
+from wgdisco.io.tun import Tun
+from wgdisco.io.uapi import UapiServer
+from wgdisco.proto import keys, uapi
+from wgdisco.proto.classify import STUN, WIREGUARD, classify
+from wgdisco.proto.device import Device, Peer
+from wgdisco.proto.timers import Timing
+
+log = logging.getLogger("wgdisco")
+
+DEFAULT_MTU = 1420
+READ_BATCH = 256  # datagrams or packets handled per wakeup before yielding to the loop
+RECV_BUFSIZE = 65535
+
+
+class Tunnel:
+    """A running interface: TUN + UDP socket + Device + UAPI."""
+
+    def __init__(
+        self,
+        cfg: configmod.Config,
+        *,
+        timing: Timing | None = None,
+        uapi_dir: str = "/var/run/wireguard",
+        handshake_load_threshold: int | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.timing = timing
+        self.uapi_dir = uapi_dir
+        self.load_threshold = handshake_load_threshold
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tun: Tun | None = None
+        self.sock: socket.socket | None = None
+        self.device: Device | None = None
+        self.uapi = UapiServer(socket_dir=uapi_dir)
+        self.timer: asyncio.TimerHandle | None = None
+        self.stopped = asyncio.Event()
+        self.routes: list[Any] = []
+        self.other_drops: dict[str, int] = {}
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg, iface = self.cfg, self.cfg.interface
+        self.loop = asyncio.get_running_loop()
+        if os.geteuid() != 0:
+            raise LocalError("wgdisco up needs root (CAP_NET_ADMIN) to create a TUN interface")
+        if await asyncio.to_thread(netlink.link_exists, self.name):
+            raise LocalError(f"interface {self.name} already exists")
+        self._hooks(iface.pre_up, "PreUp")
+        self.sock = udp.open_udp(iface.listen_port or 0, fwmark=iface.fwmark)
+        try:
+            self.tun = Tun(self.name)
+            now = self.loop.time()
+            kw = {} if self.load_threshold is None else {"handshake_load_threshold": self.load_threshold}
+            self.device = Device(
+                iface.private_key,  # type: ignore[arg-type]
+                rng=os.urandom, now=now, wall_offset=time.time() - now,
+                mtu=iface.mtu or DEFAULT_MTU, timing=self.timing, addr_key=udp.sockaddr_bytes, **kw,
+            )
+            for pc in cfg.peers:
+                self._add_config_peer(pc, now)
+            await asyncio.to_thread(
+                netlink.configure_link, self.name, addresses=iface.addresses, mtu=iface.mtu or DEFAULT_MTU
+            )
+            await self._install_routes()
+            await self.uapi.start(self.name, self.handle_uapi)
+        except BaseException:
+            await self._teardown()
+            raise
+        self.loop.add_reader(self.tun.fileno(), self._on_tun_readable)
+        self.loop.add_reader(self.sock.fileno(), self._on_udp_readable)
+        self._after_work()
+        self._hooks(iface.post_up, "PostUp")
+        log.info(
+            "interface %s up: public key %s, listening on UDP port %d, %d peer(s)",
+            self.name, keys.key_to_base64(self.device.identity.public), udp.local_port(self.sock), len(cfg.peers),
+        )
+
+    def _add_config_peer(self, pc: configmod.PeerConfig, now: float) -> None:
+        assert self.device is not None and self.sock is not None
+        peer = self.device.add_peer(pc.public_key, pc.preshared_key)
+        for net in pc.allowed_ips:
+            self.device.allowed_ips.insert(net, peer)
+        if pc.endpoint is not None:
+            try:
+                self.device.set_endpoint(peer, udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port))
+            except (LocalError, OSError) as e:
+                log.warning("peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
+        if pc.persistent_keepalive:
+            self.device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
+
+    async def _install_routes(self) -> None:
+        table_opt = (self.cfg.interface.table or "auto").lower()
+        if table_opt == "off":
+            return
+        table = None if table_opt in ("auto", "main") else int(table_opt)
+        nets = [n for pc in self.cfg.peers for n in pc.allowed_ips]
+        self.routes = await asyncio.to_thread(netlink.add_routes, self.name, nets, table)
+
+    async def run(self) -> None:
+        """Start, then serve until SIGINT/SIGTERM, then tear down."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopped.set)
+        try:
+            await self.stopped.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            log.info("interface %s going down", self.name)
+            self._hooks(self.cfg.interface.pre_down, "PreDown")
+            await self._teardown()
+            self._hooks(self.cfg.interface.post_down, "PostDown")
+
+    async def _teardown(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        await self.uapi.close()
+        if self.loop is not None:
+            for obj in (self.tun, self.sock):
+                if obj is not None:
+                    try:
+                        self.loop.remove_reader(obj.fileno())
+                    except (ValueError, OSError):
+                        pass
+        if self.tun is not None:
+            self.tun.close()  # a non-persistent TUN link disappears with its last fd
+            self.tun = None
+            await asyncio.to_thread(netlink.delete_link, self.name)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    def _hooks(self, commands: list[str], what: str) -> None:
+        for command in commands:
+            command = command.replace("%i", self.name)
+            log.info("[#] %s: %s", what, command)
+            proc = subprocess.run(["bash", "-c", command], check=False)
+            if proc.returncode != 0:
+                log.warning("%s command exited with %d: %s", what, proc.returncode, command)
+
+    # --- data plane ------------------------------------------------------------
+
+    def _on_tun_readable(self) -> None:
+        tun, sock, device = self.tun, self.sock, self.device
+        assert tun is not None and sock is not None and device is not None
+        now = self.loop.time()  # type: ignore[union-attr]
+        send_packet, sendto = device.send_packet, sock.sendto
+        for _ in range(READ_BATCH):
+            packet = tun.read(RECV_BUFSIZE)
+            if packet is None:
+                break
+            out = send_packet(packet, now)
+            if out is not None:
+                self._sendto(sendto, out[0], out[1])
+        self._after_work()
+
+    def _on_udp_readable(self) -> None:
+        tun, sock, device = self.tun, self.sock, self.device
+        assert tun is not None and sock is not None and device is not None
+        now = self.loop.time()  # type: ignore[union-attr]
+        recvfrom, receive, write = sock.recvfrom, device.receive_datagram, tun.write
+        for _ in range(READ_BATCH):
+            try:
+                data, addr = recvfrom(RECV_BUFSIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
+                self._count_other(f"socket-{errno.errorcode.get(e.errno or 0, e.errno)}")
+                continue
+            kind = classify(data)
+            if kind == WIREGUARD:
+                inner = receive(data, addr, now)
+                if inner is not None:
+                    write(inner)
+            elif kind == STUN:
+                self._count_other("stun-unexpected")
+            else:
+                self._count_other("unknown-datagram")
+        self._after_work()
+
+    def _count_other(self, reason: str) -> None:
+        self.other_drops[reason] = self.other_drops.get(reason, 0) + 1
+
+    def _sendto(self, sendto: Any, data: bytes, addr: Any) -> None:
+        try:
+            sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._count_other("send-would-block")
+        except OSError as e:
+            self._count_other(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+
+    def _after_work(self) -> None:
+        """Send what the device queued, log its events, re-arm the one timer."""
+        device, sock, loop = self.device, self.sock, self.loop
+        assert device is not None and sock is not None and loop is not None
+        if device.outbox:
+            sendto = sock.sendto
+            for data, addr in device.take_outbox():
+                self._sendto(sendto, data, addr)
+        if device.events:
+            for event in device.events:
+                self._log_event(event)
+            device.events.clear()
+        deadline = device.get_timer()
+        if self.timer is not None:
+            if deadline is not None and self.timer.when() == deadline:
+                return
+            self.timer.cancel()
+            self.timer = None
+        if deadline is not None:
+            self.timer = loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        assert self.device is not None and self.loop is not None
+        self.device.handle_timer(self.loop.time())
+        self._after_work()
+
+    def _log_event(self, event: Any) -> None:
+        if event.kind == "handshake":
+            log.info("peer %s: handshake completed", short(event.peer))
+        elif event.kind == "endpoint":
+            old, new = event.detail
+            log.info("peer %s: endpoint %s -> %s", short(event.peer), fmt_addr(old), fmt_addr(new))
+        elif event.kind == "give-up":
+            log.info("peer %s: no handshake after %d attempts, giving up until new traffic",
+                     short(event.peer), event.peer.handshake_attempts)
+
+    # --- UAPI (wg show / wg set) ------------------------------------------------
+
+    def handle_uapi(self, request: bytes) -> bytes:
+        try:
+            op = uapi.parse_request(request)
+        except uapi.UapiError as e:
+            return uapi.format_set_result(e.errno)
+        if isinstance(op, uapi.GetRequest):
+            return uapi.format_get(self.snapshot())
+        try:
+            self.apply_set(op)
+        except uapi.UapiError as e:
+            return uapi.format_set_result(e.errno)
+        finally:
+            self._after_work()
+        return uapi.format_set_result(0)
+
+    def snapshot(self) -> uapi.DeviceSnapshot:
+        device = self.device
+        assert device is not None and self.sock is not None
+        peers = []
+        for peer in device.peers.values():
+            last = 0.0 if peer.last_handshake is None else peer.last_handshake + device.wall_offset
+            psk = peer.handshake.preshared_key
+            peers.append(uapi.PeerSnapshot(
+                public_key=peer.public_key,
+                preshared_key=None if psk == bytes(32) else psk,
+                endpoint=None if peer.endpoint is None else udp.from_sockaddr(peer.endpoint),
+                last_handshake=last, tx_bytes=peer.tx_bytes, rx_bytes=peer.rx_bytes,
+                persistent_keepalive_interval=peer.persistent_keepalive,
+                allowed_ips=tuple(device.allowed_ips.entries_for_peer(peer)),
+            ))
+        return uapi.DeviceSnapshot(
+            private_key=device.identity.private, listen_port=udp.local_port(self.sock),
+            fwmark=self.cfg.interface.fwmark, peers=tuple(peers),
+        )
+
+    def apply_set(self, req: uapi.SetRequest) -> None:
+        device, loop = self.device, self.loop
+        assert device is not None and loop is not None and self.sock is not None
+        now = loop.time()
+        d = req.device
+        if d.private_key is not None and d.private_key != bytes(32):
+            device.set_private_key(d.private_key)
+        if d.listen_port is not None and d.listen_port != udp.local_port(self.sock):
+            self._rebind(d.listen_port)
+        if d.replace_peers:
+            for public in list(device.peers):
+                device.remove_peer(public)
+        for op in req.peers:
+            if op.public_key == device.identity.public:
+                continue
+            peer = device.peers.get(op.public_key)
+            if op.remove:
+                device.remove_peer(op.public_key)
+                continue
+            if peer is None:
+                if op.update_only:
+                    continue
+                peer = device.add_peer(op.public_key)
+            if op.preshared_key is not None:
+                device.set_preshared_key(peer, None if op.preshared_key == bytes(32) else op.preshared_key)
+            if op.endpoint is not None:
+                try:
+                    device.set_endpoint(peer, udp.to_sockaddr(self.sock, *op.endpoint))
+                except (LocalError, OSError):
+                    raise uapi.UapiError(uapi.EINVAL, "bad endpoint") from None
+            if op.replace_allowed_ips:
+                device.allowed_ips.remove_by_peer(peer)
+            for aop in op.allowed_ips:
+                if aop.remove:
+                    device.allowed_ips.remove(aop.network, peer)
+                else:
+                    device.allowed_ips.insert(aop.network, peer)
+            if op.persistent_keepalive_interval is not None:
+                device.set_persistent_keepalive(peer, op.persistent_keepalive_interval, now)
+
+    def _rebind(self, port: int) -> None:
+        assert self.loop is not None and self.sock is not None
+        try:
+            new = udp.open_udp(port, fwmark=self.cfg.interface.fwmark)
+        except LocalError:
+            raise uapi.UapiError(uapi.EADDRINUSE, f"port {port} in use") from None
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        self.sock = new
+        self.loop.add_reader(new.fileno(), self._on_udp_readable)
+        log.info("listening on UDP port %d", port)
+
+
+def short(peer: Peer) -> str:
+    return keys.key_to_base64(peer.public_key)[:8] + "…"
+
+
+def fmt_addr(addr: Any) -> str:
+    if addr is None:
+        return "(none)"
+    host, port = udp.from_sockaddr(addr)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def run_config(path: str) -> None:
+    cfg = configmod.load(path)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    await Tunnel(cfg).run()

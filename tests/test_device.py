@@ -1,0 +1,339 @@
+"""The device core: two devices joined in memory, stepped with a fake clock."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from wgdisco.proto import keys, noise
+from wgdisco.proto.device import Device, Keypair
+from wgdisco.proto.timers import Timing
+
+A_ADDR = ("198.51.100.1", 51820)
+B_ADDR = ("198.51.100.2", 51820)
+
+
+def ipv4_packet(src: str, dst: str, payload: bytes = b"hello") -> bytes:
+    total = 20 + len(payload)
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 17, 0,
+        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+    )
+    return header + payload
+
+
+def ipv6_packet(src: str, dst: str, payload: bytes = b"hello6") -> bytes:
+    header = struct.pack(
+        "!IHBB16s16s", 6 << 28, len(payload), 17, 64,
+        ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed,
+    )
+    return header + payload
+
+
+class Rng:
+    def __init__(self, seed: int) -> None:
+        self.r = random.Random(seed)
+
+    def __call__(self, n: int) -> bytes:
+        return self.r.randbytes(n)
+
+
+class Pair:
+    """Devices A and B with each other as peers, and a wire between them."""
+
+    def __init__(self, timing: Timing | None = None, *, endpoint_b: bool = True, **kw) -> None:
+        self.now = 1000.0
+        rng_a, rng_b = Rng(1), Rng(2)
+        self.a = Device(keys.clamp(rng_a(32)), rng=rng_a, now=self.now, timing=timing, **kw)
+        self.b = Device(keys.clamp(rng_b(32)), rng=rng_b, now=self.now, timing=timing, **kw)
+        self.pa = self.a.add_peer(self.b.identity.public)  # A's view of B
+        self.pb = self.b.add_peer(self.a.identity.public)  # B's view of A
+        self.a.allowed_ips.insert(ipaddress.ip_network("10.0.0.2/32"), self.pa)
+        self.a.allowed_ips.insert(ipaddress.ip_network("fd00::2/128"), self.pa)
+        self.b.allowed_ips.insert(ipaddress.ip_network("10.0.0.1/32"), self.pb)
+        self.b.allowed_ips.insert(ipaddress.ip_network("fd00::1/128"), self.pb)
+        if endpoint_b:
+            self.a.set_endpoint(self.pa, B_ADDR)
+        self.addr = {"a": A_ADDR, "b": B_ADDR}
+        self.delivered: dict[str, list[bytes]] = {"a": [], "b": []}
+        self.lose = False
+
+    def device(self, name: str) -> Device:
+        return self.a if name == "a" else self.b
+
+    def flush(self) -> int:
+        """Carry every queued datagram to its destination until quiet; returns how many."""
+        moved = 0
+        for _ in range(50):
+            progressed = False
+            for name, other in (("a", "b"), ("b", "a")):
+                for data, to in self.device(name).take_outbox():
+                    moved += 1
+                    progressed = True
+                    if self.lose:
+                        continue
+                    assert to == self.addr[other]
+                    inner = self.device(other).receive_datagram(data, self.addr[name], self.now)
+                    if inner is not None:
+                        self.delivered[other].append(inner)
+            if not progressed:
+                return moved
+        raise AssertionError("the wire never went quiet")
+
+    def send(self, name: str, packet: bytes) -> None:
+        dev = self.device(name)
+        out = dev.send_packet(packet, self.now)
+        if out is not None:
+            dev.outbox.append(out)
+        self.flush()
+
+    def advance(self, seconds: float) -> None:
+        """Step the clock through every timer deadline up to now + seconds."""
+        end = self.now + seconds
+        while True:
+            deadlines = [t for t in (self.a.get_timer(), self.b.get_timer()) if t is not None and t <= end]
+            if not deadlines:
+                break
+            self.now = max(self.now, min(deadlines))
+            self.a.handle_timer(self.now)
+            self.b.handle_timer(self.now)
+            self.flush()
+        self.now = end
+
+
+def test_handshake_then_data_both_ways() -> None:
+    p = Pair()
+    pkt = ipv4_packet("10.0.0.1", "10.0.0.2")
+    p.send("a", pkt)  # staged, initiation, response, keepalive carrying the staged packet
+    assert p.delivered["b"] == [pkt]
+    assert p.pa.current is not None and p.pa.current.is_initiator
+    # B holds the session as `current` once A's first data arrived (§5.4.5)
+    assert p.pb.current is not None and p.pb.next is None
+    assert p.pb.last_handshake == p.now and p.pa.last_handshake == p.now
+    back = ipv4_packet("10.0.0.2", "10.0.0.1", b"reply")
+    p.send("b", back)
+    assert p.delivered["a"] == [back]
+    v6 = ipv6_packet("fd00::1", "fd00::2")
+    p.send("a", v6)
+    assert p.delivered["b"][-1] == v6
+    assert p.pb.endpoint == A_ADDR  # learnt from the initiation (§2.1)
+    assert p.a.drops == {} and p.b.drops == {}
+    assert p.pa.tx_bytes > 0 and p.pb.rx_bytes == p.pa.tx_bytes
+
+
+def test_padding_to_multiple_of_16_and_trimmed_on_receive() -> None:
+    p = Pair()
+    pkt = ipv4_packet("10.0.0.1", "10.0.0.2", b"x" * 3)  # 23 bytes
+    p.send("a", pkt)
+    out = p.a.send_packet(pkt, p.now)
+    assert out is not None
+    assert len(out[0]) == 16 + 32 + 16  # header + 23 padded to 32 + tag
+    assert p.b.receive_datagram(out[0], A_ADDR, p.now) == pkt
+
+
+def test_replayed_datagram_is_dropped() -> None:
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    data, _ = p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now)  # type: ignore[misc]
+    assert p.b.receive_datagram(data, A_ADDR, p.now) is not None
+    assert p.b.receive_datagram(data, A_ADDR, p.now) is None
+    assert p.b.drops == {"replay": 1}
+
+
+def test_inner_source_must_be_in_allowed_ips() -> None:
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    spoofed = ipv4_packet("10.0.0.99", "10.0.0.2")
+    kp = p.pa.current
+    assert kp is not None
+    data, _ = p.a._encrypt(p.pa, kp, spoofed, p.now)
+    assert p.b.receive_datagram(data, A_ADDR, p.now) is None
+    assert p.b.drops == {"inner-source-not-allowed": 1}
+
+
+def test_no_route_is_dropped_and_counted() -> None:
+    p = Pair()
+    assert p.a.send_packet(ipv4_packet("10.0.0.1", "10.9.9.9"), p.now) is None
+    assert p.a.drops == {"no-route": 1} and p.a.outbox == []
+
+
+def test_roaming_endpoint_follows_latest_authenticated_packet() -> None:
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    new_addr = ("203.0.113.7", 40000)
+    data, _ = p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now)  # type: ignore[misc]
+    assert p.b.receive_datagram(data, new_addr, p.now) is not None
+    assert p.pb.endpoint == new_addr  # within one packet
+    # and an unauthenticated packet from elsewhere does not move it
+    forged = bytearray(data)
+    forged[-1] ^= 1
+    assert p.b.receive_datagram(bytes(forged), ("192.0.2.66", 1), p.now) is None
+    assert p.pb.endpoint == new_addr
+
+
+def test_keepalive_after_receiving_data_without_reply() -> None:
+    t = Timing()
+    p = Pair(t)
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    rx = p.pa.rx_bytes
+    p.advance(t.keepalive_timeout + 0.5)
+    assert p.pa.rx_bytes == rx + noise.MESSAGE_KEEPALIVE_SIZE  # B sent one keepalive
+
+
+def test_persistent_keepalive() -> None:
+    p = Pair()
+    p.a.set_persistent_keepalive(p.pa, 25, p.now)  # no session yet: starts a handshake
+    p.flush()
+    assert p.pa.current is not None
+    rx = p.pb.rx_bytes
+    p.advance(25 * 4 + 1)
+    assert p.pb.rx_bytes - rx >= 4 * noise.MESSAGE_KEEPALIVE_SIZE
+
+
+def test_retransmit_then_give_up_then_zero() -> None:
+    t = Timing()
+    p = Pair(t)
+    p.lose = True
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    give_up = [e for e in p.a.events if e.kind == "give-up"]
+    while not give_up:
+        p.advance(1.0)
+        give_up = [e for e in p.a.events if e.kind == "give-up"]
+    # wireguard-go timers.go: MAX_TIMER_HANDSHAKES + 1 retries, given up at the next
+    # expiry, so 20 intervals of REKEY_TIMEOUT + jitter after the first initiation (§6.4)
+    assert p.pa.handshake_attempts == t.max_timer_handshakes + 1
+    intervals = t.max_timer_handshakes + 2
+    elapsed = p.now - 1000.0
+    assert intervals * t.rekey_timeout <= elapsed <= intervals * (t.rekey_timeout + t.rekey_timeout_jitter_max) + 1
+    assert p.pa.staged == []
+    # then the keys are zeroed 3 × REJECT_AFTER_TIME later, and no initiation is sent meanwhile
+    assert p.pa.t_zero_key is not None and p.pa.t_retransmit is None
+
+
+def test_rekey_after_time_keeps_traffic_flowing() -> None:
+    t = Timing(rekey_after_time=3.0, reject_after_time=5.0, keepalive_timeout=1.0, rekey_timeout=0.5,
+               rekey_attempt_time=4.5)
+    p = Pair(t)
+    sent = received = 0
+    indices = set()
+    for i in range(400):  # 40 seconds of traffic, 10 packets/s, both ways
+        for name, src, dst in (("a", "10.0.0.1", "10.0.0.2"), ("b", "10.0.0.2", "10.0.0.1")):
+            before = len(p.delivered["b" if name == "a" else "a"])
+            p.send(name, ipv4_packet(src, dst, i.to_bytes(4, "big")))
+            sent += 1
+            received += len(p.delivered["b" if name == "a" else "a"]) - before
+        if p.pa.current is not None:
+            indices.add(p.pa.current.local_index)
+        p.advance(0.1)
+    handshakes = sum(1 for e in p.a.events if e.kind == "handshake")
+    assert handshakes >= 40 / 3 - 2, handshakes
+    assert len(indices) >= 10
+    assert sent - received <= 2, (sent, received)
+    assert p.a.drops.get("data-auth", 0) == 0 and p.b.drops.get("data-auth", 0) == 0
+
+
+def test_reject_after_time_stops_using_old_keys() -> None:
+    t = Timing()
+    p = Pair(t)
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    kp = p.pb.current
+    assert kp is not None
+    p.lose = True
+    p.advance(t.reject_after_time + 1)
+    assert p.b.send_packet(ipv4_packet("10.0.0.2", "10.0.0.1"), p.now) is None  # staged, handshaking
+    assert p.pb.staged
+
+
+def test_zero_key_material_after_three_reject_after_time() -> None:
+    t = Timing()
+    p = Pair(t)
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    old = p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now)
+    assert old is not None
+    b_index = p.pb.current.local_index  # type: ignore[union-attr]
+    p.lose = True
+    p.advance(3 * t.reject_after_time + 200)
+    assert p.pa.current is None and p.pa.previous is None and p.pa.next is None
+    assert p.pb.current is None
+    assert not isinstance(p.b.index_table.lookup(b_index), Keypair)
+    assert p.b.receive_datagram(old[0], A_ADDR, p.now) is None
+    assert p.b.drops == {"unknown-index": 1}
+
+
+def test_under_load_answers_with_cookie_and_peer_still_connects() -> None:
+    p = Pair(handshake_load_threshold=8)
+    # a flood of valid-looking initiations (right mac1, unknown static key) from many sources
+    flood_rng = Rng(99)
+    stranger = noise.StaticIdentity(keys.clamp(flood_rng(32)))
+    hs = noise.Handshake(stranger, p.b.identity.public)
+    from wgdisco.proto.cookie import CookieGenerator
+
+    gen = CookieGenerator(p.b.identity.public)
+    for i in range(20):
+        msg = noise.create_initiation(stranger, hs, sender_index=i + 1,
+                                      ephemeral_private=keys.clamp(flood_rng(32)), wall=p.now + i)
+        p.b.receive_datagram(gen.add_macs(msg, now=p.now), ("192.0.2.1", 1000 + i), p.now)
+    replies = p.b.take_outbox()
+    assert p.b.counters.get("cookie-replies-sent", 0) >= 10
+    assert all(len(d) == noise.MESSAGE_COOKIE_REPLY_SIZE and d[0] == 3 for d, _ in replies)
+    # the genuine peer: first attempt gets a cookie, the retry carries mac2 and completes
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    assert p.a.counters.get("cookie-replies-received") == 1
+    assert p.pa.current is None
+    p.advance(6)
+    assert p.pa.current is not None
+    assert p.delivered["b"] == [ipv4_packet("10.0.0.1", "10.0.0.2")]
+
+
+def test_initiation_from_unknown_peer_gets_nothing() -> None:
+    p = Pair()
+    rng = Rng(5)
+    stranger = noise.StaticIdentity(keys.clamp(rng(32)))
+    from wgdisco.proto.cookie import CookieGenerator
+
+    hs = noise.Handshake(stranger, p.b.identity.public)
+    msg = noise.create_initiation(stranger, hs, sender_index=1, ephemeral_private=keys.clamp(rng(32)), wall=1.0)
+    p.b.receive_datagram(CookieGenerator(p.b.identity.public).add_macs(msg, now=p.now), A_ADDR, p.now)
+    assert p.b.outbox == [] and p.b.drops == {"handshake-auth": 1}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.integers(0, 4))
+def test_malformed_input_never_raises(data: bytes, kind: int) -> None:
+    p = PAIR_FOR_FUZZ
+    if data and kind:
+        data = bytes([kind, 0, 0, 0]) + data
+    before = sum(p.b.drops.values())
+    assert p.b.receive_datagram(data, A_ADDR, p.now) is None
+    assert sum(p.b.drops.values()) == before + 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_bit_flips_in_real_messages_are_dropped(data: st.DataObject) -> None:
+    p = Pair()
+    captured: list[bytes] = []
+    out = p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now)
+    assert out is None
+    init = p.a.take_outbox()[0][0]
+    captured.append(init)
+    p.b.receive_datagram(init, A_ADDR, p.now)
+    resp = p.b.take_outbox()[0][0]
+    captured.append(resp)
+    which = data.draw(st.integers(0, 1))
+    msg = bytearray(captured[which])
+    pos = data.draw(st.integers(4, len(msg) - 17))  # mac2 is only checked under load
+    msg[pos] ^= 1 << data.draw(st.integers(0, 7))
+    target = p.b if which == 0 else p.a
+    before = dict(target.drops)
+    assert target.receive_datagram(bytes(msg), B_ADDR, p.now + 1) is None
+    assert sum(target.drops.values()) == sum(before.values()) + 1
+
+
+PAIR_FOR_FUZZ = Pair()
+PAIR_FOR_FUZZ.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))

@@ -1,0 +1,605 @@
+"""The WireGuard device: peers, keypairs, timers, send and receive (sans-I/O).
+
+Theory of operation
+-------------------
+The shell feeds the device three things and drains one:
+
+- ``send_packet(packet, now)``: an IP packet read from the TUN device. The
+  common case returns ``(datagram, endpoint)`` to send at once; otherwise the
+  packet is staged while a handshake is initiated.
+- ``receive_datagram(data, addr, now)``: a WireGuard datagram from the UDP
+  socket. Returns the decrypted inner IP packet to write to TUN, or None.
+  Malformed or unauthenticated input is dropped and counted in ``drops``;
+  this method never raises for anything the network sends.
+- ``handle_timer(now)`` when ``get_timer()`` is due.
+- ``outbox``: datagrams ``(bytes, addr)`` the device wants sent (handshakes,
+  keepalives, staged packets, cookie replies). The shell sends and clears it.
+
+Endpoints are opaque hashable addresses; ``addr_key(addr)`` turns one into
+bytes (IP + port) for cookies (whitepaper §5.4.7) and rate limiting.
+
+Names and rules follow wireguard-go's device/ (send.go, receive.go, timers.go,
+keypair.go, peer.go); whitepaper sections are cited where a rule comes from.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+from wgdisco.errors import AuthError, DecodeError, LocalError
+from wgdisco.proto import noise
+from wgdisco.proto.allowedips import AllowedIPs
+from wgdisco.proto.cookie import CookieChecker, CookieGenerator
+from wgdisco.proto.indextable import IndexTable
+from wgdisco.proto.keys import clamp
+from wgdisco.proto.ratelimiter import RateLimiter
+from wgdisco.proto.replay import ReplayFilter
+from wgdisco.proto.timers import QUEUE_STAGED_SIZE, UNDER_LOAD_AFTER_TIME, Timing
+
+Addr = Hashable
+Rng = Callable[[int], bytes]
+
+_HEADER = struct.Struct("<IIQ")  # type, receiver, counter (whitepaper §5.4.6)
+_NONCE_PREFIX = bytes(4)
+_PADDING = bytes(16)
+TRANSPORT_TYPE_WORD = noise.MESSAGE_TRANSPORT_TYPE  # little-endian u32 with 3 zero bytes
+HANDSHAKE_LOAD_THRESHOLD = 128  # handshake messages a second that mean "under load"
+
+
+class Keypair:
+    """One session's transport state (whitepaper §5.4.5, wireguard-go keypair.go)."""
+
+    __slots__ = (
+        "send", "receive", "send_counter", "replay", "created", "is_initiator",
+        "local_index", "remote_index", "peer",
+    )
+
+    def __init__(self, keys: noise.SessionKeys, peer: "Peer") -> None:
+        self.send = ChaCha20Poly1305(keys.send_key)
+        self.receive = ChaCha20Poly1305(keys.receive_key)
+        self.send_counter = 0
+        self.replay = ReplayFilter()
+        self.created = keys.created
+        self.is_initiator = keys.is_initiator
+        self.local_index = keys.local_index
+        self.remote_index = keys.remote_index
+        self.peer = peer
+
+
+class Peer:
+    """A configured peer: handshake, keypairs, endpoint, timers, counters."""
+
+    def __init__(self, device: "Device", public_key: bytes, preshared_key: bytes | None) -> None:
+        self.public_key = public_key
+        self.handshake = noise.Handshake(device.identity, public_key, preshared_key or bytes(32))
+        self.cookie_generator = CookieGenerator(public_key)
+        self.endpoint: Addr | None = None
+        self.persistent_keepalive = 0  # seconds, 0 = off
+        # keypairs (whitepaper §5.4.5; responder promotes `next` on first data)
+        self.current: Keypair | None = None
+        self.previous: Keypair | None = None
+        self.next: Keypair | None = None
+        self.staged: list[bytes] = []
+        # counters, for wg show
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        self.last_handshake: float | None = None  # `now` of the last completed handshake
+        self.last_authenticated: float | None = None  # `now` of the last authenticated packet
+        # timers (whitepaper §6; wireguard-go timers.go): deadlines, None = not pending
+        self.t_retransmit: float | None = None
+        self.t_send_keepalive: float | None = None
+        self.t_new_handshake: float | None = None
+        self.t_zero_key: float | None = None
+        self.t_persistent: float | None = None
+        self.handshake_attempts = 0
+        self.need_another_keepalive = False
+        self.sent_last_minute_handshake = False
+        self.last_sent_handshake: float | None = None
+
+    def deadlines(self) -> Iterable[float | None]:
+        return (self.t_retransmit, self.t_send_keepalive, self.t_new_handshake, self.t_zero_key, self.t_persistent)
+
+    def __repr__(self) -> str:
+        return f"Peer({self.public_key[:4].hex()}…)"
+
+
+@dataclass
+class Event:
+    kind: str  # "handshake", "endpoint", "give-up"
+    peer: Peer
+    detail: Any = None
+
+
+class Device:
+    """Cryptokey routing and the WireGuard protocol for one interface."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        *,
+        rng: Rng,
+        now: float,
+        wall_offset: float = 0.0,
+        mtu: int = 1420,
+        timing: Timing | None = None,
+        addr_key: Callable[[Addr], bytes] = lambda a: repr(a).encode(),
+        handshake_load_threshold: int = HANDSHAKE_LOAD_THRESHOLD,
+    ) -> None:
+        self.rng = rng
+        self.wall_offset = wall_offset  # wall time = now + wall_offset (TAI64N, §5.4.2)
+        self.mtu = mtu
+        self.timing = timing or Timing()
+        self.addr_key = addr_key
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips = AllowedIPs()
+        self.index_table = IndexTable()
+        self.rate_limiter = RateLimiter()
+        self.outbox: list[tuple[bytes, Addr]] = []
+        self.events: list[Event] = []
+        self.drops: dict[str, int] = {}  # dropped input, by reason
+        self.counters: dict[str, int] = {}  # other protocol events (cookie replies, …)
+        self.handshake_load_threshold = handshake_load_threshold
+        self._load_window = (now, 0)
+        self.under_load_until = -1.0
+        self.set_private_key(private_key)
+
+    # --- configuration -------------------------------------------------------
+
+    def set_private_key(self, private_key: bytes) -> None:
+        self.identity = noise.StaticIdentity(clamp(private_key))
+        self.cookie_checker = CookieChecker(self.identity.public)
+        for public in [p for p in self.peers if p == self.identity.public]:
+            self.remove_peer(public)  # wireguard-go: a peer with our own key is removed
+        for peer in self.peers.values():
+            peer.handshake.precompute(self.identity)
+            self._expire_current_keypairs(peer)
+
+    def add_peer(self, public_key: bytes, preshared_key: bytes | None = None) -> Peer:
+        if public_key in self.peers:
+            raise LocalError("peer already exists")
+        if public_key == self.identity.public:
+            raise LocalError("a peer cannot have the interface's own public key")
+        peer = Peer(self, public_key, preshared_key)
+        self.peers[public_key] = peer
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key, None)
+        if peer is None:
+            return
+        self.allowed_ips.remove_by_peer(peer)
+        self._zero_and_flush(peer)
+        peer.staged.clear()
+
+    def set_preshared_key(self, peer: Peer, psk: bytes | None) -> None:
+        peer.handshake.preshared_key = psk or bytes(32)
+
+    def set_persistent_keepalive(self, peer: Peer, seconds: int, now: float) -> None:
+        was = peer.persistent_keepalive
+        peer.persistent_keepalive = seconds
+        if seconds and not was and peer.endpoint is not None:
+            self.send_keepalive(peer, now)  # wireguard-go uapi.go: start right away
+
+    def set_endpoint(self, peer: Peer, endpoint: Addr | None) -> None:
+        peer.endpoint = endpoint
+
+    # --- timers (whitepaper §6; wireguard-go timers.go) ---------------------
+
+    def _jitter(self) -> float:
+        return int.from_bytes(self.rng(2), "little") % 1000 / 1000 * self.timing.rekey_timeout_jitter_max
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline of any peer, or None."""
+        best: float | None = None
+        for peer in self.peers.values():
+            for t in peer.deadlines():
+                if t is not None and (best is None or t < best):
+                    best = t
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        for peer in list(self.peers.values()):
+            if peer.t_retransmit is not None and peer.t_retransmit <= now:
+                peer.t_retransmit = None
+                self._expired_retransmit_handshake(peer, now)
+            if peer.t_send_keepalive is not None and peer.t_send_keepalive <= now:
+                peer.t_send_keepalive = None
+                self.send_keepalive(peer, now)
+                if peer.need_another_keepalive:
+                    peer.need_another_keepalive = False
+                    peer.t_send_keepalive = now + self.timing.keepalive_timeout
+            if peer.t_new_handshake is not None and peer.t_new_handshake <= now:
+                peer.t_new_handshake = None
+                self.send_handshake_initiation(peer, now, is_retry=False)
+            if peer.t_zero_key is not None and peer.t_zero_key <= now:
+                peer.t_zero_key = None
+                self._zero_and_flush(peer)
+            if peer.t_persistent is not None and peer.t_persistent <= now:
+                peer.t_persistent = None
+                if peer.persistent_keepalive:
+                    self.send_keepalive(peer, now)
+
+    def _expired_retransmit_handshake(self, peer: Peer, now: float) -> None:
+        if peer.handshake_attempts > self.timing.max_timer_handshakes:
+            # whitepaper §6.4: give up after REKEY_ATTEMPT_TIME
+            peer.t_send_keepalive = None
+            peer.staged.clear()
+            if peer.t_zero_key is None:
+                peer.t_zero_key = now + 3 * self.timing.reject_after_time
+            self.events.append(Event("give-up", peer))
+            return
+        peer.handshake_attempts += 1
+        self.send_handshake_initiation(peer, now, is_retry=True)
+
+    def _traversal(self, peer: Peer, now: float) -> None:
+        """timersAnyAuthenticatedPacketTraversal."""
+        if peer.persistent_keepalive:
+            peer.t_persistent = now + peer.persistent_keepalive
+
+    def _handshake_complete(self, peer: Peer, now: float) -> None:
+        """timersHandshakeComplete."""
+        peer.t_retransmit = None
+        peer.handshake_attempts = 0
+        peer.sent_last_minute_handshake = False
+        peer.last_handshake = now
+        self.events.append(Event("handshake", peer))
+
+    def _session_derived(self, peer: Peer, now: float) -> None:
+        """timersSessionDerived: zero everything after 3 × REJECT_AFTER_TIME (§6.3)."""
+        peer.t_zero_key = now + 3 * self.timing.reject_after_time
+
+    # --- handshakes ------------------------------------------------------------
+
+    def send_handshake_initiation(self, peer: Peer, now: float, *, is_retry: bool) -> None:
+        if not is_retry:
+            peer.handshake_attempts = 0
+        if peer.last_sent_handshake is not None and now - peer.last_sent_handshake < self.timing.rekey_timeout:
+            return  # whitepaper §6.1: at most one initiation per REKEY_TIMEOUT
+        peer.last_sent_handshake = now
+        hs = peer.handshake
+        if hs.local_index:
+            self.index_table.delete(hs.local_index)
+        index = self.index_table.new_index(peer, self.rng)
+        try:
+            msg = noise.create_initiation(
+                self.identity, hs, sender_index=index,
+                ephemeral_private=clamp(self.rng(32)), wall=now + self.wall_offset,
+            )
+        except LocalError:
+            self.index_table.delete(index)
+            self._drop("peer-key-invalid")
+            return
+        msg = peer.cookie_generator.add_macs(msg, now=now)
+        self._traversal(peer, now)
+        peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
+        if peer.endpoint is not None:
+            self.outbox.append((msg, peer.endpoint))
+        peer.t_retransmit = now + self.timing.rekey_timeout + self._jitter()  # timersHandshakeInitiated
+
+    def _send_handshake_response(self, peer: Peer, now: float) -> None:
+        hs = peer.handshake
+        if hs.local_index:
+            self.index_table.delete(hs.local_index)
+        index = self.index_table.new_index(peer, self.rng)
+        msg = noise.create_response(self.identity, hs, sender_index=index, ephemeral_private=clamp(self.rng(32)))
+        msg = peer.cookie_generator.add_macs(msg, now=now)
+        self._begin_session(peer, now)
+        peer.last_sent_handshake = now
+        self._session_derived(peer, now)
+        self._traversal(peer, now)
+        peer.t_send_keepalive = None
+        if peer.endpoint is not None:
+            self.outbox.append((msg, peer.endpoint))
+
+    def _begin_session(self, peer: Peer, now: float) -> Keypair:
+        """BeginSymmetricSession + keypair rotation (wireguard-go noise-protocol.go)."""
+        keys = noise.begin_symmetric_session(peer.handshake, now=now)
+        keypair = Keypair(keys, peer)
+        self.index_table.swap(keys.local_index, keypair)
+        if keys.is_initiator:
+            if peer.next is not None:
+                self._delete_keypair(peer.current)
+                peer.previous, peer.next = peer.next, None
+            else:
+                self._delete_keypair(peer.previous)
+                peer.previous = peer.current
+            peer.current = keypair
+        else:
+            self._delete_keypair(peer.next)
+            self._delete_keypair(peer.previous)
+            peer.next, peer.previous = keypair, None
+        return keypair
+
+    def _delete_keypair(self, keypair: Keypair | None) -> None:
+        if keypair is not None:
+            self.index_table.delete(keypair.local_index)
+
+    def _expire_current_keypairs(self, peer: Peer) -> None:
+        """Force a new handshake before the next data packet (wireguard-go ExpireCurrentKeypairs)."""
+        peer.handshake.clear()
+        peer.last_sent_handshake = None
+        for kp in (peer.current, peer.next):
+            if kp is not None:
+                kp.send_counter = self.timing.reject_after_messages
+
+    def _zero_and_flush(self, peer: Peer) -> None:
+        """ZeroAndFlushAll: forget every key of this peer (whitepaper §6.3)."""
+        for kp in (peer.previous, peer.current, peer.next):
+            self._delete_keypair(kp)
+        peer.previous = peer.current = peer.next = None
+        if peer.handshake.local_index:
+            self.index_table.delete(peer.handshake.local_index)
+        peer.handshake.clear()
+
+    # --- send path (wireguard-go send.go) ---------------------------------------
+
+    def send_packet(self, packet: bytes, now: float) -> tuple[bytes, Addr] | None:
+        """Encrypt an IP packet from TUN for the peer its destination routes to (§2)."""
+        version = packet[0] >> 4 if packet else 0
+        if version == 4 and len(packet) >= 20:
+            peer = self.allowed_ips.lookup(packet[16:20])
+        elif version == 6 and len(packet) >= 40:
+            peer = self.allowed_ips.lookup(packet[24:40])
+        else:
+            self._drop("tun-not-ip")
+            return None
+        if peer is None:
+            self._drop("no-route")
+            return None
+        return self._send(peer, packet, now)
+
+    def _send(self, peer: Peer, packet: bytes, now: float) -> tuple[bytes, Addr] | None:
+        kp = peer.current
+        timing = self.timing
+        if (
+            kp is None
+            or peer.endpoint is None
+            or kp.send_counter >= timing.reject_after_messages
+            or now - kp.created >= timing.reject_after_time
+        ):
+            self._stage(peer, packet)
+            self.send_handshake_initiation(peer, now, is_retry=False)
+            return None
+        return self._encrypt(peer, kp, packet, now)
+
+    def _stage(self, peer: Peer, packet: bytes) -> None:
+        if len(peer.staged) >= QUEUE_STAGED_SIZE:
+            del peer.staged[0]
+            self._drop("staged-overflow")
+        peer.staged.append(bytes(packet))
+
+    def _encrypt(self, peer: Peer, kp: Keypair, packet: bytes, now: float) -> tuple[bytes, Addr]:
+        counter = kp.send_counter
+        kp.send_counter = counter + 1
+        n = len(packet)
+        # whitepaper §5.4.6: pad to a multiple of 16, not beyond the MTU
+        if n % 16:
+            padded = min((n + 15) & ~15, max(self.mtu, n))
+            if padded > n:
+                packet = bytes(packet) + _PADDING[: padded - n]
+        header = _HEADER.pack(TRANSPORT_TYPE_WORD, kp.remote_index, counter)
+        datagram = header + kp.send.encrypt(_NONCE_PREFIX + header[8:16], packet, None)
+        peer.tx_bytes += len(datagram)
+        if peer.persistent_keepalive:
+            peer.t_persistent = now + peer.persistent_keepalive
+        peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
+        if n and peer.t_new_handshake is None:  # timersDataSent
+            peer.t_new_handshake = now + self.timing.keepalive_timeout + self.timing.rekey_timeout + self._jitter()
+        # keepKeyFreshSending (whitepaper §6.2)
+        if counter > self.timing.rekey_after_messages or (
+            kp.is_initiator and now - kp.created > self.timing.rekey_after_time
+        ):
+            self.send_handshake_initiation(peer, now, is_retry=False)
+        return datagram, peer.endpoint  # type: ignore[return-value]
+
+    def send_keepalive(self, peer: Peer, now: float) -> None:
+        """An empty transport packet, or the staged packets if any (wireguard-go SendKeepalive)."""
+        if not peer.staged:
+            peer.staged.append(b"")
+        self._send_staged(peer, now)
+
+    def _send_staged(self, peer: Peer, now: float) -> None:
+        while peer.staged:
+            kp = peer.current
+            if (
+                kp is None
+                or peer.endpoint is None
+                or kp.send_counter >= self.timing.reject_after_messages
+                or now - kp.created >= self.timing.reject_after_time
+            ):
+                self.send_handshake_initiation(peer, now, is_retry=False)
+                return
+            packet = peer.staged.pop(0)
+            self.outbox.append(self._encrypt(peer, kp, packet, now))
+
+    # --- receive path (wireguard-go receive.go) -----------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> bytes | None:
+        """Handle one WireGuard datagram; returns an inner IP packet for TUN, or None."""
+        n = len(data)
+        if n < 4 or data[1] or data[2] or data[3]:
+            self._drop("malformed")
+            return None
+        kind = data[0]
+        if kind == 4:
+            if n < noise.MESSAGE_TRANSPORT_SIZE:
+                self._drop("malformed")
+                return None
+            return self._receive_transport(data, addr, now)
+        try:
+            if kind == 1 and n == noise.MESSAGE_INITIATION_SIZE:
+                self._receive_handshake(data, addr, now, self._consume_initiation)
+            elif kind == 2 and n == noise.MESSAGE_RESPONSE_SIZE:
+                self._receive_handshake(data, addr, now, self._consume_response)
+            elif kind == 3 and n == noise.MESSAGE_COOKIE_REPLY_SIZE:
+                self._consume_cookie_reply(data, now)
+            else:
+                self._drop("malformed")
+        except DecodeError:
+            self._drop("malformed")
+        except AuthError:
+            self._drop("handshake-auth")
+        return None
+
+    def is_under_load(self, now: float) -> bool:
+        start, count = self._load_window
+        if now - start >= 1.0:
+            self._load_window = (now, 1)
+        else:
+            count += 1
+            self._load_window = (start, count)
+            if count >= self.handshake_load_threshold:
+                self.under_load_until = now + UNDER_LOAD_AFTER_TIME
+        return now < self.under_load_until
+
+    def _receive_handshake(self, data: bytes, addr: Addr, now: float, consume: Callable[..., None]) -> None:
+        """mac1, then under load mac2 + rate limit, then the handshake (whitepaper §5.3)."""
+        if not self.cookie_checker.check_mac1(data):
+            self._drop("mac1")
+            return
+        if self.is_under_load(now):
+            source = self.addr_key(addr)
+            if not self.cookie_checker.check_mac2(data, source, now=now):
+                sender = int.from_bytes(data[4:8], "little")
+                reply = self.cookie_checker.create_reply(data, sender, source, now=now, rng=self.rng)
+                self.outbox.append((reply, addr))
+                self._count("cookie-replies-sent")
+                return
+            if not self.rate_limiter.allow(source[:-2], now):
+                self._drop("rate-limited")
+                return
+        consume(data, addr, now)
+
+    def _consume_initiation(self, data: bytes, addr: Addr, now: float) -> None:
+        def lookup(public: bytes) -> noise.Handshake | None:
+            p = self.peers.get(public)
+            return p.handshake if p is not None else None
+
+        hs = noise.consume_initiation(self.identity, data, lookup, now=now)
+        peer = self.peers[hs.remote_static]
+        self._set_endpoint_from_packet(peer, addr)
+        self._authenticated(peer, now)
+        self._send_handshake_response(peer, now)
+
+    def _consume_response(self, data: bytes, addr: Addr, now: float) -> None:
+        def lookup(index: int) -> noise.Handshake | None:
+            entry = self.index_table.lookup(index)
+            return entry.handshake if isinstance(entry, Peer) else None
+
+        hs = noise.consume_response(self.identity, data, lookup)
+        peer = self.peers[hs.remote_static]
+        self._set_endpoint_from_packet(peer, addr)
+        self._authenticated(peer, now)
+        self._begin_session(peer, now)
+        self._session_derived(peer, now)
+        self._handshake_complete(peer, now)
+        self.send_keepalive(peer, now)
+
+    def _consume_cookie_reply(self, data: bytes, now: float) -> None:
+        entry = self.index_table.lookup(int.from_bytes(data[4:8], "little"))
+        peer = entry.peer if isinstance(entry, Keypair) else entry
+        if not isinstance(peer, Peer):
+            self._drop("cookie-unknown-index")
+            return
+        peer.cookie_generator.consume_reply(data, now=now)
+        self._count("cookie-replies-received")
+
+    def _authenticated(self, peer: Peer, now: float) -> None:
+        """timersAnyAuthenticatedPacketTraversal + timersAnyAuthenticatedPacketReceived."""
+        peer.last_authenticated = now
+        self._traversal(peer, now)
+        peer.t_new_handshake = None
+
+    def _set_endpoint_from_packet(self, peer: Peer, addr: Addr) -> None:
+        """Roaming (whitepaper §2.1): the endpoint follows the latest authenticated packet."""
+        if peer.endpoint != addr:
+            old, peer.endpoint = peer.endpoint, addr
+            self.events.append(Event("endpoint", peer, (old, addr)))
+
+    def _receive_transport(self, data: bytes, addr: Addr, now: float) -> bytes | None:
+        _type, receiver, counter = _HEADER.unpack_from(data)
+        kp = self.index_table.lookup(receiver)
+        if kp.__class__ is not Keypair:
+            self._drop("unknown-index")
+            return None
+        timing = self.timing
+        if now - kp.created >= timing.reject_after_time:
+            self._drop("expired-keypair")
+            return None
+        try:
+            plaintext = kp.receive.decrypt(_NONCE_PREFIX + data[8:16], data[16:], None)
+        except InvalidTag:
+            self._drop("data-auth")
+            return None
+        if not kp.replay.validate_counter(counter, timing.reject_after_messages):
+            self._drop("replay")
+            return None
+        peer = kp.peer
+        if kp is peer.next:  # ReceivedWithKeypair: the responder's first data (§5.4.5)
+            self._delete_keypair(peer.previous)
+            peer.previous, peer.current, peer.next = peer.current, kp, None
+            self._handshake_complete(peer, now)
+            self._send_staged(peer, now)
+        # keepKeyFreshReceiving (whitepaper §6.2)
+        current = peer.current
+        if (
+            current is not None
+            and current.is_initiator
+            and not peer.sent_last_minute_handshake
+            and now - current.created >= timing.reject_after_time - timing.keepalive_timeout - timing.rekey_timeout
+        ):
+            peer.sent_last_minute_handshake = True
+            self.send_handshake_initiation(peer, now, is_retry=False)
+        if peer.endpoint != addr:
+            self._set_endpoint_from_packet(peer, addr)
+        peer.last_authenticated = now
+        if peer.persistent_keepalive:
+            peer.t_persistent = now + peer.persistent_keepalive
+        peer.t_new_handshake = None
+        peer.rx_bytes += len(data)
+        if not plaintext:
+            return None  # a keepalive
+        # timersDataReceived
+        if peer.t_send_keepalive is None:
+            peer.t_send_keepalive = now + timing.keepalive_timeout
+        else:
+            peer.need_another_keepalive = True
+        return self._check_inner(peer, plaintext)
+
+    def _check_inner(self, peer: Peer, plaintext: bytes) -> bytes | None:
+        """Length from the IP header; the source must be in the peer's AllowedIPs (§2)."""
+        version = plaintext[0] >> 4
+        n = len(plaintext)
+        if version == 4 and n >= 20:
+            length = int.from_bytes(plaintext[2:4], "big")
+            source = plaintext[12:16]
+        elif version == 6 and n >= 40:
+            length = int.from_bytes(plaintext[4:6], "big") + 40
+            source = plaintext[8:24]
+        else:
+            self._drop("inner-not-ip")
+            return None
+        if length > n or length < 20:
+            self._drop("inner-length")
+            return None
+        if self.allowed_ips.lookup(source) is not peer:
+            self._drop("inner-source-not-allowed")
+            return None
+        return plaintext[:length] if length < n else plaintext
+
+    # --- counters ---------------------------------------------------------------
+
+    def _drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+    def take_outbox(self) -> list[tuple[bytes, Addr]]:
+        out, self.outbox = self.outbox, []
+        return out

@@ -1,0 +1,47 @@
+"""Handshake rate limiting per source IP (whitepaper §5.3; wireguard-go ratelimiter/).
+
+A token bucket per source: 20 handshake messages a second, bursts of 5.
+Only consulted while the device is under load, after mac2 proved the source
+address (so a forged source costs the attacker a cookie round trip).
+"""
+
+from __future__ import annotations
+
+PACKETS_PER_SECOND = 20
+PACKETS_BURSTABLE = 5
+GARBAGE_COLLECT_TIME = 1.0  # seconds; entries idle this long are dropped
+
+
+class RateLimiter:
+    __slots__ = ("_cost", "_max_tokens", "_table", "_last_gc")
+
+    def __init__(self, per_second: int = PACKETS_PER_SECOND, burst: int = PACKETS_BURSTABLE) -> None:
+        self._cost = 1.0 / per_second
+        self._max_tokens = self._cost * burst
+        self._table: dict[bytes, list[float]] = {}  # source -> [tokens, last]
+        self._last_gc = 0.0
+
+    def allow(self, source: bytes, now: float) -> bool:
+        """Take one token for `source` (IP bytes, no port) if it has one."""
+        if now - self._last_gc > GARBAGE_COLLECT_TIME:
+            self._collect(now)
+        entry = self._table.get(source)
+        if entry is None:
+            self._table[source] = [self._max_tokens - self._cost, now]
+            return True
+        tokens = min(self._max_tokens, entry[0] + (now - entry[1]))
+        entry[1] = now
+        if tokens >= self._cost:
+            entry[0] = tokens - self._cost
+            return True
+        entry[0] = tokens
+        return False
+
+    def _collect(self, now: float) -> None:
+        self._last_gc = now
+        stale = [k for k, (_t, last) in self._table.items() if now - last > GARBAGE_COLLECT_TIME]
+        for k in stale:
+            del self._table[k]
+
+    def __len__(self) -> int:
+        return len(self._table)
