@@ -135,7 +135,7 @@ class Tunnel:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            log.info("interface %s going down", self.name)
+            log.info("interface %s going down; %s", self.name, self.drop_summary())
             self._hooks(self.cfg.interface.pre_down, "PreDown")
             await self._teardown()
             self._hooks(self.cfg.interface.post_down, "PostDown")
@@ -206,6 +206,16 @@ class Tunnel:
             else:
                 self._count_other("unknown-datagram")
         self._after_work()
+
+    def drop_summary(self) -> str:
+        """Dropped input by reason, e.g. ``dropped: malformed=3 mac1=1`` (never secrets)."""
+        drops = dict(self.other_drops)
+        if self.device is not None:
+            for reason, n in self.device.drops.items():
+                drops[reason] = drops.get(reason, 0) + n
+        if not drops:
+            return "dropped: nothing"
+        return "dropped: " + " ".join(f"{k}={v}" for k, v in sorted(drops.items()))
 
     def _count_other(self, reason: str) -> None:
         self.other_drops[reason] = self.other_drops.get(reason, 0) + 1
