@@ -337,3 +337,19 @@ def test_bit_flips_in_real_messages_are_dropped(data: st.DataObject) -> None:
 
 PAIR_FOR_FUZZ = Pair()
 PAIR_FOR_FUZZ.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+
+
+def test_same_private_key_is_a_no_op_and_a_new_one_forces_a_handshake() -> None:
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    kp = p.pa.current
+    p.a.set_private_key(p.a.identity.private)  # wg syncconf sends the unchanged key
+    assert p.pa.current is kp
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"again"))
+    assert p.delivered["b"][-1] == ipv4_packet("10.0.0.1", "10.0.0.2", b"again")
+    handshakes = sum(1 for e in p.a.events if e.kind == "handshake")
+    p.a._expire_current_keypairs(p.pa)  # what a key change does to every peer
+    p.now += 1.0  # (an initiation in the same instant would be refused as a flood, §5.1)
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"after"))
+    assert p.delivered["b"][-1] == ipv4_packet("10.0.0.1", "10.0.0.2", b"after")
+    assert sum(1 for e in p.a.events if e.kind == "handshake") == handshakes + 1

@@ -226,3 +226,39 @@ def test_up_refuses_existing_interface_and_taken_port(lab: Lab) -> None:
     taken = ha.run([sys.executable, "-m", "wgdisco", "up", str(other)], check=False, timeout=30)
     assert taken.returncode == 1 and "UDP port 51820 is already in use" in taken.stderr
     assert ha.run(["ip", "link", "show", f"wc{tag}"], check=False).returncode != 0  # nothing left behind
+
+
+def test_wg_syncconf_adds_and_removes_peers_without_dropping_the_live_session(lab: Lab) -> None:
+    a, b = pair(lab, "wgdisco", "wireguard-go", endpoint_on="a")
+    a.host.ping(b.inner4, count=1, wait=3)
+    before = a.dump()[b.public]["latest_handshake"]
+    _, extra_pub = keypair()
+    conf = lab.logdir / "sync.conf"
+    conf.write_text(
+        f"[Interface]\nPrivateKey = {a.private}\nListenPort = 51820\n\n"
+        f"[Peer]\nPublicKey = {b.public}\nAllowedIPs = 10.9.0.2/32, fd00:9::2/128\nEndpoint = 198.51.100.2:51820\n\n"
+        f"[Peer]\nPublicKey = {extra_pub}\nAllowedIPs = 10.9.0.77/32\n"
+    )
+    a.host.run(["wg", "syncconf", a.iface, str(conf)])
+    view = a.dump()
+    assert set(view) == {b.public, extra_pub}
+    assert view[b.public]["latest_handshake"] == before  # no new handshake: the session lives on
+    assert view[extra_pub]["allowed_ips"] == "10.9.0.77/32"
+    a.host.ping(b.inner4, count=1, wait=2)
+    conf.write_text(f"[Interface]\nPrivateKey = {a.private}\nListenPort = 51820\n\n"
+                    f"[Peer]\nPublicKey = {extra_pub}\nAllowedIPs = 10.9.0.77/32\n")
+    a.host.run(["wg", "syncconf", a.iface, str(conf)])
+    assert set(a.dump()) == {extra_pub}
+    assert a.host.ping(b.inner4, count=1, wait=1, check=False).returncode != 0  # b is gone
+
+
+def test_up_without_cap_net_admin_refuses_clearly(lab: Lab) -> None:
+    h = lab.host("a")
+    conf = lab.logdir / "wz0.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {keypair()[0]}\n")
+    conf.chmod(0o600)
+    proc = h.run(["setpriv", "--inh-caps=-all", "--bounding-set=-all", sys.executable, "-m", "wgdisco", "up",
+                  str(conf)], check=False, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert "needs root (CAP_NET_ADMIN)" in proc.stderr, proc.stderr
+    assert h.run(["ip", "link", "show", "wz0"], check=False).returncode != 0

@@ -146,12 +146,16 @@ class Device:
         self.handshake_load_threshold = handshake_load_threshold
         self._load_window = (now, 0)
         self.under_load_until = -1.0
+        self.identity: noise.StaticIdentity | None = None  # type: ignore[assignment]
         self.set_private_key(private_key)
 
     # --- configuration -------------------------------------------------------
 
     def set_private_key(self, private_key: bytes) -> None:
-        self.identity = noise.StaticIdentity(clamp(private_key))
+        private_key = clamp(private_key)
+        if self.identity is not None and self.identity.private == private_key:
+            return  # unchanged (wg syncconf resends it): keep every session (wireguard-go SetPrivateKey)
+        self.identity = noise.StaticIdentity(private_key)
         self.cookie_checker = CookieChecker(self.identity.public)
         for public in [p for p in self.peers if p == self.identity.public]:
             self.remove_peer(public)  # wireguard-go: a peer with our own key is removed
