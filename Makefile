@@ -54,7 +54,10 @@ demo: bootstrap
 	$(VENV)/bin/wgdisco demo
 
 bench: bootstrap
-	@echo "benchmarks arrive with the data-plane performance issue"
+	$(PY) bench/throughput.py $(BENCH_ARGS)
+
+bench-smoke: bootstrap
+	$(PY) bench/throughput.py --smoke
 
 lab-clean: venv
 	$(PY) -m tests.lab.cleanup

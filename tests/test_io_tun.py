@@ -372,6 +372,10 @@ def test_interface_addresses(ns, ifname):
     def body():
         with Tun(ifname):
             netlink.configure_link(ifname, addresses=TUN_ADDRS, mtu=1420)
+            # an IPv6 address may be tentative for a moment on a busy machine (and is skipped)
+            deadline = time.monotonic() + 5
+            while len(netlink.interface_addresses()) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
             return netlink.interface_addresses(), netlink.interface_addresses({ifname})
 
     everything, excluded = ns.run(body)

@@ -26,7 +26,7 @@ from wgdisco.errors import LocalError
 from wgdisco.io import netlink, udp
 from wgdisco.io.tun import Tun
 from wgdisco.io.uapi import UapiServer
-from wgdisco.proto import keys, uapi
+from wgdisco.proto import gro, keys, uapi
 from wgdisco.proto.classify import STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, Peer
 from wgdisco.proto.timers import Timing
@@ -36,6 +36,7 @@ log = logging.getLogger("wgdisco")
 DEFAULT_MTU = 1420
 READ_BATCH = 256  # datagrams or packets handled per wakeup before yielding to the loop
 RECV_BUFSIZE = 65535
+GRO_BUFSIZE = 65535 + 4096  # a coalesced run can exceed one datagram
 
 
 class Tunnel:
@@ -48,6 +49,7 @@ class Tunnel:
         timing: Timing | None = None,
         uapi_dir: str = "/var/run/wireguard",
         handshake_load_threshold: int | None = None,
+        gro: bool = True,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -63,6 +65,9 @@ class Tunnel:
         self.stopped = asyncio.Event()
         self.routes: list[Any] = []
         self.other_drops: dict[str, int] = {}
+        self._batch: list[bytes] = []
+        self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
+        self.gso = True
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -75,8 +80,9 @@ class Tunnel:
             raise LocalError(f"interface {self.name} already exists")
         self._hooks(iface.pre_up, "PreUp")
         self.sock = udp.open_udp(iface.listen_port or 0, fwmark=iface.fwmark)
+        udp.enable_gro(self.sock)
         try:
-            self.tun = Tun(self.name)
+            self.tun = Tun(self.name, vnet_hdr=self.gro)
             now = self.loop.time()
             kw = {} if self.load_threshold is None else {"handshake_load_threshold": self.load_threshold}
             self.device = Device(
@@ -170,42 +176,111 @@ class Tunnel:
     # --- data plane ------------------------------------------------------------
 
     def _on_tun_readable(self) -> None:
-        tun, sock, device = self.tun, self.sock, self.device
-        assert tun is not None and sock is not None and device is not None
+        """Drain TUN; encrypted datagrams to one endpoint go out in UDP GSO batches."""
+        tun, device = self.tun, self.device
+        assert tun is not None and device is not None
         now = self.loop.time()  # type: ignore[union-attr]
-        send_packet, sendto = device.send_packet, sock.sendto
+        send_packet, read = device.send_packet, tun.read
+        batch = self._batch
+        batch_addr: Any = None
+        segment = total = 0
         for _ in range(READ_BATCH):
-            packet = tun.read(RECV_BUFSIZE)
+            packet = read(RECV_BUFSIZE)
             if packet is None:
                 break
             out = send_packet(packet, now)
-            if out is not None:
-                self._sendto(sendto, out[0], out[1])
+            if out is None:
+                continue
+            data, addr = out
+            n = len(data)
+            if batch and (addr != batch_addr or n > segment or len(batch) >= udp.MAX_SEGMENTS
+                          or total + n > udp.MAX_GSO_BYTES):
+                self._flush_batch(batch_addr, segment)
+                total = 0
+            if not batch:
+                batch_addr, segment = addr, n
+            batch.append(data)
+            total += n
+            if n < segment:  # a shorter datagram can only end a GSO batch
+                self._flush_batch(batch_addr, segment)
+                total = 0
+        if batch:
+            self._flush_batch(batch_addr, segment)
         self._after_work()
 
+    def _flush_batch(self, addr: Any, segment: int) -> None:
+        batch = self._batch
+        sock = self.sock
+        assert sock is not None
+        if len(batch) > 1 and self.gso:
+            try:
+                udp.send_segments(sock, batch, segment, addr)
+                batch.clear()
+                return
+            except (BlockingIOError, InterruptedError):
+                self._count_other("send-would-block")
+                batch.clear()
+                return
+            except OSError as e:
+                if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                    self._count_other(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+                    batch.clear()
+                    return
+                self.gso = False  # this path cannot segment: one sendto each from now on
+                log.info("UDP GSO unavailable (%s); sending datagrams one by one", e.strerror)
+        sendto = sock.sendto
+        for data in batch:
+            self._sendto(sendto, data, addr)
+        batch.clear()
+
     def _on_udp_readable(self) -> None:
+        """Drain the socket (UDP GRO hands over runs of datagrams) and demultiplex (§ARCHITECTURE)."""
         tun, sock, device = self.tun, self.sock, self.device
         assert tun is not None and sock is not None and device is not None
         now = self.loop.time()  # type: ignore[union-attr]
-        recvfrom, receive, write = sock.recvfrom, device.receive_datagram, tun.write
+        receive = device.receive_datagram
+        inner_packets: list[Any] = []
+        deliver = inner_packets.append
         for _ in range(READ_BATCH):
             try:
-                data, addr = recvfrom(RECV_BUFSIZE)
+                data, addr, segment = udp.recv_segments(sock, GRO_BUFSIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                 self._count_other(f"socket-{errno.errorcode.get(e.errno or 0, e.errno)}")
                 continue
-            kind = classify(data)
-            if kind == WIREGUARD:
-                inner = receive(data, addr, now)
-                if inner is not None:
-                    write(inner)
-            elif kind == STUN:
-                self._count_other("stun-unexpected")
+            if segment and len(data) > segment:
+                view = memoryview(data)
+                pieces: Any = (view[i:i + segment] for i in range(0, len(data), segment))
             else:
-                self._count_other("unknown-datagram")
+                pieces = (data,)
+            for datagram in pieces:
+                kind = classify(datagram)
+                if kind == WIREGUARD:
+                    inner = receive(datagram, addr, now)
+                    if inner is not None:
+                        deliver(inner)
+                elif kind == STUN:
+                    self._count_other("stun-unexpected")
+                else:
+                    self._count_other("unknown-datagram")
+        if inner_packets:
+            self._write_tun(tun, inner_packets)
         self._after_work()
+
+    def _write_tun(self, tun: Tun, packets: list[Any]) -> None:
+        """Hand decrypted packets to the kernel; TCP runs coalesced into GSO packets (proto/gro.py)."""
+        try:
+            if self.gro:
+                write_vnet = tun.write_vnet
+                for header, packet in gro.coalesce(packets):
+                    write_vnet(header, packet)
+            else:
+                write = tun.write
+                for packet in packets:
+                    write(packet)
+        except OSError as e:  # e.g. EINVAL: the kernel refused a packet; never fatal
+            self._count_other(f"tun-write-{errno.errorcode.get(e.errno or 0, e.errno)}")
 
     def drop_summary(self) -> str:
         """Dropped input by reason, e.g. ``dropped: malformed=3 mac1=1`` (never secrets)."""
@@ -351,6 +426,7 @@ class Tunnel:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
         self.sock = new
+        udp.enable_gro(new)
         self.loop.add_reader(new.fileno(), self._on_udp_readable)
         log.info("listening on UDP port %d", port)
 

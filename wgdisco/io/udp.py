@@ -87,6 +87,43 @@ def _raise_buffers(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)  # capped by the sysctl
 
 
+# --- batching: UDP GSO on send, GRO on receive (Linux >= 4.18 / 5.0) -----------
+
+SOL_UDP = 17
+UDP_SEGMENT = 103  # <linux/udp.h>: sendmsg cmsg, u16 segment size
+UDP_GRO = 104  # setsockopt, then recvmsg cmsg carrying the segment size (int)
+MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels
+MAX_GSO_BYTES = 65000  # one datagram's IP payload limit, with room for headers
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    """Ask the kernel to coalesce received datagrams of a flow (UDP_GRO); False if unsupported."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def send_segments(sock: socket.socket, datagrams: list[bytes], segment: int, addr: Sockaddr) -> None:
+    """Send datagrams of ``segment`` bytes (the last may be shorter) in one sendmsg (UDP GSO).
+
+    OSError as from sendto; EIO/EINVAL mean the path cannot segment, and the
+    caller falls back to one sendto each.
+    """
+    sock.sendmsg([b"".join(datagrams)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))], 0, addr)
+
+
+def recv_segments(sock: socket.socket, bufsize: int) -> tuple[bytes, Sockaddr, int]:
+    """One recvmsg: (data, sender, segment size) — segment 0 when not coalesced."""
+    data, ancdata, _flags, addr = sock.recvmsg(bufsize, GRO_CMSG_SPACE)
+    for level, kind, value in ancdata:
+        if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+            return data, addr, struct.unpack_from("=i", value)[0]
+    return data, addr, 0
+
+
 def local_port(sock: socket.socket) -> int:
     """The port the socket is bound to."""
     return sock.getsockname()[1]

@@ -423,8 +423,11 @@ class Device:
 
     # --- receive path (wireguard-go receive.go) -----------------------------------
 
-    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> bytes | None:
-        """Handle one WireGuard datagram; returns an inner IP packet for TUN, or None."""
+    def receive_datagram(self, data: bytes | memoryview, addr: Addr, now: float) -> bytes | None:
+        """Handle one WireGuard datagram (bytes or a memoryview of a GRO run).
+
+        Returns the inner IP packet for TUN, or None.
+        """
         n = len(data)
         if n < 4 or data[1] or data[2] or data[3]:
             self._drop("malformed")
@@ -435,6 +438,7 @@ class Device:
                 self._drop("malformed")
                 return None
             return self._receive_transport(data, addr, now)
+        data = bytes(data)  # handshake messages are rare: plain bytes for the parsers
         try:
             if kind == 1 and n == noise.MESSAGE_INITIATION_SIZE:
                 self._receive_handshake(data, addr, now, self._consume_initiation)

@@ -1,0 +1,1 @@
+"""wgdisco benchmarks (run as scripts; see bench/README.md)."""

@@ -1,0 +1,706 @@
+"""Throughput, CPU cost and latency of wgdisco's tunnel, against wireguard-go on the same machine.
+
+    sudo .venv/bin/python bench/throughput.py [--rounds 3] [--seconds 10] [--out FILE] [--smoke]
+
+Method
+------
+Network part (root, network namespaces from ``tests/lab``).  A *session* is one fresh lab:
+two namespaces ``a`` and ``b`` joined by one veth pair (198.51.100.1/.2), a WireGuard node on
+each side (``tests.lab.wg.pair``, inner addresses 10.9.0.1 and 10.9.0.2, MTU 1420), and an
+``iperf3 -s`` in ``b``.  The configurations are
+
+* ``wgdisco``      — wgdisco on both sides,
+* ``wireguard-go`` — wireguard-go on both sides (the reference),
+* ``mixed``        — wgdisco in ``a``, wireguard-go in ``b`` (one session, after the rounds).
+
+Round i runs a ``wgdisco`` session and then a ``wireguard-go`` session (A B A B ...), so
+slow drifts of the machine hit both alike; ratios are taken pair by pair (round i of A over
+round i of B) and then their median is reported.  In each session:
+
+1. ping: ``ping -i 0.01 -c 100 -q`` from ``a`` to ``b``'s veth address and then to its
+   tunnel address; *added RTT* = tunnel avg - veth avg.
+2. iperf3 TCP from ``a`` to ``b``'s tunnel address for ``--seconds``: one stream (``-P 1``)
+   and four (``-P 4``), each "up" (a -> b) and "down" (``-R``, b -> a).  Throughput is
+   iperf3's ``sum_received`` (goodput at the receiver).
+3. CPU: utime + stime of each daemon process (``/proc/PID/stat``, all threads) just before
+   and just after the iperf3 client, divided by the GB (1e9 bytes) of TCP payload received.
+   The "sender" side is the daemon in the namespace whose iperf3 sends the data.  The pid
+   is the one ``Host.popen`` started (``ip netns exec`` execs the daemon); it is verified
+   from ``/proc/PID/cmdline`` (a child is searched for if ``ip`` had forked instead).
+
+In-process part (no network, one core, this process): two ``wgdisco.proto.device.Device``
+objects peered in memory as ``tests/test_device.py``'s ``Pair`` does.
+
+* handshakes/s: the initiator prepares N initiations (unmeasured); the responder's
+  ``receive_datagram`` consumes each one and creates its response; N / elapsed.  The
+  responder's fake clock advances 1 s per message so neither flood protection nor the
+  under-load cookie path trigger: this is the normal path, DH and all.
+* packets/s: after a handshake, 64-byte IPv4 packets (20-byte header + 44 bytes, so no
+  padding) through ``send_packet`` (encrypt) and the resulting datagrams through the other
+  device's ``receive_datagram`` (decrypt, replay check, allowed-IPs check), timed apart.
+
+Every measurement is repeated ``--rounds`` times and the median is reported.  Raw samples,
+medians, ratios and a description of the machine go to a JSON file; a table is printed.
+``--smoke`` (for CI): one round of 2 s, one test per configuration, no mixed pair; the exit
+status is 1 if any measurement failed, 0 otherwise (the same rule holds for full runs).
+Labs are removed on every exit path, Ctrl-C included (``tests.lab.Lab``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import json
+import os
+import platform
+import re
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.lab import Host, Lab, LabError, Proc  # noqa: E402
+from tests.lab.wg import Node, pair  # noqa: E402
+from wgdisco.proto import keys  # noqa: E402
+from wgdisco.proto.device import Device  # noqa: E402
+
+WGDISCO, WGGO = "wgdisco", "wireguard-go"
+RAW_PEER = "198.51.100.2"  # b's veth address in tests.lab.wg.pair
+PING_ARGS = ["-i", "0.01", "-c", "100", "-q"]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+GB = 1e9
+
+
+# ------------------------------------------------------------------ the plan
+
+
+@dataclass(frozen=True)
+class Test:
+    key: str  # "P1-up": used in the JSON
+    label: str  # "single up": used in the table
+    streams: int
+    reverse: bool  # iperf3 -R: the data flows b -> a
+
+
+TESTS = (
+    Test("P1-up", "single up", 1, False),
+    Test("P1-down", "single down", 1, True),
+    Test("P4-up", "4 streams up", 4, False),
+    Test("P4-down", "4 streams down", 4, True),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    key: str
+    kind_a: str
+    kind_b: str
+
+
+CONFIGS = {
+    WGDISCO: Config(WGDISCO, WGDISCO, WGDISCO),
+    WGGO: Config(WGGO, WGGO, WGGO),
+    "mixed": Config("mixed", WGDISCO, WGGO),
+}
+
+
+@dataclass(frozen=True)
+class Session:
+    config: Config
+    round: int
+    tests: tuple[Test, ...]
+
+    @property
+    def label(self) -> str:
+        return f"{self.config.key} round {self.round}"
+
+    def steps(self) -> list[str | Test]:
+        return ["ping", *self.tests]
+
+
+def plan(rounds: int, smoke: bool) -> list[Session]:
+    """A B A B ... for ``rounds`` rounds, then the mixed pair (not in smoke runs)."""
+    tests = TESTS[:1] if smoke else TESTS
+    sessions = []
+    for r in range(1, rounds + 1):
+        sessions += [Session(CONFIGS[WGDISCO], r, tests), Session(CONFIGS[WGGO], r, tests)]
+    if not smoke:
+        sessions.append(Session(CONFIGS["mixed"], 1, tests))
+    return sessions
+
+
+MICRO_STEPS = ("handshakes", "packets")
+
+
+# ------------------------------------------------------------- bookkeeping
+
+
+class Progress:
+    """``[3/14] wgdisco round 2 single up ... 812 Mbit/s`` lines."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.n = 0
+
+    def start(self, what: str) -> None:
+        self.n += 1
+        print(f"[{self.n}/{self.total}] {what} ...", end=" ", flush=True)
+
+    @staticmethod
+    def finish(text: str) -> None:
+        print(text, flush=True)
+
+
+class Results:
+    """Raw samples (one dict per measurement) and the failures among them."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict] = []
+        self.micro: dict[str, list[float]] = {}
+        self.errors: list[str] = []
+
+    def add(self, sample: dict) -> dict:
+        self.samples.append(sample)
+        if sample.get("error"):
+            self.errors.append(f"{sample['config']} round {sample['round']} {sample['test']}: {sample['error']}")
+        return sample
+
+    def ok(self) -> list[dict]:
+        return [s for s in self.samples if not s.get("error")]
+
+
+def guarded(fn: Callable[[], dict]) -> dict:
+    """Run a measurement; an exception becomes ``{"error": ...}`` (Ctrl-C still propagates)."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - any failure is reported, the run goes on
+        return {"error": f"{type(e).__name__}: {e}".strip()}
+
+
+# --------------------------------------------------------- process CPU time
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (all threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # fields 14 and 15 of proc(5)
+
+
+def argv_of_pid(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+
+
+def children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def is_daemon(pid: int, kind: str) -> bool:
+    argv = argv_of_pid(pid)
+    if not argv or Path(argv[0]).name == "ip":  # still (or only) `ip netns exec`
+        return False
+    if kind == WGDISCO:
+        return "tests.lab.run_tunnel" in argv
+    return Path(argv[0]).name == "wireguard-go"
+
+
+def daemon_pid(node: Node) -> int:
+    """The pid whose CPU time counts: the daemon itself, not an ``ip netns exec`` wrapper.
+
+    ``ip netns exec`` execs, so this is normally ``node.proc.pid``; a child is accepted too.
+    """
+    proc: Proc | None = node.proc
+    if proc is None:
+        raise LabError(f"{node.kind} node {node.iface} has no process")
+    for pid in [proc.pid, *children(proc.pid)]:
+        if is_daemon(pid, node.kind):
+            if pid != proc.pid:
+                print(f"(note: {node.kind} runs as pid {pid}, child of {proc.pid})", end=" ", flush=True)
+            return pid
+    raise LabError(f"no {node.kind} daemon at pid {proc.pid} ({argv_of_pid(proc.pid)}) or among its children")
+
+
+# ------------------------------------------------------------------ sessions
+
+
+@dataclass
+class Bed:
+    """One session's lab: the two nodes, their daemon pids, the iperf3 server."""
+
+    a: Node
+    b: Node
+    pids: dict[str, int]
+
+    def cpu(self) -> dict[str, float]:
+        return {side: cpu_seconds(pid) for side, pid in self.pids.items()}
+
+
+def wait_for_tunnel(a: Node, b: Node, tries: int = 5) -> None:
+    """Ping through the tunnel until the first handshake is done."""
+    for _ in range(tries):
+        if a.host.ping(b.inner4, count=1, wait=2, check=False).returncode == 0:
+            return
+    raise LabError(f"no ping through the tunnel {a.inner4} -> {b.inner4} after {tries} tries")
+
+
+def build_bed(lab: Lab, config: Config) -> Bed:
+    a, b = pair(lab, config.kind_a, config.kind_b, endpoint_on="both")
+    wait_for_tunnel(a, b)
+    server = b.host.popen(["iperf3", "-s", "--forceflush"], name="iperf3-server")
+    server.wait_for(r"Server listening", timeout=10)
+    return Bed(a, b, {"a": daemon_pid(a), "b": daemon_pid(b)})
+
+
+PING_RTT = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
+PING_LOSS = re.compile(r"([\d.]+)% packet loss")
+
+
+def ping_avg(host: Host, target: str) -> tuple[float, float]:
+    """(average RTT in ms, loss in %) of 100 pings 10 ms apart."""
+    cp = host.run(["ping", "-4", "-n", *PING_ARGS, target], check=False, timeout=60)
+    rtt, loss = PING_RTT.search(cp.stdout), PING_LOSS.search(cp.stdout)
+    if rtt is None or loss is None:
+        raise RuntimeError(f"ping {target} exited {cp.returncode}: {(cp.stdout + cp.stderr).strip()}")
+    return float(rtt.group(2)), float(loss.group(1))
+
+
+def measure_ping(bed: Bed) -> dict:
+    raw, raw_loss = ping_avg(bed.a.host, RAW_PEER)
+    tunnel, tunnel_loss = ping_avg(bed.a.host, bed.b.inner4)
+    return {
+        "raw_ms": raw, "tunnel_ms": tunnel, "added_ms": round(tunnel - raw, 4),
+        "raw_loss_pct": raw_loss, "tunnel_loss_pct": tunnel_loss,
+    }
+
+
+def iperf_client(host: Host, target: str, test: Test, seconds: float) -> dict:
+    """One iperf3 TCP test; raises on any iperf3 error."""
+    argv = ["iperf3", "-c", target, "-t", str(seconds), "-P", str(test.streams), "-J",
+            "--connect-timeout", "5000", *(["-R"] if test.reverse else [])]
+    cp = host.run(argv, check=False, timeout=seconds + 60)
+    try:
+        report = json.loads(cp.stdout)
+    except ValueError:
+        raise RuntimeError(f"iperf3 exited {cp.returncode}: {(cp.stderr or cp.stdout).strip()[:500]}") from None
+    if report.get("error") or cp.returncode != 0:
+        raise RuntimeError(f"iperf3 exited {cp.returncode}: {report.get('error', 'no error text')}")
+    end = report["end"]
+    received = end["sum_received"]
+    if not received.get("bytes"):
+        raise RuntimeError("iperf3 reports 0 bytes received")
+    return {
+        "bytes": received["bytes"],
+        "seconds": received["seconds"],
+        "mbit_s": received["bits_per_second"] / 1e6,
+        "retransmits": end.get("sum_sent", {}).get("retransmits"),
+    }
+
+
+def measure_throughput(bed: Bed, test: Test, seconds: float) -> dict:
+    before = bed.cpu()
+    result = iperf_client(bed.a.host, bed.b.inner4, test, seconds)
+    after = bed.cpu()
+    cpu = {side: round(after[side] - before[side], 3) for side in before}
+    sender, receiver = ("b", "a") if test.reverse else ("a", "b")
+    gb = result["bytes"] / GB
+    return {
+        **result,
+        "cpu_s": cpu,
+        "cpu_s_per_gb_sender": cpu[sender] / gb,
+        "cpu_s_per_gb_receiver": cpu[receiver] / gb,
+    }
+
+
+def describe(sample: dict) -> str:
+    if sample.get("error"):
+        return f"FAILED: {sample['error']}"
+    if sample["test"] == "ping":
+        return f"veth {sample['raw_ms']:.3f} ms, tunnel {sample['tunnel_ms']:.3f} ms, added {sample['added_ms']:.3f} ms"
+    return (f"{sample['mbit_s']:.0f} Mbit/s, cpu s/GB sender {sample['cpu_s_per_gb_sender']:.2f} "
+            f"receiver {sample['cpu_s_per_gb_receiver']:.2f}")
+
+
+def record(results: Results, progress: Progress, session: Session, step: str | Test, data: dict) -> None:
+    test = step if isinstance(step, str) else step.key
+    sample = results.add({"config": session.config.key, "round": session.round, "test": test, **data,
+                          "loadavg_1m_after": os.getloadavg()[0]})  # others' load on the box shows here
+    progress.finish(describe(sample))
+
+
+def step_label(session: Session, step: str | Test) -> str:
+    return f"{session.label} {step if isinstance(step, str) else step.label}"
+
+
+def run_session(session: Session, seconds: float, progress: Progress, results: Results) -> None:
+    """Build the lab, run each step, tear the lab down; a broken lab fails its remaining steps."""
+    pending = session.steps()
+    try:
+        with Lab() as lab:
+            bed = build_bed(lab, session.config)
+            while pending:
+                step = pending[0]
+                progress.start(step_label(session, step))
+                if step == "ping":
+                    data = guarded(lambda: measure_ping(bed))
+                else:
+                    data = guarded(lambda: measure_throughput(bed, step, seconds))  # noqa: B023
+                pending.pop(0)
+                data["pids"] = bed.pids
+                record(results, progress, session, step, data)
+    except Exception as e:  # noqa: BLE001 - setup or teardown failed
+        error = f"{type(e).__name__}: {e}".strip()
+        if not pending:  # every step measured; the teardown failed
+            results.errors.append(f"{session.label} teardown: {error}")
+            print(f"  teardown of {session.label} failed: {error}", flush=True)
+        for step in pending:
+            progress.start(step_label(session, step))
+            record(results, progress, session, step, {"error": f"lab setup failed: {error}"})
+
+
+# ------------------------------------------------------ in-process micro
+
+
+A_ADDR = ("198.51.100.1", 51820)
+B_ADDR = ("198.51.100.2", 51820)
+
+
+def ipv4_packet(size: int = 64) -> bytes:
+    """An IPv4/UDP-protocol packet of ``size`` bytes from 10.0.0.1 to 10.0.0.2."""
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, size, 0, 0, 64, 17, 0,
+        ipaddress.IPv4Address("10.0.0.1").packed, ipaddress.IPv4Address("10.0.0.2").packed,
+    )
+    return header + bytes(size - len(header))
+
+
+class MemoryPair:
+    """Devices A and B peered with each other and a wire in memory (cf. tests/test_device.py)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.a = Device(keys.clamp(os.urandom(32)), rng=os.urandom, now=self.now)
+        self.b = Device(keys.clamp(os.urandom(32)), rng=os.urandom, now=self.now)
+        self.pa = self.a.add_peer(self.b.identity.public)
+        self.pb = self.b.add_peer(self.a.identity.public)
+        self.a.allowed_ips.insert(ipaddress.ip_network("10.0.0.2/32"), self.pa)
+        self.b.allowed_ips.insert(ipaddress.ip_network("10.0.0.1/32"), self.pb)
+        self.a.set_endpoint(self.pa, B_ADDR)
+
+    def flush(self) -> None:
+        """Carry queued datagrams both ways until the wire is quiet."""
+        moved = True
+        while moved:
+            moved = False
+            for src, dst, addr in ((self.a, self.b, A_ADDR), (self.b, self.a, B_ADDR)):
+                for data, _ in src.take_outbox():
+                    dst.receive_datagram(data, addr, self.now)
+                    moved = True
+
+    def establish(self) -> None:
+        """A handshake and the first data packet, so both sides hold a current keypair."""
+        self.a.send_packet(ipv4_packet(), self.now)
+        self.flush()
+        if self.pa.current is None or self.pb.current is None:
+            raise RuntimeError(f"no session in memory (drops a={self.a.drops} b={self.b.drops})")
+
+
+def prepared_initiations(mp: MemoryPair, n: int) -> list[bytes]:
+    """``n`` valid initiations from A, REKEY_TIMEOUT apart on A's clock (unmeasured)."""
+    messages, now = [], mp.now
+    for _ in range(n):
+        now += mp.a.timing.rekey_timeout + 0.1
+        mp.a.send_handshake_initiation(mp.pa, now, is_retry=False)
+        messages += [data for data, _ in mp.a.take_outbox()]
+    return messages
+
+
+def handshakes_per_second(n: int) -> float:
+    mp = MemoryPair()
+    messages = prepared_initiations(mp, n)
+    receive, take, now, responses = mp.b.receive_datagram, mp.b.take_outbox, mp.now, 0
+    t0 = time.perf_counter()
+    for msg in messages:
+        now += 1.0  # > flood interval, and a fresh under-load window each time
+        receive(msg, A_ADDR, now)
+        responses += len(take())
+    elapsed = time.perf_counter() - t0
+    if responses != n or mp.b.drops:
+        raise RuntimeError(f"{responses} responses to {n} initiations, drops {mp.b.drops}")
+    return n / elapsed
+
+
+def packet_rates(min_seconds: float, batch: int = 2000) -> tuple[float, float]:
+    """(encrypt, decrypt) packets per second of 64-byte inner packets."""
+    mp = MemoryPair()
+    mp.establish()
+    packet, send, now = ipv4_packet(64), mp.a.send_packet, mp.now
+    datagrams: list = []
+    t_encrypt = 0.0
+    while t_encrypt < min_seconds:
+        t0 = time.perf_counter()
+        out = [send(packet, now) for _ in range(batch)]
+        t_encrypt += time.perf_counter() - t0
+        datagrams += out
+    receive = mp.b.receive_datagram
+    t0 = time.perf_counter()
+    inner = [receive(data, A_ADDR, now) for data, _ in datagrams]
+    t_decrypt = time.perf_counter() - t0
+    delivered = sum(1 for p in inner if p is not None)
+    if delivered != len(datagrams):
+        raise RuntimeError(f"{delivered} of {len(datagrams)} decrypted, drops {mp.b.drops}")
+    return len(datagrams) / t_encrypt, len(datagrams) / t_decrypt
+
+
+def run_micro(repeats: int, smoke: bool, progress: Progress, results: Results) -> None:
+    n_handshakes, min_seconds = (100, 0.2) if smoke else (2000, 1.0)
+    progress.start(f"in-process handshakes/s (responder, {repeats} x {n_handshakes})")
+    samples = guarded(lambda: {"v": [handshakes_per_second(n_handshakes) for _ in range(repeats)]})
+    micro_record(results, progress, {"handshakes_per_s": samples})
+    progress.start(f"in-process 64-byte packets/s ({repeats} x >= {min_seconds} s)")
+    rates = guarded(lambda: {"v": [packet_rates(min_seconds) for _ in range(repeats)]})
+    if rates.get("error"):
+        split = {"encrypt_pps": rates, "decrypt_pps": rates}
+    else:
+        split = {"encrypt_pps": {"v": [e for e, _ in rates["v"]]}, "decrypt_pps": {"v": [d for _, d in rates["v"]]}}
+    micro_record(results, progress, split)
+
+
+def micro_record(results: Results, progress: Progress, named: dict[str, dict]) -> None:
+    """``named``: metric -> {"v": samples} or {"error": text}."""
+    texts = []
+    for name, outcome in named.items():
+        if outcome.get("error"):
+            results.errors.append(f"micro {name}: {outcome['error']}")
+            texts.append(f"{name} FAILED: {outcome['error']}")
+        else:
+            results.micro[name] = outcome["v"]
+            texts.append(f"{name} {statistics.median(outcome['v']):,.0f}")
+    progress.finish(", ".join(texts))
+
+
+# --------------------------------------------------------------- summaries
+
+
+RATIO_METRICS = ("mbit_s", "cpu_s_per_gb_sender", "cpu_s_per_gb_receiver", "added_ms")
+METRICS = (*RATIO_METRICS, "raw_ms", "tunnel_ms")
+
+
+def values(samples: Iterable[dict], config: str, test: str, metric: str) -> dict[int, float]:
+    """round -> value, for the successful samples of one configuration and test."""
+    return {s["round"]: s[metric] for s in samples if s["config"] == config and s["test"] == test and metric in s}
+
+
+def medians(results: Results) -> dict:
+    out: dict = {}
+    ok = results.ok()
+    for config in sorted({s["config"] for s in ok}):
+        for test in sorted({s["test"] for s in ok if s["config"] == config}):
+            cell = {m: statistics.median(v.values()) for m in METRICS if (v := values(ok, config, test, m))}
+            cell["n"] = len(values(ok, config, test, "added_ms" if test == "ping" else "mbit_s"))
+            out.setdefault(config, {})[test] = cell
+    out["micro"] = {name: statistics.median(v) for name, v in results.micro.items()}
+    return out
+
+
+def ratios(results: Results) -> dict:
+    """wgdisco / wireguard-go, round i against round i, and the median of those ratios."""
+    out: dict = {}
+    ok = results.ok()
+    for test in sorted({s["test"] for s in ok}):
+        for metric in RATIO_METRICS:
+            ours, theirs = values(ok, WGDISCO, test, metric), values(ok, WGGO, test, metric)
+            per_round = {r: ours[r] / theirs[r] for r in sorted(ours.keys() & theirs.keys()) if theirs[r]}
+            if per_round:
+                out.setdefault(test, {})[metric] = {
+                    "per_round": {str(r): round(v, 4) for r, v in per_round.items()},
+                    "median": statistics.median(per_round.values()),
+                }
+    return out
+
+
+# ------------------------------------------------------------------ output
+
+
+def run_text(cmd: list[str]) -> str:
+    try:
+        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except OSError as e:
+        return f"unavailable ({e})"
+    return (cp.stdout or cp.stderr).strip()
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_info() -> dict:
+    dirty = run_text(["git", "-C", str(REPO), "status", "--porcelain", "--", "wgdisco"])
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "wireguard_go": run_text(["wireguard-go", "--version"]).splitlines()[0],
+        "iperf3": run_text(["iperf3", "--version"]).splitlines()[0],
+        "cryptography": package_version("cryptography"),
+        "wgdisco_commit": run_text(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "wgdisco_tree_modified": bool(dirty) and not dirty.startswith(("fatal", "unavailable")),
+        "loadavg_at_start": os.getloadavg(),
+    }
+
+
+def fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def cell(summary: dict, config: str, test: str, metric: str) -> float | None:
+    return summary.get(config, {}).get(test, {}).get(metric)
+
+
+def per_round(results: Results, config: str, test: str, metric: str, spec: str) -> str:
+    v = values(results.ok(), config, test, metric)
+    return "[" + " ".join(format(v[r], spec) for r in sorted(v)) + "]"
+
+
+def print_table(results: Results, summary: dict, rat: dict, args: argparse.Namespace) -> None:
+    tests = [t for t in TESTS if any(s["test"] == t.key for s in results.samples)]
+    rounds = f"median of {args.rounds} round{'s' * (args.rounds != 1)} x {args.seconds:g} s"
+    print(f"\nTCP throughput through the tunnel, Mbit/s ({rounds}; per round in brackets)")
+    print(f"{'test':<15} {'wgdisco':<26} {'wireguard-go':<26} {'wgdisco/wg-go':<22} mixed a=wgdisco b=wg-go")
+    for t in tests:
+        ratio = rat.get(t.key, {}).get("mbit_s", {})
+        ratio_text = fmt(ratio.get("median"), ".2f") + " " + (
+            "[" + " ".join(format(v, ".2f") for v in ratio.get("per_round", {}).values()) + "]")
+        print(f"{t.label:<15} "
+              f"{fmt(cell(summary, WGDISCO, t.key, 'mbit_s'), '.0f') + ' ' + per_round(results, WGDISCO, t.key, 'mbit_s', '.0f'):<26} "
+              f"{fmt(cell(summary, WGGO, t.key, 'mbit_s'), '.0f') + ' ' + per_round(results, WGGO, t.key, 'mbit_s', '.0f'):<26} "
+              f"{ratio_text:<22} {fmt(cell(summary, 'mixed', t.key, 'mbit_s'), '.0f')}")
+    print("\nDaemon CPU seconds per GB of payload (median), sender side / receiver side"
+          "  (up = a->b, down = b->a)")
+    print(f"{'test':<15} {'wgdisco':<16} {'wireguard-go':<16} {'ratio':<14} mixed a=wgdisco b=wg-go")
+    for t in tests:
+        def pair_text(config: str) -> str:
+            return (fmt(cell(summary, config, t.key, "cpu_s_per_gb_sender"), ".2f") + " / "
+                    + fmt(cell(summary, config, t.key, "cpu_s_per_gb_receiver"), ".2f"))
+        r = rat.get(t.key, {})
+        ratio_text = (fmt(r.get("cpu_s_per_gb_sender", {}).get("median"), ".1f") + " / "
+                      + fmt(r.get("cpu_s_per_gb_receiver", {}).get("median"), ".1f"))
+        print(f"{t.label:<15} {pair_text(WGDISCO):<16} {pair_text(WGGO):<16} {ratio_text:<14} {pair_text('mixed')}")
+    print(f"\nAdded ping RTT, ms: tunnel avg - veth avg, ping {' '.join(PING_ARGS)} (median over rounds)")
+    for config in (WGDISCO, WGGO, "mixed"):
+        if config in summary and "ping" in summary[config]:
+            p = summary[config]["ping"]
+            print(f"  {config:<13} added {fmt(p.get('added_ms'), '.3f')}  "
+                  f"(tunnel {fmt(p.get('tunnel_ms'), '.3f')}, veth {fmt(p.get('raw_ms'), '.3f')}) "
+                  f"{per_round(results, config, 'ping', 'added_ms', '.3f')}")
+    micro = summary["micro"]
+    print("\nIn-process wgdisco.proto.device (this process, one core; median)")
+    print(f"  handshakes completed by a responder: {fmt(micro.get('handshakes_per_s'), ',.0f')} /s")
+    print(f"  64-byte packets: encrypt {fmt(micro.get('encrypt_pps'), ',.0f')} /s, "
+          f"decrypt {fmt(micro.get('decrypt_pps'), ',.0f')} /s")
+    if results.errors:
+        print(f"\n{len(results.errors)} measurement(s) FAILED:")
+        for e in results.errors:
+            print(f"  {e.splitlines()[0]}")
+
+
+def write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+# -------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3, help="A/B rounds (default 3)")
+    p.add_argument("--seconds", type=float, default=10, help="length of each iperf3 test (default 10)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON file (default bench/results/throughput.json, -smoke.json with --smoke)")
+    p.add_argument("--smoke", action="store_true", help="CI check: 1 round of 2 s, one test each, no mixed pair")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.rounds, args.seconds = 1, 2.0
+    if args.out is None:
+        args.out = REPO / "bench" / "results" / ("throughput-smoke.json" if args.smoke else "throughput.json")
+    if args.rounds < 1 or args.seconds <= 0:
+        p.error("--rounds must be >= 1 and --seconds > 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/throughput.py needs root (network namespaces)", file=sys.stderr)
+        return 2
+    started = time.time()
+    sessions = plan(args.rounds, args.smoke)
+    progress = Progress(len(MICRO_STEPS) + sum(len(s.steps()) for s in sessions))
+    results = Results()
+    info = machine_info()
+    print(f"wgdisco {info['wgdisco_commit']}{' (modified)' if info['wgdisco_tree_modified'] else ''} vs "
+          f"{info['wireguard_go']}; {info['nproc']} x {info['cpu_model']}; kernel {info['kernel']}; "
+          f"Python {info['python']}; cryptography {info['cryptography']}", flush=True)
+    try:
+        run_micro(args.rounds, args.smoke, progress, results)
+        for session in sessions:
+            run_session(session, args.seconds, progress, results)
+    except KeyboardInterrupt:
+        print("\ninterrupted: labs removed, nothing written", file=sys.stderr)
+        return 130
+    summary, rat = medians(results), ratios(results)
+    report = {
+        "machine": info,
+        "params": {"rounds": args.rounds, "seconds": args.seconds, "smoke": args.smoke,
+                   "tests": [t.key for t in (TESTS[:1] if args.smoke else TESTS)],
+                   "ping": PING_ARGS, "micro_packet_bytes": 64},
+        "started": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(timespec="seconds"),
+        "duration_s": round(time.time() - started, 1),
+        "samples": results.samples,
+        "micro_samples": results.micro,
+        "medians": summary,
+        "ratios_wgdisco_over_wireguard_go": rat,
+        "errors": results.errors,
+    }
+    write_json(args.out, report)
+    print_table(results, summary, rat, args)
+    print(f"\n{report['duration_s']:.0f} s; results in {args.out}")
+    return 1 if results.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
