@@ -131,6 +131,7 @@ class Device:
         handshake_load_threshold: int = HANDSHAKE_LOAD_THRESHOLD,
     ) -> None:
         self.rng = rng
+        self._jitter_state = int.from_bytes(rng(8), "little") | 1
         self.wall_offset = wall_offset  # wall time = now + wall_offset (TAI64N, §5.4.2)
         self.mtu = mtu
         self.timing = timing or Timing()
@@ -195,7 +196,14 @@ class Device:
     # --- timers (whitepaper §6; wireguard-go timers.go) ---------------------
 
     def _jitter(self) -> float:
-        return int.from_bytes(self.rng(2), "little") % 1000 / 1000 * self.timing.rekey_timeout_jitter_max
+        """0..REKEY_TIMEOUT_JITTER_MAX (§6.1). Not secret: xorshift64, seeded once from rng,
+        because this runs for data packets and rng may be a system call."""
+        x = self._jitter_state
+        x ^= (x << 13) & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 7
+        x ^= (x << 17) & 0xFFFFFFFFFFFFFFFF
+        self._jitter_state = x
+        return x % 1000 / 1000 * self.timing.rekey_timeout_jitter_max
 
     def get_timer(self) -> float | None:
         """The earliest deadline of any peer, or None."""
