@@ -112,6 +112,13 @@ BAD = [
     (f"[Interface]\nPrivateKey = {PRIV}\nMTU = 100\n", 3, "MTU", "not an MTU"),
     (f"[Interface]\nPrivateKey = {PRIV}\nAddress = fd00::1/64\nMTU = 1000\n", 4, "MTU", "IPv6"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nMagic = yes\n", 4, "Magic", "unknown key in [Discovery]"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nmDNS = maybe\n", 4, "mDNS", "not a boolean"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = bad..name\n", 4, "Domain", "not a domain"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nNameserver = ns1\n", 5, "Nameserver", "not a nameserver"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nPollInterval = 0\n", 5, "PollInterval", "out of range"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nNameserver = 192.0.2.53\n", 4, "Nameserver", "needs Domain"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = md5:k:AAAA\n", 5, "UpdateKey", "not one of"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = hmac-sha256:k:!!\n", 5, "UpdateKey", "not valid base64"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nAllowedIPs = 10.0.0.2/32\n", 3, "PublicKey", "no PublicKey"),
     (f"[Interface]\nListenPort = 1\n", 1, "PrivateKey", "no PrivateKey"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PUB1}\n[Peer]\nPublicKey = {PUB1}\n", 5, "PublicKey", "line 3"),
@@ -193,3 +200,37 @@ def test_format_hides_secrets_and_round_trips() -> None:
 def test_shipped_examples_parse(path: Path) -> None:
     cfg = config.load(path)
     assert cfg.name == path.stem and cfg.peers
+
+
+def test_discovery_keys_parse_and_showconf_hides_the_tsig_secret() -> None:
+    secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQ="
+    cfg = parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nmdns = off\nmDNSInterfaces = eth0, eth1\n"
+                f"Domain = WG.Example.Net.\nNameserver = [2001:db8::53]:5353\nPollInterval = 5\n"
+                f"UpdateKey = hmac-sha256:wgdisco.:{secret}\n")
+    d = cfg.discovery
+    assert (d["mDNS"], d["mDNSInterfaces"], d["Domain"]) == (False, ["eth0", "eth1"], "wg.example.net")
+    assert d["Nameserver"] == ("2001:db8::53", 5353) and d["PollInterval"] == 5.0
+    assert d["UpdateKey"].name == "wgdisco."
+    text = config.format_config(cfg)
+    assert secret not in text and "UpdateKey = (hidden)" in text and "Nameserver = [2001:db8::53]:5353" in text
+    assert parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nNameserver = 198.51.100.53\nDomain = x.test\n"
+                 ).discovery["Nameserver"] == ("198.51.100.53", 53)
+
+
+def test_update_key_file_is_read_and_checked(tmp_path: Path) -> None:
+    key = tmp_path / "tsig.key"
+    key.write_text("hmac-sha256:wgdisco.:c2VjcmV0\n")
+    key.chmod(0o644)
+    conf = tmp_path / "wg0.conf"
+    conf.write_text(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKeyFile = tsig.key\n")
+    conf.chmod(0o600)
+    cfg = config.load(conf)
+    assert cfg.discovery["UpdateKey"].name == "wgdisco."
+    assert any("TSIG secret but is accessible by others" in w for w in cfg.warnings)
+    key.write_text("garbage")
+    with pytest.raises(ConfigError) as info:
+        config.load(conf)
+    assert (info.value.line, info.value.key) == (5, "UpdateKeyFile")
+    key.unlink()
+    with pytest.raises(ConfigError, match="cannot read"):
+        config.load(conf)

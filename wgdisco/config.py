@@ -220,9 +220,75 @@ PEER_KEYS: dict[str, tuple[str, Callable[[str], Any], Setter]] = {
     "persistentkeepalive": ("PersistentKeepalive", parse_keepalive, _set("persistent_keepalive")),
 }
 
-# [Discovery] keys: lowercase name -> (canonical name, parser, default).
-# Later features (mDNS, unicast DNS-SD, STUN, metrics) register their keys here.
-DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {}
+def parse_domain(value: str) -> str:
+    """A DNS domain such as ``wg.example.net`` (a trailing dot is fine); returned without the dot."""
+    name = value.strip().rstrip(".").lower()
+    labels = name.split(".")
+    if not name or len(name) > 253 or any(
+        not label or len(label) > 63 or not re.fullmatch(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?", label)
+        for label in labels
+    ):
+        raise ValueError(f"{value!r} is not a domain name (like wg.example.net)")
+    return name
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """``IP``, ``IP:port``, ``[IPv6]:port`` or a bare IPv6 address; port 53 by default."""
+    text = value.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            host, port = text.strip("[]"), "53"
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a nameserver address (IP, IP:port or [IPv6]:port)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{port!r} is not a port number (1-65535)")
+    return str(ip), int(port)
+
+
+def parse_seconds(value: str) -> float:
+    try:
+        seconds = float(value.removesuffix("s"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if not 1 <= seconds <= 86400:
+        raise ValueError(f"{value!r} is out of range (1-86400 seconds)")
+    return seconds
+
+
+def parse_update_key(value: str) -> Any:
+    """``hmac-sha256:<keyname>:<base64 secret>`` (as ``nsupdate -y``) -> a TSIG key."""
+    from wgdisco.io.dnssd import parse_update_key as parse  # dnspython only when configured
+
+    return parse(value)
+
+
+def parse_interfaces(value: str) -> list[str]:
+    names = split_list(value)
+    for name in names:
+        if not IFACE_NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not an interface name")
+    return names
+
+
+# [Discovery] keys: lowercase name -> (canonical name, parser, default). docs/configuration.md
+# documents each one. Later features (STUN, metrics) register their keys here.
+DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
+    "mdns": ("mDNS", parse_bool, True),
+    "mdnsinterfaces": ("mDNSInterfaces", parse_interfaces, []),
+    "domain": ("Domain", parse_domain, None),
+    "nameserver": ("Nameserver", parse_nameserver, None),
+    "pollinterval": ("PollInterval", parse_seconds, 10.0),
+    "updatekey": ("UpdateKey", parse_update_key, None),
+    "updatekeyfile": ("UpdateKeyFile", str, None),
+    "zone": ("Zone", parse_domain, None),
+}
+SECRET_DISCOVERY_KEYS = {"UpdateKey"}
 
 # Keys wg-quick honours that wgdisco accepts but does not act on (yet): a warning, not an error.
 UNSUPPORTED_INTERFACE_KEYS = {
@@ -245,6 +311,7 @@ class _Parser:
         self.discovery: dict[str, Any] | None = None
         self.seen_unsupported: dict[str, int] = {}
         self.interface_key_lines: dict[str, int] = {}
+        self.discovery_key_lines: dict[str, int] = {}
 
     def error(self, message: str, line: int | None = None, key: str | None = None) -> ConfigError:
         return ConfigError(message, file=self.path, line=line, key=key)
@@ -293,6 +360,7 @@ class _Parser:
                 raise self.error("unknown key in [Discovery]", lineno, key)
             canonical, parser, _default = DISCOVERY_KEYS[low]
             self.discovery[canonical] = self.convert(parser, value, lineno, canonical)
+            self.discovery_key_lines[canonical] = lineno
             return
         table = INTERFACE_KEYS if section == "interface" else PEER_KEYS
         if low not in table:
@@ -339,7 +407,16 @@ class _Parser:
                 )
         discovery = {canonical: default for canonical, _p, default in DISCOVERY_KEYS.values()}
         discovery.update(self.discovery or {})
+        self.check_discovery(discovery)
         return self.interface, self.peers, discovery
+
+    def check_discovery(self, d: dict[str, Any]) -> None:
+        lines = self.discovery_key_lines
+        if d["UpdateKey"] is not None and d["UpdateKeyFile"] is not None:
+            raise self.error("give UpdateKey or UpdateKeyFile, not both", lines["UpdateKeyFile"], "UpdateKeyFile")
+        for key in ("UpdateKey", "UpdateKeyFile", "Nameserver", "Zone", "PollInterval"):
+            if key in lines and d["Domain"] is None:
+                raise self.error("needs Domain (unicast DNS-SD) in [Discovery]", lines[key], key)
 
 
 def parse(text: str, path: str = "<config>", name: str = "wg0") -> Config:
@@ -382,7 +459,31 @@ def load(path: str | os.PathLike[str]) -> Config:
         config.warnings.insert(
             0, f"{spath}: holds a private key but is accessible by others (mode {mode & 0o777:03o}; chmod 600)"
         )
+    keyfile = config.discovery.get("UpdateKeyFile")
+    if keyfile is not None:
+        load_update_key_file(config, keyfile, text)
     return config
+
+
+def load_update_key_file(config: Config, keyfile: str, text: str) -> None:
+    """Read [Discovery] UpdateKeyFile (relative to the config's directory) into UpdateKey."""
+    line = next((n for n, raw in enumerate(text.splitlines(), 1)
+                 if raw.split("#", 1)[0].split("=", 1)[0].strip().lower() == "updatekeyfile"), None)
+    path = Path(keyfile) if Path(keyfile).is_absolute() else Path(config.path).parent / keyfile
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = f.read()
+            mode = os.fstat(f.fileno()).st_mode
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read {path}: {why}", file=config.path, line=line, key="UpdateKeyFile") from None
+    try:
+        config.discovery["UpdateKey"] = parse_update_key(content)
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}", file=config.path, line=line, key="UpdateKeyFile") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        config.warnings.append(f"{path}: holds a TSIG secret but is accessible by others "
+                               f"(mode {mode & 0o777:03o}; chmod 600)")
 
 
 # --- normalized output (showconf) ---------------------------------------------
@@ -414,9 +515,17 @@ def format_config(config: Config, show_secrets: bool = False) -> str:
         out.extend(f"{key} = {c}" for c in commands)
     if i.save_config:
         out.append("SaveConfig = true")
-    if config.discovery:
+    defaults = {canonical: default for canonical, _p, default in DISCOVERY_KEYS.values()}
+    changed = {
+        k: v for k, v in config.discovery.items()
+        if v != defaults.get(k) and not (k == "UpdateKey" and config.discovery.get("UpdateKeyFile"))
+    }
+    if changed:
         out += ["", "[Discovery]"]
-        out.extend(f"{k} = {format_discovery_value(v)}" for k, v in config.discovery.items())
+        out.extend(
+            f"{k} = {'(hidden)' if k in SECRET_DISCOVERY_KEYS else format_discovery_value(v)}"
+            for k, v in changed.items()
+        )
     for p in config.peers:
         out += ["", "[Peer]", f"PublicKey = {keys.key_to_base64(p.public_key)}"]
         if p.preshared_key is not None:
@@ -433,6 +542,9 @@ def format_config(config: Config, show_secrets: bool = False) -> str:
 def format_discovery_value(value: Any) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):  # (ip, port)
+        host, port = value
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if isinstance(value, (list, tuple)):
         return ", ".join(str(v) for v in value)
     return str(value)

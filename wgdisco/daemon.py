@@ -72,6 +72,7 @@ class Tunnel:
         self.stopped = asyncio.Event()
         self.lock = threading.Lock()  # the Device, the socket and the counters
         self.dataplane: DataPlane | None = None
+        self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
         self.routes: list[Any] = []
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
@@ -111,6 +112,15 @@ class Tunnel:
             raise
         self.dataplane = DataPlane(self)
         self.dataplane.start()
+        if cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None:
+            from wgdisco.discovery import Discovery  # zeroconf/dnspython only when used
+
+            self.discovery = Discovery(self)
+            try:
+                await self.discovery.start()
+            except BaseException:
+                await self._teardown()
+                raise
         self._hooks(iface.post_up, "PostUp")
         log.info(
             "interface %s up: public key %s, listening on UDP port %d, %d peer(s)",
@@ -150,11 +160,16 @@ class Tunnel:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
             log.info("interface %s going down; %s", self.name, self.drop_summary())
+            if self.discovery is not None:
+                log.info("discovery: %s", self.discovery.summary())
             self._hooks(self.cfg.interface.pre_down, "PreDown")
             await self._teardown()
             self._hooks(self.cfg.interface.post_down, "PostDown")
 
     async def _teardown(self) -> None:
+        if self.discovery is not None:
+            await self.discovery.close()
+            self.discovery = None
         if self.dataplane is not None:
             await asyncio.to_thread(self.dataplane.stop)
             self.dataplane = None
@@ -265,6 +280,9 @@ class Tunnel:
                     self._count_other("unknown-datagram")
         if inner_packets:
             self._write_tun(tun, inner_packets)
+            # The kernel answers at once (an ICMP echo reply, TCP ACKs): take it now and
+            # save a round through epoll. At worst one EAGAIN read.
+            self.on_tun_readable(now)
 
     def _write_tun(self, tun: Tun, packets: list[Any]) -> None:
         """Hand decrypted packets to the kernel; TCP runs coalesced into GSO packets (proto/gro.py)."""
@@ -319,6 +337,8 @@ class Tunnel:
     def _log_event(self, event: Any) -> None:
         if event.kind == "handshake":
             log.info("peer %s: handshake completed", short(event.peer))
+            if self.discovery is not None:
+                self.discovery.on_handshake(event.peer.public_key)
         elif event.kind == "endpoint":
             old, new = event.detail
             log.info("peer %s: endpoint %s -> %s", short(event.peer), fmt_addr(old), fmt_addr(new))

@@ -45,6 +45,7 @@ class Node:
     listen_port: int = 51820
     peers: list[PeerSpec] = field(default_factory=list)
     proc: Proc | None = None
+    discovery: dict[str, str] = field(default_factory=lambda: {"mDNS": "off"})  # [Discovery] for wgdisco
 
     @property
     def inner4(self) -> str:
@@ -64,6 +65,8 @@ class Node:
     def config_text(self) -> str:
         lines = ["[Interface]", f"PrivateKey = {self.private}", f"ListenPort = {self.listen_port}",
                  "Address = " + ", ".join(self.addresses)]
+        if self.discovery:
+            lines += ["", "[Discovery]"] + [f"{k} = {v}" for k, v in self.discovery.items()]
         for p in self.peers:
             lines += ["", "[Peer]", f"PublicKey = {p.public}", "AllowedIPs = " + ", ".join(p.allowed_ips)]
             if p.endpoint:

@@ -193,6 +193,23 @@ class Device:
     def set_endpoint(self, peer: Peer, endpoint: Addr | None) -> None:
         peer.endpoint = endpoint
 
+    def try_endpoint(self, peer: Peer, endpoint: Addr, now: float) -> None:
+        """Point ``peer`` at a hinted candidate and send an initiation there now.
+
+        The REKEY_TIMEOUT gate of §6.1 is skipped: the caller's schedule (proto/hints.py)
+        bounds tries to one per interval. Only a completed handshake proves the candidate;
+        a response from elsewhere still moves the endpoint by the roaming rule (§2.1).
+        """
+        if peer.endpoint != endpoint:
+            old, peer.endpoint = peer.endpoint, endpoint
+            self.events.append(Event("endpoint", peer, (old, endpoint)))
+        peer.last_sent_handshake = None
+        self.send_handshake_initiation(peer, now, is_retry=False)
+
+    def is_live(self, peer: Peer, now: float, within: float = 15.0) -> bool:
+        """An authenticated packet from ``peer`` within ``within`` seconds."""
+        return peer.last_authenticated is not None and now - peer.last_authenticated < within
+
     # --- timers (whitepaper §6; wireguard-go timers.go) ---------------------
 
     def _jitter(self) -> float:

@@ -1,0 +1,241 @@
+"""Discovery: publish our own record, browse for peers' records, try what they hint.
+
+Wires the shells ``io/mdns.py`` (LAN, zeroconf) and ``io/dnssd.py`` (unicast
+DNS-SD, RFC 2136 + TSIG) to the pure cores ``proto/records.py`` (wgsd layout)
+and ``proto/hints.py`` (which candidate to try when), on the daemon's asyncio
+loop. Every touch of the device happens under the tunnel's lock, and the data
+plane is woken afterwards so the new handshake goes out at once.
+
+Trust: a record only ever leads to a handshake attempt towards a configured
+peer's key; a peer with a live session (authenticated packet < 15 s ago) is
+never redirected by a record (ARCHITECTURE.md, "Trust model").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from wgdisco.errors import AuthError, ConfigError, DecodeError, LocalError
+from wgdisco.io import dnssd, mdns, netlink, udp
+from wgdisco.proto import keys, records
+from wgdisco.proto.hints import HintTrier
+
+if TYPE_CHECKING:
+    from wgdisco.daemon import Tunnel
+
+log = logging.getLogger("wgdisco")
+
+DNS_TTL = 60  # seconds, for our unicast records; re-published at 2/3 of it
+LIVE_TIME = 15.0
+
+
+class Discovery:
+    def __init__(self, tunnel: Tunnel) -> None:
+        self.tunnel = tunnel
+        self.settings = tunnel.cfg.discovery
+        self.trier = HintTrier(live_time=LIVE_TIME)
+        self.mdns: mdns.MdnsService | None = None
+        self.client: dnssd.DnssdClient | None = None
+        self.publisher: dnssd.DnssdPublisher | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.kick = asyncio.Event()
+        self.record: records.ServiceRecord | None = None
+        self.counters: dict[str, int] = {}
+        self.sources: dict[bytes, str] = {}  # peer key -> where its endpoint came from
+        self.rng = random.Random()
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self) -> None:
+        t = self.tunnel
+        assert t.device is not None and t.sock is not None
+        lan = await asyncio.to_thread(netlink.interface_addresses, {t.name, "lo"})
+        self.record = self._own_record(lan)
+        s = self.settings
+        if s["mDNS"]:
+            names = s["mDNSInterfaces"] or sorted({name for name, _ in lan})
+            self.mdns = mdns.MdnsService(names or None)
+            await self.mdns.start()
+            await self.mdns.browse(self._on_mdns)
+            addresses = [str(a.ip) for name, a in lan if name in names and not a.ip.is_link_local]
+            self.tasks.append(asyncio.create_task(self._mdns_publish(names, addresses), name="mdns-publish"))
+        if s["Domain"] is not None:
+            self.client = dnssd.DnssdClient(s["Nameserver"], s["Domain"])
+            if s["UpdateKey"] is not None:
+                if s["Nameserver"] is None:
+                    raise ConfigError("publishing with UpdateKey needs a Nameserver", file=t.cfg.path, key="Nameserver")
+                self.publisher = dnssd.DnssdPublisher(s["Nameserver"], s["Domain"], s["Zone"] or s["Domain"],
+                                                      s["UpdateKey"])
+                self.tasks.append(asyncio.create_task(self._publish_loop(), name="dns-publish"))
+            self.tasks.append(asyncio.create_task(self._poll_loop(), name="dns-poll"))
+        self.tasks.append(asyncio.create_task(self._try_loop(), name="hint-tries"))
+
+    async def _mdns_publish(self, names: list[str], addresses: list[str]) -> None:
+        """Probing and announcing take ~1 s (RFC 6762 §8): off the start-up path."""
+        assert self.mdns is not None and self.record is not None
+        try:
+            await self.mdns.publish(self.record.instance_label, self.record.port, addresses,
+                                    records.build_txt(self.record))
+        except LocalError as e:
+            log.error("mDNS: cannot publish: %s", e)
+            return
+        log.info("mDNS: published %s on %s", self.record.instance_label[:16] + "…", ", ".join(names) or "all")
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        if self.publisher is not None and self.record is not None:
+            try:
+                await asyncio.wait_for(self.publisher.withdraw(self.record.instance_label, self.record.target), 3)
+            except (Exception, asyncio.TimeoutError) as e:  # shutting down: report, never hang
+                log.warning("DNS: could not withdraw our records: %s", e)
+        if self.mdns is not None:
+            await self.mdns.close()  # goodbyes (RFC 6762 §10.1)
+
+    def _own_record(self, lan: list[tuple[str, Any]]) -> records.ServiceRecord:
+        t = self.tunnel
+        assert t.device is not None and t.sock is not None
+        port = udp.local_port(t.sock)
+        ips = [a.ip for _, a in lan if not a.ip.is_link_local]
+        domain = self.settings["Domain"] or "local"
+        label = keys.key_to_base32(t.device.identity.public)
+        allowed = [ipaddress.ip_network(f"{a.ip}/{a.max_prefixlen}") for a in t.cfg.interface.addresses]
+        return records.ServiceRecord(
+            public_key=t.device.identity.public, port=port, target=f"wg-{label[:16]}.{domain}.",
+            addresses=ips, allowed=allowed, candidates=[(ip, port) for ip in ips],
+        )
+
+    # --- sightings --------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """Counters for the log line at shutdown, e.g. ``handshake-tries=2 records-not-a-peer=1``."""
+        counts = dict(self.counters)
+        if self.trier.ignored_live:
+            counts["hints-ignored-live"] = self.trier.ignored_live
+        return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to report"
+
+    def _count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+    def _on_mdns(self, event: mdns.Sighting | mdns.Removal) -> None:
+        if isinstance(event, mdns.Removal):
+            return  # a goodbye is no reason to touch a tunnel; the endpoint stays until it fails
+        try:
+            sighting = records.record_from_dns(event.instance, event.port, event.server, event.addresses, event.txt)
+        except DecodeError:
+            self._count("records-malformed")
+            return
+        self.handle(sighting, "mdns")
+
+    def handle(self, sighting: records.Sighting, source: str) -> None:
+        """A record about some key: act only if it is a configured peer's, and only as a hint."""
+        t = self.tunnel
+        device, sock = t.device, t.sock
+        assert device is not None and sock is not None
+        if sighting.malformed:
+            self._count("record-parts-malformed", sighting.malformed)
+        if sighting.public_key == device.identity.public:
+            return
+        candidates = []
+        for ip, port in sighting.candidates:
+            try:
+                candidates.append(udp.to_sockaddr(sock, str(ip), port))
+            except (LocalError, OSError, ValueError):
+                self._count("candidates-unusable")
+        with t.lock:
+            peer = device.peers.get(sighting.public_key)
+            if peer is None:
+                self._count("records-not-a-peer")  # discovery never makes a stranger a peer
+                return
+            live = device.is_live(peer, time.monotonic(), LIVE_TIME)
+            self.trier.sighting(peer.public_key, candidates, source, time.monotonic(), live=live)
+        self.kick.set()
+
+    def on_handshake(self, peer_key: bytes) -> None:
+        """Called by the tunnel (lock held) when a handshake completed."""
+        if peer_key in self.trier.schedules:
+            self.sources[peer_key] = self.trier.schedules[peer_key].source
+        self.trier.succeeded(peer_key)
+
+    async def _try_loop(self) -> None:
+        t = self.tunnel
+        device = t.device
+        assert device is not None
+        while True:
+            with t.lock:
+                now = time.monotonic()
+                tries = self.trier.due(now, lambda key: device.is_live(device.peers[key], now, LIVE_TIME)
+                                       if key in device.peers else True)
+                for attempt in tries:
+                    peer = device.peers.get(attempt.peer)
+                    if peer is not None:
+                        device.try_endpoint(peer, attempt.endpoint, now)
+                        self.sources[attempt.peer] = attempt.source
+                        self._count("handshake-tries")
+                if tries:
+                    t.flush()
+                deadline = self.trier.next_time()
+            if tries and t.dataplane is not None:
+                t.dataplane.wake()
+            self.kick.clear()
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                await asyncio.wait_for(self.kick.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    # --- unicast DNS-SD -----------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        assert self.client is not None
+        device = self.tunnel.device
+        assert device is not None
+        interval = self.settings["PollInterval"]
+        retry = dnssd.Retry("DNS-SD lookups", logger=log, maximum=60.0)
+        while True:
+            failed = False
+            for public in list(device.peers):
+                label = keys.key_to_base32(public)
+                try:
+                    raw = await retry.run(lambda label=label: self.client.lookup(label), attempts=1)  # type: ignore[union-attr]
+                except (dnssd.NameserverError, ConfigError, AuthError):
+                    failed = True  # Retry logged the outage once; back off, then a new round
+                    break
+                if raw is None:
+                    continue
+                try:
+                    sighting = records.record_from_dns(label, raw.srv_port, raw.srv_target, raw.addresses, raw.txt)
+                except DecodeError:
+                    self._count("records-malformed")
+                    continue
+                self.handle(sighting, "dns")
+            if failed:
+                await asyncio.sleep(retry.delay(retry.failures - 1))  # exponential backoff, with jitter
+            else:
+                await asyncio.sleep(interval * (0.9 + 0.2 * self.rng.random()))  # jitter, no lockstep
+
+    async def _publish_loop(self) -> None:
+        assert self.publisher is not None and self.record is not None
+        r = self.record
+        delay = 1.0
+        while True:
+            try:
+                await self.publisher.publish(r.instance_label, r.port, r.target, r.addresses,
+                                             records.build_txt(r), ttl=DNS_TTL)
+                log.info("DNS: published %s in %s", r.instance_label[:16] + "…", self.settings["Domain"])
+                delay = 1.0
+                await asyncio.sleep(DNS_TTL * 2 / 3)
+            except ConfigError as e:
+                log.error("DNS: %s (not retrying until the configuration changes)", e)
+                return
+            except (dnssd.NameserverError, AuthError, OSError) as e:
+                log.warning("DNS: publishing failed: %s; retrying in %.0f s", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
