@@ -1,0 +1,65 @@
+"""Time from starting two wgdisco nodes on one LAN (each knowing only the other's key, no
+Endpoint) to the first ping through their tunnel, found by mDNS. Median of N runs.
+
+    sudo .venv/bin/python bench/discovery.py [--runs 10] [--out bench/results/discovery.json]
+
+Each run is a fresh lab (tests/lab): one bridge, two hosts, a wgdisco daemon on each with
+``[Discovery] mDNS = on``. The clock starts before the first daemon is launched; pings go
+every 100 ms (1 s timeout each) until one comes back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.lab import Lab  # noqa: E402
+from tests.lab.wg import Node, keypair  # noqa: E402
+
+
+def one_run() -> float:
+    with Lab() as lab:
+        lan = lab.lan("lan")
+        ha, hb = lab.host("a"), lab.host("b")
+        lab.attach(ha, lan, "10.1.0.1/24", "fd00:1::1/64")
+        lab.attach(hb, lan, "10.1.0.2/24", "fd00:1::2/64")
+        tag = lab.prefix[3:9]
+        a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={"mDNS": "on"})
+        b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery={"mDNS": "on"})
+        a.peers, b.peers = [b.peer_spec()], [a.peer_spec()]
+        start = time.monotonic()
+        b.start()
+        a.start()
+        while ha.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+            if time.monotonic() - start > 30:
+                raise RuntimeError("no ping within 30 s")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--out", default="bench/results/discovery.json")
+    args = p.parse_args()
+    samples = []
+    for i in range(args.runs):
+        seconds = one_run()
+        samples.append(seconds)
+        print(f"[{i + 1}/{args.runs}] first ping after {seconds:.2f} s", flush=True)
+    result = {"runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
+              "min_s": min(samples), "max_s": max(samples)}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"median {result['median_s']:.2f} s (min {result['min_s']:.2f}, max {result['max_s']:.2f}) over {args.runs} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
