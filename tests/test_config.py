@@ -110,6 +110,7 @@ BAD = [
     (f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PUB1}\nPersistentKeepalive = soon\n", 5, "PersistentKeepalive", "keepalive"),
     (f"[Interface]\nPrivateKey = {PRIV}\nAddress = 10.0.0.300/24\n", 3, "Address", "not an address"),
     (f"[Interface]\nPrivateKey = {PRIV}\nMTU = 100\n", 3, "MTU", "not an MTU"),
+    (f"[Interface]\nPrivateKey = {PRIV}\nTable = vpn\n", 3, "Table", "not a routing table"),
     (f"[Interface]\nPrivateKey = {PRIV}\nAddress = fd00::1/64\nMTU = 1000\n", 4, "MTU", "IPv6"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nMagic = yes\n", 4, "Magic", "unknown key in [Discovery]"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nmDNS = maybe\n", 4, "mDNS", "not a boolean"),

@@ -127,6 +127,14 @@ def parse_mtu(value: str) -> int:
     return int(value)
 
 
+def parse_table(value: str) -> str:
+    """``off``, ``auto``, ``main`` or a routing table number (names from rt_tables are not supported)."""
+    low = value.lower()
+    if low in ("off", "auto", "main") or (value.isdigit() and 0 < int(value) < 2**32):
+        return low
+    raise ValueError(f"{value!r} is not a routing table (off, auto, main or a number)")
+
+
 def split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -204,7 +212,7 @@ INTERFACE_KEYS: dict[str, tuple[str, Callable[[str], Any], Setter]] = {
     "address": ("Address", _each(parse_address), _extend("addresses")),
     "dns": ("DNS", split_list, _extend("dns")),
     "mtu": ("MTU", parse_mtu, _set("mtu")),
-    "table": ("Table", str, _set("table")),
+    "table": ("Table", parse_table, _set("table")),
     "preup": ("PreUp", _verbatim, _extend("pre_up")),
     "postup": ("PostUp", _verbatim, _extend("post_up")),
     "predown": ("PreDown", _verbatim, _extend("pre_down")),

@@ -64,7 +64,6 @@ class Tunnel:
         self.timing = timing
         self.uapi_dir = uapi_dir
         self.load_threshold = handshake_load_threshold
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.tun: Tun | None = None
         self.sock: socket.socket | None = None
         self.device: Device | None = None
@@ -73,7 +72,6 @@ class Tunnel:
         self.lock = threading.Lock()  # the Device, the socket and the counters
         self.dataplane: DataPlane | None = None
         self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
-        self.routes: list[Any] = []
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
         self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
@@ -83,7 +81,6 @@ class Tunnel:
 
     async def start(self) -> None:
         cfg, iface = self.cfg, self.cfg.interface
-        self.loop = asyncio.get_running_loop()
         if os.geteuid() != 0:
             raise LocalError("wgdisco up needs root (CAP_NET_ADMIN) to create a TUN interface")
         if await asyncio.to_thread(netlink.link_exists, self.name):
@@ -141,12 +138,12 @@ class Tunnel:
             self.device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
 
     async def _install_routes(self) -> None:
-        table_opt = (self.cfg.interface.table or "auto").lower()
+        table_opt = (self.cfg.interface.table or "auto").lower()  # validated by config.parse_table
         if table_opt == "off":
             return
         table = None if table_opt in ("auto", "main") else int(table_opt)
         nets = [n for pc in self.cfg.peers for n in pc.allowed_ips]
-        self.routes = await asyncio.to_thread(netlink.add_routes, self.name, nets, table)
+        await asyncio.to_thread(netlink.add_routes, self.name, nets, table)  # they go with the link
 
     async def run(self) -> None:
         """Start, then serve until SIGINT/SIGTERM, then tear down."""

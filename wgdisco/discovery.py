@@ -169,6 +169,7 @@ class Discovery:
         device = t.device
         assert device is not None
         while True:
+            self.kick.clear()  # a sighting after this point sets it again
             with t.lock:
                 now = time.monotonic()
                 tries = self.trier.due(now, lambda key: device.is_live(device.peers[key], now, LIVE_TIME)
@@ -184,7 +185,6 @@ class Discovery:
                 deadline = self.trier.next_time()
             if tries and t.dataplane is not None:
                 t.dataplane.wake()
-            self.kick.clear()
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
                 await asyncio.wait_for(self.kick.wait(), timeout)
