@@ -235,3 +235,13 @@ def test_update_key_file_is_read_and_checked(tmp_path: Path) -> None:
     key.unlink()
     with pytest.raises(ConfigError, match="cannot read"):
         config.load(conf)
+
+
+def test_stun_servers() -> None:
+    cfg = parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\n"
+                f"STUN = 203.0.113.10:3478, stun.example.net, [2001:db8::10]:3479, 2001:db8::11\n")
+    assert [str(e) for e in cfg.discovery["STUN"]] == [
+        "203.0.113.10:3478", "stun.example.net:3478", "[2001:db8::10]:3479", "[2001:db8::11]:3478"]
+    assert parse(f"[Interface]\nPrivateKey = {PRIV}\n").discovery["STUN"] == []  # no default servers
+    with pytest.raises(ConfigError, match="STUN server"):
+        parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nSTUN = host:0\n")

@@ -276,6 +276,19 @@ def parse_update_key(value: str) -> Any:
     return parse(value)
 
 
+def parse_stun_servers(value: str) -> list[Endpoint]:
+    """``host:port, [v6]:port, …``: STUN servers (RFC 5389); port 3478 when omitted."""
+    servers = []
+    for item in split_list(value):
+        if not item.startswith("[") and item.count(":") != 1:
+            item = f"[{item}]:3478" if ":" in item else f"{item}:3478"
+        try:
+            servers.append(parse_endpoint(item))
+        except ValueError as e:
+            raise ValueError(f"STUN server {item!r}: {e}") from None
+    return servers
+
+
 def parse_interfaces(value: str) -> list[str]:
     names = split_list(value)
     for name in names:
@@ -295,6 +308,7 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "updatekey": ("UpdateKey", parse_update_key, None),
     "updatekeyfile": ("UpdateKeyFile", str, None),
     "zone": ("Zone", parse_domain, None),
+    "stun": ("STUN", parse_stun_servers, []),
 }
 SECRET_DISCOVERY_KEYS = {"UpdateKey"}
 
