@@ -72,6 +72,7 @@ class Tunnel:
         self.lock = threading.Lock()  # the Device, the socket and the counters
         self.dataplane: DataPlane | None = None
         self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
+        self.nat: Any = None  # wgdisco.nat.NatTraversal when [Discovery] STUN names servers
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
         self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
@@ -109,6 +110,14 @@ class Tunnel:
             raise
         self.dataplane = DataPlane(self)
         self.dataplane.start()
+        if cfg.discovery["STUN"]:
+            from wgdisco.nat import NatTraversal
+
+            self.nat = await NatTraversal.create(self)
+            if self.nat is not None:
+                with self.lock:
+                    self.nat.start(time.monotonic())
+                self.dataplane.wake()
         if cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None:
             from wgdisco.discovery import Discovery  # zeroconf/dnspython only when used
 
@@ -272,7 +281,8 @@ class Tunnel:
                     if inner is not None:
                         deliver(inner)
                 elif kind == STUN:
-                    self._count_other("stun-unexpected")
+                    if self.nat is None or not self.nat.on_stun(datagram, addr, now):
+                        self._count_other("stun-unexpected")
                 else:
                     self._count_other("unknown-datagram")
         if inner_packets:
@@ -330,6 +340,8 @@ class Tunnel:
             for event in device.events:
                 self._log_event(event)
             device.events.clear()
+        if self.nat is not None:
+            self.nat.flush()
 
     def _log_event(self, event: Any) -> None:
         if event.kind == "handshake":
@@ -510,6 +522,14 @@ class DataPlane:
                 if deadline is not None and deadline <= now:
                     device.handle_timer(now)
                     deadline = device.get_timer()
+                nat = t.nat
+                if nat is not None:
+                    other = nat.get_timer()
+                    if other is not None and other <= now:
+                        nat.handle_timer(now)
+                        other = nat.get_timer()
+                    if other is not None and (deadline is None or other < deadline):
+                        deadline = other
                 t.flush()
             timeout = self.MAX_SLEEP if deadline is None else min(max(deadline - now, 0.0), self.MAX_SLEEP)
 

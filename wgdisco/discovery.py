@@ -56,6 +56,12 @@ class Discovery:
         assert t.device is not None and t.sock is not None
         lan = await asyncio.to_thread(netlink.interface_addresses, {t.name, "lo"})
         self.record = self._own_record(lan)
+        self.host_candidates = list(self.record.candidates)
+        self.mdns_names: list[str] = []
+        self.mdns_addresses: list[str] = []
+        self.republish = asyncio.Event()
+        if t.nat is not None and t.nat.reflexive:
+            self.reflexive_changed(list(t.nat.reflexive))
         s = self.settings
         if s["mDNS"]:
             names = s["mDNSInterfaces"] or sorted({name for name, _ in lan})
@@ -63,6 +69,7 @@ class Discovery:
             await self.mdns.start()
             await self.mdns.browse(self._on_mdns)
             addresses = [str(a.ip) for name, a in lan if name in names and not a.ip.is_link_local]
+            self.mdns_names, self.mdns_addresses = names, addresses
             self.tasks.append(asyncio.create_task(self._mdns_publish(names, addresses), name="mdns-publish"))
         if s["Domain"] is not None:
             self.client = dnssd.DnssdClient(s["Nameserver"], s["Domain"])
@@ -85,6 +92,27 @@ class Discovery:
             log.error("mDNS: cannot publish: %s", e)
             return
         log.info("mDNS: published %s on %s", self.record.instance_label[:16] + "…", ", ".join(names) or "all")
+
+    def reflexive_changed(self, reflexive: list[tuple[str, int]]) -> None:
+        """STUN learnt (new) reflexive addresses: publish them after the host candidates."""
+        if self.record is None:
+            return
+        srflx = [(ipaddress.ip_address(ip), port) for ip, port in reflexive]
+        candidates = self.host_candidates + [c for c in srflx if c not in self.host_candidates]
+        if candidates == self.record.candidates:
+            return
+        self.record.candidates = candidates
+        self.republish.set()
+        if self.mdns is not None and self.mdns.published:
+            self.tasks.append(asyncio.create_task(self._mdns_update(), name="mdns-update"))
+
+    async def _mdns_update(self) -> None:
+        assert self.mdns is not None and self.record is not None
+        try:
+            await self.mdns.update(self.record.instance_label, self.record.port, self.mdns_addresses,
+                                   records.build_txt(self.record))
+        except LocalError as e:
+            log.warning("mDNS: cannot update our record: %s", e)
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -231,7 +259,11 @@ class Discovery:
                                              records.build_txt(r), ttl=DNS_TTL)
                 log.info("DNS: published %s in %s", r.instance_label[:16] + "…", self.settings["Domain"])
                 delay = 1.0
-                await asyncio.sleep(DNS_TTL * 2 / 3)
+                self.republish.clear()
+                try:  # again before the TTL runs out, or at once when the candidates change
+                    await asyncio.wait_for(self.republish.wait(), DNS_TTL * 2 / 3)
+                except asyncio.TimeoutError:
+                    pass
             except ConfigError as e:
                 log.error("DNS: %s (not retrying until the configuration changes)", e)
                 return

@@ -1,0 +1,495 @@
+"""Path selection per peer: candidates, hole punching, the best endpoint (pure, fake-clock testable).
+
+Theory of operation
+-------------------
+Each peer has candidate endpoints (`Candidate`: an opaque address, a kind and a source). Records
+are hints (ARCHITECTURE.md, "Trust model"): a candidate becomes usable only once verified, by an
+authenticated probe answer (probe.py: `on_probe_result`) or an authenticated WireGuard packet
+from it (`on_authenticated`). Each candidate walks
+
+    untested ──probe sent──► probing ──answer──► verified(rtt, last_ok)
+                                 │                  │  ▲
+                       fail_after timeouts   fail_after timeouts (unless it is the live path)
+                                 ▼                  ▼  │ answer
+                               failed ──────────────────┘
+
+The peer's *current* path is the one `decision` returns. It is *live* while something
+authenticated came from it within `live_time` (15 s; WireGuard's Keepalive-Timeout + Rekey-Timeout,
+whitepaper §6.1). Keepalive probes go to it every `keepalive_interval` (5 s), so silence means death.
+
+- No live path: hole punching (the idea of RFC 5128 §3.3 and ICE, RFC 8445 §6.1.4): every
+  candidate is probed at once (LAN first, then IPv6) at `punch_schedule` offsets 0, 0.2, 0.5, 1,
+  2, 4 s, then every `punch_max_interval` (4 s) up to `punch_time` (30 s), then every
+  `slow_interval` (30 s). A sighting with new candidates starts a new round at once.
+- Choosing: LAN beats public, then lower smoothed RTT (RFC 6298 §2). While nothing has flowed yet
+  (no authenticated WireGuard packet since the path was lost) a clearly better verified candidate
+  is taken at once. Afterwards hysteresis: a candidate replaces the current path only if it is
+  clearly better (a lower class, or an RTT lower by > 30 % and > 5 ms) in `switch_after` (3)
+  consecutive probe answers; a candidate with a first win is re-probed every `confirm_interval`.
+- A live path is never replaced by an unverified candidate: only verified ones are ever chosen.
+  WireGuard's roaming rule (whitepaper §2.1) still holds: an authenticated packet from a new
+  address makes it the current path at once (the device has already moved there).
+- Death: nothing authenticated from the current path for `live_time` despite keepalives. It is
+  marked failed, the best other verified candidate becomes current (with `live_time` to prove
+  itself) and punching starts again.
+- Hard NAT (RFC 4787 §4.1: mapping that is not endpoint-independent) on both sides: a punched
+  hole never matches the port the other side learnt, so after one bounded punching phase the peer
+  is reported "hard-nat-both-sides" and no more probes go out; at most `hard_nat_probe_budget`
+  probes are spent per outage, however many sightings arrive.
+
+`now` is monotonic seconds. Addresses are opaque hashables; `family(addr) -> 4 | 6 | 0` (default
+`address_family`, for the socket's ``(host, port, ...)`` tuples) only orders probes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from wgdisco.errors import LocalError
+
+__all__ = [
+    "KINDS", "SOURCES", "STATES", "REASONS", "MAPPINGS", "HARD_MAPPINGS",
+    "UNTESTED", "PROBING", "VERIFIED", "FAILED",
+    "Timing", "Candidate", "PathInfo", "PathSelector", "address_family", "host_kind",
+]
+
+Addr = Hashable
+Key = bytes  # a peer's public key
+
+KINDS = ("lan", "host", "srflx", "prflx")  # RFC 8445 §5.1.1 names; "lan" = host on a shared subnet
+SOURCES = ("config", "mdns", "dns", "stun", "probe", "roaming")
+UNTESTED, PROBING, VERIFIED, FAILED = "untested", "probing", "verified", "failed"
+STATES = (UNTESTED, PROBING, VERIFIED, FAILED)
+REASONS = ("lan", "direct", "no-candidates", "probing", "probes-timed-out", "hard-nat-both-sides")
+# RFC 4787 §4.1 mapping behaviours; "endpoint-dependent" stands for either dependent kind.
+MAPPINGS = (
+    "unknown", "endpoint-independent",
+    "address-dependent", "address-and-port-dependent", "endpoint-dependent",
+)
+HARD_MAPPINGS = frozenset(MAPPINGS[2:])
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The selector's clock rules, in seconds (defaults in the module docstring)."""
+
+    live_time: float = 15.0
+    punch_schedule: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0)
+    punch_max_interval: float = 4.0
+    punch_time: float = 30.0
+    slow_interval: float = 30.0
+    keepalive_interval: float = 5.0
+    confirm_interval: float = 1.0
+    upgrade_interval: float = 10.0
+    fail_after: int = 3  # consecutive timeouts
+    switch_after: int = 3  # consecutive clearly-better answers
+    rtt_gain_ratio: float = 0.30
+    rtt_gain_min: float = 0.005
+    hard_nat_probe_budget: int = 100  # probes per peer and outage when both NATs are hard
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate endpoint as the caller knows it."""
+
+    addr: Addr
+    kind: str  # one of KINDS
+    source: str  # one of SOURCES
+
+
+@dataclass
+class PathInfo:
+    """What the selector knows about one candidate (`PathSelector.paths` gives copies)."""
+
+    addr: Addr
+    kind: str
+    source: str
+    family: int = 0
+    state: str = UNTESTED
+    rtt: float | None = None  # smoothed, RFC 6298 §2.3 (α = 1/8)
+    last_ok: float | None = None  # last authenticated answer or packet
+    last_sent: float | None = None
+    misses: int = 0  # consecutive probe timeouts
+    wins: int = 0  # consecutive answers clearly better than the current path
+    next_probe: float = -math.inf  # when a live peer probes this one again
+    order: int = 0
+
+
+@dataclass
+class _Peer:
+    paths: dict[Addr, PathInfo] = field(default_factory=dict)
+    mapping: str = "unknown"
+    current: Addr | None = None
+    current_since: float = 0.0
+    established: bool = False  # an authenticated WireGuard packet since the path was (re)chosen
+    punch_start: float | None = None  # the punching phase, while no path is live
+    next_round: float | None = None  # None while punching: gave up (hard NAT on both sides)
+    hard_probes: int = 0
+
+
+def address_family(addr: Any) -> int:
+    """4 or 6 for a ``(host, port, ...)`` tuple (IPv4-mapped IPv6 is 4), 0 for anything else."""
+    try:
+        ip = ipaddress.ip_address(str(addr[0]).partition("%")[0])
+    except (TypeError, IndexError, KeyError, ValueError):
+        return 0
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return 4
+    return ip.version
+
+
+def host_kind(host: str, local_networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """"lan" for a host candidate inside one of our own connected networks (a shared subnet,
+    IPv4 or IPv6, ULA or global), else "host"."""
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return "lan" if any(ip in net for net in local_networks if net.version == ip.version) else "host"
+
+
+def _class(p: PathInfo) -> int:
+    return 0 if p.kind == "lan" else 1
+
+
+def _rank(p: PathInfo) -> tuple[int, float, int]:
+    return (_class(p), p.rtt if p.rtt is not None else math.inf, p.order)
+
+
+def _probe_order(p: PathInfo) -> tuple[bool, bool, int]:
+    return (p.kind != "lan", p.family != 6, p.order)
+
+
+class PathSelector:
+    """Candidates, probe schedule and the chosen endpoint of every peer (sans-I/O)."""
+
+    def __init__(
+        self,
+        *,
+        own_mapping: str = "unknown",
+        timing: Timing = Timing(),
+        family: Callable[[Addr], int] = address_family,
+    ) -> None:
+        self.timing = timing
+        self._own_mapping = _check_mapping(own_mapping)
+        self._family = family
+        self._peers: dict[Key, _Peer] = {}
+        self._order = 0
+        sched = [o for o in timing.punch_schedule if o < timing.punch_time] or [0.0]
+        t = sched[-1]
+        while t + timing.punch_max_interval < timing.punch_time:
+            t += timing.punch_max_interval
+            sched.append(t)
+        self._fast = tuple(sched)  # round offsets of a punching phase
+        self.probes_sent = 0
+
+    # --- configuration
+
+    def add_peer(self, peer: Key, *, mapping: str = "unknown") -> None:
+        """Register `peer` (idempotent; add_candidates and on_authenticated do it too)."""
+        p = self._peers.setdefault(peer, _Peer())
+        p.mapping = _check_mapping(mapping)
+
+    def remove_peer(self, peer: Key) -> None:
+        self._peers.pop(peer, None)
+
+    def set_own_mapping(self, mapping: str, now: float) -> None:
+        """Our NAT's mapping behaviour (from STUN, RFC 5780 §4.3)."""
+        self._own_mapping = _check_mapping(mapping)
+        for p in self._peers.values():
+            self._mapping_changed(p, now)
+
+    def set_peer_mapping(self, peer: Key, mapping: str, now: float) -> None:
+        """The peer's NAT mapping behaviour (as it publishes it)."""
+        p = self._peer(peer)
+        p.mapping = _check_mapping(mapping)
+        self._mapping_changed(p, now)
+
+    def _mapping_changed(self, p: _Peer, now: float) -> None:
+        if not self._hard(p):
+            p.hard_probes = 0
+            if p.punch_start is not None and p.next_round is None:  # had given up: try again
+                self._start_punch(p, now)
+
+    def _hard(self, p: _Peer) -> bool:
+        return self._own_mapping in HARD_MAPPINGS and p.mapping in HARD_MAPPINGS
+
+    def _peer(self, peer: Key) -> _Peer:
+        p = self._peers.get(peer)
+        if p is None:
+            p = self._peers[peer] = _Peer()
+        return p
+
+    # --- input
+
+    def add_candidates(self, peer: Key, cands: Iterable[Candidate], now: float) -> None:
+        """A sighting: new candidates are untested until verified; known ones keep their state.
+        If the peer has no live path, new candidates are probed at once."""
+        p = self._peer(peer)
+        new = False
+        for cand in cands:
+            if cand.kind not in KINDS:
+                raise LocalError(f"candidate kind {cand.kind!r} is not one of {KINDS}")
+            if cand.source not in SOURCES:
+                raise LocalError(f"candidate source {cand.source!r} is not one of {SOURCES}")
+            path = p.paths.get(cand.addr)
+            if path is None:
+                self._add_path(p, cand.addr, cand.kind, cand.source)
+                new = True
+            elif cand.kind == "lan":  # a shared subnet is learnt later than the address, never lost
+                path.kind = "lan"
+        if new:
+            self._update(p, now)
+            if not self._live(p, now):
+                if p.punch_start is None or now - p.punch_start >= self.timing.punch_time:
+                    self._start_punch(p, now)  # slow phase or given up: a new phase
+                elif p.next_round is not None:
+                    p.next_round = now  # in the fast phase: one extra round now
+
+    def remove_candidates(self, peer: Key, addrs: Iterable[Addr], now: float) -> None:
+        """Hints withdrawn (e.g. an mDNS goodbye). The live path stays: it is proven, not a hint."""
+        p = self._peers.get(peer)
+        if p is None:
+            return
+        for addr in addrs:
+            if addr == p.current and self._live(p, now):
+                continue
+            if p.paths.pop(addr, None) is not None and addr == p.current:
+                p.current = None
+        self._update(p, now)
+
+    def _add_path(self, p: _Peer, addr: Addr, kind: str, source: str) -> PathInfo:
+        self._order += 1
+        path = PathInfo(addr, kind, source, family=self._family(addr), order=self._order)
+        p.paths[addr] = path
+        return path
+
+    def on_probe_result(self, peer: Key, addr: Addr, rtt: float, now: float) -> None:
+        """An authenticated answer from `addr` (probe.ProbeResult)."""
+        p = self._peers.get(peer)
+        path = p.paths.get(addr) if p is not None else None
+        if path is None:
+            return  # forgotten meanwhile
+        path.state = VERIFIED
+        path.misses = 0
+        path.rtt = rtt if path.rtt is None else path.rtt + (rtt - path.rtt) / 8  # RFC 6298 §2.3
+        path.last_ok = now
+        self._update(p, now)
+        if p.current is None or addr == p.current:
+            return
+        cur = p.paths[p.current]
+        if not self._fresh(cur, now):  # a fallback still unproven: a fresh answer beats it
+            self._switch(p, path, now)
+        elif not p.established:  # nothing flows yet: no hysteresis needed
+            if self._clearly_better(path, rtt, cur):
+                self._switch(p, path, now)
+        elif self._clearly_better(path, rtt, cur):
+            path.wins += 1
+            if path.wins >= self.timing.switch_after:
+                self._switch(p, path, now)
+            else:
+                path.next_probe = min(path.next_probe, now + self.timing.confirm_interval)
+        else:
+            path.wins = 0
+
+    def on_probe_timeout(self, peer: Key, addr: Addr, now: float) -> None:
+        """No valid answer from `addr` in time (probe.ProbeTimeout)."""
+        p = self._peers.get(peer)
+        path = p.paths.get(addr) if p is not None else None
+        if path is None:
+            return
+        path.misses += 1
+        path.wins = 0
+        if path.misses < self.timing.fail_after:
+            return
+        if addr == p.current and self._fresh(path, now):
+            return  # WireGuard traffic says it works (e.g. the peer does not answer probes)
+        path.state = FAILED
+        self._update(p, now)
+
+    def on_authenticated(self, peer: Key, addr: Addr, now: float, *, kind: str = "prflx") -> None:
+        """An authenticated WireGuard packet came from `addr`: verified, live, and the current
+        path (WireGuard's roaming rule, whitepaper §2.1). `kind` names a new address."""
+        if kind not in KINDS:
+            raise LocalError(f"candidate kind {kind!r} is not one of {KINDS}")
+        p = self._peer(peer)
+        path = p.paths.get(addr)
+        if path is None:
+            path = self._add_path(p, addr, kind, "roaming")
+        path.state = VERIFIED
+        path.misses = 0
+        path.last_ok = now
+        if p.current != addr:
+            self._switch(p, path, now)
+        p.established = True
+        p.punch_start = p.next_round = None
+        p.hard_probes = 0
+
+    # --- output
+
+    def probe_plan(self, now: float) -> list[tuple[Key, Addr]]:
+        """The probes to send now, as (peer, address); each is counted as sent."""
+        out: list[tuple[Key, Addr]] = []
+        t = self.timing
+        for peer, p in self._peers.items():
+            self._update(p, now)
+            if self._live(p, now):
+                cur = p.paths[p.current]
+                for path in sorted(p.paths.values(), key=_probe_order):
+                    if path.next_probe > now:
+                        continue
+                    out.append((peer, path.addr))
+                    self._sent(path, now)
+                    if path is cur:
+                        path.next_probe = now + t.keepalive_interval
+                    elif path.wins:
+                        path.next_probe = now + t.confirm_interval
+                    elif path.state == FAILED or _class(path) > _class(cur):
+                        path.next_probe = now + t.slow_interval
+                    else:
+                        path.next_probe = now + t.upgrade_interval
+            elif p.next_round is not None and p.next_round <= now:
+                hard = self._hard(p)
+                for path in sorted(p.paths.values(), key=_probe_order):
+                    if hard:
+                        if p.hard_probes >= t.hard_nat_probe_budget:
+                            break
+                        p.hard_probes += 1
+                    out.append((peer, path.addr))
+                    self._sent(path, now)
+                    path.next_probe = now + t.upgrade_interval
+                self._next_round(p, now)
+        self.probes_sent += len(out)
+        return out
+
+    def decision(self, peer: Key, now: float) -> tuple[Addr | None, str]:
+        """The endpoint to use for `peer` (None: keep what you have) and why, one of REASONS."""
+        p = self._peers.get(peer)
+        if p is None or not p.paths:
+            return None, "no-candidates"
+        self._update(p, now)
+        if p.current is not None:
+            return p.current, "lan" if p.paths[p.current].kind == "lan" else "direct"
+        if self._hard(p) and p.punch_start is not None and p.next_round is None:
+            return None, "hard-nat-both-sides"
+        if p.punch_start is not None and now - p.punch_start < self.timing.punch_time:
+            return None, "probing"
+        return None, "probes-timed-out"
+
+    def best(self, peer: Key, now: float) -> Addr | None:
+        return self.decision(peer, now)[0]
+
+    def is_live(self, peer: Key, now: float) -> bool:
+        """Something authenticated came from the current path within live_time."""
+        p = self._peers.get(peer)
+        return p is not None and self._live(p, now)
+
+    def next_time(self) -> float | None:
+        """When probe_plan next has work or a live path may die; None if never."""
+        times: list[float] = []
+        for p in self._peers.values():
+            cur = p.paths.get(p.current) if p.current is not None else None
+            if cur is not None:
+                times.append(self._anchor(p, cur) + self.timing.live_time)
+            if cur is not None and cur.last_ok is not None and cur.last_ok + self.timing.live_time > max(
+                cur.last_ok, p.current_since
+            ) and p.punch_start is None:
+                times.extend(path.next_probe for path in p.paths.values())
+            elif p.next_round is not None:
+                times.append(p.next_round)
+        return min(times, default=None)
+
+    def paths(self, peer: Key) -> list[PathInfo]:
+        """Copies of the peer's candidates, in probe order (for `status`)."""
+        p = self._peers.get(peer)
+        return [replace(path) for path in sorted(p.paths.values(), key=_probe_order)] if p else []
+
+    def current(self, peer: Key) -> Addr | None:
+        p = self._peers.get(peer)
+        return p.current if p is not None else None
+
+    @property
+    def peers(self) -> frozenset[Key]:
+        return frozenset(self._peers)
+
+    # --- internals
+
+    def _fresh(self, path: PathInfo, now: float) -> bool:
+        return path.last_ok is not None and now - path.last_ok < self.timing.live_time
+
+    def _live(self, p: _Peer, now: float) -> bool:
+        return p.current is not None and self._fresh(p.paths[p.current], now)
+
+    def _anchor(self, p: _Peer, cur: PathInfo) -> float:
+        """The start of the current path's silence: its last answer, or when it was chosen."""
+        return max(cur.last_ok if cur.last_ok is not None else -math.inf, p.current_since)
+
+    def _clearly_better(self, path: PathInfo, sample: float, cur: PathInfo) -> bool:
+        if _class(path) != _class(cur):
+            return _class(path) < _class(cur)
+        if cur.rtt is None:
+            return False
+        t = self.timing
+        return sample < cur.rtt * (1 - t.rtt_gain_ratio) and cur.rtt - sample > t.rtt_gain_min
+
+    def _switch(self, p: _Peer, path: PathInfo, now: float) -> None:
+        p.current = path.addr
+        p.current_since = now
+        path.next_probe = now + self.timing.keepalive_interval
+        for other in p.paths.values():
+            other.wins = 0
+
+    def _sent(self, path: PathInfo, now: float) -> None:
+        path.last_sent = now
+        if path.state == UNTESTED:
+            path.state = PROBING
+
+    def _update(self, p: _Peer, now: float) -> None:
+        """Apply the passage of time: path death, fallback, the start or end of punching."""
+        cur = p.paths.get(p.current) if p.current is not None else None
+        if cur is not None:
+            if now - self._anchor(p, cur) >= self.timing.live_time:
+                cur.state = FAILED  # died: silent despite keepalives
+                cur.wins = 0
+                p.current, p.established, cur = None, False, None
+            elif cur.state == FAILED and not self._fresh(cur, now):
+                p.current, cur = None, None  # a fallback that did not answer
+        if cur is None:
+            p.current = None
+            fallback = min((x for x in p.paths.values() if x.state == VERIFIED), key=_rank, default=None)
+            if fallback is not None:
+                self._switch(p, fallback, now)
+        if self._live(p, now):
+            p.punch_start = p.next_round = None
+        elif p.punch_start is None and p.paths:
+            self._start_punch(p, now)
+
+    def _start_punch(self, p: _Peer, now: float) -> None:
+        p.punch_start = now
+        p.next_round = now
+        if self._hard(p) and p.hard_probes >= self.timing.hard_nat_probe_budget:
+            p.next_round = None
+
+    def _next_round(self, p: _Peer, now: float) -> None:
+        """The first round of the schedule after `now`; None once a hard×hard phase is over."""
+        assert p.punch_start is not None
+        rel = now - p.punch_start
+        for off in self._fast:
+            if off > rel:
+                p.next_round = p.punch_start + off
+                return
+        if self._hard(p) or (p.hard_probes and self._hard(p)):
+            p.next_round = None
+            return
+        last = self._fast[-1]
+        k = math.floor((rel - last) / self.timing.slow_interval) + 1
+        p.next_round = p.punch_start + last + k * self.timing.slow_interval
+
+
+def _check_mapping(mapping: str) -> str:
+    if mapping not in MAPPINGS:
+        raise LocalError(f"NAT mapping {mapping!r} is not one of {MAPPINGS}")
+    return mapping
