@@ -84,3 +84,77 @@ def test_hard_nat_is_detected(lab: Lab) -> None:
     m = a.proc.wait_for(r"STUN: reflexive address (.*); NAT mapping endpoint-dependent",  # type: ignore[union-attr]
                         timeout=10, stream="stderr")
     assert re.fullmatch(r"203\.0\.113\.1:\d+, 203\.0\.113\.1:\d+", m.group(1)), m.group(0)
+
+
+def two_sites(lab: Lab, kind_a: str = "easy", kind_b: str = "easy", *, poll: str = "1") -> tuple[Internet, Node, Node]:
+    net = internet(lab)
+    knot = start_knot(net.server, [KNOT])
+    ha, hb = net.site("a", 1, kind_a), net.site("b", 2, kind_b)
+    tag = lab.prefix[3:9]
+    common = {"mDNS": "off", "STUN": f"{STUN_A}:3478, {STUN_B}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
+              "UpdateKey": knot.update_key, "PollInterval": poll}
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
+    b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=dict(common))
+    a.peers = [b.peer_spec(keepalive=25)]  # no Endpoint: found through Knot, reached through both NATs
+    b.peers = [a.peer_spec(keepalive=25)]
+    return net, a, b
+
+
+def first_ping(node: Node, target: str, timeout: float) -> float:
+    start = time.monotonic()
+    while node.host.run(["ping", "-c1", "-W1", target], check=False).returncode != 0:
+        assert time.monotonic() - start < timeout, f"no ping to {target} within {timeout} s\n{node.proc.stderr()}"  # type: ignore[union-attr]
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
+    net, a, b = two_sites(lab)
+    start = time.monotonic()
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=15)
+    elapsed = time.monotonic() - start
+    assert elapsed < 5.0, f"first ping after {elapsed:.2f} s"
+    # direct, over the reflexive addresses: each side's endpoint is the other's NAT
+    assert a.dump()[b.public]["endpoint"] == "203.0.113.2:51820"
+    assert b.dump()[a.public]["endpoint"] == "203.0.113.1:51820"
+
+
+def test_same_nat_without_hairpin_uses_lan_candidates(lab: Lab) -> None:
+    net = internet(lab)
+    knot = start_knot(net.server, [KNOT])
+    ha = net.site("a", 1, "easy")
+    hb = lab.host("b")  # a second host on site a's LAN, behind the same NAT (which does not hairpin)
+    lab.attach(hb, lab.nodes["la"], "10.1.0.3/24")  # type: ignore[arg-type]
+    hb.add_route("default", via="10.1.0.1")
+    tag = lab.prefix[3:9]
+    common = {"mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
+              "UpdateKey": knot.update_key, "PollInterval": "1"}
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
+    b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=dict(common))
+    a.peers, b.peers = [b.peer_spec()], [a.peer_spec()]
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=10)
+    assert a.dump()[b.public]["endpoint"] == "10.1.0.3:51820"
+    assert b.dump()[a.public]["endpoint"] == "10.1.0.2:51820"
+
+
+def test_wan_peer_and_natted_peer_connect_directly(lab: Lab) -> None:
+    net = internet(lab)
+    knot = start_knot(net.server, [KNOT])
+    ha = net.site("a", 1, "easy")
+    hw = lab.host("w")
+    lab.attach(hw, net.wan, "203.0.113.30/24")
+    tag = lab.prefix[3:9]
+    common = {"mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
+              "UpdateKey": knot.update_key, "PollInterval": "1"}
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
+    w = Node(hw, "wgdisco", f"ww{tag}", *keypair(), ["10.9.0.3/24"], discovery=dict(common))
+    a.peers, w.peers = [w.peer_spec(keepalive=25)], [a.peer_spec()]
+    w.start()
+    a.start()
+    first_ping(w, a.inner4, timeout=10)  # from the WAN side: possible because a's NAT was opened by a
+    assert a.dump()[w.public]["endpoint"] == "203.0.113.30:51820"
+    assert w.dump()[a.public]["endpoint"] == "203.0.113.1:51820"
