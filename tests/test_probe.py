@@ -89,7 +89,8 @@ def test_round_trip_gives_rtt_and_observed_address() -> None:
     reply, event = b.receive(req, A_ADDR, now=10.02)
     assert event == ProbeRequested(A_PUB, A_ADDR)
     assert reply is not None and reply[0] == probe.RESPONSE_TYPE and len(reply) <= len(req)
-    assert a.receive(reply, B_ADDR, now=10.05) == (None, ProbeResult(B_PUB, B_ADDR, pytest.approx(0.05), A_ADDR))
+    result = ProbeResult(B_PUB, B_ADDR, pytest.approx(0.05), A_ADDR)
+    assert a.receive(reply, B_ADDR, now=10.05) == (None, result)
     assert a.outstanding == 0 and a.drops == {} and b.drops == {} and b.replies == 1
 
 

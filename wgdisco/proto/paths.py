@@ -188,10 +188,13 @@ class PathSelector:
 
     # --- configuration
 
-    def add_peer(self, peer: Key, *, mapping: str = "unknown") -> None:
+    def add_peer(self, peer: Key, *, mapping: str | None = None) -> None:
         """Register `peer` (idempotent; add_candidates and on_authenticated do it too)."""
-        p = self._peers.setdefault(peer, _Peer())
-        p.mapping = _check_mapping(mapping)
+        if mapping is not None:
+            _check_mapping(mapping)
+        p = self._peer(peer)
+        if mapping is not None:
+            p.mapping = mapping
 
     def remove_peer(self, peer: Key) -> None:
         self._peers.pop(peer, None)
@@ -228,13 +231,15 @@ class PathSelector:
     def add_candidates(self, peer: Key, cands: Iterable[Candidate], now: float) -> None:
         """A sighting: new candidates are untested until verified; known ones keep their state.
         If the peer has no live path, new candidates are probed at once."""
-        p = self._peer(peer)
-        new = False
-        for cand in cands:
+        cands = list(cands)
+        for cand in cands:  # all checked before anything changes
             if cand.kind not in KINDS:
                 raise LocalError(f"candidate kind {cand.kind!r} is not one of {KINDS}")
             if cand.source not in SOURCES:
                 raise LocalError(f"candidate source {cand.source!r} is not one of {SOURCES}")
+        p = self._peer(peer)
+        new = False
+        for cand in cands:
             path = p.paths.get(cand.addr)
             if path is None:
                 self._add_path(p, cand.addr, cand.kind, cand.source)
@@ -362,6 +367,8 @@ class PathSelector:
                     self._sent(path, now)
                     path.next_probe = now + t.upgrade_interval
                 self._next_round(p, now)
+                if hard and p.hard_probes >= t.hard_nat_probe_budget:
+                    p.next_round = None  # budget spent: nothing more this outage
         self.probes_sent += len(out)
         return out
 
@@ -373,9 +380,11 @@ class PathSelector:
         self._update(p, now)
         if p.current is not None:
             return p.current, "lan" if p.paths[p.current].kind == "lan" else "direct"
+        punching = p.punch_start is not None and now - p.punch_start < self.timing.punch_time
         if self._hard(p) and p.punch_start is not None and p.next_round is None:
-            return None, "hard-nat-both-sides"
-        if p.punch_start is not None and now - p.punch_start < self.timing.punch_time:
+            if not punching or p.hard_probes >= self.timing.hard_nat_probe_budget:
+                return None, "hard-nat-both-sides"
+        if punching:
             return None, "probing"
         return None, "probes-timed-out"
 
@@ -387,20 +396,21 @@ class PathSelector:
         p = self._peers.get(peer)
         return p is not None and self._live(p, now)
 
-    def next_time(self) -> float | None:
-        """When probe_plan next has work or a live path may die; None if never."""
+    def next_time(self, now: float) -> float | None:
+        """When probe_plan next has work, or a path may die or go stale (>= now); None if never."""
         times: list[float] = []
         for p in self._peers.values():
-            cur = p.paths.get(p.current) if p.current is not None else None
-            if cur is not None:
-                times.append(self._anchor(p, cur) + self.timing.live_time)
-            if cur is not None and cur.last_ok is not None and cur.last_ok + self.timing.live_time > max(
-                cur.last_ok, p.current_since
-            ) and p.punch_start is None:
-                times.extend(path.next_probe for path in p.paths.values())
-            elif p.next_round is not None:
+            self._update(p, now)
+            if p.current is not None:
+                cur = p.paths[p.current]
+                times.append(self._anchor(p, cur) + self.timing.live_time)  # death
+                if self._live(p, now):
+                    assert cur.last_ok is not None
+                    times.append(cur.last_ok + self.timing.live_time)  # no longer live: punching
+                    times.extend(path.next_probe for path in p.paths.values())
+            if p.next_round is not None:
                 times.append(p.next_round)
-        return min(times, default=None)
+        return max(now, min(times)) if times else None
 
     def paths(self, peer: Key) -> list[PathInfo]:
         """Copies of the peer's candidates, in probe order (for `status`)."""
@@ -459,7 +469,8 @@ class PathSelector:
                 p.current, cur = None, None  # a fallback that did not answer
         if cur is None:
             p.current = None
-            fallback = min((x for x in p.paths.values() if x.state == VERIFIED), key=_rank, default=None)
+            verified = (x for x in p.paths.values() if x.state == VERIFIED)
+            fallback = min(verified, key=lambda x: (not self._fresh(x, now), _rank(x)), default=None)
             if fallback is not None:
                 self._switch(p, fallback, now)
         if self._live(p, now):
@@ -475,18 +486,20 @@ class PathSelector:
 
     def _next_round(self, p: _Peer, now: float) -> None:
         """The first round of the schedule after `now`; None once a hard×hard phase is over."""
-        assert p.punch_start is not None
-        rel = now - p.punch_start
+        start = p.punch_start
+        assert start is not None
         for off in self._fast:
-            if off > rel:
-                p.next_round = p.punch_start + off
+            if start + off > now:  # absolute times: the same floats next_round is compared with
+                p.next_round = start + off
                 return
-        if self._hard(p) or (p.hard_probes and self._hard(p)):
+        if self._hard(p):
             p.next_round = None
             return
-        last = self._fast[-1]
-        k = math.floor((rel - last) / self.timing.slow_interval) + 1
-        p.next_round = p.punch_start + last + k * self.timing.slow_interval
+        last = start + self._fast[-1]
+        k = max(1, math.ceil((now - last) / self.timing.slow_interval))
+        while last + k * self.timing.slow_interval <= now:
+            k += 1
+        p.next_round = last + k * self.timing.slow_interval
 
 
 def _check_mapping(mapping: str) -> str:

@@ -40,13 +40,14 @@ Rules
   MIN_REQUEST_SIZE = 64 bytes, which fits an IPv6 response (28 + 1 + 19 + 16 = 64); a response
   that would be larger is not sent. Requests may be padded (up to MAX_PROBE_SIZE) to test the MTU.
 - Replay: the counter starts at int(wall × 2^20) (Unix time at construction: a restarted sender
-  starts above its old counters, as TAI64N does for handshakes, whitepaper §5.1) and goes up by
-  one per request; the responder keeps a ReplayFilter (RFC 6479) per peer.
+  starts above its old counters, as the TAI64N timestamp does for handshakes, whitepaper §5.4.2)
+  and goes up by one per request; the responder keeps a ReplayFilter (RFC 6479) per peer.
 - A response is accepted once, only for an outstanding request id, from the peer and address
   the request went to (a symmetric check, RFC 8445 §7.2.5.2.1).
 - Rate limit: at most `per_second` answers a second per peer (token bucket, after the MAC so a
   forger cannot spend a peer's tokens). Unknown senders and bad MACs get nothing.
 - Malformed or unauthenticated input is counted in `drops` and never raises.
+- The hint only names a public key, which the node's records publish anyway (TXT "pub=").
 
 Addresses are opaque to the core except for the observed address a responder encodes: the
 constructor takes `addr_to_bytes` / `addr_from_bytes` (they may raise WgdiscoError or
@@ -72,7 +73,7 @@ from wgdisco.proto.replay import ReplayFilter
 
 __all__ = [
     "REQUEST_TYPE", "RESPONSE_TYPE", "MAGIC", "VERSION", "HEADER_SIZE", "MIN_REQUEST_SIZE",
-    "MAX_PROBE_SIZE", "PROBE_TIMEOUT", "REPLIES_PER_SECOND", "REPLY_BURST",
+    "MIN_RESPONSE_SIZE", "MAX_PROBE_SIZE", "PROBE_TIMEOUT", "REPLIES_PER_SECOND", "REPLY_BURST",
     "ProbeKeys", "PeerKeys", "Prober", "ProbeResult", "ProbeRequested", "ProbeTimeout",
     "Received", "key_hint", "encode_address", "decode_address",
 ]
