@@ -158,3 +158,49 @@ def test_wan_peer_and_natted_peer_connect_directly(lab: Lab) -> None:
     first_ping(w, a.inner4, timeout=10)  # from the WAN side: possible because a's NAT was opened by a
     assert a.dump()[w.public]["endpoint"] == "203.0.113.30:51820"
     assert w.dump()[a.public]["endpoint"] == "203.0.113.1:51820"
+
+
+def test_hard_nat_to_easy_nat_says_why_and_does_not_flood(lab: Lab) -> None:
+    net, a, b = two_sites(lab, "hard", "easy")
+    a.start()
+    b.start()
+    time.sleep(34)  # past the bounded punching phase (30 s)
+    assert a.stop() == 0 and b.stop() == 0
+    for node in (a, b):
+        err = node.proc.stderr()  # type: ignore[union-attr]
+        assert "Traceback" not in err
+        # the reason is stated, naming the hard NAT
+        assert re.search(r"path: probes to every candidate timed out; .*hard NAT.*: no direct path", err), err
+        # no flapping: the path state changed only a few times
+        assert len(re.findall(r"path: ", err)) <= 4, err
+        # no flood: a bounded number of probes in 34 s; the endpoint is not moved around
+        probes = int(re.search(r"probes sent=(\d+)", err).group(1))  # type: ignore[union-attr]
+        assert probes <= 60, err
+        assert len(re.findall(r"endpoint .* -> ", err)) <= 1, err
+    assert "hard NAT" in a.proc.stderr() and "hard NAT" in b.proc.stderr()  # type: ignore[union-attr]
+
+
+def test_roaming_new_wan_address_recovers_and_republishes(lab: Lab) -> None:
+    net, a, b = two_sites(lab)
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=15)
+    pinger = a.host.popen(["ping", "-i", "0.1", "-W", "1", b.inner4], name="roam-ping")
+    time.sleep(1)
+    router = lab.nodes["ra"]
+    router.sysctl("net.ipv4.conf.wan0.promote_secondaries=1")  # keep the new address when the old goes
+    router.ip("addr", "add", "203.0.113.21/24", "dev", "wan0")
+    router.ip("addr", "del", "203.0.113.1/24", "dev", "wan0")
+    moved = time.monotonic()
+    # recovered: a ping gets through again, and b now reaches a at the NAT's new address
+    deadline = moved + 15
+    while b.dump()[a.public]["endpoint"] != "203.0.113.21:51820" or \
+            a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+        assert time.monotonic() < deadline, a.proc.stderr() + b.proc.stderr()  # type: ignore[union-attr]
+        time.sleep(0.1)
+    recovery = time.monotonic() - moved
+    pinger.stop()
+    print(f"recovered after {recovery:.2f} s")
+    assert recovery < 5.0, f"recovered after {recovery:.2f} s"
+    a.proc.wait_for(r"STUN: reflexive address 203\.0\.113\.21:51820", timeout=5, stream="stderr")  # type: ignore[union-attr]
+    a.proc.wait_for(r"DNS: published", timeout=5, stream="stderr")  # type: ignore[union-attr]

@@ -35,7 +35,7 @@ from wgdisco.io import netlink, udp
 from wgdisco.io.tun import Tun
 from wgdisco.io.uapi import UapiServer
 from wgdisco.proto import gro, keys, uapi
-from wgdisco.proto.classify import STUN, WIREGUARD, classify
+from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, Peer
 from wgdisco.proto.timers import Timing
 
@@ -72,7 +72,7 @@ class Tunnel:
         self.lock = threading.Lock()  # the Device, the socket and the counters
         self.dataplane: DataPlane | None = None
         self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
-        self.nat: Any = None  # wgdisco.nat.NatTraversal when [Discovery] STUN names servers
+        self.nat: Any = None  # wgdisco.nat.NatTraversal when discovery or STUN is on
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
         self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
@@ -110,15 +110,15 @@ class Tunnel:
             raise
         self.dataplane = DataPlane(self)
         self.dataplane.start()
-        if cfg.discovery["STUN"]:
-            from wgdisco.nat import NatTraversal
+        discovering = cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None
+        if discovering or cfg.discovery["STUN"]:
+            from wgdisco.nat import NatTraversal  # STUN, probes, hole punching
 
             self.nat = await NatTraversal.create(self)
-            if self.nat is not None:
-                with self.lock:
-                    self.nat.start(time.monotonic())
-                self.dataplane.wake()
-        if cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None:
+            with self.lock:
+                self.nat.start(time.monotonic())
+            self.dataplane.wake()
+        if discovering:
             from wgdisco.discovery import Discovery  # zeroconf/dnspython only when used
 
             self.discovery = Discovery(self)
@@ -168,6 +168,8 @@ class Tunnel:
             log.info("interface %s going down; %s", self.name, self.drop_summary())
             if self.discovery is not None:
                 log.info("discovery: %s", self.discovery.summary())
+            if self.nat is not None:
+                log.info("nat traversal: %s", self.nat.summary())
             self._hooks(self.cfg.interface.pre_down, "PreDown")
             await self._teardown()
             self._hooks(self.cfg.interface.post_down, "PostDown")
@@ -283,6 +285,8 @@ class Tunnel:
                 elif kind == STUN:
                     if self.nat is None or not self.nat.on_stun(datagram, addr, now):
                         self._count_other("stun-unexpected")
+                elif kind == PROBE and self.nat is not None:
+                    self.nat.on_probe(datagram, addr, now)
                 else:
                     self._count_other("unknown-datagram")
         if inner_packets:

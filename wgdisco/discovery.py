@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("wgdisco")
 
 DNS_TTL = 60  # seconds, for our unicast records; re-published at 2/3 of it
+NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
+NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
 LIVE_TIME = 15.0
 
 
@@ -60,8 +62,13 @@ class Discovery:
         self.mdns_names: list[str] = []
         self.mdns_addresses: list[str] = []
         self.republish = asyncio.Event()
-        if t.nat is not None and t.nat.reflexive:
-            self.reflexive_changed(list(t.nat.reflexive))
+        if t.nat is not None:
+            from wgdisco.nat import networks_of
+
+            with t.lock:
+                t.nat.local_networks = networks_of(lan)
+            if t.nat.reflexive:
+                self.reflexive_changed(list(t.nat.reflexive), t.nat.behaviour)
         s = self.settings
         if s["mDNS"]:
             names = s["mDNSInterfaces"] or sorted({name for name, _ in lan})
@@ -93,15 +100,23 @@ class Discovery:
             return
         log.info("mDNS: published %s on %s", self.record.instance_label[:16] + "…", ", ".join(names) or "all")
 
-    def reflexive_changed(self, reflexive: list[tuple[str, int]]) -> None:
-        """STUN learnt (new) reflexive addresses: publish them after the host candidates."""
+    def reflexive_changed(self, reflexive: list[tuple[str, int]], behaviour: str = "unknown") -> None:
+        """STUN learnt (new) reflexive addresses: publish them after the host candidates, and
+        our NAT's mapping behaviour as ``nat=easy|hard`` (docs/records.md)."""
         if self.record is None:
             return
         srflx = [(ipaddress.ip_address(ip), port) for ip, port in reflexive]
         candidates = self.host_candidates + [c for c in srflx if c not in self.host_candidates]
-        if candidates == self.record.candidates:
+        nat = NAT_TXT.get(behaviour)
+        extra = dict(self.record.txt_extra)
+        if nat is None:
+            extra.pop("nat", None)
+        else:
+            extra["nat"] = nat
+        if candidates == self.record.candidates and extra == self.record.txt_extra:
             return
         self.record.candidates = candidates
+        self.record.txt_extra = extra
         self.republish.set()
         if self.mdns is not None and self.mdns.published:
             self.tasks.append(asyncio.create_task(self._mdns_update(), name="mdns-update"))
@@ -138,6 +153,7 @@ class Discovery:
         return records.ServiceRecord(
             public_key=t.device.identity.public, port=port, target=f"wg-{label[:16]}.{domain}.",
             addresses=ips, allowed=allowed, candidates=[(ip, port) for ip in ips],
+            txt_extra={"probe": "1"},  # we answer wgdisco path probes (docs/records.md)
         )
 
     # --- sightings --------------------------------------------------------------------
@@ -182,8 +198,20 @@ class Discovery:
             if peer is None:
                 self._count("records-not-a-peer")  # discovery never makes a stranger a peer
                 return
-            live = device.is_live(peer, time.monotonic(), LIVE_TIME)
-            self.trier.sighting(peer.public_key, candidates, source, time.monotonic(), live=live)
+            now = time.monotonic()
+            nat = t.nat
+            if nat is not None:
+                # probes (wgdisco peers): hole punching towards every candidate, verified paths only
+                nat.add_candidates(peer.public_key, candidates, source, now)
+                mapping = sighting.txt.get("nat")
+                if isinstance(mapping, bytes) and mapping.decode("ascii", "replace") in NAT_MAPPING:
+                    nat.set_peer_mapping(peer.public_key, NAT_MAPPING[mapping.decode()], now)
+            if nat is not None and sighting.txt.get("probe") == b"1":
+                return  # it answers probes: the path selector alone decides (no handshake tries)
+            # handshakes as the probe, for peers that do not speak probes (wireguard-go + a record
+            # from avahi-publish or a hand-written zone); never for a live one
+            live = device.is_live(peer, now, LIVE_TIME) or (nat is not None and nat.has_verified_path(peer.public_key, now))
+            self.trier.sighting(peer.public_key, candidates, source, now, live=live)
         self.kick.set()
 
     def on_handshake(self, peer_key: bytes) -> None:

@@ -417,6 +417,11 @@ class PathSelector:
         p = self._peers.get(peer)
         return [replace(path) for path in sorted(p.paths.values(), key=_probe_order)] if p else []
 
+    def peer_mapping(self, peer: Key) -> str:
+        """The peer's NAT mapping behaviour as last published ("unknown" if never)."""
+        p = self._peers.get(peer)
+        return p.mapping if p is not None else "unknown"
+
     def current(self, peer: Key) -> Addr | None:
         p = self._peers.get(peer)
         return p.current if p is not None else None
