@@ -204,3 +204,28 @@ def test_roaming_new_wan_address_recovers_and_republishes(lab: Lab) -> None:
     assert recovery < 5.0, f"recovered after {recovery:.2f} s"
     a.proc.wait_for(r"STUN: reflexive address 203\.0\.113\.21:51820", timeout=5, stream="stderr")  # type: ignore[union-attr]
     a.proc.wait_for(r"DNS: published", timeout=5, stream="stderr")  # type: ignore[union-attr]
+
+
+def test_moving_to_another_lan_is_noticed_and_recovers(lab: Lab) -> None:
+    net, a, b = two_sites(lab)
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=15)
+    # a new site c behind its own easy NAT; a's host moves there (new link up, old one gone)
+    lan_c = lab.lan("lc")
+    lab.nat_router("rc", lan=lan_c, wan=net.wan, lan_addr="10.3.0.1/24", wan_addr="203.0.113.3/24")
+    old_if = a.host.run(["ip", "-o", "-4", "addr", "show", "to", "10.1.0.2"]).stdout.split()[1]
+    lab.attach(a.host, lan_c, "10.3.0.2/24")
+    a.host.ip("link", "del", old_if)
+    a.host.add_route("default", via="10.3.0.1")
+    moved = time.monotonic()
+    a.proc.wait_for(r"network changed", timeout=2, stream="stderr")  # type: ignore[union-attr]
+    a.proc.wait_for(r"STUN: reflexive address 203\.0\.113\.3:51820", timeout=3, stream="stderr")  # type: ignore[union-attr]
+    deadline = moved + 15
+    while a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+        assert time.monotonic() < deadline, a.proc.stderr() + b.proc.stderr()  # type: ignore[union-attr]
+        time.sleep(0.1)
+    recovery = time.monotonic() - moved
+    print(f"recovered after {recovery:.2f} s")
+    assert recovery < 5.0, f"recovered after {recovery:.2f} s"
+    assert b.dump()[a.public]["endpoint"] == "203.0.113.3:51820"

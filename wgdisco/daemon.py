@@ -73,6 +73,8 @@ class Tunnel:
         self.dataplane: DataPlane | None = None
         self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
         self.nat: Any = None  # wgdisco.nat.NatTraversal when discovery or STUN is on
+        self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor, with NAT traversal
+        self.change_task: asyncio.Task[None] | None = None
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
         self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
@@ -127,6 +129,15 @@ class Tunnel:
             except BaseException:
                 await self._teardown()
                 raise
+        if self.nat is not None:
+            from wgdisco.io.netmon import NetworkMonitor
+
+            self.netmon = NetworkMonitor(self._network_changed, ignore_ifnames={self.name})
+            try:
+                await self.netmon.start()
+            except LocalError as e:
+                log.warning("network changes will not be noticed: %s", e)
+                self.netmon = None
         self._hooks(iface.post_up, "PostUp")
         log.info(
             "interface %s up: public key %s, listening on UDP port %d, %d peer(s)",
@@ -174,7 +185,31 @@ class Tunnel:
             await self._teardown()
             self._hooks(self.cfg.interface.post_down, "PostDown")
 
+    def _network_changed(self, kinds: set[str]) -> None:
+        """NetworkMonitor (debounced): re-gather, STUN again, re-publish, re-probe, within a second."""
+        if self.change_task is None or self.change_task.done():
+            self.change_task = asyncio.create_task(self._regather(sorted(kinds)))
+
+    async def _regather(self, kinds: list[str]) -> None:
+        from wgdisco.nat import networks_of
+
+        lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
+        log.info("network changed (%s): %s", ", ".join(kinds),
+                 ", ".join(f"{name} {a}" for name, a in lan) or "no addresses")
+        if self.discovery is not None:
+            self.discovery.host_addresses_changed(lan)
+        if self.nat is not None:
+            with self.lock:
+                self.nat.restart(time.monotonic(), networks_of(lan))
+            if self.dataplane is not None:
+                self.dataplane.wake()
+
     async def _teardown(self) -> None:
+        if self.netmon is not None:
+            await self.netmon.close()
+            self.netmon = None
+        if self.change_task is not None:
+            self.change_task.cancel()
         if self.discovery is not None:
             await self.discovery.close()
             self.discovery = None

@@ -59,6 +59,7 @@ class Discovery:
         lan = await asyncio.to_thread(netlink.interface_addresses, {t.name, "lo"})
         self.record = self._own_record(lan)
         self.host_candidates = list(self.record.candidates)
+        self.srflx: list[Any] = []
         self.mdns_names: list[str] = []
         self.mdns_addresses: list[str] = []
         self.republish = asyncio.Event()
@@ -105,8 +106,8 @@ class Discovery:
         our NAT's mapping behaviour as ``nat=easy|hard`` (docs/records.md)."""
         if self.record is None:
             return
-        srflx = [(ipaddress.ip_address(ip), port) for ip, port in reflexive]
-        candidates = self.host_candidates + [c for c in srflx if c not in self.host_candidates]
+        self.srflx = [(ipaddress.ip_address(ip), port) for ip, port in reflexive]
+        candidates = self.host_candidates + [c for c in self.srflx if c not in self.host_candidates]
         nat = NAT_TXT.get(behaviour)
         extra = dict(self.record.txt_extra)
         if nat is None:
@@ -117,6 +118,21 @@ class Discovery:
             return
         self.record.candidates = candidates
         self.record.txt_extra = extra
+        self.republish.set()
+        if self.mdns is not None and self.mdns.published:
+            self.tasks.append(asyncio.create_task(self._mdns_update(), name="mdns-update"))
+
+    def host_addresses_changed(self, lan: list[tuple[str, Any]]) -> None:
+        """The network changed: new host candidates, re-published at once."""
+        if self.record is None:
+            return
+        fresh = self._own_record(lan)
+        self.host_candidates = list(fresh.candidates)
+        self.mdns_addresses = [str(a.ip) for name, a in lan if name in self.mdns_names and not a.ip.is_link_local]
+        candidates = self.host_candidates + [c for c in self.srflx if c not in self.host_candidates]
+        if candidates == self.record.candidates and fresh.addresses == self.record.addresses:
+            return
+        self.record.candidates, self.record.addresses = candidates, fresh.addresses
         self.republish.set()
         if self.mdns is not None and self.mdns.published:
             self.tasks.append(asyncio.create_task(self._mdns_update(), name="mdns-update"))
@@ -282,16 +298,10 @@ class Discovery:
         r = self.record
         delay = 1.0
         while True:
+            self.republish.clear()  # before publishing: a change during the UPDATE triggers another
             try:
                 await self.publisher.publish(r.instance_label, r.port, r.target, r.addresses,
                                              records.build_txt(r), ttl=DNS_TTL)
-                log.info("DNS: published %s in %s", r.instance_label[:16] + "…", self.settings["Domain"])
-                delay = 1.0
-                self.republish.clear()
-                try:  # again before the TTL runs out, or at once when the candidates change
-                    await asyncio.wait_for(self.republish.wait(), DNS_TTL * 2 / 3)
-                except asyncio.TimeoutError:
-                    pass
             except ConfigError as e:
                 log.error("DNS: %s (not retrying until the configuration changes)", e)
                 return
@@ -299,3 +309,10 @@ class Discovery:
                 log.warning("DNS: publishing failed: %s; retrying in %.0f s", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
+                continue
+            log.info("DNS: published %s in %s", r.instance_label[:16] + "…", self.settings["Domain"])
+            delay = 1.0
+            try:  # again before the TTL runs out, or at once when the candidates change
+                await asyncio.wait_for(self.republish.wait(), DNS_TTL * 2 / 3)
+            except asyncio.TimeoutError:
+                pass

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wgdisco")
 
 STUN_REFRESH = 25.0  # seconds; also keeps the NAT mapping warm (RFC 4787 REQ-5)
-SYNC_INTERVAL = 0.5  # how often authenticated traffic is reported to the selector, at most
+SYNC_INTERVAL = 0.5  # how often unanswered traffic is checked for (see _suspect_dead_paths)
 SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
 RESTUN_MIN_INTERVAL = 10.0  # at most one such early STUN round per this many seconds
 REASON_TEXT = {
@@ -122,6 +122,8 @@ class NatTraversal:
             # it, and WireGuard's roaming rule switches once authenticated packets come from there
             for cand in cands:
                 if cand.addr not in known:
+                    log.info("peer %s: new candidate %s:%d (%s); probing it once", short(public),
+                             *udp.from_sockaddr(cand.addr), source)
                     self._send(self.prober.request(public, cand.addr, now), cand.addr)
 
     def set_peer_mapping(self, public: bytes, mapping: str, now: float) -> None:
@@ -146,8 +148,10 @@ class NatTraversal:
             self.stun.handle_timer(now)
         for timeout in self.prober.handle_timer(now):
             self.selector.on_probe_timeout(timeout.peer, timeout.addr, now)
+        # before any decision: WireGuard's roaming rule (§2.1) has the last word, so the selector
+        # must know where authenticated packets came from, or it would undo a roam
+        self._sync_authenticated(now)
         if now >= self.next_sync:
-            self._sync_authenticated(now)
             self._suspect_dead_paths(now)
             self.next_sync = now + SYNC_INTERVAL
         for public, addr in self.selector.probe_plan(now):
@@ -241,10 +245,15 @@ class NatTraversal:
             pass  # a lost probe or request is a timeout the cores already handle
 
     def restart(self, now: float, local_networks: list[Any]) -> None:
-        """The network changed: new local networks, STUN again at once."""
+        """The network changed: new local networks, STUN again and probe every current path at once."""
         self.local_networks = local_networks
         if self.stun is not None:
             self.stun.restart(now)
+            self.last_restun = now
+        for public in self.prober.peers:
+            current = self.selector.current(public)
+            if current is not None:
+                self._send(self.prober.request(public, current, now), current)
 
     def _note(self, events: list[Any]) -> None:
         assert self.stun is not None
