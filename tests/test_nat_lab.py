@@ -5,14 +5,17 @@
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from tests.lab import Lab, require_tool
-from tests.lab.knot import start_knot
+from tests.lab.knot import start_knot, zone_name
 from tests.lab.netns import Host
 from tests.lab.wg import Node, keypair
 from wgdisco.proto import keys
@@ -20,6 +23,7 @@ from wgdisco.proto import keys
 pytestmark = pytest.mark.netns
 DOMAIN = "wg.example.net"
 STUN_A, STUN_B, KNOT = "203.0.113.10", "203.0.113.11", "203.0.113.53"
+LAB_DIR = Path(__file__).parent / "lab"
 
 
 @dataclass
@@ -70,6 +74,9 @@ def test_stun_on_the_tunnel_socket_finds_the_reflexive_address_and_publishes_it(
     while "cand=10.1.0.2:51820,203.0.113.1:51820" not in knot.dig(net.server, f"{label}._wireguard._udp.{DOMAIN}.", "TXT"):
         assert time.monotonic() < deadline, a.proc.stderr()  # type: ignore[union-attr]
         time.sleep(0.2)
+    # beyond the LAN the SRV/A name the reflexive address; the TXT lists every candidate
+    assert "203.0.113.1" in knot.dig(net.server, f"wg-{label[:16]}.{DOMAIN}.", "A")
+    assert "nat=easy" in knot.dig(net.server, f"{label}._wireguard._udp.{DOMAIN}.", "TXT")
     assert a.stop() == 0
     assert "stun-unexpected" not in a.proc.stderr()  # type: ignore[union-attr]  # every answer was ours
 
@@ -229,3 +236,55 @@ def test_moving_to_another_lan_is_noticed_and_recovers(lab: Lab) -> None:
     print(f"recovered after {recovery:.2f} s")
     assert recovery < 5.0, f"recovered after {recovery:.2f} s"
     assert b.dump()[a.public]["endpoint"] == "203.0.113.3:51820"
+
+
+def test_forged_record_and_forged_probe_answers_never_disturb_a_live_tunnel(lab: Lab) -> None:
+    net, a, b = two_sites(lab)
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=15)
+    evil = lab.host("evil")
+    lab.attach(evil, net.wan, "203.0.113.66/24")
+    attacker = evil.popen([sys.executable, str(LAB_DIR / "attacker.py"), "51820", "12"], name="attacker")
+    # a rogue publisher (it has the zone's update key) puts b's key at the attacker's address
+    label = keys.key_to_base32(keys.key_from_base64(b.public))
+    owner = f"{label}._wireguard._udp.{DOMAIN}."
+    update = (f"server {KNOT}\nzone {DOMAIN}.\nupdate delete {owner} TXT\nupdate delete {owner} SRV\n"
+              f'update add {owner} 60 TXT "txtvers=1" "pub={b.public}" "cand=203.0.113.66:51820" "probe=1"\n'
+              f"update add {owner} 60 SRV 0 0 51820 evil.{DOMAIN}.\nupdate add evil.{DOMAIN}. 60 A 203.0.113.66\nsend\n")
+    key = a.discovery["UpdateKey"]
+    evil.run(["nsupdate", "-y", key], input=update)
+    pinger = a.host.popen(["ping", "-i", "0.1", "-c", "80", "-W", "1", b.inner4], name="ping-under-attack")
+    pinger.wait(timeout=30)
+    received = int(re.search(r"(\d+) received", pinger.stdout()).group(1))  # type: ignore[union-attr]
+    assert received >= 78, pinger.stdout()
+    assert a.dump()[b.public]["endpoint"] == "203.0.113.2:51820"
+    assert attacker.wait(timeout=20) == 0
+    hits = json.loads(attacker.stdout())
+    assert hits["received"] >= 1, "a never probed the forged candidate: the test proves nothing"
+    assert a.stop() == 0
+    err = a.proc.stderr()  # type: ignore[union-attr]
+    assert "-> 203.0.113.66" not in err and "203.0.113.66:51820 (verified" not in err, err
+    assert re.search(r"probe-drop-\S+=\d+", err), err  # the forged answers were counted
+
+
+def test_plain_wireguard_go_behind_nat_reached_by_discovery_and_handshake(lab: Lab) -> None:
+    net = internet(lab)
+    ha, hg = net.site("a", 1, "easy"), net.site("g", 2, "easy")
+    tag = lab.prefix[3:9]
+    g = Node(hg, "wireguard-go", f"wg{tag}", *keypair(), ["10.9.0.3/24"])
+    label = keys.key_to_base32(keys.key_from_base64(g.public))
+    zone = (f"_wireguard._udp 60 IN PTR {zone_name(label)}._wireguard._udp\n"
+            f"{zone_name(label)}._wireguard._udp 60 IN SRV 0 0 51820 gw\n"
+            f"gw 60 IN A 203.0.113.2\n"
+            f'{zone_name(label)}._wireguard._udp 60 IN TXT "txtvers=1" "pub={g.public}" "allowed=10.9.0.3/32"\n')
+    start_knot(net.server, [KNOT], extra_records=zone)
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={
+        "mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT, "PollInterval": "1"})
+    a.peers = [g.peer_spec()]
+    g.peers = [a.peer_spec("203.0.113.1:51820", keepalive=25)]  # a static wg config, as a user writes it
+    g.start()
+    a.start()
+    first_ping(a, g.inner4, timeout=15)
+    assert a.dump()[g.public]["endpoint"] == "203.0.113.2:51820"
+    assert g.dump()[a.public]["latest_handshake"] > 0

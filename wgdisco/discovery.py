@@ -293,14 +293,24 @@ class Discovery:
             else:
                 await asyncio.sleep(interval * (0.9 + 0.2 * self.rng.random()))  # jitter, no lockstep
 
+    def _dns_srv(self) -> tuple[int, list[Any]]:
+        """Beyond the LAN, SRV/A point at the best reachable candidate: the reflexive address
+        when STUN found one behind an easy NAT, else our host addresses (the TXT lists all)."""
+        assert self.record is not None
+        if self.srflx and self.record.txt_extra.get("nat") != "hard":
+            ip, port = self.srflx[0]
+            return port, [ip]
+        return self.record.port, self.record.addresses
+
     async def _publish_loop(self) -> None:
         assert self.publisher is not None and self.record is not None
         r = self.record
         delay = 1.0
         while True:
             self.republish.clear()  # before publishing: a change during the UPDATE triggers another
+            port, addresses = self._dns_srv()
             try:
-                await self.publisher.publish(r.instance_label, r.port, r.target, r.addresses,
+                await self.publisher.publish(r.instance_label, port, r.target, addresses,
                                              records.build_txt(r), ttl=DNS_TTL)
             except ConfigError as e:
                 log.error("DNS: %s (not retrying until the configuration changes)", e)

@@ -224,7 +224,8 @@ class NatTraversal:
         return text
 
     def summary(self) -> str:
-        return f"probes sent={self.selector.probes_sent} answered-for-peers={self.prober.replies}"
+        drops = " ".join(f"probe-drop-{k}={v}" for k, v in sorted(self.prober.drops.items()))
+        return f"probes sent={self.selector.probes_sent} answered-for-peers={self.prober.replies} {drops}".strip()
 
     def flush(self) -> None:
         """Send the STUN requests due and report what changed (lock held)."""
