@@ -1,10 +1,12 @@
-"""Time from starting two wgdisco nodes on one LAN (each knowing only the other's key, no
-Endpoint) to the first ping through their tunnel, found by mDNS. Median of N runs.
+"""Time from starting two wgdisco nodes (each knowing only the other's key, no Endpoint) to the
+first ping through their tunnel. Median of N runs.
 
-    sudo .venv/bin/python bench/discovery.py [--runs 10] [--out bench/results/discovery.json]
+    sudo .venv/bin/python bench/discovery.py [--scenario lan|nat] [--runs 10] [--out FILE]
 
-Each run is a fresh lab (tests/lab): one bridge, two hosts, a wgdisco daemon on each with
-``[Discovery] mDNS = on``. The clock starts before the first daemon is launched; pings go
+``lan``: one bridge, two hosts, ``[Discovery] mDNS = on``: found by mDNS.
+``nat``: two sites behind two easy nftables NATs, a WAN with stund and Knot: found through
+unicast DNS-SD, reflexive addresses from STUN, holes punched with probes (tests/test_nat_lab.py's
+topology). Each run is a fresh lab; the clock starts before the first daemon is launched; pings go
 every 100 ms (1 s timeout each) until one comes back.
 """
 
@@ -21,6 +23,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.lab import Lab  # noqa: E402
 from tests.lab.wg import Node, keypair  # noqa: E402
+
+
+def one_nat_run() -> float:
+    from tests.test_nat_lab import two_sites
+
+    with Lab() as lab:
+        _net, a, b = two_sites(lab)
+        start = time.monotonic()
+        a.start()
+        b.start()
+        while a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+            if time.monotonic() - start > 30:
+                raise RuntimeError("no ping within 30 s")
+            time.sleep(0.1)
+        return time.monotonic() - start
 
 
 def one_run() -> float:
@@ -45,15 +62,16 @@ def one_run() -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenario", choices=("lan", "nat"), default="lan")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", default="bench/results/discovery.json")
     args = p.parse_args()
     samples = []
     for i in range(args.runs):
-        seconds = one_run()
+        seconds = one_run() if args.scenario == "lan" else one_nat_run()
         samples.append(seconds)
         print(f"[{i + 1}/{args.runs}] first ping after {seconds:.2f} s", flush=True)
-    result = {"runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
+    result = {"scenario": args.scenario, "runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
               "min_s": min(samples), "max_s": max(samples)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
