@@ -10,7 +10,6 @@ namespace.  Teardown stops the thread and deletes the namespace, even on failure
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import os
 import secrets
@@ -27,8 +26,8 @@ import pytest
 from wgdisco.errors import LocalError
 from wgdisco.io import netlink
 from wgdisco.io.tun import Tun
+from tests.lab.netns import enter_netns as _enter_netns
 
-CLONE_NEWNET = 0x40000000
 TUN_ADDRS = [ipaddress.ip_interface("10.77.0.1/24"), ipaddress.ip_interface("fd00:77::1/64")]
 PEER4 = "10.77.0.2"
 PEER6 = "fd00:77::2"
@@ -43,15 +42,6 @@ def require_root() -> None:
         pytest.skip(reason)
 
 
-def _enter_netns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 class Netns:

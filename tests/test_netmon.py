@@ -11,7 +11,6 @@ daemon's own TUN, and no module beyond tun is needed.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import queue
@@ -23,6 +22,7 @@ import time
 import pytest
 
 from tests.lab import Host, Lab
+from tests.lab.netns import enter_netns as _enter_netns
 from wgdisco.errors import DecodeError, LocalError
 from wgdisco.io.netmon import (
     ALL_KINDS,
@@ -40,7 +40,6 @@ from wgdisco.io.netmon import (
     iter_changes,
 )
 
-CLONE_NEWNET = 0x40000000
 SLACK = 1.0  # "within a second": a change's callback arrives this soon after the `ip` command returns
 
 
@@ -132,15 +131,6 @@ def test_bad_arguments():
 # --- the monitor in a namespace ----------------------------------------------------------------
 
 
-def _enter_netns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 class Watch:

@@ -683,3 +683,18 @@ def _unregister(lab: Lab) -> None:
     with _LIVE_LOCK:
         if lab in _LIVE:
             _LIVE.remove(lab)
+
+
+def enter_netns(name: str) -> None:
+    """Move the *calling thread* into network namespace ``name`` (setns(2)); for worker threads
+    that run a shell (TUN, netlink) inside a lab host without a subprocess."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
