@@ -18,12 +18,14 @@ from tests.lab import Lab, require_tool
 from tests.lab.knot import start_knot, zone_name
 from tests.lab.netns import Host
 from tests.lab.wg import Node, keypair
+from tests.schema_check import check
 from wgdisco.proto import keys
 
 pytestmark = pytest.mark.netns
 DOMAIN = "wg.example.net"
 STUN_A, STUN_B, KNOT = "203.0.113.10", "203.0.113.11", "203.0.113.53"
 LAB_DIR = Path(__file__).parent / "lab"
+SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "status.schema.json").read_text())
 
 
 @dataclass
@@ -126,6 +128,16 @@ def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
     # direct, over the reflexive addresses: each side's endpoint is the other's NAT
     assert a.dump()[b.public]["endpoint"] == "203.0.113.2:51820"
     assert b.dump()[a.public]["endpoint"] == "203.0.113.1:51820"
+    # wgdisco status --json: valid against the documented schema, and it says what happened
+    status = json.loads(a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
+    check(status, SCHEMA)
+    peer = status["peers"][0]
+    assert (peer["path"], peer["endpoint"], peer["endpoint_source"]) == ("direct", "203.0.113.2:51820", "probe")
+    assert status["nat"] == {"reflexive": ["203.0.113.1:51820"], "mapping": "endpoint-independent"}
+    assert any(c["address"] == "203.0.113.2:51820" and c["state"] == "verified" and c["rtt_ms"] is not None
+               for c in peer["candidates"])
+    human = a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface]).stdout
+    assert "path: direct via 203.0.113.2:51820 (from probe)" in human and a.private not in human
 
 
 def test_same_nat_without_hairpin_uses_lan_candidates(lab: Lab) -> None:
@@ -172,6 +184,11 @@ def test_hard_nat_to_easy_nat_says_why_and_does_not_flood(lab: Lab) -> None:
     a.start()
     b.start()
     time.sleep(34)  # past the bounded punching phase (30 s)
+    status = json.loads(a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
+    check(status, SCHEMA)
+    assert status["peers"][0]["path"] == "none" and "hard NAT" in status["peers"][0]["reason_text"], status
+    human = a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface]).stdout
+    assert "path: none (probes to every candidate timed out;" in human, human
     assert a.stop() == 0 and b.stop() == 0
     for node in (a, b):
         err = node.proc.stderr()  # type: ignore[union-attr]

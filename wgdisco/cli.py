@@ -83,6 +83,102 @@ def cmd_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from wgdisco.errors import LocalError
+    from wgdisco.io import control
+
+    names = [args.iface] if args.iface else control.interfaces()
+    if not names:
+        print("wgdisco status: no wgdisco interface is running", file=err)
+        return EXIT_ERROR
+    reports = []
+    for name in names:
+        try:
+            reports.append(control.request(name))
+        except LocalError as e:
+            print(f"wgdisco status: {e}", file=err)
+            return EXIT_ERROR
+    if args.json:
+        import json
+
+        out.write(json.dumps(reports[0] if args.iface else reports, indent=2) + "\n")
+    else:
+        out.write("\n".join(format_status(r) for r in reports))
+    return EXIT_OK
+
+
+def _ago(timestamp: int) -> str:
+    import time
+
+    if not timestamp:
+        return "never"
+    seconds = max(0, int(time.time()) - timestamp)
+    if seconds < 120:
+        return f"{seconds} seconds ago"
+    if seconds < 7200:
+        return f"{seconds // 60} minutes ago"
+    return f"{seconds // 3600} hours ago"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"
+
+
+def format_status(r: dict) -> str:
+    """Human status, in the manner of `wg show` plus where each path stands."""
+    lines = [f"interface: {r['interface']}", f"  public key: {r['public_key']}",
+             f"  listening port: {r['listen_port']}"]
+    nat = r["nat"]
+    if nat["reflexive"]:
+        lines.append(f"  reflexive: {', '.join(nat['reflexive'])} (NAT mapping {nat['mapping']})")
+    for p in r["peers"]:
+        lines += ["", f"peer: {p['public_key']}"]
+        if p["path"] == "none":
+            lines.append(f"  path: none ({p['reason_text'] or p['reason']})")
+        else:
+            lines.append(f"  path: {p['path']} via {p['endpoint']} (from {p['endpoint_source'] or 'unknown'})")
+        if p["endpoint"] and p["path"] == "none":
+            lines.append(f"  endpoint: {p['endpoint']} (from {p['endpoint_source'] or 'unknown'})")
+        if p["allowed_ips"]:
+            lines.append(f"  allowed ips: {', '.join(p['allowed_ips'])}")
+        for c in p["candidates"]:
+            rtt = f", {c['rtt_ms']} ms" if c["rtt_ms"] is not None else ""
+            lines.append(f"  candidate: {c['address']} {c['kind']} via {c['source']}: {c['state']}{rtt}")
+        lines.append(f"  latest handshake: {_ago(p['latest_handshake'])}")
+        lines.append(f"  transfer: {_bytes(p['rx_bytes'])} received, {_bytes(p['tx_bytes'])} sent")
+        if p["persistent_keepalive"]:
+            lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import json
+
+    from wgdisco import netcheck
+    from wgdisco.errors import LocalError
+
+    try:
+        servers = netcheck.parse_servers(args.stun)
+        timeout = netcheck.check_timeout(args.timeout)
+    except ValueError as e:
+        print(f"wgdisco netcheck: {e}", file=err)
+        return EXIT_USAGE
+    try:
+        report = netcheck.run(servers, timeout=timeout)
+    except LocalError as e:
+        print(f"wgdisco netcheck: {e}", file=err)
+        return EXIT_ERROR
+    if args.json:
+        print(json.dumps(netcheck.to_json(report), indent=2), file=out)
+    else:
+        out.write(netcheck.format_report(report))
+    return netcheck.exit_code(report)
+
+
 def not_implemented(name: str) -> Callable[[argparse.Namespace, TextIO, TextIO], int]:
     def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"wgdisco {name}: not implemented yet", file=err)
@@ -114,12 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("up", cmd_up, "run the tunnel and discovery in the foreground").add_argument(
         "config", help="path to the config; the interface is named after the file stem"
     )
-    p = add("status", not_implemented("status"), "show interfaces, peers and paths")
+    p = add("status", cmd_status, "show interfaces, peers and paths of running daemons")
     p.add_argument("iface", nargs="?")
     p.add_argument("--json", action="store_true")
-    p = add("netcheck", not_implemented("netcheck"), "report reflexive addresses and NAT behaviour")
-    p.add_argument("--stun", action="append", default=[], metavar="HOST:PORT")
-    p.add_argument("--json", action="store_true")
+    p = add("netcheck", cmd_netcheck, "report reflexive addresses and NAT behaviour")
+    p.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
+                   help="a STUN server to ask (repeatable); none given: no STUN at all")
+    p.add_argument("--json", action="store_true", help="print a JSON object (schema: docs/cli.md)")
+    p.add_argument("--timeout", type=float, default=3.0, metavar="S",
+                   help="seconds to wait for the STUN answers (default 3)")
     add("demo", not_implemented("demo"), "build a lab of namespaces and show discovery and NAT traversal")
     return parser
 

@@ -33,6 +33,7 @@ from wgdisco import config as configmod
 from wgdisco.errors import LocalError
 from wgdisco.io import netlink, udp
 from wgdisco.io.tun import Tun
+from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer
 from wgdisco.proto import gro, keys, uapi
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
@@ -58,6 +59,7 @@ class Tunnel:
         uapi_dir: str = "/var/run/wireguard",
         handshake_load_threshold: int | None = None,
         gro: bool = True,
+        control_dir: str = CONTROL_DIR,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -75,6 +77,8 @@ class Tunnel:
         self.nat: Any = None  # wgdisco.nat.NatTraversal when discovery or STUN is on
         self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor, with NAT traversal
         self.change_task: asyncio.Task[None] | None = None
+        self.endpoint_source: dict[bytes, str] = {}  # where each peer's endpoint came from
+        self.control = ControlServer(socket_dir=control_dir)
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
         self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
@@ -107,6 +111,7 @@ class Tunnel:
             )
             await self._install_routes()
             await self.uapi.start(self.name, self.handle_uapi)
+            await self.control.start(self.name, self.handle_control)
         except BaseException:
             await self._teardown()
             raise
@@ -152,6 +157,7 @@ class Tunnel:
         if pc.endpoint is not None:
             try:
                 self.device.set_endpoint(peer, udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port))
+                self.endpoint_source[pc.public_key] = "config"
             except (LocalError, OSError) as e:
                 log.warning("peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
         if pc.persistent_keepalive:
@@ -217,6 +223,7 @@ class Tunnel:
             await asyncio.to_thread(self.dataplane.stop)
             self.dataplane = None
         await self.uapi.close()
+        await self.control.close()
         if self.tun is not None:
             self.tun.close()  # a non-persistent TUN link disappears with its last fd
             self.tun = None
@@ -346,12 +353,16 @@ class Tunnel:
         except OSError as e:  # e.g. EINVAL: the kernel refused a packet; never fatal
             self._count_other(f"tun-write-{errno.errorcode.get(e.errno or 0, e.errno)}")
 
-    def drop_summary(self) -> str:
-        """Dropped input by reason, e.g. ``dropped: malformed=3 mac1=1`` (never secrets)."""
+    def drop_counts(self) -> dict[str, int]:
         drops = dict(self.other_drops)
         if self.device is not None:
             for reason, n in self.device.drops.items():
                 drops[reason] = drops.get(reason, 0) + n
+        return drops
+
+    def drop_summary(self) -> str:
+        """Dropped input by reason, e.g. ``dropped: malformed=3 mac1=1`` (never secrets)."""
+        drops = self.drop_counts()
         if not drops:
             return "dropped: nothing"
         return "dropped: " + " ".join(f"{k}={v}" for k, v in sorted(drops.items()))
@@ -388,7 +399,8 @@ class Tunnel:
             if self.discovery is not None:
                 self.discovery.on_handshake(event.peer.public_key)
         elif event.kind == "endpoint":
-            old, new = event.detail
+            old, new, cause = event.detail
+            self.endpoint_source[event.peer.public_key] = cause
             log.info("peer %s: endpoint %s -> %s", short(event.peer), fmt_addr(old), fmt_addr(new))
         elif event.kind == "give-up":
             log.info("peer %s: no handshake after %d attempts, giving up until new traffic",
@@ -413,6 +425,67 @@ class Tunnel:
         if self.dataplane is not None:
             self.dataplane.wake()  # deadlines or the socket may have changed
         return uapi.format_set_result(0)
+
+    def handle_control(self, command: str) -> Any:
+        if command != "status":
+            raise LocalError(f"unknown command {command!r} (try: status)")
+        with self.lock:
+            return self.status()
+
+    def status(self) -> dict[str, Any]:
+        """What ``wgdisco status --json`` prints (schema: docs/status.schema.json). Lock held."""
+        device, sock = self.device, self.sock
+        assert device is not None and sock is not None
+        now = time.monotonic()
+        nat = self.nat
+        peers = []
+        for public, peer in device.peers.items():
+            live = device.is_live(peer, now, 180.0) and peer.current is not None
+            path, reason, reason_text, candidates = "none", None, None, []
+            if nat is not None:
+                reason = nat.reasons.get(public)
+                reason_text = nat.explain(public, reason) if reason else None
+                candidates = nat.candidates(public, now)
+            if live and peer.endpoint is not None:
+                host = udp.from_sockaddr(peer.endpoint)[0]
+                networks = nat.local_networks if nat is not None else []
+                from wgdisco.proto.paths import host_kind
+
+                path = "lan" if host_kind(host, networks) == "lan" else "direct"
+                reason = reason if reason in ("lan", "direct") else path
+                reason_text = None
+            elif reason is None or reason in ("lan", "direct"):
+                if peer.endpoint is None:
+                    reason, reason_text = "no-endpoint", "no Endpoint configured and nothing discovered yet"
+                else:
+                    reason, reason_text = "no-handshake", f"no handshake with {fmt_addr(peer.endpoint)} yet"
+            last = 0.0 if peer.last_handshake is None else peer.last_handshake + device.wall_offset
+            peers.append({
+                "public_key": keys.key_to_base64(public),
+                "endpoint": None if peer.endpoint is None else fmt_addr(peer.endpoint),
+                "endpoint_source": self.endpoint_source.get(public) if peer.endpoint is not None else None,
+                "path": path,
+                "reason": None if path != "none" else reason,
+                "reason_text": None if path != "none" else reason_text,
+                "candidates": candidates,
+                "latest_handshake": int(last),
+                "rx_bytes": peer.rx_bytes,
+                "tx_bytes": peer.tx_bytes,
+                "persistent_keepalive": peer.persistent_keepalive,
+                "allowed_ips": [str(n) for n in device.allowed_ips.entries_for_peer(peer)],
+            })
+        return {
+            "interface": self.name,
+            "public_key": keys.key_to_base64(device.identity.public),
+            "listen_port": udp.local_port(sock),
+            "nat": {
+                "reflexive": [f"{ip}:{port}" if ":" not in ip else f"[{ip}]:{port}" for ip, port in nat.reflexive]
+                if nat is not None else [],
+                "mapping": nat.behaviour if nat is not None else "unknown",
+            },
+            "peers": peers,
+            "dropped": self.drop_counts(),
+        }
 
     def snapshot(self) -> uapi.DeviceSnapshot:
         device = self.device
@@ -462,6 +535,7 @@ class Tunnel:
             if op.endpoint is not None:
                 try:
                     device.set_endpoint(peer, udp.to_sockaddr(self.sock, *op.endpoint))
+                    self.endpoint_source[op.public_key] = "uapi"
                 except (LocalError, OSError):
                     raise uapi.UapiError(uapi.EINVAL, "bad endpoint") from None
             if op.replace_allowed_ips:

@@ -48,8 +48,12 @@ class Discovery:
         self.kick = asyncio.Event()
         self.record: records.ServiceRecord | None = None
         self.counters: dict[str, int] = {}
-        self.sources: dict[bytes, str] = {}  # peer key -> where its endpoint came from
         self.rng = random.Random()
+        self.host_candidates: list[Any] = []  # (ip, port) of our own interfaces
+        self.srflx: list[Any] = []  # (ip, port) STUN saw us as
+        self.mdns_names: list[str] = []
+        self.mdns_addresses: list[str] = []
+        self.republish = asyncio.Event()  # our record changed: publish it again now
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -59,10 +63,6 @@ class Discovery:
         lan = await asyncio.to_thread(netlink.interface_addresses, {t.name, "lo"})
         self.record = self._own_record(lan)
         self.host_candidates = list(self.record.candidates)
-        self.srflx: list[Any] = []
-        self.mdns_names: list[str] = []
-        self.mdns_addresses: list[str] = []
-        self.republish = asyncio.Event()
         if t.nat is not None:
             from wgdisco.nat import networks_of
 
@@ -232,8 +232,6 @@ class Discovery:
 
     def on_handshake(self, peer_key: bytes) -> None:
         """Called by the tunnel (lock held) when a handshake completed."""
-        if peer_key in self.trier.schedules:
-            self.sources[peer_key] = self.trier.schedules[peer_key].source
         self.trier.succeeded(peer_key)
 
     async def _try_loop(self) -> None:
@@ -249,8 +247,7 @@ class Discovery:
                 for attempt in tries:
                     peer = device.peers.get(attempt.peer)
                     if peer is not None:
-                        device.try_endpoint(peer, attempt.endpoint, now)
-                        self.sources[attempt.peer] = attempt.source
+                        device.try_endpoint(peer, attempt.endpoint, now, cause=attempt.source)
                         self._count("handshake-tries")
                 if tries:
                     t.flush()

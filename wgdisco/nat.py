@@ -202,8 +202,9 @@ class NatTraversal:
                 self.reasons[public] = reason
                 log.info("peer %s: path: %s", short(public), self.explain(public, reason))
             if addr is not None and addr != peer.endpoint:
+                self.tunnel.endpoint_source[public] = "probe"
                 if peer.current is None:
-                    device.try_endpoint(peer, addr, now)  # verified by a probe: handshake there now
+                    device.try_endpoint(peer, addr, now, cause="probe")  # verified: handshake there now
                 else:
                     device.set_endpoint(peer, addr)
                     log.info("peer %s: endpoint %s (verified path, %s)", short(public),
@@ -222,6 +223,18 @@ class NatTraversal:
             if hard:
                 text += "; " + " and ".join(hard) + ": no direct path"
         return text
+
+    def candidates(self, public: bytes, now: float) -> list[dict[str, Any]]:
+        """The peer's candidates for status: address, kind, source, probe state, RTT."""
+        out = []
+        for path in self.selector.paths(public):
+            host, port = udp.from_sockaddr(path.addr)
+            out.append({
+                "address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "kind": path.kind, "source": path.source, "state": path.state,
+                "rtt_ms": None if path.rtt is None else round(path.rtt * 1000, 2),
+            })
+        return out
 
     def summary(self) -> str:
         drops = " ".join(f"probe-drop-{k}={v}" for k, v in sorted(self.prober.drops.items()))

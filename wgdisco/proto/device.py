@@ -193,7 +193,7 @@ class Device:
     def set_endpoint(self, peer: Peer, endpoint: Addr | None) -> None:
         peer.endpoint = endpoint
 
-    def try_endpoint(self, peer: Peer, endpoint: Addr, now: float) -> None:
+    def try_endpoint(self, peer: Peer, endpoint: Addr, now: float, cause: str = "hint") -> None:
         """Point ``peer`` at a hinted candidate and send an initiation there now.
 
         The REKEY_TIMEOUT gate of §6.1 is skipped: the caller's schedule (proto/hints.py)
@@ -202,7 +202,7 @@ class Device:
         """
         if peer.endpoint != endpoint:
             old, peer.endpoint = peer.endpoint, endpoint
-            self.events.append(Event("endpoint", peer, (old, endpoint)))
+            self.events.append(Event("endpoint", peer, (old, endpoint, cause)))
         peer.last_sent_handshake = None
         self.send_handshake_initiation(peer, now, is_retry=False)
 
@@ -552,7 +552,7 @@ class Device:
         """Roaming (whitepaper §2.1): the endpoint follows the latest authenticated packet."""
         if peer.endpoint != addr:
             old, peer.endpoint = peer.endpoint, addr
-            self.events.append(Event("endpoint", peer, (old, addr)))
+            self.events.append(Event("endpoint", peer, (old, addr, "roaming")))
 
     def _receive_transport(self, data: bytes, addr: Addr, now: float) -> bytes | None:
         _type, receiver, counter = _HEADER.unpack_from(data)
