@@ -262,3 +262,35 @@ def test_up_without_cap_net_admin_refuses_clearly(lab: Lab) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "needs root (CAP_NET_ADMIN)" in proc.stderr, proc.stderr
     assert h.run(["ip", "link", "show", "wz0"], check=False).returncode != 0
+
+
+def test_sighup_adds_and_removes_peers_without_a_new_handshake_for_the_others(lab: Lab) -> None:
+    lan = lab.lan("lan")
+    hosts = {n: lab.host(n) for n in "abcd"}
+    for i, (name, host) in enumerate(hosts.items(), start=1):
+        lab.attach(host, lan, f"198.51.100.{i}/24")
+    tag = lab.prefix[3:9]
+    a = Node(hosts["a"], "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"])
+    others = {n: Node(hosts[n], "wireguard-go", f"w{n}{tag}", *keypair(), [f"10.9.0.{i}/24"])
+              for i, n in ((2, "b"), (3, "c"), (4, "d"))}
+    for i, (n, node) in enumerate(others.items(), start=2):
+        node.peers = [a.peer_spec("198.51.100.1:51820")]
+        node.start()
+    b, c, d = others["b"], others["c"], others["d"]
+    a.peers = [b.peer_spec("198.51.100.2:51820"), c.peer_spec("198.51.100.3:51820")]
+    a.start()
+    a.host.ping(b.inner4, count=1, wait=3)
+    a.host.ping(c.inner4, count=1, wait=3)
+    handshakes_before = handshakes_logged(a)
+    # the new config: c removed, d added, b unchanged
+    conf = lab.logdir / f"{a.iface}.conf"
+    a.peers = [b.peer_spec("198.51.100.2:51820"), d.peer_spec("198.51.100.4:51820")]
+    conf.write_text(a.config_text())
+    a.host.run(["kill", "-HUP", str(a.proc.pid)])  # type: ignore[union-attr]
+    a.proc.wait_for(r"reload: 2 peer\(s\)", timeout=5, stream="stderr")  # type: ignore[union-attr]
+    assert set(a.dump()) == {b.public, d.public}
+    a.host.ping(b.inner4, count=2, wait=2)
+    a.host.ping(d.inner4, count=1, wait=3)
+    # b's session lived on: the only new handshake is d's
+    assert handshakes_logged(a) == handshakes_before + 1, a.proc.stderr()  # type: ignore[union-attr]
+    assert a.host.ping(c.inner4, count=1, wait=1, check=False).returncode != 0

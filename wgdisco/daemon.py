@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from wgdisco import config as configmod
-from wgdisco.errors import LocalError
+from wgdisco.errors import ConfigError, LocalError
 from wgdisco.io import netlink, udp
 from wgdisco.io.tun import Tun
 from wgdisco.io.control import CONTROL_DIR, ControlServer
@@ -177,10 +177,11 @@ class Tunnel:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         try:
             await self.stopped.wait()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             log.info("interface %s going down; %s", self.name, self.drop_summary())
             if self.discovery is not None:
@@ -190,6 +191,61 @@ class Tunnel:
             self._hooks(self.cfg.interface.pre_down, "PreDown")
             await self._teardown()
             self._hooks(self.cfg.interface.post_down, "PostDown")
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config again; add, update and remove peers without touching live
+        sessions (like ``wg syncconf``). [Interface] and [Discovery] changes need a restart."""
+        try:
+            cfg = await asyncio.to_thread(configmod.load, self.cfg.path)
+        except ConfigError as e:
+            log.error("reload: %s (keeping the running configuration)", e)
+            return
+        device = self.device
+        assert device is not None and self.sock is not None
+        old = {pc.public_key: pc for pc in self.cfg.peers}
+        new = {pc.public_key: pc for pc in cfg.peers}
+        with self.lock:
+            now = time.monotonic()
+            for public in old.keys() - new.keys():
+                device.remove_peer(public)
+                if self.nat is not None:
+                    self.nat.remove_peer(public)
+                log.info("reload: peer %s removed", short_key(public))
+            for public, pc in new.items():
+                was = old.get(public)
+                if was is None:
+                    self._add_config_peer(pc, now)
+                    if self.nat is not None:
+                        self.nat.add_peer(public)
+                    log.info("reload: peer %s added", short_key(public))
+                    continue
+                peer = device.peers[public]
+                if pc.allowed_ips != was.allowed_ips:
+                    device.allowed_ips.remove_by_peer(peer)
+                    for net in pc.allowed_ips:
+                        device.allowed_ips.insert(net, peer)
+                if pc.preshared_key != was.preshared_key:
+                    device.set_preshared_key(peer, pc.preshared_key)
+                if pc.persistent_keepalive != was.persistent_keepalive:
+                    device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
+                if pc.endpoint != was.endpoint and pc.endpoint is not None:
+                    try:
+                        device.set_endpoint(peer, udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port))
+                        self.endpoint_source[public] = "config"
+                    except (LocalError, OSError) as e:
+                        log.warning("reload: peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
+            self.flush()
+        self.cfg.peers = cfg.peers
+        if (self.cfg.interface.table or "auto").lower() != "off":
+            added = [n for pc in cfg.peers for n in pc.allowed_ips
+                     if pc.public_key not in old or n not in old[pc.public_key].allowed_ips]
+            if added:
+                table = self.cfg.interface.table
+                await asyncio.to_thread(netlink.add_routes, self.name, added,
+                                        None if table in (None, "auto", "main") else int(table))
+        if self.dataplane is not None:
+            self.dataplane.wake()
+        log.info("reload: %d peer(s)", len(cfg.peers))
 
     def _network_changed(self, kinds: set[str]) -> None:
         """NetworkMonitor (debounced): re-gather, STUN again, re-publish, re-probe, within a second."""
@@ -660,7 +716,11 @@ class DataPlane:
 
 
 def short(peer: Peer) -> str:
-    return keys.key_to_base64(peer.public_key)[:8] + "…"
+    return short_key(peer.public_key)
+
+
+def short_key(public: bytes) -> str:
+    return keys.key_to_base64(public)[:8] + "…"
 
 
 def fmt_addr(addr: Any) -> str:

@@ -110,6 +110,16 @@ class NatTraversal:
         elif isinstance(event, ProbeRequested):
             self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
 
+    def add_peer(self, public: bytes) -> None:
+        self.prober.add_peer(public)
+        self.selector.add_peer(public)
+
+    def remove_peer(self, public: bytes) -> None:
+        self.prober.remove_peer(public)
+        self.selector.remove_peer(public)
+        self.reasons.pop(public, None)
+        self.synced.pop(public, None)
+
     def add_candidates(self, public: bytes, addrs: list[Any], source: str, now: float) -> None:
         """A sighting's candidates (socket addresses), for probing."""
         if public not in self.prober.peers:
