@@ -119,6 +119,7 @@ def first_ping(node: Node, target: str, timeout: float) -> float:
 
 def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
     net, a, b = two_sites(lab)
+    a.discovery["Metrics"] = "127.0.0.1:9586"
     start = time.monotonic()
     a.start()
     b.start()
@@ -138,6 +139,13 @@ def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
                for c in peer["candidates"])
     human = a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface]).stdout
     assert "path: direct via 203.0.113.2:51820 (from probe)" in human and a.private not in human
+    # Prometheus metrics, scraped from inside a's namespace
+    scrape = a.host.run([sys.executable, "-c", "import urllib.request as u;"
+                         "print(u.urlopen('http://127.0.0.1:9586/metrics', timeout=5).read().decode())"]).stdout
+    peer_label = f'interface="{a.iface}",peer="{b.public}"'
+    assert re.search(rf"^wgdisco_handshakes_total\{{{re.escape(peer_label)}\}} [1-9]", scrape, re.M), scrape
+    assert re.search(r"^wgdisco_probes_sent_total\{.*\} [1-9]", scrape, re.M), scrape
+    assert "# TYPE wgdisco_dropped_total counter" in scrape and a.private not in scrape
 
 
 def test_same_nat_without_hairpin_uses_lan_candidates(lab: Lab) -> None:

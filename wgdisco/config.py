@@ -309,6 +309,7 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "updatekeyfile": ("UpdateKeyFile", str, None),
     "zone": ("Zone", parse_domain, None),
     "stun": ("STUN", parse_stun_servers, []),
+    "metrics": ("Metrics", parse_endpoint, None),
 }
 SECRET_DISCOVERY_KEYS = {"UpdateKey"}
 

@@ -78,6 +78,9 @@ class Tunnel:
         self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor, with NAT traversal
         self.change_task: asyncio.Task[None] | None = None
         self.endpoint_source: dict[bytes, str] = {}  # where each peer's endpoint came from
+        self.handshakes: dict[bytes, int] = {}  # completed handshakes per peer (metrics)
+        self.path_changes: dict[bytes, int] = {}  # endpoint changes per peer (metrics)
+        self.metrics: Any = None
         self.control = ControlServer(socket_dir=control_dir)
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
@@ -143,6 +146,15 @@ class Tunnel:
             except LocalError as e:
                 log.warning("network changes will not be noticed: %s", e)
                 self.netmon = None
+        if cfg.discovery["Metrics"] is not None:
+            from wgdisco.io.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.render_metrics)
+            try:
+                await self.metrics.start(cfg.discovery["Metrics"].host, cfg.discovery["Metrics"].port)
+            except LocalError:
+                await self._teardown()
+                raise
         self._hooks(iface.post_up, "PostUp")
         log.info(
             "interface %s up: public key %s, listening on UDP port %d, %d peer(s)",
@@ -267,6 +279,9 @@ class Tunnel:
                 self.dataplane.wake()
 
     async def _teardown(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
+            self.metrics = None
         if self.netmon is not None:
             await self.netmon.close()
             self.netmon = None
@@ -451,12 +466,14 @@ class Tunnel:
 
     def _log_event(self, event: Any) -> None:
         if event.kind == "handshake":
+            self.handshakes[event.peer.public_key] = self.handshakes.get(event.peer.public_key, 0) + 1
             log.info("peer %s: handshake completed", short(event.peer))
             if self.discovery is not None:
                 self.discovery.on_handshake(event.peer.public_key)
         elif event.kind == "endpoint":
             old, new, cause = event.detail
             self.endpoint_source[event.peer.public_key] = cause
+            self.path_changes[event.peer.public_key] = self.path_changes.get(event.peer.public_key, 0) + 1
             log.info("peer %s: endpoint %s -> %s", short(event.peer), fmt_addr(old), fmt_addr(new))
         elif event.kind == "give-up":
             log.info("peer %s: no handshake after %d attempts, giving up until new traffic",
@@ -542,6 +559,45 @@ class Tunnel:
             "peers": peers,
             "dropped": self.drop_counts(),
         }
+
+    def render_metrics(self) -> str:
+        """Prometheus text format: handshakes, traffic, probes, path changes, STUN/DNS errors, drops."""
+        device = self.device
+        assert device is not None
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP wgdisco_{name} {help_}")
+            out.append(f"# TYPE wgdisco_{name} {kind}")
+            out.extend(f"wgdisco_{name}{labels} {value:g}" for labels, value in samples)
+
+        iface = f'interface="{self.name}"'
+        with self.lock:
+            peers = [(f'{{{iface},peer="{keys.key_to_base64(pub)}"}}', pub, p) for pub, p in device.peers.items()]
+            metric("handshakes_total", "counter", "Completed WireGuard handshakes.",
+                   [(lbl, self.handshakes.get(pub, 0)) for lbl, pub, _ in peers])
+            metric("receive_bytes_total", "counter", "Bytes received from the peer (outer, as wg show).",
+                   [(lbl, p.rx_bytes) for lbl, _, p in peers])
+            metric("transmit_bytes_total", "counter", "Bytes sent to the peer (outer, as wg show).",
+                   [(lbl, p.tx_bytes) for lbl, _, p in peers])
+            metric("latest_handshake_seconds", "gauge", "Unix time of the latest handshake, 0 if none.",
+                   [(lbl, 0 if p.last_handshake is None else int(p.last_handshake + device.wall_offset))
+                    for lbl, _, p in peers])
+            metric("path_changes_total", "counter", "Endpoint changes (roaming, probes, hints).",
+                   [(lbl, self.path_changes.get(pub, 0)) for lbl, pub, _ in peers])
+            nat = self.nat
+            metric("probes_sent_total", "counter", "Path probes sent.",
+                   [(f"{{{iface}}}", nat.selector.probes_sent if nat is not None else 0)])
+            metric("probe_replies_total", "counter", "Path probes answered for peers.",
+                   [(f"{{{iface}}}", nat.prober.replies if nat is not None else 0)])
+            stun = nat.stun.counters if nat is not None and nat.stun is not None else None
+            metric("stun_errors_total", "counter", "STUN transactions that timed out or got an error response.",
+                   [(f"{{{iface}}}", stun.timeouts + stun.error_responses if stun is not None else 0)])
+            dns_errors = self.discovery.dns_errors() if self.discovery is not None else 0
+            metric("dns_errors_total", "counter", "Failed DNS-SD lookups and updates.", [(f"{{{iface}}}", dns_errors)])
+            metric("dropped_total", "counter", "Input dropped, by reason.",
+                   [(f'{{{iface},reason="{reason}"}}', n) for reason, n in sorted(self.drop_counts().items())])
+        return "\n".join(out) + "\n"
 
     def snapshot(self) -> uapi.DeviceSnapshot:
         device = self.device

@@ -181,6 +181,9 @@ class Discovery:
             counts["hints-ignored-live"] = self.trier.ignored_live
         return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to report"
 
+    def dns_errors(self) -> int:
+        return self.counters.get("dns-lookup-errors", 0) + self.counters.get("dns-publish-errors", 0)
+
     def _count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
 
@@ -275,6 +278,7 @@ class Discovery:
                 try:
                     raw = await retry.run(lambda label=label: self.client.lookup(label), attempts=1)  # type: ignore[union-attr]
                 except (dnssd.NameserverError, ConfigError, AuthError):
+                    self._count("dns-lookup-errors")
                     failed = True  # Retry logged the outage once; back off, then a new round
                     break
                 if raw is None:
@@ -313,6 +317,7 @@ class Discovery:
                 log.error("DNS: %s (not retrying until the configuration changes)", e)
                 return
             except (dnssd.NameserverError, AuthError, OSError) as e:
+                self._count("dns-publish-errors")
                 log.warning("DNS: publishing failed: %s; retrying in %.0f s", e, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
