@@ -12,7 +12,7 @@ import pytest
 from wgdisco.proto import keys
 
 PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
-STUBS = {"netcheck", "demo"}  # commands still printing "not implemented yet"
+STUBS = {"demo"}  # commands still printing "not implemented yet"
 
 
 def wgdisco(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
