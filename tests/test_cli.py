@@ -12,7 +12,6 @@ import pytest
 from wgdisco.proto import keys
 
 PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
-STUBS = {"demo"}  # commands still printing "not implemented yet"
 
 
 def wgdisco(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -83,13 +82,6 @@ def test_showconf_warns_about_loose_mode(tmp_path: Path) -> None:
     proc = wgdisco("showconf", str(path))
     assert proc.returncode == 0
     assert "accessible by others" in proc.stderr and PRIV not in proc.stderr
-
-
-@pytest.mark.parametrize("argv", [a for a in (["netcheck"], ["demo"]) if a[0] in STUBS])
-def test_stubs_say_not_implemented(argv: list[str]) -> None:
-    proc = wgdisco(*argv)
-    assert proc.returncode == 2
-    assert proc.stderr == f"wgdisco {argv[0]}: not implemented yet\n"
 
 
 def test_no_command_is_a_usage_error() -> None:

@@ -19,7 +19,7 @@ from wgdisco.proto import keys
 
 EXIT_OK = 0
 EXIT_ERROR = 1
-EXIT_USAGE = 2  # also "not implemented yet", like argparse's usage errors
+EXIT_USAGE = 2  # as argparse's usage errors
 
 
 def warn_if_world_accessible(out: TextIO, err: TextIO) -> None:
@@ -181,12 +181,10 @@ def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return netcheck.exit_code(report)
 
 
-def not_implemented(name: str) -> Callable[[argparse.Namespace, TextIO, TextIO], int]:
-    def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-        print(f"wgdisco {name}: not implemented yet", file=err)
-        return EXIT_USAGE
+def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from wgdisco import demo
 
-    return run
+    return demo.main(out, err)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object (schema: docs/cli.md)")
     p.add_argument("--timeout", type=float, default=3.0, metavar="S",
                    help="seconds to wait for the STUN answers (default 3)")
-    add("demo", not_implemented("demo"), "build a lab of namespaces and show discovery and NAT traversal")
+    add("demo", cmd_demo, "build a lab of namespaces and show discovery and NAT traversal")
     return parser
 
 

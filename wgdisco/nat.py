@@ -43,6 +43,7 @@ STUN_REFRESH = 25.0  # seconds; also keeps the NAT mapping warm (RFC 4787 REQ-5)
 SYNC_INTERVAL = 0.5  # how often unanswered traffic is checked for (see _suspect_dead_paths)
 SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
 RESTUN_MIN_INTERVAL = 10.0  # at most one such early STUN round per this many seconds
+DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly verified path
 REASON_TEXT = {
     "lan": "direct on the LAN",
     "direct": "direct",
@@ -77,6 +78,7 @@ class NatTraversal:
         self.synced: dict[bytes, float] = {}
         self.next_sync = 0.0
         self.last_restun = -RESTUN_MIN_INTERVAL
+        self.deferred: dict[bytes, tuple[float, Any]] = {}  # peer -> (when, addr) to initiate
 
     @classmethod
     async def create(cls, tunnel: Tunnel) -> NatTraversal:
@@ -119,6 +121,7 @@ class NatTraversal:
         self.selector.remove_peer(public)
         self.reasons.pop(public, None)
         self.synced.pop(public, None)
+        self.deferred.pop(public, None)
 
     def add_candidates(self, public: bytes, addrs: list[Any], source: str, now: float) -> None:
         """A sighting's candidates (socket addresses), for probing."""
@@ -150,6 +153,7 @@ class NatTraversal:
             self.prober.get_timer(),
             self.selector.next_time(now),
             self.next_sync,
+            *(when for when, _ in self.deferred.values()),
         ) if t is not None]
         return min(times) if times else None
 
@@ -164,6 +168,12 @@ class NatTraversal:
         if now >= self.next_sync:
             self._suspect_dead_paths(now)
             self.next_sync = now + SYNC_INTERVAL
+        for public, (when, addr) in list(self.deferred.items()):
+            if when <= now:
+                del self.deferred[public]
+                peer = self.tunnel.device.peers.get(public)  # type: ignore[union-attr]
+                if peer is not None and peer.current is None:  # the peer's initiation did not come
+                    self.tunnel.device.try_endpoint(peer, addr, now, cause="probe")  # type: ignore[union-attr]
         for public, addr in self.selector.probe_plan(now):
             if public in self.prober.peers:
                 self._send(self.prober.request(public, addr, now), addr)
@@ -214,7 +224,14 @@ class NatTraversal:
             if addr is not None and addr != peer.endpoint:
                 self.tunnel.endpoint_source[public] = "probe"
                 if peer.current is None:
-                    device.try_endpoint(peer, addr, now, cause="probe")  # verified: handshake there now
+                    # Both sides verify the path in the same instant; if both initiated, each
+                    # would consume the other's initiation and wait as responder until the 5 s
+                    # retransmit. The lower key initiates now, the higher one after a second.
+                    if device.identity.public < public:
+                        device.try_endpoint(peer, addr, now, cause="probe")
+                    else:
+                        device.set_endpoint(peer, addr)
+                        self.deferred[public] = (now + DEFER_INITIATION, addr)
                 else:
                     device.set_endpoint(peer, addr)
                     log.info("peer %s: endpoint %s (verified path, %s)", short(public),
