@@ -189,3 +189,12 @@ def test_port_held_by_ipv4_socket_is_in_use():
 def test_port_out_of_range():
     with pytest.raises(LocalError, match="out of range"):
         udp.open_udp(70000)
+
+
+def test_format_for_users() -> None:
+    from wgdisco.io.udp import format_hostport, format_sockaddr
+
+    assert format_sockaddr(("::ffff:198.51.100.7", 51820, 0, 0)) == "198.51.100.7:51820"
+    assert format_sockaddr(("2001:db8::7", 51820, 0, 0)) == "[2001:db8::7]:51820"
+    assert format_sockaddr(("198.51.100.7", 1)) == "198.51.100.7:1"
+    assert format_hostport("fd00::1", 3478) == "[fd00::1]:3478"

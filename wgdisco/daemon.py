@@ -552,7 +552,7 @@ class Tunnel:
             "public_key": keys.key_to_base64(device.identity.public),
             "listen_port": udp.local_port(sock),
             "nat": {
-                "reflexive": [f"{ip}:{port}" if ":" not in ip else f"[{ip}]:{port}" for ip, port in nat.reflexive]
+                "reflexive": [udp.format_hostport(ip, port) for ip, port in nat.reflexive]
                 if nat is not None else [],
                 "mapping": nat.behaviour if nat is not None else "unknown",
             },
@@ -780,10 +780,7 @@ def short_key(public: bytes) -> str:
 
 
 def fmt_addr(addr: Any) -> str:
-    if addr is None:
-        return "(none)"
-    host, port = udp.from_sockaddr(addr)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return "(none)" if addr is None else udp.format_sockaddr(addr)
 
 
 async def run_config(path: str) -> None:

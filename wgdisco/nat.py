@@ -135,8 +135,8 @@ class NatTraversal:
             # it, and WireGuard's roaming rule switches once authenticated packets come from there
             for cand in cands:
                 if cand.addr not in known:
-                    log.info("peer %s: new candidate %s:%d (%s); probing it once", short(public),
-                             *udp.from_sockaddr(cand.addr), source)
+                    log.info("peer %s: new candidate %s (%s); probing it once", short(public),
+                             udp.format_sockaddr(cand.addr), source)
                     self._send(self.prober.request(public, cand.addr, now), cand.addr)
 
     def set_peer_mapping(self, public: bytes, mapping: str, now: float) -> None:
@@ -235,7 +235,7 @@ class NatTraversal:
                 else:
                     device.set_endpoint(peer, addr)
                     log.info("peer %s: endpoint %s (verified path, %s)", short(public),
-                             "%s:%d" % udp.from_sockaddr(addr), reason)
+                             udp.format_sockaddr(addr), reason)
 
     def explain(self, public: bytes, reason: str) -> str:
         """The reason for a peer's path in words, with which NAT is hard when that is why."""
@@ -255,9 +255,8 @@ class NatTraversal:
         """The peer's candidates for status: address, kind, source, probe state, RTT."""
         out = []
         for path in self.selector.paths(public):
-            host, port = udp.from_sockaddr(path.addr)
             out.append({
-                "address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "address": udp.format_sockaddr(path.addr),
                 "kind": path.kind, "source": path.source, "state": path.state,
                 "rtt_ms": None if path.rtt is None else round(path.rtt * 1000, 2),
             })
@@ -299,18 +298,19 @@ class NatTraversal:
     def _note(self, events: list[Any]) -> None:
         assert self.stun is not None
         for event in events:
-            kind, server = event[0], udp.from_sockaddr(event[1])
+            kind, server = event[0], udp.format_sockaddr(event[1])
             if kind == "failed":
-                log.warning("STUN: no answer from %s:%d", *server)
+                log.warning("STUN: no answer from %s", server)
             elif kind == "changed":
-                log.info("STUN: %s:%d now sees us as %s:%d (was %s:%d)", *server, *event[3], *event[2])
+                log.info("STUN: %s now sees us as %s (was %s)", server,
+                         udp.format_hostport(*event[3]), udp.format_hostport(*event[2]))
         reflexive = self.stun.reflexive()
         behaviour = self.stun.mapping_behaviour()
         if behaviour != self.behaviour:
             self.selector.set_own_mapping(behaviour, time.monotonic())
         if reflexive != self.reflexive or behaviour != self.behaviour:
             self.reflexive, self.behaviour = reflexive, behaviour
-            shown = ", ".join(f"{ip}:{port}" for ip, port in reflexive) or "none"
+            shown = ", ".join(udp.format_hostport(ip, port) for ip, port in reflexive) or "none"
             log.info("STUN: reflexive address %s; NAT mapping %s", shown, behaviour)
             discovery = self.tunnel.discovery
             if discovery is not None:

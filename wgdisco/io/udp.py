@@ -204,6 +204,16 @@ def from_sockaddr(addr: Sockaddr) -> tuple[str, int]:
     return host, port
 
 
+def format_hostport(host: str, port: int) -> str:
+    """``198.51.100.7:51820`` or ``[2001:db8::7]:51820``, for logs and status."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def format_sockaddr(addr: Sockaddr) -> str:
+    """A socket address as a user reads it (IPv4-mapped shown as IPv4, IPv6 in brackets)."""
+    return format_hostport(*from_sockaddr(addr))
+
+
 def sockaddr_bytes(addr: Sockaddr) -> bytes:
     """The source address as the cookie MAC hashes it (whitepaper §5.4.4, kernel cookie.c):
     4 (IPv4, including IPv4-mapped) or 16 address bytes, then the port big-endian.
