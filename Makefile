@@ -55,9 +55,11 @@ demo: bootstrap
 
 bench: bootstrap
 	$(PY) bench/throughput.py $(BENCH_ARGS)
+	$(PY) bench/rtt_floor.py
 
 bench-smoke: bootstrap
 	$(PY) bench/throughput.py --smoke
+	$(PY) bench/rtt_floor.py --rounds 1 --count 20
 
 lab-clean: venv
 	$(PY) -m tests.lab.cleanup

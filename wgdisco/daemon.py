@@ -36,6 +36,7 @@ from wgdisco.io.tun import Tun
 from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer
 from wgdisco.proto import gro, keys, uapi
+from wgdisco.proto.busypoll import BusyPoll
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, Peer
 from wgdisco.proto.timers import Timing
@@ -86,6 +87,8 @@ class Tunnel:
         self._batch: list[bytes] = []
         self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
         self.gso = True
+        self._tun_lone = self._udp_lone = True  # the last drain found one packet (a low rate)
+        self.sent_data = False  # this wake-up sent data: the data plane may spin (proto/busypoll.py)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -314,14 +317,19 @@ class Tunnel:
     # --- data plane ------------------------------------------------------------
 
     def on_tun_readable(self, now: float) -> None:
-        """Drain TUN; encrypted datagrams to one endpoint go out in UDP GSO batches."""
+        """Drain TUN; encrypted datagrams to one endpoint go out in UDP GSO batches.
+
+        At a low packet rate (the previous drain found one packet) the first packet
+        goes out before the next read: that read usually fails with EAGAIN, and a
+        ping should not wait for it. Under load the drains find runs and batch.
+        """
         tun, device = self.tun, self.device
         assert tun is not None and device is not None
         send_packet, read = device.send_packet, tun.read
         batch = self._batch
         batch_addr: Any = None
-        segment = total = 0
-        for _ in range(READ_BATCH):
+        segment = total = count = 0
+        for count in range(READ_BATCH):
             packet = read(RECV_BUFSIZE)
             if packet is None:
                 break
@@ -329,6 +337,10 @@ class Tunnel:
             if out is None:
                 continue
             data, addr = out
+            self.sent_data = True
+            if not count and self._tun_lone:
+                self._sendto(self.sock.sendto, data, addr)  # type: ignore[union-attr]
+                continue
             n = len(data)
             if batch and (addr != batch_addr or n > segment or len(batch) >= udp.MAX_SEGMENTS
                           or total + n > udp.MAX_GSO_BYTES):
@@ -341,6 +353,9 @@ class Tunnel:
             if n < segment:  # a shorter datagram can only end a GSO batch
                 self._flush_batch(batch_addr, segment)
                 total = 0
+        else:
+            count = READ_BATCH
+        self._tun_lone = count <= 1
         if batch:
             self._flush_batch(batch_addr, segment)
 
@@ -370,13 +385,20 @@ class Tunnel:
         batch.clear()
 
     def on_udp_readable(self, now: float) -> None:
-        """Drain the socket (UDP GRO hands over runs of datagrams) and demultiplex (§ARCHITECTURE)."""
+        """Drain the socket (UDP GRO hands over runs of datagrams) and demultiplex (§ARCHITECTURE).
+
+        At a low rate (the previous drain held one datagram) a lone packet goes to TUN at
+        once, and the kernel's immediate answer (an ICMP echo reply) is read and sent
+        before the socket is read again: no failing read on the round trip.
+        """
         tun, sock, device = self.tun, self.sock, self.device
         assert tun is not None and sock is not None and device is not None
         receive = device.receive_datagram
         inner_packets: list[Any] = []
         deliver = inner_packets.append
-        for _ in range(READ_BATCH):
+        count = 0
+        run = False
+        for count in range(READ_BATCH):
             try:
                 data, addr, segment = udp.recv_segments(sock, GRO_BUFSIZE)
             except (BlockingIOError, InterruptedError):
@@ -387,6 +409,7 @@ class Tunnel:
             if segment and len(data) > segment:
                 view = memoryview(data)
                 pieces: Any = (view[i:i + segment] for i in range(0, len(data), segment))
+                run = True  # a GRO run: not a low rate
             else:
                 pieces = (data,)
             for datagram in pieces:
@@ -394,7 +417,11 @@ class Tunnel:
                 if kind == WIREGUARD:
                     inner = receive(datagram, addr, now)
                     if inner is not None:
-                        deliver(inner)
+                        if not count and not run and self._udp_lone:
+                            self._write_tun(tun, (inner,))
+                            self.on_tun_readable(now)
+                        else:
+                            deliver(inner)
                 elif kind == STUN:
                     if self.nat is None or not self.nat.on_stun(datagram, addr, now):
                         self._count_other("stun-unexpected")
@@ -402,13 +429,16 @@ class Tunnel:
                     self.nat.on_probe(datagram, addr, now)
                 else:
                     self._count_other("unknown-datagram")
+        else:
+            count = READ_BATCH
+        self._udp_lone = count <= 1 and not run
         if inner_packets:
             self._write_tun(tun, inner_packets)
             # The kernel answers at once (an ICMP echo reply, TCP ACKs): take it now and
             # save a round through epoll. At worst one EAGAIN read.
             self.on_tun_readable(now)
 
-    def _write_tun(self, tun: Tun, packets: list[Any]) -> None:
+    def _write_tun(self, tun: Tun, packets: Any) -> None:
         """Hand decrypted packets to the kernel; TCP runs coalesced into GSO packets (proto/gro.py)."""
         try:
             if len(packets) == 1:
@@ -688,6 +718,7 @@ class DataPlane:
         self.stopping = False
         self.registered_sock: socket.socket | None = None
         self.retired: list[socket.socket] = []
+        self.busy = BusyPoll()
         self.thread = threading.Thread(target=self.run, name=f"dataplane-{tunnel.name}", daemon=True)
 
     def start(self) -> None:
@@ -730,12 +761,27 @@ class DataPlane:
         device, lock = t.device, t.lock
         assert device is not None and t.tun is not None
         tun_fd, wake_r = t.tun.fileno(), self.wake_r
-        monotonic, poll = time.monotonic, self.epoll.poll
+        monotonic, poll, sched_yield = time.monotonic, self.epoll.poll, os.sched_yield
+        busy = self.busy
         timeout = 0.0
+        spin_until = 0.0
         while not self.stopping:
-            events = poll(timeout)
+            if spin_until:
+                # proto/busypoll.py: poll without sleeping for a moment after sending
+                events = poll(0)
+                start = spun = monotonic()
+                while not events and spun < spin_until:
+                    sched_yield()
+                    events = poll(0)
+                    spun = monotonic()
+                busy.result(spun - start, bool(events))
+                if not events:
+                    events = poll(max(timeout - (spun - start), 0.0))
+            else:
+                events = poll(timeout)
             with lock:
                 now = monotonic()
+                t.sent_data = False
                 for fd, _mask in events:
                     if fd == tun_fd:
                         t.on_tun_readable(now)
@@ -756,6 +802,7 @@ class DataPlane:
                     if other is not None and (deadline is None or other < deadline):
                         deadline = other
                 t.flush()
+            spin_until = busy.deadline(now, t.sent_data) if events else 0.0
             timeout = self.MAX_SLEEP if deadline is None else min(max(deadline - now, 0.0), self.MAX_SLEEP)
 
     def _drain_wake(self) -> None:
