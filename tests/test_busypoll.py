@@ -64,4 +64,13 @@ def test_budget_caps_the_share_of_time_spent_spinning() -> None:
 def test_negative_durations_are_not_credited() -> None:
     bp = BusyPoll()
     bp.result(-1.0, hit=True)
-    assert bp.spent == 0.0
+    assert bp.spent == 0.0 and bp.total_spent == 0.0
+
+
+def test_total_spent_survives_the_budget_period() -> None:
+    bp = BusyPoll(period=1.0)
+    assert bp.deadline(10.0, sent=True)
+    bp.result(0.002, hit=True)
+    assert bp.deadline(12.0, sent=True)  # a new period: spent restarts, the total does not
+    bp.result(0.003, hit=False)
+    assert bp.spent == pytest.approx(0.003) and bp.total_spent == pytest.approx(0.005)

@@ -146,6 +146,8 @@ def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
     assert re.search(rf"^wgdisco_handshakes_total\{{{re.escape(peer_label)}\}} [1-9]", scrape, re.M), scrape
     assert re.search(r"^wgdisco_probes_sent_total\{.*\} [1-9]", scrape, re.M), scrape
     assert "# TYPE wgdisco_dropped_total counter" in scrape and a.private not in scrape
+    assert re.search(r'^wgdisco_busy_poll_spins_total\{.*result="hit"\} \d+$', scrape, re.M), scrape
+    assert re.search(r"^wgdisco_busy_poll_seconds_total\{.*\} [\d.e-]+$", scrape, re.M), scrape
 
 
 def test_same_nat_without_hairpin_uses_lan_candidates(lab: Lab) -> None:

@@ -625,6 +625,13 @@ class Tunnel:
                    [(f"{{{iface}}}", stun.timeouts + stun.error_responses if stun is not None else 0)])
             dns_errors = self.discovery.dns_errors() if self.discovery is not None else 0
             metric("dns_errors_total", "counter", "Failed DNS-SD lookups and updates.", [(f"{{{iface}}}", dns_errors)])
+            busy = self.dataplane.busy if self.dataplane is not None else None
+            metric("busy_poll_spins_total", "counter",
+                   "Data-plane spins after sending (proto/busypoll.py), by whether a packet came in time.",
+                   [(f'{{{iface},result="hit"}}', busy.hits if busy is not None else 0),
+                    (f'{{{iface},result="miss"}}', busy.misses if busy is not None else 0)])
+            metric("busy_poll_seconds_total", "counter", "Seconds the data plane spent spinning.",
+                   [(f"{{{iface}}}", round(busy.total_spent, 6) if busy is not None else 0)])
             metric("dropped_total", "counter", "Input dropped, by reason.",
                    [(f'{{{iface},reason="{reason}"}}', n) for reason, n in sorted(self.drop_counts().items())])
         return "\n".join(out) + "\n"

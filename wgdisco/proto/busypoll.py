@@ -42,7 +42,8 @@ class BusyPoll:
         self.skipped = 0
         self.period_start = 0.0
         self.spent = 0.0  # seconds spun in the current period
-        self.hits = self.misses = 0  # totals, for status and the benchmark
+        self.hits = self.misses = 0  # totals, for the metrics
+        self.total_spent = 0.0
 
     def deadline(self, now: float, sent: bool) -> float:
         """Spin until this time, or 0.0 for "sleep in epoll_wait as usual"."""
@@ -61,7 +62,9 @@ class BusyPoll:
 
     def result(self, spun: float, hit: bool) -> None:
         """A spin of ``spun`` seconds ended, with an event (hit) or at its deadline."""
-        self.spent += max(spun, 0.0)
+        spun = max(spun, 0.0)
+        self.spent += spun
+        self.total_spent += spun
         if hit:
             self.hits += 1
             if self.score < MAX_SCORE:
