@@ -353,9 +353,7 @@ class Tunnel:
             if n < segment:  # a shorter datagram can only end a GSO batch
                 self._flush_batch(batch_addr, segment)
                 total = 0
-        else:
-            count = READ_BATCH
-        self._tun_lone = count <= 1
+        self._tun_lone = count <= 1  # a full drain leaves count at READ_BATCH - 1
         if batch:
             self._flush_batch(batch_addr, segment)
 
@@ -429,8 +427,6 @@ class Tunnel:
                     self.nat.on_probe(datagram, addr, now)
                 else:
                     self._count_other("unknown-datagram")
-        else:
-            count = READ_BATCH
         self._udp_lone = count <= 1 and not run
         if inner_packets:
             self._write_tun(tun, inner_packets)
