@@ -47,6 +47,7 @@ Rng = Callable[[int], bytes]
 _HEADER = struct.Struct("<IIQ")  # type, receiver, counter (whitepaper §5.4.6)
 _NONCE_PREFIX = bytes(4)
 _PADDING = bytes(16)
+_NEVER = float("inf")
 TRANSPORT_TYPE_WORD = noise.MESSAGE_TRANSPORT_TYPE  # little-endian u32 with 3 zero bytes
 HANDSHAKE_LOAD_THRESHOLD = 128  # handshake messages a second that mean "under load"
 
@@ -56,10 +57,10 @@ class Keypair:
 
     __slots__ = (
         "send", "receive", "send_counter", "replay", "created", "is_initiator",
-        "local_index", "remote_index", "peer",
+        "local_index", "remote_index", "peer", "expires", "rekey_at",
     )
 
-    def __init__(self, keys: noise.SessionKeys, peer: "Peer") -> None:
+    def __init__(self, keys: noise.SessionKeys, peer: "Peer", timing: Timing) -> None:
         self.send = ChaCha20Poly1305(keys.send_key)
         self.receive = ChaCha20Poly1305(keys.receive_key)
         self.send_counter = 0
@@ -69,6 +70,10 @@ class Keypair:
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
         self.peer = peer
+        # deadlines precomputed for the per-packet checks (whitepaper §6.1, §6.2)
+        self.expires = keys.created + timing.reject_after_time  # RejectAfterTime
+        # keepKeyFreshSending: only the initiator rekeys after RekeyAfterTime
+        self.rekey_at = keys.created + timing.rekey_after_time if keys.is_initiator else _NEVER
 
 
 class Peer:
@@ -135,6 +140,8 @@ class Device:
         self.wall_offset = wall_offset  # wall time = now + wall_offset (TAI64N, §5.4.2)
         self.mtu = mtu
         self.timing = timing or Timing()
+        self._reject_messages = self.timing.reject_after_messages  # per-packet checks: one load
+        self._rekey_messages = self.timing.rekey_after_messages
         self.addr_key = addr_key
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips = AllowedIPs()
@@ -328,7 +335,7 @@ class Device:
     def _begin_session(self, peer: Peer, now: float) -> Keypair:
         """BeginSymmetricSession + keypair rotation (wireguard-go noise-protocol.go)."""
         keys = noise.begin_symmetric_session(peer.handshake, now=now)
-        keypair = Keypair(keys, peer)
+        keypair = Keypair(keys, peer, self.timing)
         self.index_table.swap(keys.local_index, keypair)
         if keys.is_initiator:
             if peer.next is not None:
@@ -368,11 +375,17 @@ class Device:
     # --- send path (wireguard-go send.go) ---------------------------------------
 
     def send_packet(self, packet: bytes, now: float) -> tuple[bytes, Addr] | None:
-        """Encrypt an IP packet from TUN for the peer its destination routes to (§2)."""
-        version = packet[0] >> 4 if packet else 0
-        if version == 4 and len(packet) >= 20:
+        """Encrypt an IP packet from TUN for the peer its destination routes to (§2).
+
+        Two frames for the common case (this one and _encrypt), and the per-packet checks
+        read deadlines precomputed on the keypair: at a low packet rate the caches are cold,
+        and each call and attribute chain costs latency (docs/performance.md, "Latency").
+        """
+        n = len(packet)
+        version = packet[0] >> 4 if n else 0
+        if version == 4 and n >= 20:
             peer = self.allowed_ips.lookup(packet[16:20])
-        elif version == 6 and len(packet) >= 40:
+        elif version == 6 and n >= 40:
             peer = self.allowed_ips.lookup(packet[24:40])
         else:
             self._drop("tun-not-ip")
@@ -380,17 +393,8 @@ class Device:
         if peer is None:
             self._drop("no-route")
             return None
-        return self._send(peer, packet, now)
-
-    def _send(self, peer: Peer, packet: bytes, now: float) -> tuple[bytes, Addr] | None:
         kp = peer.current
-        timing = self.timing
-        if (
-            kp is None
-            or peer.endpoint is None
-            or kp.send_counter >= timing.reject_after_messages
-            or now - kp.created >= timing.reject_after_time
-        ):
+        if kp is None or peer.endpoint is None or kp.send_counter >= self._reject_messages or now >= kp.expires:
             self._stage(peer, packet)
             self.send_handshake_initiation(peer, now, is_retry=False)
             return None
@@ -403,14 +407,13 @@ class Device:
         peer.staged.append(bytes(packet))
 
     def _encrypt(self, peer: Peer, kp: Keypair, packet: bytes, now: float) -> tuple[bytes, Addr]:
+        """One transport message (whitepaper §5.4.6) with a checked keypair, and the send timers."""
         counter = kp.send_counter
         kp.send_counter = counter + 1
         n = len(packet)
         # whitepaper §5.4.6: pad to a multiple of 16, not beyond the MTU
-        if n % 16:
-            padded = min((n + 15) & ~15, max(self.mtu, n))
-            if padded > n:
-                packet = bytes(packet) + _PADDING[: padded - n]
+        if n & 15 and n < self.mtu:
+            packet = bytes(packet) + _PADDING[: min((n + 15) & ~15, self.mtu) - n]
         header = _HEADER.pack(TRANSPORT_TYPE_WORD, kp.remote_index, counter)
         datagram = header + kp.send.encrypt(_NONCE_PREFIX + header[8:16], packet, None)
         peer.tx_bytes += len(datagram)
@@ -420,9 +423,7 @@ class Device:
         if n and peer.t_new_handshake is None:  # timersDataSent
             peer.t_new_handshake = now + self.timing.keepalive_timeout + self.timing.rekey_timeout + self._jitter()
         # keepKeyFreshSending (whitepaper §6.2)
-        if counter > self.timing.rekey_after_messages or (
-            kp.is_initiator and now - kp.created > self.timing.rekey_after_time
-        ):
+        if counter > self._rekey_messages or now > kp.rekey_at:
             self.send_handshake_initiation(peer, now, is_retry=False)
         return datagram, peer.endpoint  # type: ignore[return-value]
 
@@ -438,8 +439,8 @@ class Device:
             if (
                 kp is None
                 or peer.endpoint is None
-                or kp.send_counter >= self.timing.reject_after_messages
-                or now - kp.created >= self.timing.reject_after_time
+                or kp.send_counter >= self._reject_messages
+                or now >= kp.expires
             ):
                 self.send_handshake_initiation(peer, now, is_retry=False)
                 return
@@ -555,13 +556,16 @@ class Device:
             self.events.append(Event("endpoint", peer, (old, addr, "roaming")))
 
     def _receive_transport(self, data: bytes, addr: Addr, now: float) -> bytes | None:
+        """Decrypt, replay-check, then the inner packet's length and source (whitepaper §5.4.6, §2).
+
+        One frame for the common case: see send_packet on cold caches.
+        """
         _type, receiver, counter = _HEADER.unpack_from(data)
         kp = self.index_table.lookup(receiver)
         if kp.__class__ is not Keypair:
             self._drop("unknown-index")
             return None
-        timing = self.timing
-        if now - kp.created >= timing.reject_after_time:
+        if now >= kp.expires:
             self._drop("expired-keypair")
             return None
         try:
@@ -569,7 +573,7 @@ class Device:
         except InvalidTag:
             self._drop("data-auth")
             return None
-        if not kp.replay.validate_counter(counter, timing.reject_after_messages):
+        if not kp.replay.validate_counter(counter, self._reject_messages):
             self._drop("replay")
             return None
         peer = kp.peer
@@ -578,6 +582,7 @@ class Device:
             peer.previous, peer.current, peer.next = peer.current, kp, None
             self._handshake_complete(peer, now)
             self._send_staged(peer, now)
+        timing = self.timing
         # keepKeyFreshReceiving (whitepaper §6.2)
         current = peer.current
         if (
@@ -595,24 +600,21 @@ class Device:
             peer.t_persistent = now + peer.persistent_keepalive
         peer.t_new_handshake = None
         peer.rx_bytes += len(data)
-        if not plaintext:
+        n = len(plaintext)
+        if not n:
             return None  # a keepalive
         # timersDataReceived
         if peer.t_send_keepalive is None:
             peer.t_send_keepalive = now + timing.keepalive_timeout
         else:
             peer.need_another_keepalive = True
-        return self._check_inner(peer, plaintext)
-
-    def _check_inner(self, peer: Peer, plaintext: bytes) -> bytes | None:
-        """Length from the IP header; the source must be in the peer's AllowedIPs (§2)."""
+        # The length comes from the IP header; the source must be in the peer's AllowedIPs (§2).
         version = plaintext[0] >> 4
-        n = len(plaintext)
         if version == 4 and n >= 20:
-            length = int.from_bytes(plaintext[2:4], "big")
+            length = plaintext[2] << 8 | plaintext[3]
             source = plaintext[12:16]
         elif version == 6 and n >= 40:
-            length = int.from_bytes(plaintext[4:6], "big") + 40
+            length = (plaintext[4] << 8 | plaintext[5]) + 40
             source = plaintext[8:24]
         else:
             self._drop("inner-not-ip")
