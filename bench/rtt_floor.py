@@ -35,8 +35,7 @@ for p in (REPO, REPO / "bench"):
 
 import throughput as T  # noqa: E402
 
-from tests.lab import Lab  # noqa: E402
-from tests.lab.netns import Host, LabError  # noqa: E402
+from tests.lab import Host, Lab  # noqa: E402
 from tests.lab.wg import Node, keypair  # noqa: E402
 
 KINDS = ("wgdisco", "wireguard-go", "bare-epoll", "bare-threads")
@@ -62,10 +61,8 @@ def start_kind(lab: Lab, ha: Host, hb: Host, i: int, kind: str) -> str:
         b.peers = [a.peer_spec(f"{OUTER_A}:{port}")]
         b.start()
         a.start()
-    for _ in range(5):  # the first ping waits for a handshake
-        if ha.ping(inner_b, count=1, wait=2, check=False).returncode == 0:
-            return inner_b
-    raise LabError(f"{kind}: no ping through the tunnel to {inner_b}")
+    T.wait_for_tunnel(ha, inner_b)
+    return inner_b
 
 
 def run(kinds: list[str], rounds: int, count: int, interval: float) -> dict[str, list[float]]:

@@ -256,17 +256,17 @@ class Bed:
         return {side: cpu_seconds(pid) for side, pid in self.pids.items()}
 
 
-def wait_for_tunnel(a: Node, b: Node, tries: int = 5) -> None:
-    """Ping through the tunnel until the first handshake is done."""
+def wait_for_tunnel(host: Host, target: str, tries: int = 5) -> None:
+    """Ping ``target`` through a tunnel from ``host`` until the first handshake is done."""
     for _ in range(tries):
-        if a.host.ping(b.inner4, count=1, wait=2, check=False).returncode == 0:
+        if host.ping(target, count=1, wait=2, check=False).returncode == 0:
             return
-    raise LabError(f"no ping through the tunnel {a.inner4} -> {b.inner4} after {tries} tries")
+    raise LabError(f"no ping through the tunnel from {host.name} to {target} after {tries} tries")
 
 
 def build_bed(lab: Lab, config: Config) -> Bed:
     a, b = pair(lab, config.kind_a, config.kind_b, endpoint_on="both")
-    wait_for_tunnel(a, b)
+    wait_for_tunnel(a.host, b.inner4)
     server = b.host.popen(["iperf3", "-s", "--forceflush"], name="iperf3-server")
     server.wait_for(r"Server listening", timeout=10)
     return Bed(a, b, {"a": daemon_pid(a), "b": daemon_pid(b)})
