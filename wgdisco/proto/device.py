@@ -379,7 +379,7 @@ class Device:
 
         Two frames for the common case (this one and _encrypt), and the per-packet checks
         read deadlines precomputed on the keypair: at a low packet rate the caches are cold,
-        and each call and attribute chain costs latency (docs/performance.md, "Latency").
+        and each call and attribute chain costs latency (docs/performance.md, "The latency floor").
         """
         n = len(packet)
         version = packet[0] >> 4 if n else 0
