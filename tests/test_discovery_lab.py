@@ -95,6 +95,49 @@ def test_avahi_sees_our_records_and_we_use_an_avahi_published_one(lab: Lab) -> N
     assert g.dump()[a.public]["latest_handshake"] > 0
 
 
+def test_mdns_binds_a_lan_that_appears_after_start(lab: Lab) -> None:
+    """Started before its network (at boot, before the link or DHCP): mDNS waits, then binds."""
+    lan = lab.lan("lan")
+    ha, hb = lab.host("a"), lab.host("b")
+    lab.attach(hb, lan, "10.1.0.2/24")
+    tag = lab.prefix[3:9]
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={"mDNS": "on"})
+    b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery={"mDNS": "on"})
+    a.peers, b.peers = [b.peer_spec()], [a.peer_spec()]
+    b.start()
+    a.start()
+    a.proc.wait_for(r"mDNS: no LAN interface yet", timeout=5, stream="stderr")  # type: ignore[union-attr]
+    lab.attach(ha, lan, "10.1.0.1/24")
+    took = wait_ping(a, b.inner4, timeout=15)
+    assert took < 6.0, f"first ping {took:.2f} s after the LAN came up"
+    assert b.dump()[a.public]["endpoint"] == "10.1.0.1:51820"
+    assert "Traceback" not in a.proc.stderr()  # type: ignore[union-attr]
+
+
+def test_mdns_follows_renumbering(lab: Lab) -> None:
+    """A's LAN address changes: mDNS rebinds and A's record carries the new address, so a
+    node that comes later reaches A there (IPv4 only, so no other candidate would do)."""
+    lan = lab.lan("lan")
+    ha, hb, hc = lab.host("a"), lab.host("b"), lab.host("c")
+    ifa = lab.attach(ha, lan, "10.1.0.1/24")
+    lab.attach(hb, lan, "10.1.0.2/24")
+    lab.attach(hc, lan, "10.1.0.3/24")
+    tag = lab.prefix[3:9]
+    mk = lambda h, n, inner: Node(h, "wgdisco", f"w{n}{tag}", *keypair(), [inner], discovery={"mDNS": "on"})  # noqa: E731
+    a, b, c = mk(ha, "a", "10.9.0.1/24"), mk(hb, "b", "10.9.0.2/24"), mk(hc, "c", "10.9.0.3/24")
+    a.peers, b.peers, c.peers = [b.peer_spec(), c.peer_spec()], [a.peer_spec()], [a.peer_spec()]
+    a.start()
+    b.start()
+    wait_ping(b, a.inner4, timeout=10)
+    ha.ip("addr", "del", "10.1.0.1/24", "dev", ifa)  # (the other order would take 10.1.0.5 with it)
+    ha.ip("addr", "add", "10.1.0.5/24", "dev", ifa)
+    a.proc.wait_for(r"mDNS: rebinding", timeout=5, stream="stderr")  # type: ignore[union-attr]
+    c.start()
+    wait_ping(c, a.inner4, timeout=10)
+    assert c.dump()[a.public]["endpoint"] == "10.1.0.5:51820"
+    assert "Traceback" not in a.proc.stderr()  # type: ignore[union-attr]
+
+
 # --- unicast DNS-SD with Knot --------------------------------------------------------------
 
 

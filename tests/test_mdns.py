@@ -10,6 +10,7 @@ are CLOCK_MONOTONIC, which the namespaces share with this process, so
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 import sys
@@ -369,3 +370,17 @@ def test_wgdisco_browses_avahi_records(lab: Lab, global6: bool) -> None:
 def if_index(host: Host, ifname: str) -> int:
     [link] = json.loads(host.ip("-j", "link", "show", "dev", ifname).stdout)
     return int(link["ifindex"])
+
+
+def test_zeroconf_socket_errors_are_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """A send on a socket whose interface lost its address: one warning line, no traceback."""
+    try:
+        raise OSError(101, "Network is unreachable")
+    except OSError as e:
+        err = e
+    with caplog.at_level(logging.WARNING, logger="zeroconf"):
+        logging.getLogger("zeroconf").warning("Error with socket 14 (('10.1.0.1', 5353))): %s", err, exc_info=err)
+        logging.getLogger("zeroconf").warning("not a socket error", exc_info=ValueError("kept"))
+    socket_error, other = caplog.records
+    assert socket_error.exc_info is None and "Network is unreachable" in socket_error.getMessage()
+    assert other.exc_info is not None  # only OSErrors lose their traceback

@@ -51,8 +51,12 @@ class Discovery:
         self.rng = random.Random()
         self.host_candidates: list[Any] = []  # (ip, port) of our own interfaces
         self.srflx: list[Any] = []  # (ip, port) STUN saw us as
-        self.mdns_names: list[str] = []
-        self.mdns_addresses: list[str] = []
+        self.mdns_names: list[str] = []  # interfaces mDNS should be bound to
+        self.mdns_addresses: list[str] = []  # what our A/AAAA records should carry
+        self.mdns_published: tuple[Any, ...] | None = None  # (addresses, TXT, port) last announced
+        self.mdns_dirty = asyncio.Event()  # the network or our record changed: bind/publish again
+        self.mdns_waiting = ""  # why mDNS is not bound (logged once per reason)
+        self.mdns_binds = 0  # services started (1 + rebinds)
         self.republish = asyncio.Event()  # our record changed: publish it again now
 
     # --- lifecycle ----------------------------------------------------------------
@@ -72,13 +76,10 @@ class Discovery:
                 self.reflexive_changed(list(t.nat.reflexive), t.nat.behaviour)
         s = self.settings
         if s["mDNS"]:
-            names = s["mDNSInterfaces"] or sorted({name for name, _ in lan})
-            self.mdns = mdns.MdnsService(names or None)
-            await self.mdns.start()
-            await self.mdns.browse(self._on_mdns)
-            addresses = [str(a.ip) for name, a in lan if name in names and not a.ip.is_link_local]
-            self.mdns_names, self.mdns_addresses = names, addresses
-            self.tasks.append(asyncio.create_task(self._mdns_publish(names, addresses), name="mdns-publish"))
+            self._mdns_wanted(lan)
+            await self._mdns_bind()  # browsing before start() returns; publishing (~1 s) in the loop
+            self.tasks.append(asyncio.create_task(self._mdns_loop(), name="mdns"))
+            self.mdns_dirty.set()
         if s["Domain"] is not None:
             self.client = dnssd.DnssdClient(s["Nameserver"], s["Domain"])
             if s["UpdateKey"] is not None:
@@ -90,16 +91,90 @@ class Discovery:
             self.tasks.append(asyncio.create_task(self._poll_loop(), name="dns-poll"))
         self.tasks.append(asyncio.create_task(self._try_loop(), name="hint-tries"))
 
-    async def _mdns_publish(self, names: list[str], addresses: list[str]) -> None:
-        """Probing and announcing take ~1 s (RFC 6762 §8): off the start-up path."""
-        assert self.mdns is not None and self.record is not None
-        try:
-            await self.mdns.publish(self.record.instance_label, self.record.port, addresses,
-                                    records.build_txt(self.record))
-        except LocalError as e:
-            log.error("mDNS: cannot publish: %s", e)
+    # --- mDNS follows the network ------------------------------------------------------
+    #
+    # zeroconf joins its multicast groups once, when it starts. A daemon started before its
+    # network (at boot, before DHCP) or whose LAN address changes would otherwise stay deaf
+    # on the LAN and publish stale or no addresses. After every change (io/netmon.py) the
+    # wanted binding is computed again; when it differs from the running one, the service
+    # is closed (goodbyes, RFC 6762 §10.1) and started anew, which probes and announces on
+    # the new links (RFC 6762 §8). One task does all of it, so nothing overlaps.
+
+    def _mdns_wanted(self, lan: list[tuple[str, Any]]) -> None:
+        """Interfaces (configured, else every one with an address but lo and the tunnel)
+        and the addresses their A/AAAA records carry."""
+        names = self.settings["mDNSInterfaces"] or sorted({name for name, _ in lan})
+        self.mdns_names = names
+        self.mdns_addresses = [str(a.ip) for name, a in lan if name in names and not a.ip.is_link_local]
+
+    async def _mdns_loop(self) -> None:
+        while True:
+            await self.mdns_dirty.wait()
+            self.mdns_dirty.clear()
+            await self._mdns_bind()
+            await self._mdns_publish()
+
+    async def _mdns_bind(self) -> None:
+        """Start, restart or stop the mDNS service so it is bound as ``mdns_names`` want."""
+        names = self.mdns_names
+        why = ""
+        wanted = None
+        if not names:
+            why = "no LAN interface yet; mDNS starts when one has an address"
+        else:
+            try:
+                choice, version = await asyncio.to_thread(mdns.bind_choice, names)
+                wanted = (choice, version)
+            except LocalError as e:
+                why = f"{e}; mDNS waits for the network"
+        if self.mdns is not None:
+            if wanted == self.mdns.bound:
+                return
+            log.info("mDNS: rebinding to %s (the network changed)", ", ".join(names) or "nothing")
+            old, self.mdns, self.mdns_published = self.mdns, None, None
+            await old.close()
+        if wanted is None:
+            if why != self.mdns_waiting:
+                log.warning("mDNS: %s", why)
+            self.mdns_waiting = why
             return
-        log.info("mDNS: published %s on %s", self.record.instance_label[:16] + "…", ", ".join(names) or "all")
+        self.mdns_waiting = ""
+        service = self.mdns = mdns.MdnsService(names)
+        try:
+            await service.start()
+            await service.browse(self._on_mdns)
+        except (LocalError, OSError) as e:  # retried at the next network change
+            log.warning("mDNS: cannot start on %s: %s", ", ".join(names), e)
+            self.mdns = None
+            await service.close()
+            return
+        self.mdns_binds += 1
+
+    async def _mdns_publish(self) -> None:
+        """Publish our record, or update it when its addresses or TXT changed.
+
+        Probing and announcing take ~1 s (RFC 6762 §8): never on the start-up path."""
+        if self.mdns is None or self.record is None:
+            return
+        txt = records.build_txt(self.record)
+        wanted = (tuple(self.mdns_addresses), tuple(txt), self.record.port)
+        if wanted == self.mdns_published:
+            return
+        if not self.mdns_addresses:
+            log.info("mDNS: browsing on %s; nothing to publish until it has a routable address",
+                     ", ".join(self.mdns_names))
+            return
+        label = self.record.instance_label
+        try:
+            if label in self.mdns.published:
+                await self.mdns.update(label, self.record.port, self.mdns_addresses, txt)
+            else:
+                await self.mdns.publish(label, self.record.port, self.mdns_addresses, txt)
+                log.info("mDNS: published %s on %s", label[:16] + "…", ", ".join(self.mdns_names))
+        except LocalError as e:
+            log.warning("mDNS: cannot publish our record: %s", e)
+            return
+        self.mdns_published = wanted
 
     def reflexive_changed(self, reflexive: list[tuple[str, int]], behaviour: str = "unknown") -> None:
         """STUN learnt (new) reflexive addresses: publish them after the host candidates, and
@@ -119,8 +194,7 @@ class Discovery:
         self.record.candidates = candidates
         self.record.txt_extra = extra
         self.republish.set()
-        if self.mdns is not None and self.mdns.published:
-            self.tasks.append(asyncio.create_task(self._mdns_update(), name="mdns-update"))
+        self.mdns_dirty.set()
 
     def host_addresses_changed(self, lan: list[tuple[str, Any]]) -> None:
         """The network changed: new host candidates, re-published at once."""
@@ -128,22 +202,14 @@ class Discovery:
             return
         fresh = self._own_record(lan)
         self.host_candidates = list(fresh.candidates)
-        self.mdns_addresses = [str(a.ip) for name, a in lan if name in self.mdns_names and not a.ip.is_link_local]
+        if self.settings["mDNS"]:
+            self._mdns_wanted(lan)
+            self.mdns_dirty.set()  # interfaces may have come or gone even if no candidate changed
         candidates = self.host_candidates + [c for c in self.srflx if c not in self.host_candidates]
         if candidates == self.record.candidates and fresh.addresses == self.record.addresses:
             return
         self.record.candidates, self.record.addresses = candidates, fresh.addresses
         self.republish.set()
-        if self.mdns is not None and self.mdns.published:
-            self.tasks.append(asyncio.create_task(self._mdns_update(), name="mdns-update"))
-
-    async def _mdns_update(self) -> None:
-        assert self.mdns is not None and self.record is not None
-        try:
-            await self.mdns.update(self.record.instance_label, self.record.port, self.mdns_addresses,
-                                   records.build_txt(self.record))
-        except LocalError as e:
-            log.warning("mDNS: cannot update our record: %s", e)
 
     async def close(self) -> None:
         for task in self.tasks:

@@ -30,7 +30,9 @@ interface with IPv6 but no link-local address is given by index.
 ``None`` means every interface zeroconf finds (loopback included).  The
 addresses that go into A/AAAA records are not derived from the interfaces:
 the caller passes them to ``publish``; ``interface_addresses`` lists the
-usable ones.
+usable ones.  zeroconf joins its multicast groups once, when it starts: to follow
+the network, a caller compares ``bind_choice(names)`` with ``bound`` after each
+change and starts a new service when they differ (wgdisco/discovery.py does).
 
 Browsing: zeroconf's browser callbacks are synchronous, so each Added/Updated
 schedules one resolve task per instance (``AsyncServiceInfo.async_request``,
@@ -73,11 +75,27 @@ __all__ = [
     "SightingCallback",
     "decode_txt",
     "encode_txt",
+    "bind_choice",
     "interface_addresses",
     "server_name",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class _NoSocketTracebacks(logging.Filter):
+    """zeroconf logs a socket error (ENETUNREACH when an interface lost its address, say)
+    as a warning *with a traceback*, once per socket. The message already names the
+    socket and the error; a traceback in a daemon's log reads as a crash, so it goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], OSError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+logging.getLogger("zeroconf").addFilter(_NoSocketTracebacks())
 
 SERVICE_TYPE = "_wireguard._udp.local."
 TXT_STRING_MAX = 255  # RFC 6763 §6.1: one length byte per string
@@ -220,8 +238,14 @@ def interface_addresses(interfaces: Sequence[str], *, link_local: bool = False) 
     return sorted(set(out), key=_address_key)
 
 
-def _bind_choice(interfaces: Sequence[str], ip_version: IPVersion) -> tuple[list[str | int], IPVersion]:
-    """What zeroconf binds to for the named interfaces, and the IP version that results."""
+def bind_choice(interfaces: Sequence[str], ip_version: IPVersion = IPVersion.All) -> tuple[list[str | int], IPVersion]:
+    """What zeroconf binds to for the named interfaces, and the IP version that results.
+
+    LocalError if an interface does not exist or none has a usable address.  A
+    caller that follows the network compares this with ``MdnsService.bound``:
+    when it differs (an address or interface came or went) the service must be
+    started again, since zeroconf joins its groups once, at start.
+    """
     adapters = ifaddr.get_adapters()
     v4: list[str] = []
     v6: list[str | int] = []
@@ -263,6 +287,7 @@ class MdnsService:
         self.ip_version = ip_version
         self.resolve_timeout = resolve_timeout
         self._aiozc: AsyncZeroconf | None = None
+        self.bound: tuple[list[str | int], IPVersion] | None = None  # bind_choice() at start(), if named
         self._infos: dict[str, AsyncServiceInfo] = {}  # own instances, by lowercase label
         self._browser: AsyncServiceBrowser | None = None
         self._callback: SightingCallback | None = None
@@ -279,7 +304,8 @@ class MdnsService:
             choice: list[str | int] | InterfaceChoice = InterfaceChoice.All
             version = self.ip_version
         else:
-            choice, version = _bind_choice(self.interfaces, self.ip_version)
+            choice, version = bind_choice(self.interfaces, self.ip_version)
+            self.bound = (list(choice), version)
         zc = Zeroconf(interfaces=choice, ip_version=version, use_asyncio=True)
         aiozc = AsyncZeroconf(zc=zc)
         try:
