@@ -83,6 +83,29 @@ def test_stun_on_the_tunnel_socket_finds_the_reflexive_address_and_publishes_it(
     assert "stun-unexpected" not in a.proc.stderr()  # type: ignore[union-attr]  # every answer was ours
 
 
+def test_stun_send_errors_are_counted_and_nothing_breaks(lab: Lab) -> None:
+    """No route to the STUN server: every request (and retransmission) fails in sendto;
+    each is counted in status "dropped" (send-ENETUNREACH) and the daemon runs on."""
+    host = lab.host("a")
+    lan = lab.lan("lan")
+    lab.attach(host, lan, "10.1.0.2/24")  # no default route: 192.0.2.1 is unreachable
+    tag = lab.prefix[3:9]
+    a = Node(host, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={
+        "mDNS": "off", "STUN": "192.0.2.1:3478"})
+    a.start()
+    deadline = time.monotonic() + 10  # retransmissions after 0.5, 1.5 s (RFC 5389 §7.2.1)
+    while True:
+        status = json.loads(host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
+        if status["dropped"].get("send-ENETUNREACH", 0) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    check(status, SCHEMA)
+    assert status["dropped"].get("send-ENETUNREACH", 0) >= 2, status["dropped"]
+    assert status["nat"]["reflexive"] == []
+    assert a.stop() == 0
+    assert "Traceback" not in a.proc.stderr()  # type: ignore[union-attr]
+
+
 def test_hard_nat_is_detected(lab: Lab) -> None:
     net = internet(lab)
     host = net.site("a", 1, "hard")

@@ -798,10 +798,10 @@ class DataPlane:
                     deadline = device.get_timer()
                 nat = t.nat
                 if nat is not None:
-                    other = nat.get_timer()
+                    other = nat.get_timer(now)
                     if other is not None and other <= now:
                         nat.handle_timer(now)
-                        other = nat.get_timer()
+                        other = nat.get_timer(now)
                     if other is not None and (deadline is None or other < deadline):
                         deadline = other
                 t.flush()

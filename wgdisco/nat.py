@@ -146,8 +146,7 @@ class NatTraversal:
     def has_verified_path(self, public: bytes, now: float) -> bool:
         return public in self.prober.peers and self.selector.best(public, now) is not None
 
-    def get_timer(self) -> float | None:
-        now = time.monotonic()
+    def get_timer(self, now: float) -> float | None:
         times = [t for t in (
             self.stun.get_timer() if self.stun is not None else None,
             self.prober.get_timer(),
@@ -279,10 +278,9 @@ class NatTraversal:
     def _send(self, data: bytes, addr: Any) -> None:
         sock = self.tunnel.sock
         assert sock is not None
-        try:
-            sock.sendto(data, addr)
-        except OSError:
-            pass  # a lost probe or request is a timeout the cores already handle
+        # Counted like the data plane's send errors (status "dropped": send-<errno>); a lost
+        # probe or request is also a timeout the cores already handle.
+        self.tunnel._sendto(sock.sendto, data, addr)
 
     def restart(self, now: float, local_networks: list[Any]) -> None:
         """The network changed: new local networks, STUN again and probe every current path at once."""
