@@ -551,7 +551,8 @@ def test_parse_get_response_reads_the_snapshot_back() -> None:
 @pytest.mark.parametrize(
     "data",
     [b"", b"errno=0\n", b"listen_port=1\n\n", b"errno=x\n\n", b"listen_port=70000\nerrno=0\n\n",
-     b"public_key=zz\nerrno=0\n\n", b"nonsense\nerrno=0\n\n", b"public_key=" + HEX_A.encode() + b"\nendpoint=x\nerrno=0\n\n"],
+     b"public_key=zz\nerrno=0\n\n", b"nonsense\nerrno=0\n\n", b"public_key=" + HEX_A.encode() + b"\nendpoint=x\nerrno=0\n\n",
+     b"listen_port=1\xc3\xa9\nerrno=0\n\n"],
 )
 def test_parse_get_response_refuses_malformed(data: bytes) -> None:
     with pytest.raises(UapiError) as ei:

@@ -248,14 +248,7 @@ def _parse_set(body: bytes) -> SetRequest:
             raw = raw[:-1]
         if raw == b"":
             break  # split_request guarantees this is the last line
-        key_b, eq, value_b = raw.partition(b"=")
-        if not eq:
-            raise UapiError(EPROTO, f"failed to parse line {_show(raw)}")
-        key = key_b.decode("latin-1")
-        try:
-            value = value_b.decode("ascii")
-        except UnicodeDecodeError:
-            raise UapiError(EINVAL, f"non-ASCII value for {key!r}") from None
+        key, value = _key_value(raw)
         if key == "public_key":
             if peer is not None:
                 peers.append(peer.build())
@@ -437,12 +430,8 @@ def parse_get_response(data: bytes) -> DeviceSnapshot:
             peers.append(PeerSnapshot(last_handshake=last, **peer))  # type: ignore[arg-type]
 
     for raw in data[:-2].split(b"\n"):
-        key_b, eq, value_b = raw.partition(b"=")
-        if not eq:
-            raise UapiError(EPROTO, f"failed to parse line {_show(raw)}")
-        key = key_b.decode("latin-1")
+        key, value = _key_value(raw, EPROTO)
         try:
-            value = value_b.decode("ascii")
             if key == "errno":
                 errno = _parse_int(value)
             elif key == "public_key":
@@ -470,7 +459,7 @@ def parse_get_response(data: bytes) -> DeviceSnapshot:
                 peer[key] = _parse_uint(value, 16, key)
             elif key == "allowed_ip":
                 peer["allowed_ips"] += (parse_prefix(value),)  # type: ignore[operator]
-        except (UapiError, UnicodeDecodeError) as e:
+        except UapiError as e:
             raise UapiError(EPROTO, f"bad get reply line {_show(raw)}: {e}") from None
     close_peer()
     if errno is None:
@@ -642,3 +631,17 @@ def _check_uint(n: int, bits: int, name: str) -> int:
 
 def _show(raw: bytes) -> str:
     return repr(bytes(raw[:80]))[1:]
+
+
+def _key_value(raw: bytes, non_ascii: int = EINVAL) -> tuple[str, str]:
+    """One protocol line ``key=value``: the key (latin-1, only ever compared and shown) and
+    the value, which must be ASCII (wireguard-go: "failed to parse line"; a non-ASCII value
+    is ``non_ascii``: EINVAL in a request, EPROTO in a get reply)."""
+    key_b, eq, value_b = raw.partition(b"=")
+    if not eq:
+        raise UapiError(EPROTO, f"failed to parse line {_show(raw)}")
+    key = key_b.decode("latin-1")
+    try:
+        return key, value_b.decode("ascii")
+    except UnicodeDecodeError:
+        raise UapiError(non_ascii, f"non-ASCII value for {key!r}") from None
