@@ -294,3 +294,46 @@ def test_sighup_adds_and_removes_peers_without_a_new_handshake_for_the_others(la
     # b's session lived on: the only new handshake is d's
     assert handshakes_logged(a) == handshakes_before + 1, a.proc.stderr()  # type: ignore[union-attr]
     assert a.host.ping(c.inner4, count=1, wait=1, check=False).returncode != 0
+
+
+def test_default_route_through_the_tunnel_like_wg_quick(lab: Lab) -> None:
+    """AllowedIPs = 0.0.0.0/0, ::/0 with Table = auto: everything goes through the tunnel but
+    the tunnel's own datagrams (fwmark + two rules per family, as wg-quick); the LAN stays
+    direct; the rules go away at shutdown."""
+    r = lab.router("r")
+    lan, wan = lab.lan("lan"), lab.lan("wan")
+    lab.attach(r, lan, "10.1.0.1/24", "fd00:1::1/64")
+    lab.attach(r, wan, "198.51.100.1/24", "2001:db8:1::1/64")
+    hc, hs = lab.host("c"), lab.host("s")
+    lab.attach(hc, lan, "10.1.0.2/24", "fd00:1::2/64")
+    lab.attach(hs, wan, "198.51.100.2/24", "2001:db8:1::2/64")
+    for host, v4, v6 in ((hc, "10.1.0.1", "fd00:1::1"), (hs, "198.51.100.1", "2001:db8:1::1")):
+        host.add_route("default", via=v4)
+        host.add_route("default", via=v6)
+    # "the internet" behind the exit node: addresses only s has, which r cannot route to
+    hs.ip("addr", "add", "203.0.113.80/32", "dev", "lo")
+    hs.ip("addr", "add", "2001:db8:ff::80/128", "dev", "lo")
+    tag = lab.prefix[3:9]
+    c = Node(hc, "wgdisco", f"wc{tag}", *keypair(), ["10.9.0.2/24", "fd00:9::2/64"])
+    s = Node(hs, "wgdisco", f"ws{tag}", *keypair(), ["10.9.0.1/24", "fd00:9::1/64"])
+    c.peers = [PeerSpec(s.public, ["0.0.0.0/0", "::/0"], "198.51.100.2:51820")]
+    s.peers = [c.peer_spec()]
+    assert hc.ping("203.0.113.80", wait=1, check=False).returncode != 0  # not without the tunnel
+    rules_before = hc.ip("-4", "rule").stdout + hc.ip("-6", "rule").stdout
+    s.start()
+    c.start()
+    hc.ping("203.0.113.80", count=2, wait=2)
+    hc.ping("2001:db8:ff::80", count=2, wait=2)
+    for family in ("-4", "-6"):
+        rules = hc.ip(family, "rule").stdout
+        assert "32764:\tfrom all lookup main suppress_prefixlength 0" in rules, rules
+        assert "32765:\tnot from all fwmark 0xca6c lookup 51820" in rules, rules
+    assert f"dev {c.iface}" in hc.ip("route", "get", "203.0.113.80").stdout
+    assert "via 10.1.0.1" in hc.ip("route", "get", "198.51.100.2", "mark", "0xca6c").stdout  # the tunnel's own
+    assert f"dev {c.iface}" not in hc.ip("route", "get", "10.1.0.1").stdout  # the LAN stays direct
+    hc.ping("10.1.0.1")
+    assert hc.run(["sysctl", "-n", "net.ipv4.conf.all.src_valid_mark"]).stdout.strip() == "1"
+    assert "fwmark: 0xca6c" in hc.run(["wg", "show", c.iface]).stdout
+    assert c.stop() == 0
+    assert hc.ip("-4", "rule").stdout + hc.ip("-6", "rule").stdout == rules_before
+    assert "default routes 0.0.0.0/0, ::/0 through" in c.proc.stderr()  # type: ignore[union-attr]

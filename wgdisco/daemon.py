@@ -83,6 +83,9 @@ class Tunnel:
         self.path_changes: dict[bytes, int] = {}  # endpoint changes per peer (metrics)
         self.metrics: Any = None
         self.control = ControlServer(socket_dir=control_dir)
+        self.fwmark = cfg.interface.fwmark  # FwMark, or the policy table's number (wg-quick does the same)
+        self.policy_table: int | None = None  # default routes with Table = auto live there
+        self.policy_rules: list[dict[str, int]] = []  # the `ip rule`s we added, removed at teardown
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
         self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
@@ -99,7 +102,9 @@ class Tunnel:
         if await asyncio.to_thread(netlink.link_exists, self.name):
             raise LocalError(f"interface {self.name} already exists")
         self._hooks(iface.pre_up, "PreUp")
-        self.sock = udp.open_udp(iface.listen_port or 0, fwmark=iface.fwmark)
+        if self._default_routes([n for pc in cfg.peers for n in pc.allowed_ips]):
+            await self._choose_policy_table()
+        self.sock = udp.open_udp(iface.listen_port or 0, fwmark=self.fwmark)
         udp.enable_gro(self.sock)
         try:
             self.tun = Tun(self.name, vnet_hdr=self.gro)
@@ -179,12 +184,49 @@ class Tunnel:
             self.device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
 
     async def _install_routes(self) -> None:
+        await self._add_routes([n for pc in self.cfg.peers for n in pc.allowed_ips])
+
+    def _default_routes(self, nets: list[Any]) -> list[Any]:
+        """The default routes among ``nets`` that get wg-quick's policy routing (Table = auto)."""
+        if (self.cfg.interface.table or "auto").lower() != "auto":
+            return []
+        return [n for n in nets if n.prefixlen == 0]
+
+    async def _choose_policy_table(self) -> None:
+        """FwMark if set, else the first free table from 51820; the socket gets it as its mark."""
+        if self.policy_table is None:
+            self.policy_table = self.fwmark or await asyncio.to_thread(netlink.free_table)
+            self.fwmark = self.policy_table
+            if self.sock is not None:  # a reload brought the first default route
+                udp.set_fwmark(self.sock, self.fwmark)
+
+    async def _add_routes(self, nets: list[Any]) -> None:
+        """Routes for AllowedIPs, as wg-quick adds them (``Table``); they go with the link.
+
+        With ``Table = auto`` a default route goes into the policy table, and two rules
+        per family send all unmarked traffic there while the main table keeps its more
+        specific routes (io/netlink.py); the tunnel's own datagrams carry the mark and
+        take the main table, so they never loop into the tunnel."""
         table_opt = (self.cfg.interface.table or "auto").lower()  # validated by config.parse_table
         if table_opt == "off":
             return
-        table = None if table_opt in ("auto", "main") else int(table_opt)
-        nets = [n for pc in self.cfg.peers for n in pc.allowed_ips]
-        await asyncio.to_thread(netlink.add_routes, self.name, nets, table)  # they go with the link
+        defaults = self._default_routes(nets)
+        others = [n for n in nets if n not in defaults]
+        if others:
+            table = None if table_opt in ("auto", "main") else int(table_opt)
+            await asyncio.to_thread(netlink.add_routes, self.name, others, table)
+        if not defaults:
+            return
+        await self._choose_policy_table()
+        assert self.policy_table is not None
+        versions = {n.version for n in defaults}
+        await asyncio.to_thread(netlink.add_routes, self.name, defaults, self.policy_table)
+        self.policy_rules += await asyncio.to_thread(netlink.add_policy_rules, versions, self.policy_table)
+        if 4 in versions:
+            await asyncio.to_thread(netlink.set_src_valid_mark)
+        log.info("default route%s %s through %s: table %d, fwmark 0x%x, rules 'not fwmark' and "
+                 "'main suppress_prefixlength 0' (as wg-quick)", "s" if len(defaults) > 1 else "",
+                 ", ".join(map(str, defaults)), self.name, self.policy_table, self.fwmark)
 
     async def run(self) -> None:
         """Start, then serve until SIGINT/SIGTERM, then tear down."""
@@ -251,13 +293,12 @@ class Tunnel:
                         log.warning("reload: peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
             self.flush()
         self.cfg.peers = cfg.peers
-        if (self.cfg.interface.table or "auto").lower() != "off":
-            added = [n for pc in cfg.peers for n in pc.allowed_ips
-                     if pc.public_key not in old or n not in old[pc.public_key].allowed_ips]
-            if added:
-                table = self.cfg.interface.table
-                await asyncio.to_thread(netlink.add_routes, self.name, added,
-                                        None if table in (None, "auto", "main") else int(table))
+        added = [n for pc in cfg.peers for n in pc.allowed_ips
+                 if pc.public_key not in old or n not in old[pc.public_key].allowed_ips]
+        try:
+            await self._add_routes(added)
+        except LocalError as e:
+            log.error("reload: %s", e)
         if self.dataplane is not None:
             self.dataplane.wake()
         log.info("reload: %d peer(s)", len(cfg.peers))
@@ -305,6 +346,12 @@ class Tunnel:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        if self.policy_rules:
+            try:
+                await asyncio.to_thread(netlink.remove_policy_rules, self.policy_rules)
+            except LocalError as e:
+                log.warning("%s", e)
+            self.policy_rules = []
 
     def _hooks(self, commands: list[str], what: str) -> None:
         for command in commands:
@@ -649,7 +696,7 @@ class Tunnel:
             ))
         return uapi.DeviceSnapshot(
             private_key=device.identity.private, listen_port=udp.local_port(self.sock),
-            fwmark=self.cfg.interface.fwmark, peers=tuple(peers),
+            fwmark=self.fwmark, peers=tuple(peers),
         )
 
     def apply_set(self, req: uapi.SetRequest) -> None:
@@ -697,7 +744,7 @@ class Tunnel:
         """A new listen port (caller holds the lock); the data plane re-registers on wake."""
         assert self.sock is not None
         try:
-            new = udp.open_udp(port, fwmark=self.cfg.interface.fwmark)
+            new = udp.open_udp(port, fwmark=self.fwmark)
         except LocalError:
             raise uapi.UapiError(uapi.EADDRINUSE, f"port {port} in use") from None
         udp.enable_gro(new)

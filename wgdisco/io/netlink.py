@@ -9,9 +9,15 @@ loop raises LocalError rather than pyroute2's obscure RuntimeError.
 Routes are added the way wg-quick does with ``ip route add NET dev IFACE``
 (protocol ``boot``, link scope): a network already reached through the
 interface's own on-link address route (the ``proto kernel`` route the kernel
-adds for ``10.0.0.1/24``) is skipped.  ``0.0.0.0/0`` and ``::/0`` are plain
-routes in the given table; wg-quick's policy routing for default routes
-(fwmark, ``ip rule ... suppress_prefixlength 0``) is out of scope here.
+adds for ``10.0.0.1/24``) is skipped.  A default route (``0.0.0.0/0``,
+``::/0``) with ``Table = auto`` is wg-quick's policy routing, built by the
+caller from ``free_table`` and ``add_policy_rules``: the route goes into its
+own table N, the tunnel's socket carries fwmark N, and two rules per family
+send everything unmarked there while the main table keeps its more specific
+routes (wg-quick's ``add_default``)::
+
+    32764: from all lookup main suppress_prefixlength 0
+    32765: not from all fwmark N lookup N
 
 Netlink failures become LocalError naming the interface and the object.
 """
@@ -36,6 +42,8 @@ RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2  # routes the kernel adds for an address
 RTPROT_BOOT = 3  # what `ip route add` uses; also our marker when deleting
 RT_SCOPE_LINK = 253
+FIB_RULE_INVERT = 0x2  # <linux/fib_rules.h>: the "not" of `ip rule add not fwmark ...`
+PRIO_SUPPRESS, PRIO_NOT_MARKED = 32764, 32765  # what wg-quick's rules get on a fresh system
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
 IFA_F_DADFAILED = 0x08
@@ -213,3 +221,68 @@ def interface_addresses(exclude: Iterable[str] = ()) -> list[tuple[str, IPInterf
                 continue
             result.append((ifname, iface))
     return result
+
+
+# --- policy routing for default routes (wg-quick's add_default) ------------------------------
+
+
+def free_table(start: int = 51820) -> int:
+    """The first routing table from ``start`` with no IPv4 or IPv6 route (as wg-quick picks it)."""
+    with _iproute() as ipr:
+        used = {msg.get("table") for family in (AF_INET, AF_INET6) for msg in ipr.route("dump", family=family)}
+    table = start
+    while table in used:
+        table += 1
+    return table
+
+
+def _rules(family: int, table: int) -> list[dict[str, int]]:
+    return [
+        {"family": family, "table": RT_TABLE_MAIN, "suppress_prefixlen": 0, "priority": PRIO_SUPPRESS},
+        {"family": family, "table": table, "fwmark": table, "flags": FIB_RULE_INVERT, "priority": PRIO_NOT_MARKED},
+    ]
+
+
+def add_policy_rules(versions: Iterable[int], table: int) -> list[dict[str, int]]:
+    """Add the two rules per IP version; returns those this call added (for ``remove_policy_rules``).
+
+    A rule that exists already (another tunnel's identical suppress rule) is not
+    ours to remove later, so it is left out of the result.
+    """
+    added: list[dict[str, int]] = []
+    with _iproute() as ipr:
+        for version in sorted(set(versions)):
+            for rule in _rules(AF_INET if version == 4 else AF_INET6, table):
+                try:
+                    ipr.rule("add", **rule)
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        remove_policy_rules(added)
+                        raise LocalError(f"cannot add routing rule for table {table}: {e.args[1]}") from e
+                    continue
+                added.append(rule)
+    return added
+
+
+def remove_policy_rules(rules: Iterable[dict[str, int]]) -> None:
+    """Remove rules ``add_policy_rules`` added; ones already gone are fine."""
+    rules = list(rules)
+    if not rules:
+        return
+    with _iproute() as ipr:
+        for rule in reversed(rules):
+            try:
+                ipr.rule("del", **rule)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.ESRCH):
+                    raise LocalError(f"cannot remove routing rule for table {rule['table']}: {e.args[1]}") from e
+
+
+def set_src_valid_mark() -> None:
+    """``net.ipv4.conf.all.src_valid_mark = 1`` (wg-quick sets it with an IPv4 default route), so
+    reverse-path checks see the mark; in this network namespace."""
+    try:
+        with open("/proc/sys/net/ipv4/conf/all/src_valid_mark", "w") as f:
+            f.write("1")
+    except OSError as e:
+        raise LocalError(f"cannot set net.ipv4.conf.all.src_valid_mark: {e.strerror}") from e

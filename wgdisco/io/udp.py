@@ -51,14 +51,19 @@ def open_udp(port: int, *, fwmark: int = 0) -> socket.socket:
     try:
         _raise_buffers(sock)
         if fwmark:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
-            except PermissionError:
-                raise LocalError("setting a fwmark on the UDP socket needs root (CAP_NET_ADMIN)") from None
+            set_fwmark(sock, fwmark)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def set_fwmark(sock: socket.socket, fwmark: int) -> None:
+    """Mark every packet the socket sends (SO_MARK), for policy routing."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
+    except PermissionError:
+        raise LocalError("setting a fwmark on the UDP socket needs root (CAP_NET_ADMIN)") from None
 
 
 def _bind(family: int, host: str, port: int) -> socket.socket:
