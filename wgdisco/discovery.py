@@ -56,7 +56,6 @@ class Discovery:
         self.mdns_published: tuple[Any, ...] | None = None  # (addresses, TXT, port) last announced
         self.mdns_dirty = asyncio.Event()  # the network or our record changed: bind/publish again
         self.mdns_waiting = ""  # why mDNS is not bound (logged once per reason)
-        self.mdns_binds = 0  # services started (1 + rebinds)
         self.republish = asyncio.Event()  # our record changed: publish it again now
 
     # --- lifecycle ----------------------------------------------------------------
@@ -111,8 +110,11 @@ class Discovery:
         while True:
             await self.mdns_dirty.wait()
             self.mdns_dirty.clear()
-            await self._mdns_bind()
-            await self._mdns_publish()
+            try:
+                await self._mdns_bind()
+                await self._mdns_publish()
+            except Exception as e:  # never let this loop die: the next change tries again
+                log.error("mDNS: unexpected %s: %s", type(e).__name__, e, exc_info=True)
 
     async def _mdns_bind(self) -> None:
         """Start, restart or stop the mDNS service so it is bound as ``mdns_names`` want."""
@@ -131,6 +133,7 @@ class Discovery:
             if wanted == self.mdns.bound:
                 return
             log.info("mDNS: rebinding to %s (the network changed)", ", ".join(names) or "nothing")
+            self._count("mdns-rebinds")
             old, self.mdns, self.mdns_published = self.mdns, None, None
             await old.close()
         if wanted is None:
@@ -148,7 +151,6 @@ class Discovery:
             self.mdns = None
             await service.close()
             return
-        self.mdns_binds += 1
 
     async def _mdns_publish(self) -> None:
         """Publish our record, or update it when its addresses or TXT changed.
