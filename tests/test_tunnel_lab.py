@@ -299,7 +299,8 @@ def test_sighup_adds_and_removes_peers_without_a_new_handshake_for_the_others(la
 def test_default_route_through_the_tunnel_like_wg_quick(lab: Lab) -> None:
     """AllowedIPs = 0.0.0.0/0, ::/0 with Table = auto: everything goes through the tunnel but
     the tunnel's own datagrams (fwmark + two rules per family, as wg-quick); the LAN stays
-    direct; the rules go away at shutdown."""
+    direct; a strict reverse-path filter still lets the replies in (nftables mark restore);
+    rules and tables go away at shutdown."""
     r = lab.router("r")
     lan, wan = lab.lan("lan"), lab.lan("wan")
     lab.attach(r, lan, "10.1.0.1/24", "fd00:1::1/64")
@@ -319,6 +320,7 @@ def test_default_route_through_the_tunnel_like_wg_quick(lab: Lab) -> None:
     c.peers = [PeerSpec(s.public, ["0.0.0.0/0", "::/0"], "198.51.100.2:51820")]
     s.peers = [c.peer_spec()]
     assert hc.ping("203.0.113.80", wait=1, check=False).returncode != 0  # not without the tunnel
+    hc.sysctl("net.ipv4.conf.all.rp_filter=1")  # strict: replies need their mark back (io/nft.py)
     rules_before = hc.ip("-4", "rule").stdout + hc.ip("-6", "rule").stdout
     s.start()
     c.start()
@@ -334,6 +336,9 @@ def test_default_route_through_the_tunnel_like_wg_quick(lab: Lab) -> None:
     hc.ping("10.1.0.1")
     assert hc.run(["sysctl", "-n", "net.ipv4.conf.all.src_valid_mark"]).stdout.strip() == "1"
     assert "fwmark: 0xca6c" in hc.run(["wg", "show", c.iface]).stdout
+    tables = hc.run(["nft", "list", "tables"]).stdout
+    assert f"table ip wgdisco-{c.iface}" in tables and f"table ip6 wgdisco-{c.iface}" in tables
     assert c.stop() == 0
     assert hc.ip("-4", "rule").stdout + hc.ip("-6", "rule").stdout == rules_before
+    assert "wgdisco-" not in hc.run(["nft", "list", "tables"]).stdout
     assert "default routes 0.0.0.0/0, ::/0 through" in c.proc.stderr()  # type: ignore[union-attr]

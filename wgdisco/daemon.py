@@ -31,7 +31,7 @@ from typing import Any
 
 from wgdisco import config as configmod
 from wgdisco.errors import ConfigError, LocalError
-from wgdisco.io import netlink, udp
+from wgdisco.io import netlink, nft, udp
 from wgdisco.io.tun import Tun
 from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer
@@ -86,6 +86,7 @@ class Tunnel:
         self.fwmark = cfg.interface.fwmark  # FwMark, or the policy table's number (wg-quick does the same)
         self.policy_table: int | None = None  # default routes with Table = auto live there
         self.policy_rules: list[dict[str, int]] = []  # the `ip rule`s we added, removed at teardown
+        self.nft_versions: set[int] = set()  # IP versions with our nftables table (io/nft.py)
         self.other_drops: dict[str, int] = {}
         self._batch: list[bytes] = []
         self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
@@ -224,6 +225,16 @@ class Tunnel:
         self.policy_rules += await asyncio.to_thread(netlink.add_policy_rules, versions, self.policy_table)
         if 4 in versions:
             await asyncio.to_thread(netlink.set_src_valid_mark)
+        new = versions - self.nft_versions
+        if new and not nft.available():
+            log.warning("nft not found: no mark restore for replies; with rp_filter = 1 they are dropped")
+        elif new:
+            try:
+                rules = nft.ruleset(self.name, self.fwmark, new, self.cfg.interface.addresses)
+                await asyncio.to_thread(nft.apply, rules)
+                self.nft_versions |= new
+            except LocalError as e:
+                log.warning("%s; with rp_filter = 1 the tunnel's replies are dropped", e)
         log.info("default route%s %s through %s: table %d, fwmark 0x%x, rules 'not fwmark' and "
                  "'main suppress_prefixlength 0' (as wg-quick)", "s" if len(defaults) > 1 else "",
                  ", ".join(map(str, defaults)), self.name, self.policy_table, self.fwmark)
@@ -352,6 +363,12 @@ class Tunnel:
             except LocalError as e:
                 log.warning("%s", e)
             self.policy_rules = []
+        if self.nft_versions:
+            try:
+                await asyncio.to_thread(nft.remove, self.name, self.nft_versions)
+            except LocalError as e:
+                log.warning("%s", e)
+            self.nft_versions = set()
 
     def _hooks(self, commands: list[str], what: str) -> None:
         for command in commands:
