@@ -103,7 +103,8 @@ class Tunnel:
         if await asyncio.to_thread(netlink.link_exists, self.name):
             raise LocalError(f"interface {self.name} already exists")
         self._hooks(iface.pre_up, "PreUp")
-        if self._default_routes([n for pc in cfg.peers for n in pc.allowed_ips]):
+        routed = [n for pc in cfg.peers for n in pc.allowed_ips]
+        if self._default_routes(routed):
             await self._choose_policy_table()
         self.sock = udp.open_udp(iface.listen_port or 0, fwmark=self.fwmark)
         udp.enable_gro(self.sock)
@@ -121,7 +122,7 @@ class Tunnel:
             await asyncio.to_thread(
                 netlink.configure_link, self.name, addresses=iface.addresses, mtu=iface.mtu or DEFAULT_MTU
             )
-            await self._install_routes()
+            await self._add_routes(routed)
             await self.uapi.start(self.name, self.handle_uapi)
             await self.control.start(self.name, self.handle_control)
         except BaseException:
@@ -183,9 +184,6 @@ class Tunnel:
                 log.warning("peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
         if pc.persistent_keepalive:
             self.device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
-
-    async def _install_routes(self) -> None:
-        await self._add_routes([n for pc in self.cfg.peers for n in pc.allowed_ips])
 
     def _default_routes(self, nets: list[Any]) -> list[Any]:
         """The default routes among ``nets`` that get wg-quick's policy routing (Table = auto)."""
