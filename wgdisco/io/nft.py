@@ -35,12 +35,17 @@ def table_name(iface: str) -> str:
     return f"wgdisco-{iface}"
 
 
+def _pf(version: int) -> str:
+    """nft's family name for an IP version."""
+    return "ip" if version == 4 else "ip6"
+
+
 def ruleset(iface: str, mark: int, versions: Iterable[int], addresses: Iterable[IPInterface]) -> str:
     """``nft -f`` input for the IP ``versions`` with a default route (wg-quick's add_default)."""
     table = table_name(iface)
     lines: list[str] = []
     for version in sorted(set(versions)):
-        pf = "ip" if version == 4 else "ip6"
+        pf = _pf(version)
         lines += [
             f"add table {pf} {table}",
             f"add chain {pf} {table} preraw {{ type filter hook prerouting priority -300; }}",
@@ -72,7 +77,7 @@ def apply(text: str) -> None:
 def remove(iface: str, versions: Iterable[int]) -> None:
     """Delete the tables ``apply`` made; ones already gone are fine."""
     for version in sorted(set(versions)):
-        pf = "ip" if version == 4 else "ip6"
+        pf = _pf(version)
         proc = subprocess.run(["nft", "delete", "table", pf, table_name(iface)],
                               capture_output=True, text=True, check=False)
         if proc.returncode != 0 and "No such file or directory" not in proc.stderr:
