@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgdisco.proto import keys, noise
-from wgdisco.proto.device import Device, Keypair
+from wgdisco.proto.device import Device, GaveUp, HandshakeCompleted, Keypair
 from wgdisco.proto.timers import Timing
 
 A_ADDR = ("198.51.100.1", 51820)
@@ -200,10 +200,10 @@ def test_retransmit_then_give_up_then_zero() -> None:
     p = Pair(t)
     p.lose = True
     p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
-    give_up = [e for e in p.a.events if e.kind == "give-up"]
+    give_up = [e for e in p.a.events if isinstance(e, GaveUp)]
     while not give_up:
         p.advance(1.0)
-        give_up = [e for e in p.a.events if e.kind == "give-up"]
+        give_up = [e for e in p.a.events if isinstance(e, GaveUp)]
     # wireguard-go timers.go: MAX_TIMER_HANDSHAKES + 1 retries, given up at the next
     # expiry, so 20 intervals of REKEY_TIMEOUT + jitter after the first initiation (§6.4)
     assert p.pa.handshake_attempts == t.max_timer_handshakes + 1
@@ -230,7 +230,7 @@ def test_rekey_after_time_keeps_traffic_flowing() -> None:
         if p.pa.current is not None:
             indices.add(p.pa.current.local_index)
         p.advance(0.1)
-    handshakes = sum(1 for e in p.a.events if e.kind == "handshake")
+    handshakes = sum(1 for e in p.a.events if isinstance(e, HandshakeCompleted))
     assert handshakes >= 40 / 3 - 2, handshakes
     assert len(indices) >= 10
     assert sent - received <= 2, (sent, received)
@@ -347,9 +347,9 @@ def test_same_private_key_is_a_no_op_and_a_new_one_forces_a_handshake() -> None:
     assert p.pa.current is kp
     p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"again"))
     assert p.delivered["b"][-1] == ipv4_packet("10.0.0.1", "10.0.0.2", b"again")
-    handshakes = sum(1 for e in p.a.events if e.kind == "handshake")
+    handshakes = sum(1 for e in p.a.events if isinstance(e, HandshakeCompleted))
     p.a._expire_current_keypairs(p.pa)  # what a key change does to every peer
     p.now += 1.0  # (an initiation in the same instant would be refused as a flood, §5.1)
     p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"after"))
     assert p.delivered["b"][-1] == ipv4_packet("10.0.0.1", "10.0.0.2", b"after")
-    assert sum(1 for e in p.a.events if e.kind == "handshake") == handshakes + 1
+    assert sum(1 for e in p.a.events if isinstance(e, HandshakeCompleted)) == handshakes + 1

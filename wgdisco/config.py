@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from wgdisco.errors import ConfigError, DecodeError
-from wgdisco.proto import keys
+from wgdisco.proto import keys, tsig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -271,9 +271,7 @@ def parse_seconds(value: str) -> float:
 
 def parse_update_key(value: str) -> Any:
     """``hmac-sha256:<keyname>:<base64 secret>`` (as ``nsupdate -y``) -> a TSIG key."""
-    from wgdisco.io.dnssd import parse_update_key as parse  # dnspython only when configured
-
-    return parse(value)
+    return tsig.parse_update_key(value)
 
 
 def parse_stun_servers(value: str) -> list[Endpoint]:

@@ -27,7 +27,7 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from wgdisco import config as configmod
 from wgdisco.errors import ConfigError, LocalError
@@ -39,6 +39,10 @@ from wgdisco.proto import gro, keys, uapi
 from wgdisco.proto.busypoll import BusyPoll
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, Peer
+from wgdisco.proto.node import (
+    CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, Node, PathReasonChanged,
+    RecordChanged, ReflexiveChanged, StunFailed, StunMoved,
+)
 from wgdisco.proto.timers import Timing
 
 log = logging.getLogger("wgdisco")
@@ -74,13 +78,11 @@ class Tunnel:
         self.stopped = asyncio.Event()
         self.lock = threading.Lock()  # the Device, the socket and the counters
         self.dataplane: DataPlane | None = None
+        self.node: Node | None = None  # peers, identity, discovery and path policy (proto/node.py)
         self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
-        self.nat: Any = None  # wgdisco.nat.NatTraversal when discovery or STUN is on
         self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor, with NAT traversal
         self.change_task: asyncio.Task[None] | None = None
-        self.endpoint_source: dict[bytes, str] = {}  # where each peer's endpoint came from
-        self.handshakes: dict[bytes, int] = {}  # completed handshakes per peer (metrics)
-        self.path_changes: dict[bytes, int] = {}  # endpoint changes per peer (metrics)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.metrics: Any = None
         self.control = ControlServer(socket_dir=control_dir)
         self.fwmark = cfg.interface.fwmark  # FwMark, or the policy table's number (wg-quick does the same)
@@ -97,6 +99,7 @@ class Tunnel:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         cfg, iface = self.cfg, self.cfg.interface
         if os.geteuid() != 0:
             raise LocalError("wgdisco up needs root (CAP_NET_ADMIN) to create a TUN interface")
@@ -117,6 +120,15 @@ class Tunnel:
                 rng=os.urandom, now=now, wall_offset=time.time() - now,
                 mtu=iface.mtu or DEFAULT_MTU, timing=self.timing, addr_key=udp.sockaddr_bytes, **kw,
             )
+            discovering = cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None
+            self.node = Node(
+                self.device, rng=os.urandom, wall=time.time(),
+                addr_of=lambda ip, port: udp.to_sockaddr(self.sock, ip, port),  # type: ignore[arg-type]
+                host_of=lambda addr: udp.from_sockaddr(addr)[0], format_addr=fmt_addr,
+                port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery["STUN"]),
+                stun_servers=await self._stun_servers(), domain=cfg.discovery["Domain"] or "local",
+                allowed=iface.addresses,
+            )
             for pc in cfg.peers:
                 self._add_config_peer(pc, now)
             await asyncio.to_thread(
@@ -128,26 +140,23 @@ class Tunnel:
         except BaseException:
             await self._teardown()
             raise
-        self.dataplane = DataPlane(self)
-        self.dataplane.start()
-        discovering = cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None
-        if discovering or cfg.discovery["STUN"]:
-            from wgdisco.nat import NatTraversal  # STUN, probes, hole punching
-
-            self.nat = await NatTraversal.create(self)
-            with self.lock:
-                self.nat.start(time.monotonic())
-            self.dataplane.wake()
+        node = self.node
+        lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
         if discovering:
             from wgdisco.discovery import Discovery  # zeroconf/dnspython only when used
 
-            self.discovery = Discovery(self)
+            self.discovery = Discovery(cfg.discovery, cfg.path, node.record(), feed=self.feed,
+                                       peer_keys=self.peer_keys)
+        self.dataplane = DataPlane(self)
+        self.dataplane.start()
+        self.feed(lambda node, now: node.start(lan, now))
+        if self.discovery is not None:
             try:
-                await self.discovery.start()
+                await self.discovery.start(lan)
             except BaseException:
                 await self._teardown()
                 raise
-        if self.nat is not None:
+        if node.traversal:
             from wgdisco.io.netmon import NetworkMonitor
 
             self.netmon = NetworkMonitor(self._network_changed, ignore_ifnames={self.name})
@@ -171,15 +180,40 @@ class Tunnel:
             self.name, keys.key_to_base64(self.device.identity.public), udp.local_port(self.sock), len(cfg.peers),
         )
 
+    async def _stun_servers(self) -> list[Any]:
+        """STUN servers from ``[Discovery] STUN``, resolved once (none is ever assumed)."""
+        servers = []
+        for endpoint in self.cfg.discovery["STUN"]:
+            try:
+                servers.append(await asyncio.to_thread(udp.to_sockaddr, self.sock, endpoint.host, endpoint.port))
+            except (LocalError, OSError) as e:
+                log.warning("STUN server %s: cannot resolve: %s", endpoint, e)
+        return servers
+
+    def feed(self, fn: Callable[[Node, float], object]) -> None:
+        """Run ``fn(node, now)`` under the lock, send what the node queued, wake the data plane.
+        Any thread; the asyncio side's way into the node (discovery, reload, network changes)."""
+        with self.lock:
+            if self.node is None:
+                return
+            fn(self.node, time.monotonic())
+            self.flush()
+        if self.dataplane is not None:
+            self.dataplane.wake()
+
+    def peer_keys(self) -> frozenset[bytes]:
+        with self.lock:
+            return self.node.peers if self.node is not None else frozenset()
+
     def _add_config_peer(self, pc: configmod.PeerConfig, now: float) -> None:
-        assert self.device is not None and self.sock is not None
-        peer = self.device.add_peer(pc.public_key, pc.preshared_key)
+        assert self.device is not None and self.node is not None and self.sock is not None
+        peer = self.node.add_peer(pc.public_key, now, pc.preshared_key)
         for net in pc.allowed_ips:
             self.device.allowed_ips.insert(net, peer)
         if pc.endpoint is not None:
             try:
-                self.device.set_endpoint(peer, udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port))
-                self.endpoint_source[pc.public_key] = "config"
+                addr = udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port)
+                self.node.set_endpoint(pc.public_key, addr, "config")
             except (LocalError, OSError) as e:
                 log.warning("peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
         if pc.persistent_keepalive:
@@ -251,9 +285,9 @@ class Tunnel:
                 loop.remove_signal_handler(sig)
             log.info("interface %s going down; %s", self.name, self.drop_summary())
             if self.discovery is not None:
-                log.info("discovery: %s", self.discovery.summary())
-            if self.nat is not None:
-                log.info("nat traversal: %s", self.nat.summary())
+                log.info("discovery: %s", self.discovery_summary())
+            if self.node is not None and self.node.traversal:
+                log.info("nat traversal: %s", self.nat_summary())
             self._hooks(self.cfg.interface.pre_down, "PreDown")
             await self._teardown()
             self._hooks(self.cfg.interface.post_down, "PostDown")
@@ -266,23 +300,19 @@ class Tunnel:
         except ConfigError as e:
             log.error("reload: %s (keeping the running configuration)", e)
             return
-        device = self.device
-        assert device is not None and self.sock is not None
+        device, node = self.device, self.node
+        assert device is not None and node is not None and self.sock is not None
         old = {pc.public_key: pc for pc in self.cfg.peers}
         new = {pc.public_key: pc for pc in cfg.peers}
         with self.lock:
             now = time.monotonic()
             for public in old.keys() - new.keys():
-                device.remove_peer(public)
-                if self.nat is not None:
-                    self.nat.remove_peer(public)
+                node.remove_peer(public)
                 log.info("reload: peer %s removed", short_key(public))
             for public, pc in new.items():
                 was = old.get(public)
                 if was is None:
                     self._add_config_peer(pc, now)
-                    if self.nat is not None:
-                        self.nat.add_peer(public)
                     log.info("reload: peer %s added", short_key(public))
                     continue
                 peer = device.peers[public]
@@ -296,8 +326,8 @@ class Tunnel:
                     device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
                 if pc.endpoint != was.endpoint and pc.endpoint is not None:
                     try:
-                        device.set_endpoint(peer, udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port))
-                        self.endpoint_source[public] = "config"
+                        addr = udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port)
+                        node.set_endpoint(public, addr, "config")
                     except (LocalError, OSError) as e:
                         log.warning("reload: peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
             self.flush()
@@ -318,18 +348,12 @@ class Tunnel:
             self.change_task = asyncio.create_task(self._regather(sorted(kinds)))
 
     async def _regather(self, kinds: list[str]) -> None:
-        from wgdisco.nat import networks_of
-
         lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
         log.info("network changed (%s): %s", ", ".join(kinds),
                  ", ".join(f"{name} {a}" for name, a in lan) or "no addresses")
         if self.discovery is not None:
             self.discovery.host_addresses_changed(lan)
-        if self.nat is not None:
-            with self.lock:
-                self.nat.restart(time.monotonic(), networks_of(lan))
-            if self.dataplane is not None:
-                self.dataplane.wake()
+        self.feed(lambda node, now: node.network_changed(lan, now))
 
     async def _teardown(self) -> None:
         if self.metrics is not None:
@@ -451,8 +475,8 @@ class Tunnel:
         once, and the kernel's immediate answer (an ICMP echo reply) is read and sent
         before the socket is read again: no failing read on the round trip.
         """
-        tun, sock, device = self.tun, self.sock, self.device
-        assert tun is not None and sock is not None and device is not None
+        tun, sock, device, node = self.tun, self.sock, self.device, self.node
+        assert tun is not None and sock is not None and device is not None and node is not None
         receive = device.receive_datagram
         inner_packets: list[Any] = []
         deliver = inner_packets.append
@@ -483,10 +507,10 @@ class Tunnel:
                         else:
                             deliver(inner)
                 elif kind == STUN:
-                    if self.nat is None or not self.nat.on_stun(datagram, addr, now):
+                    if not node.receive_stun(datagram, addr, now):
                         self._count_other("stun-unexpected")
-                elif kind == PROBE and self.nat is not None:
-                    self.nat.on_probe(datagram, addr, now)
+                elif kind == PROBE:
+                    node.receive_probe(datagram, addr, now)
                 else:
                     self._count_other("unknown-datagram")
         self._udp_lone = count <= 1 and not run
@@ -538,34 +562,61 @@ class Tunnel:
             self._count_other(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
 
     def flush(self) -> None:
-        """Send what the device queued and log its events (caller holds the lock)."""
-        device, sock = self.device, self.sock
-        assert device is not None and sock is not None
-        if device.outbox:
+        """Send what the node queued and act on its events (caller holds the lock)."""
+        node, sock = self.node, self.sock
+        assert node is not None and sock is not None
+        out = node.datagrams_to_send()
+        if out:
             sendto = sock.sendto
-            for data, addr in device.take_outbox():
+            for data, addr in out:
                 self._sendto(sendto, data, addr)
-        if device.events:
-            for event in device.events:
-                self._log_event(event)
-            device.events.clear()
-        if self.nat is not None:
-            self.nat.flush()
+        event = node.next_event()
+        while event is not None:
+            self._on_event(event)
+            event = node.next_event()
 
-    def _log_event(self, event: Any) -> None:
-        if event.kind == "handshake":
-            self.handshakes[event.peer.public_key] = self.handshakes.get(event.peer.public_key, 0) + 1
-            log.info("peer %s: handshake completed", short(event.peer))
-            if self.discovery is not None:
-                self.discovery.on_handshake(event.peer.public_key)
-        elif event.kind == "endpoint":
-            old, new, cause = event.detail
-            self.endpoint_source[event.peer.public_key] = cause
-            self.path_changes[event.peer.public_key] = self.path_changes.get(event.peer.public_key, 0) + 1
-            log.info("peer %s: endpoint %s -> %s", short(event.peer), fmt_addr(old), fmt_addr(new))
-        elif event.kind == "give-up":
+    def _on_event(self, event: Any) -> None:
+        """The node's events: log lines, and our record for discovery (on the asyncio loop)."""
+        if isinstance(event, HandshakeCompleted):
+            log.info("peer %s: handshake completed", short_key(event.peer))
+        elif isinstance(event, EndpointChanged):
+            log.info("peer %s: endpoint %s -> %s (%s)", short_key(event.peer), fmt_addr(event.old),
+                     fmt_addr(event.new), event.cause)
+        elif isinstance(event, GaveUp):
             log.info("peer %s: no handshake after %d attempts, giving up until new traffic",
-                     short(event.peer), event.peer.handshake_attempts)
+                     short_key(event.peer), event.attempts)
+        elif isinstance(event, PathReasonChanged):
+            log.info("peer %s: path: %s", short_key(event.peer), event.text)
+        elif isinstance(event, CandidateProbed):
+            log.info("peer %s: new candidate %s (%s); probing it once", short_key(event.peer),
+                     fmt_addr(event.addr), event.source)
+        elif isinstance(event, NatSuspected):
+            log.info("peer %s: no answer for %.0f s; checking our NAT mapping again (STUN)",
+                     short_key(event.peer), event.silent_for)
+        elif isinstance(event, StunFailed):
+            log.warning("STUN: no answer from %s", fmt_addr(event.server))
+        elif isinstance(event, StunMoved):
+            log.info("STUN: %s now sees us as %s (was %s)", fmt_addr(event.server),
+                     udp.format_hostport(*event.new), udp.format_hostport(*event.old))
+        elif isinstance(event, ReflexiveChanged):
+            shown = ", ".join(udp.format_hostport(ip, port) for ip, port in event.reflexive) or "none"
+            log.info("STUN: reflexive address %s; NAT mapping %s", shown, event.behaviour)
+        elif isinstance(event, RecordChanged):
+            if self.discovery is not None and self.loop is not None:
+                self.loop.call_soon_threadsafe(self.discovery.record_changed, event.record, event.withdrawn)
+
+    def nat_summary(self) -> str:
+        """Probe counters for the log line at shutdown."""
+        assert self.node is not None
+        st = self.node.stats()
+        drops = " ".join(f"probe-drop-{k}={v}" for k, v in sorted(st.probe_drops.items()))
+        return f"probes sent={st.probes_sent} answered-for-peers={st.probe_replies} {drops}".strip()
+
+    def discovery_summary(self) -> str:
+        """What records did, e.g. ``hints-ignored-live=3 records-not-a-peer=1`` (never secrets)."""
+        assert self.node is not None and self.discovery is not None
+        counts = {**self.node.stats().counters, **self.discovery.counters}
+        return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to report"
 
     # --- UAPI (wg show / wg set) ------------------------------------------------
 
@@ -595,40 +646,24 @@ class Tunnel:
 
     def status(self) -> dict[str, Any]:
         """What ``wgdisco status --json`` prints (schema: docs/status.schema.json). Lock held."""
-        device, sock = self.device, self.sock
-        assert device is not None and sock is not None
+        device, node, sock = self.device, self.node, self.sock
+        assert device is not None and node is not None and sock is not None
         now = time.monotonic()
-        nat = self.nat
         peers = []
         for public, peer in device.peers.items():
-            live = device.is_live(peer, now, 180.0) and peer.current is not None
-            path, reason, reason_text, candidates = "none", None, None, []
-            if nat is not None:
-                reason = nat.reasons.get(public)
-                reason_text = nat.explain(public, reason) if reason else None
-                candidates = nat.candidates(public, now)
-            if live and peer.endpoint is not None:
-                host = udp.from_sockaddr(peer.endpoint)[0]
-                networks = nat.local_networks if nat is not None else []
-                from wgdisco.proto.paths import host_kind
-
-                path = "lan" if host_kind(host, networks) == "lan" else "direct"
-                reason = reason if reason in ("lan", "direct") else path
-                reason_text = None
-            elif reason is None or reason in ("lan", "direct"):
-                if peer.endpoint is None:
-                    reason, reason_text = "no-endpoint", "no Endpoint configured and nothing discovered yet"
-                else:
-                    reason, reason_text = "no-handshake", f"no handshake with {fmt_addr(peer.endpoint)} yet"
+            st = node.path_status(public, now)
             last = 0.0 if peer.last_handshake is None else peer.last_handshake + device.wall_offset
             peers.append({
                 "public_key": keys.key_to_base64(public),
                 "endpoint": None if peer.endpoint is None else fmt_addr(peer.endpoint),
-                "endpoint_source": self.endpoint_source.get(public) if peer.endpoint is not None else None,
-                "path": path,
-                "reason": None if path != "none" else reason,
-                "reason_text": None if path != "none" else reason_text,
-                "candidates": candidates,
+                "endpoint_source": node.endpoint_source(public),
+                "path": st.path,
+                "reason": st.reason,
+                "reason_text": st.reason_text,
+                "candidates": [{
+                    "address": udp.format_sockaddr(p.addr), "kind": p.kind, "source": p.source, "state": p.state,
+                    "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 2),
+                } for p in node.candidates(public)],
                 "latest_handshake": int(last),
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,
@@ -640,9 +675,8 @@ class Tunnel:
             "public_key": keys.key_to_base64(device.identity.public),
             "listen_port": udp.local_port(sock),
             "nat": {
-                "reflexive": [udp.format_hostport(ip, port) for ip, port in nat.reflexive]
-                if nat is not None else [],
-                "mapping": nat.behaviour if nat is not None else "unknown",
+                "reflexive": [udp.format_hostport(ip, port) for ip, port in node.reflexive],
+                "mapping": node.behaviour,
             },
             "peers": peers,
             "dropped": self.drop_counts(),
@@ -650,8 +684,8 @@ class Tunnel:
 
     def render_metrics(self) -> str:
         """Prometheus text format: handshakes, traffic, probes, path changes, STUN/DNS errors, drops."""
-        device = self.device
-        assert device is not None
+        device, node = self.device, self.node
+        assert device is not None and node is not None
         out: list[str] = []
 
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
@@ -663,7 +697,7 @@ class Tunnel:
         with self.lock:
             peers = [(f'{{{iface},peer="{keys.key_to_base64(pub)}"}}', pub, p) for pub, p in device.peers.items()]
             metric("handshakes_total", "counter", "Completed WireGuard handshakes.",
-                   [(lbl, self.handshakes.get(pub, 0)) for lbl, pub, _ in peers])
+                   [(lbl, node.handshakes(pub)) for lbl, pub, _ in peers])
             metric("receive_bytes_total", "counter", "Bytes received from the peer (outer, as wg show).",
                    [(lbl, p.rx_bytes) for lbl, _, p in peers])
             metric("transmit_bytes_total", "counter", "Bytes sent to the peer (outer, as wg show).",
@@ -672,15 +706,13 @@ class Tunnel:
                    [(lbl, 0 if p.last_handshake is None else int(p.last_handshake + device.wall_offset))
                     for lbl, _, p in peers])
             metric("path_changes_total", "counter", "Endpoint changes (roaming, probes, hints).",
-                   [(lbl, self.path_changes.get(pub, 0)) for lbl, pub, _ in peers])
-            nat = self.nat
-            metric("probes_sent_total", "counter", "Path probes sent.",
-                   [(f"{{{iface}}}", nat.selector.probes_sent if nat is not None else 0)])
+                   [(lbl, node.path_changes(pub)) for lbl, pub, _ in peers])
+            st = node.stats()
+            metric("probes_sent_total", "counter", "Path probes sent.", [(f"{{{iface}}}", st.probes_sent)])
             metric("probe_replies_total", "counter", "Path probes answered for peers.",
-                   [(f"{{{iface}}}", nat.prober.replies if nat is not None else 0)])
-            stun = nat.stun.counters if nat is not None and nat.stun is not None else None
+                   [(f"{{{iface}}}", st.probe_replies)])
             metric("stun_errors_total", "counter", "STUN transactions that timed out or got an error response.",
-                   [(f"{{{iface}}}", stun.timeouts + stun.error_responses if stun is not None else 0)])
+                   [(f"{{{iface}}}", st.stun_errors)])
             dns_errors = self.discovery.dns_errors() if self.discovery is not None else 0
             metric("dns_errors_total", "counter", "Failed DNS-SD lookups and updates.", [(f"{{{iface}}}", dns_errors)])
             busy = self.dataplane.busy if self.dataplane is not None else None
@@ -715,34 +747,34 @@ class Tunnel:
         )
 
     def apply_set(self, req: uapi.SetRequest) -> None:
-        device = self.device
-        assert device is not None and self.sock is not None
+        device, node = self.device, self.node
+        assert device is not None and node is not None and self.sock is not None
         now = time.monotonic()
         d = req.device
         if d.private_key is not None and d.private_key != bytes(32):
-            device.set_private_key(d.private_key)
+            node.set_identity(d.private_key, now)
         if d.listen_port is not None and d.listen_port != udp.local_port(self.sock):
             self._rebind(d.listen_port)
+            node.set_port(udp.local_port(self.sock), now)
         if d.replace_peers:
             for public in list(device.peers):
-                device.remove_peer(public)
+                node.remove_peer(public)
         for op in req.peers:
             if op.public_key == device.identity.public:
                 continue
             peer = device.peers.get(op.public_key)
             if op.remove:
-                device.remove_peer(op.public_key)
+                node.remove_peer(op.public_key)
                 continue
             if peer is None:
                 if op.update_only:
                     continue
-                peer = device.add_peer(op.public_key)
+                peer = node.add_peer(op.public_key, now)
             if op.preshared_key is not None:
                 device.set_preshared_key(peer, None if op.preshared_key == bytes(32) else op.preshared_key)
             if op.endpoint is not None:
                 try:
-                    device.set_endpoint(peer, udp.to_sockaddr(self.sock, *op.endpoint))
-                    self.endpoint_source[op.public_key] = "uapi"
+                    node.set_endpoint(op.public_key, udp.to_sockaddr(self.sock, *op.endpoint), "uapi")
                 except (LocalError, OSError):
                     raise uapi.UapiError(uapi.EINVAL, "bad endpoint") from None
             if op.replace_allowed_ips:
@@ -768,7 +800,7 @@ class Tunnel:
             self.dataplane.retire(old)
         else:
             old.close()
-        log.info("listening on UDP port %d", port)
+        log.info("listening on UDP port %d", udp.local_port(new))
 
 
 class DataPlane:
@@ -823,8 +855,8 @@ class DataPlane:
 
     def run(self) -> None:
         t = self.tunnel
-        device, lock = t.device, t.lock
-        assert device is not None and t.tun is not None
+        node, lock = t.node, t.lock
+        assert node is not None and t.tun is not None
         tun_fd, wake_r = t.tun.fileno(), self.wake_r
         monotonic, poll, sched_yield = time.monotonic, self.epoll.poll, os.sched_yield
         busy = self.busy
@@ -854,18 +886,10 @@ class DataPlane:
                         self._drain_wake()
                     else:
                         t.on_udp_readable(now)
-                deadline = device.get_timer()
+                deadline = node.get_timer(now)
                 if deadline is not None and deadline <= now:
-                    device.handle_timer(now)
-                    deadline = device.get_timer()
-                nat = t.nat
-                if nat is not None:
-                    other = nat.get_timer(now)
-                    if other is not None and other <= now:
-                        nat.handle_timer(now)
-                        other = nat.get_timer(now)
-                    if other is not None and (deadline is None or other < deadline):
-                        deadline = other
+                    node.handle_timer(now)
+                    deadline = node.get_timer(now)
                 t.flush()
             spin_until = busy.deadline(now, t.sent_data) if events else 0.0
             timeout = self.MAX_SLEEP if deadline is None else min(max(deadline - now, 0.0), self.MAX_SLEEP)

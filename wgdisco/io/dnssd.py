@@ -34,8 +34,6 @@ retrying cannot fix it.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ipaddress
 import logging
 import random
@@ -43,7 +41,6 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 import dns.asyncresolver
@@ -65,6 +62,7 @@ import dns.update
 
 from wgdisco.errors import AuthError, ConfigError, LocalError, WgdiscoError
 from wgdisco.proto.records import service_name
+from wgdisco.proto.tsig import TsigKey, parse_update_key
 
 __all__ = [
     "DnssdClient",
@@ -112,54 +110,11 @@ def _where(nameserver: Nameserver) -> str:
 
 
 # ------------------------------------------------------------------------------ TSIG keys
+# (parsed in proto/tsig.py, which config.py uses; signed here with dnspython)
 
 
-@dataclass(frozen=True)
-class TsigKey:
-    """A TSIG key: absolute name (``"wgdisco."``), secret bytes, algorithm name."""
-
-    name: str
-    secret: bytes
-    algorithm: str = "hmac-sha256"
-
-    def __post_init__(self) -> None:
-        if self.algorithm not in TSIG_ALGORITHMS:
-            raise LocalError(f"TSIG algorithm {self.algorithm!r} is not one of {', '.join(TSIG_ALGORITHMS)}")
-        if not self.name.endswith("."):
-            object.__setattr__(self, "name", self.name + ".")
-
-    def dns_key(self) -> dns.tsig.Key:
-        return dns.tsig.Key(self.name, self.secret, TSIG_ALGORITHMS[self.algorithm])
-
-    def __repr__(self) -> str:  # never print the secret
-        return f"TsigKey(name={self.name!r}, algorithm={self.algorithm!r})"
-
-
-def parse_update_key(text: str) -> TsigKey:
-    """``hmac-sha256:<keyname>:<base64 secret>`` (the form ``nsupdate -y`` takes) -> TsigKey.
-
-    Raises ValueError with a message saying what is wrong (never echoing the secret).
-    """
-    parts = text.strip().split(":")
-    if len(parts) != 3:
-        raise ValueError("an update key is 'hmac-sha256:<keyname>:<base64 secret>' (three fields separated by ':')")
-    algorithm, name, secret_text = (p.strip() for p in parts)
-    algorithm = algorithm.lower()
-    if algorithm not in TSIG_ALGORITHMS:
-        raise ValueError(f"update key algorithm {algorithm!r} is not one of {', '.join(TSIG_ALGORITHMS)}")
-    if not name:
-        raise ValueError("update key name is empty")
-    try:
-        key_name = dns.name.from_text(name).to_text()
-    except dns.exception.DNSException as e:
-        raise ValueError(f"update key name {name!r} is not a valid DNS name: {e}") from None
-    try:
-        secret = base64.b64decode(secret_text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"the secret of update key {key_name!r} is not valid base64") from None
-    if not secret:
-        raise ValueError(f"the secret of update key {key_name!r} is empty")
-    return TsigKey(key_name, secret, algorithm)
+def dns_key(key: TsigKey) -> dns.tsig.Key:
+    return dns.tsig.Key(key.name, key.secret, TSIG_ALGORITHMS[key.algorithm])
 
 
 # ------------------------------------------------------------------------------ transport
@@ -569,7 +524,7 @@ class DnssdPublisher:
     # -- plumbing
 
     def _update(self) -> dns.update.UpdateMessage:
-        return dns.update.UpdateMessage(self.zone, keyring=self.key.dns_key())
+        return dns.update.UpdateMessage(self.zone, keyring=dns_key(self.key))
 
     async def _send(self, update: dns.update.UpdateMessage, what: str) -> None:
         loop = asyncio.get_running_loop()
@@ -610,7 +565,7 @@ class DnssdPublisher:
                               f"({dns.rcode.to_text(rcode)})")
         # Success claimed: believe it only with a valid signature of our key (RFC 8945 §5.3).
         try:
-            dns.message.from_wire(response.wire, keyring=self.key.dns_key(), request_mac=update.mac)
+            dns.message.from_wire(response.wire, keyring=dns_key(self.key), request_mac=update.mac)
         except dns.exception.DNSException as e:
             raise AuthError(f"{what}: the answer from {self.where} is not signed with {key}: "
                             f"{e.__class__.__name__} {e}") from None

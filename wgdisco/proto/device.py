@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable
+from typing import Callable, Hashable, Iterable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
@@ -39,7 +39,7 @@ from wgdisco.proto.indextable import IndexTable
 from wgdisco.proto.keys import clamp
 from wgdisco.proto.ratelimiter import RateLimiter
 from wgdisco.proto.replay import ReplayFilter
-from wgdisco.proto.timers import QUEUE_STAGED_SIZE, UNDER_LOAD_AFTER_TIME, Timing
+from wgdisco.proto.timers import LIVE_TIME, QUEUE_STAGED_SIZE, UNDER_LOAD_AFTER_TIME, Timing
 
 Addr = Hashable
 Rng = Callable[[int], bytes]
@@ -113,11 +113,37 @@ class Peer:
         return f"Peer({self.public_key[:4].hex()}…)"
 
 
-@dataclass
-class Event:
-    kind: str  # "handshake", "endpoint", "give-up"
-    peer: Peer
-    detail: Any = None
+# --- events (drained by the node core, proto/node.py) -------------------------
+
+
+@dataclass(frozen=True)
+class HandshakeCompleted:
+    """A handshake with ``peer`` completed (timersHandshakeComplete)."""
+
+    peer: bytes
+
+
+@dataclass(frozen=True)
+class EndpointChanged:
+    """``peer``'s endpoint moved from ``old`` to ``new``; ``cause`` names why: "roaming" (an
+    authenticated packet from there, whitepaper §2.1), or the caller's cause (config, uapi,
+    probe, mdns, dns, …)."""
+
+    peer: bytes
+    old: Addr | None
+    new: Addr | None
+    cause: str
+
+
+@dataclass(frozen=True)
+class GaveUp:
+    """No handshake with ``peer`` after ``attempts`` tries (whitepaper §6.4)."""
+
+    peer: bytes
+    attempts: int
+
+
+DeviceEvent = HandshakeCompleted | EndpointChanged | GaveUp
 
 
 class Device:
@@ -148,7 +174,7 @@ class Device:
         self.index_table = IndexTable()
         self.rate_limiter = RateLimiter()
         self.outbox: list[tuple[bytes, Addr]] = []
-        self.events: list[Event] = []
+        self.events: list[DeviceEvent] = []
         self.drops: dict[str, int] = {}  # dropped input, by reason
         self.counters: dict[str, int] = {}  # other protocol events (cookie replies, …)
         self.handshake_load_threshold = handshake_load_threshold
@@ -197,7 +223,10 @@ class Device:
         if seconds and not was and peer.endpoint is not None:
             self.send_keepalive(peer, now)  # wireguard-go uapi.go: start right away
 
-    def set_endpoint(self, peer: Peer, endpoint: Addr | None) -> None:
+    def set_endpoint(self, peer: Peer, endpoint: Addr | None, cause: str | None = None) -> None:
+        """Point ``peer`` at ``endpoint``; with a ``cause`` a change is reported (EndpointChanged)."""
+        if cause is not None and peer.endpoint != endpoint:
+            self.events.append(EndpointChanged(peer.public_key, peer.endpoint, endpoint, cause))
         peer.endpoint = endpoint
 
     def try_endpoint(self, peer: Peer, endpoint: Addr, now: float, cause: str = "hint") -> None:
@@ -207,13 +236,11 @@ class Device:
         bounds tries to one per interval. Only a completed handshake proves the candidate;
         a response from elsewhere still moves the endpoint by the roaming rule (§2.1).
         """
-        if peer.endpoint != endpoint:
-            old, peer.endpoint = peer.endpoint, endpoint
-            self.events.append(Event("endpoint", peer, (old, endpoint, cause)))
+        self.set_endpoint(peer, endpoint, cause)
         peer.last_sent_handshake = None
         self.send_handshake_initiation(peer, now, is_retry=False)
 
-    def is_live(self, peer: Peer, now: float, within: float = 15.0) -> bool:
+    def is_live(self, peer: Peer, now: float, within: float = LIVE_TIME) -> bool:
         """An authenticated packet from ``peer`` within ``within`` seconds."""
         return peer.last_authenticated is not None and now - peer.last_authenticated < within
 
@@ -267,7 +294,7 @@ class Device:
             peer.staged.clear()
             if peer.t_zero_key is None:
                 peer.t_zero_key = now + 3 * self.timing.reject_after_time
-            self.events.append(Event("give-up", peer))
+            self.events.append(GaveUp(peer.public_key, peer.handshake_attempts))
             return
         peer.handshake_attempts += 1
         self.send_handshake_initiation(peer, now, is_retry=True)
@@ -283,7 +310,7 @@ class Device:
         peer.handshake_attempts = 0
         peer.sent_last_minute_handshake = False
         peer.last_handshake = now
-        self.events.append(Event("handshake", peer))
+        self.events.append(HandshakeCompleted(peer.public_key))
 
     def _session_derived(self, peer: Peer, now: float) -> None:
         """timersSessionDerived: zero everything after 3 × REJECT_AFTER_TIME (§6.3)."""
@@ -552,8 +579,8 @@ class Device:
     def _set_endpoint_from_packet(self, peer: Peer, addr: Addr) -> None:
         """Roaming (whitepaper §2.1): the endpoint follows the latest authenticated packet."""
         if peer.endpoint != addr:
-            old, peer.endpoint = peer.endpoint, addr
-            self.events.append(Event("endpoint", peer, (old, addr, "roaming")))
+            self.events.append(EndpointChanged(peer.public_key, peer.endpoint, addr, "roaming"))
+            peer.endpoint = addr
 
     def _receive_transport(self, data: bytes, addr: Addr, now: float) -> bytes | None:
         """Decrypt, replay-check, then the inner packet's length and source (whitepaper §5.4.6, §2).

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
-LIVE_TIME = 15.0
+from wgdisco.proto.timers import LIVE_TIME
+
 TRY_INTERVAL = 1.0
 MAX_BACKOFF = 60.0
 

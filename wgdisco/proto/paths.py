@@ -50,6 +50,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wgdisco.errors import LocalError
+from wgdisco.proto.timers import LIVE_TIME
 
 __all__ = [
     "KINDS", "SOURCES", "STATES", "REASONS", "MAPPINGS", "HARD_MAPPINGS",
@@ -77,7 +78,7 @@ HARD_MAPPINGS = frozenset(MAPPINGS[2:])
 class Timing:
     """The selector's clock rules, in seconds (defaults in the module docstring)."""
 
-    live_time: float = 15.0
+    live_time: float = LIVE_TIME
     punch_schedule: tuple[float, ...] = (0.0, 0.2, 0.5, 1.0, 2.0, 4.0)
     punch_max_interval: float = 4.0
     punch_time: float = 30.0

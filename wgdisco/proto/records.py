@@ -329,7 +329,7 @@ def _list_values(txt: Mapping[str, bytes | None], key: str) -> tuple[list[str], 
     return items, bad
 
 
-def _key_of_label(label: str) -> bytes:
+def key_of_label(label: str) -> bytes:
     """The public key an instance label names; only the canonical spelling is accepted."""
     try:
         key = keys.key_from_base32(label)
@@ -354,7 +354,7 @@ def record_from_dns(
     different key; every other defect is ignored and counted in ``malformed``.
     A ``txtvers`` other than 1 makes the TXT unreadable: its keys are not used.
     """
-    public_key = _key_of_label(instance_label)
+    public_key = key_of_label(instance_label)
     txt, bad = parse_txt(txt_strings)
 
     usable_txt = True

@@ -18,6 +18,9 @@ REKEY_TIMEOUT = 5.0
 KEEPALIVE_TIMEOUT = 10.0
 REKEY_TIMEOUT_JITTER_MAX = 0.334  # wireguard-go RekeyTimeoutJitterMaxMs
 UNDER_LOAD_AFTER_TIME = 1.0  # wireguard-go UnderLoadAfterTime
+# A peer is *live* while an authenticated packet came within Keepalive-Timeout + Rekey-Timeout
+# (15 s): a working session answers within that (whitepaper §6.5). Records never move a live peer.
+LIVE_TIME = KEEPALIVE_TIMEOUT + REKEY_TIMEOUT
 QUEUE_STAGED_SIZE = 128  # packets waiting for a handshake, per peer
 
 

@@ -1,0 +1,301 @@
+"""An in-memory network for node cores (proto/node.py): hosts, NATs, STUN servers, a directory.
+
+Addresses are ``(ip, port)`` tuples. A NAT (RFC 4787 terms) has an inside prefix and a public
+IP; its mapping is endpoint-independent ("eim": one public port per inside address) or
+endpoint-dependent ("edm": a new public port per destination), its filtering endpoint-
+independent ("eif": anyone may send to a mapped port) or address-and-port-dependent ("apdf":
+only destinations the inside host sent to), with hairpinning on or off. Every datagram takes
+``latency`` seconds. The directory stands for mDNS or unicast DNS-SD: a node's RecordChanged
+reaches every other node as a Sighting (``records.record_from_dns`` of what it would publish).
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import random
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from aioice.stun import Class, Message, Method, parse_message
+
+from wgdisco.proto import keys, records
+from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
+from wgdisco.proto.device import Device
+from wgdisco.proto.node import Node, RecordChanged
+
+Addr = tuple[str, int]
+
+
+def ipv4_packet(src: str, dst: str, payload: bytes = b"ping") -> bytes:
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0,
+                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
+    return header + payload
+
+
+class Rng:
+    def __init__(self, seed: int) -> None:
+        self.r = random.Random(seed)
+
+    def __call__(self, n: int) -> bytes:
+        return self.r.randbytes(n)
+
+
+@dataclass
+class Nat:
+    name: str
+    inside: ipaddress.IPv4Network
+    public_ip: str
+    mapping: str = "eim"  # or "edm"
+    filtering: str = "apdf"  # or "eif"
+    hairpin: bool = False
+    next_port: int = 40000
+    out: dict[Any, int] = field(default_factory=dict)  # (src[, dst]) -> public port
+    back: dict[int, Addr] = field(default_factory=dict)  # public port -> inside address
+    permits: dict[int, set[Addr]] = field(default_factory=dict)  # public port -> remotes sent to
+
+    def contains(self, ip: str) -> bool:
+        return ipaddress.ip_address(ip) in self.inside
+
+    def translate_out(self, src: Addr, dst: Addr) -> Addr:
+        key = src if self.mapping == "eim" else (src, dst)
+        port = self.out.get(key)
+        if port is None:
+            port = self.out[key] = self.next_port
+            self.next_port += 7  # not the inside port: a NAT that keeps ports hides nothing
+            self.back[port] = src
+        self.permits.setdefault(port, set()).add(dst)
+        return (self.public_ip, port)
+
+    def translate_in(self, src: Addr, dst: Addr) -> Addr | None:
+        inside = self.back.get(dst[1])
+        if inside is None:
+            return None
+        if self.filtering == "apdf" and src not in self.permits.get(dst[1], set()):
+            return None
+        return inside
+
+    def renumber(self, public_ip: str) -> None:
+        """The router got a new WAN address: every mapping is gone."""
+        self.public_ip = public_ip
+        self.out.clear()
+        self.back.clear()
+        self.permits.clear()
+
+
+class StunServer:
+    def __init__(self, addr: Addr) -> None:
+        self.addr = addr
+        self.requests = 0
+
+    def receive(self, data: bytes, src: Addr) -> bytes | None:
+        req = parse_message(data)
+        if req.message_method != Method.BINDING or req.message_class != Class.REQUEST:
+            return None
+        self.requests += 1
+        resp = Message(Method.BINDING, Class.RESPONSE, transaction_id=req.transaction_id,
+                       attributes={"XOR-MAPPED-ADDRESS": src})
+        return bytes(resp)
+
+
+class SimNode:
+    """A node core with its device, at ``addr`` (inside a NAT or on the internet)."""
+
+    def __init__(self, net: Net, name: str, addr: Addr, tunnel_ip: str, seed: int, *,
+                 stun: list[Addr] = (), traversal: bool = True, lan_prefix: str | None = None) -> None:
+        self.net, self.name, self.addr, self.tunnel_ip = net, name, addr, tunnel_ip
+        rng = Rng(seed)
+        self.device = Device(keys.clamp(rng(32)), rng=rng, now=net.now)
+        self.node = Node(self.device, rng=rng, wall=1.7e9, addr_of=lambda ip, port: (ip, port),
+                         host_of=lambda a: a[0], format_addr=lambda a: f"{a[0]}:{a[1]}", port=addr[1],
+                         traversal=traversal, stun_servers=list(stun),
+                         allowed=[ipaddress.ip_interface(f"{tunnel_ip}/32")])
+        self.lan_prefix = lan_prefix or f"{addr[0]}/24"
+        self.received: list[bytes] = []
+        self.events: list[Any] = []
+        self.record: records.ServiceRecord | None = None
+
+    @property
+    def public(self) -> bytes:
+        return self.device.identity.public
+
+    def lan(self) -> list[tuple[str, Any]]:
+        prefix = ipaddress.ip_network(self.lan_prefix, strict=False)
+        return [("eth0", ipaddress.ip_interface(f"{self.addr[0]}/{prefix.prefixlen}"))]
+
+    def start(self) -> None:
+        self.node.start(self.lan(), self.net.now)
+        self.pump()
+
+    def add(self, other: SimNode) -> None:
+        """Make ``other`` a peer (as a [Peer] section or ``wg set`` would), AllowedIPs its tunnel IP."""
+        peer = self.node.add_peer(other.public, self.net.now)
+        self.device.allowed_ips.insert(ipaddress.ip_network(f"{other.tunnel_ip}/32"), peer)
+        self.pump()
+
+    def ping(self, other: SimNode, payload: bytes = b"ping") -> None:
+        out = self.device.send_packet(ipv4_packet(self.tunnel_ip, other.tunnel_ip, payload), self.net.now)
+        if out is not None:
+            self.net.send(self.addr, out[1], out[0])
+        self.pump()
+
+    def got(self, other: SimNode, payload: bytes = b"ping") -> bool:
+        return ipv4_packet(other.tunnel_ip, self.tunnel_ip, payload) in self.received
+
+    def deliver(self, data: bytes, src: Addr) -> None:
+        now = self.net.now
+        kind = classify(data)
+        if kind == WIREGUARD:
+            inner = self.device.receive_datagram(data, src, now)
+            if inner:
+                self.received.append(inner)
+        elif kind == STUN:
+            self.node.receive_stun(data, src, now)
+        elif kind == PROBE:
+            self.node.receive_probe(data, src, now)
+        self.pump()
+
+    def pump(self) -> None:
+        for data, dst in self.node.datagrams_to_send():
+            self.net.send(self.addr, dst, data)
+        event = self.node.next_event()
+        while event is not None:
+            self.events.append(event)
+            if isinstance(event, RecordChanged):
+                self.record = event.record
+                self.net.publish(self, event.record)
+            event = self.node.next_event()
+
+
+class Net:
+    def __init__(self, latency: float = 0.01) -> None:
+        self.now = 1000.0
+        self.latency = latency
+        self.nats: list[Nat] = []
+        self.stun: dict[Addr, StunServer] = {}
+        self.nodes: list[SimNode] = []
+        self.queue: list[tuple[float, int, Addr, Addr, bytes]] = []
+        self.seq = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.directory = True  # records reach the others (mDNS/DNS up)
+        self.source = "dns"
+
+    # --- building
+
+    def nat(self, name: str, inside: str, public_ip: str, **kw: Any) -> Nat:
+        nat = Nat(name, ipaddress.ip_network(inside), public_ip, **kw)
+        self.nats.append(nat)
+        return nat
+
+    def stun_server(self, addr: Addr) -> Addr:
+        self.stun[addr] = StunServer(addr)
+        return addr
+
+    def node(self, name: str, addr: Addr, tunnel_ip: str, **kw: Any) -> SimNode:
+        n = SimNode(self, name, addr, tunnel_ip, seed=len(self.nodes) + 1, **kw)
+        self.nodes.append(n)
+        return n
+
+    # --- moving datagrams
+
+    def nat_of(self, ip: str) -> Nat | None:
+        return next((n for n in self.nats if n.contains(ip)), None)
+
+    def send(self, src: Addr, dst: Addr, data: bytes) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (self.now + self.latency, self.seq, src, dst, data))
+
+    def _route(self, src: Addr, dst: Addr, data: bytes) -> None:
+        inner = self.nat_of(src[0])
+        if inner is not None and not inner.contains(dst[0]):
+            if dst[0] == inner.public_ip and not inner.hairpin:
+                self.dropped += 1
+                return
+            src = inner.translate_out(src, dst)
+        outer = next((n for n in self.nats if n.public_ip == dst[0]), None)
+        if outer is not None:
+            inside = outer.translate_in(src, dst)
+            if inside is None:
+                self.dropped += 1
+                return
+            dst = inside
+        server = self.stun.get(dst)
+        if server is not None:
+            reply = server.receive(data, src)
+            if reply is not None:
+                self.send(dst, src, reply)
+            return
+        node = next((n for n in self.nodes if n.addr == dst), None)
+        if node is None:
+            self.dropped += 1
+            return
+        self.delivered += 1
+        node.deliver(data, src)
+
+    def publish(self, origin: SimNode, record: records.ServiceRecord) -> None:
+        if not self.directory:
+            return
+        sighting = records.record_from_dns(record.instance_label, record.port, record.target,
+                                           [str(a) for a in record.addresses], records.build_txt(record))
+        for node in self.nodes:
+            if node is not origin:
+                node.node.receive_sighting(sighting, self.source, self.now)
+                node.pump()
+
+    # --- time
+
+    def next_time(self) -> float | None:
+        times = [self.queue[0][0]] if self.queue else []
+        for n in self.nodes:
+            t = n.node.get_timer(self.now)
+            if t is not None:
+                times.append(t)
+        return min(times) if times else None
+
+    def step(self, until: float) -> None:
+        """Advance to the next event (at most to ``until``) and process everything due then."""
+        t = self.next_time()
+        self.now = until if t is None or t > until else max(t, self.now)
+        while self.queue and self.queue[0][0] <= self.now:
+            _, _, src, dst, data = heapq.heappop(self.queue)
+            self._route(src, dst, data)
+        for n in self.nodes:
+            t = n.node.get_timer(self.now)
+            if t is not None and t <= self.now:
+                n.node.handle_timer(self.now)
+                n.pump()
+        t = self.next_time()
+        if t is not None and t <= self.now:  # nothing changed at this instant: move on a little
+            self.now += 0.001
+
+    def run(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.step(end)
+
+    def run_until(self, cond: Any, limit: float) -> float:
+        """Step until ``cond()`` holds; the simulated seconds it took (AssertionError at ``limit``)."""
+        start = self.now
+        end = start + limit
+        while not cond():
+            if self.now >= end:
+                raise AssertionError(f"not within {limit} s (simulated)")
+            self.step(end)
+        return self.now - start
+
+    def ping_until(self, a: SimNode, b: SimNode, limit: float, every: float = 1.0) -> float:
+        """``a`` pings ``b`` every ``every`` s (as `ping` does) until one arrives; seconds to it."""
+        start = self.now
+        tag = f"ping-{self.seq}".encode()
+        a.ping(b, tag)
+        next_ping = self.now + every
+        while not b.got(a, tag):
+            if self.now - start >= limit:
+                raise AssertionError(f"{a.name} -> {b.name}: no ping through within {limit} s (simulated)")
+            if self.now >= next_ping:
+                a.ping(b, tag)
+                next_ping = self.now + every
+            self.step(min(next_ping, start + limit))
+        return self.now - start

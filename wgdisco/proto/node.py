@@ -1,0 +1,674 @@
+"""The node core: one node's peers, identity, own record, discovery hints, NAT traversal and
+path choice, joined in one sans-I/O object (ARCHITECTURE.md, "Layers").
+
+Theory of operation
+-------------------
+The node wraps the WireGuard ``Device`` (proto/device.py) and the policy cores around it:
+
+- ``StunClient`` (proto/stun.py): Binding requests from the tunnel's own socket, so the mapping
+  STUN sees is the one WireGuard uses; reflexive addresses become candidates in our own record.
+- ``Prober`` (proto/probe.py): authenticated path probes keyed from the two static keys. Every
+  peer's probe is answered; an answer proves a path, a request from a new source is a
+  peer-reflexive candidate (RFC 8445 §7.3.1.3).
+- ``PathSelector`` (proto/paths.py): hole punching and the verified path to use.
+- ``HintTrier`` (proto/hints.py): handshakes as the probe, for peers whose record does not say
+  they answer probes (wireguard-go behind a hand-written record).
+
+Every change to the peer set or the identity goes through ``add_peer``/``remove_peer``/
+``set_identity``/``set_port``, whoever asks (config, SIGHUP reload, ``wg set``, the mesh), so the
+sub-cores never disagree about who is a peer. Records are hints (ARCHITECTURE.md, "Trust
+model"): a sighting of a stranger's key is counted and dropped; a candidate is used only once a
+probe answer or a handshake proves it; a live path is never moved by a record.
+
+In: ``start``, ``network_changed``, ``receive_sighting``, ``receive_goodbye``, ``receive_stun``,
+``receive_probe``, ``handle_timer``. The device's own input (``send_packet``,
+``receive_datagram``) stays on the hot path and goes to the device directly; the node learns of
+authenticated traffic from ``Peer.last_authenticated`` and the device's events.
+Out: ``datagrams_to_send()`` (the device's queue too), ``get_timer(now)``, ``next_event()``
+(typed events below). ``now`` is monotonic seconds; addresses are opaque: ``addr_of(ip, port)``
+makes one from a record's candidate (raising LocalError or ValueError when it cannot be used
+here), ``host_of(addr)`` gives its IP literal back and ``format_addr(addr)`` shows it to people.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Iterable
+
+from wgdisco.errors import LocalError
+from wgdisco.proto import keys, records
+from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, GaveUp, HandshakeCompleted, Peer
+from wgdisco.proto.hints import HintTrier
+from wgdisco.proto.paths import Candidate, PathInfo, PathSelector, host_kind
+from wgdisco.proto.paths import Timing as PathTiming
+from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
+from wgdisco.proto.stun import REFRESH, StunClient
+from wgdisco.proto.timers import LIVE_TIME
+
+__all__ = [
+    "Node", "NodeStats", "PathStatus",
+    "HandshakeCompleted", "EndpointChanged", "GaveUp",
+    "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunMoved",
+    "CandidateProbed", "HandshakeTried", "NatSuspected",
+    "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
+]
+
+Addr = Hashable
+Key = bytes
+
+STUN_REFRESH = REFRESH  # 25 s; also keeps the NAT mapping warm (RFC 4787 REQ-5)
+SYNC_INTERVAL = 0.5  # how often unanswered traffic is checked for (see _suspect_dead_paths)
+SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
+RESTUN_MIN_INTERVAL = 10.0  # at most one such early STUN round per this many seconds
+DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly verified path
+# The latest record of keys that are not (yet) peers, so that a peer added later (`wg set`, the
+# mesh) is found at once: mDNS announces a record once, not again when we start caring about it.
+# Strangers create these, so they are few and they expire (ARCHITECTURE.md, "Trust model").
+MAX_STRANGERS = 64
+STRANGER_TTL = 600.0  # seconds
+NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
+NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
+REASON_TEXT = {
+    "lan": "direct on the LAN",
+    "direct": "direct",
+    "no-candidates": "no record found for it yet",
+    "probing": "probing candidates",
+    "probes-timed-out": "probes to every candidate timed out",
+    "hard-nat-both-sides": "both NATs map per destination (hard NAT on both sides): no direct path",
+}
+
+
+def srv_target(public: bytes, domain: str) -> str:
+    """Our SRV target host name: ``wg-<first 16 of the base32 key>.<domain>.`` (docs/records.md)."""
+    return f"wg-{keys.key_to_base32(public)[:16]}.{domain.rstrip('.')}."
+
+
+# ---------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class PathReasonChanged:
+    """Why ``peer`` has the path it has (one of paths.REASONS), in words too."""
+
+    peer: Key
+    reason: str
+    text: str
+
+
+@dataclass(frozen=True)
+class RecordChanged:
+    """Our own record changed: publish ``record``. ``withdrawn`` names the instance label that
+    must go (the identity changed), else None."""
+
+    record: records.ServiceRecord
+    withdrawn: str | None = None
+
+
+@dataclass(frozen=True)
+class ReflexiveChanged:
+    """STUN sees us at ``reflexive`` ((ip, port) pairs); our NAT maps ``behaviour`` (RFC 4787)."""
+
+    reflexive: tuple[tuple[str, int], ...]
+    behaviour: str
+
+
+@dataclass(frozen=True)
+class StunFailed:
+    server: Addr
+
+
+@dataclass(frozen=True)
+class StunMoved:
+    """``server`` now sees us at ``new`` (was ``old``)."""
+
+    server: Addr
+    old: tuple[str, int]
+    new: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class CandidateProbed:
+    """A live peer published a new candidate; it got one probe (it may have moved)."""
+
+    peer: Key
+    addr: Addr
+    source: str
+
+
+@dataclass(frozen=True)
+class HandshakeTried:
+    """A hinted endpoint got a handshake initiation (a peer that does not answer probes)."""
+
+    peer: Key
+    addr: Addr
+    source: str
+
+
+@dataclass(frozen=True)
+class NatSuspected:
+    """Data to ``peer`` went unanswered for ``silent_for`` seconds: STUN asks again."""
+
+    peer: Key
+    silent_for: float
+
+
+Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
+         | ReflexiveChanged | StunFailed | StunMoved | CandidateProbed | HandshakeTried | NatSuspected)
+
+
+@dataclass(frozen=True)
+class PathStatus:
+    """A peer's path for ``wgdisco status``: "lan", "direct" or "none", and why when none."""
+
+    path: str
+    reason: str | None
+    reason_text: str | None
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    probes_sent: int
+    probe_replies: int
+    probe_drops: dict[str, int]
+    stun_errors: int
+    counters: dict[str, int]
+
+
+# ---------------------------------------------------------------------- the core
+
+
+class Node:
+    """One node's peers and identity, and the policy that finds paths to them (sans-I/O)."""
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        rng: Callable[[int], bytes],
+        wall: float,
+        addr_of: Callable[[str, int], Addr],
+        host_of: Callable[[Addr], str],
+        format_addr: Callable[[Addr], str] = str,
+        port: int,
+        traversal: bool = True,
+        stun_servers: Iterable[Addr] = (),
+        domain: str = "local",
+        allowed: Iterable[Any] = (),
+        path_timing: PathTiming = PathTiming(),
+        stun_refresh: float = STUN_REFRESH,
+    ) -> None:
+        self.device = device
+        self.traversal = traversal  # probes and path choice: on with discovery or STUN
+        self._rng = rng
+        self._wall = wall
+        self._addr_of = addr_of
+        self._host_of = host_of
+        self._format_addr = format_addr
+        self._port = port
+        self._domain = domain
+        self._allowed = list(allowed)
+        servers = list(stun_servers)
+        self.stun = StunClient(servers, rng=rng, refresh=stun_refresh, host_of=host_of) if servers else None
+        self.selector = PathSelector(timing=path_timing)
+        self.prober = self._new_prober()
+        self.trier = HintTrier(live_time=LIVE_TIME)
+        for public in device.peers:
+            self.selector.add_peer(public)
+        self._outbox: list[tuple[bytes, Addr]] = []
+        self._events: deque[Event] = deque()
+        self.local_networks: list[Any] = []
+        self.host_addresses: list[Any] = []  # our interfaces' IPs (not link-local), for the record
+        self.reflexive: list[tuple[str, int]] = []
+        self.behaviour = "unknown"
+        self._reasons: dict[Key, str] = {}
+        self._synced: dict[Key, float] = {}
+        self._deferred: dict[Key, tuple[float, Addr]] = {}  # peer -> (when, addr) to initiate
+        self._endpoint_source: dict[Key, str] = {}
+        self._handshakes: dict[Key, int] = {}
+        self._path_changes: dict[Key, int] = {}
+        self.counters: dict[str, int] = {}
+        self._next_sync = 0.0
+        self._last_restun = -RESTUN_MIN_INTERVAL
+        self._record: records.ServiceRecord | None = None
+        self._strangers: OrderedDict[Key, tuple[float, records.Sighting, str]] = OrderedDict()
+
+    def _new_prober(self) -> Prober:
+        identity = self.device.identity
+        return Prober(identity.private, identity.public, list(self.device.peers), rng=self._rng, wall=self._wall)
+
+    # --- peers and identity ---------------------------------------------------------
+
+    @property
+    def peers(self) -> frozenset[Key]:
+        return frozenset(self.device.peers)
+
+    @property
+    def public_key(self) -> bytes:
+        return self.device.identity.public
+
+    def add_peer(self, public: Key, now: float, preshared_key: bytes | None = None) -> Peer:
+        """A new peer (LocalError: it exists, or it is our own key): probed and tried at once
+        if its record was seen while it was a stranger."""
+        peer = self.device.add_peer(public, preshared_key)
+        self.prober.add_peer(public)
+        self.selector.add_peer(public)
+        seen = self._strangers.pop(public, None)
+        if seen is not None and now - seen[0] < STRANGER_TTL:
+            self.receive_sighting(seen[1], seen[2], now)
+        return peer
+
+    def remove_peer(self, public: Key) -> None:
+        """Forget ``public`` everywhere: its session, probe keys, candidates, schedules."""
+        self.device.remove_peer(public)
+        self._forget(public)
+
+    def _forget(self, public: Key) -> None:
+        self.prober.remove_peer(public)
+        self.selector.remove_peer(public)
+        self.trier.forget(public)
+        for table in (self._reasons, self._synced, self._deferred, self._endpoint_source,
+                      self._handshakes, self._path_changes):
+            table.pop(public, None)
+
+    def set_identity(self, private_key: bytes, now: float) -> None:
+        """A new private key (``wg set private-key``): new sessions, probe keys and record."""
+        old = self.device.identity.public
+        self.device.set_private_key(private_key)
+        if self.device.identity.public == old:
+            return  # unchanged (wg syncconf resends it): nothing to redo
+        for public in self.selector.peers - self.device.peers.keys():
+            self._forget(public)  # the device dropped a peer that had our new key
+        self.prober = self._new_prober()  # probe keys come from the static keys
+        self._update_record(now)
+
+    def set_port(self, port: int, now: float) -> None:
+        """The listen port changed: the record and every reflexive address are stale."""
+        if port == self._port:
+            return
+        self._port = port
+        if self.stun is not None:
+            self._restun(now)
+        self._update_record(now)
+
+    def set_endpoint(self, public: Key, addr: Addr | None, cause: str) -> None:
+        """An endpoint from outside the node's own policy (config, uapi)."""
+        peer = self.device.peers.get(public)
+        if peer is not None:
+            self.device.set_endpoint(peer, addr, cause)
+
+    # --- the network ----------------------------------------------------------------
+
+    def start(self, lan: Iterable[tuple[str, Any]], now: float) -> None:
+        """Begin: our interfaces' addresses (``(ifname, ip_interface)``), then STUN."""
+        self._set_lan(lan)
+        if self.stun is not None:
+            self.stun.start(now)
+            self._drain_stun(now)
+        self._update_record(now)
+
+    def network_changed(self, lan: Iterable[tuple[str, Any]], now: float) -> None:
+        """Addresses came or went: new local networks, STUN again, probe every current path."""
+        self._set_lan(lan)
+        if self.stun is not None:
+            self._restun(now)
+        if self.traversal:
+            for public in self.prober.peers:
+                current = self.selector.current(public)
+                if current is not None:
+                    self._outbox.append((self.prober.request(public, current, now), current))
+        self._update_record(now)
+
+    def _set_lan(self, lan: Iterable[tuple[str, Any]]) -> None:
+        lan = list(lan)
+        self.local_networks = [ipaddress.ip_network(a.network) for _, a in lan]
+        self.host_addresses = [a.ip for _, a in lan if not a.ip.is_link_local]
+
+    def _restun(self, now: float) -> None:
+        assert self.stun is not None
+        self.stun.restart(now)
+        self._last_restun = now
+        self._drain_stun(now)
+
+    # --- sightings (records are hints) ----------------------------------------------
+
+    def receive_sighting(self, sighting: records.Sighting, source: str, now: float) -> None:
+        """A record about some key: acted on only for a peer, and only as a hint."""
+        if sighting.malformed:
+            self._count("record-parts-malformed", sighting.malformed)
+        public = sighting.public_key
+        if public == self.public_key:
+            return
+        peer = self.device.peers.get(public)
+        if peer is None:
+            self._count("records-not-a-peer")  # discovery never makes a stranger a peer
+            self._strangers[public] = (now, sighting, source)
+            self._strangers.move_to_end(public)
+            while len(self._strangers) > MAX_STRANGERS:
+                self._strangers.popitem(last=False)
+            return
+        addrs = []
+        for ip, port in sighting.candidates:
+            try:
+                addrs.append(self._addr_of(str(ip), port))
+            except (LocalError, OSError, ValueError):
+                self._count("candidates-unusable")
+        if self.traversal:
+            self._add_candidates(public, addrs, source, now)
+            mapping = sighting.txt.get("nat")
+            if isinstance(mapping, bytes) and mapping.decode("ascii", "replace") in NAT_MAPPING:
+                self.selector.set_peer_mapping(public, NAT_MAPPING[mapping.decode()], now)
+            if sighting.txt.get("probe") == b"1":
+                return  # it answers probes: the path selector alone decides (no handshake tries)
+        live = self.device.is_live(peer, now) or (self.traversal and self.selector.best(public, now) is not None)
+        if live:
+            self._count("hints-ignored-live")
+        self.trier.sighting(public, addrs, source, now, live=live)
+
+    def receive_goodbye(self, public: Key, source: str, now: float) -> None:
+        """The peer withdrew its record from ``source`` (an mDNS goodbye, RFC 6762 §10.1):
+        its candidates from there go, unless one is the live path (proven, not a hint)."""
+        if public not in self.device.peers:
+            self._strangers.pop(public, None)
+            return
+        stale = [p.addr for p in self.selector.paths(public) if p.source == source]
+        if stale:
+            self.selector.remove_candidates(public, stale, now)
+        self.trier.forget(public)
+        self._count("goodbyes")
+
+    def _add_candidates(self, public: Key, addrs: list[Addr], source: str, now: float) -> None:
+        cands = [Candidate(a, host_kind(self._host_of(a), self.local_networks), source) for a in addrs]
+        known = {path.addr for path in self.selector.paths(public)}
+        self.selector.add_candidates(public, cands, now)
+        if self.selector.is_live(public, now):
+            # a live peer's new candidate (it moved?) gets one probe now: it opens our NAT towards
+            # it, and WireGuard's roaming rule switches once authenticated packets come from there
+            for cand in cands:
+                if cand.addr not in known:
+                    self._events.append(CandidateProbed(public, cand.addr, source))
+                    self._outbox.append((self.prober.request(public, cand.addr, now), cand.addr))
+
+    # --- datagrams ------------------------------------------------------------------
+
+    def receive_stun(self, data: bytes | memoryview, addr: Addr, now: float) -> bool:
+        """A datagram classified as STUN: True if it answered one of our transactions."""
+        if self.stun is None:
+            return False
+        ok = self.stun.receive(bytes(data), addr, now)
+        if ok:
+            self._drain_stun(now)
+        return ok
+
+    def receive_probe(self, data: bytes | memoryview, addr: Addr, now: float) -> None:
+        """A datagram classified as a path probe (never raises; bad ones are counted)."""
+        if not self.traversal:
+            self._count("probes-unexpected")
+            return
+        received = self.prober.receive(bytes(data), addr, now)
+        if received.reply is not None:
+            self._outbox.append((received.reply, addr))
+        event = received.event
+        if isinstance(event, ProbeResult):
+            self.selector.on_probe_result(event.peer, event.addr, event.rtt, now)
+        elif isinstance(event, ProbeRequested):
+            self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
+
+    # --- time -----------------------------------------------------------------------
+
+    def get_timer(self, now: float) -> float | None:
+        """The earliest time ``handle_timer`` has work, the device's timers included."""
+        best = self.device.get_timer()
+        times = [self.trier.next_time()]
+        if self._strangers:
+            times.append(next(iter(self._strangers.values()))[0] + STRANGER_TTL)
+        if self.stun is not None:
+            times.append(self.stun.get_timer())
+        if self.traversal:
+            times += [self.prober.get_timer(), self.selector.next_time(now), self._next_sync]
+            times += [when for when, _ in self._deferred.values()]
+        for t in times:
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        device = self.device
+        deadline = device.get_timer()
+        if deadline is not None and deadline <= now:
+            device.handle_timer(now)
+        if self.stun is not None:
+            self.stun.handle_timer(now)
+            self._drain_stun(now)
+        self._try_hints(now)
+        strangers = self._strangers
+        while strangers and next(iter(strangers.values()))[0] + STRANGER_TTL <= now:
+            strangers.popitem(last=False)
+        if not self.traversal:
+            return
+        for timeout in self.prober.handle_timer(now):
+            self.selector.on_probe_timeout(timeout.peer, timeout.addr, now)
+        # before any decision: WireGuard's roaming rule (§2.1) has the last word, so the selector
+        # must know where authenticated packets came from, or it would undo a roam
+        self._sync_authenticated()
+        if now >= self._next_sync:
+            self._suspect_dead_paths(now)
+            self._next_sync = now + SYNC_INTERVAL
+        for public, (when, addr) in list(self._deferred.items()):
+            if when <= now:
+                del self._deferred[public]
+                peer = device.peers.get(public)
+                if peer is not None and peer.current is None:  # the peer's initiation did not come
+                    device.try_endpoint(peer, addr, now, cause="probe")
+        for public, addr in self.selector.probe_plan(now):
+            if public in self.prober.peers:
+                self._outbox.append((self.prober.request(public, addr, now), addr))
+        self._apply_decisions(now)
+
+    def _try_hints(self, now: float) -> None:
+        device = self.device
+        due = self.trier.next_time()
+        if due is None or due > now:
+            return
+
+        def live(key: Key) -> bool:
+            peer = device.peers.get(key)
+            return peer is None or device.is_live(peer, now)
+
+        for attempt in self.trier.due(now, live):
+            peer = device.peers.get(attempt.peer)
+            if peer is not None:
+                device.try_endpoint(peer, attempt.endpoint, now, cause=attempt.source)
+                self._count("handshake-tries")
+                self._events.append(HandshakeTried(attempt.peer, attempt.endpoint, attempt.source))
+
+    def _sync_authenticated(self) -> None:
+        """Tell the selector which paths carried authenticated WireGuard packets (§2.1)."""
+        for public, peer in self.device.peers.items():
+            last = peer.last_authenticated
+            if last is not None and peer.endpoint is not None and last != self._synced.get(public):
+                self._synced[public] = last
+                if public in self.prober.peers:
+                    self.selector.on_authenticated(public, peer.endpoint, last)
+
+    def _suspect_dead_paths(self, now: float) -> None:
+        """Data went out but nothing authenticated came back for SUSPECT_AFTER seconds: our NAT may
+        have a new address (a router got a new WAN address). Ask STUN again at once: a new
+        reflexive address is re-published, and the peer's probe to it re-opens the path."""
+        if self.stun is None or now - self._last_restun < RESTUN_MIN_INTERVAL:
+            return
+        t = self.device.timing
+        for public, peer in self.device.peers.items():
+            if peer.t_new_handshake is None or peer.current is None:
+                continue
+            # timersDataSent set t_new_handshake = first unanswered send + KEEPALIVE + REKEY_TIMEOUT + jitter
+            unanswered_since = peer.t_new_handshake - t.keepalive_timeout - t.rekey_timeout - t.rekey_timeout_jitter_max
+            if now - unanswered_since > SUSPECT_AFTER:
+                self._events.append(NatSuspected(public, now - unanswered_since))
+                self._restun(now)
+                return
+
+    def _apply_decisions(self, now: float) -> None:
+        device = self.device
+        for public, peer in device.peers.items():
+            if public not in self.prober.peers:
+                continue
+            addr, reason = self.selector.decision(public, now)
+            if reason != self._reasons.get(public):
+                self._reasons[public] = reason
+                self._events.append(PathReasonChanged(public, reason, self.explain(public, reason)))
+            if addr is None or addr == peer.endpoint:
+                continue
+            if peer.current is None and device.identity.public > public:
+                # Both sides verify the path in the same instant; if both initiated, each would
+                # consume the other's initiation and wait as responder until the 5 s retransmit.
+                # The lower key initiates now, the higher one after a second.
+                device.set_endpoint(peer, addr, "probe")
+                self._deferred[public] = (now + DEFER_INITIATION, addr)
+            elif peer.current is None:
+                device.try_endpoint(peer, addr, now, cause="probe")
+            else:
+                device.set_endpoint(peer, addr, "probe")
+
+    # --- STUN results ---------------------------------------------------------------
+
+    def _drain_stun(self, now: float) -> None:
+        assert self.stun is not None
+        self._outbox.extend(self.stun.datagrams_to_send())
+        events = self.stun.pop_events()
+        if not events:
+            return
+        for event in events:
+            if event[0] == "failed":
+                self._events.append(StunFailed(event[1]))
+            elif event[0] == "changed":
+                self._events.append(StunMoved(event[1], event[2], event[3]))
+        reflexive = self.stun.reflexive()
+        behaviour = self.stun.mapping_behaviour()
+        if behaviour != self.behaviour:
+            self.selector.set_own_mapping(behaviour, now)
+        if reflexive != self.reflexive or behaviour != self.behaviour:
+            self.reflexive, self.behaviour = reflexive, behaviour
+            self._events.append(ReflexiveChanged(tuple(reflexive), behaviour))
+            self._update_record(now)
+
+    # --- our record -----------------------------------------------------------------
+
+    def record(self) -> records.ServiceRecord:
+        """The record we publish: wgsd layout plus our candidates, ``probe=1`` and ``nat=``."""
+        public = self.public_key
+        port = self._port
+        candidates: list[Any] = [(ip, port) for ip in self.host_addresses]
+        for ip, rport in self.reflexive:
+            c = (ipaddress.ip_address(ip), rport)
+            if c not in candidates:
+                candidates.append(c)
+        extra: dict[str, str | bytes | None] = {}
+        if self.traversal:
+            extra["probe"] = "1"  # we answer wgdisco path probes (docs/records.md)
+        nat = NAT_TXT.get(self.behaviour)
+        if nat is not None:
+            extra["nat"] = nat
+        return records.ServiceRecord(
+            public_key=public, port=port, target=srv_target(public, self._domain),
+            addresses=list(self.host_addresses),
+            allowed=[ipaddress.ip_network(f"{a.ip}/{a.max_prefixlen}") for a in self._allowed],
+            candidates=candidates, txt_extra=extra,
+        )
+
+    def _update_record(self, now: float) -> None:
+        record = self.record()
+        old = self._record
+        if old == record:
+            return
+        self._record = record
+        withdrawn = old.instance_label if old is not None and old.public_key != record.public_key else None
+        self._events.append(RecordChanged(record, withdrawn))
+
+    # --- output ---------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        """Everything to send now, as (payload, address): the device's queue, then ours."""
+        out = self.device.take_outbox() if self.device.outbox else []
+        if self._outbox:
+            out += self._outbox
+            self._outbox = []
+        return out
+
+    def next_event(self) -> Event | None:
+        """The next event, or None. The device's events come first, in order."""
+        if self.device.events:
+            for event in self.device.events:
+                self._absorb(event)
+            self.device.events.clear()
+        return self._events.popleft() if self._events else None
+
+    def _absorb(self, event: DeviceEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self._handshakes[event.peer] = self._handshakes.get(event.peer, 0) + 1
+            self.trier.succeeded(event.peer)
+        elif isinstance(event, EndpointChanged):
+            self._endpoint_source[event.peer] = event.cause
+            if event.old is not None:
+                self._path_changes[event.peer] = self._path_changes.get(event.peer, 0) + 1
+        self._events.append(event)
+
+    # --- views (status, metrics) ------------------------------------------------------
+
+    def explain(self, public: Key, reason: str) -> str:
+        """The reason for a peer's path in words, with which NAT is hard when that is why."""
+        text = REASON_TEXT.get(reason, reason)
+        if reason == "probes-timed-out":
+            hard = []
+            if self.behaviour == "endpoint-dependent":
+                hard.append("this side's NAT maps per destination (hard NAT)")
+            if self.selector.peer_mapping(public) in ("endpoint-dependent", "address-dependent",
+                                                      "address-and-port-dependent"):
+                hard.append("the peer's NAT maps per destination (hard NAT)")
+            if hard:
+                text += "; " + " and ".join(hard) + ": no direct path"
+        return text
+
+    def path_status(self, public: Key, now: float) -> PathStatus:
+        peer = self.device.peers[public]
+        live = self.device.is_live(peer, now, self.device.timing.reject_after_time) and peer.current is not None
+        reason = self._reasons.get(public)
+        if live and peer.endpoint is not None:
+            lan = host_kind(self._host_of(peer.endpoint), self.local_networks) == "lan"
+            return PathStatus("lan" if lan else "direct", None, None)
+        if reason is not None and reason not in ("lan", "direct"):
+            return PathStatus("none", reason, self.explain(public, reason))
+        if peer.endpoint is None:
+            return PathStatus("none", "no-endpoint", "no Endpoint configured and nothing discovered yet")
+        return PathStatus("none", "no-handshake", f"no handshake with {self._format_addr(peer.endpoint)} yet")
+
+    @property
+    def strangers(self) -> int:
+        """Records of non-peers kept (at most MAX_STRANGERS)."""
+        return len(self._strangers)
+
+    def endpoint_source(self, public: Key) -> str | None:
+        peer = self.device.peers.get(public)
+        return self._endpoint_source.get(public) if peer is not None and peer.endpoint is not None else None
+
+    def candidates(self, public: Key) -> list[PathInfo]:
+        return self.selector.paths(public)
+
+    def handshakes(self, public: Key) -> int:
+        return self._handshakes.get(public, 0)
+
+    def path_changes(self, public: Key) -> int:
+        return self._path_changes.get(public, 0)
+
+    def stats(self) -> NodeStats:
+        c = self.stun.counters if self.stun is not None else None
+        return NodeStats(
+            probes_sent=self.selector.probes_sent, probe_replies=self.prober.replies,
+            probe_drops=dict(self.prober.drops),
+            stun_errors=c.timeouts + c.error_responses if c is not None else 0,
+            counters=dict(self.counters),
+        )
+
+    def _count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
