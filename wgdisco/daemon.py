@@ -18,6 +18,7 @@ wall time for TAI64N and for ``latest handshake`` is ``now + wall_offset``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -32,7 +33,7 @@ from typing import Any, Callable
 from wgdisco import config as configmod
 from wgdisco.errors import ConfigError, LocalError
 from wgdisco.io import netlink, nft, udp
-from wgdisco.io.tun import Tun
+from wgdisco.io.tun import Tun, link_gone
 from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer
 from wgdisco.proto import gro, keys, uapi
@@ -76,6 +77,7 @@ class Tunnel:
         self.device: Device | None = None
         self.uapi = UapiServer(socket_dir=uapi_dir)
         self.stopped = asyncio.Event()
+        self.link_deleted = False  # set by the data plane: our interface was deleted under us
         self.lock = threading.Lock()  # the Device, the socket and the counters
         self.dataplane: DataPlane | None = None
         self.node: Node | None = None  # peers, identity, discovery and path policy (proto/node.py)
@@ -283,14 +285,20 @@ class Tunnel:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if self.link_deleted:
+                log.info("interface %s was deleted; shutting down", self.name)
             log.info("interface %s going down; %s", self.name, self.drop_summary())
             if self.discovery is not None:
                 log.info("discovery: %s", self.discovery_summary())
             if self.node is not None and self.node.traversal:
                 log.info("nat traversal: %s", self.nat_summary())
-            self._hooks(self.cfg.interface.pre_down, "PreDown")
+            # Hooks belong to whoever takes the link down: wg-quick down runs PreDown/PostDown around
+            # its own `ip link del`, and a bare `ip link del` runs none (as with kernel WireGuard).
+            if not self.link_deleted:
+                self._hooks(self.cfg.interface.pre_down, "PreDown")
             await self._teardown()
-            self._hooks(self.cfg.interface.post_down, "PostDown")
+            if not self.link_deleted:
+                self._hooks(self.cfg.interface.post_down, "PostDown")
 
     async def reload(self) -> None:
         """SIGHUP: read the config again; add, update and remove peers without touching live
@@ -373,9 +381,11 @@ class Tunnel:
         await self.uapi.close()
         await self.control.close()
         if self.tun is not None:
+            index = self.tun.ifindex
             self.tun.close()  # a non-persistent TUN link disappears with its last fd
             self.tun = None
-            await asyncio.to_thread(netlink.delete_link, self.name)
+            # by index: after `ip link del` an unrelated link may have taken our name
+            await asyncio.to_thread(netlink.delete_link_index, index, self.name)
         if self.sock is not None:
             self.sock.close()
             self.sock = None
@@ -816,6 +826,7 @@ class DataPlane:
         self.registered_sock: socket.socket | None = None
         self.retired: list[socket.socket] = []
         self.busy = BusyPoll()
+        self.loop: asyncio.AbstractEventLoop | None = None  # the control plane's, for the link-gone hand-off
         self.thread = threading.Thread(target=self.run, name=f"dataplane-{tunnel.name}", daemon=True)
 
     def start(self) -> None:
@@ -824,6 +835,7 @@ class DataPlane:
         self.epoll.register(t.tun.fileno(), select.EPOLLIN)
         self.epoll.register(self.wake_r, select.EPOLLIN)
         self._register_sock()
+        self.loop = asyncio.get_running_loop()
         self.thread.start()
 
     def _register_sock(self) -> None:
@@ -879,13 +891,19 @@ class DataPlane:
             with lock:
                 now = monotonic()
                 t.sent_data = False
-                for fd, _mask in events:
-                    if fd == tun_fd:
-                        t.on_tun_readable(now)
-                    elif fd == wake_r:
-                        self._drain_wake()
-                    else:
-                        t.on_udp_readable(now)
+                try:
+                    for fd, _mask in events:
+                        if fd == tun_fd:
+                            t.on_tun_readable(now)
+                        elif fd == wake_r:
+                            self._drain_wake()
+                        else:
+                            t.on_udp_readable(now)
+                except OSError as e:
+                    if not link_gone(e):
+                        raise
+                    self._link_deleted()
+                    return
                 deadline = node.get_timer(now)
                 if deadline is not None and deadline <= now:
                     node.handle_timer(now)
@@ -893,6 +911,14 @@ class DataPlane:
                 t.flush()
             spin_until = busy.deadline(now, t.sent_data) if events else 0.0
             timeout = self.MAX_SLEEP if deadline is None else min(max(deadline - now, 0.0), self.MAX_SLEEP)
+
+    def _link_deleted(self) -> None:
+        """The TUN fd was detached (EBADFD): the control plane shuts down; this thread just ends."""
+        self.stopping = True
+        self.tunnel.link_deleted = True
+        assert self.loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing left to stop
+            self.loop.call_soon_threadsafe(self.tunnel.stopped.set)
 
     def _drain_wake(self) -> None:
         try:

@@ -191,6 +191,26 @@ def delete_link(name: str) -> None:
                 raise LocalError(f"cannot delete interface {name}: {e.args[1]}") from e
 
 
+def delete_link_index(index: int, name: str) -> bool:
+    """Delete the link with ifindex ``index``, only if it still exists and is called ``name``.
+
+    For a daemon removing the link it created: after ``ip link del`` an unrelated
+    link may have taken the name (a new link gets a new index), so never by name
+    alone.  True if this call deleted it; a link gone or renamed is left alone.
+    """
+    with _iproute() as ipr:
+        try:
+            [msg] = ipr.link("get", index=index)
+            if msg.get("ifname") != name:
+                return False
+            ipr.link("del", index=index)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return False
+            raise LocalError(f"cannot delete interface {name} (index {index}): {e.args[1]}") from e
+    return True
+
+
 def interface_addresses(exclude: Iterable[str] = ()) -> list[tuple[str, IPInterface]]:
     """``(ifname, address)`` for every usable address, for announcing local candidates.
 

@@ -12,6 +12,10 @@ fd deletes it.  Addresses, MTU and routes are netlink's business, not ours.
 Would-block is not an error on a non-blocking fd: ``read``/``readinto`` return
 ``None`` and ``write`` returns 0 (the packet is dropped and counted in
 ``drops``), so the data plane never needs a try/except around them.
+
+When the interface is deleted under us (``ip link del``, all ``wg-quick down``
+does) the kernel detaches the fd: epoll reports EPOLLERR and every read and write
+fails with EBADFD (``link_gone``).  EIO on write only means the link is down.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
 import struct
 
 from wgdisco.errors import LocalError
@@ -37,6 +42,11 @@ IFREQ_FORMAT = f"{IFNAMSIZ}sH{IFREQ_SIZE - IFNAMSIZ - 2}x"  # ifr_name, ifr_flag
 
 # Write errors meaning "the kernel could not take this packet now": drop it, like a full queue.
 _WRITE_DROPS = frozenset({errno.EAGAIN, errno.ENOBUFS, errno.ENOMEM, errno.EIO})
+
+
+def link_gone(e: OSError) -> bool:
+    """True if a TUN read/write error means the interface was deleted (EBADFD, drivers/net/tun.c)."""
+    return e.errno == errno.EBADFD
 
 
 def pack_ifreq(name: str, flags: int) -> bytes:
@@ -85,6 +95,11 @@ class Tun:
             raise LocalError(f"cannot create TUN interface {name}: {e.strerror}") from e
         self._fd = fd
         self.name = unpack_ifreq_name(result)
+        try:  # the index identifies our link for good; a name can be taken by another one later
+            self.ifindex = socket.if_nametoindex(self.name)
+        except OSError as e:
+            self.close()
+            raise LocalError(f"cannot find the index of TUN interface {self.name}: {e.strerror}") from e
         self.drops = 0  # packets write() could not hand to the kernel
 
     def fileno(self) -> int:
