@@ -251,3 +251,46 @@ def test_a_peer_without_probes_gets_handshake_tries() -> None:
     net.ping_until(a, b, limit=5)
     assert a.node.stats().counters.get("handshake-tries", 0) >= 1
     assert a.node.endpoint_source(b.public) == "dns"
+
+
+# --- unicast lookups: fast first contact with the default PollInterval ------------------
+
+
+def lookup_times(n: SimNode, peer: bytes, seconds: float, step: float = 0.05) -> list[float]:
+    """When ``n`` wants ``peer`` looked up, stepping the whole network ``step`` at a time."""
+    net = n.net
+    times, start = [], net.now
+    while net.now < start + seconds:
+        if peer in n.node.lookups_due(net.now):
+            times.append(round(net.now - start, 2))
+        net.run(step)
+    return times
+
+
+def test_a_peer_without_a_path_is_looked_up_on_a_growing_schedule() -> None:
+    net, a, b = lan_pair(peers=False)
+    net.directory = False
+    a.add(b)
+    times = lookup_times(a, b.public, 40)
+    gaps = [y - x for x, y in zip(times, times[1:])]
+    assert times[0] == 0.0  # at once
+    assert gaps[:6] == pytest.approx([0.5, 1, 2, 4, 8, 10], abs=0.06)  # then PollInterval (10 s)
+
+
+def test_our_record_changing_brings_the_lookup_forward() -> None:
+    net, a, b = lan_pair(peers=False)
+    net.directory = False
+    a.add(b)
+    lookup_times(a, b.public, 20)  # backoff grown to PollInterval
+    assert a.node.next_lookup(net.now) > net.now + 1
+    a.node.set_port(51821, net.now)  # our record changed
+    assert b.public in a.node.lookups_due(net.now)
+
+
+def test_a_peer_with_a_path_is_looked_up_every_poll_interval() -> None:
+    net, a, b = lan_pair(peers=True)
+    a.device.set_persistent_keepalive(a.device.peers[b.public], 5, net.now)
+    net.ping_until(a, b, limit=5)
+    times = lookup_times(a, b.public, 45, step=0.1)
+    gaps = [y - x for x, y in zip(times, times[1:])]
+    assert gaps and all(9 <= g <= 11.05 for g in gaps)

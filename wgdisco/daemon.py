@@ -129,7 +129,7 @@ class Tunnel:
                 host_of=lambda addr: udp.from_sockaddr(addr)[0], format_addr=fmt_addr,
                 port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery["STUN"]),
                 stun_servers=await self._stun_servers(), domain=cfg.discovery["Domain"] or "local",
-                allowed=iface.addresses,
+                allowed=iface.addresses, poll_interval=cfg.discovery["PollInterval"],
             )
             for pc in cfg.peers:
                 self._add_config_peer(pc, now)
@@ -192,16 +192,17 @@ class Tunnel:
                 log.warning("STUN server %s: cannot resolve: %s", endpoint, e)
         return servers
 
-    def feed(self, fn: Callable[[Node, float], object]) -> None:
-        """Run ``fn(node, now)`` under the lock, send what the node queued, wake the data plane.
-        Any thread; the asyncio side's way into the node (discovery, reload, network changes)."""
+    def feed(self, fn: Callable[[Node, float], Any]) -> Any:
+        """Run ``fn(node, now)`` under the lock, send what the node queued, wake the data plane;
+        ``fn``'s result. Any thread; the asyncio side's way into the node (discovery, network changes)."""
         with self.lock:
             if self.node is None:
-                return
-            fn(self.node, time.monotonic())
+                return None
+            result = fn(self.node, time.monotonic())
             self.flush()
         if self.dataplane is not None:
             self.dataplane.wake()
+        return result
 
     def peer_keys(self) -> frozenset[bytes]:
         with self.lock:

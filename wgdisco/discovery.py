@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from typing import Any, Callable
 
 from wgdisco.errors import AuthError, ConfigError, DecodeError, LocalError
@@ -23,7 +22,7 @@ from wgdisco.io import dnssd, mdns
 from wgdisco.proto import keys, records
 from wgdisco.proto.node import Node, srv_target
 
-Feed = Callable[[Callable[[Node, float], object]], None]  # run fn(node, now) under the tunnel's lock
+Feed = Callable[[Callable[[Node, float], Any]], Any]  # fn(node, now) under the tunnel's lock; its result
 
 log = logging.getLogger("wgdisco")
 
@@ -45,13 +44,13 @@ class Discovery:
         self.mdns_withdraw: list[str] = []  # instance labels of our old identities, to withdraw
         self.dns_withdraw: list[str] = []
         self.counters: dict[str, int] = {}
-        self.rng = random.Random()
         self.mdns_names: list[str] = []  # interfaces mDNS should be bound to
         self.mdns_addresses: list[str] = []  # what our A/AAAA records should carry
         self.mdns_published: tuple[Any, ...] | None = None  # (label, addresses, TXT, port) last announced
         self.mdns_dirty = asyncio.Event()  # the network or our record changed: bind/publish again
         self.mdns_waiting = ""  # why mDNS is not bound (logged once per reason)
         self.republish = asyncio.Event()  # our record changed: publish it again now
+        self.lookup_kick = asyncio.Event()  # our record changed: the node may want lookups now
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -172,6 +171,7 @@ class Discovery:
         self.record = record
         self.republish.set()
         self.mdns_dirty.set()
+        self.lookup_kick.set()
 
     def host_addresses_changed(self, lan: list[tuple[str, Any]]) -> None:
         """The network changed: mDNS may bind elsewhere (the record itself comes from the node)."""
@@ -218,12 +218,14 @@ class Discovery:
     # --- unicast DNS-SD -----------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
+        """Look up the peers the node asks for (proto/node.py: at once, then 0.5, 1, 2 … s while a
+        peer has no path, every PollInterval once it has one, at once after our record changed)."""
         assert self.client is not None
-        interval = self.settings["PollInterval"]
         retry = dnssd.Retry("DNS-SD lookups", logger=log, maximum=60.0)
         while True:
+            self.lookup_kick.clear()
             failed = False
-            for public in sorted(self.peer_keys()):
+            for public in self.feed(lambda node, now: node.lookups_due(now)) or ():
                 label = keys.key_to_base32(public)
                 try:
                     raw = await retry.run(lambda label=label: self.client.lookup(label), attempts=1)  # type: ignore[union-attr]
@@ -241,8 +243,12 @@ class Discovery:
                 self.feed(lambda node, now, sighting=sighting: node.receive_sighting(sighting, "dns", now))
             if failed:
                 await asyncio.sleep(retry.delay(retry.failures - 1))  # exponential backoff, with jitter
-            else:
-                await asyncio.sleep(interval * (0.9 + 0.2 * self.rng.random()))  # jitter, no lockstep
+                continue
+            wait = self.feed(lambda node, now: node.next_lookup(now) - now)
+            try:  # until the next lookup is due, or our record changed
+                await asyncio.wait_for(self.lookup_kick.wait(), max(wait or 0.0, 0.0))
+            except asyncio.TimeoutError:
+                pass
 
     def _dns_srv(self) -> tuple[int, list[Any]]:
         """Beyond the LAN, SRV/A point at the best reachable candidate: the reflexive address

@@ -67,6 +67,11 @@ DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly v
 # mesh) is found at once: mDNS announces a record once, not again when we start caring about it.
 # Strangers create these, so they are few and they expire (ARCHITECTURE.md, "Trust model").
 MAX_STRANGERS = 64
+# Unicast lookups (DNS-SD): a peer with a path is looked up every PollInterval (±10 %); one without
+# is looked up at once, then after 0.5, 1, 2, 4 … s up to PollInterval, and at once again after our
+# own record changed (the peer that looked first found nothing; now both have published).
+LOOKUP_FIRST = 0.5
+POLL_INTERVAL = 10.0
 STRANGER_TTL = 600.0  # seconds
 NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
 NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
@@ -198,6 +203,7 @@ class Node:
         allowed: Iterable[Any] = (),
         path_timing: PathTiming = PathTiming(),
         stun_refresh: float = STUN_REFRESH,
+        poll_interval: float = POLL_INTERVAL,
     ) -> None:
         self.device = device
         self.traversal = traversal  # probes and path choice: on with discovery or STUN
@@ -233,6 +239,9 @@ class Node:
         self._last_restun = -RESTUN_MIN_INTERVAL
         self._record: records.ServiceRecord | None = None
         self._strangers: OrderedDict[Key, tuple[float, records.Sighting, str]] = OrderedDict()
+        self._poll_interval = poll_interval
+        self._lookup_at: dict[Key, float] = {}  # peer -> when to look it up next (absent: now)
+        self._lookup_step: dict[Key, float] = {}  # peer without a path -> its current backoff
 
     def _new_prober(self) -> Prober:
         identity = self.device.identity
@@ -269,7 +278,7 @@ class Node:
         self.selector.remove_peer(public)
         self.trier.forget(public)
         for table in (self._reasons, self._synced, self._deferred, self._endpoint_source,
-                      self._handshakes, self._path_changes):
+                      self._handshakes, self._path_changes, self._lookup_at, self._lookup_step):
             table.pop(public, None)
 
     def set_identity(self, private_key: bytes, now: float) -> None:
@@ -389,6 +398,36 @@ class Node:
                 if cand.addr not in known:
                     self._events.append(CandidateProbed(public, cand.addr, source))
                     self._outbox.append((self.prober.request(public, cand.addr, now), cand.addr))
+
+    # --- unicast lookups ------------------------------------------------------------
+
+    def has_path(self, public: Key, now: float) -> bool:
+        """A live session, or a verified path the selector would use."""
+        peer = self.device.peers.get(public)
+        if peer is None:
+            return False
+        return self.device.is_live(peer, now) or (self.traversal and self.selector.best(public, now) is not None)
+
+    def lookups_due(self, now: float) -> list[Key]:
+        """The peers to look up now (unicast DNS-SD), each then scheduled again."""
+        due = []
+        for public in self.device.peers:
+            if self._lookup_at.get(public, now) > now:
+                continue
+            due.append(public)
+            if self.has_path(public, now):
+                self._lookup_step.pop(public, None)
+                jitter = 0.9 + 0.2 * int.from_bytes(self._rng(2), "big") / 65535  # no lockstep
+                self._lookup_at[public] = now + self._poll_interval * jitter
+            else:
+                step = min(self._lookup_step.get(public, LOOKUP_FIRST), self._poll_interval)
+                self._lookup_step[public] = step * 2
+                self._lookup_at[public] = now + step
+        return due
+
+    def next_lookup(self, now: float) -> float:
+        """When ``lookups_due`` next has a peer (``now`` for a peer never looked up)."""
+        return min((self._lookup_at.get(p, now) for p in self.device.peers), default=now + self._poll_interval)
 
     # --- datagrams ------------------------------------------------------------------
 
@@ -583,6 +622,10 @@ class Node:
         if old == record:
             return
         self._record = record
+        for public in self.device.peers:  # both sides have published now: look again at once
+            if not self.has_path(public, now):
+                self._lookup_at[public] = now
+                self._lookup_step.pop(public, None)
         withdrawn = old.instance_label if old is not None and old.public_key != record.public_key else None
         self._events.append(RecordChanged(record, withdrawn))
 
