@@ -413,7 +413,7 @@ class MemoryPair:
         while moved:
             moved = False
             for src, dst, addr in ((self.a, self.b, A_ADDR), (self.b, self.a, B_ADDR)):
-                for data, _ in src.take_outbox():
+                for data, _ in src.datagrams_to_send():
                     dst.receive_datagram(data, addr, self.now)
                     moved = True
 
@@ -431,14 +431,14 @@ def prepared_initiations(mp: MemoryPair, n: int) -> list[bytes]:
     for _ in range(n):
         now += mp.a.timing.rekey_timeout + 0.1
         mp.a.send_handshake_initiation(mp.pa, now, is_retry=False)
-        messages += [data for data, _ in mp.a.take_outbox()]
+        messages += [data for data, _ in mp.a.datagrams_to_send()]
     return messages
 
 
 def handshakes_per_second(n: int) -> float:
     mp = MemoryPair()
     messages = prepared_initiations(mp, n)
-    receive, take, now, responses = mp.b.receive_datagram, mp.b.take_outbox, mp.now, 0
+    receive, take, now, responses = mp.b.receive_datagram, mp.b.datagrams_to_send, mp.now, 0
     t0 = time.perf_counter()
     for msg in messages:
         now += 1.0  # > flood interval, and a fresh under-load window each time

@@ -72,7 +72,7 @@ class Pair:
         for _ in range(50):
             progressed = False
             for name, other in (("a", "b"), ("b", "a")):
-                for data, to in self.device(name).take_outbox():
+                for data, to in self.device(name).datagrams_to_send():
                     moved += 1
                     progressed = True
                     if self.lose:
@@ -278,7 +278,7 @@ def test_under_load_answers_with_cookie_and_peer_still_connects() -> None:
         msg = noise.create_initiation(stranger, hs, sender_index=i + 1,
                                       ephemeral_private=keys.clamp(flood_rng(32)), wall=p.now + i)
         p.b.receive_datagram(gen.add_macs(msg, now=p.now), ("192.0.2.1", 1000 + i), p.now)
-    replies = p.b.take_outbox()
+    replies = p.b.datagrams_to_send()
     assert p.b.counters.get("cookie-replies-sent", 0) >= 10
     assert all(len(d) == noise.MESSAGE_COOKIE_REPLY_SIZE and d[0] == 3 for d, _ in replies)
     # the genuine peer: first attempt gets a cookie, the retry carries mac2 and completes
@@ -320,10 +320,10 @@ def test_bit_flips_in_real_messages_are_dropped(data: st.DataObject) -> None:
     captured: list[bytes] = []
     out = p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now)
     assert out is None
-    init = p.a.take_outbox()[0][0]
+    init = p.a.datagrams_to_send()[0][0]
     captured.append(init)
     p.b.receive_datagram(init, A_ADDR, p.now)
-    resp = p.b.take_outbox()[0][0]
+    resp = p.b.datagrams_to_send()[0][0]
     captured.append(resp)
     which = data.draw(st.integers(0, 1))
     msg = bytearray(captured[which])

@@ -26,7 +26,10 @@ from wgdisco.proto.stun import (
     REFRESH,
     RM,
     RTO,
+    StunChanged,
     StunClient,
+    StunFailed,
+    StunMapped,
     binding_request,
     decode_message,
 )
@@ -120,7 +123,7 @@ def test_retransmission_schedule_is_rfc5389_example() -> None:
     assert sends == [0.0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5]
     assert c.get_timer() == 39.5 and c.events == []
     c.handle_timer(39.5)
-    assert c.events == [("failed", S1)] and sent(c) == []
+    assert c.events == [StunFailed(S1)] and sent(c) == []
     assert c.get_timer() is None  # no refresh: done
     assert (c.counters.sent, c.counters.retransmitted, c.counters.timeouts) == (1, 6, 1)
     assert first[0][0] == binding_request((1).to_bytes(12, "big"))  # retransmits reuse it
@@ -148,7 +151,7 @@ def test_retransmission_table(rto: float, rc: int, rm: int, sends: list[float], 
     sent(c)
     log = run_until(c, 100.0)
     assert [0.0] + [t for t, _, _ in log] == pytest.approx(sends)
-    assert c.events == [("failed", S1)]
+    assert c.events == [StunFailed(S1)]
     assert c.counters.timeouts == 1
 
 
@@ -157,7 +160,7 @@ def test_failure_time_of_the_default_schedule_from_any_start() -> None:
     c.start(1000.0)
     sent(c)
     assert [t for t, _, _ in run_until(c, 2000.0)] == [1000.5, 1001.5, 1003.5, 1007.5, 1015.5, 1031.5]
-    assert c.events == [("failed", S1)]
+    assert c.events == [StunFailed(S1)]
 
 
 def test_early_timer_does_nothing_and_a_late_one_sends_once() -> None:
@@ -191,7 +194,7 @@ def test_response_ends_the_transaction() -> None:
     run_until(c, 1.5)  # two retransmits lost
     assert c.receive(response(req, ME), S1, 1.7)
     assert c.mapped == {S1: ME}
-    assert c.events == [("mapped", S1, ME)]
+    assert c.events == [StunMapped(S1, ME)]
     assert c.get_timer() is None and run_until(c, 100.0) == []
     assert c.counters.answered == 1
 
@@ -253,7 +256,7 @@ def test_error_response_fails_the_transaction() -> None:
     c.start(0.0)
     [(req, _)] = sent(c)
     assert c.receive(response(req, None, cls=Class.ERROR, **{"ERROR-CODE": (400, "Bad Request")}), S1, 0.1)
-    assert c.events == [("failed", S1)] and c.mapped == {}
+    assert c.events == [StunFailed(S1)] and c.mapped == {}
     assert c.counters.error_responses == 1 and c.get_timer() is None
 
 
@@ -367,7 +370,7 @@ def test_refresh_keeps_asking_and_reports_changes() -> None:
     c.start(0.0)
     [(req, _)] = sent(c)
     c.receive(response(req, ME), S1, 0.1)
-    assert c.pop_events() == [("mapped", S1, ME)]
+    assert c.pop_events() == [StunMapped(S1, ME)]
     assert c.get_timer() == pytest.approx(25.1)
     c.handle_timer(c.get_timer())
     [(req2, addr)] = sent(c)
@@ -379,7 +382,7 @@ def test_refresh_keeps_asking_and_reports_changes() -> None:
     c.handle_timer(c.get_timer())
     [(req3, _)] = sent(c)
     c.receive(response(req3, ME2), S1, 50.3)
-    assert c.pop_events() == [("changed", S1, ME, ME2)]
+    assert c.pop_events() == [StunChanged(S1, ME, ME2)]
     assert c.mapped == {S1: ME2} and c.reflexive() == [ME2]
 
 
@@ -388,20 +391,20 @@ def test_failure_then_recovery_is_retried_at_the_refresh_interval() -> None:
     c.start(0.0)
     [(req, _)] = sent(c)
     c.receive(response(req, ME), S1, 0.1)
-    assert c.pop_events() == [("mapped", S1, ME)]
+    assert c.pop_events() == [StunMapped(S1, ME)]
     assert [t for t, _, _ in run_until(c, 25.2)] == [pytest.approx(25.1)]  # the refresh goes out ...
     log = run_until(c, 64.5)  # ... and is lost
     assert [t for t, _, _ in log] == pytest.approx([25.6, 26.6, 28.6, 32.6, 40.6, 56.6])
     assert c.mapped == {S1: ME}  # the last answer stands while the refresh is open
     assert c.get_timer() == pytest.approx(64.6)
     c.handle_timer(c.get_timer())
-    assert c.pop_events() == [("failed", S1)] and c.mapped == {}
+    assert c.pop_events() == [StunFailed(S1)] and c.mapped == {}
     assert c.mapping_behaviour() == "unknown" and c.reflexive() == []
     assert c.get_timer() == pytest.approx(89.6)
     c.handle_timer(c.get_timer())
     [(req, _)] = sent(c)
     c.receive(response(req, ME2), S1, 90.0)
-    assert c.pop_events() == [("changed", S1, ME, ME2)]  # compared with the last answer ever seen
+    assert c.pop_events() == [StunChanged(S1, ME, ME2)]  # compared with the last answer ever seen
 
 
 def test_restart_forgets_and_asks_again_at_once() -> None:
@@ -417,7 +420,7 @@ def test_restart_forgets_and_asks_again_at_once() -> None:
     assert c.counters.unknown_transaction == 1
     c.receive(response(n1[0], ME2), S1, 3.1)
     c.receive(response(n2[0], ME2), S2, 3.1)
-    assert c.pop_events() == [("changed", S1, ME, ME2), ("mapped", S2, ME2)]
+    assert c.pop_events() == [StunChanged(S1, ME, ME2), StunMapped(S2, ME2)]
     assert c.get_timer() == pytest.approx(28.1)
 
 

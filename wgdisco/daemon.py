@@ -42,7 +42,7 @@ from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, Peer
 from wgdisco.proto.node import (
     CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, Node, PathReasonChanged,
-    RecordChanged, ReflexiveChanged, StunFailed, StunMoved,
+    RecordChanged, ReflexiveChanged, StunChanged, StunFailed,
 )
 from wgdisco.proto.timers import Timing
 
@@ -606,7 +606,7 @@ class Tunnel:
                      short_key(event.peer), event.silent_for)
         elif isinstance(event, StunFailed):
             log.warning("STUN: no answer from %s", fmt_addr(event.server))
-        elif isinstance(event, StunMoved):
+        elif isinstance(event, StunChanged):
             log.info("STUN: %s now sees us as %s (was %s)", fmt_addr(event.server),
                      udp.format_hostport(*event.new), udp.format_hostport(*event.old))
         elif isinstance(event, ReflexiveChanged):

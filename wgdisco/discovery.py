@@ -20,6 +20,7 @@ from typing import Any, Callable
 from wgdisco.errors import AuthError, ConfigError, DecodeError, LocalError
 from wgdisco.io import dnssd, mdns
 from wgdisco.proto import keys, records
+from wgdisco.proto.hints import MAX_BACKOFF
 from wgdisco.proto.node import Node, srv_target
 
 Feed = Callable[[Callable[[Node, float], Any]], Any]  # fn(node, now) under the tunnel's lock; its result
@@ -221,7 +222,7 @@ class Discovery:
         """Look up the peers the node asks for (proto/node.py: at once, then 0.5, 1, 2 … s while a
         peer has no path, every PollInterval once it has one, at once after our record changed)."""
         assert self.client is not None
-        retry = dnssd.Retry("DNS-SD lookups", logger=log, maximum=60.0)
+        retry = dnssd.Retry("DNS-SD lookups", logger=log, maximum=MAX_BACKOFF)
         while True:
             self.lookup_kick.clear()
             failed = False
@@ -284,7 +285,7 @@ class Discovery:
                 self._count("dns-publish-errors")
                 log.warning("DNS: publishing failed: %s; retrying in %.0f s", e, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+                delay = min(delay * 2, MAX_BACKOFF)
                 continue
             log.info("DNS: published %s in %s", r.instance_label[:16] + "…", self.settings["Domain"])
             delay = 1.0

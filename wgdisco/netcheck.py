@@ -39,7 +39,7 @@ from wgdisco import config
 from wgdisco.errors import LocalError
 from wgdisco.io import udp
 from wgdisco.proto.classify import STUN, classify
-from wgdisco.proto.stun import StunClient
+from wgdisco.proto.stun import StunClient, StunFailed
 
 DEFAULT_TIMEOUT = 3.0
 MAX_TIMEOUT = 60.0
@@ -243,8 +243,8 @@ def _stun(sock: socket.socket, targets: dict[Any, list[ServerResult]], timeout: 
         if (timer := client.get_timer()) is not None and timer <= now:
             client.handle_timer(now)
             for event in client.pop_events():
-                if event[0] == "failed":
-                    done.setdefault(event[1], f"no answer after {client.rc} requests")
+                if isinstance(event, StunFailed):
+                    done.setdefault(event.server, f"no answer after {client.rc} requests")
     for addr, rs in targets.items():
         why = done.get(addr, f"no answer within {timeout:g} s")
         for r in rs:

@@ -65,6 +65,7 @@ from zeroconf import (
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from wgdisco.errors import LocalError
+from wgdisco.proto import records
 
 __all__ = [
     "SERVICE_TYPE",
@@ -98,8 +99,9 @@ class _NoSocketTracebacks(logging.Filter):
 logging.getLogger("zeroconf").addFilter(_NoSocketTracebacks())
 
 SERVICE_TYPE = "_wireguard._udp.local."
-TXT_STRING_MAX = 255  # RFC 6763 §6.1: one length byte per string
-TXT_TOTAL_MAX = 1300  # RFC 6763 §6.2: keep a TXT record within one Ethernet packet
+# RFC 6763 §6.1-6.2 limits: one home, proto/records.py
+TXT_STRING_MAX = records.TXT_STRING_MAX
+TXT_TOTAL_MAX = records.TXT_LIMIT
 LABEL_MAX = 63  # RFC 1035 §2.3.4
 RESOLVE_TIMEOUT = 3.0  # seconds for SRV/TXT/A/AAAA after an Added/Updated event
 

@@ -12,8 +12,9 @@ The shell feeds the device three things and drains one:
   Malformed or unauthenticated input is dropped and counted in ``drops``;
   this method never raises for anything the network sends.
 - ``handle_timer(now)`` when ``get_timer()`` is due.
-- ``outbox``: datagrams ``(bytes, addr)`` the device wants sent (handshakes,
-  keepalives, staged packets, cookie replies). The shell sends and clears it.
+- ``datagrams_to_send()``: the datagrams ``(bytes, addr)`` the device wants sent
+  (handshakes, keepalives, staged packets, cookie replies), handed over; ``events``
+  (typed: HandshakeCompleted, EndpointChanged, GaveUp) are drained by the node core.
 
 Endpoints are opaque hashable addresses; ``addr_key(addr)`` turns one into
 bytes (IP + port) for cookies (whitepaper §5.4.7) and rate limiting.
@@ -662,6 +663,6 @@ class Device:
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
 
-    def take_outbox(self) -> list[tuple[bytes, Addr]]:
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         out, self.outbox = self.outbox, []
         return out

@@ -25,7 +25,7 @@ from typing import Callable, Hashable
 from wgdisco.proto.timers import LIVE_TIME
 
 TRY_INTERVAL = 1.0
-MAX_BACKOFF = 60.0
+MAX_BACKOFF = 60.0  # seconds; also the ceiling of every DNS retry backoff (discovery.py)
 
 Key = bytes  # a peer's public key
 Addr = Hashable

@@ -44,13 +44,13 @@ from wgdisco.proto.hints import HintTrier
 from wgdisco.proto.paths import Candidate, PathInfo, PathSelector, host_kind
 from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
-from wgdisco.proto.stun import REFRESH, StunClient
+from wgdisco.proto.stun import REFRESH, StunChanged, StunClient, StunFailed
 from wgdisco.proto.timers import LIVE_TIME
 
 __all__ = [
     "Node", "NodeStats", "PathStatus",
     "HandshakeCompleted", "EndpointChanged", "GaveUp",
-    "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunMoved",
+    "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunChanged",
     "CandidateProbed", "HandshakeTried", "NatSuspected",
     "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
 ]
@@ -120,20 +120,6 @@ class ReflexiveChanged:
 
 
 @dataclass(frozen=True)
-class StunFailed:
-    server: Addr
-
-
-@dataclass(frozen=True)
-class StunMoved:
-    """``server`` now sees us at ``new`` (was ``old``)."""
-
-    server: Addr
-    old: tuple[str, int]
-    new: tuple[str, int]
-
-
-@dataclass(frozen=True)
 class CandidateProbed:
     """A live peer published a new candidate; it got one probe (it may have moved)."""
 
@@ -160,7 +146,7 @@ class NatSuspected:
 
 
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
-         | ReflexiveChanged | StunFailed | StunMoved | CandidateProbed | HandshakeTried | NatSuspected)
+         | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected)
 
 
 @dataclass(frozen=True)
@@ -579,10 +565,8 @@ class Node:
         if not events:
             return
         for event in events:
-            if event[0] == "failed":
-                self._events.append(StunFailed(event[1]))
-            elif event[0] == "changed":
-                self._events.append(StunMoved(event[1], event[2], event[3]))
+            if isinstance(event, (StunFailed, StunChanged)):
+                self._events.append(event)
         reflexive = self.stun.reflexive()
         behaviour = self.stun.mapping_behaviour()
         if behaviour != self.behaviour:
@@ -633,7 +617,7 @@ class Node:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         """Everything to send now, as (payload, address): the device's queue, then ours."""
-        out = self.device.take_outbox() if self.device.outbox else []
+        out = self.device.datagrams_to_send() if self.device.outbox else []
         if self._outbox:
             out += self._outbox
             self._outbox = []

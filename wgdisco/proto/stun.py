@@ -36,10 +36,10 @@ failure.
 Results
 -------
 ``mapped[server] = (ip, port)`` holds the answer of each server whose last
-transaction did not fail.  ``events`` gets ``("mapped", server, addr)`` when a
-server's entry appears, ``("changed", server, old, new)`` when an answer
+transaction did not fail.  ``events`` gets ``StunMapped(server, address)`` when a
+server's entry appears, ``StunChanged(server, old, new)`` when an answer
 differs from the last one that server gave (also across a failure or a
-restart), and ``("failed", server)`` when a transaction fails (the entry is
+restart), and ``StunFailed(server)`` when a transaction fails (the entry is
 removed).  ``mapping_behaviour()`` names the NAT's mapping in RFC 4787 §4.1
 terms; ``reflexive()`` lists the distinct mapped addresses.
 """
@@ -70,7 +70,33 @@ Addr = Hashable
 Endpoint = tuple[str, int]
 Rng = Callable[[int], bytes]
 Behaviour = Literal["endpoint-independent", "endpoint-dependent", "unknown"]
-Event = tuple
+
+
+@dataclass(frozen=True)
+class StunMapped:
+    """``server`` sees us at ``address`` (its first answer, or the first after a failure)."""
+
+    server: Addr
+    address: Endpoint
+
+
+@dataclass(frozen=True)
+class StunChanged:
+    """``server`` now sees us at ``new``; its last answer said ``old``."""
+
+    server: Addr
+    old: Endpoint
+    new: Endpoint
+
+
+@dataclass(frozen=True)
+class StunFailed:
+    """A transaction with ``server`` failed (no answer after Rc requests, or an error response)."""
+
+    server: Addr
+
+
+Event = StunMapped | StunChanged | StunFailed
 
 
 def default_host_of(server: Addr) -> Hashable:
@@ -334,7 +360,7 @@ class StunClient:
     def _fail(self, server: Addr, now: float) -> None:
         self._end(server, now)
         self.mapped.pop(server, None)
-        self.events.append(("failed", server))
+        self.events.append(StunFailed(server))
 
     def _record(self, server: Addr, got: Endpoint) -> None:
         last = self._last.get(server)
@@ -342,9 +368,9 @@ class StunClient:
         self.mapped[server] = got
         self._last[server] = got
         if last is not None and last != got:
-            self.events.append(("changed", server, last, got))
+            self.events.append(StunChanged(server, last, got))
         elif not had:
-            self.events.append(("mapped", server, got))
+            self.events.append(StunMapped(server, got))
 
 
 def _family(ip: str) -> int:
