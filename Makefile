@@ -62,7 +62,7 @@ bench-smoke: bootstrap
 	$(PY) bench/rtt_floor.py --rounds 1 --count 20
 
 lab-clean: venv
-	$(PY) -m tests.lab.cleanup
+	$(PY) -m wgdisco.lab.cleanup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .apt.log *.egg-info

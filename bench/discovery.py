@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.lab import Lab  # noqa: E402
-from tests.lab.wg import Node, keypair  # noqa: E402
+from wgdisco.lab import Lab  # noqa: E402
+from wgdisco.lab.wg import Node, keypair  # noqa: E402
 
 
 def one_nat_run() -> float:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-# `tests.lab` is imported as a package from the repository root, also under a bare `pytest`.
+# `tests.*` helpers (tests.schema_check) are imported as a package from the repository root, also under
+# a bare `pytest`; the lab itself is `wgdisco.lab`, part of the installed package.
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.lab import Lab, require_netns  # noqa: E402
+from wgdisco.lab import Lab, require_netns  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:

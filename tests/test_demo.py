@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import list_netns
 from wgdisco import demo
 from wgdisco.demo import PairStatus
+from wgdisco.lab import list_netns
 
 ROOT = Path(__file__).resolve().parent.parent
 LAN_A = [ipaddress.ip_network("10.1.0.0/24")]
@@ -143,11 +143,23 @@ def test_not_root_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     assert err.getvalue() == "wgdisco demo: needs root (it creates network namespaces): run `sudo make demo`\n"
 
 
-def test_without_the_lab_next_to_the_package_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(demo, "repo_root", lambda: tmp_path)  # an installed wheel: no tests/lab beside it
+def test_the_lab_ships_in_the_package() -> None:
+    # `wgdisco demo` from an installed wheel: the lab is wgdisco.lab, its helper programs beside it
+    lab = demo.import_lab()
+    assert lab.__name__ == "wgdisco.lab"
+    assert lab.LAB_DIR == demo.package_root() / "wgdisco" / "lab"
+    for script in ("run_tunnel.py", "udpecho.py", "mdns_node.py", "stun_probe.py", "tcpxfer.py", "attacker.py"):
+        assert (lab.LAB_DIR / script).is_file(), script
+
+
+def test_without_the_lab_exit_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> None:
+        raise ImportError("No module named 'wgdisco.lab'")
+
+    monkeypatch.setattr(demo, "import_lab", broken)  # a broken install
     out, err = io.StringIO(), io.StringIO()
     assert demo.main(out, err) == 2
-    assert "tests/lab" in err.getvalue() and "source checkout" in err.getvalue()
+    assert "wgdisco.lab" in err.getvalue() and "reinstall" in err.getvalue()
 
 
 # --- the whole demo, as root ---------------------------------------------------------------------

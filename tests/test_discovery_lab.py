@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from tests.lab import Lab, require_tool
-from tests.lab.avahi import Avahi, parse_browse, require_avahi
-from tests.lab.knot import start_knot, zone_name
-from tests.lab.wg import Node, keypair
+from wgdisco.lab import Lab, require_tool
+from wgdisco.lab.avahi import Avahi, parse_browse, require_avahi
+from wgdisco.lab.knot import start_knot, zone_name
+from wgdisco.lab.wg import Node, keypair
 from wgdisco.proto import keys
 
 pytestmark = pytest.mark.netns

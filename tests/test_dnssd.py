@@ -6,7 +6,7 @@ Two kinds of tests:
   (TTL 0, address and TXT in the additional section of the SRV answer, an A record
   in the answer to an AAAA query, names echoed in upper case), or misbehaves on
   purpose (silence, wrong IDs, garbage, truncation, SERVFAIL).  No root needed.
-* netns: a real Knot (tests/lab/knot.py) on a "WAN" link behind a router; the
+* netns: a real Knot (wgdisco/lab/knot.py) on a "WAN" link behind a router; the
   publisher and the browser are two other hosts on two other links.  Each client
   runs its asyncio loop on a thread that entered the host's namespace (setns(2)
   is per thread, and a socket stays in the namespace it was created in).
@@ -34,8 +34,6 @@ import dns.rdatatype
 import dns.rrset
 import pytest
 
-from tests.lab import Host, Lab
-from tests.lab.knot import Knot, start_knot, zone_name
 from wgdisco.errors import ConfigError, DecodeError, LocalError
 from wgdisco.io import dnssd
 from wgdisco.io.dnssd import (
@@ -48,6 +46,8 @@ from wgdisco.io.dnssd import (
     TsigKey,
     parse_update_key,
 )
+from wgdisco.lab import Host, Lab
+from wgdisco.lab.knot import Knot, start_knot, zone_name
 from wgdisco.proto import keys, records
 
 ip = ipaddress.ip_address

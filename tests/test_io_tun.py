@@ -26,7 +26,7 @@ import pytest
 from wgdisco.errors import LocalError
 from wgdisco.io import netlink
 from wgdisco.io.tun import Tun
-from tests.lab.netns import enter_netns as _enter_netns
+from wgdisco.lab.netns import enter_netns as _enter_netns
 
 TUN_ADDRS = [ipaddress.ip_interface("10.77.0.1/24"), ipaddress.ip_interface("fd00:77::1/64")]
 PEER4 = "10.77.0.2"

@@ -1,4 +1,4 @@
-"""Tests of the network-namespace lab (tests/lab) itself.
+"""Tests of the network-namespace lab (wgdisco/lab) itself.
 
 The ``netns`` tests build real topologies; the skip-policy tests at the end
 run anywhere.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import (
+from wgdisco.lab import (
     NETNS_REASON,
     PREFIX_RE,
     Host,
@@ -33,8 +33,8 @@ from tests.lab import (
     udp_echo_server,
     udp_probe,
 )
-from tests.lab import cleanup as lab_cleanup
-from tests.lab.netns import owner_file
+from wgdisco.lab import cleanup as lab_cleanup
+from wgdisco.lab.netns import owner_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = "198.51.100.10"
@@ -243,7 +243,7 @@ CHILD = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 sys.path.insert(0, {root!r})
-from tests.lab import Lab
+from wgdisco.lab import Lab
 lab = Lab()
 lab.host("a").popen("sleep 1000")
 print(lab.prefix, flush=True)
@@ -283,7 +283,7 @@ def test_cleanup_removes_only_stale_namespaces(lab: Lab) -> None:
         assert stale + "x" not in names and lab.prefix + "live" in names
     finally:
         subprocess.run(["ip", "netns", "del", stale + "x"], capture_output=True)
-    cli = subprocess.run([sys.executable, "-m", "tests.lab.cleanup", "--dry-run"], cwd=ROOT,
+    cli = subprocess.run([sys.executable, "-m", "wgdisco.lab.cleanup", "--dry-run"], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     assert lab.prefix not in cli.stdout  # a live lab is never stale
 

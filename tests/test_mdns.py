@@ -1,8 +1,8 @@
 """wgdisco.io.mdns: TXT encoding in memory; publish/browse between lab hosts and against Avahi.
 
-mDNS only runs inside the lab's namespaces: each node is tests/lab/mdns_node.py
+mDNS only runs inside the lab's namespaces: each node is wgdisco/lab/mdns_node.py
 (one MdnsService, JSON lines on stdout) started in a lab host, and Avahi runs in
-a host of its own with a private system bus (tests/lab/avahi.py).  Timestamps
+a host of its own with a private system bus (wgdisco/lab/avahi.py).  Timestamps
 are CLOCK_MONOTONIC, which the namespaces share with this process, so
 "publish -> the other side's callback" is measured across processes.
 """
@@ -21,14 +21,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Host, Lab, Proc
-from tests.lab.avahi import Avahi, parse_browse, require_avahi
 from wgdisco.errors import LocalError
 from wgdisco.io import mdns
+from wgdisco.lab import LAB_DIR, Host, Lab, Proc
+from wgdisco.lab.avahi import Avahi, parse_browse, require_avahi
 from wgdisco.proto import keys
 
 REPO = str(Path(__file__).resolve().parent.parent)
-NODE = str(Path(__file__).parent / "lab" / "mdns_node.py")
+NODE = str(LAB_DIR / "mdns_node.py")
 
 DISCOVERY_MAX = 3.0  # s, publish -> callback on the other node (probing alone takes ~1.1 s)
 GOODBYE_MAX = 2.0  # s, SIGTERM -> Removal on the other node

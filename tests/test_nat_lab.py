@@ -14,17 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Lab, require_tool
-from tests.lab.knot import start_knot, zone_name
-from tests.lab.netns import Host
-from tests.lab.wg import Node, keypair
 from tests.schema_check import check
+from wgdisco.lab import LAB_DIR, Lab, require_tool
+from wgdisco.lab.knot import start_knot, zone_name
+from wgdisco.lab.netns import Host
+from wgdisco.lab.wg import Node, keypair
 from wgdisco.proto import keys
 
 pytestmark = pytest.mark.netns
 DOMAIN = "wg.example.net"
 STUN_A, STUN_B, KNOT = "203.0.113.10", "203.0.113.11", "203.0.113.53"
-LAB_DIR = Path(__file__).parent / "lab"
 SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "status.schema.json").read_text())
 
 

@@ -1,7 +1,7 @@
 """wgdisco netcheck: the report from fake results, then the command in the namespace lab.
 
 The ``netns`` tests run ``python -m wgdisco netcheck`` in a host behind an easy
-and a hard NAT router (tests/lab: nftables masquerade, no hairpinning) and on
+and a hard NAT router (wgdisco/lab: nftables masquerade, no hairpinning) and on
 the WAN itself, against stund (IPv4) and coturn (IPv6) on the lab's
 "internet" 203.0.113.0/24 / 2001:db8::/64.  Nothing leaves the lab.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Host, Lab, LabError, require_tool
 from wgdisco import netcheck
+from wgdisco.lab import Host, Lab, LabError, require_tool
 from wgdisco.netcheck import Candidate, Report, ServerResult
 
 REPO = str(Path(__file__).resolve().parent.parent)

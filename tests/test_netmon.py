@@ -21,8 +21,6 @@ import time
 
 import pytest
 
-from tests.lab import Host, Lab
-from tests.lab.netns import enter_netns as _enter_netns
 from wgdisco.errors import DecodeError, LocalError
 from wgdisco.io.netmon import (
     ALL_KINDS,
@@ -39,6 +37,8 @@ from wgdisco.io.netmon import (
     NetworkMonitor,
     iter_changes,
 )
+from wgdisco.lab import Host, Lab
+from wgdisco.lab.netns import enter_netns as _enter_netns
 
 SLACK = 1.0  # "within a second": a change's callback arrives this soon after the `ip` command returns
 

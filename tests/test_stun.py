@@ -1,7 +1,7 @@
 """wgdisco.proto.stun: Binding transactions (RFC 5389) on a fake clock, and against real servers.
 
 The unit tests join the client to a fake server in memory; the ``netns`` tests
-run ``tests/lab/stun_probe.py`` behind an easy and a hard NAT router against
+run ``wgdisco/lab/stun_probe.py`` behind an easy and a hard NAT router against
 stund 0.97 (answers with MAPPED-ADDRESS and XOR-MAPPED-ADDRESS, no FINGERPRINT)
 and coturn (XOR-MAPPED-ADDRESS and FINGERPRINT only).
 """
@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from wgdisco.errors import DecodeError, LocalError
+from wgdisco.lab import Host, Lab, LabError, require_tool
 from wgdisco.proto.classify import STUN, classify
 from wgdisco.proto.stun import (
     RC,
@@ -30,7 +31,6 @@ from wgdisco.proto.stun import (
     binding_request,
     decode_message,
 )
-from tests.lab import Host, Lab, LabError, require_tool
 
 S1 = ("198.51.100.10", 3478)
 S2 = ("198.51.100.11", 3478)
@@ -533,7 +533,7 @@ def start_coturn(host: Host) -> None:
 
 
 def stun_probe(host: Host, servers: list[tuple[str, int]], *extra: str) -> dict:
-    argv = [sys.executable, "-m", "tests.lab.stun_probe", *extra, *(f"{ip}:{port}" for ip, port in servers)]
+    argv = [sys.executable, "-m", "wgdisco.lab.stun_probe", *extra, *(f"{ip}:{port}" for ip, port in servers)]
     cp = host.run(argv, check=False, timeout=90, env={"PYTHONPATH": REPO})
     if cp.returncode != 0:
         raise LabError(f"stun_probe on {host.name} exited {cp.returncode}:\n{cp.stdout}{cp.stderr}")

@@ -1,6 +1,6 @@
 """The userspace tunnel in the lab, against real wireguard-go + wg (Debian's), and against itself.
 
-Each test builds its own namespaces (tests/lab), starts real daemons, and tears
+Each test builds its own namespaces (wgdisco/lab), starts real daemons, and tears
 everything down, also on failure.
 """
 
@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import Lab, require_tool
-from tests.lab.wg import Node, PeerSpec, keypair, pair
+from wgdisco.lab import LAB_DIR, Lab, require_tool
+from wgdisco.lab.wg import Node, PeerSpec, keypair, pair
 
 pytestmark = pytest.mark.netns
 
-LAB_DIR = Path(__file__).parent / "lab"
 TCPXFER = str(LAB_DIR / "tcpxfer.py")
 XFER_BYTES = 50 * 2**20
 REPO = str(Path(__file__).resolve().parent.parent)
@@ -148,7 +147,7 @@ def test_cookie_replies_under_flood_and_genuine_peer_gets_through(lab: Lab) -> N
     a.peers = [b.peer_spec("198.51.100.2:51820")]
     b.start(load_threshold=50)
     a.start()
-    flood = hc.popen([sys.executable, "-m", "tests.lab.flood", "initiations", "198.51.100.2", "51820",
+    flood = hc.popen([sys.executable, "-m", "wgdisco.lab.flood", "initiations", "198.51.100.2", "51820",
                       b.public, "3000", "8"], name="flood", env={"PYTHONPATH": REPO})
     time.sleep(1.0)  # the responder is under load now
     a.host.ping(b.inner4, count=1, wait=10)  # wireguard-go: cookie reply, then mac2, then through
@@ -169,7 +168,7 @@ def test_cookie_replies_under_flood_and_genuine_peer_gets_through(lab: Lab) -> N
 def test_malformed_datagrams_are_dropped_counted_and_harmless(lab: Lab) -> None:
     a, b = pair(lab, "wgdisco", "wireguard-go", endpoint_on="a")
     a.host.ping(b.inner4, count=1, wait=3)
-    out = b.host.run([sys.executable, "-m", "tests.lab.flood", "garbage", "198.51.100.1", "51820", a.public],
+    out = b.host.run([sys.executable, "-m", "wgdisco.lab.flood", "garbage", "198.51.100.1", "51820", a.public],
                      env={"PYTHONPATH": REPO})
     sent = json.loads(out.stdout)["sent"]
     assert len(sent) == 16

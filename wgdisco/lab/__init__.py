@@ -1,11 +1,14 @@
-"""A network-namespace lab for wgdisco's integration tests.
+"""A network-namespace lab for wgdisco's integration tests and ``wgdisco demo``.
+
+Part of the package (so that ``wgdisco demo`` runs from an installed wheel), but
+only the demo and the tests import it, never the daemon.
 
 Build small internets out of Linux network namespaces: hosts, point-to-point
 veth links, bridge "switches", routers and NAT routers (nftables), then run
 real programs in them.  Everything a ``Lab`` creates carries one per-run
 prefix (``wgd`` + 6 hex + ``-``) and is removed by ``Lab.close()`` — on normal
 exit, on exceptions, at interpreter exit and on SIGTERM/SIGHUP.  Leftovers
-from killed runs: ``python -m tests.lab.cleanup``.  See ``tests/lab/netns.py``
+from killed runs: ``python -m wgdisco.lab.cleanup``.  See ``wgdisco/lab/netns.py``
 for the theory of operation.
 
 Example::
@@ -23,7 +26,11 @@ Example::
         alice.ping("198.51.100.10")
 
 The skip policy (``require_netns``, ``require_tool``) lives in ``skips.py``.
+The helper programs the lab runs in its hosts (``udpecho.py``, ``mdns_node.py``,
+``tcpxfer.py``, ``attacker.py``, ...) sit next to this file: ``LAB_DIR``.
 """
+
+from pathlib import Path
 
 from .netns import (
     PREFIX_RE,
@@ -44,7 +51,10 @@ from .netns import (
 from .probes import UDPECHO, udp_echo_server, udp_probe
 from .skips import NETNS_REASON, netns_problem, require_netns, require_tool, skip_or_fail
 
+LAB_DIR = Path(__file__).resolve().parent  # the lab's helper programs, run by path (installed or not)
+
 __all__ = [
+    "LAB_DIR",
     "NETNS_REASON",
     "PREFIX_RE",
     "UDPECHO",

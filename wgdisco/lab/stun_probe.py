@@ -1,6 +1,6 @@
 """Drive ``wgdisco.proto.stun.StunClient`` over one real UDP socket (run inside a lab host).
 
-    python -m tests.lab.stun_probe [--bind ADDR] [--port LPORT] [--no-fingerprint]
+    python -m wgdisco.lab.stun_probe [--bind ADDR] [--port LPORT] [--no-fingerprint]
                                    [--deadline S] HOST:PORT [HOST:PORT ...]
 
 The smallest possible shell: send ``datagrams_to_send()``, ``recvfrom`` until
@@ -11,7 +11,7 @@ transaction failed (RFC 5389 §7.2.1: at most 39.5 s).  Prints one JSON object:
 "reflexive": [...], "events": [...], "counters": {...}}``.  Exit status 0 if
 every server answered, 1 otherwise.
 
-Needs the repository on ``PYTHONPATH`` (the lab passes it).
+Needs the wgdisco package importable (installed, or on ``PYTHONPATH``).
 """
 
 from __future__ import annotations

@@ -14,10 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.lab.netns import Host, LabError, Proc
+from .netns import Host, LabError, Proc
 from wgdisco.proto import keys
 
-REPO = Path(__file__).resolve().parents[2]
+# The directory holding this wgdisco package (a source checkout or site-packages): the nodes'
+# PYTHONPATH, so that they run the same wgdisco as the lab, whatever their working directory.
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 SOCKET_DIR = Path("/var/run/wireguard")
 
 
@@ -88,12 +90,12 @@ class Node:
         conf = self.host.lab.logdir / f"{self.iface}.conf"
         conf.write_text(self.config_text())
         conf.chmod(0o600)
-        argv = [sys.executable, "-m", "tests.lab.run_tunnel", str(conf)]
+        argv = [sys.executable, "-m", "wgdisco.lab.run_tunnel", str(conf)]
         if timing:
             argv += ["--timing", json.dumps(timing)]
         if load_threshold is not None:
             argv += ["--load-threshold", str(load_threshold)]
-        self.proc = self.host.popen(argv, name=f"wgdisco-{self.iface}", env={"PYTHONPATH": str(REPO)})
+        self.proc = self.host.popen(argv, name=f"wgdisco-{self.iface}", env={"PYTHONPATH": str(PACKAGE_ROOT)})
         self.proc.wait_for(r"interface \S+ up:", timeout=15, stream="stderr")
 
     def _start_wireguard_go(self) -> None:

@@ -23,8 +23,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from tests.lab.netns import Cmd, Host, LabError, Proc, argv_of
-from tests.lab.skips import require_tool
+from .netns import Cmd, Host, LabError, Proc, argv_of
+from .skips import require_tool
 
 STARTED = "Server startup complete"
 

@@ -1,6 +1,6 @@
 """Run a wgdisco tunnel with test-only constructor parameters (inside a lab host).
 
-    python -m tests.lab.run_tunnel CONFIG [--timing JSON] [--load-threshold N]
+    python -m wgdisco.lab.run_tunnel CONFIG [--timing JSON] [--load-threshold N]
 
 Same as ``wgdisco up CONFIG``, but the protocol constants can be shortened:
 they are passed to the Tunnel/Device constructors, never patched globally.

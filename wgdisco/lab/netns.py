@@ -29,7 +29,7 @@ deletes their veths) and removes the log directory.  It is idempotent and is
 also run from ``atexit`` and from a SIGTERM/SIGHUP handler; SIGINT unwinds as
 ``KeyboardInterrupt`` through ``with``/``finally`` blocks.  A small owner
 file ``/run/wgdisco-lab/<prefix>owner`` (pid + start time) lets
-``python -m tests.lab.cleanup`` tell abandoned namespaces from live ones.
+``python -m wgdisco.lab.cleanup`` tell abandoned namespaces from live ones.
 """
 
 from __future__ import annotations

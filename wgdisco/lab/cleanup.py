@@ -1,8 +1,8 @@
 """Delete lab namespaces left behind by crashed or killed test runs.
 
-    python -m tests.lab.cleanup            # namespaces whose owner process is gone
-    python -m tests.lab.cleanup --all      # every wgdXXXXXX-* namespace, even live ones
-    python -m tests.lab.cleanup --dry-run  # only list
+    python -m wgdisco.lab.cleanup            # namespaces whose owner process is gone
+    python -m wgdisco.lab.cleanup --all      # every wgdXXXXXX-* namespace, even live ones
+    python -m wgdisco.lab.cleanup --dry-run  # only list
 
 Only names matching ``wgd[0-9a-f]{6}-`` are ever touched.  A namespace is
 "stale" when the owner file of its prefix is missing or names a process that
@@ -55,7 +55,7 @@ def _forget_dead_owners(only: tuple[str, ...] | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.lab.cleanup", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m wgdisco.lab.cleanup", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--all", action="store_true", help="also delete namespaces of running labs")
     ap.add_argument("--dry-run", action="store_true", help="list, do not delete")

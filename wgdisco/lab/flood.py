@@ -1,10 +1,10 @@
 """Hostile traffic for a WireGuard responder (runs inside a lab host; bounded in count and time).
 
-    python -m tests.lab.flood initiations HOST PORT PUBKEY COUNT SECONDS
+    python -m wgdisco.lab.flood initiations HOST PORT PUBKEY COUNT SECONDS
         Valid-looking initiations (right mac1, a static key the responder does not know),
         COUNT of them spread over SECONDS; prints JSON with the cookie replies received
         and whether one decrypts (so they are real cookie replies, whitepaper §5.4.7).
-    python -m tests.lab.flood garbage HOST PORT PUBKEY
+    python -m wgdisco.lab.flood garbage HOST PORT PUBKEY
         One of every malformed kind; prints JSON {"sent": {kind: n}}.
 """
 
