@@ -4,6 +4,9 @@
   libraries that do I/O.
 - wgdisco/io/*: one shell per real thing. A shell imports no other shell and
   not the daemon or the CLI.
+- wgdisco/lab/*: the namespace lab, shipped for `wgdisco demo`. Only the demo
+  imports it (and the tests); it reaches the daemon only through its public
+  ``Tunnel`` (run_tunnel.py).
 """
 
 from __future__ import annotations
@@ -82,3 +85,18 @@ def test_checker_catches_violations() -> None:
         assert shell_violations(shell) == {"wgdisco.io.udp", "wgdisco.daemon"}
     finally:
         shell.unlink()
+
+
+def imports_lab(path: Path) -> bool:
+    return any(m == "wgdisco.lab" or m.startswith("wgdisco.lab.") for m in imported_modules(path))
+
+
+def test_only_the_demo_imports_the_lab() -> None:
+    users = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+             if p.relative_to(PACKAGE).parts[0] != "lab" and imports_lab(p)}
+    assert users == {"demo.py"}, f"the daemon's code never imports wgdisco.lab: {sorted(users - {'demo.py'})}"
+
+
+def test_the_lab_uses_only_the_daemons_tunnel() -> None:
+    used = {m for p in files("lab") for m in imported_modules(p) if m.split(".")[:2] == ["wgdisco", "daemon"]}
+    assert used <= {"wgdisco.daemon", "wgdisco.daemon.Tunnel"}, f"the lab imports daemon internals: {sorted(used)}"
