@@ -29,7 +29,7 @@ round i of B) and then their median is reported.  In each session:
    from ``/proc/PID/cmdline`` (a child is searched for if ``ip`` had forked instead).
 
 In-process part (no network, one core, this process): two ``wgdisco.proto.device.Device``
-objects peered in memory as ``tests/test_device.py``'s ``Pair`` does.
+objects peered in memory as ``tests/unit/test_device.py``'s ``Pair`` does.
 
 * handshakes/s: the initiator prepares N initiations (unmeasured); the responder's
   ``receive_datagram`` consumes each one and creates its response; N / elapsed.  The
@@ -395,7 +395,7 @@ def ipv4_packet(size: int = 64) -> bytes:
 
 
 class MemoryPair:
-    """Devices A and B peered with each other and a wire in memory (cf. tests/test_device.py)."""
+    """Devices A and B peered with each other and a wire in memory (cf. tests/unit/test_device.py)."""
 
     def __init__(self) -> None:
         self.now = 1000.0

@@ -33,7 +33,7 @@ net = ipaddress.ip_network
 PUB = keys.key_from_base64("xScVkH3fUGUv4RrJFfmcqm8rs3SEHr41km6+yffAHw4=")
 LABEL = "yutrled535igkl7bdlerl6m4vjxsxm3uqqpl4nmsn27mt56ad4ha===="
 OTHER = keys.key_from_base64("syKB97XhGnvC+kynh2KqQJPXoOoOpx/HmpMRTc+r4js=")
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "records.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "records.md"
 
 
 def example() -> ServiceRecord:

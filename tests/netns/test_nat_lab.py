@@ -24,7 +24,7 @@ from wgdisco.proto import keys
 pytestmark = pytest.mark.netns
 DOMAIN = "wg.example.net"
 STUN_A, STUN_B, KNOT = "203.0.113.10", "203.0.113.11", "203.0.113.53"
-SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "status.schema.json").read_text())
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text())
 
 
 @dataclass

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.netns
 
 TCPXFER = str(LAB_DIR / "tcpxfer.py")
 XFER_BYTES = 50 * 2**20
-REPO = str(Path(__file__).resolve().parent.parent)
+REPO = str(Path(__file__).resolve().parents[2])
 
 
 @pytest.fixture(autouse=True)

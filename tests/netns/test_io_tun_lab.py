@@ -5,11 +5,12 @@ a fresh namespace ``wgdt<6 hex>`` and a one-thread executor whose thread has
 entered it with setns(2) (a per-thread operation); test bodies run there, so the
 TUN device, the netlink socket and any child process (ping) live in the
 namespace.  Teardown stops the thread and deletes the namespace, even on failure.
+
+What needs no namespace: tests/unit/test_io_tun.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import os
 import secrets
@@ -40,8 +41,6 @@ def require_root() -> None:
         if os.environ.get("WGDISCO_REQUIRE_NETNS") == "1":
             pytest.fail(reason, pytrace=False)
         pytest.skip(reason)
-
-
 
 
 class Netns:
@@ -373,11 +372,3 @@ def test_interface_addresses(ns, ifname):
     assert sorted(map(str, (a for _, a in everything))) == ["10.77.0.1/24", "fd00:77::1/64"]
     assert {name for name, _ in everything} == {ifname}
     assert excluded == []
-
-
-def test_netlink_refuses_a_running_event_loop():
-    async def main():
-        netlink.link_exists("lo")
-
-    with pytest.raises(LocalError, match="asyncio.to_thread"):
-        asyncio.run(main())

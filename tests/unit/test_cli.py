@@ -108,7 +108,7 @@ def test_status_schema_checker_can_fail() -> None:
 
     from tests.schema_check import check
 
-    schema = _json.loads((Path(__file__).parent.parent / "docs" / "status.schema.json").read_text())
+    schema = _json.loads((Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text())
     good = {"interface": "wg0", "public_key": "k", "listen_port": 1, "dropped": {},
             "nat": {"reflexive": [], "mapping": "unknown"}, "peers": []}
     check(good, schema)

@@ -42,7 +42,7 @@ from wgdisco.proto.uapi import (
     split_request,
 )
 
-VECTORS = Path(__file__).resolve().parent / "vectors"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 net = ipaddress.ip_network
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "wgdisco"
+PACKAGE = Path(__file__).resolve().parents[2] / "wgdisco"
 PROTO_FORBIDDEN = {
     "asyncio", "socket", "threading", "time", "select", "selectors", "multiprocessing",
     "subprocess", "zeroconf", "dns", "pyroute2", "random", "secrets",

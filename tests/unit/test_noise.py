@@ -38,7 +38,7 @@ from wgdisco.proto.noise import (
     pack_transport_header,
 )
 
-VECTORS = json.loads((Path(__file__).parent / "vectors" / "handshake.json").read_text())["vectors"]
+VECTORS = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "handshake.json").read_text())["vectors"]
 WALL = 1_700_000_000.0
 PSK = HASH(b"test psk")
 

@@ -33,7 +33,7 @@ from wgdisco.proto.crypto import (
 )
 from wgdisco.proto.keys import public_key
 
-XCHACHA = json.loads((Path(__file__).parent / "vectors" / "xchacha.json").read_text())
+XCHACHA = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "xchacha.json").read_text())
 h = bytes.fromhex
 
 

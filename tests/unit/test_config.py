@@ -13,7 +13,7 @@ from wgdisco.config import Endpoint
 from wgdisco.errors import ConfigError
 from wgdisco.proto import keys
 
-VECTORS = Path(__file__).parent / "vectors" / "configs"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "configs"
 PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 PUB1 = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 PUB2 = "TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="
@@ -197,7 +197,7 @@ def test_format_hides_secrets_and_round_trips() -> None:
     assert again.peers[0].endpoint == cfg.peers[0].endpoint
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.conf")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.conf")), ids=lambda p: p.name)
 def test_shipped_examples_parse(path: Path) -> None:
     cfg = config.load(path)
     assert cfg.name == path.stem and cfg.peers
