@@ -2,6 +2,7 @@
 #   make demo   build a lab of network namespaces and show discovery + NAT traversal
 #   make test   the whole test suite (as root, the network-namespace tests run too)
 # Both bootstrap the machine themselves: Debian packages (when root) and a .venv.
+# While working on the code: make test-fast (tests/unit only: no root, no namespaces, < 1 min).
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,7 +16,7 @@ APT_PACKAGES := iproute2 iputils-ping nftables procps psmisc wireguard-go wiregu
 	iperf3 stun-server coturn knot knot-dnsutils avahi-daemon avahi-utils dbus \
 	bind9-dnsutils netcat-openbsd
 
-.PHONY: all test demo bench bench-smoke bootstrap system-deps venv clean lab-clean
+.PHONY: all test test-fast demo bench bench-smoke bootstrap system-deps venv clean lab-clean
 
 all: test
 
@@ -50,6 +51,9 @@ $(VENV)/.installed: pyproject.toml
 test: bootstrap
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+test-fast: venv
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
 demo: bootstrap
 	$(VENV)/bin/wgdisco demo
 
@@ -62,7 +66,7 @@ bench-smoke: bootstrap
 	$(PY) bench/rtt_floor.py --rounds 1 --count 20
 
 lab-clean: venv
-	$(PY) -m tests.lab.cleanup
+	$(PY) -m wgdisco.lab.cleanup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .apt.log *.egg-info

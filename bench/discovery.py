@@ -5,7 +5,7 @@ first ping through their tunnel. Median of N runs.
 
 ``lan``: one bridge, two hosts, ``[Discovery] mDNS = on``: found by mDNS.
 ``nat``: two sites behind two easy nftables NATs, a WAN with stund and Knot: found through
-unicast DNS-SD, reflexive addresses from STUN, holes punched with probes (tests/test_nat_lab.py's
+unicast DNS-SD, reflexive addresses from STUN, holes punched with probes (tests/netns/test_nat_lab.py's
 topology). Each run is a fresh lab; the clock starts before the first daemon is launched; pings go
 every 100 ms (1 s timeout each) until one comes back.
 """
@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.lab import Lab  # noqa: E402
-from tests.lab.wg import Node, keypair  # noqa: E402
+from wgdisco.lab import Lab  # noqa: E402
+from wgdisco.lab.wg import Node, keypair  # noqa: E402
 
 
 def one_nat_run() -> float:
-    from tests.test_nat_lab import two_sites
+    from tests.netns.test_nat_lab import two_sites
 
     with Lab() as lab:
         _net, a, b = two_sites(lab)

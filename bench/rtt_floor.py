@@ -35,8 +35,8 @@ for p in (REPO, REPO / "bench"):
 
 import throughput as T  # noqa: E402
 
-from tests.lab import Host, Lab  # noqa: E402
-from tests.lab.wg import Node, keypair  # noqa: E402
+from wgdisco.lab import Host, Lab  # noqa: E402
+from wgdisco.lab.wg import Node, keypair  # noqa: E402
 
 KINDS = ("wgdisco", "wireguard-go", "bare-epoll", "bare-threads")
 OUTER_A, OUTER_B = "198.51.100.1", "198.51.100.2"

@@ -4,9 +4,9 @@
 
 Method
 ------
-Network part (root, network namespaces from ``tests/lab``).  A *session* is one fresh lab:
+Network part (root, network namespaces from ``wgdisco/lab``).  A *session* is one fresh lab:
 two namespaces ``a`` and ``b`` joined by one veth pair (198.51.100.1/.2), a WireGuard node on
-each side (``tests.lab.wg.pair``, inner addresses 10.9.0.1 and 10.9.0.2, MTU 1420), and an
+each side (``wgdisco.lab.wg.pair``, inner addresses 10.9.0.1 and 10.9.0.2, MTU 1420), and an
 ``iperf3 -s`` in ``b``.  The configurations are
 
 * ``wgdisco``      — wgdisco on both sides,
@@ -29,7 +29,7 @@ round i of B) and then their median is reported.  In each session:
    from ``/proc/PID/cmdline`` (a child is searched for if ``ip`` had forked instead).
 
 In-process part (no network, one core, this process): two ``wgdisco.proto.device.Device``
-objects peered in memory as ``tests/test_device.py``'s ``Pair`` does.
+objects peered in memory as ``tests/unit/test_device.py``'s ``Pair`` does.
 
 * handshakes/s: the initiator prepares N initiations (unmeasured); the responder's
   ``receive_datagram`` consumes each one and creates its response; N / elapsed.  The
@@ -43,7 +43,7 @@ Every measurement is repeated ``--rounds`` times and the median is reported.  Ra
 medians, ratios and a description of the machine go to a JSON file; a table is printed.
 ``--smoke`` (for CI): one round of 2 s, one test per configuration, no mixed pair; the exit
 status is 1 if any measurement failed, 0 otherwise (the same rule holds for full runs).
-Labs are removed on every exit path, Ctrl-C included (``tests.lab.Lab``).
+Labs are removed on every exit path, Ctrl-C included (``wgdisco.lab.Lab``).
 """
 
 from __future__ import annotations
@@ -69,13 +69,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.lab import Host, Lab, LabError, Proc  # noqa: E402
-from tests.lab.wg import Node, pair  # noqa: E402
+from wgdisco.lab import Host, Lab, LabError, Proc  # noqa: E402
+from wgdisco.lab.wg import Node, pair  # noqa: E402
 from wgdisco.proto import keys  # noqa: E402
 from wgdisco.proto.device import Device  # noqa: E402
 
 WGDISCO, WGGO = "wgdisco", "wireguard-go"
-RAW_PEER = "198.51.100.2"  # b's veth address in tests.lab.wg.pair
+RAW_PEER = "198.51.100.2"  # b's veth address in wgdisco.lab.wg.pair
 PING_ARGS = ["-i", "0.01", "-c", "100", "-q"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GB = 1e9
@@ -221,7 +221,7 @@ def is_daemon(pid: int, kind: str) -> bool:
     if not argv or Path(argv[0]).name == "ip":  # still (or only) `ip netns exec`
         return False
     if kind == WGDISCO:
-        return "tests.lab.run_tunnel" in argv
+        return "wgdisco.lab.run_tunnel" in argv
     return Path(argv[0]).name == "wireguard-go"
 
 
@@ -395,7 +395,7 @@ def ipv4_packet(size: int = 64) -> bytes:
 
 
 class MemoryPair:
-    """Devices A and B peered with each other and a wire in memory (cf. tests/test_device.py)."""
+    """Devices A and B peered with each other and a wire in memory (cf. tests/unit/test_device.py)."""
 
     def __init__(self) -> None:
         self.now = 1000.0

@@ -1,4 +1,8 @@
-"""Shared pytest setup: the ``netns`` marker, its skip policy, the ``lab`` fixture."""
+"""Shared pytest setup: the ``netns`` marker, its skip policy, the ``lab`` fixture, the layout by kind.
+
+tests/unit/ holds the tests that need neither root nor namespaces (pure, in memory, loopback);
+tests/netns/ the ``netns`` ones.  A test in the wrong folder is a collection error.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-# `tests.lab` is imported as a package from the repository root, also under a bare `pytest`.
+# `tests.*` helpers (tests.schema_check) are imported as a package from the repository root, also under
+# a bare `pytest`; the lab itself is `wgdisco.lab`, part of the installed package.
 _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.lab import Lab, require_netns  # noqa: E402
+from wgdisco.lab import Lab, require_netns  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -22,6 +27,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "netns: needs root and network namespaces; skipped otherwise "
         "(a failure instead when WGDISCO_REQUIRE_NETNS=1)",
     )
+
+
+_HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced = []
+    for item in items:
+        path = Path(str(item.path)).resolve()
+        marked = item.get_closest_marker("netns") is not None
+        if path.is_relative_to(_HERE / "unit") and marked:
+            misplaced.append(f"{item.nodeid}: marked netns, belongs in tests/netns/")
+        elif path.is_relative_to(_HERE / "netns") and not marked:
+            misplaced.append(f"{item.nodeid}: not marked netns, belongs in tests/unit/ (or mark it)")
+    if misplaced:
+        raise pytest.UsageError("tests in the wrong folder:\n  " + "\n  ".join(misplaced))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

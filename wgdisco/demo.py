@@ -1,6 +1,7 @@
 """``wgdisco demo``: discovery and NAT traversal, shown live in a lab of network namespaces.
 
-The lab (``tests/lab``, the same code the integration tests use)::
+The lab (``wgdisco.lab``, the same code the integration tests use; it ships in the package,
+so the demo runs from an installed wheel as well as from a checkout)::
 
                      "internet" 203.0.113.0/24
      STUN 203.0.113.10 + .11 (stund)    Knot 203.0.113.53 (zone wg.example.net, TSIG key)
@@ -261,19 +262,19 @@ class Screen:
 # ------------------------------------------------------------------------ the lab
 
 
-def repo_root() -> Path:
+def package_root() -> Path:
+    """The directory holding this wgdisco package (a source checkout or site-packages): the nodes' PYTHONPATH."""
     return Path(wgdisco.__file__).resolve().parents[1]
 
 
-def import_lab(root: Path) -> ModuleType | None:
-    """``tests.lab`` from the source tree next to this package, or None (an installed wheel)."""
-    if not (root / "tests" / "lab" / "__init__.py").is_file():
-        return None
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
+def import_lab() -> ModuleType:
+    """``wgdisco.lab``, the namespace lab (part of the package; ImportError only from a broken install).
+
+    Imported here, on demand: the daemon's own code never imports the lab.
+    """
     import importlib
 
-    return importlib.import_module("tests.lab")
+    return importlib.import_module("wgdisco.lab")
 
 
 def missing_tools() -> list[str]:
@@ -301,13 +302,13 @@ class Demo:
         self.screen = screen
         self.root = root
         self.timeout = timeout
-        self.nodes: dict[str, Any] = {}  # name -> tests.lab.wg.Node
+        self.nodes: dict[str, Any] = {}  # name -> wgdisco.lab.wg.Node
         self.statuses = [PairStatus(x, y, found_by(SPEC[x], SPEC[y])) for x, y in PAIRS]
 
     # -- building
     def build(self) -> None:
-        from tests.lab.knot import start_knot
-        from tests.lab.wg import Node, PeerSpec, keypair
+        from wgdisco.lab.knot import start_knot
+        from wgdisco.lab.wg import Node, PeerSpec, keypair
 
         lab, say = self.lab, self.screen.say
         say(f"building the lab (namespaces {lab.prefix}*)...")
@@ -449,7 +450,7 @@ class Demo:
 
 
 def run(out: TextIO, err: TextIO, root: Path, tty: bool, timeout: float) -> int:
-    from tests.lab import Lab
+    from wgdisco.lab import Lab
 
     started = time.monotonic()
     screen = Screen(out, tty)
@@ -499,15 +500,12 @@ def run(out: TextIO, err: TextIO, root: Path, tty: bool, timeout: float) -> int:
 def main(out: TextIO | None = None, err: TextIO | None = None, *, timeout: float = HANDSHAKE_TIMEOUT) -> int:
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    root = repo_root()
+    root = package_root()
     try:
-        found = import_lab(root)
+        import_lab()
     except ImportError as e:
-        print(f"wgdisco demo: cannot import the lab from {root / 'tests' / 'lab'}: {e}", file=err)
-        return EXIT_NO_LAB
-    if found is None:
-        print(f"wgdisco demo: the namespace lab (tests/lab) is not next to this wgdisco ({root}); "
-              "the demo runs from a source checkout: git clone it, then `make demo`", file=err)
+        print(f"wgdisco demo: cannot import the namespace lab (wgdisco.lab) from {root}: {e}; "
+              "reinstall wgdisco", file=err)
         return EXIT_NO_LAB
     if os.geteuid() != 0:
         print("wgdisco demo: needs root (it creates network namespaces): run `sudo make demo`", file=err)

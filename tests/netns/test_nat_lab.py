@@ -1,0 +1,340 @@
+"""NAT traversal in the lab: nftables NAT routers, a real STUN server, Knot, wgdisco daemons.
+
+"Internet": 203.0.113.0/24 (a WAN bridge). Sites behind NAT routers: 10.1.0.0/24, 10.2.0.0/24.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.schema_check import check
+from wgdisco.lab import LAB_DIR, Lab, require_tool
+from wgdisco.lab.knot import start_knot, zone_name
+from wgdisco.lab.netns import Host
+from wgdisco.lab.wg import Node, keypair
+from wgdisco.proto import keys
+
+pytestmark = pytest.mark.netns
+DOMAIN = "wg.example.net"
+STUN_A, STUN_B, KNOT = "203.0.113.10", "203.0.113.11", "203.0.113.53"
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text())
+
+
+@dataclass
+class Internet:
+    lab: Lab
+    wan: Host
+    server: Host
+
+    def site(self, name: str, index: int, kind: str = "easy") -> Host:
+        """A host at 10.<index>.0.2 behind its own NAT router, WAN address 203.0.113.<index>."""
+        lan = self.lab.lan(f"l{name}")
+        self.lab.nat_router(f"r{name}", lan=lan, wan=self.wan, lan_addr=f"10.{index}.0.1/24",
+                            wan_addr=f"203.0.113.{index}/24", kind=kind)
+        host = self.lab.host(name)
+        self.lab.attach(host, lan, f"10.{index}.0.2/24")
+        host.add_route("default", via=f"10.{index}.0.1")
+        return host
+
+
+def internet(lab: Lab) -> Internet:
+    require_tool("stund")
+    wan = lab.lan("wan")
+    server = lab.host("srv")
+    lab.attach(server, wan, f"{STUN_A}/24")
+    server.add_addr(server.run(["ip", "-o", "-4", "addr", "show", "to", STUN_A]).stdout.split()[1], f"{STUN_B}/24")
+    server.add_addr(server.run(["ip", "-o", "-4", "addr", "show", "to", STUN_A]).stdout.split()[1], f"{KNOT}/24")
+    stund = server.popen(["stund", "-v", "-h", STUN_A, "-a", STUN_B], name="stund")
+    deadline = time.monotonic() + 10
+    while f"{STUN_A}:3478" not in server.run(["ss", "-Hnlu"]).stdout:
+        assert stund.alive() and time.monotonic() < deadline, stund.stdout() + stund.stderr()
+        time.sleep(0.05)
+    return Internet(lab, wan, server)
+
+
+def test_stun_on_the_tunnel_socket_finds_the_reflexive_address_and_publishes_it(lab: Lab) -> None:
+    net = internet(lab)
+    knot = start_knot(net.server, [KNOT])
+    host = net.site("a", 1, "easy")
+    tag = lab.prefix[3:9]
+    a = Node(host, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={
+        "mDNS": "off", "STUN": f"{STUN_A}:3478, {STUN_B}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
+        "UpdateKey": knot.update_key})
+    a.start()
+    a.proc.wait_for(r"STUN: reflexive address 203\.0\.113\.1:51820; NAT mapping endpoint-independent",
+                    timeout=10, stream="stderr")  # type: ignore[union-attr]
+    label = keys.key_to_base32(keys.key_from_base64(a.public))
+    deadline = time.monotonic() + 10
+    while "cand=10.1.0.2:51820,203.0.113.1:51820" not in knot.dig(net.server, f"{label}._wireguard._udp.{DOMAIN}.", "TXT"):
+        assert time.monotonic() < deadline, a.proc.stderr()  # type: ignore[union-attr]
+        time.sleep(0.2)
+    # beyond the LAN the SRV/A name the reflexive address; the TXT lists every candidate
+    assert "203.0.113.1" in knot.dig(net.server, f"wg-{label[:16]}.{DOMAIN}.", "A")
+    assert "nat=easy" in knot.dig(net.server, f"{label}._wireguard._udp.{DOMAIN}.", "TXT")
+    assert a.stop() == 0
+    assert "stun-unexpected" not in a.proc.stderr()  # type: ignore[union-attr]  # every answer was ours
+
+
+def test_stun_send_errors_are_counted_and_nothing_breaks(lab: Lab) -> None:
+    """No route to the STUN server: every request (and retransmission) fails in sendto;
+    each is counted in status "dropped" (send-ENETUNREACH) and the daemon runs on."""
+    host = lab.host("a")
+    lan = lab.lan("lan")
+    lab.attach(host, lan, "10.1.0.2/24")  # no default route: 192.0.2.1 is unreachable
+    tag = lab.prefix[3:9]
+    a = Node(host, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={
+        "mDNS": "off", "STUN": "192.0.2.1:3478"})
+    a.start()
+    deadline = time.monotonic() + 10  # retransmissions after 0.5, 1.5 s (RFC 5389 §7.2.1)
+    while True:
+        status = json.loads(host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
+        if status["dropped"].get("send-ENETUNREACH", 0) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    check(status, SCHEMA)
+    assert status["dropped"].get("send-ENETUNREACH", 0) >= 2, status["dropped"]
+    assert status["nat"]["reflexive"] == []
+    assert a.stop() == 0
+    assert "Traceback" not in a.proc.stderr()  # type: ignore[union-attr]
+
+
+def test_hard_nat_is_detected(lab: Lab) -> None:
+    net = internet(lab)
+    host = net.site("a", 1, "hard")
+    tag = lab.prefix[3:9]
+    a = Node(host, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"],
+             discovery={"mDNS": "off", "STUN": f"{STUN_A}:3478, {STUN_B}:3478"})
+    a.start()
+    m = a.proc.wait_for(r"STUN: reflexive address (.*); NAT mapping endpoint-dependent",  # type: ignore[union-attr]
+                        timeout=10, stream="stderr")
+    assert re.fullmatch(r"203\.0\.113\.1:\d+, 203\.0\.113\.1:\d+", m.group(1)), m.group(0)
+
+
+def two_sites(lab: Lab, kind_a: str = "easy", kind_b: str = "easy", *, poll: str = "1") -> tuple[Internet, Node, Node]:
+    net = internet(lab)
+    knot = start_knot(net.server, [KNOT])
+    ha, hb = net.site("a", 1, kind_a), net.site("b", 2, kind_b)
+    tag = lab.prefix[3:9]
+    common = {"mDNS": "off", "STUN": f"{STUN_A}:3478, {STUN_B}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
+              "UpdateKey": knot.update_key, "PollInterval": poll}
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
+    b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=dict(common))
+    a.peers = [b.peer_spec(keepalive=25)]  # no Endpoint: found through Knot, reached through both NATs
+    b.peers = [a.peer_spec(keepalive=25)]
+    return net, a, b
+
+
+def first_ping(node: Node, target: str, timeout: float) -> float:
+    start = time.monotonic()
+    while node.host.run(["ping", "-c1", "-W1", target], check=False).returncode != 0:
+        assert time.monotonic() - start < timeout, f"no ping to {target} within {timeout} s\n{node.proc.stderr()}"  # type: ignore[union-attr]
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
+    net, a, b = two_sites(lab)
+    a.discovery["Metrics"] = "127.0.0.1:9586"
+    start = time.monotonic()
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=15)
+    elapsed = time.monotonic() - start
+    assert elapsed < 5.0, f"first ping after {elapsed:.2f} s"
+    # direct, over the reflexive addresses: each side's endpoint is the other's NAT
+    assert a.dump()[b.public]["endpoint"] == "203.0.113.2:51820"
+    assert b.dump()[a.public]["endpoint"] == "203.0.113.1:51820"
+    # wgdisco status --json: valid against the documented schema, and it says what happened
+    status = json.loads(a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
+    check(status, SCHEMA)
+    peer = status["peers"][0]
+    assert (peer["path"], peer["endpoint"], peer["endpoint_source"]) == ("direct", "203.0.113.2:51820", "probe")
+    assert status["nat"] == {"reflexive": ["203.0.113.1:51820"], "mapping": "endpoint-independent"}
+    assert any(c["address"] == "203.0.113.2:51820" and c["state"] == "verified" and c["rtt_ms"] is not None
+               for c in peer["candidates"])
+    human = a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface]).stdout
+    assert "path: direct via 203.0.113.2:51820 (from probe)" in human and a.private not in human
+    # Prometheus metrics, scraped from inside a's namespace
+    scrape = a.host.run([sys.executable, "-c", "import urllib.request as u;"
+                         "print(u.urlopen('http://127.0.0.1:9586/metrics', timeout=5).read().decode())"]).stdout
+    peer_label = f'interface="{a.iface}",peer="{b.public}"'
+    assert re.search(rf"^wgdisco_handshakes_total\{{{re.escape(peer_label)}\}} [1-9]", scrape, re.M), scrape
+    assert re.search(r"^wgdisco_probes_sent_total\{.*\} [1-9]", scrape, re.M), scrape
+    assert "# TYPE wgdisco_dropped_total counter" in scrape and a.private not in scrape
+    assert re.search(r'^wgdisco_busy_poll_spins_total\{.*result="hit"\} \d+$', scrape, re.M), scrape
+    assert re.search(r"^wgdisco_busy_poll_seconds_total\{.*\} [\d.e-]+$", scrape, re.M), scrape
+
+
+def test_same_nat_without_hairpin_uses_lan_candidates(lab: Lab) -> None:
+    net = internet(lab)
+    knot = start_knot(net.server, [KNOT])
+    ha = net.site("a", 1, "easy")
+    hb = lab.host("b")  # a second host on site a's LAN, behind the same NAT (which does not hairpin)
+    lab.attach(hb, lab.nodes["la"], "10.1.0.3/24")  # type: ignore[arg-type]
+    hb.add_route("default", via="10.1.0.1")
+    tag = lab.prefix[3:9]
+    common = {"mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
+              "UpdateKey": knot.update_key, "PollInterval": "1"}
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
+    b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=dict(common))
+    a.peers, b.peers = [b.peer_spec()], [a.peer_spec()]
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=10)
+    assert a.dump()[b.public]["endpoint"] == "10.1.0.3:51820"
+    assert b.dump()[a.public]["endpoint"] == "10.1.0.2:51820"
+
+
+def test_wan_peer_and_natted_peer_connect_directly(lab: Lab) -> None:
+    net = internet(lab)
+    knot = start_knot(net.server, [KNOT])
+    ha = net.site("a", 1, "easy")
+    hw = lab.host("w")
+    lab.attach(hw, net.wan, "203.0.113.30/24")
+    tag = lab.prefix[3:9]
+    common = {"mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
+              "UpdateKey": knot.update_key, "PollInterval": "1"}
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
+    w = Node(hw, "wgdisco", f"ww{tag}", *keypair(), ["10.9.0.3/24"], discovery=dict(common))
+    a.peers, w.peers = [w.peer_spec(keepalive=25)], [a.peer_spec()]
+    w.start()
+    a.start()
+    first_ping(w, a.inner4, timeout=10)  # from the WAN side: possible because a's NAT was opened by a
+    assert a.dump()[w.public]["endpoint"] == "203.0.113.30:51820"
+    assert w.dump()[a.public]["endpoint"] == "203.0.113.1:51820"
+
+
+def test_hard_nat_to_easy_nat_says_why_and_does_not_flood(lab: Lab) -> None:
+    net, a, b = two_sites(lab, "hard", "easy")
+    a.start()
+    b.start()
+    time.sleep(34)  # past the bounded punching phase (30 s)
+    status = json.loads(a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
+    check(status, SCHEMA)
+    assert status["peers"][0]["path"] == "none" and "hard NAT" in status["peers"][0]["reason_text"], status
+    human = a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface]).stdout
+    assert "path: none (probes to every candidate timed out;" in human, human
+    assert a.stop() == 0 and b.stop() == 0
+    for node in (a, b):
+        err = node.proc.stderr()  # type: ignore[union-attr]
+        assert "Traceback" not in err
+        # the reason is stated, naming the hard NAT
+        assert re.search(r"path: probes to every candidate timed out; .*hard NAT.*: no direct path", err), err
+        # no flapping: the path state changed only a few times
+        assert len(re.findall(r"path: ", err)) <= 4, err
+        # no flood: a bounded number of probes in 34 s; the endpoint is not moved around
+        probes = int(re.search(r"probes sent=(\d+)", err).group(1))  # type: ignore[union-attr]
+        assert probes <= 60, err
+        assert len(re.findall(r"endpoint .* -> ", err)) <= 1, err
+    assert "hard NAT" in a.proc.stderr() and "hard NAT" in b.proc.stderr()  # type: ignore[union-attr]
+
+
+def test_roaming_new_wan_address_recovers_and_republishes(lab: Lab) -> None:
+    net, a, b = two_sites(lab)
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=15)
+    pinger = a.host.popen(["ping", "-i", "0.1", "-W", "1", b.inner4], name="roam-ping")
+    time.sleep(1)
+    router = lab.nodes["ra"]
+    router.sysctl("net.ipv4.conf.wan0.promote_secondaries=1")  # keep the new address when the old goes
+    router.ip("addr", "add", "203.0.113.21/24", "dev", "wan0")
+    router.ip("addr", "del", "203.0.113.1/24", "dev", "wan0")
+    moved = time.monotonic()
+    # recovered: a ping gets through again, and b now reaches a at the NAT's new address
+    deadline = moved + 15
+    while b.dump()[a.public]["endpoint"] != "203.0.113.21:51820" or \
+            a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+        assert time.monotonic() < deadline, a.proc.stderr() + b.proc.stderr()  # type: ignore[union-attr]
+        time.sleep(0.1)
+    recovery = time.monotonic() - moved
+    pinger.stop()
+    print(f"recovered after {recovery:.2f} s")
+    assert recovery < 5.0, f"recovered after {recovery:.2f} s"
+    # the records were re-published after the new reflexive address was learnt
+    a.proc.wait_for(r"STUN: reflexive address 203\.0\.113\.21:51820[^\n]*\n(.*\n)*.*DNS: published",
+                    timeout=5, stream="stderr")  # type: ignore[union-attr]
+
+
+def test_moving_to_another_lan_is_noticed_and_recovers(lab: Lab) -> None:
+    net, a, b = two_sites(lab)
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=15)
+    # a new site c behind its own easy NAT; a's host moves there (new link up, old one gone)
+    lan_c = lab.lan("lc")
+    lab.nat_router("rc", lan=lan_c, wan=net.wan, lan_addr="10.3.0.1/24", wan_addr="203.0.113.3/24")
+    old_if = a.host.run(["ip", "-o", "-4", "addr", "show", "to", "10.1.0.2"]).stdout.split()[1]
+    lab.attach(a.host, lan_c, "10.3.0.2/24")
+    a.host.ip("link", "del", old_if)
+    a.host.add_route("default", via="10.3.0.1")
+    moved = time.monotonic()
+    a.proc.wait_for(r"network changed", timeout=2, stream="stderr")  # type: ignore[union-attr]
+    a.proc.wait_for(r"STUN: reflexive address 203\.0\.113\.3:51820", timeout=3, stream="stderr")  # type: ignore[union-attr]
+    deadline = moved + 15
+    while a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+        assert time.monotonic() < deadline, a.proc.stderr() + b.proc.stderr()  # type: ignore[union-attr]
+        time.sleep(0.1)
+    recovery = time.monotonic() - moved
+    print(f"recovered after {recovery:.2f} s")
+    assert recovery < 5.0, f"recovered after {recovery:.2f} s"
+    assert b.dump()[a.public]["endpoint"] == "203.0.113.3:51820"
+
+
+def test_forged_record_and_forged_probe_answers_never_disturb_a_live_tunnel(lab: Lab) -> None:
+    net, a, b = two_sites(lab)
+    a.start()
+    b.start()
+    first_ping(a, b.inner4, timeout=15)
+    evil = lab.host("evil")
+    lab.attach(evil, net.wan, "203.0.113.66/24")
+    attacker = evil.popen([sys.executable, str(LAB_DIR / "attacker.py"), "51820", "12"], name="attacker")
+    # a rogue publisher (it has the zone's update key) puts b's key at the attacker's address
+    label = keys.key_to_base32(keys.key_from_base64(b.public))
+    owner = f"{label}._wireguard._udp.{DOMAIN}."
+    update = (f"server {KNOT}\nzone {DOMAIN}.\nupdate delete {owner} TXT\nupdate delete {owner} SRV\n"
+              f'update add {owner} 60 TXT "txtvers=1" "pub={b.public}" "cand=203.0.113.66:51820" "probe=1"\n'
+              f"update add {owner} 60 SRV 0 0 51820 evil.{DOMAIN}.\nupdate add evil.{DOMAIN}. 60 A 203.0.113.66\nsend\n")
+    key = a.discovery["UpdateKey"]
+    evil.run(["nsupdate", "-y", key], input=update)
+    pinger = a.host.popen(["ping", "-i", "0.1", "-c", "80", "-W", "1", b.inner4], name="ping-under-attack")
+    pinger.wait(timeout=30)
+    received = int(re.search(r"(\d+) received", pinger.stdout()).group(1))  # type: ignore[union-attr]
+    assert received >= 78, pinger.stdout()
+    assert a.dump()[b.public]["endpoint"] == "203.0.113.2:51820"
+    assert attacker.wait(timeout=20) == 0
+    hits = json.loads(attacker.stdout())
+    assert hits["received"] >= 1, "a never probed the forged candidate: the test proves nothing"
+    assert a.stop() == 0
+    err = a.proc.stderr()  # type: ignore[union-attr]
+    assert "-> 203.0.113.66" not in err and "203.0.113.66:51820 (verified" not in err, err
+    assert re.search(r"probe-drop-\S+=\d+", err), err  # the forged answers were counted
+
+
+def test_plain_wireguard_go_behind_nat_reached_by_discovery_and_handshake(lab: Lab) -> None:
+    net = internet(lab)
+    ha, hg = net.site("a", 1, "easy"), net.site("g", 2, "easy")
+    tag = lab.prefix[3:9]
+    g = Node(hg, "wireguard-go", f"wg{tag}", *keypair(), ["10.9.0.3/24"])
+    label = keys.key_to_base32(keys.key_from_base64(g.public))
+    zone = (f"_wireguard._udp 60 IN PTR {zone_name(label)}._wireguard._udp\n"
+            f"{zone_name(label)}._wireguard._udp 60 IN SRV 0 0 51820 gw\n"
+            f"gw 60 IN A 203.0.113.2\n"
+            f'{zone_name(label)}._wireguard._udp 60 IN TXT "txtvers=1" "pub={g.public}" "allowed=10.9.0.3/32"\n')
+    start_knot(net.server, [KNOT], extra_records=zone)
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={
+        "mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT, "PollInterval": "1"})
+    a.peers = [g.peer_spec()]
+    g.peers = [a.peer_spec("203.0.113.1:51820", keepalive=25)]  # a static wg config, as a user writes it
+    g.start()
+    a.start()
+    first_ping(a, g.inner4, timeout=15)
+    assert a.dump()[g.public]["endpoint"] == "203.0.113.2:51820"
+    assert g.dump()[a.public]["latest_handshake"] > 0

@@ -1,0 +1,428 @@
+"""wgdisco.io.dnssd: unicast DNS-SD client and RFC 2136 publisher, on loopback.
+
+A small in-process DNS server on 127.0.0.1 that answers like wgsd v0.3
+(TTL 0, address and TXT in the additional section of the SRV answer, an A record
+in the answer to an AAAA query, names echoed in upper case), or misbehaves on
+purpose (silence, wrong IDs, garbage, truncation, SERVFAIL).  No root needed.
+
+Against a real Knot in the namespace lab: tests/netns/test_dnssd_lab.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import dns.asyncresolver
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from wgdisco.errors import ConfigError, LocalError
+from wgdisco.io.dnssd import (
+    DnssdClient,
+    DnssdPublisher,
+    NameserverError,
+    NameserverTimeout,
+    RawInstance,
+    Retry,
+    TsigKey,
+    parse_update_key,
+)
+from wgdisco.proto import keys, records
+
+ip = ipaddress.ip_address
+DOMAIN = "wg.example.net."
+SERVICE = "_wireguard._udp.wg.example.net."
+
+# wgsd's README keys.
+PUB1 = keys.key_from_base64("xScVkH3fUGUv4RrJFfmcqm8rs3SEHr41km6+yffAHw4=")
+PUB2 = keys.key_from_base64("syKB97XhGnvC+kynh2KqQJPXoOoOpx/HmpMRTc+r4js=")
+LABEL1, LABEL2 = keys.key_to_base32(PUB1), keys.key_to_base32(PUB2)
+
+
+# ==================================================================== parse_update_key, TsigKey
+
+
+def test_parse_update_key() -> None:
+    key = parse_update_key("hmac-sha256:wgdisco:c2VjcmV0LXNlY3JldC1zZWNyZXQ=\n")
+    assert key == TsigKey("wgdisco.", b"secret-secret-secret", "hmac-sha256")
+    assert parse_update_key("HMAC-SHA512:k.example.:AAAA").algorithm == "hmac-sha512"
+    assert "secret" not in repr(key) and "c2Vj" not in repr(key)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("wgdisco:AAAA", "three fields"),
+        ("hmac-sha256:a:b:c", "three fields"),
+        ("hmac-md5:wgdisco:AAAA", "not one of"),
+        ("hmac-sha256::AAAA", "name is empty"),
+        ("hmac-sha256:a..b:AAAA", "not a valid DNS name"),
+        ("hmac-sha256:wgdisco:not base64!", "not valid base64"),
+        ("hmac-sha256:wgdisco:", "not valid base64|empty"),
+    ],
+)
+def test_parse_update_key_errors(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_update_key(text)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(LocalError):
+        DnssdClient(("ns.example.net", 53), DOMAIN)  # an address, not a name: no resolver involved
+    with pytest.raises(LocalError):
+        DnssdClient(("127.0.0.1", 0), DOMAIN)
+    with pytest.raises(ConfigError, match="not inside the update zone"):
+        DnssdPublisher(("127.0.0.1", 53), "wg.example.net", "example.org", TsigKey("k.", b"k"))
+    with pytest.raises(LocalError):
+        TsigKey("k.", b"k", "hmac-md5")
+
+
+# ==================================================================== Retry
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def make_retry(ft: FakeTime, **kw) -> Retry:
+    return Retry("DNS-SD lookup via 198.51.100.53:53", initial=0.5, maximum=4.0, rng=lambda: 0.5,
+                 sleep=ft.sleep, clock=ft.clock, **kw)
+
+
+def flaky(failures: int, error: Exception | None = None) -> Callable:
+    state = {"calls": 0}
+
+    async def op() -> str:
+        state["calls"] += 1
+        if state["calls"] <= failures:
+            raise error or NameserverTimeout("no answer from nameserver 198.51.100.53:53")
+        return "ok"
+
+    op.state = state  # type: ignore[attr-defined]
+    return op
+
+
+@pytest.mark.asyncio
+async def test_retry_backoff_logs_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    ft = FakeTime()
+    retry = make_retry(ft)
+    caplog.set_level(logging.INFO, logger="wgdisco.io.dnssd")
+    assert await retry.run(flaky(6)) == "ok"
+    # 0.5 * 2**n capped at 4, each reduced by jitter 0.5 * rng() = 25 %.
+    assert ft.sleeps == [0.375, 0.75, 1.5, 3.0, 3.0, 3.0]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert lines == [
+        ("WARNING", "DNS-SD lookup via 198.51.100.53:53: no answer from nameserver 198.51.100.53:53; "
+                    "retrying with backoff"),
+        ("INFO", "DNS-SD lookup via 198.51.100.53:53: working again after 11.6 s (6 failed attempts)"),
+    ]
+    assert not retry.down
+
+
+@pytest.mark.asyncio
+async def test_retry_outage_spans_calls(caplog: pytest.LogCaptureFixture) -> None:
+    ft = FakeTime()
+    retry = make_retry(ft)
+    caplog.set_level(logging.INFO, logger="wgdisco.io.dnssd")
+    for _ in range(3):  # a daemon calling every minute while the server is down
+        with pytest.raises(NameserverTimeout):
+            await retry.run(flaky(5), attempts=2)
+    assert retry.down and retry.failures == 6
+    assert await retry.run(flaky(0)) == "ok"
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+
+
+@pytest.mark.asyncio
+async def test_retry_passes_other_errors_through() -> None:
+    ft = FakeTime()
+    retry = make_retry(ft)
+    op = flaky(1, ConfigError("TSIG key 'wgdisco.' was refused by 198.51.100.53:53 (BADSIG)"))
+    with pytest.raises(ConfigError):
+        await retry.run(op)
+    assert op.state["calls"] == 1 and ft.sleeps == [] and not retry.down  # type: ignore[attr-defined]
+
+
+def test_retry_jitter_bounds() -> None:
+    retry = Retry("x", initial=1.0, maximum=30.0, jitter=0.5, rng=lambda: 0.999999)
+    assert [round(retry.delay(n), 3) for n in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    retry = Retry("x", initial=1.0, maximum=30.0, jitter=0.5, rng=lambda: 0.0)
+    assert retry.delay(100000) == 30.0
+    with pytest.raises(LocalError):
+        Retry("x", initial=0)
+
+
+# ==================================================================== a wgsd-like server on loopback
+
+
+Handler = Callable[[dns.message.Message], "dns.message.Message | bytes | list[bytes] | None"]
+
+
+class FakeDNS:
+    """UDP + TCP DNS on 127.0.0.1 (one port); ``handler(query)`` returns the answer, raw
+    bytes (sent as they are), a list of datagrams, or None (silence).  ``udp_limit``
+    truncates UDP answers that are longer (TC set, sections emptied)."""
+
+    def __init__(self, handler: Handler, udp_limit: int = 65535) -> None:
+        self.handler = handler
+        self.udp_limit = udp_limit
+        self.seen: list[tuple[str, str, str]] = []  # (transport, qname, qtype)
+        self.port = 0
+
+    async def __aenter__(self) -> FakeDNS:
+        loop = asyncio.get_running_loop()
+        for _ in range(20):
+            self.udp, _ = await loop.create_datagram_endpoint(lambda: _FakeUdp(self), local_addr=("127.0.0.1", 0))
+            self.port = self.udp.get_extra_info("sockname")[1]
+            try:
+                self.tcp = await asyncio.start_server(self._tcp_client, "127.0.0.1", self.port)
+                return self
+            except OSError:
+                self.udp.close()
+        raise RuntimeError("no free port pair on 127.0.0.1")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return "127.0.0.1", self.port
+
+    def answer(self, wire: bytes, transport: str) -> list[bytes]:
+        query = dns.message.from_wire(wire)
+        q = query.question[0]
+        self.seen.append((transport, q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype)))
+        out = self.handler(query)
+        if out is None:
+            return []
+        if isinstance(out, bytes):
+            return [out]
+        if isinstance(out, list):
+            return out
+        raw = out.to_wire(max_size=65535)
+        if transport == "udp" and len(raw) > self.udp_limit:
+            out.answer, out.authority, out.additional = [], [], []
+            out.flags |= dns.flags.TC
+            raw = out.to_wire(max_size=65535)
+        return [raw]
+
+    async def _tcp_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                (n,) = struct.unpack("!H", await reader.readexactly(2))
+                for raw in self.answer(await reader.readexactly(n), "tcp"):
+                    writer.write(struct.pack("!H", len(raw)) + raw)
+        except asyncio.IncompleteReadError:
+            pass
+        finally:
+            writer.close()
+
+
+class _FakeUdp(asyncio.DatagramProtocol):
+    def __init__(self, server: FakeDNS) -> None:
+        self.server = server
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        for raw in self.server.answer(data, "udp"):
+            self.transport.sendto(raw, addr)
+
+
+@dataclass
+class WgsdPeer:
+    public: bytes
+    endpoint: tuple[str, int]
+    allowed: str
+
+
+def wgsd(peers: list[WgsdPeer], zone: str = DOMAIN, *, additional: bool = True, upper: bool = True) -> Handler:
+    """wgsd v0.3's ServeDNS, transcribed (jwhited/wgsd wgsd.go), plus upper-case echoing."""
+    origin = dns.name.from_text(zone)
+    service = dns.name.from_text(f"_wireguard._udp.{zone}")
+
+    def owner(query: dns.message.Message) -> dns.name.Name:
+        name = query.question[0].name
+        return dns.name.from_text(name.to_text().upper()) if upper else name
+
+    def host_rr(name: dns.name.Name, peer: WgsdPeer) -> dns.rrset.RRset:
+        kind = "AAAA" if ":" in peer.endpoint[0] else "A"  # whatever was asked
+        return dns.rrset.from_text(name, 0, "IN", kind, peer.endpoint[0])
+
+    def txt_rr(name: dns.name.Name, peer: WgsdPeer) -> dns.rrset.RRset:
+        return dns.rrset.from_text(name, 0, "IN", "TXT",
+                                   f'"txtvers=1" "pub={keys.key_to_base64(peer.public)}" "allowed={peer.allowed}"')
+
+    def handler(query: dns.message.Message) -> dns.message.Message:
+        q = query.question[0]
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        name = owner(query)
+        rel = q.name.relativize(origin) if q.name.is_subdomain(origin) else None
+        peer = None
+        if rel is not None and len(rel) == 3 and q.name.parent() == service:
+            label = rel.labels[0].decode().upper()
+            peer = next((p for p in peers if keys.key_to_base32(p.public).upper() == label), None)
+        if q.name == service and q.rdtype == dns.rdatatype.PTR:
+            for p in peers:
+                response.answer.append(dns.rrset.from_text(
+                    name, 0, "IN", "PTR", f"{keys.key_to_base32(p.public)}.{SERVICE}"))
+        elif peer is not None and q.rdtype == dns.rdatatype.SRV:
+            response.answer.append(dns.rrset.from_text(name, 0, "IN", "SRV", f"0 0 {peer.endpoint[1]} {name}"))
+            if additional:
+                response.additional += [host_rr(name, peer), txt_rr(name, peer)]
+        elif peer is not None and q.rdtype in (dns.rdatatype.A, dns.rdatatype.AAAA):
+            response.answer.append(host_rr(name, peer))
+        elif peer is not None and q.rdtype == dns.rdatatype.TXT:
+            response.answer.append(txt_rr(name, peer))
+        else:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            response.authority.append(dns.rrset.from_text(
+                origin, 60, "IN", "SOA", f"ns1.{zone} postmaster.{zone} 1 86400 7200 3600000 60"))
+        return response
+
+    return handler
+
+
+PEERS = [
+    WgsdPeer(PUB1, ("203.0.113.1", 7777), "10.0.0.1/32"),
+    WgsdPeer(PUB2, ("2001:db8::2", 8888), "10.0.0.2/32,fd00::2/128"),
+]
+
+
+@pytest.mark.asyncio
+async def test_wgsd_lookup_uses_the_additional_section() -> None:
+    async with FakeDNS(wgsd(PEERS)) as server:
+        client = DnssdClient(server.address, DOMAIN)
+        assert await client.browse() == [LABEL1, LABEL2]
+        raw = await client.lookup(LABEL1)
+        assert raw == RawInstance(7777, f"{LABEL1.upper()}.{SERVICE.upper()}", [ip("203.0.113.1")],
+                                  [b"txtvers=1", b"pub=xScVkH3fUGUv4RrJFfmcqm8rs3SEHr41km6+yffAHw4=",
+                                   b"allowed=10.0.0.1/32"], 0)
+        # SRV and TXT only: the address came with the SRV answer.
+        assert sorted(t for _, _, t in server.seen) == ["PTR", "SRV", "TXT"]
+        sighting = records.record_from_dns(LABEL1, *raw[:4])
+        assert sighting.public_key == PUB1
+        assert sighting.candidates == [(ip("203.0.113.1"), 7777)]
+        assert sighting.malformed == 0
+
+
+@pytest.mark.asyncio
+async def test_wgsd_without_additional_and_a_for_aaaa() -> None:
+    # No additional section: A and AAAA are asked; wgsd answers both with the one host RR it has.
+    async with FakeDNS(wgsd(PEERS, additional=False)) as server:
+        raw = await DnssdClient(server.address, DOMAIN).lookup(LABEL2.upper())
+        assert raw is not None
+        assert raw.srv_port == 8888 and raw.addresses == [ip("2001:db8::2")] and raw.ttl == 0
+        assert sorted(t for _, _, t in server.seen) == ["A", "AAAA", "SRV", "TXT"]
+        sighting = records.record_from_dns(LABEL2.upper(), *raw[:4])
+        assert sighting.candidates == [(ip("2001:db8::2"), 8888)]
+        assert [str(n) for n in sighting.allowed] == ["10.0.0.2/32", "fd00::2/128"]
+
+
+@pytest.mark.asyncio
+async def test_nxdomain() -> None:
+    async with FakeDNS(wgsd([])) as server:
+        client = DnssdClient(server.address, DOMAIN)
+        assert await client.lookup(LABEL1) is None
+        assert await client.browse() == []
+
+
+@pytest.mark.asyncio
+async def test_truncated_answers_are_asked_again_over_tcp() -> None:
+    peers = [WgsdPeer(keys.public_key(bytes([i]) * 32), ("203.0.113.9", 1000 + i), "") for i in range(1, 60)]
+    async with FakeDNS(wgsd(peers), udp_limit=512) as server:
+        labels = await DnssdClient(server.address, DOMAIN).browse()
+        assert labels == [keys.key_to_base32(p.public) for p in peers]
+        assert [t for t, _, _ in server.seen] == ["udp", "tcp"]
+
+
+@pytest.mark.asyncio
+async def test_stray_datagrams_are_ignored_and_lost_ones_resent() -> None:
+    inner = wgsd(PEERS)
+    copies: dict[str, int] = {}
+
+    def handler(query: dns.message.Message):
+        key = dns.rdatatype.to_text(query.question[0].rdtype)
+        copies[key] = copies.get(key, 0) + 1
+        if key == "SRV" and copies[key] < 3:
+            return None  # the first two copies are "lost"
+        good = inner(query)
+        wrong_id = dns.message.from_wire(good.to_wire())
+        wrong_id.id ^= 0x5555
+        return [b"\x00" * 5, wrong_id.to_wire(), good.to_wire()[:20], good.to_wire()]
+
+    async with FakeDNS(handler) as server:
+        started = time.monotonic()
+        raw = await DnssdClient(server.address, DOMAIN, timeout=3.0).lookup(LABEL1)
+        assert raw is not None and raw.addresses == [ip("203.0.113.1")]
+        assert copies["SRV"] == 3 and copies["TXT"] == 1
+        assert time.monotonic() - started < 2.0  # resent after 0.4 s and 0.8 s more
+
+
+@pytest.mark.asyncio
+async def test_silent_server_times_out_within_the_timeout() -> None:
+    async with FakeDNS(lambda q: None) as server:
+        client = DnssdClient(server.address, DOMAIN, timeout=0.7)
+        for call in (client.browse, lambda: client.lookup(LABEL1)):
+            started = time.monotonic()
+            with pytest.raises(NameserverTimeout, match=r"127\.0\.0\.1:\d+"):
+                await call()
+            assert 0.65 < time.monotonic() - started < 1.2
+
+
+@pytest.mark.asyncio
+async def test_error_rcodes() -> None:
+    def rcode(code: int) -> Handler:
+        def handler(query: dns.message.Message) -> dns.message.Message:
+            response = dns.message.make_response(query)
+            response.set_rcode(code)
+            return response
+        return handler
+
+    async with FakeDNS(rcode(dns.rcode.SERVFAIL)) as server:
+        with pytest.raises(NameserverError, match="SERVFAIL"):
+            await DnssdClient(server.address, DOMAIN).browse()
+    async with FakeDNS(rcode(dns.rcode.REFUSED)) as server:
+        with pytest.raises(ConfigError, match=r"refused the query .*REFUSED.*wg\.example\.net"):
+            await DnssdClient(server.address, DOMAIN).lookup(LABEL1)
+
+
+@pytest.mark.asyncio
+async def test_resolver_path() -> None:
+    # nameserver=None goes through dns.asyncresolver; here a resolver configured by hand
+    # (never the system's) that points at the loopback server.
+    async with FakeDNS(wgsd(PEERS)) as server:
+        resolver = dns.asyncresolver.Resolver(configure=False)
+        resolver.nameservers = ["127.0.0.1"]
+        resolver.port = server.port
+        client = DnssdClient(None, DOMAIN, resolver=resolver)
+        assert await client.browse() == [LABEL1, LABEL2]
+        raw = await client.lookup(LABEL1)
+        assert raw is not None and raw.addresses == [ip("203.0.113.1")] and raw.srv_port == 7777
+        assert await client.lookup(keys.key_to_base32(bytes(32))) is None
+
+
+def lines(text: str) -> list[str]:
+    return sorted(" ".join(line.split()) for line in text.splitlines() if line.strip())

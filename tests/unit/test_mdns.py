@@ -1,0 +1,106 @@
+"""wgdisco.io.mdns in memory: TXT encoding, names, API misuse, interface addresses, socket errors.
+
+Publish/browse between lab hosts and against Avahi: tests/netns/test_mdns_lab.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from wgdisco.errors import LocalError
+from wgdisco.io import mdns
+from wgdisco.proto import keys
+
+
+def new_key() -> tuple[str, str]:
+    """(instance label, base64 public key) for a fresh key."""
+    public = keys.public_key(keys.generate_private_key(os.urandom(32)))
+    return keys.key_to_base32(public), keys.key_to_base64(public)
+
+
+# --- in memory ---------------------------------------------------------------------
+
+
+def test_txt_keeps_order_and_raw_strings() -> None:
+    strings = [b"txtvers=1", b"pub=abc", b"allowed=10.0.0.2/32,fd00::2/128", b"flag", b"empty=", b"pub=dup"]
+    rdata = mdns.encode_txt(strings)
+    assert rdata[:10] == b"\x09txtvers=1"
+    assert mdns.decode_txt(rdata) == tuple(strings)
+
+
+def test_txt_empty_is_one_empty_string() -> None:
+    # RFC 6763 §6.1: a TXT record holds at least one (possibly empty) string
+    assert mdns.encode_txt([]) == b"\x00"
+    assert mdns.decode_txt(b"\x00") == ()
+    assert mdns.decode_txt(b"") == ()
+    assert mdns.decode_txt(b"\x00\x01a") == (b"", b"a")
+
+
+@pytest.mark.parametrize(
+    "strings,message",
+    [
+        ([b"x" * 256], "exceeds 255"),
+        ([b"k=" + b"v" * 250] * 6, "exceeds 1300"),
+        (["txtvers=1"], "bytes, not str"),
+    ],
+)
+def test_txt_limits(strings: list, message: str) -> None:
+    with pytest.raises(LocalError, match=message):
+        mdns.encode_txt(strings)
+
+
+def test_txt_truncated_rdata_is_a_hint_not_an_error() -> None:
+    assert mdns.decode_txt(b"\x05ab") == (b"ab",)
+
+
+def test_server_name() -> None:
+    label, _ = new_key()
+    assert mdns.server_name(label) == f"wg-{label[:16]}.local."
+    assert len(label) == 56 and label == label.lower() and label.endswith("====")
+
+
+@pytest.mark.asyncio
+async def test_api_misuse_is_local_error() -> None:
+    # nothing here opens a socket: every call fails before reaching zeroconf
+    service = mdns.MdnsService(["lo"])
+    label, _ = new_key()
+    with pytest.raises(LocalError, match="not started"):
+        await service.publish(label, 51820, ["10.0.0.1"], [b"txtvers=1"])
+    with pytest.raises(LocalError, match="bad instance label"):
+        await service.publish("a.b", 51820, ["10.0.0.1"], [b"txtvers=1"])
+    with pytest.raises(LocalError, match="bad instance label"):
+        await service.publish("x" * 64, 51820, ["10.0.0.1"], [b"txtvers=1"])
+    for port, addresses, message in [
+        (0, ["10.0.0.1"], "out of range"),
+        (51820, [], "at least one address"),
+        (51820, ["fe80::1%2"], "cannot carry a scope"),
+        (51820, ["host.example"], "not an IP address"),
+    ]:
+        with pytest.raises(LocalError, match=message):
+            await service.publish(label, port, addresses, [b"txtvers=1"])
+    with pytest.raises(LocalError, match="not started"):
+        await service.browse(lambda event: None)
+    await service.close()  # closing a service never started is fine
+
+
+def test_interface_addresses_skip_loopback() -> None:
+    assert mdns.interface_addresses(["lo"]) == []
+    with pytest.raises(LocalError, match="no network interface"):
+        mdns.interface_addresses(["wgd-no-such-if"])
+
+
+def test_zeroconf_socket_errors_are_logged_without_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """A send on a socket whose interface lost its address: one warning line, no traceback."""
+    try:
+        raise OSError(101, "Network is unreachable")
+    except OSError as e:
+        err = e
+    with caplog.at_level(logging.WARNING, logger="zeroconf"):
+        logging.getLogger("zeroconf").warning("Error with socket 14 (('10.1.0.1', 5353))): %s", err, exc_info=err)
+        logging.getLogger("zeroconf").warning("not a socket error", exc_info=ValueError("kept"))
+    socket_error, other = caplog.records
+    assert socket_error.exc_info is None and "Network is unreachable" in socket_error.getMessage()
+    assert other.exc_info is not None  # only OSErrors lose their traceback

@@ -1,0 +1,296 @@
+"""The node core (proto/node.py): several nodes and simulated NATs in memory, on a fake clock.
+
+Each test runs in well under a second of real time; what only real parts can show (a kernel
+NAT, zeroconf, Knot) stays in the lab tests.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from tests.unit.nodesim import Net, SimNode
+from wgdisco.proto import records
+from wgdisco.proto.node import (
+    CandidateProbed, EndpointChanged, HandshakeCompleted, PathReasonChanged, RecordChanged,
+)
+
+STUN1 = ("192.0.2.1", 3478)
+STUN2 = ("192.0.2.2", 3478)
+
+
+def two_behind_nats(map_a: str = "eim", filt_a: str = "apdf", map_b: str = "eim", filt_b: str = "apdf",
+                    ) -> tuple[Net, SimNode, SimNode]:
+    net = Net()
+    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
+    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", mapping=map_a, filtering=filt_a)
+    net.nat("nat-b", "10.2.0.0/24", "198.51.100.1", mapping=map_b, filtering=filt_b)
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    b = net.node("b", ("10.2.0.2", 51820), "100.64.0.2", stun=[s1, s2])
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    return net, a, b
+
+
+def reasons(n: SimNode) -> list[str]:
+    return [e.reason for e in n.events if isinstance(e, PathReasonChanged)]
+
+
+# --- NAT traversal -------------------------------------------------------------------
+
+
+def test_easy_to_easy_gets_a_direct_path_from_records_alone() -> None:
+    net, a, b = two_behind_nats()
+    took = net.ping_until(a, b, limit=10)
+    assert took < 3.0
+    assert a.node.path_status(b.public, net.now).path == "direct"
+    assert a.node.endpoint_source(b.public) == "probe"
+    assert a.device.peers[b.public].endpoint[0] == "198.51.100.1"  # B's NAT, not B's LAN address
+    assert a.node.behaviour == "endpoint-independent"
+    assert any(isinstance(e, HandshakeCompleted) for e in a.events)
+    assert b.record is not None and "nat" in b.record.txt_extra and b.record.txt_extra["nat"] == "easy"
+
+
+def test_same_nat_uses_the_lan() -> None:
+    net = Net()
+    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
+    net.nat("home", "10.1.0.0/24", "203.0.113.1")
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    b = net.node("b", ("10.1.0.3", 51820), "100.64.0.2", stun=[s1, s2])
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    net.ping_until(a, b, limit=10)
+    net.run(2)
+    st = a.node.path_status(b.public, net.now)
+    assert st.path == "lan"
+    assert a.device.peers[b.public].endpoint == ("10.1.0.3", 51820)
+    assert "lan" in reasons(a)
+
+
+def test_hard_to_port_restricted_gives_the_hard_nat_reason() -> None:
+    net, a, b = two_behind_nats(map_a="edm")
+    with pytest.raises(AssertionError):
+        net.ping_until(a, b, limit=40)
+    assert a.node.behaviour == "endpoint-dependent"
+    st = a.node.path_status(b.public, net.now)
+    assert (st.path, st.reason) == ("none", "probes-timed-out")
+    assert "this side's NAT maps per destination" in st.reason_text
+    st_b = b.node.path_status(a.public, net.now)
+    assert "the peer's NAT maps per destination" in st_b.reason_text  # B read nat=hard from A's record
+
+
+def test_hard_to_full_cone_gets_through_by_peer_reflexive_candidate() -> None:
+    net, a, b = two_behind_nats(map_a="edm", filt_b="eif")
+    net.ping_until(a, b, limit=15)
+    paths = {p.addr: p for p in b.node.candidates(a.public)}
+    endpoint = b.device.peers[a.public].endpoint
+    assert paths[endpoint].kind == "prflx"  # A's per-destination port, learnt from its probe
+
+
+def test_hard_nat_on_both_sides_stops_probing() -> None:
+    net, a, b = two_behind_nats(map_a="edm", map_b="edm")
+    net.run(120)
+    assert a.node.path_status(b.public, net.now).reason == "hard-nat-both-sides"
+    sent = a.node.stats().probes_sent
+    net.run(120)
+    assert a.node.stats().probes_sent == sent  # the budget is spent: silence
+
+
+def test_a_new_wan_address_is_found_again() -> None:
+    net, a, b = two_behind_nats()
+    net.ping_until(a, b, limit=10)
+    net.nats[0].renumber("203.0.113.99")  # A's router got a new address; A itself sees nothing
+    took = net.ping_until(a, b, limit=60)
+    assert a.device.peers[b.public].endpoint[0] == "198.51.100.1"
+    assert b.device.peers[a.public].endpoint[0] == "203.0.113.99"
+    assert took < 25
+
+
+def test_a_forged_record_never_moves_a_live_path() -> None:
+    net, a, b = two_behind_nats()
+    net.ping_until(a, b, limit=10)
+    before = a.device.peers[b.public].endpoint
+    forged = records.Sighting(b.public, [(ipaddress.ip_address("192.0.2.66"), 4444)], txt={"probe": b"1"})
+    a.node.receive_sighting(forged, "mdns", net.now)
+    a.pump()
+    net.run(20)
+    net.ping_until(a, b, limit=5)
+    assert a.device.peers[b.public].endpoint == before
+    assert any(isinstance(e, CandidateProbed) and e.addr == ("192.0.2.66", 4444) for e in a.events)
+    assert not any(isinstance(e, EndpointChanged) and e.new == ("192.0.2.66", 4444) for e in a.events)
+
+
+# --- the bugs of issue 13 ------------------------------------------------------------
+
+
+def lan_pair(*, peers: bool) -> tuple[Net, SimNode, SimNode]:
+    net = Net()
+    net.source = "mdns"
+    a = net.node("a", ("10.7.0.2", 51820), "100.64.0.1")
+    b = net.node("b", ("10.7.0.3", 51820), "100.64.0.2")
+    if peers:
+        a.add(b)
+        b.add(a)
+    a.start()
+    b.start()
+    return net, a, b
+
+
+def test_peers_added_after_start_connect_from_records_seen_before() -> None:
+    # `wg set wg0 peer … allowed-ips …` after both started: the records were seen while the
+    # keys were strangers; adding the peer must use them, not wait for a record change
+    net, a, b = lan_pair(peers=False)
+    net.run(2)
+    assert a.node.stats().counters["records-not-a-peer"] >= 1
+    a.add(b)
+    b.add(a)
+    took = net.ping_until(a, b, limit=10)
+    assert took < 2.5
+
+
+def test_a_peer_added_later_is_probed_and_a_removed_one_forgotten() -> None:
+    net, a, b = lan_pair(peers=True)
+    net.ping_until(a, b, limit=5)
+    a.node.remove_peer(b.public)
+    assert b.public not in a.node.prober.peers and not a.node.candidates(b.public)
+    drops = sum(a.node.stats().probe_drops.values())
+    net.run(10)  # B goes on probing A: every probe is dropped now, none answered
+    assert sum(a.node.stats().probe_drops.values()) > drops
+    assert a.node.path_status  # the view copes with the peer gone
+    a.add(b)
+    net.ping_until(a, b, limit=10)
+
+
+def test_a_new_private_key_is_published_and_the_old_name_withdrawn() -> None:
+    net, a, b = lan_pair(peers=True)
+    old_label = a.record.instance_label
+    a.node.set_identity(bytes(range(32)), net.now)
+    a.pump()
+    changed = [e for e in a.events if isinstance(e, RecordChanged)][-1]
+    assert changed.withdrawn == old_label
+    assert changed.record.public_key == a.public != records.key_of_label(old_label)
+    assert b"pub=" + __import__("base64").b64encode(a.public) in records.build_txt(changed.record)
+    assert a.node.prober.keys.public == a.public  # probes are keyed from the new identity
+
+
+def test_a_new_listen_port_is_published_at_once() -> None:
+    net, a, b = lan_pair(peers=True)
+    a.node.set_port(51999, net.now)
+    a.pump()
+    changed = [e for e in a.events if isinstance(e, RecordChanged)][-1]
+    assert changed.record.port == 51999 and changed.withdrawn is None
+    assert all(port == 51999 for _, port in changed.record.candidates)
+
+
+def test_status_says_lan_with_stun_and_no_discovery() -> None:
+    net = Net()
+    s1 = net.stun_server(STUN1)
+    net.directory = False
+    a = net.node("a", ("10.7.0.2", 51820), "100.64.0.1", stun=[s1])
+    b = net.node("b", ("10.7.0.3", 51820), "100.64.0.2", stun=[s1])
+    a.add(b)
+    b.add(a)
+    a.node.set_endpoint(b.public, b.addr, "config")
+    a.start()
+    b.start()
+    net.ping_until(a, b, limit=5)
+    assert a.node.path_status(b.public, net.now).path == "lan"
+    assert a.node.endpoint_source(b.public) == "config"
+
+
+def test_a_goodbye_drops_the_candidates_it_brought() -> None:
+    net, a, b = lan_pair(peers=True)
+    net.directory = False
+    a.node.remove_peer(b.public)
+    a.add(b)  # no path, no candidates
+    sighting = records.Sighting(b.public, [(ipaddress.ip_address("10.7.0.99"), 51820)], txt={"probe": b"1"})
+    a.node.receive_sighting(sighting, "mdns", net.now)
+    assert [p.addr for p in a.node.candidates(b.public)] == [("10.7.0.99", 51820)]
+    a.node.receive_goodbye(b.public, "mdns", net.now)
+    assert a.node.candidates(b.public) == []
+
+
+def test_a_goodbye_keeps_the_live_path() -> None:
+    net, a, b = lan_pair(peers=True)
+    net.ping_until(a, b, limit=5)
+    a.node.receive_goodbye(b.public, "mdns", net.now)
+    assert a.device.peers[b.public].endpoint == b.addr
+    assert [p.addr for p in a.node.candidates(b.public)] == [b.addr]
+    net.ping_until(a, b, limit=2)
+
+
+def test_records_of_strangers_are_bounded() -> None:
+    net, a, b = lan_pair(peers=False)
+    for i in range(1000):
+        key = bytes([i % 256, i // 256]) + bytes(30)
+        a.node.receive_sighting(records.Sighting(key, [(ipaddress.ip_address("10.7.0.9"), 1000 + i)]), "mdns",
+                                net.now)
+    assert a.node.strangers <= 64
+    net.run(700)
+    assert a.node.strangers == 0  # expired
+
+
+def test_a_peer_without_probes_gets_handshake_tries() -> None:
+    # a wireguard-go peer behind a hand-written record: no probe=1, so handshakes are the probe
+    net = Net()
+    net.directory = False
+    a = net.node("a", ("10.7.0.2", 51820), "100.64.0.1")
+    b = net.node("b", ("10.7.0.3", 51820), "100.64.0.2", traversal=False)  # answers no probes
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    sighting = records.Sighting(b.public, [(ipaddress.ip_address("10.7.0.3"), 51820)])
+    a.node.receive_sighting(sighting, "dns", net.now)
+    a.pump()
+    net.ping_until(a, b, limit=5)
+    assert a.node.stats().counters.get("handshake-tries", 0) >= 1
+    assert a.node.endpoint_source(b.public) == "dns"
+
+
+# --- unicast lookups: fast first contact with the default PollInterval ------------------
+
+
+def lookup_times(n: SimNode, peer: bytes, seconds: float, step: float = 0.05) -> list[float]:
+    """When ``n`` wants ``peer`` looked up, stepping the whole network ``step`` at a time."""
+    net = n.net
+    times, start = [], net.now
+    while net.now < start + seconds:
+        if peer in n.node.lookups_due(net.now):
+            times.append(round(net.now - start, 2))
+        net.run(step)
+    return times
+
+
+def test_a_peer_without_a_path_is_looked_up_on_a_growing_schedule() -> None:
+    net, a, b = lan_pair(peers=False)
+    net.directory = False
+    a.add(b)
+    times = lookup_times(a, b.public, 40)
+    gaps = [y - x for x, y in zip(times, times[1:])]
+    assert times[0] == 0.0  # at once
+    assert gaps[:6] == pytest.approx([0.5, 1, 2, 4, 8, 10], abs=0.06)  # then PollInterval (10 s)
+
+
+def test_our_record_changing_brings_the_lookup_forward() -> None:
+    net, a, b = lan_pair(peers=False)
+    net.directory = False
+    a.add(b)
+    lookup_times(a, b.public, 20)  # backoff grown to PollInterval
+    assert a.node.next_lookup(net.now) > net.now + 1
+    a.node.set_port(51821, net.now)  # our record changed
+    assert b.public in a.node.lookups_due(net.now)
+
+
+def test_a_peer_with_a_path_is_looked_up_every_poll_interval() -> None:
+    net, a, b = lan_pair(peers=True)
+    a.device.set_persistent_keepalive(a.device.peers[b.public], 5, net.now)
+    net.ping_until(a, b, limit=5)
+    times = lookup_times(a, b.public, 45, step=0.1)
+    gaps = [y - x for x, y in zip(times, times[1:])]
+    assert gaps and all(9 <= g <= 11.05 for g in gaps)

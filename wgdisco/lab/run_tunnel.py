@@ -1,0 +1,36 @@
+"""Run a wgdisco tunnel with test-only constructor parameters (inside a lab host).
+
+    python -m wgdisco.lab.run_tunnel CONFIG [--timing JSON] [--load-threshold N]
+
+Same as ``wgdisco up CONFIG``, but the protocol constants can be shortened:
+they are passed to the Tunnel/Device constructors, never patched globally.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from wgdisco import config
+from wgdisco.daemon import Tunnel
+from wgdisco.proto.timers import Timing
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("config")
+    p.add_argument("--timing", default="{}")
+    p.add_argument("--load-threshold", type=int, default=None)
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    cfg = config.load(args.config)
+    tunnel = Tunnel(cfg, timing=Timing(**json.loads(args.timing)), handshake_load_threshold=args.load_threshold)
+    asyncio.run(tunnel.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
