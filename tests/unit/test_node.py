@@ -294,3 +294,14 @@ def test_a_peer_with_a_path_is_looked_up_every_poll_interval() -> None:
     times = lookup_times(a, b.public, 45, step=0.1)
     gaps = [y - x for x, y in zip(times, times[1:])]
     assert gaps and all(9 <= g <= 11.05 for g in gaps)
+
+
+def test_a_peer_that_loses_its_path_is_looked_up_at_once() -> None:
+    net, a, b = lan_pair(peers=True)
+    a.device.set_persistent_keepalive(a.device.peers[b.public], 5, net.now)
+    net.ping_until(a, b, limit=5)
+    lookup_times(a, b.public, 12, step=0.1)  # on the regular schedule now
+    net.nodes.remove(b)  # B is gone: nothing answers A any more
+    lost = net.run_until(lambda: not a.node.has_path(b.public, net.now), limit=30)
+    assert a.node.next_lookup(net.now) == net.now and b.public in a.node.lookups_due(net.now)
+    assert lost < 20

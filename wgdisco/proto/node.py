@@ -228,6 +228,7 @@ class Node:
         self._poll_interval = poll_interval
         self._lookup_at: dict[Key, float] = {}  # peer -> when to look it up next (absent: now)
         self._lookup_step: dict[Key, float] = {}  # peer without a path -> its current backoff
+        self._lookup_regular: set[Key] = set()  # peers looked up every PollInterval (they had a path)
 
     def _new_prober(self) -> Prober:
         identity = self.device.identity
@@ -266,6 +267,7 @@ class Node:
         for table in (self._reasons, self._synced, self._deferred, self._endpoint_source,
                       self._handshakes, self._path_changes, self._lookup_at, self._lookup_step):
             table.pop(public, None)
+        self._lookup_regular.discard(public)
 
     def set_identity(self, private_key: bytes, now: float) -> None:
         """A new private key (``wg set private-key``): new sessions, probe keys and record."""
@@ -398,11 +400,16 @@ class Node:
         """The peers to look up now (unicast DNS-SD), each then scheduled again."""
         due = []
         for public in self.device.peers:
+            path = self.has_path(public, now)
+            if public in self._lookup_regular and not path:  # it lost its path: look at once
+                self._lookup_regular.discard(public)
+                self._lookup_at[public] = now
             if self._lookup_at.get(public, now) > now:
                 continue
             due.append(public)
-            if self.has_path(public, now):
+            if path:
                 self._lookup_step.pop(public, None)
+                self._lookup_regular.add(public)
                 jitter = 0.9 + 0.2 * int.from_bytes(self._rng(2), "big") / 65535  # no lockstep
                 self._lookup_at[public] = now + self._poll_interval * jitter
             else:
@@ -412,8 +419,20 @@ class Node:
         return due
 
     def next_lookup(self, now: float) -> float:
-        """When ``lookups_due`` next has a peer (``now`` for a peer never looked up)."""
-        return min((self._lookup_at.get(p, now) for p in self.device.peers), default=now + self._poll_interval)
+        """When ``lookups_due`` next has a peer: ``now`` for one never looked up, or one that
+        was on the regular schedule and has lost its path; else the earliest scheduled time,
+        or the moment a regular peer's session stops being live."""
+        best = now + self._poll_interval
+        for public, peer in self.device.peers.items():
+            at = self._lookup_at.get(public, now)
+            if public in self._lookup_regular:
+                if not self.has_path(public, now):
+                    return now
+                quiet = None if peer.last_authenticated is None else peer.last_authenticated + LIVE_TIME
+                if quiet is not None and quiet > now:  # when the session stops being live
+                    at = min(at, quiet)
+            best = min(best, at)
+        return best
 
     # --- datagrams ------------------------------------------------------------------
 
