@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from wgdisco.lab import Lab, require_tool
+from wgdisco.lab import Lab
 from wgdisco.lab.avahi import Avahi, parse_browse, require_avahi
 from wgdisco.lab.knot import start_knot, zone_name
 from wgdisco.lab.wg import Node, keypair

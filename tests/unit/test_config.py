@@ -101,7 +101,7 @@ def test_last_value_wins_for_single_keys() -> None:
 BAD = [
     # (text, line, key, fragment of the message)
     (f"[Interface]\nPrivateKey = {PRIV}\nListenPort = 70000\n", 3, "ListenPort", "not a port"),
-    (f"[Interface]\nPrivateKey = abc\n", 2, "PrivateKey", "not a valid key"),
+    ("[Interface]\nPrivateKey = abc\n", 2, "PrivateKey", "not a valid key"),
     (f"[Interface]\nPrivateKey = {PRIV}\nFrobnicate = 1\n", 3, "Frobnicate", "unknown key in [Interface]"),
     (f"[Interface]\nPrivateKey = {PRIV}\n\n[Peer]\nPublicKey = {PUB1}\nEndpoint = fd00::1:51820\n", 6, "Endpoint", "[addr]:port"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PUB1}\nEndpoint = host:0\n", 5, "Endpoint", "not a port"),
@@ -121,7 +121,7 @@ BAD = [
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = md5:k:AAAA\n", 5, "UpdateKey", "not one of"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = hmac-sha256:k:!!\n", 5, "UpdateKey", "not valid base64"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nAllowedIPs = 10.0.0.2/32\n", 3, "PublicKey", "no PublicKey"),
-    (f"[Interface]\nListenPort = 1\n", 1, "PrivateKey", "no PrivateKey"),
+    ("[Interface]\nListenPort = 1\n", 1, "PrivateKey", "no PrivateKey"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {PUB1}\n[Peer]\nPublicKey = {PUB1}\n", 5, "PublicKey", "line 3"),
     (f"[Interface]\nPrivateKey = {PRIV}\njust words\n", 3, None, "Key = Value"),
     (f"ListenPort = 1\n[Interface]\nPrivateKey = {PRIV}\n", 1, "ListenPort", "outside of any section"),

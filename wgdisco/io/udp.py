@@ -14,16 +14,24 @@ equal: the host is written as ``inet_ntop`` writes it (lowercase, compressed,
 mapped IPv4 dotted), flowinfo is 0 (the kernel reports 0 unless IPV6_FLOWINFO
 is enabled), and a link-local scope is the interface index in the fourth
 field, never a ``%name`` suffix in the host.
+
+``Sender`` sends on the current socket: one datagram, or a run to one address in one
+UDP GSO ``sendmsg`` (one ``sendto`` each where the path cannot segment); a failed send
+is counted by errno, never raised.
 """
 
 from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 import struct
+from typing import Any, Iterable
 
 from wgdisco.errors import LocalError
+
+log = logging.getLogger("wgdisco")  # the daemon's logger: its lines read as before
 
 Sockaddr = tuple  # (host, port) or (host, port, flowinfo, scope_id), as recvfrom returns
 
@@ -118,6 +126,72 @@ def send_segments(sock: socket.socket, datagrams: list[bytes], segment: int, add
     caller falls back to one sendto each.
     """
     sock.sendmsg([b"".join(datagrams)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))], 0, addr)
+
+
+class Sender:
+    """Sends on the current socket (``sock``, replaced on a rebind) and counts failures.
+
+    Nothing it sends is ever retried: a datagram the kernel refuses (a full buffer, no
+    route) is counted in ``counts`` as ``send-would-block`` or ``send-<ERRNO>`` (the
+    daemon's drop counts), and the caller goes on.
+    """
+
+    def __init__(self, counts: dict[str, int], sock: socket.socket | None = None) -> None:
+        self.sock = sock
+        self.counts = counts  # reason -> count; the caller's dict, shared with its other drops
+        self.gso = True  # False once the path refused to segment: one sendto each from then on
+
+    def send(self, data: bytes, addr: Sockaddr) -> None:
+        """One datagram (the hot path's lone packet: no helper call in between)."""
+        try:
+            self.sock.sendto(data, addr)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            self._count("send-would-block")
+        except OSError as e:
+            self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+
+    def send_all(self, datagrams: Iterable[tuple[bytes, Sockaddr]]) -> None:
+        """``(data, addr)`` pairs, one sendto each."""
+        sendto = self.sock.sendto  # type: ignore[union-attr]
+        for data, addr in datagrams:
+            self._sendto(sendto, data, addr)
+
+    def send_batch(self, batch: list[bytes], segment: int, addr: Sockaddr) -> None:
+        """Datagrams of ``segment`` bytes (the last may be shorter) to ``addr``, in one GSO
+        sendmsg when there are several; ``batch`` is cleared."""
+        sock = self.sock
+        assert sock is not None
+        if len(batch) > 1 and self.gso:
+            try:
+                send_segments(sock, batch, segment, addr)
+                batch.clear()
+                return
+            except (BlockingIOError, InterruptedError):
+                self._count("send-would-block")
+                batch.clear()
+                return
+            except OSError as e:
+                if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
+                    self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+                    batch.clear()
+                    return
+                self.gso = False  # this path cannot segment: one sendto each from now on
+                log.info("UDP GSO unavailable (%s); sending datagrams one by one", e.strerror)
+        sendto = sock.sendto
+        for data in batch:
+            self._sendto(sendto, data, addr)
+        batch.clear()
+
+    def _sendto(self, sendto: Any, data: bytes, addr: Sockaddr) -> None:
+        try:
+            sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self._count("send-would-block")
+        except OSError as e:
+            self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+
+    def _count(self, reason: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
 
 
 def recv_segments(sock: socket.socket, bufsize: int) -> tuple[bytes, Sockaddr, int]:

@@ -1,0 +1,284 @@
+"""What users see of a running tunnel: status, metrics, the wg UAPI, the log.
+
+``Surface`` answers ``wgdisco status`` (``status()``, schema docs/status.schema.json, over the
+control socket), Prometheus scrapes (``render_metrics()``), ``wg show``/``wg set`` (``snapshot``/
+``apply_set`` behind ``handle_uapi``), turns the node's events into log lines, and counts and
+summarises dropped input for the shutdown log. It reads the tunnel's public state and changes
+peers only through the node core (proto/node.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from wgdisco.errors import LocalError
+from wgdisco.io import udp
+from wgdisco.proto import keys, uapi
+from wgdisco.proto.device import Peer
+from wgdisco.proto.node import (
+    CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
+    RecordChanged, ReflexiveChanged, StunChanged, StunFailed,
+)
+
+log = logging.getLogger("wgdisco")
+
+
+def short(peer: Peer) -> str:
+    return short_key(peer.public_key)
+
+
+def short_key(public: bytes) -> str:
+    return keys.key_to_base64(public)[:8] + "…"
+
+
+def fmt_addr(addr: Any) -> str:
+    return "(none)" if addr is None else udp.format_sockaddr(addr)
+
+
+class Surface:
+    """Status, metrics, UAPI and log lines over one Tunnel (daemon/tunnel.py, which holds this;
+    typed ``Any`` here so that this module does not import that one)."""
+
+    def __init__(self, tunnel: Any) -> None:
+        self.tunnel = tunnel
+
+    # --- UAPI (wg show / wg set) ------------------------------------------------
+
+    def handle_uapi(self, request: bytes) -> bytes:
+        t = self.tunnel
+        try:
+            op = uapi.parse_request(request)
+        except uapi.UapiError as e:
+            return uapi.format_set_result(e.errno)
+        with t.lock:
+            if isinstance(op, uapi.GetRequest):
+                return uapi.format_get(self.snapshot())
+            try:
+                self.apply_set(op)
+            except uapi.UapiError as e:
+                return uapi.format_set_result(e.errno)
+            finally:
+                t.flush()
+        if t.dataplane is not None:
+            t.dataplane.wake()  # deadlines or the socket may have changed
+        return uapi.format_set_result(0)
+
+    def handle_control(self, command: str) -> Any:
+        if command != "status":
+            raise LocalError(f"unknown command {command!r} (try: status)")
+        with self.tunnel.lock:
+            return self.status()
+
+    def status(self) -> dict[str, Any]:
+        """What ``wgdisco status --json`` prints (schema: docs/status.schema.json). Lock held."""
+        t = self.tunnel
+        device, node, sock = t.device, t.node, t.sock
+        assert device is not None and node is not None and sock is not None
+        now = time.monotonic()
+        peers = []
+        for public, peer in device.peers.items():
+            st = node.path_status(public, now)
+            last = 0.0 if peer.last_handshake is None else peer.last_handshake + device.wall_offset
+            peers.append({
+                "public_key": keys.key_to_base64(public),
+                "endpoint": None if peer.endpoint is None else fmt_addr(peer.endpoint),
+                "endpoint_source": node.endpoint_source(public),
+                "path": st.path,
+                "reason": st.reason,
+                "reason_text": st.reason_text,
+                "candidates": [{
+                    "address": udp.format_sockaddr(p.addr), "kind": p.kind, "source": p.source, "state": p.state,
+                    "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 2),
+                } for p in node.candidates(public)],
+                "latest_handshake": int(last),
+                "rx_bytes": peer.rx_bytes,
+                "tx_bytes": peer.tx_bytes,
+                "persistent_keepalive": peer.persistent_keepalive,
+                "allowed_ips": [str(n) for n in device.allowed_ips.entries_for_peer(peer)],
+            })
+        return {
+            "interface": t.name,
+            "public_key": keys.key_to_base64(device.identity.public),
+            "listen_port": udp.local_port(sock),
+            "nat": {
+                "reflexive": [udp.format_hostport(ip, port) for ip, port in node.reflexive],
+                "mapping": node.behaviour,
+            },
+            "peers": peers,
+            "dropped": self.drop_counts(),
+        }
+
+    def render_metrics(self) -> str:
+        """Prometheus text format: handshakes, traffic, probes, path changes, STUN/DNS errors, drops."""
+        t = self.tunnel
+        device, node = t.device, t.node
+        assert device is not None and node is not None
+        out: list[str] = []
+
+        def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
+            out.append(f"# HELP wgdisco_{name} {help_}")
+            out.append(f"# TYPE wgdisco_{name} {kind}")
+            out.extend(f"wgdisco_{name}{labels} {value:g}" for labels, value in samples)
+
+        iface = f'interface="{t.name}"'
+        with t.lock:
+            peers = [(f'{{{iface},peer="{keys.key_to_base64(pub)}"}}', pub, p) for pub, p in device.peers.items()]
+            metric("handshakes_total", "counter", "Completed WireGuard handshakes.",
+                   [(lbl, node.handshakes(pub)) for lbl, pub, _ in peers])
+            metric("receive_bytes_total", "counter", "Bytes received from the peer (outer, as wg show).",
+                   [(lbl, p.rx_bytes) for lbl, _, p in peers])
+            metric("transmit_bytes_total", "counter", "Bytes sent to the peer (outer, as wg show).",
+                   [(lbl, p.tx_bytes) for lbl, _, p in peers])
+            metric("latest_handshake_seconds", "gauge", "Unix time of the latest handshake, 0 if none.",
+                   [(lbl, 0 if p.last_handshake is None else int(p.last_handshake + device.wall_offset))
+                    for lbl, _, p in peers])
+            metric("path_changes_total", "counter", "Endpoint changes (roaming, probes, hints).",
+                   [(lbl, node.path_changes(pub)) for lbl, pub, _ in peers])
+            st = node.stats()
+            metric("probes_sent_total", "counter", "Path probes sent.", [(f"{{{iface}}}", st.probes_sent)])
+            metric("probe_replies_total", "counter", "Path probes answered for peers.",
+                   [(f"{{{iface}}}", st.probe_replies)])
+            metric("stun_errors_total", "counter", "STUN transactions that timed out or got an error response.",
+                   [(f"{{{iface}}}", st.stun_errors)])
+            dns_errors = t.discovery.dns_errors() if t.discovery is not None else 0
+            metric("dns_errors_total", "counter", "Failed DNS-SD lookups and updates.", [(f"{{{iface}}}", dns_errors)])
+            busy = t.dataplane.busy if t.dataplane is not None else None
+            metric("busy_poll_spins_total", "counter",
+                   "Data-plane spins after sending (proto/busypoll.py), by whether a packet came in time.",
+                   [(f'{{{iface},result="hit"}}', busy.hits if busy is not None else 0),
+                    (f'{{{iface},result="miss"}}', busy.misses if busy is not None else 0)])
+            metric("busy_poll_seconds_total", "counter", "Seconds the data plane spent spinning.",
+                   [(f"{{{iface}}}", round(busy.total_spent, 6) if busy is not None else 0)])
+            metric("dropped_total", "counter", "Input dropped, by reason.",
+                   [(f'{{{iface},reason="{reason}"}}', n) for reason, n in sorted(self.drop_counts().items())])
+        return "\n".join(out) + "\n"
+
+    def snapshot(self) -> uapi.DeviceSnapshot:
+        t = self.tunnel
+        device = t.device
+        assert device is not None and t.sock is not None
+        peers = []
+        for peer in device.peers.values():
+            last = 0.0 if peer.last_handshake is None else peer.last_handshake + device.wall_offset
+            psk = peer.handshake.preshared_key
+            peers.append(uapi.PeerSnapshot(
+                public_key=peer.public_key,
+                preshared_key=None if psk == bytes(32) else psk,
+                endpoint=None if peer.endpoint is None else udp.from_sockaddr(peer.endpoint),
+                last_handshake=last, tx_bytes=peer.tx_bytes, rx_bytes=peer.rx_bytes,
+                persistent_keepalive_interval=peer.persistent_keepalive,
+                allowed_ips=tuple(device.allowed_ips.entries_for_peer(peer)),
+            ))
+        return uapi.DeviceSnapshot(
+            private_key=device.identity.private, listen_port=udp.local_port(t.sock),
+            fwmark=t.routing.fwmark, peers=tuple(peers),
+        )
+
+    def apply_set(self, req: uapi.SetRequest) -> None:
+        t = self.tunnel
+        device, node = t.device, t.node
+        assert device is not None and node is not None and t.sock is not None
+        now = time.monotonic()
+        d = req.device
+        if d.private_key is not None and d.private_key != bytes(32):
+            node.set_identity(d.private_key, now)
+        if d.listen_port is not None and d.listen_port != udp.local_port(t.sock):
+            t.rebind(d.listen_port)
+            node.set_port(udp.local_port(t.sock), now)
+        if d.replace_peers:
+            for public in list(device.peers):
+                node.remove_peer(public)
+        for op in req.peers:
+            if op.public_key == device.identity.public:
+                continue
+            peer = device.peers.get(op.public_key)
+            if op.remove:
+                node.remove_peer(op.public_key)
+                continue
+            if peer is None:
+                if op.update_only:
+                    continue
+                peer = node.add_peer(op.public_key, now)
+            if op.preshared_key is not None:
+                device.set_preshared_key(peer, None if op.preshared_key == bytes(32) else op.preshared_key)
+            if op.endpoint is not None:
+                try:
+                    node.set_endpoint(op.public_key, udp.to_sockaddr(t.sock, *op.endpoint), "uapi")
+                except (LocalError, OSError):
+                    raise uapi.UapiError(uapi.EINVAL, "bad endpoint") from None
+            if op.replace_allowed_ips:
+                device.allowed_ips.remove_by_peer(peer)
+            for aop in op.allowed_ips:
+                if aop.remove:
+                    device.allowed_ips.remove(aop.network, peer)
+                else:
+                    device.allowed_ips.insert(aop.network, peer)
+            if op.persistent_keepalive_interval is not None:
+                device.set_persistent_keepalive(peer, op.persistent_keepalive_interval, now)
+
+    # --- the node's events, as log lines -----------------------------------------
+
+    def on_event(self, event: Any) -> None:
+        """The node's events: log lines, and our record for discovery (on the asyncio loop)."""
+        if isinstance(event, HandshakeCompleted):
+            log.info("peer %s: handshake completed", short_key(event.peer))
+        elif isinstance(event, EndpointChanged):
+            log.info("peer %s: endpoint %s -> %s (%s)", short_key(event.peer), fmt_addr(event.old),
+                     fmt_addr(event.new), event.cause)
+        elif isinstance(event, GaveUp):
+            log.info("peer %s: no handshake after %d attempts, giving up until new traffic",
+                     short_key(event.peer), event.attempts)
+        elif isinstance(event, PathReasonChanged):
+            log.info("peer %s: path: %s", short_key(event.peer), event.text)
+        elif isinstance(event, CandidateProbed):
+            log.info("peer %s: new candidate %s (%s); probing it once", short_key(event.peer),
+                     fmt_addr(event.addr), event.source)
+        elif isinstance(event, NatSuspected):
+            log.info("peer %s: no answer for %.0f s; checking our NAT mapping again (STUN)",
+                     short_key(event.peer), event.silent_for)
+        elif isinstance(event, StunFailed):
+            log.warning("STUN: no answer from %s", fmt_addr(event.server))
+        elif isinstance(event, StunChanged):
+            log.info("STUN: %s now sees us as %s (was %s)", fmt_addr(event.server),
+                     udp.format_hostport(*event.new), udp.format_hostport(*event.old))
+        elif isinstance(event, ReflexiveChanged):
+            shown = ", ".join(udp.format_hostport(ip, port) for ip, port in event.reflexive) or "none"
+            log.info("STUN: reflexive address %s; NAT mapping %s", shown, event.behaviour)
+        elif isinstance(event, RecordChanged):
+            t = self.tunnel
+            if t.discovery is not None and t.loop is not None:
+                t.loop.call_soon_threadsafe(t.discovery.record_changed, event.record, event.withdrawn)
+
+    # --- drops and the shutdown summaries ----------------------------------------
+
+    def drop_counts(self) -> dict[str, int]:
+        t = self.tunnel
+        drops = dict(t.other_drops)
+        if t.device is not None:
+            for reason, n in t.device.drops.items():
+                drops[reason] = drops.get(reason, 0) + n
+        return drops
+
+    def drop_summary(self) -> str:
+        """Dropped input by reason, e.g. ``dropped: malformed=3 mac1=1`` (never secrets)."""
+        drops = self.drop_counts()
+        if not drops:
+            return "dropped: nothing"
+        return "dropped: " + " ".join(f"{k}={v}" for k, v in sorted(drops.items()))
+
+    def nat_summary(self) -> str:
+        """Probe counters for the log line at shutdown."""
+        node = self.tunnel.node
+        assert node is not None
+        st = node.stats()
+        drops = " ".join(f"probe-drop-{k}={v}" for k, v in sorted(st.probe_drops.items()))
+        return f"probes sent={st.probes_sent} answered-for-peers={st.probe_replies} {drops}".strip()
+
+    def discovery_summary(self) -> str:
+        """What records did, e.g. ``hints-ignored-live=3 records-not-a-peer=1`` (never secrets)."""
+        t = self.tunnel
+        assert t.node is not None and t.discovery is not None
+        counts = {**t.node.stats().counters, **t.discovery.counters}
+        return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to report"

@@ -1,0 +1,382 @@
+"""A running interface: its lifecycle, from ``start`` to teardown, and the ways into it.
+
+``Tunnel`` opens the TUN device and the UDP socket, builds the Device and the node core
+(proto/node.py), adds the configured peers and routes (daemon/routing.py), starts the
+data plane (daemon/dataplane.py), the UAPI and control sockets (answered by
+daemon/surface.py), discovery, the network monitor and metrics; runs until SIGINT/SIGTERM
+or until its link is deleted; reloads peers on SIGHUP; rebinds the socket for ``wg set
+listen-port``; runs the wg-quick hooks; and tears it all down again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from typing import Any, Callable
+
+from wgdisco import config as configmod
+from wgdisco.daemon.dataplane import DataPlane
+from wgdisco.daemon.routing import Routing
+from wgdisco.daemon.surface import Surface, fmt_addr, short, short_key
+from wgdisco.errors import ConfigError, LocalError
+from wgdisco.io import netlink, udp
+from wgdisco.io.tun import Tun
+from wgdisco.io.control import CONTROL_DIR, ControlServer
+from wgdisco.io.uapi import UapiServer
+from wgdisco.proto import keys, uapi
+from wgdisco.proto.device import Device
+from wgdisco.proto.node import Node
+from wgdisco.proto.timers import Timing
+
+log = logging.getLogger("wgdisco")
+
+DEFAULT_MTU = 1420
+
+
+class Tunnel:
+    """A running interface: TUN + UDP socket + Device + UAPI."""
+
+    def __init__(
+        self,
+        cfg: configmod.Config,
+        *,
+        timing: Timing | None = None,
+        uapi_dir: str = "/var/run/wireguard",
+        handshake_load_threshold: int | None = None,
+        gro: bool = True,
+        control_dir: str = CONTROL_DIR,
+    ) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.timing = timing
+        self.uapi_dir = uapi_dir
+        self.load_threshold = handshake_load_threshold
+        self.tun: Tun | None = None
+        self.device: Device | None = None
+        self.stopped = asyncio.Event()
+        self.link_deleted = False  # set by the data plane: our interface was deleted under us
+        self.lock = threading.Lock()  # the Device, the socket and the counters
+        self.dataplane: DataPlane | None = None
+        self.node: Node | None = None  # peers, identity, discovery and path policy (proto/node.py)
+        self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
+        self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor, with NAT traversal
+        self.change_task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.metrics: Any = None
+        self.routing = Routing(cfg.name, cfg.interface)  # AllowedIPs routes, policy routing, the fwmark
+        self.surface = Surface(self)  # status, metrics, UAPI, log lines
+        self.uapi = UapiServer(socket_dir=uapi_dir)
+        self.control = ControlServer(socket_dir=control_dir)
+        self.other_drops: dict[str, int] = {}  # drops the device does not count (socket, TUN, sends)
+        self.sender = udp.Sender(self.other_drops)  # sends on the current socket, UDP GSO
+        self.gro = gro  # coalesce received TCP segments into GSO writes to TUN
+
+    @property
+    def sock(self) -> socket.socket | None:
+        """The UDP socket (the tunnel's listen port); the sender always sends on this one."""
+        return self.sender.sock
+
+    @sock.setter
+    def sock(self, sock: socket.socket | None) -> None:
+        self.sender.sock = sock
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        cfg, iface = self.cfg, self.cfg.interface
+        if os.geteuid() != 0:
+            raise LocalError("wgdisco up needs root (CAP_NET_ADMIN) to create a TUN interface")
+        if await asyncio.to_thread(netlink.link_exists, self.name):
+            raise LocalError(f"interface {self.name} already exists")
+        self._hooks(iface.pre_up, "PreUp")
+        routed = [n for pc in cfg.peers for n in pc.allowed_ips]
+        if self.routing.default_routes(routed):
+            await self.routing.choose_policy_table(self.sock)
+        self.sock = udp.open_udp(iface.listen_port or 0, fwmark=self.routing.fwmark)
+        udp.enable_gro(self.sock)
+        try:
+            self.tun = Tun(self.name, vnet_hdr=self.gro)
+            now = time.monotonic()
+            kw = {} if self.load_threshold is None else {"handshake_load_threshold": self.load_threshold}
+            self.device = Device(
+                iface.private_key,  # type: ignore[arg-type]
+                rng=os.urandom, now=now, wall_offset=time.time() - now,
+                mtu=iface.mtu or DEFAULT_MTU, timing=self.timing, addr_key=udp.sockaddr_bytes, **kw,
+            )
+            discovering = cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None
+            self.node = Node(
+                self.device, rng=os.urandom, wall=time.time(),
+                addr_of=lambda ip, port: udp.to_sockaddr(self.sock, ip, port),  # type: ignore[arg-type]
+                host_of=lambda addr: udp.from_sockaddr(addr)[0], format_addr=fmt_addr,
+                port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery["STUN"]),
+                stun_servers=await self._stun_servers(), domain=cfg.discovery["Domain"] or "local",
+                allowed=iface.addresses, poll_interval=cfg.discovery["PollInterval"],
+            )
+            for pc in cfg.peers:
+                self._add_config_peer(pc, now)
+            await asyncio.to_thread(
+                netlink.configure_link, self.name, addresses=iface.addresses, mtu=iface.mtu or DEFAULT_MTU
+            )
+            await self.routing.add_routes(routed, self.sock)
+            await self.uapi.start(self.name, self.surface.handle_uapi)
+            await self.control.start(self.name, self.surface.handle_control)
+        except BaseException:
+            await self._teardown()
+            raise
+        node = self.node
+        lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
+        if discovering:
+            from wgdisco.discovery import Discovery  # zeroconf/dnspython only when used
+
+            self.discovery = Discovery(cfg.discovery, cfg.path, node.record(), feed=self.feed,
+                                       peer_keys=self.peer_keys)
+        self.dataplane = DataPlane(
+            self.name, tun=self.tun, device=self.device, node=node, sender=self.sender, lock=self.lock,
+            drops=self.other_drops, flush=self.flush, on_link_deleted=self._link_deleted, gro=self.gro,
+        )
+        self.dataplane.start()
+        self.feed(lambda node, now: node.start(lan, now))
+        if self.discovery is not None:
+            try:
+                await self.discovery.start(lan)
+            except BaseException:
+                await self._teardown()
+                raise
+        if node.traversal:
+            from wgdisco.io.netmon import NetworkMonitor
+
+            self.netmon = NetworkMonitor(self._network_changed, ignore_ifnames={self.name})
+            try:
+                await self.netmon.start()
+            except LocalError as e:
+                log.warning("network changes will not be noticed: %s", e)
+                self.netmon = None
+        if cfg.discovery["Metrics"] is not None:
+            from wgdisco.io.metrics import MetricsServer
+
+            self.metrics = MetricsServer(self.surface.render_metrics)
+            try:
+                await self.metrics.start(cfg.discovery["Metrics"].host, cfg.discovery["Metrics"].port)
+            except LocalError:
+                await self._teardown()
+                raise
+        self._hooks(iface.post_up, "PostUp")
+        log.info(
+            "interface %s up: public key %s, listening on UDP port %d, %d peer(s)",
+            self.name, keys.key_to_base64(self.device.identity.public), udp.local_port(self.sock), len(cfg.peers),
+        )
+
+    async def _stun_servers(self) -> list[Any]:
+        """STUN servers from ``[Discovery] STUN``, resolved once (none is ever assumed)."""
+        servers = []
+        for endpoint in self.cfg.discovery["STUN"]:
+            try:
+                servers.append(await asyncio.to_thread(udp.to_sockaddr, self.sock, endpoint.host, endpoint.port))
+            except (LocalError, OSError) as e:
+                log.warning("STUN server %s: cannot resolve: %s", endpoint, e)
+        return servers
+
+    def feed(self, fn: Callable[[Node, float], Any]) -> Any:
+        """Run ``fn(node, now)`` under the lock, send what the node queued, wake the data plane;
+        ``fn``'s result. Any thread; the asyncio side's way into the node (discovery, network changes)."""
+        with self.lock:
+            if self.node is None:
+                return None
+            result = fn(self.node, time.monotonic())
+            self.flush()
+        if self.dataplane is not None:
+            self.dataplane.wake()
+        return result
+
+    def peer_keys(self) -> frozenset[bytes]:
+        with self.lock:
+            return self.node.peers if self.node is not None else frozenset()
+
+    def flush(self) -> None:
+        """Send what the node queued and act on its events (caller holds the lock)."""
+        node = self.node
+        assert node is not None and self.sock is not None
+        out = node.datagrams_to_send()
+        if out:
+            self.sender.send_all(out)
+        event = node.next_event()
+        while event is not None:
+            self.surface.on_event(event)
+            event = node.next_event()
+
+    def _add_config_peer(self, pc: configmod.PeerConfig, now: float) -> None:
+        assert self.device is not None and self.node is not None and self.sock is not None
+        peer = self.node.add_peer(pc.public_key, now, pc.preshared_key)
+        for net in pc.allowed_ips:
+            self.device.allowed_ips.insert(net, peer)
+        if pc.endpoint is not None:
+            try:
+                addr = udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port)
+                self.node.set_endpoint(pc.public_key, addr, "config")
+            except (LocalError, OSError) as e:
+                log.warning("peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
+        if pc.persistent_keepalive:
+            self.device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
+
+    async def run(self) -> None:
+        """Start, then serve until SIGINT/SIGTERM, then tear down."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopped.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        try:
+            await self.stopped.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+            if self.link_deleted:
+                log.info("interface %s was deleted; shutting down", self.name)
+            log.info("interface %s going down; %s", self.name, self.surface.drop_summary())
+            if self.discovery is not None:
+                log.info("discovery: %s", self.surface.discovery_summary())
+            if self.node is not None and self.node.traversal:
+                log.info("nat traversal: %s", self.surface.nat_summary())
+            # Hooks belong to whoever takes the link down: wg-quick down runs PreDown/PostDown around
+            # its own `ip link del`, and a bare `ip link del` runs none (as with kernel WireGuard).
+            if not self.link_deleted:
+                self._hooks(self.cfg.interface.pre_down, "PreDown")
+            await self._teardown()
+            if not self.link_deleted:
+                self._hooks(self.cfg.interface.post_down, "PostDown")
+
+    def _link_deleted(self) -> None:
+        """From the data plane's thread: the TUN fd was detached (EBADFD); the control plane shuts down."""
+        self.link_deleted = True
+        assert self.loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing left to stop
+            self.loop.call_soon_threadsafe(self.stopped.set)
+
+    async def reload(self) -> None:
+        """SIGHUP: read the config again; add, update and remove peers without touching live
+        sessions (like ``wg syncconf``). [Interface] and [Discovery] changes need a restart."""
+        try:
+            cfg = await asyncio.to_thread(configmod.load, self.cfg.path)
+        except ConfigError as e:
+            log.error("reload: %s (keeping the running configuration)", e)
+            return
+        device, node = self.device, self.node
+        assert device is not None and node is not None and self.sock is not None
+        old = {pc.public_key: pc for pc in self.cfg.peers}
+        new = {pc.public_key: pc for pc in cfg.peers}
+        with self.lock:
+            now = time.monotonic()
+            for public in old.keys() - new.keys():
+                node.remove_peer(public)
+                log.info("reload: peer %s removed", short_key(public))
+            for public, pc in new.items():
+                was = old.get(public)
+                if was is None:
+                    self._add_config_peer(pc, now)
+                    log.info("reload: peer %s added", short_key(public))
+                    continue
+                peer = device.peers[public]
+                if pc.allowed_ips != was.allowed_ips:
+                    device.allowed_ips.remove_by_peer(peer)
+                    for net in pc.allowed_ips:
+                        device.allowed_ips.insert(net, peer)
+                if pc.preshared_key != was.preshared_key:
+                    device.set_preshared_key(peer, pc.preshared_key)
+                if pc.persistent_keepalive != was.persistent_keepalive:
+                    device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
+                if pc.endpoint != was.endpoint and pc.endpoint is not None:
+                    try:
+                        addr = udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port)
+                        node.set_endpoint(public, addr, "config")
+                    except (LocalError, OSError) as e:
+                        log.warning("reload: peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
+            self.flush()
+        self.cfg.peers = cfg.peers
+        added = [n for pc in cfg.peers for n in pc.allowed_ips
+                 if pc.public_key not in old or n not in old[pc.public_key].allowed_ips]
+        try:
+            await self.routing.add_routes(added, self.sock)
+        except LocalError as e:
+            log.error("reload: %s", e)
+        if self.dataplane is not None:
+            self.dataplane.wake()
+        log.info("reload: %d peer(s)", len(cfg.peers))
+
+    def _network_changed(self, kinds: set[str]) -> None:
+        """NetworkMonitor (debounced): re-gather, STUN again, re-publish, re-probe, within a second."""
+        if self.change_task is None or self.change_task.done():
+            self.change_task = asyncio.create_task(self._regather(sorted(kinds)))
+
+    async def _regather(self, kinds: list[str]) -> None:
+        lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
+        log.info("network changed (%s): %s", ", ".join(kinds),
+                 ", ".join(f"{name} {a}" for name, a in lan) or "no addresses")
+        if self.discovery is not None:
+            self.discovery.host_addresses_changed(lan)
+        self.feed(lambda node, now: node.network_changed(lan, now))
+
+    async def _teardown(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.close()
+            self.metrics = None
+        if self.netmon is not None:
+            await self.netmon.close()
+            self.netmon = None
+        if self.change_task is not None:
+            self.change_task.cancel()
+        if self.discovery is not None:
+            await self.discovery.close()
+            self.discovery = None
+        if self.dataplane is not None:
+            await asyncio.to_thread(self.dataplane.stop)
+            self.dataplane = None
+        await self.uapi.close()
+        await self.control.close()
+        if self.tun is not None:
+            index = self.tun.ifindex
+            self.tun.close()  # a non-persistent TUN link disappears with its last fd
+            self.tun = None
+            # by index: after `ip link del` an unrelated link may have taken our name
+            await asyncio.to_thread(netlink.delete_link_index, index, self.name)
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        await self.routing.remove()
+
+    def _hooks(self, commands: list[str], what: str) -> None:
+        for command in commands:
+            command = command.replace("%i", self.name)
+            log.info("[#] %s: %s", what, command)
+            proc = subprocess.run(["bash", "-c", command], check=False)
+            if proc.returncode != 0:
+                log.warning("%s command exited with %d: %s", what, proc.returncode, command)
+
+    def rebind(self, port: int) -> None:
+        """A new listen port (``wg set``; caller holds the lock); the data plane re-registers on wake."""
+        assert self.sock is not None
+        try:
+            new = udp.open_udp(port, fwmark=self.routing.fwmark)
+        except LocalError:
+            raise uapi.UapiError(uapi.EADDRINUSE, f"port {port} in use") from None
+        udp.enable_gro(new)
+        old, self.sock = self.sock, new
+        if self.dataplane is not None:
+            self.dataplane.retire(old)
+        else:
+            old.close()
+        log.info("listening on UDP port %d", udp.local_port(new))
+
+
+async def run_config(path: str) -> None:
+    cfg = configmod.load(path)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    await Tunnel(cfg).run()
