@@ -343,7 +343,7 @@ class Demo:
             disc = {"mDNS": "on" if n.mdns else "off"}
             if n.unicast:
                 disc |= {"STUN": f"{STUN_A}:3478, {STUN_B}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
-                         "UpdateKey": knot.update_key, "PollInterval": "1"}
+                         "UpdateKey": knot.update_key}
             self.nodes[n.name] = Node(hosts[n.name], "wgdisco", f"w{n.name}{tag}", *keypair(), [f"{n.inner}/24"],
                                       listen_port=PORT, discovery=disc)
         for x, y in PAIRS:

@@ -174,6 +174,10 @@ class Discovery:
         self.mdns_dirty.set()
         self.lookup_kick.set()
 
+    def lookup_now(self) -> None:
+        """The node wants a peer looked up (LookupWanted): wake the poll loop (asyncio loop)."""
+        self.lookup_kick.set()
+
     def host_addresses_changed(self, lan: list[tuple[str, Any]]) -> None:
         """The network changed: mDNS may bind elsewhere (the record itself comes from the node)."""
         if self.settings["mDNS"]:

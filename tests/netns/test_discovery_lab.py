@@ -160,7 +160,7 @@ def test_knot_publish_lookup_connect_across_a_router(lab: Lab) -> None:
     ha, hb, hk = routed_sites(lab)
     knot = start_knot(hk, ["198.51.100.53"])
     tag = lab.prefix[3:9]
-    common = {"mDNS": "off", "Domain": DOMAIN, "Nameserver": "198.51.100.53", "PollInterval": "1"}
+    common = {"mDNS": "off", "Domain": DOMAIN, "Nameserver": "198.51.100.53"}
     a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={**common, "UpdateKey": knot.update_key})
     b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=dict(common))
     a.peers = [b.peer_spec()]
@@ -195,7 +195,7 @@ def test_hand_written_wgsd_zone_is_consumed(lab: Lab) -> None:
             f'{zone_name(label)}._wireguard._udp 0 IN TXT "txtvers=1" "pub={g.public}" "allowed=10.9.0.1/32"\n')
     start_knot(hk, ["198.51.100.53"], extra_records=zone)
     b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"],
-             discovery={"mDNS": "off", "Domain": DOMAIN, "Nameserver": "198.51.100.53", "PollInterval": "1"})
+             discovery={"mDNS": "off", "Domain": DOMAIN, "Nameserver": "198.51.100.53"})
     b.peers = [g.peer_spec()]
     g.peers = [b.peer_spec()]
     g.start()
@@ -211,7 +211,7 @@ def test_nameserver_down_then_back_and_wrong_tsig_key(lab: Lab) -> None:
     knot = start_knot(hk, ["198.51.100.53"])
     knot.stop()
     tag = lab.prefix[3:9]
-    common = {"mDNS": "off", "Domain": DOMAIN, "Nameserver": "198.51.100.53", "PollInterval": "1"}
+    common = {"mDNS": "off", "Domain": DOMAIN, "Nameserver": "198.51.100.53"}
     bad_key = "hmac-sha256:wgdisco.:" + "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="
     a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={**common, "UpdateKey": knot.update_key})
     b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery={**common, "UpdateKey": bad_key})
@@ -237,6 +237,7 @@ def test_nameserver_down_then_back_and_wrong_tsig_key(lab: Lab) -> None:
 def test_records_never_disturb_a_live_tunnel(lab: Lab) -> None:
     ha, hb, hk = routed_sites(lab)
     tag = lab.prefix[3:9]
+    # this test counts lookup rounds that see the forged record, so it sets their interval
     common = {"mDNS": "off", "Domain": DOMAIN, "Nameserver": "198.51.100.53", "PollInterval": "1"}
     a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={"mDNS": "off"})
     b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=dict(common))

@@ -117,13 +117,15 @@ def test_hard_nat_is_detected(lab: Lab) -> None:
     assert re.fullmatch(r"203\.0\.113\.1:\d+, 203\.0\.113\.1:\d+", m.group(1)), m.group(0)
 
 
-def two_sites(lab: Lab, kind_a: str = "easy", kind_b: str = "easy", *, poll: str = "1") -> tuple[Internet, Node, Node]:
+def two_sites(lab: Lab, kind_a: str = "easy", kind_b: str = "easy", *, poll: str | None = None) -> tuple[Internet, Node, Node]:
     net = internet(lab)
     knot = start_knot(net.server, [KNOT])
     ha, hb = net.site("a", 1, kind_a), net.site("b", 2, kind_b)
     tag = lab.prefix[3:9]
     common = {"mDNS": "off", "STUN": f"{STUN_A}:3478, {STUN_B}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
-              "UpdateKey": knot.update_key, "PollInterval": poll}
+              "UpdateKey": knot.update_key}
+    if poll is not None:
+        common["PollInterval"] = poll
     a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
     b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=dict(common))
     a.peers = [b.peer_spec(keepalive=25)]  # no Endpoint: found through Knot, reached through both NATs
@@ -147,7 +149,8 @@ def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
     b.start()
     first_ping(a, b.inner4, timeout=15)
     elapsed = time.monotonic() - start
-    assert elapsed < 5.0, f"first ping after {elapsed:.2f} s"
+    print(f"easy<->easy, defaults: first ping {elapsed:.2f} s after start")
+    assert elapsed <= 3.5, f"first ping after {elapsed:.2f} s (documented defaults: no PollInterval set)"
     # direct, over the reflexive addresses: each side's endpoint is the other's NAT
     assert a.dump()[b.public]["endpoint"] == "203.0.113.2:51820"
     assert b.dump()[a.public]["endpoint"] == "203.0.113.1:51820"
@@ -181,7 +184,7 @@ def test_same_nat_without_hairpin_uses_lan_candidates(lab: Lab) -> None:
     hb.add_route("default", via="10.1.0.1")
     tag = lab.prefix[3:9]
     common = {"mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
-              "UpdateKey": knot.update_key, "PollInterval": "1"}
+              "UpdateKey": knot.update_key}
     a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
     b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=dict(common))
     a.peers, b.peers = [b.peer_spec()], [a.peer_spec()]
@@ -200,7 +203,7 @@ def test_wan_peer_and_natted_peer_connect_directly(lab: Lab) -> None:
     lab.attach(hw, net.wan, "203.0.113.30/24")
     tag = lab.prefix[3:9]
     common = {"mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
-              "UpdateKey": knot.update_key, "PollInterval": "1"}
+              "UpdateKey": knot.update_key}
     a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=dict(common))
     w = Node(hw, "wgdisco", f"ww{tag}", *keypair(), ["10.9.0.3/24"], discovery=dict(common))
     a.peers, w.peers = [w.peer_spec(keepalive=25)], [a.peer_spec()]
@@ -330,7 +333,7 @@ def test_plain_wireguard_go_behind_nat_reached_by_discovery_and_handshake(lab: L
             f'{zone_name(label)}._wireguard._udp 60 IN TXT "txtvers=1" "pub={g.public}" "allowed=10.9.0.3/32"\n')
     start_knot(net.server, [KNOT], extra_records=zone)
     a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery={
-        "mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT, "PollInterval": "1"})
+        "mDNS": "off", "STUN": f"{STUN_A}:3478", "Domain": DOMAIN, "Nameserver": KNOT})
     a.peers = [g.peer_spec()]
     g.peers = [a.peer_spec("203.0.113.1:51820", keepalive=25)]  # a static wg config, as a user writes it
     g.start()

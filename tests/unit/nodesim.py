@@ -150,6 +150,11 @@ class SimNode:
             inner = self.device.receive_datagram(data, src, now)
             if inner:
                 self.received.append(inner)
+                if inner[20:24] == b"ping":  # the kernel answers an echo request (as ICMP would)
+                    reply = ipv4_packet(self.tunnel_ip, str(ipaddress.IPv4Address(inner[12:16])), b"pong" + inner[24:])
+                    out = self.device.send_packet(reply, now)
+                    if out is not None:
+                        self.net.send(self.addr, out[1], out[0])
         elif kind == STUN:
             self.node.receive_stun(data, src, now)
         elif kind == PROBE:

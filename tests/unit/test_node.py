@@ -13,7 +13,7 @@ import pytest
 from tests.unit.nodesim import Net, SimNode
 from wgdisco.proto import records
 from wgdisco.proto.node import (
-    CandidateProbed, EndpointChanged, HandshakeCompleted, PathReasonChanged, RecordChanged,
+    CandidateProbed, EndpointChanged, HandshakeCompleted, LookupWanted, PathReasonChanged, RecordChanged,
 )
 
 STUN1 = ("192.0.2.1", 3478)
@@ -305,3 +305,18 @@ def test_a_peer_that_loses_its_path_is_looked_up_at_once() -> None:
     lost = net.run_until(lambda: not a.node.has_path(b.public, net.now), limit=30)
     assert a.node.next_lookup(net.now) == net.now and b.public in a.node.lookups_due(net.now)
     assert lost < 20
+
+
+def test_silence_on_a_live_path_brings_a_lookup_forward() -> None:
+    # the peer's NAT got a new address; we still send to the old one: look its record up again
+    net, a, b = two_behind_nats()
+    net.ping_until(a, b, limit=10)
+    lookup_times(a, b.public, 12, step=0.1)  # a's lookups of b are on the regular schedule
+    net.nats[1].renumber("198.51.100.99")  # b's router: new WAN address
+    a.ping(b)
+    lookup_at = net.run_until(lambda: any(isinstance(e, LookupWanted) for e in a.events), limit=8)
+    assert lookup_at < 4  # SUSPECT_AFTER (2 s) after the first unanswered packet, polled every 0.5 s
+    assert b.public in a.node.lookups_due(net.now)
+    times = lookup_times(a, b.public, 8)
+    gaps = [y - x for x, y in zip([0.0, *times], times)]
+    assert gaps[:3] == pytest.approx([0.5, 1, 2], abs=0.06)  # the growing schedule again

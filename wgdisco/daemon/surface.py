@@ -19,7 +19,7 @@ from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Peer
 from wgdisco.proto.node import (
     CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
-    RecordChanged, ReflexiveChanged, StunChanged, StunFailed,
+    LookupWanted, RecordChanged, ReflexiveChanged, StunChanged, StunFailed,
 )
 
 log = logging.getLogger("wgdisco")
@@ -250,6 +250,10 @@ class Surface:
             t = self.tunnel
             if t.discovery is not None and t.loop is not None:
                 t.loop.call_soon_threadsafe(t.discovery.record_changed, event.record, event.withdrawn)
+        elif isinstance(event, LookupWanted):
+            t = self.tunnel
+            if t.discovery is not None and t.loop is not None:
+                t.loop.call_soon_threadsafe(t.discovery.lookup_now)
 
     # --- drops and the shutdown summaries ----------------------------------------
 

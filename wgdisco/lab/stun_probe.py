@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         "mapped": {hostport(s): list(m) for s, m in client.mapped.items()},
         "behaviour": client.mapping_behaviour(),
         "reflexive": [list(r) for r in client.reflexive()],
-        "events": [[hostport(e) if isinstance(e, tuple) else e for e in ev] for ev in client.events],
+        # ["mapped", server, address], ["changed", server, old, new], ["failed", server]
+        "events": [[type(ev).__name__.removeprefix("Stun").lower(), *(hostport(v) for v in dataclasses.astuple(ev))]
+                   for ev in client.events],
         "counters": dataclasses.asdict(client.counters),
     }
     print(json.dumps(report), flush=True)

@@ -51,7 +51,7 @@ __all__ = [
     "Node", "NodeStats", "PathStatus",
     "HandshakeCompleted", "EndpointChanged", "GaveUp",
     "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunChanged",
-    "CandidateProbed", "HandshakeTried", "NatSuspected",
+    "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted",
     "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
 ]
 
@@ -138,6 +138,13 @@ class HandshakeTried:
 
 
 @dataclass(frozen=True)
+class LookupWanted:
+    """``peer`` should be looked up now (unicast DNS-SD): ask ``lookups_due``."""
+
+    peer: Key
+
+
+@dataclass(frozen=True)
 class NatSuspected:
     """Data to ``peer`` went unanswered for ``silent_for`` seconds: STUN asks again."""
 
@@ -146,7 +153,8 @@ class NatSuspected:
 
 
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
-         | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected)
+         | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
+         | LookupWanted)
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,7 @@ class Node:
         self._lookup_at: dict[Key, float] = {}  # peer -> when to look it up next (absent: now)
         self._lookup_step: dict[Key, float] = {}  # peer without a path -> its current backoff
         self._lookup_regular: set[Key] = set()  # peers looked up every PollInterval (they had a path)
+        self._suspected: dict[Key, float] = {}  # peer -> start of the silence that made us look again
 
     def _new_prober(self) -> Prober:
         identity = self.device.identity
@@ -265,7 +274,8 @@ class Node:
         self.selector.remove_peer(public)
         self.trier.forget(public)
         for table in (self._reasons, self._synced, self._deferred, self._endpoint_source,
-                      self._handshakes, self._path_changes, self._lookup_at, self._lookup_step):
+                      self._handshakes, self._path_changes, self._lookup_at, self._lookup_step,
+                      self._suspected):
             table.pop(public, None)
         self._lookup_regular.discard(public)
 
@@ -400,7 +410,7 @@ class Node:
         """The peers to look up now (unicast DNS-SD), each then scheduled again."""
         due = []
         for public in self.device.peers:
-            path = self.has_path(public, now)
+            path = self.has_path(public, now) and public not in self._suspected
             if public in self._lookup_regular and not path:  # it lost its path: look at once
                 self._lookup_regular.discard(public)
                 self._lookup_at[public] = now
@@ -533,25 +543,34 @@ class Node:
             last = peer.last_authenticated
             if last is not None and peer.endpoint is not None and last != self._synced.get(public):
                 self._synced[public] = last
+                self._suspected.pop(public, None)  # it answered: the silence is over
                 if public in self.prober.peers:
                     self.selector.on_authenticated(public, peer.endpoint, last)
 
     def _suspect_dead_paths(self, now: float) -> None:
-        """Data went out but nothing authenticated came back for SUSPECT_AFTER seconds: our NAT may
-        have a new address (a router got a new WAN address). Ask STUN again at once: a new
-        reflexive address is re-published, and the peer's probe to it re-opens the path."""
-        if self.stun is None or now - self._last_restun < RESTUN_MIN_INTERVAL:
-            return
+        """Data went out but nothing authenticated came back for SUSPECT_AFTER seconds. Our NAT
+        may have a new address (a router got a new WAN address): STUN again at once, so the new
+        reflexive address is re-published and the peer's probe to it re-opens the path. Or the
+        peer moved: look its record up again at once, then on the growing schedule."""
         t = self.device.timing
+        restun = self.stun is not None and now - self._last_restun >= RESTUN_MIN_INTERVAL
         for public, peer in self.device.peers.items():
             if peer.t_new_handshake is None or peer.current is None:
                 continue
             # timersDataSent set t_new_handshake = first unanswered send + KEEPALIVE + REKEY_TIMEOUT + jitter
             unanswered_since = peer.t_new_handshake - t.keepalive_timeout - t.rekey_timeout - t.rekey_timeout_jitter_max
-            if now - unanswered_since > SUSPECT_AFTER:
+            if now - unanswered_since <= SUSPECT_AFTER:
+                continue
+            if self._suspected.get(public) != unanswered_since:  # once per silence
+                self._suspected[public] = unanswered_since
+                self._lookup_regular.discard(public)
+                self._lookup_step.pop(public, None)
+                self._lookup_at[public] = now
+                self._events.append(LookupWanted(public))
+            if restun:
+                restun = False
                 self._events.append(NatSuspected(public, now - unanswered_since))
                 self._restun(now)
-                return
 
     def _apply_decisions(self, now: float) -> None:
         device = self.device
