@@ -125,6 +125,17 @@ def test_handshake_then_data_both_ways() -> None:
     assert p.pa.tx_bytes > 0 and p.pb.rx_bytes == p.pa.tx_bytes
 
 
+def test_transfer_counts_every_datagram_handshakes_included() -> None:
+    # wg show transfer, as wireguard-go counts it: every datagram sent to or accepted from the
+    # peer: after a handshake and one 84-byte packet each way, A sent 148 + 128 and got 92 + 128
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"x" * 64))  # 84 bytes inner -> 96 padded + 32
+    p.send("b", ipv4_packet("10.0.0.2", "10.0.0.1", b"x" * 64))
+    init, resp, data = noise.MESSAGE_INITIATION_SIZE, noise.MESSAGE_RESPONSE_SIZE, 96 + 32
+    assert (p.pa.tx_bytes, p.pa.rx_bytes) == (init + data, resp + data)
+    assert (p.pb.tx_bytes, p.pb.rx_bytes) == (resp + data, init + data)
+
+
 def test_padding_to_multiple_of_16_and_trimmed_on_receive() -> None:
     p = Pair()
     pkt = ipv4_packet("10.0.0.1", "10.0.0.2", b"x" * 3)  # 23 bytes

@@ -125,7 +125,7 @@ async def test_garbage_closes_connection(served, garbage):
 @pytest.mark.asyncio
 async def test_oversize_request_closes_connection(tmp_path, iface):
     handler = Recorder()
-    async with UapiServer(socket_dir=tmp_path, max_request=4096) as server:
+    async with UapiServer(socket_dir=tmp_path, max_request=4096, max_line=4096) as server:
         await server.start(iface, handler)
         for request in (
             b"set=1\n" + b"x" * 10_000,  # one endless line
@@ -137,6 +137,22 @@ async def test_oversize_request_closes_connection(tmp_path, iface):
             writer.close()
         assert handler.requests == []
         await check_still_serving(server)
+
+
+@pytest.mark.asyncio
+async def test_a_large_request_is_read_whole_by_default(tmp_path, iface):
+    # `wg setconf` with 130,561 allowed-ips lines is about 3.3 MB: wireguard-go takes it, so do we
+    handler = Recorder()
+    body = b"".join(b"allowed_ip=10.%d.%d.%d/32\n" % (i >> 16 & 255, i >> 8 & 255, i & 255) for i in range(130_561))
+    request = b"set=1\npublic_key=" + b"ab" * 32 + b"\n" + body + b"\n"
+    async with UapiServer(socket_dir=tmp_path) as server:
+        await server.start(iface, handler)
+        reader, writer = await connect(server.path)
+        writer.write(request)
+        await writer.drain()
+        assert await reader.readuntil(b"\n\n") == b"errno=0\n\n"
+        writer.close()
+    assert handler.requests == [request] and len(request) > 3_000_000
 
 
 @pytest.mark.asyncio

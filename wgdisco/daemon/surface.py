@@ -184,6 +184,8 @@ class Surface:
         d = req.device
         if d.private_key is not None and d.private_key != bytes(32):
             node.set_identity(d.private_key, now)
+        if d.fwmark is not None and d.fwmark != t.routing.fwmark:
+            t.set_fwmark(d.fwmark)
         if d.listen_port is not None and d.listen_port != udp.local_port(t.sock):
             t.rebind(d.listen_port)
             node.set_port(udp.local_port(t.sock), now)

@@ -359,6 +359,17 @@ class Tunnel:
             if proc.returncode != 0:
                 log.warning("%s command exited with %d: %s", what, proc.returncode, command)
 
+    def set_fwmark(self, fwmark: int) -> None:
+        """``wg set IF fwmark N`` (0: off), on the socket at once, as wireguard-go's BindSetMark:
+        wg-quick's full-tunnel rules send the tunnel's own datagrams by this mark (caller holds the lock)."""
+        assert self.sock is not None
+        try:
+            udp.set_fwmark(self.sock, fwmark)
+        except LocalError:
+            raise uapi.UapiError(uapi.EADDRINUSE, "cannot set the fwmark") from None
+        self.routing.fwmark = fwmark
+        log.info("fwmark %s", f"0x{fwmark:x}" if fwmark else "off")
+
     def rebind(self, port: int) -> None:
         """A new listen port (``wg set``; caller holds the lock); the data plane re-registers on wake."""
         assert self.sock is not None

@@ -11,8 +11,9 @@ This shell only frames requests: the raw request bytes (``get=1\\n\\n`` or
 ``set=1\\n...\\n\\n``) go to ``handler`` and whatever bytes it returns are
 written back verbatim, so the handler produces the whole reply, ``errno=`` line
 included.  A connection is closed without a reply on anything else: an unknown
-first line, a ``get=1`` not followed by the empty line, a request larger than
-``max_request``, or EOF in the middle of a request.
+first line, a ``get=1`` not followed by the empty line, a line longer than
+``max_line`` (64 KiB), a request larger than ``max_request`` (no cap by default, as
+wireguard-go), or EOF in the middle of a request.
 
 Like wireguard-go, the socket is created with umask 077 (mode 0700: only its
 owner, root, may connect) in a directory of mode 0755; a live socket of the same name
@@ -36,7 +37,7 @@ from wgdisco.errors import LocalError
 log = logging.getLogger(__name__)
 
 SOCKET_DIR = "/var/run/wireguard"
-MAX_REQUEST = 1024 * 1024
+MAX_LINE = 64 * 1024  # one key=value line; a request has no total cap (wireguard-go reads it line by line)
 OPERATIONS = (b"get=1\n", b"set=1\n")
 
 Handler = Callable[[bytes], bytes | Awaitable[bytes]]
@@ -45,9 +46,11 @@ Handler = Callable[[bytes], bytes | Awaitable[bytes]]
 class UapiServer:
     """Serves one interface's UAPI socket on the running event loop."""
 
-    def __init__(self, *, socket_dir: str | os.PathLike[str] = SOCKET_DIR, max_request: int = MAX_REQUEST) -> None:
+    def __init__(self, *, socket_dir: str | os.PathLike[str] = SOCKET_DIR, max_request: int | None = None,
+                 max_line: int = MAX_LINE) -> None:
         self.socket_dir = Path(socket_dir)
-        self.max_request = max_request
+        self.max_request = max_request  # None: no cap (`wg setconf` with 130,000 allowed-ips lines is 3 MB)
+        self.max_line = max_line
         self.path: Path | None = None
         self._server: asyncio.AbstractServer | None = None
         self._inode: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we made
@@ -71,7 +74,7 @@ class UapiServer:
         self._handler = handler  # before serving starts: the first client may come at once
         try:
             st = os.stat(path)
-            self._server = await asyncio.start_unix_server(self._on_connection, sock=sock, limit=self.max_request)
+            self._server = await asyncio.start_unix_server(self._on_connection, sock=sock, limit=self.max_line)
         except BaseException:
             sock.close()
             path.unlink(missing_ok=True)
@@ -136,7 +139,7 @@ class UapiServer:
                 log.debug("UAPI: EOF inside the first line %r", e.partial[:32])
             return None
         except asyncio.LimitOverrunError:
-            log.debug("UAPI: first line longer than %d bytes", self.max_request)
+            log.debug("UAPI: first line longer than %d bytes", self.max_line)
             return None
         if first not in OPERATIONS:
             log.debug("UAPI: invalid operation %r", first[:32])
@@ -152,7 +155,7 @@ class UapiServer:
             while True:
                 line = await reader.readuntil(b"\n")
                 request += line
-                if len(request) > self.max_request:
+                if self.max_request is not None and len(request) > self.max_request:
                     log.debug("UAPI: request longer than %d bytes", self.max_request)
                     return None
                 if line == b"\n":
@@ -160,7 +163,7 @@ class UapiServer:
         except asyncio.IncompleteReadError:
             log.debug("UAPI: EOF inside a request")
         except asyncio.LimitOverrunError:
-            log.debug("UAPI: line longer than %d bytes", self.max_request)
+            log.debug("UAPI: line longer than %d bytes", self.max_line)
         return None
 
 

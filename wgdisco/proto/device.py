@@ -343,6 +343,7 @@ class Device:
         peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
         if peer.endpoint is not None:
             self.outbox.append((msg, peer.endpoint))
+            peer.tx_bytes += len(msg)  # wg show transfer counts handshakes too (wireguard-go SendBuffers)
         peer.t_retransmit = now + self.timing.rekey_timeout + self._jitter()  # timersHandshakeInitiated
 
     def _send_handshake_response(self, peer: Peer, now: float) -> None:
@@ -359,6 +360,7 @@ class Device:
         peer.t_send_keepalive = None
         if peer.endpoint is not None:
             self.outbox.append((msg, peer.endpoint))
+            peer.tx_bytes += len(msg)
 
     def _begin_session(self, peer: Peer, now: float) -> Keypair:
         """BeginSymmetricSession + keypair rotation (wireguard-go noise-protocol.go)."""
@@ -544,6 +546,7 @@ class Device:
 
         hs = noise.consume_initiation(self.identity, data, lookup, now=now)
         peer = self.peers[hs.remote_static]
+        peer.rx_bytes += len(data)  # as wireguard-go's receive.go: handshake messages count too
         self._set_endpoint_from_packet(peer, addr)
         self._authenticated(peer, now)
         self._send_handshake_response(peer, now)
@@ -555,6 +558,7 @@ class Device:
 
         hs = noise.consume_response(self.identity, data, lookup)
         peer = self.peers[hs.remote_static]
+        peer.rx_bytes += len(data)
         self._set_endpoint_from_packet(peer, addr)
         self._authenticated(peer, now)
         self._begin_session(peer, now)
