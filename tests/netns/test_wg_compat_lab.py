@@ -1,0 +1,103 @@
+"""wgdisco behaves like wireguard-go where `wg` and wg-quick can see it: each check runs against
+wgdisco and against Debian's wireguard-go in the same run (the two columns of one table), the
+peer being wireguard-go in both cases. Run with ``-s`` to see the columns.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from wgdisco.lab import Lab, require_tool
+from wgdisco.lab.wg import Node, pair
+
+pytestmark = pytest.mark.netns
+
+IMPLEMENTATIONS = ["wgdisco", "wireguard-go"]
+COLUMNS: dict[str, dict[str, object]] = {}
+MARK_RULES = """table inet markcheck {
+    chain out {
+        type filter hook output priority 0;
+        meta mark 0x1234 udp dport 51820 counter
+    }
+}
+"""  # check -> {implementation: what it showed}
+
+
+@pytest.fixture(autouse=True)
+def _tools() -> None:
+    require_tool("wireguard-go")
+    require_tool("wg")
+    require_tool("nft")
+
+
+def note(check: str, kind: str, value: object) -> None:
+    COLUMNS.setdefault(check, {})[kind] = value
+    print(f"{check:<40} {kind:<13} {value}")
+
+
+def wg(node: Node, *args: str, check: bool = True) -> str:
+    return node.host.run(["wg", *args], check=check).stdout.strip()
+
+
+@pytest.mark.parametrize("kind", IMPLEMENTATIONS)
+def test_fwmark_is_applied_to_the_socket_and_shown(lab: Lab, kind: str) -> None:
+    a, b = pair(lab, kind, "wireguard-go")
+    assert wg(a, "show", a.iface, "fwmark") == "off"
+    wg(a, "set", a.iface, "fwmark", "0x1234")
+    assert wg(a, "show", a.iface, "fwmark") == "0x1234"
+    # the mark is on the tunnel's own datagrams: counted by an nftables rule in a's output hook
+    a.host.run(["nft", "-f", "-"], input=MARK_RULES)
+    a.host.ping(b.inner4, count=2, wait=3)
+    counted = a.host.run(["nft", "list", "table", "inet", "markcheck"]).stdout
+    packets = int(re.search(r"counter packets (\d+)", counted).group(1))  # type: ignore[union-attr]
+    note("fwmark 0x1234: marked datagrams", kind, packets)
+    assert packets >= 2
+    wg(a, "set", a.iface, "fwmark", "0")
+    assert wg(a, "show", a.iface, "fwmark") == "off"
+
+
+@pytest.mark.parametrize("kind", IMPLEMENTATIONS)
+def test_transfer_counts_every_datagram(lab: Lab, kind: str) -> None:
+    a, b = pair(lab, kind, "wireguard-go")
+    a.host.ping(b.inner4, count=1, wait=3)  # a initiates: initiation, response, data
+    b.host.ping(a.inner4, count=1, wait=3)
+    rx, tx = (int(x) for x in wg(a, "show", a.iface, "transfer").split("\t")[1:])
+    note("transfer after one ping each way (rx, tx)", kind, (rx, tx))
+    # 92-byte response + 2 x 128-byte data in; 148-byte initiation + 2 x 128 out (whitepaper §5.4),
+    # plus whatever keepalives went out meanwhile (32 bytes each)
+    assert rx >= 92 + 2 * 128 and (rx - 92 - 2 * 128) % 32 == 0, rx
+    assert tx >= 148 + 2 * 128 and (tx - 148 - 2 * 128) % 32 == 0, tx
+
+
+@pytest.mark.parametrize("kind", IMPLEMENTATIONS)
+def test_setconf_with_130561_allowed_ips(lab: Lab, kind: str) -> None:
+    a, b = pair(lab, kind, "wireguard-go")
+    lines = [f"{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}.0/24" for i in range(1, 130_561 + 1)]
+    conf = lab.logdir / f"big-{kind}.conf"
+    conf.write_text(wg(a, "showconf", a.iface) + "\n" + "".join(f"AllowedIPs = {n}\n" for n in lines))
+    start = time.monotonic()
+    a.host.run(["wg", "setconf", a.iface, str(conf)], timeout=120)
+    took = time.monotonic() - start
+    shown = wg(a, "show", a.iface, "allowed-ips").split("\t", 1)[1].split()
+    note("setconf 130,561 allowed-ips lines: s", kind, round(took, 2))
+    assert len(shown) == 130_561 + 2  # and the two the pair started with
+    a.host.ping(b.inner4, count=1, wait=3)  # still a working tunnel
+
+
+@pytest.mark.parametrize("kind", IMPLEMENTATIONS)
+def test_listen_port_zero_picks_a_port_and_says_which(lab: Lab, kind: str) -> None:
+    a, b = pair(lab, kind, "wireguard-go")
+    wg(a, "set", a.iface, "listen-port", "0")
+    port = int(wg(a, "show", a.iface, "listen-port"))
+    note("listen-port 0 -> shown port", kind, port)
+    assert port > 0
+    if kind == "wgdisco":
+        assert a.proc is not None
+        deadline = time.monotonic() + 5
+        while f"listening on UDP port {port}" not in a.proc.stderr():
+            assert time.monotonic() < deadline, a.proc.stderr()
+            time.sleep(0.05)
+        assert "listening on UDP port 0" not in a.proc.stderr()
