@@ -31,6 +31,9 @@ from typing import Any, Callable
 from wgdisco.errors import ConfigError, DecodeError
 from wgdisco.proto import keys, tsig
 
+_KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # what a key may be called: never a secret
+_KEY_START = re.compile(r"[A-Za-z][A-Za-z0-9]{0,31}")
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -339,7 +342,7 @@ class _Parser:
 
     def parse(self) -> tuple[InterfaceConfig, list[PeerConfig], dict[str, Any]]:
         section: str | None = None
-        for lineno, raw in enumerate(self.text.splitlines(), start=1):
+        for lineno, raw in enumerate(config_lines(self.text), start=1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
@@ -348,8 +351,11 @@ class _Parser:
                 continue
             key, sep, value = line.partition("=")
             key, value = key.strip(), value.strip()
-            if not sep or not key:
-                raise self.error(f"expected 'Key = Value', got {line!r}", lineno)
+            if not sep or not _KEY_NAME.fullmatch(key):
+                # never the line itself: it may hold key material (`PrivateKey <key>`, `PrivateKey: <key>`)
+                start = _KEY_START.match(line)
+                named = f" (it starts with {start.group(0)!r})" if start else ""
+                raise self.error(f"expected 'Key = Value'{named}", lineno, start.group(0) if start and sep else None)
             if section is None:
                 raise self.error("key outside of any section (add [Interface] above it)", lineno, key)
             self.assign(section, key, value, lineno)
@@ -370,7 +376,8 @@ class _Parser:
                 raise self.error("second [Discovery] section", lineno)
             self.discovery = {}
         else:
-            raise self.error(f"unknown section {line!r} (expected [Interface], [Peer] or [Discovery])", lineno)
+            shown = f"[{m.group(1)}]" if m else "header"  # never the rest of the line
+            raise self.error(f"unknown section {shown} (expected [Interface], [Peer] or [Discovery])", lineno)
         return name
 
     def assign(self, section: str, key: str, value: str, lineno: int) -> None:
@@ -486,9 +493,19 @@ def load(path: str | os.PathLike[str]) -> Config:
     return config
 
 
+def config_lines(text: str) -> list[str]:
+    """Lines as wg-quick's `read -r` sees them: split at \\n only (str.splitlines also splits at
+    \\v, \\f, \\x1c-\\x1e, \\x85, \\u2028, \\u2029, and the line numbers would be wrong), one
+    trailing \\r dropped."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def load_update_key_file(config: Config, keyfile: str, text: str) -> None:
     """Read [Discovery] UpdateKeyFile (relative to the config's directory) into UpdateKey."""
-    line = next((n for n, raw in enumerate(text.splitlines(), 1)
+    line = next((n for n, raw in enumerate(config_lines(text), 1)
                  if raw.split("#", 1)[0].split("=", 1)[0].strip().lower() == "updatekeyfile"), None)
     path = Path(keyfile) if Path(keyfile).is_absolute() else Path(config.path).parent / keyfile
     try:

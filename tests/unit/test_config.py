@@ -139,6 +139,32 @@ def test_errors_name_file_line_and_key(text: str, line: int, key: str | None, fr
     assert str(e).startswith(prefix)
 
 
+PSK = "FpCyhws9cxwWoV4xELtfJvjJN+zQVRPISllRWgeopVE="
+HEX = bytes(range(32)).hex()
+
+
+@pytest.mark.parametrize("text", [
+    f"[Interface]\nPrivateKey {PRIV}\n",  # no '=' after the key name: the key's own '=' is the only one
+    f"[Interface]\nPrivateKey: {PRIV}\n",
+    f"[Interface]\nPrivateKey {HEX}\n",
+    f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPresharedKey {PSK}\n",
+    f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPresharedKey: {PSK}\n",
+    f"[Interface {PRIV}]\n",
+    f"[Interface]\x0bPrivateKey = {PRIV}\n",
+    f"{PRIV}\n",
+])
+def test_no_key_material_in_any_error(text: str) -> None:
+    e = error_of(text)
+    for secret in (PRIV, PRIV[:-1], PRIV[:12], PSK[:12], HEX[:12]):
+        assert secret not in str(e), str(e)
+
+
+def test_line_numbers_count_newlines_only() -> None:
+    # str.splitlines() also breaks at \v \f \x1c-\x1e \x85 \u2028 \u2029: wg-quick's `read` does not
+    text = f"[Interface]\nPrivateKey = {PRIV}\n# \x0b \x0c \x1c \x1d \x1e \x85 \u2028 \u2029\r\nListenPort = 70000\n"
+    assert error_of(text).line == 4
+
+
 def test_peer_with_own_public_key_is_an_error() -> None:
     own = keys.key_to_base64(keys.public_key(keys.key_from_base64(PRIV)))
     e = error_of(f"[Interface]\nPrivateKey = {PRIV}\n[Peer]\nPublicKey = {own}\n")
