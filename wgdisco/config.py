@@ -26,7 +26,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from wgdisco.errors import ConfigError, DecodeError
 from wgdisco.proto import keys, tsig
@@ -325,9 +325,10 @@ UNSUPPORTED_INTERFACE_KEYS = {
 
 
 class _Parser:
-    def __init__(self, text: str, path: str) -> None:
+    def __init__(self, text: str, path: str, *, discovery_only: bool = False) -> None:
         self.text = text
         self.path = path
+        self.discovery_only = discovery_only  # a side file of wgdisco-userspace: [Discovery] and nothing else
         self.interface: InterfaceConfig | None = None
         self.interface_line = 0
         self.peers: list[PeerConfig] = []
@@ -364,6 +365,9 @@ class _Parser:
     def open_section(self, line: str, lineno: int) -> str:
         m = re.fullmatch(r"\[\s*([A-Za-z]+)\s*\]", line)
         name = m.group(1).lower() if m else ""
+        if self.discovery_only and name in ("interface", "peer"):
+            raise self.error(f"[{name.capitalize()}] does not belong here: this file holds only [Discovery] "
+                             "(the interface and its peers are configured with wg setconf)", lineno)
         if name == "interface":
             if self.interface is not None:
                 raise self.error(f"second [Interface] section (first on line {self.interface_line})", lineno)
@@ -410,6 +414,8 @@ class _Parser:
             raise self.error(str(e), lineno, key) from None
 
     def finish(self) -> tuple[InterfaceConfig, list[PeerConfig], dict[str, Any]]:
+        if self.discovery_only:
+            return InterfaceConfig(), [], self.finish_discovery()
         if self.interface is None:
             raise self.error("no [Interface] section")
         if self.interface.private_key is None:
@@ -433,10 +439,13 @@ class _Parser:
                 raise self.error(
                     "IPv6 needs an MTU of at least 1280", self.interface_key_lines.get("MTU"), "MTU"
                 )
+        return self.interface, self.peers, self.finish_discovery()
+
+    def finish_discovery(self) -> dict[str, Any]:
         discovery = {canonical: default for canonical, _p, default in DISCOVERY_KEYS.values()}
         discovery.update(self.discovery or {})
         self.check_discovery(discovery)
-        return self.interface, self.peers, discovery
+        return discovery
 
     def check_discovery(self, d: dict[str, Any]) -> None:
         lines = self.discovery_key_lines
@@ -456,6 +465,59 @@ def parse(text: str, path: str = "<config>", name: str = "wg0") -> Config:
         for key, line in parser.seen_unsupported.items()
     ]
     return Config(path, name, interface, peers, discovery, warnings)
+
+
+# --- wgdisco-userspace: no config file, only an optional [Discovery] side file ---------
+
+CONFIG_DIR = "/etc/wgdisco"
+CONFIG_DIR_ENV = "WGDISCO_CONFIG_DIR"  # overrides CONFIG_DIR (tests use a temporary directory)
+
+
+def check_interface_name(name: str) -> str:
+    """``name`` if wg-quick would accept it as an interface name (1-15 of [a-zA-Z0-9_=+.-])."""
+    if not IFACE_NAME_RE.match(name) or name in (".", ".."):
+        raise ConfigError(f"interface name {name!r} must be 1-15 of [a-zA-Z0-9_=+.-]")
+    return name
+
+
+def discovery_file(name: str, environ: Mapping[str, str] = os.environ) -> Path:
+    """Where wgdisco-userspace looks for the [Discovery] of interface ``name``."""
+    return Path(environ.get(CONFIG_DIR_ENV) or CONFIG_DIR) / f"{check_interface_name(name)}.conf"
+
+
+def parse_discovery(text: str, path: str = "<discovery>", name: str = "wg0") -> Config:
+    """A side file holding only a [Discovery] section (or nothing): a Config without a key or
+    peers, for an interface configured over UAPI. Errors name the file, the line and the key."""
+    interface, peers, discovery = _Parser(text, path, discovery_only=True).parse()
+    return Config(path, name, interface, peers, discovery)
+
+
+def load_discovery(name: str, environ: Mapping[str, str] = os.environ) -> Config:
+    """The Config of wgdisco-userspace for ``name``: ``<dir>/<name>.conf`` if it exists (only
+    [Discovery]), else the defaults of a config without a [Discovery] section."""
+    path = discovery_file(name, environ)
+    spath = str(path)
+    try:
+        with open(spath, encoding="utf-8") as f:
+            text = f.read()
+            mode = os.fstat(f.fileno()).st_mode
+    except FileNotFoundError:
+        return parse_discovery("", spath, name)
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=spath) from None
+    except UnicodeDecodeError:
+        raise ConfigError("not UTF-8 text", file=spath) from None
+    config = parse_discovery(text, spath, name)
+    if config.discovery["UpdateKey"] is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        config.warnings.append(f"{spath}: holds a TSIG secret but is accessible by others "
+                               f"(mode {mode & 0o777:03o}; chmod 600)")
+    keyfile = config.discovery.get("UpdateKeyFile")
+    if keyfile is not None:
+        load_update_key_file(config, keyfile, text)
+    if config.discovery["UpdateKey"] is not None and config.discovery["Nameserver"] is None:
+        # checked by `wgdisco up` when discovery starts; here that is after wg setconf, too late to refuse
+        raise ConfigError("publishing with UpdateKey needs a Nameserver", file=spath, key="Nameserver")
+    return config
 
 
 def interface_name(path: str | os.PathLike[str]) -> str:

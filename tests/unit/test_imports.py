@@ -98,8 +98,9 @@ def daemon_importers(root: Path = PACKAGE.parent) -> set[str]:
     for path in sorted((root / "wgdisco").rglob("*.py")):
         rel = path.relative_to(root / "wgdisco").as_posix()
         # The CLI runs the daemon, and the daemon's own modules import each other. lab/run_tunnel.py is
-        # the other entry point: it runs a daemon with test timings inside a lab host.
-        if rel in ("cli.py", "lab/run_tunnel.py") or rel.startswith("daemon/"):
+        # the other entry point: it runs a daemon with test timings inside a lab host. userspace.py is
+        # the entry point `wgdisco-userspace` (wireguard-go's command line, for wg-quick): it runs one too.
+        if rel in ("cli.py", "lab/run_tunnel.py", "userspace.py") or rel.startswith("daemon/"):
             continue
         if any(m == "wgdisco.daemon" or m.startswith("wgdisco.daemon.") for m in imported_modules(path, root)):
             out.add(rel)

@@ -100,7 +100,7 @@ class Surface:
             })
         return {
             "interface": t.name,
-            "public_key": keys.key_to_base64(device.identity.public),
+            "public_key": keys.key_to_base64(device.identity.public) if t.has_key else "(none)",
             "listen_port": udp.local_port(sock),
             "nat": {
                 "reflexive": [udp.format_hostport(ip, port) for ip, port in node.reflexive],
@@ -172,7 +172,8 @@ class Surface:
                 allowed_ips=tuple(device.allowed_ips.entries_for_peer(peer)),
             ))
         return uapi.DeviceSnapshot(
-            private_key=device.identity.private, listen_port=udp.local_port(t.sock),
+            # no key yet (wgdisco-userspace before wg setconf): none, as wireguard-go reports it
+            private_key=device.identity.private if t.has_key else None, listen_port=udp.local_port(t.sock),
             fwmark=t.routing.fwmark, peers=tuple(peers),
         )
 
@@ -184,6 +185,7 @@ class Surface:
         d = req.device
         if d.private_key is not None and d.private_key != bytes(32):
             node.set_identity(d.private_key, now)
+            t.key_arrived()  # over UAPI, the first key: sending, the node and discovery begin
         if d.fwmark is not None and d.fwmark != t.routing.fwmark:
             t.set_fwmark(d.fwmark)
         if d.listen_port is not None and d.listen_port != udp.local_port(t.sock):

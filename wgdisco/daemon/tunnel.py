@@ -6,6 +6,13 @@ data plane (daemon/dataplane.py), the UAPI and control sockets (answered by
 daemon/surface.py), discovery, the network monitor and metrics; runs until SIGINT/SIGTERM
 or until its link is deleted; reloads peers on SIGHUP; rebinds the socket for ``wg set
 listen-port``; runs the wg-quick hooks; and tears it all down again.
+
+Configured over UAPI (``over_uapi``, wgdisco-userspace): the config holds no key and no
+peers, the link is left down (as wireguard-go leaves it) and ``wg setconf`` brings the rest.
+Until a private key arrives the Device runs on a throwaway key that nobody learns:
+``has_key`` is false, the UAPI reports no private key, nothing is sent on the socket (so
+no handshake is initiated or answered) and the node is not started (no STUN, no record,
+no discovery); ``key_arrived`` starts them with the real key.
 """
 
 from __future__ import annotations
@@ -52,8 +59,12 @@ class Tunnel:
         handshake_load_threshold: int | None = None,
         gro: bool = True,
         control_dir: str = CONTROL_DIR,
+        over_uapi: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.over_uapi = over_uapi  # no config file: key, port and peers come with wg setconf
+        self.has_key = cfg.interface.private_key is not None  # false: a throwaway key, nothing is sent
+        self.live_task: asyncio.Task[None] | None = None  # over UAPI: starts node and discovery
         self.name = cfg.name
         self.timing = timing
         self.uapi_dir = uapi_dir
@@ -93,7 +104,7 @@ class Tunnel:
         self.loop = asyncio.get_running_loop()
         cfg, iface = self.cfg, self.cfg.interface
         if os.geteuid() != 0:
-            raise LocalError("wgdisco up needs root (CAP_NET_ADMIN) to create a TUN interface")
+            raise LocalError("wgdisco needs root (CAP_NET_ADMIN) to create a TUN interface")
         if await asyncio.to_thread(netlink.link_exists, self.name):
             raise LocalError(f"interface {self.name} already exists")
         self._hooks(iface.pre_up, "PreUp")
@@ -106,8 +117,10 @@ class Tunnel:
             self.tun = Tun(self.name, vnet_hdr=self.gro)
             now = time.monotonic()
             kw = {} if self.load_threshold is None else {"handshake_load_threshold": self.load_threshold}
+            # no key yet (over UAPI): a throwaway one that is never shown, sent or published
+            private_key = iface.private_key or keys.generate_private_key(os.urandom(keys.KEY_LEN))
             self.device = Device(
-                iface.private_key,  # type: ignore[arg-type]
+                private_key,
                 rng=os.urandom, now=now, wall_offset=time.time() - now,
                 mtu=iface.mtu or DEFAULT_MTU, timing=self.timing, addr_key=udp.sockaddr_bytes, **kw,
             )
@@ -123,7 +136,8 @@ class Tunnel:
             for pc in cfg.peers:
                 self._add_config_peer(pc, now)
             await asyncio.to_thread(
-                netlink.configure_link, self.name, addresses=iface.addresses, mtu=iface.mtu or DEFAULT_MTU
+                netlink.configure_link, self.name, addresses=iface.addresses, mtu=iface.mtu or DEFAULT_MTU,
+                up=not self.over_uapi,  # over UAPI the link stays down until `ip link set up` (wg-quick)
             )
             await self.routing.add_routes(routed, self.sock)
             await self.uapi.start(self.name, self.surface.handle_uapi)
@@ -132,21 +146,14 @@ class Tunnel:
             await self._teardown()
             raise
         node = self.node
-        lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
-        if discovering:
-            from wgdisco.discovery import Discovery  # zeroconf/dnspython only when used
-
-            self.discovery = Discovery(cfg.discovery, cfg.path, node.record(), feed=self.feed,
-                                       peer_keys=self.peer_keys)
         self.dataplane = DataPlane(
             self.name, tun=self.tun, device=self.device, node=node, sender=self.sender, lock=self.lock,
             drops=self.other_drops, flush=self.flush, on_link_deleted=self._link_deleted, gro=self.gro,
         )
         self.dataplane.start()
-        self.feed(lambda node, now: node.start(lan, now))
-        if self.discovery is not None:
+        if self.has_key:
             try:
-                await self.discovery.start(lan)
+                await self._go_live()
             except BaseException:
                 await self._teardown()
                 raise
@@ -169,10 +176,42 @@ class Tunnel:
                 await self._teardown()
                 raise
         self._hooks(iface.post_up, "PostUp")
+        shown = keys.key_to_base64(self.device.identity.public) if self.has_key else "(none: set it with wg setconf)"
         log.info(
             "interface %s up: public key %s, listening on UDP port %d, %d peer(s)",
-            self.name, keys.key_to_base64(self.device.identity.public), udp.local_port(self.sock), len(cfg.peers),
+            self.name, shown, udp.local_port(self.sock), len(cfg.peers),
         )
+
+    async def _go_live(self) -> None:
+        """With a real key: the node begins (addresses, STUN, our record), then discovery."""
+        cfg, node = self.cfg, self.node
+        assert node is not None
+        lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
+        if cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None:
+            from wgdisco.discovery import Discovery  # zeroconf/dnspython only when used
+
+            with self.lock:
+                record = node.record()
+            self.discovery = Discovery(cfg.discovery, cfg.path, record, feed=self.feed, peer_keys=self.peer_keys)
+        self.feed(lambda node, now: node.start(lan, now))
+        if self.discovery is not None:
+            await self.discovery.start(lan)
+
+    def key_arrived(self) -> None:
+        """Over UAPI, the first private key (``wg setconf``; on the loop, lock held): from now on the
+        socket sends, and the node and discovery start."""
+        if self.has_key:
+            return
+        self.has_key = True
+        log.info("interface %s: private key set, public key %s", self.name,
+                 keys.key_to_base64(self.device.identity.public) if self.device is not None else "?")
+        self.live_task = asyncio.get_running_loop().create_task(self._go_live_logged())
+
+    async def _go_live_logged(self) -> None:
+        try:
+            await self._go_live()
+        except (ConfigError, LocalError) as e:
+            log.error("discovery not started: %s", e)
 
     async def _stun_servers(self) -> list[Any]:
         """STUN servers from ``[Discovery] STUN``, resolved once (none is ever assumed)."""
@@ -205,7 +244,9 @@ class Tunnel:
         node = self.node
         assert node is not None and self.sock is not None
         out = node.datagrams_to_send()
-        if out:
+        if out and not self.has_key:  # over UAPI, before wg setconf: the throwaway key says nothing
+            self.other_drops["no-private-key"] = self.other_drops.get("no-private-key", 0) + len(out)
+        elif out:
             self.sender.send_all(out)
         event = node.next_event()
         while event is not None:
@@ -226,9 +267,12 @@ class Tunnel:
         if pc.persistent_keepalive:
             self.device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
 
-    async def run(self) -> None:
-        """Start, then serve until SIGINT/SIGTERM, then tear down."""
+    async def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        """Start, then serve until SIGINT/SIGTERM, then tear down. ``on_ready``: called once the
+        interface and its UAPI socket exist (wgdisco-userspace lets its parent return then)."""
         await self.start()
+        if on_ready is not None:
+            on_ready()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopped.set)
@@ -263,6 +307,9 @@ class Tunnel:
     async def reload(self) -> None:
         """SIGHUP: read the config again; add, update and remove peers without touching live
         sessions (like ``wg syncconf``). [Interface] and [Discovery] changes need a restart."""
+        if self.over_uapi:
+            log.info("reload: nothing to read (configured over UAPI: use wg syncconf)")
+            return
         try:
             cfg = await asyncio.to_thread(configmod.load, self.cfg.path)
         except ConfigError as e:
@@ -332,6 +379,10 @@ class Tunnel:
             self.netmon = None
         if self.change_task is not None:
             self.change_task.cancel()
+        if self.live_task is not None:
+            self.live_task.cancel()
+            await asyncio.gather(self.live_task, return_exceptions=True)
+            self.live_task = None
         if self.discovery is not None:
             await self.discovery.close()
             self.discovery = None
