@@ -101,3 +101,20 @@ def test_listen_port_zero_picks_a_port_and_says_which(lab: Lab, kind: str) -> No
             assert time.monotonic() < deadline, a.proc.stderr()
             time.sleep(0.05)
         assert "listening on UDP port 0" not in a.proc.stderr()
+
+
+@pytest.mark.parametrize("kind", IMPLEMENTATIONS)
+def test_private_key_dev_null_removes_the_key(lab: Lab, kind: str) -> None:
+    a, b = pair(lab, kind, "wireguard-go")
+    a.host.ping(b.inner4, count=1, wait=3)
+    wg(a, "set", a.iface, "private-key", "/dev/null")
+    shown = wg(a, "show", a.iface, "private-key")
+    answered = a.host.run(["ping", "-c", "2", "-W", "2", b.inner4], check=False).returncode == 0
+    note("private-key /dev/null: shown, ping", kind, (shown, "answered" if answered else "no answer"))
+    assert shown == "(none)" and not answered
+    keyfile = lab.logdir / f"{a.iface}-again.key"
+    keyfile.write_text(a.private + "\n")
+    keyfile.chmod(0o600)
+    wg(a, "set", a.iface, "private-key", str(keyfile))
+    assert wg(a, "show", a.iface, "private-key") == a.private
+    a.host.ping(b.inner4, count=2, wait=6)  # a new handshake with the key back

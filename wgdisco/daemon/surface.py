@@ -183,9 +183,11 @@ class Surface:
         assert device is not None and node is not None and t.sock is not None
         now = time.monotonic()
         d = req.device
-        if d.private_key is not None and d.private_key != bytes(32):
+        if d.private_key == bytes(32):  # `wg set IF private-key /dev/null`: no key (wireguard-go)
+            t.key_removed()
+        elif d.private_key is not None:
             node.set_identity(d.private_key, now)
-            t.key_arrived()  # over UAPI, the first key: sending, the node and discovery begin
+            t.key_arrived()  # the first key, or one after a removal: sending, the node and discovery begin
         if d.fwmark is not None and d.fwmark != t.routing.fwmark:
             t.set_fwmark(d.fwmark)
         if d.listen_port is not None and d.listen_port != udp.local_port(t.sock):
@@ -252,7 +254,7 @@ class Surface:
             log.info("STUN: reflexive address %s; NAT mapping %s", shown, event.behaviour)
         elif isinstance(event, RecordChanged):
             t = self.tunnel
-            if t.discovery is not None and t.loop is not None:
+            if t.discovery is not None and t.loop is not None and t.has_key:  # never the throwaway key
                 t.loop.call_soon_threadsafe(t.discovery.record_changed, event.record, event.withdrawn)
         elif isinstance(event, LookupWanted):
             t = self.tunnel

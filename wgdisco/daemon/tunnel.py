@@ -205,7 +205,35 @@ class Tunnel:
         self.has_key = True
         log.info("interface %s: private key set, public key %s", self.name,
                  keys.key_to_base64(self.device.identity.public) if self.device is not None else "?")
-        self.live_task = asyncio.get_running_loop().create_task(self._go_live_logged())
+        self._then(self._go_live_logged())
+
+    def key_removed(self) -> None:
+        """``wg set IF private-key /dev/null`` (lock held): no key, as wireguard-go with a zero key.
+        The device moves to a throwaway key (sessions expire, nothing answers to the old key), the
+        socket sends nothing, our record is withdrawn; a new key starts it all again."""
+        if not self.has_key:
+            return
+        assert self.node is not None
+        self.has_key = False
+        self.node.set_identity(keys.generate_private_key(os.urandom(keys.KEY_LEN)), time.monotonic())
+        log.info("interface %s: private key removed; sending nothing until one is set", self.name)
+        self._then(self._stop_discovery())
+
+    def _then(self, coro: Any) -> None:
+        """Run ``coro`` after whatever key change came before it (they must not overlap)."""
+        previous = self.live_task
+
+        async def chained() -> None:
+            if previous is not None:
+                await asyncio.gather(previous, return_exceptions=True)
+            await coro
+
+        self.live_task = asyncio.get_running_loop().create_task(chained())
+
+    async def _stop_discovery(self) -> None:
+        discovery, self.discovery = self.discovery, None
+        if discovery is not None:
+            await discovery.close()  # goodbyes and the DNS withdrawal of the record with the old key
 
     async def _go_live_logged(self) -> None:
         try:

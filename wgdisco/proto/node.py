@@ -232,6 +232,7 @@ class Node:
         self._next_sync = 0.0
         self._last_restun = -RESTUN_MIN_INTERVAL
         self._record: records.ServiceRecord | None = None
+        self.started = False
         self._strangers: OrderedDict[Key, tuple[float, records.Sighting, str]] = OrderedDict()
         self._poll_interval = poll_interval
         self._lookup_at: dict[Key, float] = {}  # peer -> when to look it up next (absent: now)
@@ -308,7 +309,12 @@ class Node:
     # --- the network ----------------------------------------------------------------
 
     def start(self, lan: Iterable[tuple[str, Any]], now: float) -> None:
-        """Begin: our interfaces' addresses (``(ifname, ip_interface)``), then STUN."""
+        """Begin: our interfaces' addresses (``(ifname, ip_interface)``), then STUN. Again (a key
+        came back after ``wg set private-key /dev/null``): as a network change."""
+        if self.started:
+            self.network_changed(lan, now)
+            return
+        self.started = True
         self._set_lan(lan)
         if self.stun is not None:
             self.stun.start(now)
