@@ -104,3 +104,22 @@ def test_zeroconf_socket_errors_are_logged_without_a_traceback(caplog: pytest.Lo
     socket_error, other = caplog.records
     assert socket_error.exc_info is None and "Network is unreachable" in socket_error.getMessage()
     assert other.exc_info is not None  # only OSErrors lose their traceback
+
+
+@pytest.mark.asyncio
+async def test_names_that_cannot_be_wgsd_records_cost_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    # zeroconf's browser calls this handler for every instance it hears of; a stranger on the LAN
+    # can invent any name, including ones zeroconf itself refuses (a '\r' in the label)
+    service = mdns.MdnsService(["lo"])
+    label, _ = new_key()
+    for name in ("evil\r", "Kitchen printer", label[:-1], label.upper() + "x", "a" * 56):
+        service._on_state_change(zeroconf=None, service_type=mdns.SERVICE_TYPE,  # type: ignore[arg-type]
+                                 name=f"{name}.{mdns.SERVICE_TYPE}", state_change=mdns.ServiceStateChange.Added)
+    assert service.ignored_names == 5
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_wgsd_label_is_the_base32_of_a_key() -> None:
+    label, _ = new_key()
+    assert mdns.WGSD_LABEL.fullmatch(label)
+    assert not mdns.WGSD_LABEL.fullmatch(label.replace("====", "===a"))

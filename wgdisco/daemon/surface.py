@@ -120,7 +120,7 @@ class Surface:
         def metric(name: str, kind: str, help_: str, samples: list[tuple[str, float]]) -> None:
             out.append(f"# HELP wgdisco_{name} {help_}")
             out.append(f"# TYPE wgdisco_{name} {kind}")
-            out.extend(f"wgdisco_{name}{labels} {value:g}" for labels, value in samples)
+            out.extend(f"wgdisco_{name}{labels} {sample_value(value)}" for labels, value in samples)
 
         iface = f'interface="{t.name}"'
         with t.lock:
@@ -292,3 +292,11 @@ class Surface:
         assert t.node is not None and t.discovery is not None
         counts = {**t.node.stats().counters, **t.discovery.counters}
         return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to report"
+
+
+def sample_value(value: float) -> str:
+    """A Prometheus sample value, exact: integers in full (``{:g}`` would print 1234567 as
+    1.23457e+06), floats as Python's shortest round-trip repr."""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+        return str(int(value))
+    return repr(float(value))

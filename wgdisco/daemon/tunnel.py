@@ -18,6 +18,7 @@ no discovery); ``key_arrived`` starts them with the real key.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import contextlib
 import logging
 import os
@@ -170,8 +171,12 @@ class Tunnel:
             from wgdisco.io.metrics import MetricsServer
 
             self.metrics = MetricsServer(self.surface.render_metrics)
+            where = cfg.discovery["Metrics"]
+            if not is_loopback(where.host):
+                log.warning("Metrics = %s is reachable from other hosts: it shows peer public keys, endpoints "
+                            "and traffic to anyone who connects (bind it to 127.0.0.1 or ::1)", where)
             try:
-                await self.metrics.start(cfg.discovery["Metrics"].host, cfg.discovery["Metrics"].port)
+                await self.metrics.start(where.host, where.port)
             except LocalError:
                 await self._teardown()
                 raise
@@ -470,3 +475,13 @@ async def run_config(path: str) -> None:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     await Tunnel(cfg).run()
+
+
+def is_loopback(host: str) -> bool:
+    """A literal loopback address or "localhost"; anything else may be reachable from outside."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

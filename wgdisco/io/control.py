@@ -40,9 +40,10 @@ class ControlServer:
         self.handler = handler
         old = os.umask(0o077)
         try:
-            self.server = await asyncio.start_unix_server(self._serve, path=str(path))
+            self.server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST)
         finally:
             os.umask(old)
+        os.chmod(path, 0o600)  # as documented: read and write for root, nothing to execute
         self.path = path
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -55,7 +56,9 @@ class ControlServer:
                 answer = {"error": str(e)}
             writer.write(json.dumps(answer, indent=2).encode() + b"\n")
             await writer.drain()
-        except (asyncio.TimeoutError, ConnectionError):
+        except (asyncio.TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except (asyncio.LimitOverrunError, ValueError):  # a line over MAX_REQUEST: not a command
             pass
         finally:
             writer.close()

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -100,6 +101,9 @@ logging.getLogger("zeroconf").addFilter(_NoSocketTracebacks())
 
 SERVICE_TYPE = "_wireguard._udp.local."
 # RFC 6763 §6.1-6.2 limits: one home, proto/records.py
+# wgsd instance labels: lowercase RFC 4648 base32 of a 32-byte key, with its padding (docs/records.md)
+WGSD_LABEL = re.compile(r"[a-z2-7]{52}====")
+MAX_SIGHTED = 256  # instances remembered (for deduplication and goodbyes); strangers can make many
 TXT_STRING_MAX = records.TXT_STRING_MAX
 TXT_TOTAL_MAX = records.TXT_LIMIT
 LABEL_MAX = 63  # RFC 1035 §2.3.4
@@ -295,7 +299,8 @@ class MdnsService:
         self._callback: SightingCallback | None = None
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
-        self._sighted: dict[str, Sighting] = {}
+        self._sighted: dict[str, Sighting] = {}  # what each instance said last, at most MAX_SIGHTED
+        self.ignored_names = 0  # instance names that cannot be a wgsd record, or that zeroconf refused
 
     # -- lifecycle
     async def start(self) -> None:
@@ -430,6 +435,11 @@ class MdnsService:
         label = name[: -len(suffix)].lower()
         if label in self._infos:
             return  # our own records, heard through multicast loopback
+        if not WGSD_LABEL.fullmatch(label):
+            # not the base32 of a key (wgsd layout, docs/records.md): nothing could come of it, so
+            # it costs no resolve and no state (a stranger may invent any number of names)
+            self.ignored_names += 1
+            return
         if state_change is ServiceStateChange.Removed:
             task = self._resolving.pop(label, None)
             if task is not None:
@@ -447,7 +457,11 @@ class MdnsService:
         try:
             while True:
                 self._again.discard(label)
-                info = AsyncServiceInfo(SERVICE_TYPE, name)
+                try:
+                    info = AsyncServiceInfo(SERVICE_TYPE, name)
+                except (BadTypeInNameException, ValueError):  # zeroconf refuses the name: drop it
+                    self.ignored_names += 1
+                    return
                 found = await info.async_request(aiozc.zeroconf, self.resolve_timeout * 1000)
                 if label not in self._again:
                     break
@@ -465,7 +479,10 @@ class MdnsService:
             server=(info.server or "").lower(),
         )
         if self._sighted.get(label) != sighting:
-            self._sighted[label] = sighting
+            self._sighted.pop(label, None)
+            self._sighted[label] = sighting  # newest last: the oldest go first past the cap
+            while len(self._sighted) > MAX_SIGHTED:
+                del self._sighted[next(iter(self._sighted))]
             self._deliver(sighting)
 
     def _deliver(self, event: Sighting | Removal) -> None:
