@@ -363,3 +363,65 @@ def test_same_private_key_is_a_no_op_and_a_new_one_forces_a_handshake() -> None:
     p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"after"))
     assert p.delivered["b"][-1] == ipv4_packet("10.0.0.1", "10.0.0.2", b"after")
     assert sum(1 for e in p.a.events if isinstance(e, HandshakeCompleted)) == handshakes + 1
+
+
+# --- sticky sources: the local address of the latest authenticated packet --------------
+
+
+def test_sticky_source_follows_latest_authenticated_packet() -> None:
+    p = Pair(endpoint_b=True)
+    p.a.send_handshake_initiation(p.pa, p.now, is_retry=False)
+    [(init, to)] = p.a.datagrams_to_send()
+    assert to == B_ADDR
+    p.b.receive_datagram(init, A_ADDR, p.now, "b-second")  # the responder records where it came to
+    assert p.b.sources == {A_ADDR: "b-second"}
+    [(resp, to)] = p.b.datagrams_to_send()
+    assert to == A_ADDR  # the shell sends it from p.b.sources[to]
+    p.a.receive_datagram(resp, B_ADDR, p.now, "a-first")
+    assert p.a.sources == {B_ADDR: "a-first"}
+    p.flush()  # A's keepalive promotes B's keypair (no local: the entry stays)
+    assert p.b.sources == {A_ADDR: "b-second"}
+
+    def data() -> bytes:
+        out = p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now)
+        assert out is not None
+        return out[0]
+
+    assert p.b.receive_datagram(data(), A_ADDR, p.now, "b-second") is not None
+    assert p.b.sources == {A_ADDR: "b-second"}
+    assert p.b.receive_datagram(data(), A_ADDR, p.now, "b-first") is not None  # A wrote to our other address
+    assert p.b.sources == {A_ADDR: "b-first"}
+    forged = bytearray(data())
+    forged[-1] ^= 1
+    assert p.b.receive_datagram(bytes(forged), A_ADDR, p.now, "b-third") is None  # not authenticated
+    assert p.b.sources == {A_ADDR: "b-first"}
+    moved = ("203.0.113.7", 40000)
+    assert p.b.receive_datagram(data(), moved, p.now, "b-second") is not None  # roaming (§2.1)
+    assert p.b.sources == {moved: "b-second"}  # the old endpoint's entry went with it
+    assert p.b.receive_datagram(data(), A_ADDR, p.now) is not None  # roaming back, no report
+    assert p.pb.endpoint == A_ADDR and p.b.sources == {}
+
+
+def test_sticky_source_dropped_on_new_endpoint_removal_and_retries() -> None:
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    p.a.sources[B_ADDR] = "a-first"
+    p.a.set_endpoint(p.pa, B_ADDR, "uapi")  # unchanged: kept
+    assert p.a.sources == {B_ADDR: "a-first"}
+    p.a.set_endpoint(p.pa, ("198.51.100.9", 51820), "uapi")
+    assert p.a.sources == {}
+    p.a.set_endpoint(p.pa, B_ADDR)
+    p.a.sources[B_ADDR] = "a-first"
+    p.a.remove_peer(p.pa.public_key)
+    assert p.a.sources == {}
+    # a handshake retried for want of an answer forgets the source (wireguard-go)
+    q = Pair()
+    q.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    q.a.sources[B_ADDR] = "a-first"
+    q.lose = True
+    q.advance(q.a.timing.rekey_timeout + 0.1)
+    q.a.send_handshake_initiation(q.pa, q.now, is_retry=False)
+    q.flush()
+    assert q.a.sources == {B_ADDR: "a-first"}  # the first try keeps it
+    q.advance(q.a.timing.rekey_timeout + q.a.timing.rekey_timeout_jitter_max + 0.1)
+    assert q.pa.handshake_attempts >= 1 and q.a.sources == {}

@@ -198,3 +198,130 @@ def test_format_for_users() -> None:
     assert format_sockaddr(("2001:db8::7", 51820, 0, 0)) == "[2001:db8::7]:51820"
     assert format_sockaddr(("198.51.100.7", 1)) == "198.51.100.7:1"
     assert format_hostport("fd00::1", 3478) == "[fd00::1]:3478"
+
+
+# --- sticky sources: IPV6_PKTINFO / IP_PKTINFO in, the same item out ----------------------
+
+
+def loopback_has(ip: str) -> bool:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+needs_127_0_0_2 = pytest.mark.skipif(not loopback_has("127.0.0.2"), reason="127.0.0.2 is not local here")
+
+
+def recv_segments(sock: socket.socket, timeout: float = 2.0):
+    ready, _, _ = select.select([sock], [], [], timeout)
+    assert ready, "no datagram arrived"
+    return udp.recv_segments(sock, 65535)
+
+
+@pytest.fixture
+def sticky_sock():
+    s = udp.open_udp(0)
+    assert udp.enable_pktinfo(s)
+    yield s
+    s.close()
+
+
+@needs_ipv6
+@needs_127_0_0_2
+def test_pktinfo_names_the_local_address_ipv4_mapped_and_ipv6(sticky_sock):
+    port = udp.local_port(sticky_sock)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
+        v4.bind(("127.0.0.1", 0))
+        v4.sendto(b"four", ("127.0.0.2", port))
+        data, addr, segment, source = recv_segments(sticky_sock)
+        assert (data, addr, segment) == (b"four", ("::ffff:127.0.0.1", v4.getsockname()[1], 0, 0), 0)
+        # one item, IPV6_PKTINFO with the mapped address, on the dual-stack socket
+        assert source[:2] == (socket.IPPROTO_IPV6, udp.IPV6_PKTINFO) and len(source[2]) == 20
+        assert source[2][:16] == bytes(10) + b"\xff\xff" + bytes([127, 0, 0, 2])
+        assert udp.source_address(source) == ("127.0.0.2", socket.if_nametoindex("lo"))
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as v6:
+        v6.sendto(b"six", ("::1", port))
+        data, addr, segment, source = recv_segments(sticky_sock)
+        assert data == b"six" and udp.source_address(source) == ("::1", socket.if_nametoindex("lo"))
+
+
+def test_no_pktinfo_no_source(sock):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4:
+        v4.sendto(b"x", ("127.0.0.1", udp.local_port(sock)))
+        assert recv_segments(sock)[3] is None
+
+
+@needs_ipv6
+@needs_127_0_0_2
+def test_reply_leaves_from_the_address_the_datagram_came_to(sticky_sock):
+    """The received item, sent back as is, is the source (the kernel alone picks 127.0.0.1)."""
+    port = udp.local_port(sticky_sock)
+    counts: dict[str, int] = {}
+    sender = udp.Sender(counts, sticky_sock)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind(("127.0.0.1", 0))
+        peer.sendto(b"hello", ("127.0.0.2", port))
+        _data, addr, _segment, source = recv_segments(sticky_sock)
+        sender.send(b"plain", addr)
+        assert recv(peer)[1] == ("127.0.0.1", port)  # what the kernel chooses
+        sender.sources[addr] = source
+        sender.send(b"sticky", addr)
+        assert recv(peer) == (b"sticky", ("127.0.0.2", port))
+        sender.send_all([(b"all", addr)])
+        assert recv(peer) == (b"all", ("127.0.0.2", port))
+        # a GSO batch carries UDP_SEGMENT and the pktinfo together
+        sender.send_batch([b"a" * 100, b"b" * 100, b"c" * 40], 100, addr)
+        got = [recv(peer) for _ in range(3)]
+        assert got == [(b"a" * 100, ("127.0.0.2", port)), (b"b" * 100, ("127.0.0.2", port)),
+                       (b"c" * 40, ("127.0.0.2", port))]
+    assert counts == {} and sender.unstuck == 0
+
+
+@needs_ipv6
+@pytest.mark.parametrize("gone,peer_ip", [("192.0.2.99", "127.0.0.1"), ("2001:db8::99", "::1")])
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_source_that_is_gone_is_dropped_and_the_send_retried(sticky_sock, gone, peer_ip, batch):
+    """An address no longer local: the kernel refuses it (EINVAL / ENETUNREACH); the datagram
+    goes once more from the kernel's choice and the endpoint is no longer sticky."""
+    port = udp.local_port(sticky_sock)
+    counts: dict[str, int] = {}
+    sender = udp.Sender(counts, sticky_sock)
+    with socket.socket(socket.AF_INET6 if ":" in peer_ip else socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        peer.bind((peer_ip, 0))
+        addr = udp.to_sockaddr(sticky_sock, peer_ip, peer.getsockname()[1])
+        sender.sources[addr] = udp.make_source(sticky_sock, gone)
+        if batch:
+            sender.send_batch([b"x" * 50, b"y" * 50], 50, addr)
+            assert [recv(peer)[0] for _ in range(2)] == [b"x" * 50, b"y" * 50]
+        else:
+            sender.send(b"retried", addr)
+            assert recv(peer) == (b"retried", (peer_ip, port) if ":" not in peer_ip else (peer_ip, port, 0, 0))
+    assert sender.sources == {} and sender.unstuck == 1
+    assert counts == {} and sender.gso is True  # neither a drop nor "cannot segment"
+
+
+@needs_127_0_0_2
+def test_ipv4_only_socket_uses_ip_pktinfo():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.bind(("0.0.0.0", 0))
+        s.setblocking(False)
+        assert udp.enable_pktinfo(s)
+        port = udp.local_port(s)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+            peer.bind(("127.0.0.1", 0))
+            peer.sendto(b"hi", ("127.0.0.2", port))
+            _data, addr, _segment, source = recv_segments(s)
+            assert source[:2] == (socket.IPPROTO_IP, udp.IP_PKTINFO) and len(source[2]) == 12
+            assert udp.source_address(source) == ("127.0.0.2", socket.if_nametoindex("lo"))
+            assert udp.make_source(s, "127.0.0.2")[2][4:8] == bytes([127, 0, 0, 2])
+            sender = udp.Sender({}, s)
+            sender.sources[addr] = source
+            sender.send(b"back", addr)
+            assert recv(peer) == (b"back", ("127.0.0.2", port))
+    finally:
+        s.close()

@@ -224,7 +224,7 @@ class DataPlane:
         run = False
         for count in range(READ_BATCH):
             try:
-                data, addr, segment = udp.recv_segments(sock, GRO_BUFSIZE)
+                data, addr, segment, local = udp.recv_segments(sock, GRO_BUFSIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
@@ -239,7 +239,7 @@ class DataPlane:
             for datagram in pieces:
                 kind = classify(datagram)
                 if kind == WIREGUARD:
-                    inner = receive(datagram, addr, now)
+                    inner = receive(datagram, addr, now, local)  # local: the sticky source (io/udp.py)
                     if inner is not None:
                         if not count and not run and self._udp_lone:
                             self._write_tun(tun, (inner,))

@@ -114,6 +114,7 @@ class Tunnel:
             await self.routing.choose_policy_table(self.sock)
         self.sock = udp.open_udp(iface.listen_port or 0, fwmark=self.routing.fwmark)
         udp.enable_gro(self.sock)
+        udp.enable_pktinfo(self.sock)  # sticky sources: replies leave from the address a peer wrote to
         try:
             self.tun = Tun(self.name, vnet_hdr=self.gro)
             now = time.monotonic()
@@ -125,6 +126,7 @@ class Tunnel:
                 rng=os.urandom, now=now, wall_offset=time.time() - now,
                 mtu=iface.mtu or DEFAULT_MTU, timing=self.timing, addr_key=udp.sockaddr_bytes, **kw,
             )
+            self.sender.sources = self.device.sources  # endpoint -> sticky source, recorded by the device
             discovering = cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None
             self.node = Node(
                 self.device, rng=os.urandom, wall=time.time(),
@@ -452,6 +454,8 @@ class Tunnel:
         except LocalError:
             raise uapi.UapiError(uapi.EADDRINUSE, "cannot set the fwmark") from None
         self.routing.fwmark = fwmark
+        if self.device is not None:
+            self.device.sources.clear()  # wireguard-go BindSetMark: another mark may route elsewhere
         log.info("fwmark %s", f"0x{fwmark:x}" if fwmark else "off")
 
     def rebind(self, port: int) -> None:
@@ -462,7 +466,10 @@ class Tunnel:
         except LocalError:
             raise uapi.UapiError(uapi.EADDRINUSE, f"port {port} in use") from None
         udp.enable_gro(new)
+        udp.enable_pktinfo(new)
         old, self.sock = self.sock, new
+        if self.device is not None:
+            self.device.sources.clear()  # wireguard-go BindUpdate: sources are learned again
         if self.dataplane is not None:
             self.dataplane.retire(old)
         else:

@@ -18,6 +18,18 @@ field, never a ``%name`` suffix in the host.
 ``Sender`` sends on the current socket: one datagram, or a run to one address in one
 UDP GSO ``sendmsg`` (one ``sendto`` each where the path cannot segment); a failed send
 is counted by errno, never raised.
+
+Sticky sources (issue 14; the kernel module's and wireguard-go's conn/sticky_linux.go):
+``enable_pktinfo`` makes the kernel report, with every datagram, the local address (and
+interface index) it arrived on, and ``recv_segments`` returns that report untouched, as
+the ``(level, type, data)`` item ``recvmsg`` gave: on the dual-stack socket always
+``IPV6_PKTINFO`` (IPv4 datagrams carry the IPv4-mapped address), on the IPv4 fallback
+``IP_PKTINFO``. Sent back as is in ``sendmsg``'s ancillary data, the same item makes the
+kernel send from that address: nothing is parsed or packed per packet. The device records
+it per endpoint from authenticated packets (``Device.sources``); ``Sender.sources`` is that
+dict. A send the kernel refuses because of the source (the address was removed: EINVAL,
+EADDRNOTAVAIL, ENETUNREACH, ...) drops the endpoint's entry and is retried once without
+it, so the kernel chooses again.
 """
 
 from __future__ import annotations
@@ -109,6 +121,56 @@ MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS on older kernels
 MAX_GSO_BYTES = 65000  # one datagram's IP payload limit, with room for headers
 GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 
+# --- sticky sources: IP_PKTINFO / IPV6_PKTINFO ------------------------------------
+
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # <linux/in.h>; missing from Python's socket module
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+# room for UDP_GRO's int and the larger pktinfo (struct in6_pktinfo, 20 bytes; in_pktinfo is 12)
+RECV_CMSG_SPACE = socket.CMSG_SPACE(4) + socket.CMSG_SPACE(20)
+# a send from a sticky source the kernel refuses for the source's sake: drop it, retry once
+UNSTICK_ERRNOS = frozenset({errno.EINVAL, errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                            errno.ENODEV, errno.ENXIO})
+
+Source = tuple  # (level, type, data): the pktinfo item recvmsg returned, for sendmsg as is
+
+
+def enable_pktinfo(sock: socket.socket) -> bool:
+    """Report each datagram's local address and interface (the sticky source); False if unsupported.
+
+    On the dual-stack socket IPV6_RECVPKTINFO alone covers IPv4 too (an IPV6_PKTINFO with the
+    IPv4-mapped address, which sendmsg accepts back for a mapped destination, Linux
+    ip_cmsg_send); IP_PKTINFO as well would add a second item to every IPv4 datagram.
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def source_address(source: Source) -> tuple[str, int]:
+    """``(address, interface index)`` of a pktinfo item, for logs and tests (never the hot path)."""
+    level, _kind, data = source
+    if level == socket.IPPROTO_IPV6:
+        host = socket.inet_ntop(socket.AF_INET6, data[:16])
+        return (host[7:] if host.startswith("::ffff:") and "." in host else host), struct.unpack_from("=I", data, 16)[0]
+    ifindex, spec_dst = struct.unpack_from("=i4s", data)
+    return socket.inet_ntop(socket.AF_INET, spec_dst), ifindex
+
+
+def make_source(sock: socket.socket, host: str, ifindex: int = 0) -> Source:
+    """The pktinfo item that makes ``sock`` send from ``host`` (tests, tools; the data path
+    sends back what it received)."""
+    ip = ipaddress.ip_address(host)
+    if sock.family == socket.AF_INET6:
+        packed = (ipaddress.IPv6Address(_MAPPED_PREFIX + ip.packed) if ip.version == 4 else ip).packed
+        return (socket.IPPROTO_IPV6, IPV6_PKTINFO, packed + struct.pack("=I", ifindex))
+    return (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", ifindex, ip.packed, bytes(4)))
+
 
 def enable_gro(sock: socket.socket) -> bool:
     """Ask the kernel to coalesce received datagrams of a flow (UDP_GRO); False if unsupported."""
@@ -119,42 +181,63 @@ def enable_gro(sock: socket.socket) -> bool:
     return True
 
 
-def send_segments(sock: socket.socket, datagrams: list[bytes], segment: int, addr: Sockaddr) -> None:
-    """Send datagrams of ``segment`` bytes (the last may be shorter) in one sendmsg (UDP GSO).
+def send_segments(sock: socket.socket, datagrams: list[bytes], segment: int, addr: Sockaddr,
+                  source: Source | None = None) -> None:
+    """Send datagrams of ``segment`` bytes (the last may be shorter) in one sendmsg (UDP GSO),
+    from ``source`` (a pktinfo item) if given.
 
     OSError as from sendto; EIO/EINVAL mean the path cannot segment, and the
     caller falls back to one sendto each.
     """
-    sock.sendmsg([b"".join(datagrams)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))], 0, addr)
+    cmsgs = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
+    if source is not None:
+        cmsgs.append(source)
+    sock.sendmsg([b"".join(datagrams)], cmsgs, 0, addr)
 
 
 class Sender:
     """Sends on the current socket (``sock``, replaced on a rebind) and counts failures.
 
-    Nothing it sends is ever retried: a datagram the kernel refuses (a full buffer, no
-    route) is counted in ``counts`` as ``send-would-block`` or ``send-<ERRNO>`` (the
-    daemon's drop counts), and the caller goes on.
+    Nothing it sends is ever retried but for one case: a datagram the kernel refuses (a full
+    buffer, no route) is counted in ``counts`` as ``send-would-block`` or ``send-<ERRNO>``
+    (the daemon's drop counts), and the caller goes on; one refused because of its sticky
+    source (``UNSTICK_ERRNOS``) loses the source and goes again, once, from where the kernel
+    chooses.
+
+    ``sources`` maps an endpoint to the pktinfo item to send to it with (the device's
+    ``sources``, shared: the tunnel hands it over); an endpoint not in it gets a plain
+    ``sendto``.
     """
 
     def __init__(self, counts: dict[str, int], sock: socket.socket | None = None) -> None:
         self.sock = sock
         self.counts = counts  # reason -> count; the caller's dict, shared with its other drops
         self.gso = True  # False once the path refused to segment: one sendto each from then on
+        self.sources: dict[Any, Source] = {}  # endpoint -> sticky source (the device's dict)
+        self.unstuck = 0  # sticky sources dropped because the kernel refused them
 
     def send(self, data: bytes, addr: Sockaddr) -> None:
         """One datagram (the hot path's lone packet: no helper call in between)."""
+        source = self.sources.get(addr)
         try:
-            self.sock.sendto(data, addr)  # type: ignore[union-attr]
+            if source is None:
+                self.sock.sendto(data, addr)  # type: ignore[union-attr]
+            else:
+                self.sock.sendmsg((data,), (source,), 0, addr)  # type: ignore[union-attr]
         except (BlockingIOError, InterruptedError):
             self._count("send-would-block")
         except OSError as e:
-            self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+            if source is not None and e.errno in UNSTICK_ERRNOS:
+                self._unstick(addr, source, e)
+                self.send(data, addr)
+            else:
+                self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
 
     def send_all(self, datagrams: Iterable[tuple[bytes, Sockaddr]]) -> None:
-        """``(data, addr)`` pairs, one sendto each."""
-        sendto = self.sock.sendto  # type: ignore[union-attr]
+        """``(data, addr)`` pairs, one datagram each."""
+        send = self.send
         for data, addr in datagrams:
-            self._sendto(sendto, data, addr)
+            send(data, addr)
 
     def send_batch(self, batch: list[bytes], segment: int, addr: Sockaddr) -> None:
         """Datagrams of ``segment`` bytes (the last may be shorter) to ``addr``, in one GSO
@@ -162,8 +245,9 @@ class Sender:
         sock = self.sock
         assert sock is not None
         if len(batch) > 1 and self.gso:
+            source = self.sources.get(addr)
             try:
-                send_segments(sock, batch, segment, addr)
+                send_segments(sock, batch, segment, addr, source)
                 batch.clear()
                 return
             except (BlockingIOError, InterruptedError):
@@ -171,36 +255,51 @@ class Sender:
                 batch.clear()
                 return
             except OSError as e:
+                if source is not None and e.errno in UNSTICK_ERRNOS:
+                    # the source, or the segmenting (EINVAL is both): again without the source
+                    self._unstick(addr, source, e)
+                    self.send_batch(batch, segment, addr)
+                    return
                 if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
                     self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
                     batch.clear()
                     return
                 self.gso = False  # this path cannot segment: one sendto each from now on
                 log.info("UDP GSO unavailable (%s); sending datagrams one by one", e.strerror)
-        sendto = sock.sendto
+        send = self.send
         for data in batch:
-            self._sendto(sendto, data, addr)
+            send(data, addr)
         batch.clear()
 
-    def _sendto(self, sendto: Any, data: bytes, addr: Sockaddr) -> None:
-        try:
-            sendto(data, addr)
-        except (BlockingIOError, InterruptedError):
-            self._count("send-would-block")
-        except OSError as e:
-            self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+    def _unstick(self, addr: Sockaddr, source: Source, e: OSError) -> None:
+        """The kernel refused the sticky source (removed, no longer routes): let it choose."""
+        if self.sources.get(addr) is source:
+            del self.sources[addr]
+        self.unstuck += 1
+        host, ifindex = source_address(source)
+        log.info("sending to %s from %s (interface %d) failed (%s); the kernel chooses the source now",
+                 format_sockaddr(addr), host, ifindex, errno.errorcode.get(e.errno or 0, e.errno))
 
     def _count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
 
 
-def recv_segments(sock: socket.socket, bufsize: int) -> tuple[bytes, Sockaddr, int]:
-    """One recvmsg: (data, sender, segment size) — segment 0 when not coalesced."""
-    data, ancdata, _flags, addr = sock.recvmsg(bufsize, GRO_CMSG_SPACE)
-    for level, kind, value in ancdata:
-        if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
-            return data, addr, struct.unpack_from("=i", value)[0]
-    return data, addr, 0
+def recv_segments(sock: socket.socket, bufsize: int) -> tuple[bytes, Sockaddr, int, Source | None]:
+    """One recvmsg: (data, sender, segment size, local source).
+
+    The segment size is 0 when not coalesced (UDP_GRO); the source is the pktinfo item as
+    received (``enable_pktinfo``), None without one.
+    """
+    data, ancdata, _flags, addr = sock.recvmsg(bufsize, RECV_CMSG_SPACE)
+    segment = 0
+    source = None
+    for item in ancdata:
+        if item[0] == SOL_UDP:
+            if item[1] == UDP_GRO and len(item[2]) >= 4:
+                segment = struct.unpack_from("=i", item[2])[0]
+        else:  # the only other item the socket asks for
+            source = item
+    return data, addr, segment, source
 
 
 def local_port(sock: socket.socket) -> int:

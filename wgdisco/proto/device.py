@@ -7,8 +7,9 @@ The shell feeds the device three things and drains one:
 - ``send_packet(packet, now)``: an IP packet read from the TUN device. The
   common case returns ``(datagram, endpoint)`` to send at once; otherwise the
   packet is staged while a handshake is initiated.
-- ``receive_datagram(data, addr, now)``: a WireGuard datagram from the UDP
-  socket. Returns the decrypted inner IP packet to write to TUN, or None.
+- ``receive_datagram(data, addr, now, local=None)``: a WireGuard datagram from the UDP
+  socket (``local``: where it arrived, see below). Returns the decrypted inner IP packet
+  to write to TUN, or None.
   Malformed or unauthenticated input is dropped and counted in ``drops``;
   this method never raises for anything the network sends.
 - ``handle_timer(now)`` when ``get_timer()`` is due.
@@ -18,6 +19,15 @@ The shell feeds the device three things and drains one:
 
 Endpoints are opaque hashable addresses; ``addr_key(addr)`` turns one into
 bytes (IP + port) for cookies (whitepaper §5.4.7) and rate limiting.
+
+Sticky sources (the kernel module's and wireguard-go's "sticky sockets"): ``local`` is an
+opaque hashable value from the shell naming the local address a datagram arrived on.
+``sources`` maps an endpoint to the ``local`` of the latest authenticated packet from it,
+so that the shell sends to that endpoint from there, and a peer that wrote to one of our
+addresses hears back from that address instead of seeing us roam. An entry goes when the
+endpoint changes, when the peer is removed, and when a handshake is retried for want of an
+answer (wireguard-go markEndpointSrcForClearing: the source may be the trouble); the shell
+may drop one the kernel refuses. ``local=None`` (no report) leaves the choice to the kernel.
 
 Names and rules follow wireguard-go's device/ (send.go, receive.go, timers.go,
 keypair.go, peer.go); whitepaper sections are cited where a rule comes from.
@@ -175,6 +185,7 @@ class Device:
         self.index_table = IndexTable()
         self.rate_limiter = RateLimiter()
         self.outbox: list[tuple[bytes, Addr]] = []
+        self.sources: dict[Addr, Hashable] = {}  # endpoint -> local source of its latest authenticated packet
         self.events: list[DeviceEvent] = []
         self.drops: dict[str, int] = {}  # dropped input, by reason
         self.counters: dict[str, int] = {}  # other protocol events (cookie replies, …)
@@ -214,6 +225,7 @@ class Device:
         self.allowed_ips.remove_by_peer(peer)
         self._zero_and_flush(peer)
         peer.staged.clear()
+        self.unstick(peer)
 
     def set_preshared_key(self, peer: Peer, psk: bytes | None) -> None:
         peer.handshake.preshared_key = psk or bytes(32)
@@ -226,9 +238,17 @@ class Device:
 
     def set_endpoint(self, peer: Peer, endpoint: Addr | None, cause: str | None = None) -> None:
         """Point ``peer`` at ``endpoint``; with a ``cause`` a change is reported (EndpointChanged)."""
-        if cause is not None and peer.endpoint != endpoint:
-            self.events.append(EndpointChanged(peer.public_key, peer.endpoint, endpoint, cause))
+        if peer.endpoint != endpoint:
+            if cause is not None:
+                self.events.append(EndpointChanged(peer.public_key, peer.endpoint, endpoint, cause))
+            self.unstick(peer)  # a new endpoint: the kernel picks the source until the peer answers
         peer.endpoint = endpoint
+
+    def unstick(self, peer: Peer) -> None:
+        """Forget the local source for ``peer``'s endpoint: the kernel chooses until the next
+        authenticated packet from it (wireguard-go ClearSrc)."""
+        if peer.endpoint is not None:
+            self.sources.pop(peer.endpoint, None)
 
     def try_endpoint(self, peer: Peer, endpoint: Addr, now: float, cause: str = "hint") -> None:
         """Point ``peer`` at a hinted candidate and send an initiation there now.
@@ -279,6 +299,7 @@ class Device:
                     peer.t_send_keepalive = now + self.timing.keepalive_timeout
             if peer.t_new_handshake is not None and peer.t_new_handshake <= now:
                 peer.t_new_handshake = None
+                self.unstick(peer)  # wireguard-go expiredNewHandshake: the source may be the trouble
                 self.send_handshake_initiation(peer, now, is_retry=False)
             if peer.t_zero_key is not None and peer.t_zero_key <= now:
                 peer.t_zero_key = None
@@ -298,6 +319,7 @@ class Device:
             self.events.append(GaveUp(peer.public_key, peer.handshake_attempts))
             return
         peer.handshake_attempts += 1
+        self.unstick(peer)  # wireguard-go expiredRetransmitHandshake: the source may be the trouble
         self.send_handshake_initiation(peer, now, is_retry=True)
 
     def _traversal(self, peer: Peer, now: float) -> None:
@@ -479,8 +501,11 @@ class Device:
 
     # --- receive path (wireguard-go receive.go) -----------------------------------
 
-    def receive_datagram(self, data: bytes | memoryview, addr: Addr, now: float) -> bytes | None:
-        """Handle one WireGuard datagram (bytes or a memoryview of a GRO run).
+    def receive_datagram(
+        self, data: bytes | memoryview, addr: Addr, now: float, local: Hashable = None
+    ) -> bytes | None:
+        """Handle one WireGuard datagram (bytes or a memoryview of a GRO run) from ``addr``
+        that arrived on ``local`` (the shell's opaque name for a local address, or None).
 
         Returns the inner IP packet for TUN, or None.
         """
@@ -493,13 +518,13 @@ class Device:
             if n < noise.MESSAGE_TRANSPORT_SIZE:
                 self._drop("malformed")
                 return None
-            return self._receive_transport(data, addr, now)
+            return self._receive_transport(data, addr, now, local)
         data = bytes(data)  # handshake messages are rare: plain bytes for the parsers
         try:
             if kind == 1 and n == noise.MESSAGE_INITIATION_SIZE:
-                self._receive_handshake(data, addr, now, self._consume_initiation)
+                self._receive_handshake(data, addr, now, self._consume_initiation, local)
             elif kind == 2 and n == noise.MESSAGE_RESPONSE_SIZE:
-                self._receive_handshake(data, addr, now, self._consume_response)
+                self._receive_handshake(data, addr, now, self._consume_response, local)
             elif kind == 3 and n == noise.MESSAGE_COOKIE_REPLY_SIZE:
                 self._consume_cookie_reply(data, now)
             else:
@@ -521,7 +546,9 @@ class Device:
                 self.under_load_until = now + UNDER_LOAD_AFTER_TIME
         return now < self.under_load_until
 
-    def _receive_handshake(self, data: bytes, addr: Addr, now: float, consume: Callable[..., None]) -> None:
+    def _receive_handshake(
+        self, data: bytes, addr: Addr, now: float, consume: Callable[..., None], local: Hashable
+    ) -> None:
         """mac1, then under load mac2 + rate limit, then the handshake (whitepaper §5.3)."""
         if not self.cookie_checker.check_mac1(data):
             self._drop("mac1")
@@ -537,9 +564,9 @@ class Device:
             if not self.rate_limiter.allow(source[:-2], now):
                 self._drop("rate-limited")
                 return
-        consume(data, addr, now)
+        consume(data, addr, now, local)
 
-    def _consume_initiation(self, data: bytes, addr: Addr, now: float) -> None:
+    def _consume_initiation(self, data: bytes, addr: Addr, now: float, local: Hashable) -> None:
         def lookup(public: bytes) -> noise.Handshake | None:
             p = self.peers.get(public)
             return p.handshake if p is not None else None
@@ -547,11 +574,11 @@ class Device:
         hs = noise.consume_initiation(self.identity, data, lookup, now=now)
         peer = self.peers[hs.remote_static]
         peer.rx_bytes += len(data)  # as wireguard-go's receive.go: handshake messages count too
-        self._set_endpoint_from_packet(peer, addr)
+        self._set_endpoint_from_packet(peer, addr, local)
         self._authenticated(peer, now)
         self._send_handshake_response(peer, now)
 
-    def _consume_response(self, data: bytes, addr: Addr, now: float) -> None:
+    def _consume_response(self, data: bytes, addr: Addr, now: float, local: Hashable) -> None:
         def lookup(index: int) -> noise.Handshake | None:
             entry = self.index_table.lookup(index)
             return entry.handshake if isinstance(entry, Peer) else None
@@ -559,7 +586,7 @@ class Device:
         hs = noise.consume_response(self.identity, data, lookup)
         peer = self.peers[hs.remote_static]
         peer.rx_bytes += len(data)
-        self._set_endpoint_from_packet(peer, addr)
+        self._set_endpoint_from_packet(peer, addr, local)
         self._authenticated(peer, now)
         self._begin_session(peer, now)
         self._session_derived(peer, now)
@@ -581,13 +608,19 @@ class Device:
         self._traversal(peer, now)
         peer.t_new_handshake = None
 
-    def _set_endpoint_from_packet(self, peer: Peer, addr: Addr) -> None:
-        """Roaming (whitepaper §2.1): the endpoint follows the latest authenticated packet."""
+    def _set_endpoint_from_packet(self, peer: Peer, addr: Addr, local: Hashable) -> None:
+        """Roaming (whitepaper §2.1): the endpoint follows the latest authenticated packet,
+        and our source for it is the local address that packet arrived on."""
         if peer.endpoint != addr:
             self.events.append(EndpointChanged(peer.public_key, peer.endpoint, addr, "roaming"))
+            self.unstick(peer)
             peer.endpoint = addr
+        if local is None:
+            self.sources.pop(addr, None)
+        else:
+            self.sources[addr] = local
 
-    def _receive_transport(self, data: bytes, addr: Addr, now: float) -> bytes | None:
+    def _receive_transport(self, data: bytes, addr: Addr, now: float, local: Hashable) -> bytes | None:
         """Decrypt, replay-check, then the inner packet's length and source (whitepaper §5.4.6, §2).
 
         One frame for the common case: see send_packet on cold caches.
@@ -626,7 +659,9 @@ class Device:
             peer.sent_last_minute_handshake = True
             self.send_handshake_initiation(peer, now, is_retry=False)
         if peer.endpoint != addr:
-            self._set_endpoint_from_packet(peer, addr)
+            self._set_endpoint_from_packet(peer, addr, local)
+        elif local is not None and self.sources.get(addr) != local:
+            self.sources[addr] = local  # the peer wrote to another of our addresses (or again after an unstick)
         peer.last_authenticated = now
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
