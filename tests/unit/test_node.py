@@ -320,3 +320,36 @@ def test_silence_on_a_live_path_brings_a_lookup_forward() -> None:
     times = lookup_times(a, b.public, 8)
     gaps = [y - x for x, y in zip([0.0, *times], times)]
     assert gaps[:3] == pytest.approx([0.5, 1, 2], abs=0.06)  # the growing schedule again
+
+
+# --- a LAN stranger forges records under a peer's key (issue 17) ---------------------------
+
+
+def test_a_flood_of_forged_candidates_stays_bounded() -> None:
+    net, a, b = lan_pair(peers=True)
+    net.directory = False
+    a.device.set_persistent_keepalive(a.device.peers[b.public], 5, net.now)
+    net.ping_until(a, b, limit=5)
+    endpoint = a.device.peers[b.public].endpoint
+    sent_before = a.node.stats().probes_sent
+    start = net.now
+    for i in range(400):  # 20 records a second for 20 s, 31 new candidates each
+        cands = [(ipaddress.ip_address("10.7.0.%d" % (100 + j)), 20000 + 31 * i + j) for j in range(31)]
+        a.node.receive_sighting(records.Sighting(b.public, cands, txt={"probe": b"1"}), "mdns", net.now)
+        a.pump()
+        net.run(0.05)
+    assert len(a.node.candidates(b.public)) <= 64
+    assert a.device.peers[b.public].endpoint == endpoint  # the live path never moved
+    probed = [e for e in a.events if isinstance(e, CandidateProbed) and e.peer == b.public]
+    assert len(probed) <= 4 * 3  # 4 a 10 s window: 20 s of attack touches at most 3 windows
+    spent = a.node.stats().probes_sent - sent_before
+    assert spent <= 32 + 16 * (net.now - start) + 1
+    # quiet again: the node sleeps between timers instead of spinning
+    wakes, quiet_end = 0, net.now + 10
+    while net.now < quiet_end:
+        t = a.node.get_timer(net.now)
+        assert t is None or t > net.now - 1e-9
+        net.step(quiet_end)
+        wakes += 1
+    assert wakes < 400  # a few timers a second (probe rounds, keepalives), not a busy loop
+    net.ping_until(a, b, limit=2)

@@ -474,3 +474,58 @@ def test_wired_to_real_probers() -> None:
     assert sel.decision(b_pub, now) == (LAN, "lan")
     # LAN answered at once, so PUB got one probe (timed out at 3 s) and waits for the next
     assert {p.addr: (p.state, p.misses) for p in sel.paths(b_pub)} == {LAN: (VERIFIED, 0), PUB: (PROBING, 1)}
+
+
+# --- bounds: everything a stranger can create is capped (ARCHITECTURE.md, "Trust model") ------
+
+
+def forged(i: int, n: int = 31) -> list[Candidate]:
+    return [Candidate(("192.0.2.%d" % (1 + j), 20000 + i * 31 + j), "host", "mdns") for j in range(n)]
+
+
+def test_candidates_are_capped_per_source_and_per_peer_and_the_verified_ones_stay() -> None:
+    sel = PathSelector()
+    net = Net(sel, {PUB: 0.02})
+    sel.add_candidates(P, [srflx(PUB)], 0.0)
+    net.run(2.0)
+    assert sel.best(P, 2.0) == PUB
+    for i in range(400):  # 20 forged records a second for 20 s, 31 new candidates each
+        sel.add_candidates(P, forged(i), 2.0 + i / 20)
+        net.run(2.0 + i / 20)  # the live path's keepalive probes go on meanwhile
+    addrs = sel.addresses(P)
+    assert PUB in addrs and len(addrs) <= sel.timing.max_paths
+    assert sum(1 for p in sel.paths(P) if p.source == "mdns") <= sel.timing.max_per_source
+    assert sel.best(P, 22.0) == PUB
+    # the newest record's candidates are the ones kept (evicted: those named longest ago)
+    assert {c.addr for c in forged(399)} <= addrs
+
+
+def test_dns_candidates_survive_an_mdns_flood() -> None:
+    sel = PathSelector()
+    dns = [srflx(("198.51.100.%d" % k, 51820)) for k in range(1, 9)]
+    sel.add_candidates(P, dns, 0.0)
+    for i in range(100):
+        sel.add_candidates(P, forged(i), float(i))
+    assert {c.addr for c in dns} <= sel.addresses(P)  # another source's cap is not this one's
+
+
+def test_probes_are_paid_from_a_budget() -> None:
+    sel = PathSelector()
+    sent = 0
+    t = 0.0
+    while t < 20.0:
+        sel.add_candidates(P, forged(int(t * 20)), t)  # each one a new punching round
+        sent += len(sel.probe_plan(t))
+        t += 0.05
+    assert sent <= sel.timing.probe_burst + 20 * sel.timing.probe_rate + 1
+    assert sel.probes_over_budget > 0
+
+
+def test_unverified_candidates_expire_when_no_sighting_names_them() -> None:
+    sel = PathSelector()
+    sel.add_candidates(P, forged(0, 5), 0.0)
+    sel.add_candidates(P, [srflx(PUB)], 1000.0)
+    sel.probe_plan(1700.0)
+    assert len(sel.addresses(P)) == 6
+    sel.probe_plan(1801.0)
+    assert sel.addresses(P) == {PUB}  # named at 1000 s: still within 30 min

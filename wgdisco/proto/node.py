@@ -63,6 +63,7 @@ SYNC_INTERVAL = 0.5  # how often unanswered traffic is checked for (see _suspect
 SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
 RESTUN_MIN_INTERVAL = 10.0  # at most one such early STUN round per this many seconds
 DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly verified path
+FRESH_PROBES, FRESH_WINDOW = 4, 10.0  # a live peer's new candidates probed at once: 4 per 10 s
 # The latest record of keys that are not (yet) peers, so that a peer added later (`wg set`, the
 # mesh) is found at once: mDNS announces a record once, not again when we start caring about it.
 # Strangers create these, so they are few and they expire (ARCHITECTURE.md, "Trust model").
@@ -239,6 +240,7 @@ class Node:
         self._lookup_step: dict[Key, float] = {}  # peer without a path -> its current backoff
         self._lookup_regular: set[Key] = set()  # peers looked up every PollInterval (they had a path)
         self._suspected: dict[Key, float] = {}  # peer -> start of the silence that made us look again
+        self._fresh_probes: dict[Key, tuple[float, int]] = {}  # peer -> (window start, probes in it)
 
     def _new_prober(self) -> Prober:
         identity = self.device.identity
@@ -276,7 +278,7 @@ class Node:
         self.trier.forget(public)
         for table in (self._reasons, self._synced, self._deferred, self._endpoint_source,
                       self._handshakes, self._path_changes, self._lookup_at, self._lookup_step,
-                      self._suspected):
+                      self._suspected, self._fresh_probes):
             table.pop(public, None)
         self._lookup_regular.discard(public)
 
@@ -393,15 +395,24 @@ class Node:
 
     def _add_candidates(self, public: Key, addrs: list[Addr], source: str, now: float) -> None:
         cands = [Candidate(a, host_kind(self._host_of(a), self.local_networks), source) for a in addrs]
-        known = {path.addr for path in self.selector.paths(public)}
+        known = self.selector.addresses(public)
         self.selector.add_candidates(public, cands, now)
         if self.selector.is_live(public, now):
             # a live peer's new candidate (it moved?) gets one probe now: it opens our NAT towards
-            # it, and WireGuard's roaming rule switches once authenticated packets come from there
-            for cand in cands:
-                if cand.addr not in known:
-                    self._events.append(CandidateProbed(public, cand.addr, source))
-                    self._outbox.append((self.prober.request(public, cand.addr, now), cand.addr))
+            # it, and WireGuard's roaming rule switches once authenticated packets come from there.
+            # A flood of forged candidates gets FRESH_PROBES per FRESH_WINDOW (and one log line each).
+            fresh = [c for c in cands if c.addr not in known and c.addr in self.selector.addresses(public)]
+            start, used = self._fresh_probes.get(public, (now, 0))
+            if now - start >= FRESH_WINDOW:
+                start, used = now, 0
+            for cand in fresh:
+                if used >= FRESH_PROBES or not self.selector.take_probe(public, now):
+                    self._count("candidate-probes-deferred", 1)  # punching or keepalive rounds get to it
+                    continue
+                used += 1
+                self._events.append(CandidateProbed(public, cand.addr, source))
+                self._outbox.append((self.prober.request(public, cand.addr, now), cand.addr))
+            self._fresh_probes[public] = (start, used)
 
     # --- unicast lookups ------------------------------------------------------------
 
@@ -738,7 +749,9 @@ class Node:
             probes_sent=self.selector.probes_sent, probe_replies=self.prober.replies,
             probe_drops=dict(self.prober.drops),
             stun_errors=c.timeouts + c.error_responses if c is not None else 0,
-            counters=dict(self.counters),
+            counters={**self.counters, **{k: v for k, v in (
+                ("candidates-dropped", self.selector.candidates_dropped),
+                ("probes-over-budget", self.selector.probes_over_budget)) if v}},
         )
 
     def _count(self, what: str, n: int = 1) -> None:

@@ -37,6 +37,15 @@ whitepaper §6.1). Keepalive probes go to it every `keepalive_interval` (5 s), s
   is reported "hard-nat-both-sides" and no more probes go out; at most `hard_nat_probe_budget`
   probes are spent per outage, however many sightings arrive.
 
+- Bounds (ARCHITECTURE.md, "Trust model": whatever a stranger can create is capped and expires):
+  at most `max_paths` (64) candidates per peer and `max_per_source` (32) from one source. A new
+  candidate past a cap evicts the unverified one that a sighting named longest ago; the current
+  path, verified paths and the sighting's own candidates are never evicted (if nothing can go,
+  the new one is dropped and counted). An unverified candidate no sighting named for
+  `unverified_ttl` (30 min: mDNS names a record once, unicast DNS every PollInterval) is forgotten. Probes are paid from a per-peer token bucket
+  (`probe_rate` 16/s, `probe_burst` 32), so no flood of records becomes a flood of probes, and
+  the work per call is bounded by the caps, whatever was sent.
+
 `now` is monotonic seconds. Addresses are opaque hashables; `family(addr) -> 4 | 6 | 0` (default
 `address_family`, for the socket's ``(host, port, ...)`` tuples) only orders probes.
 """
@@ -91,6 +100,11 @@ class Timing:
     rtt_gain_ratio: float = 0.30
     rtt_gain_min: float = 0.005
     hard_nat_probe_budget: int = 100  # probes per peer and outage when both NATs are hard
+    max_paths: int = 64  # candidates kept per peer (records are hints a stranger can forge)
+    max_per_source: int = 32  # of them from one source (mdns, dns, probe, …): one record's worth
+    unverified_ttl: float = 1800.0  # an unverified candidate no sighting named for this long goes
+    probe_rate: float = 16.0  # probes a second per peer (a token bucket) …
+    probe_burst: int = 32  # … with this burst: a punching round of a full candidate list fits twice
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,7 @@ class PathInfo:
     wins: int = 0  # consecutive answers clearly better than the current path
     next_probe: float = -math.inf  # when a live peer probes this one again
     order: int = 0
+    last_seen: float = -math.inf  # the last sighting that named it (or when it was verified)
 
 
 @dataclass
@@ -130,6 +145,8 @@ class _Peer:
     punch_start: float | None = None  # the punching phase, while no path is live
     next_round: float | None = None  # None while punching: gave up (hard NAT on both sides)
     hard_probes: int = 0
+    tokens: float = -1.0  # the probe bucket (-1: full, not yet used)
+    tokens_at: float = 0.0
 
 
 def address_family(addr: Any) -> int:
@@ -186,6 +203,8 @@ class PathSelector:
             sched.append(t)
         self._fast = tuple(sched)  # round offsets of a punching phase
         self.probes_sent = 0
+        self.candidates_dropped = 0  # new candidates refused: both caps full of protected paths
+        self.probes_over_budget = 0  # probes not sent: the peer's budget was spent
 
     # --- configuration
 
@@ -240,13 +259,18 @@ class PathSelector:
                 raise LocalError(f"candidate source {cand.source!r} is not one of {SOURCES}")
         p = self._peer(peer)
         new = False
+        named = {cand.addr for cand in cands}
         for cand in cands:
             path = p.paths.get(cand.addr)
             if path is None:
-                self._add_path(p, cand.addr, cand.kind, cand.source)
+                if not self._make_room(p, cand.source, named, now):
+                    self.candidates_dropped += 1
+                    continue
+                path = self._add_path(p, cand.addr, cand.kind, cand.source)
                 new = True
             elif cand.kind == "lan":  # a shared subnet is learnt later than the address, never lost
                 path.kind = "lan"
+            path.last_seen = now
         if new:
             self._update(p, now)
             if not self._live(p, now):
@@ -266,6 +290,50 @@ class PathSelector:
             if p.paths.pop(addr, None) is not None and addr == p.current:
                 p.current = None
         self._update(p, now)
+
+    def _make_room(self, p: _Peer, source: str, named: set[Addr], now: float) -> bool:
+        """Room for one more candidate from ``source``: under both caps, or after evicting the
+        unverified candidate named longest ago (of that source when its cap is the full one).
+        The current path, verified paths and this sighting's own candidates are never evicted;
+        False when nothing can go (the new candidate is dropped)."""
+        t = self.timing
+        same = [x for x in p.paths.values() if x.source == source]
+        if len(same) >= t.max_per_source:
+            pool = same
+        elif len(p.paths) >= t.max_paths:
+            pool = list(p.paths.values())
+        else:
+            return True
+        victims = [x for x in pool if x.state != VERIFIED and x.addr != p.current and x.addr not in named]
+        if not victims:
+            return False
+        victim = min(victims, key=lambda x: (x.last_seen, x.order))
+        del p.paths[victim.addr]
+        return True
+
+    def _expire(self, p: _Peer, now: float) -> None:
+        """Unverified candidates that no sighting named for ``unverified_ttl`` are forgotten."""
+        ttl = self.timing.unverified_ttl
+        stale = [a for a, x in p.paths.items() if x.state != VERIFIED and a != p.current and now - x.last_seen > ttl]
+        for addr in stale:
+            del p.paths[addr]
+
+    def take_probe(self, peer: Key, now: float) -> bool:
+        """One probe from ``peer``'s budget (``probe_rate`` a second, ``probe_burst``): False when
+        it is spent. probe_plan charges its own probes; callers that probe on their own do too."""
+        p = self._peers.get(peer)
+        if p is None:
+            return False
+        t = self.timing
+        if p.tokens < 0:
+            p.tokens, p.tokens_at = float(t.probe_burst), now
+        p.tokens = min(float(t.probe_burst), p.tokens + (now - p.tokens_at) * t.probe_rate)
+        p.tokens_at = now
+        if p.tokens < 1.0:
+            self.probes_over_budget += 1
+            return False
+        p.tokens -= 1.0
+        return True
 
     def _add_path(self, p: _Peer, addr: Addr, kind: str, source: str) -> PathInfo:
         self._order += 1
@@ -324,10 +392,11 @@ class PathSelector:
         p = self._peer(peer)
         path = p.paths.get(addr)
         if path is None:
+            self._make_room(p, "roaming", set(), now)  # authenticated: added even if nothing could go
             path = self._add_path(p, addr, kind, "roaming")
         path.state = VERIFIED
         path.misses = 0
-        path.last_ok = now
+        path.last_ok = path.last_seen = now
         if p.current != addr:
             self._switch(p, path, now)
         p.established = True
@@ -341,12 +410,16 @@ class PathSelector:
         out: list[tuple[Key, Addr]] = []
         t = self.timing
         for peer, p in self._peers.items():
+            self._expire(p, now)
             self._update(p, now)
             if self._live(p, now):
                 cur = p.paths[p.current]
-                for path in sorted(p.paths.values(), key=_probe_order):
+                # the live path's keepalive first: no flood of candidates may spend its budget
+                for path in sorted(p.paths.values(), key=lambda x: (x is not cur, *_probe_order(x))):
                     if path.next_probe > now:
                         continue
+                    if not self.take_probe(peer, now):
+                        break  # due again at the next call
                     out.append((peer, path.addr))
                     self._sent(path, now)
                     if path is cur:
@@ -364,6 +437,8 @@ class PathSelector:
                         if p.hard_probes >= t.hard_nat_probe_budget:
                             break
                         p.hard_probes += 1
+                    if not self.take_probe(peer, now):
+                        break  # the rest waits for the next round
                     out.append((peer, path.addr))
                     self._sent(path, now)
                     path.next_probe = now + t.upgrade_interval
@@ -398,20 +473,35 @@ class PathSelector:
         return p is not None and self._live(p, now)
 
     def next_time(self, now: float) -> float | None:
-        """When probe_plan next has work, or a path may die or go stale (>= now); None if never."""
+        """When probe_plan next has work, or a path may die or go stale (>= now); None if never.
+        Probe work waits for the peer's budget: a spent bucket never makes this `now`."""
         times: list[float] = []
         for p in self._peers.values():
             self._update(p, now)
+            probes: list[float] = []
             if p.current is not None:
                 cur = p.paths[p.current]
                 times.append(self._anchor(p, cur) + self.timing.live_time)  # death
                 if self._live(p, now):
                     assert cur.last_ok is not None
                     times.append(cur.last_ok + self.timing.live_time)  # no longer live: punching
-                    times.extend(path.next_probe for path in p.paths.values())
+                    probes.extend(path.next_probe for path in p.paths.values())
             if p.next_round is not None:
-                times.append(p.next_round)
+                probes.append(p.next_round)
+            if probes:
+                times.append(max(min(probes), self._refill_time(p)))
         return max(now, min(times)) if times else None
+
+    def _refill_time(self, p: _Peer) -> float:
+        """When the peer's probe bucket holds a whole token again (-inf: it does now)."""
+        if p.tokens < 0 or p.tokens >= 1.0:
+            return -math.inf
+        return p.tokens_at + (1.0 - p.tokens) / self.timing.probe_rate
+
+    def addresses(self, peer: Key) -> frozenset[Addr]:
+        """The peer's candidate addresses (no copies)."""
+        p = self._peers.get(peer)
+        return frozenset(p.paths) if p else frozenset()
 
     def paths(self, peer: Key) -> list[PathInfo]:
         """Copies of the peer's candidates, in probe order (for `status`)."""
