@@ -275,6 +275,41 @@ def test_zero_key_material_after_three_reject_after_time() -> None:
     assert p.b.drops == {"unknown-index": 1}
 
 
+def stranger_initiations(responder: bytes, n: int, seed: int = 99) -> list[bytes]:
+    """Valid-looking initiations (right mac1, a static key the responder does not know)."""
+    from wgdisco.proto.cookie import CookieGenerator
+
+    rng = Rng(seed)
+    stranger = noise.StaticIdentity(keys.clamp(rng(32)))
+    hs = noise.Handshake(stranger, responder)
+    gen = CookieGenerator(responder)
+    return [gen.add_macs(noise.create_initiation(stranger, hs, sender_index=i + 1,
+                                                 ephemeral_private=keys.clamp(rng(32)), wall=1.7e9 + i), now=0.0)
+            for i in range(n)]
+
+
+def test_a_flood_gets_a_bounded_number_of_cookie_replies() -> None:
+    p = Pair(handshake_load_threshold=8)
+    flood = stranger_initiations(p.b.identity.public, 60)
+    for second in range(3):  # 2,000 a second, for 3 s (the same 60 messages over and over)
+        for i in range(2000):
+            p.b.receive_datagram(flood[i % 60], ("192.0.2.1", 1000 + i), p.now + second + i / 2000)
+    sent = p.b.counters.get("cookie-replies-sent", 0)
+    assert sent <= 20 + 3 * 1000 and p.b.drops.get("cookie-reply-limited", 0) >= 6000 - sent - 8
+    p.b.datagrams_to_send()
+
+
+def test_handshake_work_has_a_budget() -> None:
+    p = Pair(handshake_load_threshold=10**9)  # never under load: every initiation is consumed…
+    for msg in stranger_initiations(p.b.identity.public, 100):
+        p.b.receive_datagram(msg, ("192.0.2.1", 1000), p.now)  # …all in one instant
+    assert p.b.drops.get("handshake-auth", 0) == 20  # the burst: consumed (and rejected: unknown key)
+    assert p.b.drops.get("handshake-over-budget", 0) == 80
+    p.advance(1)
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))  # a second later the genuine peer gets through
+    assert p.delivered["b"] == [ipv4_packet("10.0.0.1", "10.0.0.2")]
+
+
 def test_under_load_answers_with_cookie_and_peer_still_connects() -> None:
     p = Pair(handshake_load_threshold=8)
     # a flood of valid-looking initiations (right mac1, unknown static key) from many sources

@@ -108,6 +108,12 @@ class Surface:
             },
             "peers": peers,
             "dropped": self.drop_counts(),
+            "handshakes": {  # under a flood: cookies answered, work refused (docs/troubleshooting.md)
+                "under_load": device.is_loaded(now),
+                "cookie_replies_sent": device.counters.get("cookie-replies-sent", 0),
+                "cookie_replies_limited": device.drops.get("cookie-reply-limited", 0),
+                "over_budget": device.drops.get("handshake-over-budget", 0),
+            },
         }
 
     def render_metrics(self) -> str:
@@ -151,7 +157,10 @@ class Surface:
                     (f'{{{iface},result="miss"}}', busy.misses if busy is not None else 0)])
             metric("busy_poll_seconds_total", "counter", "Seconds the data plane spent spinning.",
                    [(f"{{{iface}}}", round(busy.total_spent, 6) if busy is not None else 0)])
-            metric("dropped_total", "counter", "Input dropped, by reason.",
+            metric("cookie_replies_sent_total", "counter", "Cookie replies sent while under load (whitepaper §5.4.7).",
+                   [(f"{{{iface}}}", device.counters.get("cookie-replies-sent", 0))])
+            metric("dropped_total", "counter", "Input dropped, by reason (cookie-reply-limited and "
+                   "handshake-over-budget: a handshake flood met its budget).",
                    [(f'{{{iface},reason="{reason}"}}', n) for reason, n in sorted(self.drop_counts().items())])
         return "\n".join(out) + "\n"
 

@@ -4,6 +4,9 @@
         Valid-looking initiations (right mac1, a static key the responder does not know),
         COUNT of them spread over SECONDS; prints JSON with the cookie replies received
         and whether one decrypts (so they are real cookie replies, whitepaper §5.4.7).
+    python -m wgdisco.lab.flood rate HOST PORT PUBKEY RATE SECONDS
+        RATE valid-looking initiations a second for SECONDS (200 distinct ones, sent over and over:
+        a responder does as much work for each); prints JSON with what was sent and the replies.
     python -m wgdisco.lab.flood garbage HOST PORT PUBKEY
         One of every malformed kind; prints JSON {"sent": {kind: n}}.
 """
@@ -76,6 +79,43 @@ def initiations(host: str, port: int, pub: bytes, count: int, seconds: float) ->
             "other_replies": len(replies) - len(cookies)}
 
 
+def rate(host: str, port: int, pub: bytes, per_second: int, seconds: float) -> dict:
+    if not 0 < per_second <= 50_000 or not 0 < seconds <= 60:
+        raise SystemExit("flood rate: at most 50,000 a second for at most 60 s")
+    sock = open_socket(host)
+    stranger = noise.StaticIdentity(keys.generate_private_key(os.urandom(32)))
+    gen = CookieGenerator(pub)
+    msgs = []
+    for i in range(200):
+        hs = noise.Handshake(stranger, pub)
+        msg = noise.create_initiation(stranger, hs, sender_index=i + 1,
+                                      ephemeral_private=keys.generate_private_key(os.urandom(32)), wall=time.time())
+        msgs.append(gen.add_macs(msg, now=time.monotonic()))
+    sendto, recv, dest = sock.sendto, sock.recv, (host, port)
+    sent = replies = 0
+    start = time.monotonic()
+    end = start + seconds
+    while True:
+        now = time.monotonic()
+        if now >= end:
+            break
+        due = int((now - start) * per_second) - sent  # keep to the rate, whatever the pauses
+        for k in range(min(due, 2000)):
+            try:
+                sendto(msgs[(sent + k) % 200], dest)
+            except BlockingIOError:
+                pass
+        sent += max(due, 0)
+        try:
+            while recv(2048):
+                replies += 1
+        except BlockingIOError:
+            pass
+        time.sleep(0.001)
+    took = time.monotonic() - start
+    return {"sent": sent, "seconds": round(took, 2), "rate": round(sent / took), "replies": replies}
+
+
 def garbage(host: str, port: int, pub: bytes) -> dict:
     sock = open_socket(host)
     gen = CookieGenerator(pub)
@@ -110,6 +150,8 @@ def main() -> int:
     mode, host, port, pub = sys.argv[1], sys.argv[2], int(sys.argv[3]), keys.key_from_base64(sys.argv[4])
     if mode == "initiations":
         result = initiations(host, port, pub, int(sys.argv[5]), float(sys.argv[6]))
+    elif mode == "rate":
+        result = rate(host, port, pub, int(sys.argv[5]), float(sys.argv[6]))
     else:
         result = garbage(host, port, pub)
     print(json.dumps(result), flush=True)

@@ -48,7 +48,7 @@ from wgdisco.proto.allowedips import AllowedIPs
 from wgdisco.proto.cookie import CookieChecker, CookieGenerator
 from wgdisco.proto.indextable import IndexTable
 from wgdisco.proto.keys import clamp
-from wgdisco.proto.ratelimiter import RateLimiter
+from wgdisco.proto.ratelimiter import RateLimiter, TokenBucket
 from wgdisco.proto.replay import ReplayFilter
 from wgdisco.proto.timers import LIVE_TIME, QUEUE_STAGED_SIZE, UNDER_LOAD_AFTER_TIME, Timing
 
@@ -61,6 +61,11 @@ _PADDING = bytes(16)
 _NEVER = float("inf")
 TRANSPORT_TYPE_WORD = noise.MESSAGE_TRANSPORT_TYPE  # little-endian u32 with 3 zero bytes
 HANDSHAKE_LOAD_THRESHOLD = 128  # handshake messages a second that mean "under load"
+# Handshake work per second, so that a flood never starves transport data (the data plane is one
+# thread): initiations/responses consumed (~120 µs each) and cookie replies made (~90 µs each).
+# At most ~0.2 s of CPU a second between them, and ~4 ms in one burst.
+HANDSHAKE_BUDGET, HANDSHAKE_BURST = 1000, 20
+COOKIE_REPLY_BUDGET, COOKIE_REPLY_BURST = 1000, 20
 
 
 class Keypair:
@@ -184,6 +189,8 @@ class Device:
         self.allowed_ips = AllowedIPs()
         self.index_table = IndexTable()
         self.rate_limiter = RateLimiter()
+        self.handshake_budget = TokenBucket(HANDSHAKE_BUDGET, HANDSHAKE_BURST)
+        self.cookie_budget = TokenBucket(COOKIE_REPLY_BUDGET, COOKIE_REPLY_BURST)
         self.outbox: list[tuple[bytes, Addr]] = []
         self.sources: dict[Addr, Hashable] = {}  # endpoint -> local source of its latest authenticated packet
         self.events: list[DeviceEvent] = []
@@ -535,6 +542,10 @@ class Device:
             self._drop("handshake-auth")
         return None
 
+    def is_loaded(self, now: float) -> bool:
+        """Under load right now (for status), without counting a message as is_under_load does."""
+        return now < self.under_load_until
+
     def is_under_load(self, now: float) -> bool:
         start, count = self._load_window
         if now - start >= 1.0:
@@ -556,6 +567,9 @@ class Device:
         if self.is_under_load(now):
             source = self.addr_key(addr)
             if not self.cookie_checker.check_mac2(data, source, now=now):
+                if not self.cookie_budget.take(now):  # a reply costs ~90 µs: a flood gets few
+                    self._drop("cookie-reply-limited")
+                    return
                 sender = int.from_bytes(data[4:8], "little")
                 reply = self.cookie_checker.create_reply(data, sender, source, now=now, rng=self.rng)
                 self.outbox.append((reply, addr))
@@ -564,6 +578,12 @@ class Device:
             if not self.rate_limiter.allow(source[:-2], now):
                 self._drop("rate-limited")
                 return
+        if not self.handshake_budget.take(now):
+            # Transport data is never queued behind handshake work: the Diffie-Hellman work of
+            # handshakes (~120 µs each) gets a budget per second, as wireguard-go's bounded
+            # handshake queue drops what it cannot take (device/receive.go, QueueHandshakeSize).
+            self._drop("handshake-over-budget")
+            return
         consume(data, addr, now, local)
 
     def _consume_initiation(self, data: bytes, addr: Addr, now: float, local: Hashable) -> None:

@@ -45,3 +45,23 @@ class RateLimiter:
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+class TokenBucket:
+    """One bucket: ``rate`` a second, at most ``burst`` at once (a budget for work, not per source)."""
+
+    __slots__ = ("rate", "burst", "_tokens", "_last")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def take(self, now: float) -> bool:
+        if self._last is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False
