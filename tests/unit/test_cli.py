@@ -110,7 +110,9 @@ def test_status_schema_checker_can_fail() -> None:
 
     schema = _json.loads((Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text())
     good = {"interface": "wg0", "public_key": "k", "listen_port": 1, "dropped": {},
-            "nat": {"reflexive": [], "mapping": "unknown"}, "peers": []}
+            "nat": {"reflexive": [], "mapping": "unknown"}, "peers": [],
+            "handshakes": {"under_load": False, "cookie_replies_sent": 0, "cookie_replies_limited": 0,
+                           "over_budget": 0}}
     check(good, schema)
     for bad in ({**good, "listen_port": "1"}, {**good, "nat": {"reflexive": [], "mapping": "weird"}},
                 {k: v for k, v in good.items() if k != "peers"}):
