@@ -13,6 +13,8 @@ it does not have to; docs/performance.md has the figures.
 from __future__ import annotations
 
 import errno
+import logging
+import math
 import os
 import select
 import socket
@@ -27,6 +29,8 @@ from wgdisco.proto.busypoll import BusyPoll
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device
 from wgdisco.proto.node import Node
+
+log = logging.getLogger("wgdisco")
 
 READ_BATCH = 256  # datagrams or packets handled per wakeup before yielding to the loop
 RECV_BUFSIZE = 65535
@@ -65,6 +69,7 @@ class DataPlane:
         self.registered_sock: socket.socket | None = None
         self.retired: list[socket.socket] = []
         self.busy = BusyPoll()
+        self.next_error_log = -math.inf  # _unexpected: when the next error may be logged
         self._batch: list[bytes] = []
         self._tun_lone = self._udp_lone = True  # the last drain found one packet (a low rate)
         self.sent_data = False  # this wake-up sent data: the data plane may spin (proto/busypoll.py)
@@ -136,18 +141,29 @@ class DataPlane:
                             self._drain_wake()
                         else:
                             self.on_udp_readable(now)
-                except OSError as e:
-                    if not link_gone(e):
-                        raise
-                    self._link_deleted()
-                    return
-                deadline = node.get_timer(now)
-                if deadline is not None and deadline <= now:
-                    node.handle_timer(now)
                     deadline = node.get_timer(now)
-                self.flush()
+                    if deadline is not None and deadline <= now:
+                        node.handle_timer(now)
+                        deadline = node.get_timer(now)
+                    self.flush()
+                except Exception as e:  # noqa: BLE001 - nothing may end this thread (see _unexpected)
+                    if isinstance(e, OSError) and link_gone(e):
+                        self._link_deleted()
+                        return
+                    deadline = self._unexpected(e, now)
             spin_until = busy.deadline(now, self.sent_data) if events else 0.0
             timeout = self.MAX_SLEEP if deadline is None else min(max(deadline - now, 0.0), self.MAX_SLEEP)
+
+    def _unexpected(self, error: Exception, now: float) -> float:
+        """A bug or an input no check caught: the tunnel must not die of it. Counted
+        (``dataplane-error``), logged with its traceback the first time and then once a minute,
+        and the loop goes on after 10 ms (so a timer that fails every time cannot spin)."""
+        self.drops["dataplane-error"] = self.drops.get("dataplane-error", 0) + 1
+        if now >= self.next_error_log:
+            self.next_error_log = now + 60.0
+            log.error("data plane: unexpected %s: %s (%d so far; the tunnel goes on)", type(error).__name__,
+                      error, self.drops["dataplane-error"], exc_info=self.drops["dataplane-error"] == 1)
+        return now + 0.01
 
     def _link_deleted(self) -> None:
         """The TUN fd was detached (EBADFD): the control plane shuts down; this thread just ends."""

@@ -341,6 +341,8 @@ def _parse_host(sock: socket.socket, host: str, port: int) -> tuple[ipaddress.IP
             raise LocalError(f"an IPv4 address has no scope: {host}")
         if scope_text.isdigit():
             scope = int(scope_text)
+            if scope >= 1 << 32:  # an interface index is 32 bits; sendto would raise OverflowError
+                raise LocalError(f"scope {scope_text} of {host} is not an interface index")
         else:
             try:
                 scope = socket.if_nametoindex(scope_text)
