@@ -325,3 +325,27 @@ def test_ipv4_only_socket_uses_ip_pktinfo():
             assert recv(peer) == (b"back", ("127.0.0.2", port))
     finally:
         s.close()
+
+
+def test_sockaddr_bytes_matches_the_ipaddress_reference() -> None:
+    import ipaddress
+    import random
+    import struct
+
+    def reference(addr):
+        ip = ipaddress.ip_address(addr[0].partition("%")[0])
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.packed + struct.pack("!H", addr[1])
+
+    rng = random.Random(7)
+    for _ in range(2000):
+        port = rng.randrange(65536)
+        kind = rng.randrange(3)
+        if kind == 0:
+            addr = (str(ipaddress.IPv4Address(rng.getrandbits(32))), port)
+        elif kind == 1:
+            addr = (f"::ffff:{ipaddress.IPv4Address(rng.getrandbits(32))}", port, 0, 0)
+        else:
+            addr = (str(ipaddress.IPv6Address(rng.getrandbits(128))) + rng.choice(["", "%2"]), port, 0, 0)
+        assert udp.sockaddr_bytes(addr) == reference(addr), addr

@@ -236,6 +236,7 @@ class DataPlane:
         receive = device.receive_datagram
         inner_packets: list[Any] = []
         deliver = inner_packets.append
+        handshakes: list[Any] = []  # handshake messages wait for the data read with them
         count = 0
         run = False
         for count in range(READ_BATCH):
@@ -255,6 +256,9 @@ class DataPlane:
             for datagram in pieces:
                 kind = classify(datagram)
                 if kind == WIREGUARD:
+                    if datagram[0] != 4:  # a handshake message: after this drain's data (see below)
+                        handshakes.append((bytes(datagram), addr, local))
+                        continue
                     inner = receive(datagram, addr, now, local)  # local: the sticky source (io/udp.py)
                     if inner is not None:
                         if not count and not run and self._udp_lone:
@@ -275,6 +279,11 @@ class DataPlane:
             # The kernel answers at once (an ICMP echo reply, TCP ACKs): take it now and
             # save a round through epoll. At worst one EAGAIN read.
             self.on_tun_readable(now)
+        # Transport data never waits behind handshake work (a flood of initiations, issue 17):
+        # the drain's data went to TUN above; its handshake messages are handled now, within
+        # the device's handshake and cookie budgets (proto/device.py).
+        for datagram, addr, local in handshakes:
+            receive(datagram, addr, now, local)
 
     def _write_tun(self, tun: Tun, packets: Any) -> None:
         """Hand decrypted packets to the kernel; TCP runs coalesced into GSO packets (proto/gro.py)."""
