@@ -176,7 +176,7 @@ def decode_txt(rdata: bytes) -> tuple[bytes, ...]:
 
 def server_name(instance: str) -> str:
     """The SRV target published for ``instance``: ``wg-<first 16 characters>.local.``."""
-    return f"wg-{instance[:16]}.local."
+    return records.target_name(instance, "local")
 
 
 def _check_instance(instance: str) -> str:

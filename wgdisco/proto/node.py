@@ -88,7 +88,7 @@ REASON_TEXT = {
 
 def srv_target(public: bytes, domain: str) -> str:
     """Our SRV target host name: ``wg-<first 16 of the base32 key>.<domain>.`` (docs/records.md)."""
-    return f"wg-{keys.key_to_base32(public)[:16]}.{domain.rstrip('.')}."
+    return records.target_name(keys.key_to_base32(public), domain)
 
 
 # ---------------------------------------------------------------------- events

@@ -90,6 +90,12 @@ def service_name(domain: str) -> str:
     return f"{SERVICE}.{_fqdn(domain)}"
 
 
+def target_name(instance_label: str, domain: str) -> str:
+    """The SRV target host name of an instance: ``wg-<first 16 of the label>.<domain>.``
+    (docs/records.md); the one home of that rule (mDNS and unicast DNS-SD alike)."""
+    return f"wg-{instance_label[:16]}.{domain.rstrip('.')}."
+
+
 def instance_name(public_key: bytes, domain: str) -> str:
     """``<b32>._wireguard._udp.<domain>.``: the SRV/TXT owner, and wgsd's SRV target."""
     return f"{keys.key_to_base32(public_key)}.{service_name(domain)}"
