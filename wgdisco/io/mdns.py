@@ -104,6 +104,7 @@ SERVICE_TYPE = "_wireguard._udp.local."
 # wgsd instance labels: lowercase RFC 4648 base32 of a 32-byte key, with its padding (docs/records.md)
 WGSD_LABEL = re.compile(r"[a-z2-7]{52}====")
 MAX_SIGHTED = 256  # instances remembered (for deduplication and goodbyes); strangers can make many
+TRIM_INTERVAL = 1.0  # seconds between trims of zeroconf's cache (_trim_cache)
 TXT_STRING_MAX = records.TXT_STRING_MAX
 TXT_TOTAL_MAX = records.TXT_LIMIT
 LABEL_MAX = 63  # RFC 1035 §2.3.4
@@ -301,6 +302,8 @@ class MdnsService:
         self._again: set[str] = set()
         self._sighted: dict[str, Sighting] = {}  # what each instance said last, at most MAX_SIGHTED
         self.ignored_names = 0  # instance names that cannot be a wgsd record, or that zeroconf refused
+        self.trimmed = 0  # instances whose records _trim_cache dropped from zeroconf's cache
+        self._trim: asyncio.TimerHandle | None = None
 
     # -- lifecycle
     async def start(self) -> None:
@@ -321,12 +324,43 @@ class MdnsService:
             await aiozc.async_close()
             raise
         self._aiozc = aiozc
+        self._trim = asyncio.get_running_loop().call_later(TRIM_INTERVAL, self._trim_cache)
+
+    def _trim_cache(self) -> None:
+        """zeroconf caches every record any responder sends, and has no cap of its own (avahi's
+        is cache-entries-max = 4096): a stranger inventing instance names would grow it without
+        bound. Every TRIM_INTERVAL, past MAX_SIGHTED wgsd instances, the records of instances we
+        do not remember (``_sighted``, newest MAX_SIGHTED) and do not publish are dropped."""
+        aiozc = self._aiozc
+        if aiozc is None:
+            return
+        self._trim = asyncio.get_running_loop().call_later(TRIM_INTERVAL, self._trim_cache)
+        cache = aiozc.zeroconf.cache
+        suffix = "." + SERVICE_TYPE
+        instances = [n for n in cache.names() if n.lower().endswith(suffix)]
+        if len(instances) <= MAX_SIGHTED:
+            return
+        keep = {f"{label}{suffix}" for label in list(self._sighted) + list(self._infos)}
+        gone = {n for n in instances if n.lower() not in keep}
+        doomed = []
+        for name in gone:
+            for record in cache.async_entries_with_name(name):
+                doomed.append(record)
+                server = getattr(record, "server", None)  # SRV: the target's A/AAAA go too
+                if server:
+                    doomed.extend(cache.async_entries_with_name(server))
+        doomed.extend(r for r in cache.async_entries_with_name(SERVICE_TYPE) if getattr(r, "alias", "") in gone)
+        cache.async_remove_records(doomed)
+        self.trimmed += len(gone)
 
     async def close(self) -> None:
         """Stop browsing, send goodbyes for every published instance, close the sockets."""
         aiozc = self._aiozc
         if aiozc is None:
             return
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         if self._browser is not None:
             await self._browser.async_cancel()  # no more events, so no new resolve tasks
             self._browser = None
