@@ -592,15 +592,13 @@ class Node:
         return out
 
     def own_mesh_interfaces(self) -> list[Any]:
-        """Our derived addresses with the mesh prefixes' lengths (for the interface): [] without a mesh."""
-        if self.mesh is None:
-            return []
-        out = []
-        v4 = self._mesh_v4.get(self.public_key)
-        if v4 is not None:
-            out.append(ipaddress.ip_interface(f"{v4}/{self.mesh.ipv4.prefixlen}"))
-        out.append(ipaddress.ip_interface(f"{self.mesh.ipv6_of(self.public_key)}/{self.mesh.ipv6.prefixlen}"))
-        return out
+        """Our derived addresses as /32 and /128 interfaces (the mesh prefixes get routes of their
+        own, so an address can move without taking the prefix route along): [] without a mesh."""
+        return [ipaddress.ip_interface(str(n)) for n in self.mesh_addresses(self.public_key)]
+
+    def mesh_prefixes(self) -> list[Any]:
+        """The mesh's IPv4 block and IPv6 /48 (routes through the interface): [] without a mesh."""
+        return [] if self.mesh is None else [self.mesh.ipv4, self.mesh.ipv6]
 
     # --- unicast lookups ------------------------------------------------------------
 
