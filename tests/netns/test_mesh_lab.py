@@ -1,0 +1,100 @@
+"""Zero-config mesh in the lab (issue 15, docs/mesh.md): real daemons on one LAN bridge, mDNS.
+
+Every member starts from a byte-identical config file holding only ``ListenPort`` and
+``MeshKey``: no PrivateKey (generated into a per-node state directory, WGDISCO_STATE_DIR),
+no Address (derived), no [Peer]. All directed pairs must ping over IPv4 and IPv6 on the
+derived addresses. One more node with another MeshKey must be admitted by nobody.
+
+Defaults: 4 members (``WGDISCO_MESH_NODES=8`` for 8); full mesh within 30 s (the issue's goal
+is 5 s for 8 nodes, median of 5 runs; this test reports the one figure it measures).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+
+import pytest
+
+from wgdisco.lab import Lab
+from wgdisco.lab.netns import Host, Proc
+from wgdisco.lab.wg import PACKAGE_ROOT
+
+pytestmark = pytest.mark.netns
+
+NODES = int(os.environ.get("WGDISCO_MESH_NODES", "4"))
+LIMIT = float(os.environ.get("WGDISCO_MESH_LIMIT", "30"))
+CONFIG = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = correct horse battery staple\n"
+OTHER = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = an entirely different mesh\n"
+
+
+def start(lab: Lab, host: Host, iface: str, text: str) -> tuple[Proc, str, list[str]]:
+    """A daemon from config ``text``: (process, public key, [derived IPv4, derived IPv6])."""
+    conf = lab.logdir / f"{iface}.conf"
+    conf.write_text(text)
+    conf.chmod(0o600)
+    state = lab.logdir / f"state-{iface}"
+    proc = host.popen([sys.executable, "-m", "wgdisco.lab.run_tunnel", str(conf)], name=f"wgdisco-{iface}",
+                      env={"PYTHONPATH": str(PACKAGE_ROOT), "WGDISCO_STATE_DIR": str(state)})
+    m = proc.wait_for(r"mesh \w+: our addresses (\S+), (\S+);", timeout=20, stream="stderr")
+    up = proc.wait_for(r"interface \S+ up: public key (\S+),", timeout=20, stream="stderr")
+    assert (state / f"{iface}.key").stat().st_mode & 0o777 == 0o600
+    return proc, up.group(1), [m.group(1).split("/")[0], m.group(2).split("/")[0]]
+
+
+def ping_ok(host: Host, target: str) -> bool:
+    return host.run(["ping", "-c1", "-W1", target], check=False).returncode == 0
+
+
+@pytest.fixture
+def lab() -> "Lab":  # type: ignore[misc]
+    keep = Lab(keep_logs=bool(os.environ.get("WGDISCO_KEEP_LOGS")))
+    try:
+        yield keep
+    finally:
+        keep.close()
+
+
+def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
+    lan = lab.lan("lan")
+    tag = lab.prefix[3:9]
+    hosts = [lab.host(f"n{i}") for i in range(NODES)]
+    for i, h in enumerate(hosts):
+        lab.attach(h, lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
+    hx = lab.host("x")
+    lab.attach(hx, lan, "10.1.0.99/24", "fd00:1::99/64")
+    outsider, outsider_key, outsider_addrs = start(lab, hx, f"x{tag}", OTHER)
+
+    members = []
+    for i, h in enumerate(hosts):
+        members.append((h, *start(lab, h, f"m{i}{tag}", CONFIG)))
+    last_start = time.monotonic()
+
+    addrs = [a for m in members for a in m[3]]
+    assert len(set(addrs)) == 2 * NODES, addrs  # no address twice
+    pending = {(i, j, fam) for i in range(NODES) for j in range(NODES) if i != j for fam in (0, 1)}
+    while pending:
+        for i, j, fam in sorted(pending):
+            if ping_ok(members[i][0], members[j][3][fam]):
+                pending.discard((i, j, fam))
+        took = time.monotonic() - last_start
+        assert took < LIMIT, f"not a full mesh after {took:.1f} s: {len(pending)} of {NODES * (NODES - 1) * 2} pings failing"
+    full = time.monotonic() - last_start
+    print(f"\n{NODES} nodes: full mesh (all {NODES * (NODES - 1)} directed pairs, IPv4 and IPv6) "
+          f"{full:.2f} s after the last start")
+
+    # the node with another mesh key: no member lists it, no ping either way
+    for h, proc, _public, _a in members:
+        iface = re.search(r"interface (\S+) up", proc.stderr()).group(1)  # type: ignore[union-attr]
+        dump = h.run(["wg", "show", iface, "dump"]).stdout
+        assert outsider_key not in dump
+        assert len(dump.strip().splitlines()) == NODES  # header + the other members
+        assert "admitted to the mesh" in proc.stderr() and "Traceback" not in proc.stderr()
+    assert not ping_ok(members[0][0], outsider_addrs[0])
+    assert not ping_ok(hx, members[0][3][0])
+    xdump = hx.run(["wg", "show", f"x{tag}", "dump"]).stdout
+    assert len(xdump.strip().splitlines()) == 1  # it admitted nobody
+    for text in (p.stderr() for _h, p, _k, _a in members):
+        assert "horse" not in text  # the mesh key is never logged
