@@ -98,3 +98,30 @@ def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
     assert len(xdump.strip().splitlines()) == 1  # it admitted nobody
     for text in (p.stderr() for _h, p, _k, _a in members):
         assert "horse" not in text  # the mesh key is never logged
+
+
+def test_mesh_member_stopped_is_removed_and_comes_back_with_the_same_key_and_address(lab: Lab) -> None:
+    lan = lab.lan("lan")
+    tag = lab.prefix[3:9]
+    hosts = [lab.host(f"n{i}") for i in range(3)]
+    for i, h in enumerate(hosts):
+        lab.attach(h, lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
+    members = [start(lab, h, f"m{i}{tag}", CONFIG) for i, h in enumerate(hosts)]
+    (p0, _k0, a0), _m1, (p2, k2, a2) = members
+    deadline = time.monotonic() + LIMIT
+    while not ping_ok(hosts[0], a2[0]):
+        assert time.monotonic() < deadline, "no first ping"
+    stopped = time.monotonic()
+    p2.stop(grace=5.0)  # SIGTERM: goodbyes
+    p0.wait_for(r"removed from the mesh \(goodbye\)", timeout=10, stream="stderr")
+    removed = time.monotonic() - stopped  # includes the daemon's shutdown
+    assert removed < 10
+    assert k2 not in hosts[0].run(["wg", "show", f"m0{tag}", "dump"]).stdout
+    print(f"\nremoved {removed:.2f} s after SIGTERM")
+    again, k2b, a2b = start(lab, hosts[2], f"m2{tag}", CONFIG)
+    assert (k2b, a2b) == (k2, a2)  # the same identity (state directory) and so the same addresses
+    back = time.monotonic()
+    while not (ping_ok(hosts[0], a2[0]) and ping_ok(hosts[0], a2[1])):
+        assert time.monotonic() - back < LIMIT, "not back"
+    print(f"back {time.monotonic() - back:.2f} s after the restart")
+    assert "Traceback" not in p0.stderr() + again.stderr()
