@@ -11,16 +11,21 @@ is 5 s for 8 nodes, median of 5 runs; this test reports the one figure it measur
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from wgdisco.lab import Lab
 from wgdisco.lab.netns import Host, Proc
 from wgdisco.lab.wg import PACKAGE_ROOT
+from tests.schema_check import check
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text())
 
 pytestmark = pytest.mark.netns
 
@@ -92,6 +97,16 @@ def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
         assert outsider_key not in dump
         assert len(dump.strip().splitlines()) == NODES  # header + the other members
         assert "admitted to the mesh" in proc.stderr() and "Traceback" not in proc.stderr()
+    # wgdisco status marks mesh peers and their derived addresses (valid against the schema)
+    status = json.loads(members[0][0].run([sys.executable, "-m", "wgdisco", "status", f"m0{tag}", "--json"]).stdout)
+    check(status, SCHEMA)
+    assert status["mesh"]["addresses"] == members[0][3] and status["mesh"]["peers"] == NODES - 1
+    for p in status["peers"]:
+        other = next(m for m in members if m[2] == p["public_key"])
+        assert p["mesh"] is True and p["mesh_addresses"] == other[3]
+        assert sorted(p["allowed_ips"]) == sorted([f"{other[3][0]}/32", f"{other[3][1]}/128"])
+    text = members[0][0].run([sys.executable, "-m", "wgdisco", "status", f"m0{tag}"]).stdout
+    assert text.count("(mesh)") == NODES - 1 and "horse" not in text + json.dumps(status)
     assert not ping_ok(members[0][0], outsider_addrs[0])
     assert not ping_ok(hx, members[0][3][0])
     xdump = hx.run(["wg", "show", f"x{tag}", "dump"]).stdout

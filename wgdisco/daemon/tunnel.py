@@ -65,6 +65,9 @@ class Tunnel:
         self.cfg = cfg
         self.over_uapi = over_uapi  # no config file: key, port and peers come with wg setconf
         self.mesh_on = cfg.discovery.get("MeshKey") is not None  # zero-config mesh (docs/mesh.md)
+        if self.mesh_on and over_uapi:  # the key comes later over UAPI: addresses would follow a throwaway key
+            log.warning("MeshKey is ignored under wgdisco-userspace; run the mesh with wgdisco up")
+            self.mesh_on = False
         if self.mesh_on and cfg.interface.private_key is None and not over_uapi:
             cfg.interface.private_key = configmod.mesh_identity(cfg.name)  # generated once, then reused
         self.has_key = cfg.interface.private_key is not None  # false: a throwaway key, nothing is sent
