@@ -517,3 +517,18 @@ def test_mesh_ipv4_collision_moves_the_higher_key_everywhere() -> None:
     moved = [e for x in nodes for e in x.events if isinstance(e, MeshAddressChanged) and e.peer == x.public]
     assert all(e.new is not None for e in moved)
     net.ping_until(nodes[0], nodes[3], limit=10)
+
+
+def test_mesh_member_claiming_another_members_address_gets_only_its_own() -> None:
+    net, (a, b) = mesh_lan(2)
+    net.ping_until(a, b, limit=10)
+    # a malicious member (it has the mesh key) publishes allowed= with b's address
+    evil = net.node("evil", ("10.1.0.66", 51820), b.tunnel_ip, mesh=a_mesh(), lan_prefix="10.1.0.0/24")
+    evil.start()
+    net.run(3)
+    assert evil.record is not None and ipaddress.ip_network(f"{b.tunnel_ip}/32") in evil.record.allowed
+    assert evil.public in a.node.peers  # admitted: it holds the mesh key
+    got = set(a.device.allowed_ips.entries_for_peer(a.device.peers[evil.public]))
+    assert got == set(a.node.mesh_addresses(evil.public))  # computed from its key, not its record
+    assert ipaddress.ip_network(f"{b.tunnel_ip}/32") in a.device.allowed_ips.entries_for_peer(a.device.peers[b.public])
+    net.ping_until(a, b, limit=5)  # b's traffic still goes to b
