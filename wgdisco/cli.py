@@ -8,6 +8,7 @@ same output as ``wg genkey | wg pubkey``. Errors go to stderr as one line,
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import stat
 import sys
@@ -41,6 +42,13 @@ def cmd_genkey(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 def cmd_genpsk(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     warn_if_world_accessible(out, err)
     print(keys.key_to_base64(os.urandom(keys.KEY_LEN)), file=out)
+    return EXIT_OK
+
+
+def cmd_genmesh(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """A strong random mesh key: 256 random bits, URL-safe base64 (no '#', which starts a comment)."""
+    warn_if_world_accessible(out, err)
+    print(base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("="), file=out)
     return EXIT_OK
 
 
@@ -134,11 +142,17 @@ def format_status(r: dict) -> str:
     """Human status, in the manner of `wg show` plus where each path stands."""
     lines = [f"interface: {r['interface']}", f"  public key: {r['public_key']}",
              f"  listening port: {r['listen_port']}"]
+    mesh = r.get("mesh")
+    if mesh:
+        lines.append(f"  mesh: {mesh['id']}, addresses {', '.join(mesh['addresses'])}, prefixes {mesh['ipv4']} "
+                     f"and {mesh['ipv6']}; {mesh['peers']} of at most {mesh['max_peers']} mesh peers")
     nat = r["nat"]
     if nat["reflexive"]:
         lines.append(f"  reflexive: {', '.join(nat['reflexive'])} (NAT mapping {nat['mapping']})")
     for p in r["peers"]:
-        lines += ["", f"peer: {p['public_key']}"]
+        lines += ["", f"peer: {p['public_key']}" + (" (mesh)" if p.get("mesh") else "")]
+        if p.get("mesh_addresses"):
+            lines.append(f"  mesh addresses: {', '.join(p['mesh_addresses'])}")
         if p["path"] == "none":
             lines.append(f"  path: none ({p['reason_text'] or p['reason']})")
         else:
@@ -203,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("genkey", cmd_genkey, "print a new private key (base64), like wg genkey")
     add("genpsk", cmd_genpsk, "print a new preshared key (base64), like wg genpsk")
+    add("genmesh", cmd_genmesh, "print a new random mesh key for [Discovery] MeshKey (docs/mesh.md)")
     add("pubkey", cmd_pubkey, "read a private key on stdin, print its public key, like wg pubkey")
     add("showconf", cmd_showconf, "print a config file normalized, secrets hidden").add_argument(
         "config", help="path to a wg-quick style config (e.g. /etc/wireguard/wg0.conf)"

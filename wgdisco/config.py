@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from wgdisco.errors import ConfigError, DecodeError
+from wgdisco.errors import ConfigError, DecodeError, LocalError
 from wgdisco.proto import keys, tsig
 
 _KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # what a key may be called: never a secret
@@ -298,6 +298,35 @@ def parse_interfaces(value: str) -> list[str]:
     return names
 
 
+def parse_mesh_key(value: str) -> str:
+    """A mesh key: any text (a pass phrase or ``wgdisco genmesh`` output). Never echoed back."""
+    if not value.strip():
+        raise ValueError("the mesh key is empty")
+    if len(value) > 1024:
+        raise ValueError("the mesh key is longer than 1024 characters")
+    return value.strip()
+
+
+def parse_mesh_ipv4(value: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(value.strip())
+    except ValueError:
+        raise ValueError(f"{value.strip()!r} is not an IPv4 network such as 10.77.0.0/16 (host bits must be 0)") from None
+    if not 8 <= net.prefixlen <= 28:
+        raise ValueError(f"{net}: the mesh block needs a prefix length from /8 to /28")
+    return net
+
+
+def parse_max_peers(value: str) -> int:
+    try:
+        n = int(value.strip())
+    except ValueError:
+        raise ValueError(f"{value.strip()!r} is not a number") from None
+    if not 1 <= n <= 65535:
+        raise ValueError(f"{n} is out of range 1..65535")
+    return n
+
+
 # [Discovery] keys: lowercase name -> (canonical name, parser, default). docs/configuration.md
 # documents each one. Later features (STUN, metrics) register their keys here.
 DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
@@ -311,8 +340,12 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "zone": ("Zone", parse_domain, None),
     "stun": ("STUN", parse_stun_servers, []),
     "metrics": ("Metrics", parse_endpoint, None),
+    "meshkey": ("MeshKey", parse_mesh_key, None),
+    "meshkeyfile": ("MeshKeyFile", str, None),
+    "meshipv4": ("MeshIPv4", parse_mesh_ipv4, None),
+    "meshmaxpeers": ("MeshMaxPeers", parse_max_peers, 256),
 }
-SECRET_DISCOVERY_KEYS = {"UpdateKey"}
+SECRET_DISCOVERY_KEYS = {"UpdateKey", "MeshKey"}
 
 # Keys wg-quick honours that wgdisco accepts but does not act on (yet): a warning, not an error.
 UNSUPPORTED_INTERFACE_KEYS = {
@@ -418,9 +451,10 @@ class _Parser:
             return InterfaceConfig(), [], self.finish_discovery()
         if self.interface is None:
             raise self.error("no [Interface] section")
-        if self.interface.private_key is None:
+        mesh = any(k in self.discovery_key_lines for k in ("MeshKey", "MeshKeyFile"))
+        if self.interface.private_key is None and not mesh:
             raise self.error("[Interface] has no PrivateKey", self.interface_line, "PrivateKey")
-        own_public = keys.public_key(self.interface.private_key)
+        own_public = keys.public_key(self.interface.private_key) if self.interface.private_key else None
         seen: dict[bytes, int] = {}
         for peer, has_key in zip(self.peers, self.peer_has_key):
             if not has_key:
@@ -449,6 +483,11 @@ class _Parser:
 
     def check_discovery(self, d: dict[str, Any]) -> None:
         lines = self.discovery_key_lines
+        if d["MeshKey"] is not None and d["MeshKeyFile"] is not None:
+            raise self.error("give MeshKey or MeshKeyFile, not both", lines["MeshKeyFile"], "MeshKeyFile")
+        for key in ("MeshIPv4", "MeshMaxPeers"):
+            if key in lines and d["MeshKey"] is None and d["MeshKeyFile"] is None:
+                raise self.error("needs MeshKey or MeshKeyFile in [Discovery]", lines[key], key)
         if d["UpdateKey"] is not None and d["UpdateKeyFile"] is not None:
             raise self.error("give UpdateKey or UpdateKeyFile, not both", lines["UpdateKeyFile"], "UpdateKeyFile")
         for key in ("UpdateKey", "UpdateKeyFile", "Nameserver", "Zone", "PollInterval"):
@@ -546,13 +585,77 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError("not UTF-8 text", file=spath) from None
     config = parse(text, spath, interface_name(spath))
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        what = "a private key" if config.interface.private_key is not None or not config.discovery["MeshKey"] \
+            else "the mesh key"
         config.warnings.insert(
-            0, f"{spath}: holds a private key but is accessible by others (mode {mode & 0o777:03o}; chmod 600)"
+            0, f"{spath}: holds {what} but is accessible by others (mode {mode & 0o777:03o}; chmod 600)"
         )
     keyfile = config.discovery.get("UpdateKeyFile")
     if keyfile is not None:
         load_update_key_file(config, keyfile, text)
+    meshfile = config.discovery.get("MeshKeyFile")
+    if meshfile is not None:
+        load_mesh_key_file(config, meshfile, text)
     return config
+
+
+def load_mesh_key_file(config: Config, keyfile: str, text: str) -> None:
+    """Read [Discovery] MeshKeyFile (relative to the config's directory) into MeshKey."""
+    line = next((n for n, raw in enumerate(config_lines(text), 1)
+                 if raw.split("#", 1)[0].split("=", 1)[0].strip().lower() == "meshkeyfile"), None)
+    path = Path(keyfile) if Path(keyfile).is_absolute() else Path(config.path).parent / keyfile
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = f.read(4096)
+            mode = os.fstat(f.fileno()).st_mode
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read {path}: {why}", file=config.path, line=line, key="MeshKeyFile") from None
+    try:
+        config.discovery["MeshKey"] = parse_mesh_key(content.strip())
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}", file=config.path, line=line, key="MeshKeyFile") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        config.warnings.append(f"{path}: holds the mesh key but is accessible by others "
+                               f"(mode {mode & 0o777:03o}; chmod 600)")
+
+
+# --- mesh mode: the generated identity ------------------------------------------
+
+STATE_DIR = "/var/lib/wgdisco"
+
+
+def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where generated keys live: /var/lib/wgdisco, or $WGDISCO_STATE_DIR (tests)."""
+    return Path(environ.get("WGDISCO_STATE_DIR") or STATE_DIR)
+
+
+def mesh_identity(name: str, environ: Mapping[str, str] = os.environ) -> bytes:
+    """The private key of interface ``name`` in mesh mode: ``<state dir>/<name>.key`` (mode 0600,
+    the directory 0700), generated on first start and reused afterwards. LocalError when it
+    cannot be read or written; the key itself is never in a message."""
+    directory = state_dir(environ)
+    path = directory / f"{check_interface_name(name)}.key"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            with open(path, encoding="ascii") as f:
+                return keys.key_from_base64(f.read(200).strip())
+        except FileNotFoundError:
+            pass
+        private = keys.generate_private_key(os.urandom(keys.KEY_LEN))
+        tmp = directory / f".{name}.key.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(keys.key_to_base64(private) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return private
+    except OSError as e:
+        raise LocalError(f"mesh identity {path}: {e.strerror}") from None
+    except (DecodeError, UnicodeDecodeError):
+        raise LocalError(f"mesh identity {path}: not a WireGuard private key (remove it to get a new one)") from None
 
 
 def config_lines(text: str) -> list[str]:
@@ -597,8 +700,11 @@ def format_config(config: Config, show_secrets: bool = False) -> str:
         return keys.key_to_base64(key) if show_secrets else "(hidden)"
 
     i = config.interface
-    out = ["[Interface]", f"# PublicKey = {keys.key_to_base64(keys.public_key(i.private_key))}"]  # type: ignore[arg-type]
-    out.append(f"PrivateKey = {secret(i.private_key)}")
+    if i.private_key is None:  # mesh mode: generated on first start (docs/mesh.md)
+        out = ["[Interface]", "# PrivateKey: generated on first start (mesh mode)"]
+    else:
+        out = ["[Interface]", f"# PublicKey = {keys.key_to_base64(keys.public_key(i.private_key))}"]
+        out.append(f"PrivateKey = {secret(i.private_key)}")
     if i.listen_port is not None:
         out.append(f"ListenPort = {i.listen_port}")
     if i.fwmark:
@@ -619,6 +725,7 @@ def format_config(config: Config, show_secrets: bool = False) -> str:
     changed = {
         k: v for k, v in config.discovery.items()
         if v != defaults.get(k) and not (k == "UpdateKey" and config.discovery.get("UpdateKeyFile"))
+        and not (k == "MeshKey" and config.discovery.get("MeshKeyFile"))
     }
     if changed:
         out += ["", "[Discovery]"]

@@ -102,19 +102,27 @@ class StunServer:
 class SimNode:
     """A node core with its device, at ``addr`` (inside a NAT or on the internet)."""
 
-    def __init__(self, net: Net, name: str, addr: Addr, tunnel_ip: str, seed: int, *,
-                 stun: list[Addr] = (), traversal: bool = True, lan_prefix: str | None = None) -> None:
-        self.net, self.name, self.addr, self.tunnel_ip = net, name, addr, tunnel_ip
+    def __init__(self, net: Net, name: str, addr: Addr, tunnel_ip: str | None, seed: int, *,
+                 stun: list[Addr] = (), traversal: bool = True, lan_prefix: str | None = None,
+                 mesh: Any = None) -> None:
+        self.net, self.name, self.addr, self.fixed_ip = net, name, addr, tunnel_ip
         rng = Rng(seed)
         self.device = Device(keys.clamp(rng(32)), rng=rng, now=net.now)
         self.node = Node(self.device, rng=rng, wall=1.7e9, addr_of=lambda ip, port: (ip, port),
                          host_of=lambda a: a[0], format_addr=lambda a: f"{a[0]}:{a[1]}", port=addr[1],
-                         traversal=traversal, stun_servers=list(stun),
-                         allowed=[ipaddress.ip_interface(f"{tunnel_ip}/32")])
+                         traversal=traversal, stun_servers=list(stun), mesh=mesh,
+                         allowed=[ipaddress.ip_interface(f"{tunnel_ip}/32")] if tunnel_ip else [])
         self.lan_prefix = lan_prefix or f"{addr[0]}/24"
         self.received: list[bytes] = []
         self.events: list[Any] = []
         self.record: records.ServiceRecord | None = None
+
+    @property
+    def tunnel_ip(self) -> str:
+        """The fixed tunnel IP, or (mesh) the IPv4 derived from our key."""
+        if self.fixed_ip is not None:
+            return self.fixed_ip
+        return str(self.node.own_mesh_interfaces()[0].ip)
 
     @property
     def public(self) -> bytes:
@@ -238,6 +246,13 @@ class Net:
             return
         self.delivered += 1
         node.deliver(data, src)
+
+    def goodbye(self, origin: SimNode) -> None:
+        """``origin`` withdraws its record (an mDNS goodbye) and goes quiet."""
+        for node in self.nodes:
+            if node is not origin:
+                node.node.receive_goodbye(origin.public, self.source, self.now)
+                node.pump()
 
     def publish(self, origin: SimNode, record: records.ServiceRecord) -> None:
         if not self.directory:

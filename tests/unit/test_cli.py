@@ -118,3 +118,15 @@ def test_status_schema_checker_can_fail() -> None:
                 {k: v for k, v in good.items() if k != "peers"}):
         with pytest.raises(AssertionError):
             check(bad, schema)
+
+
+def test_genmesh_is_random_strong_and_usable_as_mesh_key(tmp_path: Path) -> None:
+    a, b = wgdisco("genmesh"), wgdisco("genmesh")
+    assert a.returncode == 0 and a.stdout != b.stdout
+    key = a.stdout.strip()
+    assert len(key) == 43 and "#" not in key  # 256 bits, URL-safe base64
+    conf = tmp_path / "mesh0.conf"
+    conf.write_text(f"[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = {key}\n")
+    conf.chmod(0o600)
+    shown = wgdisco("showconf", str(conf))
+    assert shown.returncode == 0 and key not in shown.stdout and "MeshKey = (hidden)" in shown.stdout

@@ -271,3 +271,65 @@ def test_stun_servers() -> None:
     assert parse(f"[Interface]\nPrivateKey = {PRIV}\n").discovery["STUN"] == []  # no default servers
     with pytest.raises(ConfigError, match="STUN server"):
         parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nSTUN = host:0\n")
+
+
+# --- mesh mode (docs/mesh.md) ----------------------------------------------------------
+
+MESH = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = correct horse battery staple\n"
+
+
+def test_mesh_config_needs_no_private_key_or_address_and_hides_the_key() -> None:
+    c = parse(MESH)
+    assert c.interface.private_key is None and c.interface.addresses == []
+    assert c.discovery["MeshKey"] == "correct horse battery staple"
+    assert c.discovery["MeshMaxPeers"] == 256 and c.discovery["MeshIPv4"] is None
+    shown = config.format_config(c)
+    assert "MeshKey = (hidden)" in shown and "horse" not in shown
+
+
+def test_mesh_keys_checked() -> None:
+    c = parse(MESH + "MeshIPv4 = 10.77.0.0/16\nMeshMaxPeers = 40\n")
+    assert c.discovery["MeshIPv4"] == ipaddress.ip_network("10.77.0.0/16") and c.discovery["MeshMaxPeers"] == 40
+    e = error_of(MESH + "MeshIPv4 = 10.77.0.1/16\n")
+    assert (e.line, e.key) == (6, "MeshIPv4")
+    e = error_of(MESH + "MeshMaxPeers = 0\n")
+    assert e.key == "MeshMaxPeers"
+    e = error_of("[Interface]\nPrivateKey = " + PRIV + "\n[Discovery]\nMeshIPv4 = 10.77.0.0/16\n")
+    assert "MeshKey" in str(e)
+    e = error_of(MESH + "MeshKeyFile = k\n")
+    assert e.key == "MeshKeyFile" and "horse" not in str(e)
+    e = error_of("[Interface]\nListenPort = 1\n")
+    assert e.key == "PrivateKey"  # without a mesh the key is still required
+    e = error_of("[Interface]\nListenPort = 1\n[Discovery]\nMeshKey =   \n")
+    assert e.key == "MeshKey"
+
+
+def test_mesh_key_file_is_read_and_mode_checked(tmp_path: Path) -> None:
+    (tmp_path / "mesh.key").write_text("s3cret-mesh\n")
+    os.chmod(tmp_path / "mesh.key", 0o644)
+    path = tmp_path / "mesh0.conf"
+    path.write_text("[Interface]\nListenPort = 51820\n[Discovery]\nMeshKeyFile = mesh.key\n")
+    os.chmod(path, 0o600)
+    c = config.load(path)
+    assert c.discovery["MeshKey"] == "s3cret-mesh"
+    assert any("mesh key but is accessible" in w for w in c.warnings)
+    assert not any("s3cret" in w for w in c.warnings)
+    shown = config.format_config(c)
+    assert "s3cret" not in shown and "MeshKeyFile = mesh.key" in shown
+    os.remove(tmp_path / "mesh.key")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert info.value.key == "MeshKeyFile"
+
+
+def test_mesh_identity_is_generated_once_0600(tmp_path: Path) -> None:
+    env = {"WGDISCO_STATE_DIR": str(tmp_path / "state")}
+    key = config.mesh_identity("mesh0", env)
+    assert config.mesh_identity("mesh0", env) == key
+    assert config.mesh_identity("mesh1", env) != key
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "mesh0.key").stat().st_mode & 0o777 == 0o600
+    (tmp_path / "state" / "mesh0.key").write_text("garbage\n")
+    with pytest.raises(Exception) as info:
+        config.mesh_identity("mesh0", env)
+    assert "garbage" not in str(info.value)

@@ -353,3 +353,182 @@ def test_a_flood_of_forged_candidates_stays_bounded() -> None:
         wakes += 1
     assert wakes < 400  # a few timers a second (probe rounds, keepalives), not a busy loop
     net.ping_until(a, b, limit=2)
+
+
+# --- the zero-config mesh (proto/mesh.py) ---------------------------------------------
+
+MESH_KEY = "correct horse battery staple"
+_meshes: dict[tuple[str, int], object] = {}
+
+
+def a_mesh(key: str = MESH_KEY, max_peers: int = 256):  # type: ignore[no-untyped-def]
+    from wgdisco.proto.mesh import Mesh
+
+    if (key, max_peers) not in _meshes:
+        _meshes[key, max_peers] = Mesh(key, max_peers=max_peers)
+    return _meshes[key, max_peers]
+
+
+def mesh_lan(n: int, **kw: object) -> tuple[Net, list[SimNode]]:
+    net = Net()
+    net.source = "mdns"
+    nodes = [net.node(f"m{i}", (f"10.1.0.{i + 2}", 51820), None, mesh=kw.get("mesh") or a_mesh(),
+                      lan_prefix="10.1.0.0/24") for i in range(n)]
+    for node in nodes:
+        node.start()
+    return net, nodes
+
+
+def test_mesh_three_nodes_admit_each_other_and_ping_on_derived_addresses() -> None:
+    from wgdisco.proto.node import PeerAdmitted
+
+    net, nodes = mesh_lan(3)
+    mesh = a_mesh()
+    for x in nodes:
+        assert x.node.peers == {y.public for y in nodes if y is not x}
+        admitted = {e.peer: e.addresses for e in x.events if isinstance(e, PeerAdmitted)}
+        assert admitted.keys() == x.node.peers
+        for y in nodes:
+            if y is x:
+                continue
+            nets = set(x.device.allowed_ips.entries_for_peer(x.device.peers[y.public]))
+            # computed here from y's key, the same on every node
+            assert nets == {ipaddress.ip_network(f"{y.tunnel_ip}/32"),
+                            ipaddress.ip_network(f"{mesh.ipv6_of(y.public)}/128")}
+            assert set(admitted[y.public]) == nets
+        assert ipaddress.ip_address(x.tunnel_ip) in mesh.ipv4
+        assert x.record is not None and x.record.txt_extra["mesh"] == mesh.id
+    for x in nodes:
+        for y in nodes:
+            if x is not y:
+                net.ping_until(x, y, limit=10)
+    assert nodes[0].node.is_mesh_peer(nodes[1].public)
+
+
+def test_mesh_node_with_another_key_is_never_admitted() -> None:
+    net, nodes = mesh_lan(2)
+    other = net.node("x", ("10.1.0.9", 51820), None, mesh=a_mesh("another mesh key"))
+    other.start()
+    net.run(5)
+    for x in nodes:
+        assert other.public not in x.node.peers
+        assert x.node.stats().counters.get("records-other-mesh", 0) >= 1
+    assert other.node.peers == frozenset()
+    # and its record republished later is still not admitted
+    other.node.network_changed(other.lan(), net.now)
+    other.pump()
+    assert all(other.public not in x.node.peers for x in nodes)
+
+
+def test_mesh_forged_record_for_a_member_is_ignored() -> None:
+    net, (a, b) = mesh_lan(2)
+    net.ping_until(a, b, limit=10)
+    before = set(p.addr for p in a.node.candidates(b.public))
+    endpoint = a.device.peers[b.public].endpoint
+    mesh = a_mesh()
+    forged_cands = [(ipaddress.ip_address("192.0.2.66"), 4444)]
+    for txt in ({"probe": b"1"},  # no mesh keys at all
+                {"mesh": mesh.id.encode(), "mc": b"9999999999999", "mac": b"A" * 24, "cand": b"192.0.2.66:4444"},
+                {"mesh": mesh.id.encode(), "cand": b"192.0.2.66:4444"}):
+        a.node.receive_sighting(records.Sighting(b.public, forged_cands, txt=txt), "mdns", net.now)
+        a.pump()
+    net.run(3)
+    assert set(p.addr for p in a.node.candidates(b.public)) == before
+    assert a.device.peers[b.public].endpoint == endpoint
+    c = a.node.stats().counters
+    assert c["mesh-records-invalid"] == 2 and c["mesh-records-unauthenticated"] == 1
+    # a forged record of a stranger's key is not admitted either
+    stranger = bytes(range(32))
+    a.node.receive_sighting(records.Sighting(stranger, forged_cands, txt={"mesh": mesh.id.encode(),
+                                             "mc": b"1", "mac": b"A" * 24}), "mdns", net.now)
+    assert stranger not in a.node.peers
+
+
+def test_mesh_replayed_record_is_ignored() -> None:
+    net, (a, b) = mesh_lan(2)
+    net.ping_until(a, b, limit=10)
+    assert b.record is not None
+    old = b.record
+    old_sighting = records.record_from_dns(old.instance_label, old.port, old.target,
+                                           [str(x) for x in old.addresses], records.build_txt(old))
+    net.run(1)
+    b.lan_prefix = "10.1.0.0/24"
+    b.node.network_changed(b.lan() + [("eth1", ipaddress.ip_interface("10.3.0.2/24"))], net.now)
+    b.pump()  # a newer record (new candidate): a higher mc=
+    assert b.record is not old and int(b.record.txt_extra["mc"]) > int(old.txt_extra["mc"])  # type: ignore[arg-type]
+    a.node.receive_sighting(old_sighting, "mdns", net.now)
+    assert a.node.stats().counters["mesh-records-replayed"] == 1
+
+
+def test_mesh_goodbye_removes_and_configured_peers_stay() -> None:
+    from wgdisco.proto.node import PeerRemoved
+
+    net, (a, b, c) = mesh_lan(3)
+    plain = net.node("p", ("10.1.0.50", 51820), "100.64.0.50")
+    a.add(plain)  # a [Peer] section
+    net.run(2)
+    net.goodbye(c)
+    for x in (a, b):
+        assert c.public not in x.node.peers
+        assert PeerRemoved(c.public, "goodbye") in x.events
+    net.goodbye(plain)
+    assert plain.public in a.node.peers  # never removed by the mesh
+    # it comes back: admitted again with the same address
+    addr = c.tunnel_ip
+    c.node.network_changed(c.lan() + [("eth1", ipaddress.ip_interface("10.3.0.2/24"))], net.now)
+    c.pump()
+    assert c.public in a.node.peers and c.tunnel_ip == addr
+    net.ping_until(a, c, limit=10)
+
+
+def test_mesh_silent_member_expires() -> None:
+    from wgdisco.proto.node import MESH_EXPIRE, PeerRemoved
+
+    net, (a, b, c) = mesh_lan(3)
+    net.ping_until(a, c, limit=10)
+    net.nodes.remove(c)  # gone without a goodbye (power cut)
+    net.run(MESH_EXPIRE / 2)
+    assert c.public in a.node.peers and b.public in a.node.peers
+    net.run(MESH_EXPIRE + 30)
+    assert c.public not in a.node.peers and PeerRemoved(c.public, "expired") in a.events
+    assert b.public in a.node.peers  # alive: handshakes (persistent keepalive) keep it
+
+
+def test_mesh_max_peers_holds() -> None:
+    net, nodes = mesh_lan(4, mesh=a_mesh(max_peers=2))
+    for x in nodes:
+        assert len(x.node.peers) <= 2
+    assert nodes[-1].node.stats().counters["mesh-peers-over-cap"] >= 1
+
+
+def test_mesh_ipv4_collision_moves_the_higher_key_everywhere() -> None:
+    from wgdisco.proto.mesh import Mesh
+    from wgdisco.proto.node import MeshAddressChanged
+
+    tiny = Mesh("", "10.5.0.0/29", master=bytes(32))  # six hosts: collisions are certain
+    net, nodes = mesh_lan(4, mesh=tiny)
+    addrs = [x.tunnel_ip for x in nodes]
+    assert len(set(addrs)) == 4
+    for x in nodes:
+        for y in nodes:
+            if x is not y:
+                got = x.device.allowed_ips.entries_for_peer(x.device.peers[y.public])
+                assert ipaddress.ip_network(f"{y.tunnel_ip}/32") in got
+    moved = [e for x in nodes for e in x.events if isinstance(e, MeshAddressChanged) and e.peer == x.public]
+    assert all(e.new is not None for e in moved)
+    net.ping_until(nodes[0], nodes[3], limit=10)
+
+
+def test_mesh_member_claiming_another_members_address_gets_only_its_own() -> None:
+    net, (a, b) = mesh_lan(2)
+    net.ping_until(a, b, limit=10)
+    # a malicious member (it has the mesh key) publishes allowed= with b's address
+    evil = net.node("evil", ("10.1.0.66", 51820), b.tunnel_ip, mesh=a_mesh(), lan_prefix="10.1.0.0/24")
+    evil.start()
+    net.run(3)
+    assert evil.record is not None and ipaddress.ip_network(f"{b.tunnel_ip}/32") in evil.record.allowed
+    assert evil.public in a.node.peers  # admitted: it holds the mesh key
+    got = set(a.device.allowed_ips.entries_for_peer(a.device.peers[evil.public]))
+    assert got == set(a.node.mesh_addresses(evil.public))  # computed from its key, not its record
+    assert ipaddress.ip_network(f"{b.tunnel_ip}/32") in a.device.allowed_ips.entries_for_peer(a.device.peers[b.public])
+    net.ping_until(a, b, limit=5)  # b's traffic still goes to b

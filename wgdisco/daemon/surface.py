@@ -19,7 +19,8 @@ from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Peer
 from wgdisco.proto.node import (
     CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
-    LookupWanted, RecordChanged, ReflexiveChanged, StunChanged, StunFailed,
+    LookupWanted, MeshAddressChanged, PeerAdmitted, PeerRemoved, RecordChanged, ReflexiveChanged,
+    StunChanged, StunFailed,
 )
 
 log = logging.getLogger("wgdisco")
@@ -97,6 +98,9 @@ class Surface:
                 "tx_bytes": peer.tx_bytes,
                 "persistent_keepalive": peer.persistent_keepalive,
                 "allowed_ips": [str(n) for n in device.allowed_ips.entries_for_peer(peer)],
+                "mesh": node.is_mesh_peer(public),
+                "mesh_addresses": [str(n.network_address) for n in node.mesh_addresses(public)]
+                if node.is_mesh_peer(public) else [],
             })
         return {
             "interface": t.name,
@@ -107,6 +111,14 @@ class Surface:
                 "mapping": node.behaviour,
             },
             "peers": peers,
+            "mesh": None if node.mesh is None else {
+                "id": node.mesh.id,
+                "ipv4": str(node.mesh.ipv4),
+                "ipv6": str(node.mesh.ipv6),
+                "addresses": [str(a.ip) for a in node.own_mesh_interfaces()],
+                "peers": sum(1 for p in device.peers if node.is_mesh_peer(p)),
+                "max_peers": node.mesh.max_peers,
+            },
             "dropped": self.drop_counts(),
             "handshakes": {  # under a flood: cookies answered, work refused (docs/troubleshooting.md)
                 "under_load": device.is_loaded(now),
@@ -265,6 +277,19 @@ class Surface:
             t = self.tunnel
             if t.discovery is not None and t.loop is not None and t.has_key:  # never the throwaway key
                 t.loop.call_soon_threadsafe(t.discovery.record_changed, event.record, event.withdrawn)
+        elif isinstance(event, PeerAdmitted):
+            log.info("peer %s: admitted to the mesh, %s", short_key(event.peer),
+                     ", ".join(str(a) for a in event.addresses))
+        elif isinstance(event, PeerRemoved):
+            log.info("peer %s: removed from the mesh (%s)", short_key(event.peer),
+                     "goodbye" if event.reason == "goodbye" else "record expired, no handshake for 5 min")
+        elif isinstance(event, MeshAddressChanged):
+            t = self.tunnel
+            log.info("%s: mesh IPv4 %s -> %s (collision rule: the lower key keeps an address)",
+                     "we" if t.node is not None and event.peer == t.node.public_key else f"peer {short_key(event.peer)}",
+                     event.old, event.new)
+            if t.node is not None and event.peer == t.node.public_key and t.loop is not None:
+                t.loop.call_soon_threadsafe(t.own_mesh_address_moved, event.old, event.new)
         elif isinstance(event, LookupWanted):
             t = self.tunnel
             if t.discovery is not None and t.loop is not None:

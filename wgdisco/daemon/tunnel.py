@@ -65,6 +65,12 @@ class Tunnel:
     ) -> None:
         self.cfg = cfg
         self.over_uapi = over_uapi  # no config file: key, port and peers come with wg setconf
+        self.mesh_on = cfg.discovery.get("MeshKey") is not None  # zero-config mesh (docs/mesh.md)
+        if self.mesh_on and over_uapi:  # the key comes later over UAPI: addresses would follow a throwaway key
+            log.warning("MeshKey is ignored under wgdisco-userspace; run the mesh with wgdisco up")
+            self.mesh_on = False
+        if self.mesh_on and cfg.interface.private_key is None and not over_uapi:
+            cfg.interface.private_key = configmod.mesh_identity(cfg.name)  # generated once, then reused
         self.has_key = cfg.interface.private_key is not None  # false: a throwaway key, nothing is sent
         self.live_task: asyncio.Task[None] | None = None  # over UAPI: starts node and discovery
         self.name = cfg.name
@@ -129,18 +135,29 @@ class Tunnel:
             )
             self.sender.sources = self.device.sources  # endpoint -> sticky source, recorded by the device
             discovering = cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None
+            mesh = None
+            if self.mesh_on:
+                from wgdisco.proto.mesh import Mesh
+
+                d = cfg.discovery
+                mesh = await asyncio.to_thread(Mesh, d["MeshKey"], d["MeshIPv4"], max_peers=d["MeshMaxPeers"])
+                if not discovering:
+                    log.warning("mesh mode without discovery (mDNS off and no Domain): no member can be found")
             self.node = Node(
                 self.device, rng=os.urandom, wall=time.time(),
                 addr_of=lambda ip, port: udp.to_sockaddr(self.sock, ip, port),  # type: ignore[arg-type]
                 host_of=lambda addr: udp.from_sockaddr(addr)[0], format_addr=fmt_addr,
                 port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery["STUN"]),
                 stun_servers=await self._stun_servers(), domain=cfg.discovery["Domain"] or "local",
-                allowed=iface.addresses, poll_interval=cfg.discovery["PollInterval"],
+                allowed=iface.addresses, poll_interval=cfg.discovery["PollInterval"], mesh=mesh,
             )
+            own = self.node.own_mesh_interfaces()
+            addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]
+            routed += self.node.mesh_prefixes()
             for pc in cfg.peers:
                 self._add_config_peer(pc, now)
             await asyncio.to_thread(
-                netlink.configure_link, self.name, addresses=iface.addresses, mtu=iface.mtu or DEFAULT_MTU,
+                netlink.configure_link, self.name, addresses=addresses, mtu=iface.mtu or DEFAULT_MTU,
                 up=not self.over_uapi,  # over UAPI the link stays down until `ip link set up` (wg-quick)
             )
             await self.routing.add_routes(routed, self.sock)
@@ -188,6 +205,9 @@ class Tunnel:
         # stall the data plane for tens of milliseconds.
         gc.freeze()
         self._hooks(iface.post_up, "PostUp")
+        if mesh is not None:
+            log.info("mesh %s: our addresses %s; prefixes %s and %s through %s", mesh.id,
+                     ", ".join(str(a) for a in own), mesh.ipv4, mesh.ipv6, self.name)
         shown = keys.key_to_base64(self.device.identity.public) if self.has_key else "(none: set it with wg setconf)"
         log.info(
             "interface %s up: public key %s, listening on UDP port %d, %d peer(s)",
@@ -274,6 +294,21 @@ class Tunnel:
         if self.dataplane is not None:
             self.dataplane.wake()
         return result
+
+    def own_mesh_address_moved(self, old: Any, new: Any) -> None:
+        """The collision rule moved our IPv4 (a lower key took it; on the loop): the interface follows."""
+        async def move() -> None:
+            try:
+                if new is not None:
+                    await asyncio.to_thread(netlink.configure_link, self.name,
+                                            addresses=[ipaddress.ip_interface(f"{new}/32")],
+                                            mtu=self.cfg.interface.mtu or DEFAULT_MTU, up=not self.over_uapi)
+                if old is not None:
+                    await asyncio.to_thread(netlink.remove_address, self.name, ipaddress.ip_interface(f"{old}/32"))
+            except LocalError as e:
+                log.error("mesh: %s", e)
+
+        asyncio.ensure_future(move())
 
     def peer_keys(self) -> frozenset[bytes]:
         with self.lock:

@@ -109,6 +109,17 @@ def configure_link(name: str, *, addresses: Iterable[IPInterface], mtu: int, up:
                 raise LocalError(f"cannot bring {name} up: {e.args[1]}") from e
 
 
+def remove_address(name: str, address: IPInterface) -> None:
+    """Remove ``address`` from ``name`` (absent already: fine)."""
+    with _iproute() as ipr:
+        index = _require_index(ipr, name)
+        try:
+            ipr.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+        except NetlinkError as e:
+            if e.code not in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ESRCH):
+                raise LocalError(f"cannot remove address {address} from {name}: {e.args[1]}") from e
+
+
 def _onlink_networks(ipr: IPRoute, index: int) -> list[IPNetwork]:
     """Destinations of the kernel's address routes through interface ``index`` (main table)."""
     nets: list[IPNetwork] = []

@@ -32,15 +32,17 @@ here), ``host_of(addr)`` gives its IP literal back and ``format_addr(addr)`` sho
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
 
-from wgdisco.errors import LocalError
+from wgdisco.errors import DecodeError, LocalError
 from wgdisco.proto import keys, records
 from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, GaveUp, HandshakeCompleted, Peer
 from wgdisco.proto.hints import HintTrier
+from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.paths import Candidate, PathInfo, PathSelector, host_kind
 from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
@@ -52,6 +54,7 @@ __all__ = [
     "HandshakeCompleted", "EndpointChanged", "GaveUp",
     "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunChanged",
     "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted",
+    "PeerAdmitted", "PeerRemoved", "MeshAddressChanged",
     "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
 ]
 
@@ -74,6 +77,13 @@ MAX_STRANGERS = 64
 LOOKUP_FIRST = 0.5
 POLL_INTERVAL = 10.0
 STRANGER_TTL = 600.0  # seconds
+# Mesh mode (proto/mesh.py, docs/mesh.md): a mesh peer whose record was last seen this long ago
+# and who has had no handshake for as long is removed; mesh peers get a persistent keepalive, so
+# a live member handshakes at least every ~2 minutes (REJECT_AFTER_TIME) and is never removed.
+MESH_EXPIRE = 300.0
+MESH_CHECK_INTERVAL = 10.0
+MESH_KEEPALIVE = 25
+MESH_COUNTERS_KEPT = 1024  # last accepted record counter per key, kept after removal (replays)
 NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
 NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
 REASON_TEXT = {
@@ -153,9 +163,36 @@ class NatSuspected:
     silent_for: float
 
 
+@dataclass(frozen=True)
+class PeerAdmitted:
+    """A valid mesh record made ``peer`` a peer; ``addresses`` (its derived /32 and /128, computed
+    here from its key) are its AllowedIPs, already inserted."""
+
+    peer: Key
+    addresses: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class PeerRemoved:
+    """The mesh removed ``peer``: ``reason`` is "goodbye" or "expired"."""
+
+    peer: Key
+    reason: str
+
+
+@dataclass(frozen=True)
+class MeshAddressChanged:
+    """The collision rule moved ``peer``'s IPv4 (a lower key arrived or left); ``peer`` may be our
+    own key (then the interface address must follow). AllowedIPs already follow."""
+
+    peer: Key
+    old: Any
+    new: Any
+
+
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
          | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
-         | LookupWanted)
+         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged)
 
 
 @dataclass(frozen=True)
@@ -199,8 +236,10 @@ class Node:
         path_timing: PathTiming = PathTiming(),
         stun_refresh: float = STUN_REFRESH,
         poll_interval: float = POLL_INTERVAL,
+        mesh: Mesh | None = None,
     ) -> None:
         self.device = device
+        self.mesh = mesh  # zero-config mesh (proto/mesh.py): records with its MAC admit their keys
         self.traversal = traversal  # probes and path choice: on with discovery or STUN
         self._rng = rng
         self._wall = wall
@@ -241,6 +280,15 @@ class Node:
         self._lookup_regular: set[Key] = set()  # peers looked up every PollInterval (they had a path)
         self._suspected: dict[Key, float] = {}  # peer -> start of the silence that made us look again
         self._fresh_probes: dict[Key, tuple[float, int]] = {}  # peer -> (window start, probes in it)
+        # mesh state: peers it admitted -> [last valid record, admitted at]; IPv4 plan (with our key)
+        self._mesh_peers: dict[Key, list[float]] = {}
+        self._mesh_counters: OrderedDict[Key, int] = OrderedDict()
+        self._mesh_v4: dict[Key, Any] = {}
+        self._mesh_counter = int(wall * 1000)  # mc= of our record: Unix ms, strictly increasing
+        self._next_mesh_check = 0.0
+        self._body: records.ServiceRecord | None = None
+        if mesh is not None:
+            self._mesh_v4 = mesh.assign_ipv4([self.public_key])
 
     def _new_prober(self) -> Prober:
         identity = self.device.identity
@@ -291,6 +339,8 @@ class Node:
         for public in self.selector.peers - self.device.peers.keys():
             self._forget(public)  # the device dropped a peer that had our new key
         self.prober = self._new_prober()  # probe keys come from the static keys
+        if self.mesh is not None:
+            self._mesh_reassign(now)
         self._update_record(now)
 
     def set_port(self, port: int, now: float) -> None:
@@ -356,6 +406,20 @@ class Node:
         if public == self.public_key:
             return
         peer = self.device.peers.get(public)
+        if self.mesh is not None:
+            verdict, sighting = self._mesh_check(sighting)
+            if verdict == "valid":
+                if public in self._mesh_peers:
+                    self._mesh_peers[public][0] = now
+                elif peer is None:
+                    peer = self._admit(public, now)
+                    if peer is None:
+                        return
+            elif verdict in ("invalid", "replay"):
+                return  # claims our mesh without proof, or an old record: ignored (counted)
+            elif public in self._mesh_peers:
+                self._count("mesh-records-unauthenticated")  # a mesh peer's records need the MAC
+                return
         if peer is None:
             self._count("records-not-a-peer")  # discovery never makes a stranger a peer
             self._strangers[public] = (now, sighting, source)
@@ -387,6 +451,10 @@ class Node:
         if public not in self.device.peers:
             self._strangers.pop(public, None)
             return
+        if public in self._mesh_peers:
+            self._count("goodbyes")
+            self._mesh_remove(public, "goodbye", now)
+            return
         stale = [p.addr for p in self.selector.paths(public) if p.source == source]
         if stale:
             self.selector.remove_candidates(public, stale, now)
@@ -413,6 +481,124 @@ class Node:
                 self._events.append(CandidateProbed(public, cand.addr, source))
                 self._outbox.append((self.prober.request(public, cand.addr, now), cand.addr))
             self._fresh_probes[public] = (start, used)
+
+    # --- the mesh ------------------------------------------------------------------
+
+    def _mesh_check(self, sighting: records.Sighting) -> tuple[str, records.Sighting]:
+        """"valid" (our mesh id, a good MAC, not older than the last accepted: the sighting comes
+        back with only the candidates the MAC covers), "invalid", "replay", "other" (another mesh)
+        or "none" (no mesh= key)."""
+        assert self.mesh is not None
+        txt = sighting.txt
+        mesh_id = txt.get("mesh")
+        if mesh_id is None:
+            return "none", sighting
+        if mesh_id != self.mesh.id.encode():
+            self._count("records-other-mesh")
+            return "other", sighting
+        counter_text, mac = txt.get("mc"), txt.get("mac")
+        if counter_text is None or mac is None or not counter_text.isdigit() or len(counter_text) > 19:
+            self._count("mesh-records-invalid")
+            return "invalid", sighting
+        counter = int(counter_text)
+        items = records.list_items(txt, "cand")
+        if not self.mesh.verify(sighting.public_key, ",".join(items), counter, mac):
+            self._count("mesh-records-invalid")
+            return "invalid", sighting
+        last = self._mesh_counters.get(sighting.public_key)
+        if last is not None and counter < last:
+            self._count("mesh-records-replayed")
+            return "replay", sighting
+        self._mesh_counters[sighting.public_key] = counter
+        self._mesh_counters.move_to_end(sighting.public_key)
+        while len(self._mesh_counters) > MESH_COUNTERS_KEPT:
+            self._mesh_counters.popitem(last=False)
+        covered = set()
+        for item in items:
+            try:
+                covered.add(records.parse_candidate(item))
+            except DecodeError:
+                pass
+        kept = [c for c in sighting.candidates if c in covered]
+        return "valid", dataclasses.replace(sighting, candidates=kept)
+
+    def _admit(self, public: Key, now: float) -> Peer | None:
+        """A valid mesh record of a stranger: a peer, AllowedIPs from its key (never the record)."""
+        assert self.mesh is not None
+        if len(self._mesh_peers) >= self.mesh.max_peers:
+            self._count("mesh-peers-over-cap")
+            return None
+        self._strangers.pop(public, None)  # this sighting is newer
+        peer = self.add_peer(public, now)
+        self._mesh_peers[public] = [now, now]
+        self.device.set_persistent_keepalive(peer, MESH_KEEPALIVE, now)
+        self.device.allowed_ips.insert(ipaddress.ip_network(f"{self.mesh.ipv6_of(public)}/128"), peer)
+        self._mesh_reassign(now)
+        self._count("mesh-peers-admitted")
+        self._events.append(PeerAdmitted(public, tuple(self.mesh_addresses(public))))
+        return peer
+
+    def _mesh_remove(self, public: Key, reason: str, now: float) -> None:
+        del self._mesh_peers[public]
+        self.remove_peer(public)
+        self._mesh_v4.pop(public, None)
+        self._mesh_reassign(now)
+        self._count("mesh-peers-removed")
+        self._events.append(PeerRemoved(public, reason))
+
+    def _mesh_reassign(self, now: float) -> None:
+        """The IPv4 plan over our key and the mesh peers; AllowedIPs follow every move."""
+        assert self.mesh is not None
+        own = self.public_key
+        new = self.mesh.assign_ipv4([own, *self._mesh_peers])
+        old = self._mesh_v4
+        self._mesh_v4 = new
+        for public, addr in new.items():
+            before = old.get(public)
+            if before == addr and public in old:
+                continue
+            peer = self.device.peers.get(public)
+            if peer is not None:
+                if before is not None:
+                    self.device.allowed_ips.remove(ipaddress.ip_network(f"{before}/32"), peer)
+                if addr is not None:
+                    self.device.allowed_ips.insert(ipaddress.ip_network(f"{addr}/32"), peer)
+            if public in old:
+                self._events.append(MeshAddressChanged(public, before, addr))
+                if public == own:
+                    self._update_record(now)
+
+    def _mesh_expire(self, now: float) -> None:
+        """Remove mesh peers whose record is old and who have had no handshake for MESH_EXPIRE."""
+        self._next_mesh_check = now + MESH_CHECK_INTERVAL
+        for public, (seen, admitted) in list(self._mesh_peers.items()):
+            peer = self.device.peers.get(public)
+            last = max(admitted, peer.last_handshake or 0.0) if peer is not None else admitted
+            if now - seen >= MESH_EXPIRE and now - last >= MESH_EXPIRE:
+                self._mesh_remove(public, "expired", now)
+
+    def is_mesh_peer(self, public: Key) -> bool:
+        return public in self._mesh_peers
+
+    def mesh_addresses(self, public: Key) -> list[Any]:
+        """A key's derived addresses as host networks (/32, /128): [] without a mesh."""
+        if self.mesh is None:
+            return []
+        out = []
+        v4 = self._mesh_v4.get(public)
+        if v4 is not None:
+            out.append(ipaddress.ip_network(f"{v4}/32"))
+        out.append(ipaddress.ip_network(f"{self.mesh.ipv6_of(public)}/128"))
+        return out
+
+    def own_mesh_interfaces(self) -> list[Any]:
+        """Our derived addresses as /32 and /128 interfaces (the mesh prefixes get routes of their
+        own, so an address can move without taking the prefix route along): [] without a mesh."""
+        return [ipaddress.ip_interface(str(n)) for n in self.mesh_addresses(self.public_key)]
+
+    def mesh_prefixes(self) -> list[Any]:
+        """The mesh's IPv4 block and IPv6 /48 (routes through the interface): [] without a mesh."""
+        return [] if self.mesh is None else [self.mesh.ipv4, self.mesh.ipv6]
 
     # --- unicast lookups ------------------------------------------------------------
 
@@ -494,6 +680,8 @@ class Node:
         times = [self.trier.next_time()]
         if self._strangers:
             times.append(next(iter(self._strangers.values()))[0] + STRANGER_TTL)
+        if self._mesh_peers:
+            times.append(self._next_mesh_check)
         if self.stun is not None:
             times.append(self.stun.get_timer())
         if self.traversal:
@@ -516,6 +704,8 @@ class Node:
         strangers = self._strangers
         while strangers and next(iter(strangers.values()))[0] + STRANGER_TTL <= now:
             strangers.popitem(last=False)
+        if self._mesh_peers and now >= self._next_mesh_check:
+            self._mesh_expire(now)
         if not self.traversal:
             return
         for timeout in self.prober.handle_timer(now):
@@ -634,7 +824,20 @@ class Node:
     # --- our record -----------------------------------------------------------------
 
     def record(self) -> records.ServiceRecord:
-        """The record we publish: wgsd layout plus our candidates, ``probe=1`` and ``nat=``."""
+        """The record we publish: wgsd layout plus our candidates, ``probe=1`` and ``nat=``; in a
+        mesh also ``mesh=``, ``mc=`` and ``mac=`` (docs/records.md)."""
+        body = self._record_body()
+        if self.mesh is None:
+            return body
+        counter = self._mesh_counter
+        extra = {**body.txt_extra, "mesh": self.mesh.id, "mc": str(counter), "mac": "A" * 24}
+        draft = dataclasses.replace(body, txt_extra=extra)  # the MAC's size, so the same candidates fit
+        txt, _ = records.parse_txt(records.build_txt(draft))
+        cand = ",".join(records.list_items(txt, "cand"))
+        extra["mac"] = self.mesh.mac(body.public_key, cand, counter)
+        return dataclasses.replace(body, txt_extra=extra)
+
+    def _record_body(self) -> records.ServiceRecord:
         public = self.public_key
         port = self._port
         candidates: list[Any] = [(ip, port) for ip in self.host_addresses]
@@ -648,18 +851,24 @@ class Node:
         nat = NAT_TXT.get(self.behaviour)
         if nat is not None:
             extra["nat"] = nat
+        allowed = [ipaddress.ip_network(f"{a.ip}/{a.max_prefixlen}") for a in self._allowed]
+        allowed += [n for n in self.mesh_addresses(public) if n not in allowed]
         return records.ServiceRecord(
             public_key=public, port=port, target=srv_target(public, self._domain),
             addresses=list(self.host_addresses),
-            allowed=[ipaddress.ip_network(f"{a.ip}/{a.max_prefixlen}") for a in self._allowed],
+            allowed=allowed,
             candidates=candidates, txt_extra=extra,
         )
 
     def _update_record(self, now: float) -> None:
-        record = self.record()
+        body = self._record_body()
         old = self._record
-        if old == record:
+        if old is not None and body == self._body:
             return
+        self._body = body
+        if self.mesh is not None:  # a newer record: a higher counter (older ones are replays)
+            self._mesh_counter = max(self._mesh_counter + 1, int((self.device.wall_offset + now) * 1000))
+        record = self.record()
         self._record = record
         for public in self.device.peers:  # both sides have published now: look again at once
             if not self.has_path(public, now):

@@ -47,6 +47,7 @@ __all__ = [
     "build_txt",
     "format_candidate",
     "instance_name",
+    "list_items",
     "parse_candidate",
     "parse_txt",
     "record_from_dns",
@@ -333,6 +334,11 @@ def _list_values(txt: Mapping[str, bytes | None], key: str) -> tuple[list[str], 
             continue
         items += [i.strip() for i in text.split(",") if i.strip()]
     return items, bad
+
+
+def list_items(txt: Mapping[str, bytes | None], key: str) -> list[str]:
+    """The items of a list key (``cand``, ``allowed``) across its continuations, in order."""
+    return _list_values(txt, key)[0]
 
 
 def key_of_label(label: str) -> bytes:

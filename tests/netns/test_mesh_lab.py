@@ -1,0 +1,142 @@
+"""Zero-config mesh in the lab (issue 15, docs/mesh.md): real daemons on one LAN bridge, mDNS.
+
+Every member starts from a byte-identical config file holding only ``ListenPort`` and
+``MeshKey``: no PrivateKey (generated into a per-node state directory, WGDISCO_STATE_DIR),
+no Address (derived), no [Peer]. All directed pairs must ping over IPv4 and IPv6 on the
+derived addresses. One more node with another MeshKey must be admitted by nobody.
+
+Defaults: 4 members (``WGDISCO_MESH_NODES=8`` for 8); full mesh within 30 s (the issue's goal
+is 5 s for 8 nodes, median of 5 runs; this test reports the one figure it measures).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from wgdisco.lab import Lab
+from wgdisco.lab.netns import Host, Proc
+from wgdisco.lab.wg import PACKAGE_ROOT
+from tests.schema_check import check
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "docs" / "status.schema.json").read_text())
+
+pytestmark = pytest.mark.netns
+
+NODES = int(os.environ.get("WGDISCO_MESH_NODES", "4"))
+LIMIT = float(os.environ.get("WGDISCO_MESH_LIMIT", "30"))
+CONFIG = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = correct horse battery staple\n"
+OTHER = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = an entirely different mesh\n"
+
+
+def start(lab: Lab, host: Host, iface: str, text: str) -> tuple[Proc, str, list[str]]:
+    """A daemon from config ``text``: (process, public key, [derived IPv4, derived IPv6])."""
+    conf = lab.logdir / f"{iface}.conf"
+    conf.write_text(text)
+    conf.chmod(0o600)
+    state = lab.logdir / f"state-{iface}"
+    proc = host.popen([sys.executable, "-m", "wgdisco.lab.run_tunnel", str(conf)], name=f"wgdisco-{iface}",
+                      env={"PYTHONPATH": str(PACKAGE_ROOT), "WGDISCO_STATE_DIR": str(state)})
+    m = proc.wait_for(r"mesh \w+: our addresses (\S+), (\S+);", timeout=20, stream="stderr")
+    up = proc.wait_for(r"interface \S+ up: public key (\S+),", timeout=20, stream="stderr")
+    assert (state / f"{iface}.key").stat().st_mode & 0o777 == 0o600
+    return proc, up.group(1), [m.group(1).split("/")[0], m.group(2).split("/")[0]]
+
+
+def ping_ok(host: Host, target: str) -> bool:
+    return host.run(["ping", "-c1", "-W1", target], check=False).returncode == 0
+
+
+@pytest.fixture
+def lab() -> "Lab":  # type: ignore[misc]
+    keep = Lab(keep_logs=bool(os.environ.get("WGDISCO_KEEP_LOGS")))
+    try:
+        yield keep
+    finally:
+        keep.close()
+
+
+def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
+    lan = lab.lan("lan")
+    tag = lab.prefix[3:9]
+    hosts = [lab.host(f"n{i}") for i in range(NODES)]
+    for i, h in enumerate(hosts):
+        lab.attach(h, lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
+    hx = lab.host("x")
+    lab.attach(hx, lan, "10.1.0.99/24", "fd00:1::99/64")
+    outsider, outsider_key, outsider_addrs = start(lab, hx, f"x{tag}", OTHER)
+
+    members = []
+    for i, h in enumerate(hosts):
+        members.append((h, *start(lab, h, f"m{i}{tag}", CONFIG)))
+    last_start = time.monotonic()
+
+    addrs = [a for m in members for a in m[3]]
+    assert len(set(addrs)) == 2 * NODES, addrs  # no address twice
+    pending = {(i, j, fam) for i in range(NODES) for j in range(NODES) if i != j for fam in (0, 1)}
+    while pending:
+        for i, j, fam in sorted(pending):
+            if ping_ok(members[i][0], members[j][3][fam]):
+                pending.discard((i, j, fam))
+        took = time.monotonic() - last_start
+        assert took < LIMIT, f"not a full mesh after {took:.1f} s: {len(pending)} of {NODES * (NODES - 1) * 2} pings failing"
+    full = time.monotonic() - last_start
+    print(f"\n{NODES} nodes: full mesh (all {NODES * (NODES - 1)} directed pairs, IPv4 and IPv6) "
+          f"{full:.2f} s after the last start")
+
+    # the node with another mesh key: no member lists it, no ping either way
+    for h, proc, _public, _a in members:
+        iface = re.search(r"interface (\S+) up", proc.stderr()).group(1)  # type: ignore[union-attr]
+        dump = h.run(["wg", "show", iface, "dump"]).stdout
+        assert outsider_key not in dump
+        assert len(dump.strip().splitlines()) == NODES  # header + the other members
+        assert "admitted to the mesh" in proc.stderr() and "Traceback" not in proc.stderr()
+    # wgdisco status marks mesh peers and their derived addresses (valid against the schema)
+    status = json.loads(members[0][0].run([sys.executable, "-m", "wgdisco", "status", f"m0{tag}", "--json"]).stdout)
+    check(status, SCHEMA)
+    assert status["mesh"]["addresses"] == members[0][3] and status["mesh"]["peers"] == NODES - 1
+    for p in status["peers"]:
+        other = next(m for m in members if m[2] == p["public_key"])
+        assert p["mesh"] is True and p["mesh_addresses"] == other[3]
+        assert sorted(p["allowed_ips"]) == sorted([f"{other[3][0]}/32", f"{other[3][1]}/128"])
+    text = members[0][0].run([sys.executable, "-m", "wgdisco", "status", f"m0{tag}"]).stdout
+    assert text.count("(mesh)") == NODES - 1 and "horse" not in text + json.dumps(status)
+    assert not ping_ok(members[0][0], outsider_addrs[0])
+    assert not ping_ok(hx, members[0][3][0])
+    xdump = hx.run(["wg", "show", f"x{tag}", "dump"]).stdout
+    assert len(xdump.strip().splitlines()) == 1  # it admitted nobody
+    for text in (p.stderr() for _h, p, _k, _a in members):
+        assert "horse" not in text  # the mesh key is never logged
+
+
+def test_mesh_member_stopped_is_removed_and_comes_back_with_the_same_key_and_address(lab: Lab) -> None:
+    lan = lab.lan("lan")
+    tag = lab.prefix[3:9]
+    hosts = [lab.host(f"n{i}") for i in range(3)]
+    for i, h in enumerate(hosts):
+        lab.attach(h, lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
+    members = [start(lab, h, f"m{i}{tag}", CONFIG) for i, h in enumerate(hosts)]
+    (p0, _k0, a0), _m1, (p2, k2, a2) = members
+    deadline = time.monotonic() + LIMIT
+    while not ping_ok(hosts[0], a2[0]):
+        assert time.monotonic() < deadline, "no first ping"
+    stopped = time.monotonic()
+    p2.stop(grace=5.0)  # SIGTERM: goodbyes
+    p0.wait_for(r"removed from the mesh \(goodbye\)", timeout=10, stream="stderr")
+    removed = time.monotonic() - stopped  # includes the daemon's shutdown
+    assert removed < 10
+    assert k2 not in hosts[0].run(["wg", "show", f"m0{tag}", "dump"]).stdout
+    print(f"\nremoved {removed:.2f} s after SIGTERM")
+    again, k2b, a2b = start(lab, hosts[2], f"m2{tag}", CONFIG)
+    assert (k2b, a2b) == (k2, a2)  # the same identity (state directory) and so the same addresses
+    back = time.monotonic()
+    while not (ping_ok(hosts[0], a2[0]) and ping_ok(hosts[0], a2[1])):
+        assert time.monotonic() - back < LIMIT, "not back"
+    print(f"back {time.monotonic() - back:.2f} s after the restart")
+    assert "Traceback" not in p0.stderr() + again.stderr()
