@@ -16,7 +16,7 @@ APT_PACKAGES := iproute2 iputils-ping nftables procps psmisc wireguard-go wiregu
 	iperf3 stun-server coturn knot knot-dnsutils avahi-daemon avahi-utils dbus \
 	bind9-dnsutils netcat-openbsd
 
-.PHONY: all test test-fast demo bench bench-smoke bootstrap system-deps venv clean lab-clean
+.PHONY: all test test-fast demo bench bench-smoke fuzz bootstrap system-deps venv clean lab-clean
 
 all: test
 
@@ -64,6 +64,14 @@ bench: bootstrap
 bench-smoke: bootstrap
 	$(PY) bench/throughput.py --smoke
 	$(PY) bench/rtt_floor.py --rounds 1 --count 20
+
+FUZZ_RUNS ?= 1000000
+FUZZ_TARGETS := wireguard stun probe record config uapi
+
+# Coverage-guided fuzzing (atheris), FUZZ_RUNS executions per target; one JSON line each.
+fuzz: venv
+	$(PY) -m pip install -q -e '.[fuzz]'
+	@for t in $(FUZZ_TARGETS); do $(PY) fuzz/run.py $$t $(FUZZ_RUNS) 2>/dev/null | tail -1 || exit 1; done
 
 lab-clean: venv
 	$(PY) -m wgdisco.lab.cleanup
