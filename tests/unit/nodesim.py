@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
-import random
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 from aioice.stun import Class, Message, Method, parse_message
 
+from tests.unit.test_device import Rng
+from tests.unit.test_device import ipv4_packet as _ipv4_packet
 from wgdisco.proto import keys, records
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device
@@ -29,17 +29,7 @@ Addr = tuple[str, int]
 
 
 def ipv4_packet(src: str, dst: str, payload: bytes = b"ping") -> bytes:
-    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, 17, 0,
-                         ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed)
-    return header + payload
-
-
-class Rng:
-    def __init__(self, seed: int) -> None:
-        self.r = random.Random(seed)
-
-    def __call__(self, n: int) -> bytes:
-        return self.r.randbytes(n)
+    return _ipv4_packet(src, dst, payload)
 
 
 @dataclass
