@@ -532,3 +532,15 @@ def test_mesh_member_claiming_another_members_address_gets_only_its_own() -> Non
     assert got == set(a.node.mesh_addresses(evil.public))  # computed from its key, not its record
     assert ipaddress.ip_network(f"{b.tunnel_ip}/32") in a.device.allowed_ips.entries_for_peer(a.device.peers[b.public])
     net.ping_until(a, b, limit=5)  # b's traffic still goes to b
+
+
+def test_a_peer_that_changes_its_port_is_followed_within_seconds() -> None:
+    # `wg set b listen-port N`: b's record changes; a sends to the old port until it learns the new
+    net, a, b = lan_pair(peers=True)
+    net.ping_until(a, b, limit=5)
+    b.addr = (b.addr[0], 51999)  # the socket moved
+    b.node.set_port(51999, net.now)
+    b.pump()  # b's RecordChanged reaches a (mDNS)
+    took = net.ping_until(a, b, limit=20, every=0.2)
+    assert a.device.peers[b.public].endpoint == ("10.7.0.3", 51999)
+    assert took < 4, took  # 2.6 s: SUSPECT_AFTER, then the answering path; was 10.6 s (the dead path's live time)

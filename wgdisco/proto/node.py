@@ -770,6 +770,7 @@ class Node:
                 continue
             if self._suspected.get(public) != unanswered_since:  # once per silence
                 self._suspected[public] = unanswered_since
+                self.selector.on_unanswered(public, now)  # a verified alternative may take over now
                 self._lookup_regular.discard(public)
                 self._lookup_step.pop(public, None)
                 self._lookup_at[public] = now

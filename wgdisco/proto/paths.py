@@ -26,6 +26,8 @@ whitepaper §6.1). Keepalive probes go to it every `keepalive_interval` (5 s), s
   is taken at once. Afterwards hysteresis: a candidate replaces the current path only if it is
   clearly better (a lower class, or an RTT lower by > 30 % and > 5 ms) in `switch_after` (3)
   consecutive probe answers; a candidate with a first win is re-probed every `confirm_interval`.
+  A current path that missed its last keepalive probe (two for a switch to a worse class) loses
+  at once to a candidate that answers: the peer moved, its old address is dead.
 - A live path is never replaced by an unverified candidate: only verified ones are ever chosen.
   WireGuard's roaming rule (whitepaper §2.1) still holds: an authenticated packet from a new
   address makes it the current path at once (the device has already moved there).
@@ -357,6 +359,10 @@ class PathSelector:
         cur = p.paths[p.current]
         if not self._fresh(cur, now):  # a fallback still unproven: a fresh answer beats it
             self._switch(p, path, now)
+        elif cur.misses >= 2 or (cur.misses and _class(path) <= _class(cur)):
+            # the current path stopped answering (the peer's port or address changed) while this
+            # one answers: waiting out live_time would lose traffic for up to 15 s
+            self._switch(p, path, now)
         elif not p.established:  # nothing flows yet: no hysteresis needed
             if self._clearly_better(path, rtt, cur):
                 self._switch(p, path, now)
@@ -377,12 +383,27 @@ class PathSelector:
             return
         path.misses += 1
         path.wins = 0
+        if addr == p.current:
+            # the current path stopped answering: a candidate that answered lately takes over now
+            # (the same rule as in on_probe_result, from the other side)
+            alive = [x for x in p.paths.values() if x is not path and x.state == VERIFIED and self._fresh(x, now)
+                     and (path.misses >= 2 or _class(x) <= _class(path))]
+            if alive:
+                self._switch(p, min(alive, key=_rank), now)
+                return
         if path.misses < self.timing.fail_after:
             return
         if addr == p.current and self._fresh(path, now):
             return  # WireGuard traffic says it works (e.g. the peer does not answer probes)
         path.state = FAILED
         self._update(p, now)
+
+    def on_unanswered(self, peer: Key, now: float) -> None:
+        """WireGuard data to the current path went unanswered (the node's suspicion): counted as
+        a missed keepalive probe of that path, so a candidate that answered lately takes over."""
+        p = self._peers.get(peer)
+        if p is not None and p.current is not None:
+            self.on_probe_timeout(peer, p.current, now)
 
     def on_authenticated(self, peer: Key, addr: Addr, now: float, *, kind: str = "prflx") -> None:
         """An authenticated WireGuard packet came from `addr`: verified, live, and the current
