@@ -61,6 +61,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from wgdisco.errors import LocalError
+from wgdisco.proto.ratelimiter import TokenBucket
 from wgdisco.proto.timers import LIVE_TIME
 
 __all__ = [
@@ -147,8 +148,7 @@ class _Peer:
     punch_start: float | None = None  # the punching phase, while no path is live
     next_round: float | None = None  # None while punching: gave up (hard NAT on both sides)
     hard_probes: int = 0
-    tokens: float = -1.0  # the probe bucket (-1: full, not yet used)
-    tokens_at: float = 0.0
+    budget: TokenBucket | None = None  # its probes (made at the first one)
 
 
 def address_family(addr: Any) -> int:
@@ -177,6 +177,12 @@ def _class(p: PathInfo) -> int:
 
 def _rank(p: PathInfo) -> tuple[int, float, int]:
     return (_class(p), p.rtt if p.rtt is not None else math.inf, p.order)
+
+
+def _replaces_failing(candidate: PathInfo, current: PathInfo) -> bool:
+    """An answering candidate takes over from a current path that missed its last keepalive
+    probe; a candidate of a worse class only after two misses."""
+    return current.misses >= 2 or (current.misses >= 1 and _class(candidate) <= _class(current))
 
 
 def _probe_order(p: PathInfo) -> tuple[bool, bool, int]:
@@ -326,15 +332,11 @@ class PathSelector:
         p = self._peers.get(peer)
         if p is None:
             return False
-        t = self.timing
-        if p.tokens < 0:
-            p.tokens, p.tokens_at = float(t.probe_burst), now
-        p.tokens = min(float(t.probe_burst), p.tokens + (now - p.tokens_at) * t.probe_rate)
-        p.tokens_at = now
-        if p.tokens < 1.0:
+        if p.budget is None:
+            p.budget = TokenBucket(self.timing.probe_rate, self.timing.probe_burst)
+        if not p.budget.take(now):
             self.probes_over_budget += 1
             return False
-        p.tokens -= 1.0
         return True
 
     def _add_path(self, p: _Peer, addr: Addr, kind: str, source: str) -> PathInfo:
@@ -359,7 +361,7 @@ class PathSelector:
         cur = p.paths[p.current]
         if not self._fresh(cur, now):  # a fallback still unproven: a fresh answer beats it
             self._switch(p, path, now)
-        elif cur.misses >= 2 or (cur.misses and _class(path) <= _class(cur)):
+        elif _replaces_failing(path, cur):
             # the current path stopped answering (the peer's port or address changed) while this
             # one answers: waiting out live_time would lose traffic for up to 15 s
             self._switch(p, path, now)
@@ -387,7 +389,7 @@ class PathSelector:
             # the current path stopped answering: a candidate that answered lately takes over now
             # (the same rule as in on_probe_result, from the other side)
             alive = [x for x in p.paths.values() if x is not path and x.state == VERIFIED and self._fresh(x, now)
-                     and (path.misses >= 2 or _class(x) <= _class(path))]
+                     and _replaces_failing(x, path)]
             if alive:
                 self._switch(p, min(alive, key=_rank), now)
                 return
@@ -510,14 +512,8 @@ class PathSelector:
             if p.next_round is not None:
                 probes.append(p.next_round)
             if probes:
-                times.append(max(min(probes), self._refill_time(p)))
+                times.append(max(min(probes), p.budget.ready_at() if p.budget is not None else -math.inf))
         return max(now, min(times)) if times else None
-
-    def _refill_time(self, p: _Peer) -> float:
-        """When the peer's probe bucket holds a whole token again (-inf: it does now)."""
-        if p.tokens < 0 or p.tokens >= 1.0:
-            return -math.inf
-        return p.tokens_at + (1.0 - p.tokens) / self.timing.probe_rate
 
     def addresses(self, peer: Key) -> frozenset[Addr]:
         """The peer's candidate addresses (no copies)."""

@@ -65,3 +65,9 @@ class TokenBucket:
             self._tokens -= 1.0
             return True
         return False
+
+    def ready_at(self) -> float:
+        """When a whole token is there again (-inf: now)."""
+        if self._last is None or self._tokens >= 1.0:
+            return float("-inf")
+        return self._last + (1.0 - self._tokens) / self.rate
