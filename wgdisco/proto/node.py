@@ -101,6 +101,15 @@ def srv_target(public: bytes, domain: str) -> str:
     return records.target_name(keys.key_to_base32(public), domain)
 
 
+def put_newest(table: OrderedDict[Any, Any], key: Any, value: Any, cap: int) -> None:
+    """``table[key] = value`` as the newest entry; past ``cap`` the oldest go (state a
+    stranger can create is capped, ARCHITECTURE.md "Trust model")."""
+    table[key] = value
+    table.move_to_end(key)
+    while len(table) > cap:
+        table.popitem(last=False)
+
+
 # ---------------------------------------------------------------------- events
 
 
@@ -422,10 +431,7 @@ class Node:
                 return
         if peer is None:
             self._count("records-not-a-peer")  # discovery never makes a stranger a peer
-            self._strangers[public] = (now, sighting, source)
-            self._strangers.move_to_end(public)
-            while len(self._strangers) > MAX_STRANGERS:
-                self._strangers.popitem(last=False)
+            put_newest(self._strangers, public, (now, sighting, source), MAX_STRANGERS)
             return
         addrs = []
         for ip, port in sighting.candidates:
@@ -509,10 +515,7 @@ class Node:
         if last is not None and counter < last:
             self._count("mesh-records-replayed")
             return "replay", sighting
-        self._mesh_counters[sighting.public_key] = counter
-        self._mesh_counters.move_to_end(sighting.public_key)
-        while len(self._mesh_counters) > MESH_COUNTERS_KEPT:
-            self._mesh_counters.popitem(last=False)
+        put_newest(self._mesh_counters, sighting.public_key, counter, MESH_COUNTERS_KEPT)
         covered = set()
         for item in items:
             try:
