@@ -12,7 +12,6 @@ it does not have to; docs/performance.md has the figures.
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import os
@@ -245,7 +244,7 @@ class DataPlane:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
-                self._count_other(f"socket-{errno.errorcode.get(e.errno or 0, e.errno)}")
+                self._count_other(f"socket-{udp.errno_name(e)}")
                 continue
             if segment and len(data) > segment:
                 view = memoryview(data)
@@ -299,7 +298,7 @@ class DataPlane:
                 for packet in packets:
                     write(packet)
         except OSError as e:  # e.g. EINVAL: the kernel refused a packet; never fatal
-            self._count_other(f"tun-write-{errno.errorcode.get(e.errno or 0, e.errno)}")
+            self._count_other(f"tun-write-{udp.errno_name(e)}")
 
     def _count_other(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1

@@ -195,6 +195,11 @@ def send_segments(sock: socket.socket, datagrams: list[bytes], segment: int, add
     sock.sendmsg([b"".join(datagrams)], cmsgs, 0, addr)
 
 
+def errno_name(error: OSError) -> str:
+    """``ENETUNREACH`` for the drop counters (``send-ENETUNREACH``); the number if it has no name."""
+    return str(errno.errorcode.get(error.errno or 0, error.errno))
+
+
 class Sender:
     """Sends on the current socket (``sock``, replaced on a rebind) and counts failures.
 
@@ -231,7 +236,7 @@ class Sender:
                 self._unstick(addr, source, e)
                 self.send(data, addr)
             else:
-                self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+                self._count(f"send-{errno_name(e)}")
 
     def send_all(self, datagrams: Iterable[tuple[bytes, Sockaddr]]) -> None:
         """``(data, addr)`` pairs, one datagram each."""
@@ -261,7 +266,7 @@ class Sender:
                     self.send_batch(batch, segment, addr)
                     return
                 if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):
-                    self._count(f"send-{errno.errorcode.get(e.errno or 0, e.errno)}")
+                    self._count(f"send-{errno_name(e)}")
                     batch.clear()
                     return
                 self.gso = False  # this path cannot segment: one sendto each from now on
@@ -278,7 +283,7 @@ class Sender:
         self.unstuck += 1
         host, ifindex = source_address(source)
         log.info("sending to %s from %s (interface %d) failed (%s); the kernel chooses the source now",
-                 format_sockaddr(addr), host, ifindex, errno.errorcode.get(e.errno or 0, e.errno))
+                 format_sockaddr(addr), host, ifindex, errno_name(e))
 
     def _count(self, reason: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
