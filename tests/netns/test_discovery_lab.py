@@ -261,3 +261,35 @@ def test_records_never_disturb_a_live_tunnel(lab: Lab) -> None:
     assert "endpoint 198.51.100.10:51820 -> " not in err
     counted = dict(kv.split("=") for kv in re.search(r"discovery: (.*)", err).group(1).split())  # type: ignore[union-attr]
     assert int(counted["hints-ignored-live"]) >= 3 and int(counted["record-parts-malformed"]) >= 3, err
+
+
+def test_peers_set_over_uapi_connect_and_a_new_private_key_is_published(lab: Lab) -> None:
+    """Issue 13, as a user found it: no [Peer] at start, keys given with `wg set`; then a new key.
+
+    Both go through the daemon's UAPI handler into the node core (add_peer, set_identity), so
+    this also checks the wiring the in-memory tests of proto/node.py cannot see.
+    """
+    a, b = lan_pair(lab, {"mDNS": "on"})
+    a.peers, b.peers = [], []
+    a.start()
+    b.start()
+    for x, y in ((a, b), (b, a)):
+        x.host.run(["wg", "set", x.iface, "peer", y.public, "allowed-ips", ",".join(y.host_routes())])
+    took = wait_ping(a, b.inner4, timeout=10)
+    assert took < 5.0, f"first ping {took:.2f} s after wg set"
+    assert a.dump()[b.public]["endpoint"] in ("10.1.0.2:51820", "[fd00:1::2]:51820")
+    # a takes a new private key; b learns only the new public key, with no endpoint: it can
+    # reach a only through the record a publishes under its new key (the old one is withdrawn)
+    new_private, new_public = keypair()
+    keyfile = lab.logdir / f"{a.iface}.newkey"
+    keyfile.write_text(new_private + "\n")
+    keyfile.chmod(0o600)
+    a.host.run(["wg", "set", a.iface, "private-key", str(keyfile)])
+    b.host.run(["wg", "set", b.iface, "peer", a.public, "remove",
+                "peer", new_public, "allowed-ips", ",".join(a.host_routes())])
+    took = wait_ping(b, a.inner4, timeout=10)
+    assert took < 5.0, f"first ping {took:.2f} s after the key change"
+    assert b.dump()[new_public]["endpoint"] in ("10.1.0.1:51820", "[fd00:1::1]:51820")
+    assert a.public not in b.dump()
+    err = a.proc.stderr() + b.proc.stderr()  # type: ignore[union-attr]
+    assert "Traceback" not in err and new_private not in err
