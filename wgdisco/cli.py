@@ -149,6 +149,9 @@ def format_status(r: dict) -> str:
     nat = r["nat"]
     if nat["reflexive"]:
         lines.append(f"  reflexive: {', '.join(nat['reflexive'])} (NAT mapping {nat['mapping']})")
+    pm = r.get("port_mapping")
+    if pm:
+        lines.append(f"  port mapping: {format_port_mapping(pm)}")
     for p in r["peers"]:
         lines += ["", f"peer: {p['public_key']}" + (" (mesh)" if p.get("mesh") else "")]
         if p.get("mesh_addresses"):
@@ -169,6 +172,25 @@ def format_status(r: dict) -> str:
         if p["persistent_keepalive"]:
             lines.append(f"  persistent keepalive: every {p['persistent_keepalive']} seconds")
     return "\n".join(lines) + "\n"
+
+
+PORT_MAPPING_NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP IGD"}
+
+
+def format_port_mapping(pm: dict) -> str:
+    """``status``'s port-mapping line: the mapping and its protocol, or what happened."""
+    name = PORT_MAPPING_NAMES.get(pm["protocol"] or "", pm["protocol"])
+    answered = ", ".join(PORT_MAPPING_NAMES.get(a, a) for a in pm["answered"]) or "none"
+    gateway = pm["gateway"] or "no default route"
+    if pm["state"] == "mapped":
+        expiry = "permanent" if pm["expires_in"] is None else f"expires in {pm['expires_in']} s"
+        return f"{pm['external']} by {name} from gateway {gateway} ({expiry})"
+    if pm["state"] == "probing":
+        return f"asking gateway {gateway} by {name} (PortMapping = {pm['mode']})"
+    if pm["state"] == "failed":
+        return (f"none: no gateway mapping (PortMapping = {pm['mode']}, gateway {gateway}, answered: {answered}"
+                + (f"; last: {pm['last_failure']}" if pm["last_failure"] else "") + ")")
+    return f"{pm['state']} (PortMapping = {pm['mode']})"
 
 
 def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
