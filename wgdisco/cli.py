@@ -206,7 +206,7 @@ def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"wgdisco netcheck: {e}", file=err)
         return EXIT_USAGE
     try:
-        report = netcheck.run(servers, timeout=timeout)
+        report = netcheck.run(servers, timeout=timeout, port_mapping=args.port_mapping)
     except LocalError as e:
         print(f"wgdisco netcheck: {e}", file=err)
         return EXIT_ERROR
@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
                    help="a STUN server to ask (repeatable); none given: no STUN at all")
     p.add_argument("--json", action="store_true", help="print a JSON object (schema: docs/cli.md)")
+    p.add_argument("--port-mapping", action=argparse.BooleanOptionalAction, default=None,
+                   help="ask the default gateway whether it speaks PCP, NAT-PMP, UPnP IGD "
+                        "(default: yes when --stun is given)")
     p.add_argument("--timeout", type=float, default=3.0, metavar="S",
                    help="seconds to wait for the STUN answers (default 3)")
     add("demo", cmd_demo, "build a lab of namespaces and show discovery and NAT traversal")

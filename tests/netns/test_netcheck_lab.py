@@ -104,8 +104,10 @@ def test_easy_nat(lab: Lab) -> None:
     assert re.fullmatch(r"  \* IPv4: yes, 203\.0\.113\.1:\d+", lines[2]), human.stdout
     assert lines[:2] + lines[3:6] == ["Report:", "  * UDP: yes", "  * IPv6: not checked (no IPv6 STUN server)",
                                       "  * Mapping varies by destination IP: no (easy NAT)", "  * Hairpinning: no"]
-    assert lines[6] == "  * Local candidates: 10.1.0.2 (eth0), fd00:1::2 (eth0)"
-    assert [line.split(": ")[0] for line in lines[7:]] == [f"  * STUN {STUN_A}:3478", f"  * STUN {STUN_B}:3478"]
+    # with --stun the gateway is asked too (this router speaks none of PCP, NAT-PMP, UPnP IGD)
+    assert lines[6] == "  * Port mapping: PCP no, NAT-PMP no, UPnP IGD no (gateway 10.1.0.1)", human.stdout
+    assert lines[7] == "  * Local candidates: 10.1.0.2 (eth0), fd00:1::2 (eth0)"
+    assert [line.split(": ")[0] for line in lines[8:]] == [f"  * STUN {STUN_A}:3478", f"  * STUN {STUN_B}:3478"]
 
 
 @pytest.mark.netns

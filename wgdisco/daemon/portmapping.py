@@ -14,7 +14,8 @@ import asyncio
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
 from typing import Any, Callable
 
 from wgdisco.io import netlink
@@ -39,7 +40,7 @@ class PortMapping:
         self._sock: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._upnp = shell.UpnpClient()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="wgdisco-upnp")
+        self._worker = _Worker()
         self._pending: set[asyncio.Future[Any]] = set()
         self.gateway: tuple[str, str] | None = None  # (gateway, our source address)
         self.send_errors: dict[str, int] = {}
@@ -66,7 +67,7 @@ class PortMapping:
         if gateway != self.gateway:
             self.gateway = gateway
             self._open()
-            self._pending.add(asyncio.ensure_future(self._loop.run_in_executor(self._worker, self._upnp.forget)))
+            self._pending.add(self._worker.submit(self._loop, self._upnp.forget))
         self.core.network_changed(self._gw_addr(), self._source(), time.monotonic())
         self._pump()
 
@@ -89,7 +90,7 @@ class PortMapping:
         if self._timer is not None:
             self._timer.cancel()
         self._close_socket()
-        self._worker.shutdown(wait=False, cancel_futures=True)
+        self._worker.stop()
         self._loop = None
 
     # --- I/O -----------------------------------------------------------------------
@@ -181,15 +182,21 @@ class PortMapping:
     def _upnp_call(self, want: UpnpWanted) -> None:
         assert self._loop is not None
         if want.action == "delete":
-            future = self._loop.run_in_executor(self._worker, self._upnp.delete, want.external_port)
+            future = self._worker.submit(self._loop, self._upnp.delete, want.external_port)
         else:
-            future = self._loop.run_in_executor(self._worker, self._upnp.add, want.internal_port,
-                                                want.external_port, want.lifetime)
+            future = self._worker.submit(self._loop, self._upnp.add, want.internal_port, want.external_port,
+                                         want.lifetime)
         self._pending.add(future)
 
         def done(f: asyncio.Future[Any]) -> None:
             self._pending.discard(f)
             if f.cancelled() or self._loop is None:
+                return
+            if f.exception() is not None:
+                log.warning("port mapping: UPnP IGD %s failed: %s", want.action, f.exception())
+                if want.action == "add":
+                    self.core.upnp_done(want.token, time.monotonic(), found=False, error="internal error")
+                    self._pump()
                 return
             if want.action == "delete":
                 error = f.result()
@@ -202,6 +209,47 @@ class PortMapping:
             self._pump()
 
         future.add_done_callback(done)
+
+
+class _Worker:
+    """One daemon thread running the blocking miniupnpc calls in order. Not a ThreadPoolExecutor:
+    the interpreter joins those at exit, and a SOAP call to a dead router must not hold shutdown."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="wgdisco-upnp", daemon=True)
+            self._thread.start()
+        self._jobs.put((loop, future, fn, args))
+        return future
+
+    def stop(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, fn, args = job
+            try:
+                result, error = fn(*args), None
+            except Exception as e:  # the shell catches miniupnpc's own; anything else ends this call only
+                result, error = None, e
+            try:
+                loop.call_soon_threadsafe(_settle, future, result, error)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
 
     # --- status --------------------------------------------------------------------
 

@@ -66,7 +66,9 @@ class UpnpClient:
                 return None, "no IGD answered SSDP"
             u.selectigd()
         except Exception as e:  # miniupnpc raises plain Exception with its error text
-            return None, str(e) or "no IGD"
+            text = str(e)
+            # miniupnpc 2.3's discover() raises strupnperror(0), "Success", when nothing answered
+            return None, "no IGD answered SSDP" if text in ("", "Success") else text
         self._igd = u
         return u, None
 
