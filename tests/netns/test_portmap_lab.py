@@ -75,7 +75,9 @@ def test_hard_nat_with_port_mapping_to_easy_nat_is_direct_and_the_mapping_goes_a
     first_ping(b, a.inner4, timeout=20)
     elapsed = time.monotonic() - start
     print(f"hard (miniupnpd, PortMapping = {mode or 'auto (default)'}) <-> easy: first ping {elapsed:.2f} s")
-    assert elapsed <= 6.0, f"first ping after {elapsed:.2f} s\n{a.proc.stderr()}\n{b.proc.stderr()}"  # type: ignore[union-attr]
+    # the figure users get is measured quietly (bench/discovery.py --scenario portmap, docs/performance.md);
+    # this bound only catches a regression on a busy machine
+    assert elapsed <= 8.0, f"first ping after {elapsed:.2f} s\n{a.proc.stderr()}\n{b.proc.stderr()}"  # type: ignore[union-attr]
     st = status(a)
     pm = st["port_mapping"]
     assert (pm["mode"], pm["state"], pm["protocol"], pm["gateway"]) == (mode or "auto", "mapped", MODES[mode], "10.1.0.1")

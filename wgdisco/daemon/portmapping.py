@@ -211,6 +211,26 @@ class PortMapping:
         future.add_done_callback(done)
 
 
+    # --- status --------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """``port_mapping`` in ``wgdisco status --json`` (docs/status.schema.json)."""
+        v = view(self.core, time.monotonic())
+        return {
+            "mode": v.mode,
+            "state": v.state,
+            "protocol": v.protocol,
+            "external": None if v.external is None else format_hostport(*v.external),
+            "expires_in": None if v.expires_in is None else int(v.expires_in),
+            "gateway": None if self.gateway is None else self.gateway[0],
+            "answered": list(v.answered),
+            "last_failure": v.last_failure,
+            "requests": sum(n for k, n in v.counters.items() if k.endswith("-requests")),
+            # answers dropped, error results, send errors (the names in docs/troubleshooting.md)
+            "counters": {k: n for k, n in {**v.counters, **self.send_errors}.items() if not k.endswith("-requests")},
+        }
+
+
 class _Worker:
     """One daemon thread running the blocking miniupnpc calls in order. Not a ThreadPoolExecutor:
     the interpreter joins those at exit, and a SOAP call to a dead router must not hold shutdown."""
@@ -250,22 +270,3 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
-
-    # --- status --------------------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        """``port_mapping`` in ``wgdisco status --json`` (docs/status.schema.json)."""
-        v = view(self.core, time.monotonic())
-        return {
-            "mode": v.mode,
-            "state": v.state,
-            "protocol": v.protocol,
-            "external": None if v.external is None else format_hostport(*v.external),
-            "expires_in": None if v.expires_in is None else int(v.expires_in),
-            "gateway": None if self.gateway is None else self.gateway[0],
-            "answered": list(v.answered),
-            "last_failure": v.last_failure,
-            "requests": sum(n for k, n in v.counters.items() if k.endswith("-requests")),
-            # answers dropped, error results, send errors (the names in docs/troubleshooting.md)
-            "counters": {k: n for k, n in {**v.counters, **self.send_errors}.items() if not k.endswith("-requests")},
-        }
