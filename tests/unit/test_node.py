@@ -574,6 +574,26 @@ def test_hard_nat_with_a_port_mapping_to_easy_nat_is_direct() -> None:
     assert a.node.path_status(b.public, net.now).path == "direct"
 
 
+def test_hard_nat_with_a_port_mapping_to_hard_nat_is_direct() -> None:
+    """Both NATs map per destination, but one forwards a port: the other side's probes reach
+    it there (the mapped candidate is probed in the first rounds, inside the hard-NAT budget)."""
+    net = Net()
+    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
+    nat_a = net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", mapping="edm", filtering="apdf")
+    net.nat("nat-b", "10.2.0.0/24", "198.51.100.1", mapping="edm", filtering="apdf")
+    nat_a.forwards[51820] = ("10.1.0.2", 51820)
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    b = net.node("b", ("10.2.0.2", 51820), "100.64.0.2", stun=[s1, s2])
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    a.node.set_mapping(("203.0.113.1", 51820), net.now)
+    a.pump()
+    assert net.ping_until(b, a, limit=10) < 3.0
+    assert b.node.path_status(a.public, net.now).path == "direct"
+
+
 def test_a_lost_mapping_leaves_the_record() -> None:
     net, a, b = lan_pair(peers=True)
     a.node.set_mapping(("203.0.113.1", 40000), net.now)

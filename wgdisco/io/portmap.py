@@ -101,10 +101,11 @@ class UpnpClient:
             return UpnpAnswer(True, error=str(e) or type(e).__name__)
 
     def delete(self, external_port: int) -> str | None:
-        """DeletePortMapping; an error text, or None."""
-        u, error = self._select()
+        """DeletePortMapping on the IGD the last ``add`` used; an error text, or None. Without
+        one (nothing was added) nothing is looked for: there is nothing to delete."""
+        u = self._igd
         if u is None:
-            return error
+            return "no IGD"
         try:
             u.deleteportmapping(external_port, "UDP")
         except Exception as e:
