@@ -20,7 +20,8 @@ loop, and a one-shot report needs no loop):
    route's next hop gets a PCP ANNOUNCE (RFC 6887 §14.1) and a NAT-PMP external address
    request (RFC 6886 §3.2), neither of which creates a mapping, from a socket of its own,
    sent at 0, 0.25 and 0.5 s and awaited for PORTMAP_WAIT; then UPnP IGD is looked for with
-   miniupnpc (SSDP, one second). Only the gateway is asked.
+   miniupnpc (SSDP: about 1 s when an IGD answers, 4 s when none does). Only the gateway is
+   asked. This runs in a thread beside the STUN part.
 
 The mapping behaviour is ``StunClient.mapping_behaviour()`` (RFC 4787 §4.1):
 "varies by destination" is True for endpoint-dependent, False for
@@ -38,6 +39,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,10 +187,18 @@ def run(servers: list[str], *, timeout: float = DEFAULT_TIMEOUT, hairpin_wait: f
     """
     report = Report(servers=[ServerResult(s) for s in servers], timeout=timeout)
     report.candidates, report.candidates_error = local_candidates()
-    if port_mapping or (port_mapping is None and servers):
-        report.port_mapping = port_mapping_check(clock=clock)
-    if not servers:
-        return report  # no server named: no STUN socket, no STUN datagram
+    with ThreadPoolExecutor(1, thread_name_prefix="netcheck-portmap") as pool:
+        # beside STUN: miniupnpc's SSDP search alone takes 4 s when no IGD answers
+        pm = pool.submit(port_mapping_check, clock=clock) if port_mapping or (port_mapping is None and servers) else None
+        if servers:
+            _stun_part(report, servers, timeout, hairpin_wait, clock)
+        if pm is not None:
+            report.port_mapping = pm.result()
+    return report
+
+
+def _stun_part(report: Report, servers: list[str], timeout: float, hairpin_wait: float,
+               clock: Callable[[], float]) -> None:
     sock = udp.open_udp(0)
     try:
         report.local_port = udp.local_port(sock)
@@ -200,7 +210,6 @@ def run(servers: list[str], *, timeout: float = DEFAULT_TIMEOUT, hairpin_wait: f
             report.hairpinning = hairpin(sock, v4[0], hairpin_wait, clock)
     finally:
         sock.close()
-    return report
 
 
 def local_candidates() -> tuple[list[Candidate], str | None]:
