@@ -136,3 +136,31 @@ def test_netcheck_reports_which_port_mapping_protocols_answered(lab: Lab) -> Non
     human = host.run([sys.executable, "-m", "wgdisco", "netcheck", "--port-mapping"]).stdout
     assert "  * Port mapping: PCP yes, NAT-PMP yes (203.0.113.1), UPnP IGD yes (203.0.113.1) (gateway 10.1.0.1)\n" in human
     assert "10.1.0.2" not in nft_rules(router).split("prerouting_miniupnpd")[-1]  # nothing was mapped
+
+
+def test_a_new_lan_address_gets_a_new_mapping_and_the_peer_follows(lab: Lab) -> None:
+    """Roaming behind the mapping router (defaults: auto): the host's LAN address changes; the
+    network change brings a new mapping for the new address, published at once, and the path
+    recovers within 5 s."""
+    a, b, router = mapped_hard_and_easy(lab, None)
+    a.start()
+    b.start()
+    first_ping(b, a.inner4, timeout=20)
+    old = status(a)["port_mapping"]["external"]
+    ifname = a.host.run(["ip", "-o", "-4", "addr", "show", "to", "10.1.0.2"]).stdout.split()[1]
+    a.host.sysctl(f"net.ipv4.conf.{ifname}.promote_secondaries=1")
+    a.host.ip("addr", "add", "10.1.0.7/24", "dev", ifname)
+    a.host.ip("addr", "del", "10.1.0.2/24", "dev", ifname)
+    moved = time.monotonic()
+    deadline = moved + 15
+    while True:
+        pm = status(a)["port_mapping"]
+        if pm["state"] == "mapped" and "dnat ip to 10.1.0.7:51820" in nft_rules(router) and \
+                b.host.run(["ping", "-c1", "-W1", a.inner4], check=False).returncode == 0:
+            break
+        assert time.monotonic() < deadline, f"{pm}\n{a.proc.stderr()}\n{b.proc.stderr()}"  # type: ignore[union-attr]
+        time.sleep(0.1)
+    recovery = time.monotonic() - moved
+    print(f"new LAN address behind the mapping router: recovered after {recovery:.2f} s ({old} -> {pm['external']})")
+    assert recovery < 5.0
+    assert b.dump()[a.public]["endpoint"] == pm["external"]
