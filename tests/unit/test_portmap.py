@@ -330,3 +330,35 @@ def test_any_bytes_from_the_gateway_never_raise(garbage: list[bytes], mode: str)
         m.receive(data, GW, i * 0.1)
         m.handle_timer(i * 0.1)
     assert len(m.datagrams_to_send()) <= 2 * (len(garbage) + 2)
+
+
+@pytest.mark.parametrize("ext,port,why", [
+    ("0.0.0.0", 40000, "bad-external-address"), ("127.0.0.1", 40000, "bad-external-address"),
+    ("224.0.0.1", 40000, "bad-external-address"), ("203.0.113.1", 0, "bad-external-port"),
+    ("not an address", 40000, "bad-external-address"),
+])
+def test_a_success_with_an_unusable_external_address_is_a_failure(ext: str, port: int, why: str) -> None:
+    m = PortMapper("upnp", rng=rng, internal_port=51820)
+    m.start(None, None, 0.0)
+    [want] = m.pop_events()
+    m.upnp_done(want.token, 0.0, found=True, external=(ext, port), lifetime=3600)
+    assert m.mapping is None and m.counters[why] == 1 and m.state == "failed"
+    assert PortMapFailed("upnp", why) in m.pop_events()
+
+
+def test_pcp_success_with_address_zero_is_a_failure() -> None:
+    m = PortMapper("pcp", rng=rng, internal_port=51820)
+    m.start(GW, ME, 0.0)
+    [req] = sent(m)
+    answer = pcp_answer(req)
+    assert m.receive(answer[:-4] + bytes(4), GW, 0.0)  # ::ffff:0.0.0.0
+    assert m.mapping is None and m.counters["bad-external-address"] == 1
+
+
+def test_a_private_external_address_is_published() -> None:
+    """A router behind another NAT (RFC 6598 carrier-grade space here) is used like any other."""
+    m = PortMapper("upnp", rng=rng, internal_port=51820)
+    m.start(None, None, 0.0)
+    [want] = m.pop_events()
+    m.upnp_done(want.token, 0.0, found=True, external=("100.64.0.9", 51820), lifetime=3600)
+    assert m.mapping is not None and m.mapping.external == ("100.64.0.9", 51820)

@@ -37,6 +37,7 @@ in ``counters``. No answer creates state; there is one request open at a time.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
@@ -379,13 +380,15 @@ class PortMapper:
 
     def _mapped(self, proto: str, external: tuple[str, int], lifetime: int, now: float) -> None:
         old = self.mapping
-        tx, self._tx = self._tx, None
-        if lifetime != 0 and lifetime < MIN_LIFETIME:
-            self._count("lifetime-too-short")
-            assert tx is not None
-            self._tx = tx
-            self._fail(tx, "lifetime-too-short", now)
+        tx = self._tx
+        assert tx is not None
+        problem = "lifetime-too-short" if lifetime != 0 and lifetime < MIN_LIFETIME else _unusable(external)
+        if problem is not None:
+            self._count(problem)
+            self._fail(tx, problem, now)
             return
+        self._tx = None
+        external = (str(ipaddress.ip_address(external[0])), external[1])
         self.mapping = Mapping(proto, external, self.internal_port, lifetime, now)
         self.state, self.protocol, self.last_failure = "mapped", proto, None
         self._retry_at = None
@@ -506,6 +509,22 @@ class PortMapper:
 
     def _count(self, what: str) -> None:
         self.counters[what] = self.counters.get(what, 0) + 1
+
+
+def _unusable(external: tuple[str, int]) -> str | None:
+    """Why a gateway's external address cannot be published (a success that is not one), or None.
+    A private or reserved address is fine: a router behind another NAT has one, and probes decide."""
+    ip, port = external
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "bad-external-address"
+    if not 1 <= port <= 65535:
+        return "bad-external-port"
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_link_local or \
+            addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "bad-external-address"
+    return None
 
 
 @dataclass(frozen=True)
