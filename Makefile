@@ -11,10 +11,11 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 # The real parts the tests and the demo run: wireguard-go + wg for interop, STUN
-# servers, Knot for RFC 2136, Avahi for mDNS interop, nftables NAT routers, iperf3.
+# servers, Knot for RFC 2136, Avahi for mDNS interop, nftables NAT routers, iperf3,
+# miniupnpd (UPnP IGD, NAT-PMP, PCP on a lab router) with the upnpc and natpmpc clients.
 APT_PACKAGES := iproute2 iputils-ping nftables procps psmisc wireguard-go wireguard-tools \
 	iperf3 stun-server coturn knot knot-dnsutils avahi-daemon avahi-utils dbus \
-	bind9-dnsutils netcat-openbsd
+	bind9-dnsutils netcat-openbsd miniupnpd-nftables miniupnpc natpmpc
 
 .PHONY: all test test-fast demo bench bench-smoke fuzz bootstrap system-deps venv clean lab-clean
 

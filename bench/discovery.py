@@ -1,12 +1,16 @@
 """Time from starting two wgdisco nodes (each knowing only the other's key, no Endpoint) to the
 first ping through their tunnel. Median of N runs.
 
-    sudo .venv/bin/python bench/discovery.py [--scenario lan|nat] [--runs 10] [--out FILE]
+    sudo .venv/bin/python bench/discovery.py [--scenario lan|nat|portmap] [--runs 10] [--out FILE]
+    sudo .venv/bin/python bench/discovery.py --scenario portmap --mode pcp|natpmp|upnp|auto
 
 ``lan``: one bridge, two hosts, ``[Discovery] mDNS = on``: found by mDNS.
 ``nat``: two sites behind two easy nftables NATs, a WAN with stund and Knot: found through
 unicast DNS-SD, reflexive addresses from STUN, holes punched with probes (tests/netns/test_nat_lab.py's
-topology). Each run is a fresh lab; the clock starts before the first daemon is launched; pings go
+topology). ``portmap``: site a behind a hard NAT (endpoint-dependent mapping) whose router runs
+miniupnpd, site b behind an easy NAT; a maps its port with ``[Discovery] PortMapping = --mode``
+(``auto``: the key is not set, the default) and b reaches the mapped address
+(tests/netns/test_portmap_lab.py's topology). Each run is a fresh lab; the clock starts before the first daemon is launched; pings go
 every 100 ms (1 s timeout each) until one comes back.
 """
 
@@ -40,6 +44,21 @@ def one_nat_run() -> float:
         return time.monotonic() - start
 
 
+def one_portmap_run(mode: str) -> float:
+    from tests.netns.test_portmap_lab import mapped_hard_and_easy
+
+    with Lab() as lab:
+        a, b, _router = mapped_hard_and_easy(lab, None if mode == "auto" else mode)
+        start = time.monotonic()
+        a.start()
+        b.start()
+        while a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+            if time.monotonic() - start > 30:
+                raise RuntimeError("no ping within 30 s")
+            time.sleep(0.1)
+        return time.monotonic() - start
+
+
 def one_run() -> float:
     with Lab() as lab:
         lan = lab.lan("lan")
@@ -62,16 +81,21 @@ def one_run() -> float:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", choices=("lan", "nat"), default="lan")
+    p.add_argument("--scenario", choices=("lan", "nat", "portmap"), default="lan")
+    p.add_argument("--mode", choices=("pcp", "natpmp", "upnp", "auto"), default="auto",
+                   help="portmap: the PortMapping setting of the hard side (auto: the default)")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", default="bench/results/discovery.json")
     args = p.parse_args()
     samples = []
     for i in range(args.runs):
-        seconds = one_run() if args.scenario == "lan" else one_nat_run()
+        if args.scenario == "portmap":
+            seconds = one_portmap_run(args.mode)
+        else:
+            seconds = one_run() if args.scenario == "lan" else one_nat_run()
         samples.append(seconds)
         print(f"[{i + 1}/{args.runs}] first ping after {seconds:.2f} s", flush=True)
-    result = {"scenario": args.scenario, "runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
+    result = {"scenario": args.scenario, **({"mode": args.mode} if args.scenario == "portmap" else {}), "runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
               "min_s": min(samples), "max_s": max(samples)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

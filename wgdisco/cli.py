@@ -149,6 +149,9 @@ def format_status(r: dict) -> str:
     nat = r["nat"]
     if nat["reflexive"]:
         lines.append(f"  reflexive: {', '.join(nat['reflexive'])} (NAT mapping {nat['mapping']})")
+    pm = r.get("port_mapping")
+    if pm:
+        lines.append(f"  port mapping: {format_port_mapping(pm)}")
     for p in r["peers"]:
         lines += ["", f"peer: {p['public_key']}" + (" (mesh)" if p.get("mesh") else "")]
         if p.get("mesh_addresses"):
@@ -171,6 +174,25 @@ def format_status(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PORT_MAPPING_NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP IGD"}
+
+
+def format_port_mapping(pm: dict) -> str:
+    """``status``'s port-mapping line: the mapping and its protocol, or what happened."""
+    name = PORT_MAPPING_NAMES.get(pm["protocol"] or "", pm["protocol"])
+    answered = ", ".join(PORT_MAPPING_NAMES.get(a, a) for a in pm["answered"]) or "none"
+    gateway = pm["gateway"] or "no default route"
+    if pm["state"] == "mapped":
+        expiry = "permanent" if pm["expires_in"] is None else f"expires in {pm['expires_in']} s"
+        return f"{pm['external']} by {name} from gateway {gateway} ({expiry})"
+    if pm["state"] == "probing":
+        return f"asking gateway {gateway} by {name} (PortMapping = {pm['mode']})"
+    if pm["state"] == "failed":
+        return (f"none: no gateway mapping (PortMapping = {pm['mode']}, gateway {gateway}, answered: {answered}"
+                + (f"; last: {pm['last_failure']}" if pm["last_failure"] else "") + ")")
+    return f"{pm['state']} (PortMapping = {pm['mode']})"
+
+
 def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import json
 
@@ -184,7 +206,7 @@ def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"wgdisco netcheck: {e}", file=err)
         return EXIT_USAGE
     try:
-        report = netcheck.run(servers, timeout=timeout)
+        report = netcheck.run(servers, timeout=timeout, port_mapping=args.port_mapping)
     except LocalError as e:
         print(f"wgdisco netcheck: {e}", file=err)
         return EXIT_ERROR
@@ -232,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
                    help="a STUN server to ask (repeatable); none given: no STUN at all")
     p.add_argument("--json", action="store_true", help="print a JSON object (schema: docs/cli.md)")
+    p.add_argument("--port-mapping", action=argparse.BooleanOptionalAction, default=None,
+                   help="ask the default gateway whether it speaks PCP, NAT-PMP, UPnP IGD "
+                        "(default: yes when --stun is given)")
     p.add_argument("--timeout", type=float, default=3.0, metavar="S",
                    help="seconds to wait for the STUN answers (default 3)")
     add("demo", cmd_demo, "build a lab of namespaces and show discovery and NAT traversal")

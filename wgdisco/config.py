@@ -327,6 +327,17 @@ def parse_max_peers(value: str) -> int:
     return n
 
 
+PORT_MAPPING_MODES = ("auto", "pcp", "natpmp", "upnp", "off")  # proto/portmap.py MODES
+
+
+def parse_port_mapping(value: str) -> str:
+    """``auto``, ``pcp``, ``natpmp``, ``upnp`` or ``off`` (any case)."""
+    mode = value.strip().lower()
+    if mode not in PORT_MAPPING_MODES:
+        raise ValueError(f"{value!r}: want one of {', '.join(PORT_MAPPING_MODES)}")
+    return mode
+
+
 # [Discovery] keys: lowercase name -> (canonical name, parser, default). docs/configuration.md
 # documents each one. Later features (STUN, metrics) register their keys here.
 DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
@@ -339,6 +350,7 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "updatekeyfile": ("UpdateKeyFile", str, None),
     "zone": ("Zone", parse_domain, None),
     "stun": ("STUN", parse_stun_servers, []),
+    "portmapping": ("PortMapping", parse_port_mapping, "auto"),
     "metrics": ("Metrics", parse_endpoint, None),
     "meshkey": ("MeshKey", parse_mesh_key, None),
     "meshkeyfile": ("MeshKeyFile", str, None),

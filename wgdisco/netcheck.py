@@ -16,6 +16,13 @@ loop, and a one-shot report needs no loop):
    socket's IPv4 reflexive address; "yes" if the NAT turns it back to us
    within ``HAIRPIN_WAIT``.  Only tried when an IPv4 reflexive address is known.
 
+4. Port mapping (on with ``--stun``, or asked for with ``--port-mapping``): the IPv4 default
+   route's next hop gets a PCP ANNOUNCE (RFC 6887 §14.1) and a NAT-PMP external address
+   request (RFC 6886 §3.2), neither of which creates a mapping, from a socket of its own,
+   sent at 0, 0.25 and 0.5 s and awaited for PORTMAP_WAIT; then UPnP IGD is looked for with
+   miniupnpc (SSDP: about 1 s when an IGD answers, 4 s when none does). Only the gateway is
+   asked. This runs in a thread beside the STUN part.
+
 The mapping behaviour is ``StunClient.mapping_behaviour()`` (RFC 4787 §4.1):
 "varies by destination" is True for endpoint-dependent, False for
 endpoint-independent (which needs answers from two server IPs), else unknown.
@@ -32,6 +39,7 @@ import select
 import socket
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +54,7 @@ MAX_TIMEOUT = 60.0
 HAIRPIN_WAIT = 0.3  # seconds; a hairpinned datagram never leaves the NAT box
 HAIRPIN_SENDS = 2
 HAIRPIN_MAGIC = b"wgdisco-hairpin\x00"
+PORTMAP_WAIT = 1.0  # seconds for the gateway's PCP / NAT-PMP answers
 JSON_VERSION = 1
 _TRANSIENT = (errno.EAGAIN, errno.ENOBUFS, errno.EINTR)
 
@@ -101,6 +110,23 @@ class Candidate:
 
 
 @dataclass
+class PortMapReport:
+    """Which port-mapping protocols the default gateway answered (None: not asked)."""
+
+    gateway: str | None = None
+    pcp: bool | None = None
+    natpmp: bool | None = None
+    natpmp_external: str | None = None
+    upnp: bool | None = None
+    upnp_external: str | None = None
+    error: str | None = None  # why nothing was asked (no default route, no socket)
+
+    @property
+    def answered(self) -> list[str]:
+        return [name for name, ok in (("pcp", self.pcp), ("natpmp", self.natpmp), ("upnp", self.upnp)) if ok]
+
+
+@dataclass
 class Report:
     servers: list[ServerResult] = field(default_factory=list)
     local_port: int | None = None
@@ -109,6 +135,7 @@ class Report:
     candidates: list[Candidate] = field(default_factory=list)
     candidates_error: str | None = None
     timeout: float = DEFAULT_TIMEOUT
+    port_mapping: PortMapReport | None = None
 
     @property
     def answered(self) -> list[ServerResult]:
@@ -152,15 +179,26 @@ class Report:
 
 
 def run(servers: list[str], *, timeout: float = DEFAULT_TIMEOUT, hairpin_wait: float = HAIRPIN_WAIT,
-        clock: Callable[[], float] = time.monotonic) -> Report:
-    """The whole check, blocking for at most about ``timeout + hairpin_wait`` seconds.
+        clock: Callable[[], float] = time.monotonic, port_mapping: bool | None = None) -> Report:
+    """The whole check, blocking for at most about ``timeout + hairpin_wait`` seconds, plus
+    about 2 s for the port-mapping check (``port_mapping``; None: on when ``servers`` are given).
 
     ``servers`` come from ``parse_servers``.  LocalError when no UDP socket can be opened.
     """
     report = Report(servers=[ServerResult(s) for s in servers], timeout=timeout)
     report.candidates, report.candidates_error = local_candidates()
-    if not servers:
-        return report  # no server named: no socket, no datagram
+    with ThreadPoolExecutor(1, thread_name_prefix="netcheck-portmap") as pool:
+        # beside STUN: miniupnpc's SSDP search alone takes 4 s when no IGD answers
+        pm = pool.submit(port_mapping_check, clock=clock) if port_mapping or (port_mapping is None and servers) else None
+        if servers:
+            _stun_part(report, servers, timeout, hairpin_wait, clock)
+        if pm is not None:
+            report.port_mapping = pm.result()
+    return report
+
+
+def _stun_part(report: Report, servers: list[str], timeout: float, hairpin_wait: float,
+               clock: Callable[[], float]) -> None:
     sock = udp.open_udp(0)
     try:
         report.local_port = udp.local_port(sock)
@@ -172,7 +210,6 @@ def run(servers: list[str], *, timeout: float = DEFAULT_TIMEOUT, hairpin_wait: f
             report.hairpinning = hairpin(sock, v4[0], hairpin_wait, clock)
     finally:
         sock.close()
-    return report
 
 
 def local_candidates() -> tuple[list[Candidate], str | None]:
@@ -251,6 +288,77 @@ def _stun(sock: socket.socket, targets: dict[Any, list[ServerResult]], timeout: 
             if r.mapped is None:
                 r.error = why
     return client.mapping_behaviour()
+
+
+def port_mapping_check(*, wait: float = PORTMAP_WAIT, clock: Callable[[], float] = time.monotonic,
+                       upnp: Any = None) -> PortMapReport:
+    """Ask the default gateway which port-mapping protocols it speaks (nothing is mapped)."""
+    from wgdisco.io import netlink
+    from wgdisco.io import portmap as shell
+    from wgdisco.proto import natpmp, pcp
+
+    try:
+        found = netlink.default_gateway()
+    except (LocalError, OSError) as e:
+        return PortMapReport(error=f"cannot read the default route: {e}")
+    if found is None:
+        return PortMapReport(error="no IPv4 default route")
+    gateway, source = found
+    report = PortMapReport(gateway=gateway, pcp=False, natpmp=False)
+    try:
+        sock = shell.open_socket(source)
+    except OSError as e:
+        report.error = f"cannot open a socket on {source}: {e.strerror or e}"
+        report.pcp = report.natpmp = None
+    else:
+        try:
+            _ask_gateway(sock, (gateway, pcp.PORT), source, report, wait, clock)
+        finally:
+            sock.close()
+    client = upnp if upnp is not None else shell.UpnpClient()
+    external, why = client.probe()
+    report.upnp = external is not None or why is None
+    report.upnp_external = external
+    return report
+
+
+def _ask_gateway(sock: socket.socket, gw: tuple[str, int], source: str, report: PortMapReport, wait: float,
+                 clock: Callable[[], float]) -> None:
+    from wgdisco.errors import DecodeError
+    from wgdisco.proto import natpmp, pcp
+
+    requests = {"pcp": pcp.announce_request(source), "natpmp": natpmp.external_address_request()}
+    start = clock()
+    sends = [start, start + 0.25, start + 0.5]
+    while (now := clock()) < start + wait and not (report.pcp and report.natpmp):
+        while sends and sends[0] <= now:
+            sends.pop(0)
+            for name, data in requests.items():
+                if not getattr(report, name):
+                    try:
+                        sock.sendto(data, gw)
+                    except OSError:
+                        pass
+        wake = min(sends[0] if sends else start + wait, start + wait)
+        readable, _, _ = select.select([sock], [], [], max(0.0, wake - now))
+        if not readable:
+            continue
+        for data, src in _drain(sock):
+            if src[:2] != gw or not data:
+                continue
+            if data[0] == pcp.VERSION:
+                try:
+                    report.pcp = pcp.parse_response(data).opcode == pcp.OP_ANNOUNCE or report.pcp
+                except DecodeError:
+                    pass
+                continue
+            try:
+                answer = natpmp.parse_response(data)
+            except DecodeError:
+                continue
+            report.natpmp = True  # also its "unsupported version" to our PCP request (RFC 6887 §9)
+            if isinstance(answer, natpmp.ExternalAddressResponse) and answer.result == natpmp.SUCCESS:
+                report.natpmp_external = answer.address
 
 
 def _drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
@@ -338,6 +446,10 @@ def to_json(report: Report) -> dict[str, Any]:
             for s in report.servers
         ],
         "not_answering": [s.server for s in report.not_answering],
+        "port_mapping": None if (pm := report.port_mapping) is None else {
+            "gateway": pm.gateway, "pcp": pm.pcp, "natpmp": pm.natpmp, "natpmp_external": pm.natpmp_external,
+            "upnp": pm.upnp, "upnp_external": pm.upnp_external, "answered": pm.answered, "error": pm.error,
+        },
     }
 
 
@@ -373,6 +485,17 @@ def format_report(report: Report) -> str:
         if report.hairpinning is None:
             hp += " (no IPv4 reflexive address to try)"
         lines.append(f"  * Hairpinning: {hp}")
+    pm = report.port_mapping
+    if pm is not None:
+        if pm.gateway is None:
+            text = f"not checked ({pm.error})"
+        else:
+            def part(name: str, ok: bool | None, external: str | None) -> str:
+                return f"{name} {_yes_no(ok)}" + (f" ({external})" if ok and external else "")
+
+            text = ", ".join([part("PCP", pm.pcp, None), part("NAT-PMP", pm.natpmp, pm.natpmp_external),
+                              part("UPnP IGD", pm.upnp, pm.upnp_external)]) + f" (gateway {pm.gateway})"
+        lines.append(f"  * Port mapping: {text}")
     if report.candidates_error:
         cands = f"unknown ({report.candidates_error})"
     else:

@@ -44,11 +44,17 @@ class Nat:
     out: dict[Any, int] = field(default_factory=dict)  # (src[, dst]) -> public port
     back: dict[int, Addr] = field(default_factory=dict)  # public port -> inside address
     permits: dict[int, set[Addr]] = field(default_factory=dict)  # public port -> remotes sent to
+    # a port mapping (PCP/NAT-PMP/UPnP): public port -> inside address, open to anyone; replies to
+    # those who came in through it leave from it (conntrack's reply direction)
+    forwards: dict[int, Addr] = field(default_factory=dict)
+    forwarded: set[tuple[Addr, Addr]] = field(default_factory=set)  # (inside, remote) seen through one
 
     def contains(self, ip: str) -> bool:
         return ipaddress.ip_address(ip) in self.inside
 
     def translate_out(self, src: Addr, dst: Addr) -> Addr:
+        if (src, dst) in self.forwarded:
+            return (self.public_ip, next(p for p, inside in self.forwards.items() if inside == src))
         key = src if self.mapping == "eim" else (src, dst)
         port = self.out.get(key)
         if port is None:
@@ -59,6 +65,9 @@ class Nat:
         return (self.public_ip, port)
 
     def translate_in(self, src: Addr, dst: Addr) -> Addr | None:
+        if dst[1] in self.forwards:
+            self.forwarded.add((self.forwards[dst[1]], src))
+            return self.forwards[dst[1]]
         inside = self.back.get(dst[1])
         if inside is None:
             return None

@@ -117,6 +117,7 @@ BAD = [
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = bad..name\n", 4, "Domain", "not a domain"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nNameserver = ns1\n", 5, "Nameserver", "not a nameserver"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nPollInterval = 0\n", 5, "PollInterval", "out of range"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nPortMapping = igd\n", 4, "PortMapping", "want one of auto, pcp, natpmp, upnp, off"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nNameserver = 192.0.2.53\n", 4, "Nameserver", "needs Domain"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = md5:k:AAAA\n", 5, "UpdateKey", "not one of"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = hmac-sha256:k:!!\n", 5, "UpdateKey", "not valid base64"),
@@ -333,3 +334,9 @@ def test_mesh_identity_is_generated_once_0600(tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         config.mesh_identity("mesh0", env)
     assert "garbage" not in str(info.value)
+
+
+@pytest.mark.parametrize("value,mode", [("", "auto"), ("PortMapping = PCP\n", "pcp"), ("PortMapping = off\n", "off"),
+                                        ("PortMapping = natpmp\n", "natpmp"), ("PortMapping = upnp\n", "upnp")])
+def test_port_mapping_key(value: str, mode: str) -> None:
+    assert parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\n{value}").discovery["PortMapping"] == mode

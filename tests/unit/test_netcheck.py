@@ -21,7 +21,7 @@ REPO = str(Path(__file__).resolve().parents[2])
 SCHEMA_KEYS = {
     "version", "stun_servers_configured", "timeout", "local_port", "udp", "ipv4", "ipv4_address", "ipv6",
     "ipv6_address", "reflexive", "mapping_varies_by_dest_ip", "mapping_behaviour", "behind_nat", "hairpinning",
-    "local_candidates", "local_candidates_error", "servers", "not_answering",
+    "local_candidates", "local_candidates_error", "servers", "not_answering", "port_mapping",
 }
 SERVER_KEYS = {"server", "address", "family", "answered", "mapped", "rtt_ms", "error"}
 
@@ -200,3 +200,65 @@ def test_usage_errors_exit_2_before_any_traffic(args: list[str], message: str) -
 def test_timeout_must_be_a_number() -> None:
     proc = wgdisco_netcheck("--timeout", "soon")
     assert proc.returncode == 2 and "invalid float value: 'soon'" in proc.stderr
+
+
+class FakeUpnp:
+    def __init__(self, answer: tuple[str | None, str | None]) -> None:
+        self.answer = answer
+
+    def probe(self) -> tuple[str | None, str | None]:
+        return self.answer
+
+
+def test_port_mapping_report() -> None:
+    report = easy_report()
+    report.port_mapping = netcheck.PortMapReport(gateway="10.1.0.1", pcp=True, natpmp=True,
+                                                 natpmp_external="203.0.113.1", upnp=False)
+    text = netcheck.format_report(report)
+    assert "  * Port mapping: PCP yes, NAT-PMP yes (203.0.113.1), UPnP IGD no (gateway 10.1.0.1)\n" in text
+    doc = netcheck.to_json(report)["port_mapping"]
+    assert doc == {"gateway": "10.1.0.1", "pcp": True, "natpmp": True, "natpmp_external": "203.0.113.1",
+                   "upnp": False, "upnp_external": None, "answered": ["pcp", "natpmp"], "error": None}
+    report.port_mapping = netcheck.PortMapReport(error="no IPv4 default route")
+    assert "  * Port mapping: not checked (no IPv4 default route)\n" in netcheck.format_report(report)
+    assert netcheck.to_json(easy_report())["port_mapping"] is None  # not asked
+
+
+def test_port_mapping_check_without_a_default_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    from wgdisco.io import netlink
+
+    monkeypatch.setattr(netlink, "default_gateway", lambda: None)
+    pm = netcheck.port_mapping_check(upnp=FakeUpnp((None, "no IGD answered SSDP")))
+    assert (pm.gateway, pm.error, pm.answered) == (None, "no IPv4 default route", [])
+
+
+def test_port_mapping_check_against_a_gateway_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake gateway on 127.0.0.1: its PCP and NAT-PMP answers, and a stranger's, which is ignored."""
+    import socket
+    import struct
+    import threading
+
+    from wgdisco.io import netlink
+
+    gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    gw.bind(("127.0.0.1", 0))
+    gw.settimeout(2)
+    port = gw.getsockname()[1]
+    monkeypatch.setattr(netlink, "default_gateway", lambda: ("127.0.0.1", "127.0.0.1"))
+    monkeypatch.setattr("wgdisco.proto.pcp.PORT", port)
+
+    def serve() -> None:
+        for _ in range(2):
+            data, addr = gw.recvfrom(1500)
+            if data[0] == 2:
+                gw.sendto(struct.pack("!BBBBII", 2, 0x80, 0, 0, 0, 9) + bytes(12), addr)
+            else:
+                gw.sendto(struct.pack("!BBHI", 0, 128, 0, 9) + bytes([203, 0, 113, 1]), addr)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    pm = netcheck.port_mapping_check(upnp=FakeUpnp(("203.0.113.1", None)))
+    t.join()
+    gw.close()
+    assert (pm.pcp, pm.natpmp, pm.natpmp_external, pm.upnp, pm.upnp_external) == (
+        True, True, "203.0.113.1", True, "203.0.113.1")

@@ -13,7 +13,8 @@ import pytest
 from tests.unit.nodesim import Net, SimNode
 from wgdisco.proto import records
 from wgdisco.proto.node import (
-    CandidateProbed, EndpointChanged, HandshakeCompleted, LookupWanted, PathReasonChanged, RecordChanged,
+    CandidateProbed, EndpointChanged, HandshakeCompleted, LookupWanted, PathReasonChanged, PortMappingChanged,
+    RecordChanged,
 )
 
 STUN1 = ("192.0.2.1", 3478)
@@ -544,3 +545,63 @@ def test_a_peer_that_changes_its_port_is_followed_within_seconds() -> None:
     took = net.ping_until(a, b, limit=20, every=0.2)
     assert a.device.peers[b.public].endpoint == ("10.7.0.3", 51999)
     assert took < 4, took  # 2.6 s: SUSPECT_AFTER, then the answering path; was 10.6 s (the dead path's live time)
+
+
+# --- port mapping (proto/portmap.py gives the node the gateway's mapping) ---------------------
+
+
+def test_hard_nat_with_a_port_mapping_to_easy_nat_is_direct() -> None:
+    net = Net()
+    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
+    nat_a = net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", mapping="edm", filtering="apdf")
+    net.nat("nat-b", "10.2.0.0/24", "198.51.100.1", mapping="eim", filtering="apdf")
+    nat_a.forwards[51820] = ("10.1.0.2", 51820)  # what the gateway granted
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    b = net.node("b", ("10.2.0.2", 51820), "100.64.0.2", stun=[s1, s2])
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    a.node.set_mapping(("203.0.113.1", 51820), net.now)
+    a.pump()
+    assert PortMappingChanged(("203.0.113.1", 51820)) in a.events
+    cands = a.record.candidates
+    mapped = cands.index((ipaddress.ip_address("203.0.113.1"), 51820))
+    assert cands[0] == (ipaddress.ip_address("10.1.0.2"), 51820) and mapped == 1  # after host, before reflexive
+    took = net.ping_until(b, a, limit=10)
+    assert took < 3.0
+    assert b.device.peers[a.public].endpoint == ("203.0.113.1", 51820)  # through the mapping
+    assert a.node.path_status(b.public, net.now).path == "direct"
+
+
+def test_hard_nat_with_a_port_mapping_to_hard_nat_is_direct() -> None:
+    """Both NATs map per destination, but one forwards a port: the other side's probes reach
+    it there (the mapped candidate is probed in the first rounds, inside the hard-NAT budget)."""
+    net = Net()
+    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
+    nat_a = net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", mapping="edm", filtering="apdf")
+    net.nat("nat-b", "10.2.0.0/24", "198.51.100.1", mapping="edm", filtering="apdf")
+    nat_a.forwards[51820] = ("10.1.0.2", 51820)
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    b = net.node("b", ("10.2.0.2", 51820), "100.64.0.2", stun=[s1, s2])
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    a.node.set_mapping(("203.0.113.1", 51820), net.now)
+    a.pump()
+    assert net.ping_until(b, a, limit=10) < 3.0
+    assert b.node.path_status(a.public, net.now).path == "direct"
+
+
+def test_a_lost_mapping_leaves_the_record() -> None:
+    net, a, b = lan_pair(peers=True)
+    a.node.set_mapping(("203.0.113.1", 40000), net.now)
+    a.node.set_mapping(("203.0.113.1", 40000), net.now)  # the same: nothing new
+    a.pump()
+    assert sum(isinstance(e, PortMappingChanged) for e in a.events) == 1
+    a.node.set_mapping(None, net.now)
+    a.pump()
+    changed = [e for e in a.events if isinstance(e, RecordChanged)][-1]
+    assert (ipaddress.ip_address("203.0.113.1"), 40000) not in changed.record.candidates
+    assert PortMappingChanged(None) in a.events

@@ -110,6 +110,7 @@ class Surface:
                 "reflexive": [udp.format_hostport(ip, port) for ip, port in node.reflexive],
                 "mapping": node.behaviour,
             },
+            "port_mapping": None if t.portmapping is None else t.portmapping.status(),
             "peers": peers,
             "mesh": None if node.mesh is None else {
                 "id": node.mesh.id,

@@ -86,6 +86,7 @@ class Tunnel:
         self.node: Node | None = None  # peers, identity, discovery and path policy (proto/node.py)
         self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
         self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor, with NAT traversal
+        self.portmapping: Any = None  # daemon/portmapping.PortMapping, with NAT traversal (PortMapping != off)
         self.change_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.metrics: Any = None
@@ -228,6 +229,18 @@ class Tunnel:
         self.feed(lambda node, now: node.start(lan, now))
         if self.discovery is not None:
             await self.discovery.start(lan)
+        if node.traversal and self.portmapping is None and cfg.discovery["PortMapping"] != "off":
+            await self._start_port_mapping()
+
+    async def _start_port_mapping(self) -> None:
+        """The gateway maps our listen port (PCP, NAT-PMP, UPnP IGD); the node publishes it."""
+        from wgdisco.daemon.portmapping import PortMapping
+
+        assert self.sock is not None
+        self.portmapping = PortMapping(
+            self.cfg.discovery["PortMapping"], internal_port=udp.local_port(self.sock),
+            set_mapping=lambda external: self.feed(lambda node, now: node.set_mapping(external, now)))
+        await self.portmapping.start()
 
     def key_arrived(self) -> None:
         """Over UAPI, the first private key (``wg setconf``; on the loop, lock held): from now on the
@@ -444,6 +457,8 @@ class Tunnel:
         if self.discovery is not None:
             self.discovery.host_addresses_changed(lan)
         self.feed(lambda node, now: node.network_changed(lan, now))
+        if self.portmapping is not None:
+            await self.portmapping.network_changed()
 
     async def _teardown(self) -> None:
         if self.metrics is not None:
@@ -458,6 +473,9 @@ class Tunnel:
             self.live_task.cancel()
             await asyncio.gather(self.live_task, return_exceptions=True)
             self.live_task = None
+        if self.portmapping is not None:
+            await self.portmapping.close()  # the gateway deletes the mapping (clean shutdown)
+            self.portmapping = None
         if self.discovery is not None:
             await self.discovery.close()
             self.discovery = None
@@ -508,6 +526,8 @@ class Tunnel:
         udp.enable_gro(new)
         udp.enable_pktinfo(new)
         old, self.sock = self.sock, new
+        if self.portmapping is not None:
+            self.portmapping.port_changed(udp.local_port(new))
         if self.device is not None:
             self.device.sources.clear()  # wireguard-go BindUpdate: sources are learned again
         if self.dataplane is not None:

@@ -254,6 +254,29 @@ def interface_addresses(exclude: Iterable[str] = ()) -> list[tuple[str, IPInterf
     return result
 
 
+def default_gateway() -> tuple[str, str] | None:
+    """``(gateway, our source address towards it)`` of the main table's IPv4 default route with
+    the lowest metric that has a next hop (the gateway port mapping asks, docs/nat-traversal.md);
+    None without one."""
+    with _iproute() as ipr:
+        best: tuple[int, str] | None = None
+        for msg in ipr.get_default_routes(family=AF_INET, table=RT_TABLE_MAIN):
+            gateway = msg.get_attr("RTA_GATEWAY")
+            if gateway is None:
+                continue
+            metric = msg.get_attr("RTA_PRIORITY") or 0
+            if best is None or metric < best[0]:
+                best = (metric, gateway)
+        if best is None:
+            return None
+        try:
+            found = ipr.route("get", dst=best[1])
+        except NetlinkError:
+            return None
+        source = found[0].get_attr("RTA_PREFSRC") if found else None
+        return None if source is None else (best[1], source)
+
+
 # --- policy routing for default routes (wg-quick's add_default) ------------------------------
 
 

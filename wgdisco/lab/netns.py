@@ -50,7 +50,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 PREFIX_RE = re.compile(r"^wgd[0-9a-f]{6}-")
 OWNER_DIR = Path("/run/wgdisco-lab")
@@ -370,6 +370,7 @@ class NatRouter(Router):
         self.kind = kind
         self.lan_if = self.wan_if = ""  # interface names ("lan0", "wan0")
         self.lan_ip = self.wan_ip = ""  # IPv4 addresses without prefix length
+        self.miniupnpd: Proc | None = None  # with Lab.nat_router(..., upnp=...)
 
 
 class Lan(Host):
@@ -397,12 +398,28 @@ NAT_TABLE = "wgdisco_nat"
 _N = TypeVar("_N", bound=Host)
 
 
-def nat_ruleset(wan_if: str, lan_ifs: Sequence[str], kind: NatKind) -> str:
-    """The nftables script for a NAT router (IPv4 NAT, stateful v4+v6 filter)."""
+def nat_ruleset(wan_if: str, lan_ifs: Sequence[str], kind: NatKind, *, port_forwarding: bool = False,
+                own_addr: str | None = None, stun_servers: Sequence[str] = ()) -> str:
+    """The nftables script for a NAT router (IPv4 NAT, stateful v4+v6 filter).
+
+    ``port_forwarding`` (a router running miniupnpd, lab/miniupnpd.py): forwarded connections
+    that a DNAT rule made are accepted (miniupnpd's own table holds the DNAT rules); the
+    router's own traffic from ``own_addr`` is not masqueraded (``fully-random`` would break
+    miniupnpd's STUN check); and answers from ``stun_servers`` (from their other address and
+    port too, RFC 3489 CHANGE-REQUEST) come in, so that the check can see it is not filtered.
+    """
     if kind not in ("easy", "hard"):
         raise ValueError(f"NAT kind must be 'easy' or 'hard', not {kind!r}")
     lans = ", ".join(json.dumps(i) for i in lan_ifs)
     masq = "masquerade fully-random" if kind == "hard" else "masquerade"
+    extra_input = extra_forward = own = ""
+    if port_forwarding:
+        extra_forward = "\n        ct status dnat accept"
+        if stun_servers:
+            servers = ", ".join(stun_servers)
+            extra_input = f"\n        iifname {json.dumps(wan_if)} ip saddr {{ {servers} }} udp sport {{ 3478, 3479 }} accept"
+        if own_addr:
+            own = f"ip saddr != {own_addr} "
     return f"""
 table inet {NAT_TABLE} {{
     chain input {{
@@ -410,16 +427,16 @@ table inet {NAT_TABLE} {{
         ct state established,related accept
         iifname "lo" accept
         iifname {{ {lans} }} accept
-        meta l4proto {{ icmp, ipv6-icmp }} accept
+        meta l4proto {{ icmp, ipv6-icmp }} accept{extra_input}
     }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
-        iifname {{ {lans} }} oifname {json.dumps(wan_if)} accept
+        iifname {{ {lans} }} oifname {json.dumps(wan_if)} accept{extra_forward}
     }}
     chain postrouting {{
         type nat hook postrouting priority srcnat; policy accept;
-        meta nfproto ipv4 oifname {json.dumps(wan_if)} {masq}
+        meta nfproto ipv4 oifname {json.dumps(wan_if)} {own}{masq}
     }}
 }}
 """
@@ -548,9 +565,9 @@ class Lab:
         return ih
 
     # -- NAT and impairments
-    def nat(self, router: Host, wan_if: str, lan_ifs: Sequence[str], kind: NatKind = "easy") -> None:
-        """Make ``router`` a NAT: masquerade on ``wan_if``, stateful filter."""
-        router.run(["nft", "-f", "-"], input=nat_ruleset(wan_if, lan_ifs, kind))
+    def nat(self, router: Host, wan_if: str, lan_ifs: Sequence[str], kind: NatKind = "easy", **kw: Any) -> None:
+        """Make ``router`` a NAT: masquerade on ``wan_if``, stateful filter (``kw``: nat_ruleset's)."""
+        router.run(["nft", "-f", "-"], input=nat_ruleset(wan_if, lan_ifs, kind, **kw))
 
     def nat_router(
         self,
@@ -563,16 +580,26 @@ class Lab:
         lan_addr6: str | None = None,
         wan_addr6: str | None = None,
         kind: NatKind = "easy",
+        upnp: Sequence[str] | None = None,
     ) -> NatRouter:
         """A router attached to ``lan`` (as ``lan0``) and ``wan`` (as ``wan0``), NAT on the WAN side.
 
+        ``upnp``: the router runs miniupnpd (UPnP IGD, NAT-PMP and PCP; lab/miniupnpd.py), whose
+        STUN check asks the STUN servers at these addresses (the first is asked). The lab stops it.
         LAN hosts still need ``add_route("default", via=router.lan_ip)``.
         """
         router = self._add_node(NatRouter(self, name, kind), forwarding=True)
         router.lan_if = self.attach(router, lan, lan_addr, lan_addr6, ifname="lan0")
         router.wan_if = self.attach(router, wan, wan_addr, wan_addr6, ifname="wan0")
         router.lan_ip, router.wan_ip = bare_ip(lan_addr), bare_ip(wan_addr)
-        self.nat(router, router.wan_if, [router.lan_if], kind)
+        if upnp is None:
+            self.nat(router, router.wan_if, [router.lan_if], kind)
+            return router
+        from .miniupnpd import start_miniupnpd
+
+        self.nat(router, router.wan_if, [router.lan_if], kind, port_forwarding=True, own_addr=router.wan_ip,
+                 stun_servers=list(upnp))
+        router.miniupnpd = start_miniupnpd(router, stun_server=upnp[0])
         return router
 
     def netem(

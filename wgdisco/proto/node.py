@@ -21,7 +21,8 @@ model"): a sighting of a stranger's key is counted and dropped; a candidate is u
 probe answer or a handshake proves it; a live path is never moved by a record.
 
 In: ``start``, ``network_changed``, ``receive_sighting``, ``receive_goodbye``, ``receive_stun``,
-``receive_probe``, ``handle_timer``. The device's own input (``send_packet``,
+``receive_probe``, ``set_mapping`` (the gateway's port mapping, from proto/portmap.py through its
+shell), ``handle_timer``. The device's own input (``send_packet``,
 ``receive_datagram``) stays on the hot path and goes to the device directly; the node learns of
 authenticated traffic from ``Peer.last_authenticated`` and the device's events.
 Out: ``datagrams_to_send()`` (the device's queue too), ``get_timer(now)``, ``next_event()``
@@ -54,7 +55,7 @@ __all__ = [
     "HandshakeCompleted", "EndpointChanged", "GaveUp",
     "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunChanged",
     "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted",
-    "PeerAdmitted", "PeerRemoved", "MeshAddressChanged",
+    "PeerAdmitted", "PeerRemoved", "MeshAddressChanged", "PortMappingChanged",
     "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
 ]
 
@@ -199,9 +200,17 @@ class MeshAddressChanged:
     new: Any
 
 
+@dataclass(frozen=True)
+class PortMappingChanged:
+    """Our record now carries ``external`` (ip, port), the gateway's port mapping of our listen
+    port (a candidate of kind "mapped"), or None: the mapping went."""
+
+    external: tuple[str, int] | None
+
+
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
          | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
-         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged)
+         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | PortMappingChanged)
 
 
 @dataclass(frozen=True)
@@ -270,6 +279,7 @@ class Node:
         self.local_networks: list[Any] = []
         self.host_addresses: list[Any] = []  # our interfaces' IPs (not link-local), for the record
         self.reflexive: list[tuple[str, int]] = []
+        self.mapped: tuple[str, int] | None = None  # the gateway's port mapping (set_mapping)
         self.behaviour = "unknown"
         self._reasons: dict[Key, str] = {}
         self._synced: dict[Key, float] = {}
@@ -398,6 +408,16 @@ class Node:
         lan = list(lan)
         self.local_networks = [ipaddress.ip_network(a.network) for _, a in lan]
         self.host_addresses = [a.ip for _, a in lan if not a.ip.is_link_local]
+
+    def set_mapping(self, external: tuple[str, int] | None, now: float) -> None:
+        """The gateway maps ``external`` (ip, port) to our listen port (PCP, NAT-PMP or UPnP IGD,
+        proto/portmap.py): published as a candidate (kind "mapped", after the host addresses and
+        before the STUN-reflexive ones, which a hard NAT makes useless); None: it went."""
+        if external == self.mapped:
+            return
+        self.mapped = external
+        self._events.append(PortMappingChanged(external))
+        self._update_record(now)
 
     def _restun(self, now: float) -> None:
         assert self.stun is not None
@@ -845,6 +865,8 @@ class Node:
         public = self.public_key
         port = self._port
         candidates: list[Any] = [(ip, port) for ip in self.host_addresses]
+        if self.mapped is not None:
+            candidates.append((ipaddress.ip_address(self.mapped[0]), self.mapped[1]))
         for ip, rport in self.reflexive:
             c = (ipaddress.ip_address(ip), rport)
             if c not in candidates:

@@ -1,0 +1,548 @@
+"""Port mapping on the gateway: one UDP mapping for the tunnel's listen port, by PCP (RFC 6887),
+NAT-PMP (RFC 6886) or UPnP IGD, sans I/O.
+
+Theory of operation
+-------------------
+``PortMapper(mode, internal_port=…)`` keeps at most one mapping: the gateway's external
+address:port forwarded to our ``internal_port`` (the tunnel's listen port). The shell gives it
+the gateway (the default route's next hop, an opaque address of its port 5351) and our source
+address towards it (PCP puts it in the request, §8.1), sends ``datagrams_to_send()`` from a
+socket of its own, feeds answers to ``receive``, calls ``handle_timer`` at ``get_timer()``, and
+acts on ``pop_events()``. UPnP IGD (SSDP + SOAP) is not done here: the core asks for it with
+``UpnpWanted`` and the shell answers with ``upnp_done`` (it runs miniupnpc in a thread).
+
+- ``mode`` "auto" tries PCP, then NAT-PMP, then UPnP; "pcp", "natpmp", "upnp" only that one;
+  "off" does nothing. In auto, PCP and NAT-PMP get PROBE_TRIES requests each (0, 0.25, 0.75 s,
+  given up at 1.75 s) so that a gateway without them costs under 4 s before UPnP. A NAT-PMP-only
+  gateway answers a PCP request with NAT-PMP's "unsupported version" (RFC 6887 §9): at once
+  to NAT-PMP. With one protocol named, its RFC schedule holds: NAT-PMP 250 ms doubling, 9
+  requests (RFC 6886 §3.1); PCP IRT 3 s, doubling to MRT 1024 s with ±10 % jitter, no limit
+  (RFC 6887 §8.1.1).
+- The lifetime asked for is LIFETIME (7200 s, RFC 6886 §3.3's recommendation). The mapping is
+  renewed at half its granted lifetime (RFC 6886 §3.3; RFC 6887 §11.2.1 says between 1/2 and
+  5/8), with the same PCP nonce (§11.1); a renewal that gets no answer before the mapping
+  expires loses it (``MappingChanged(None, "expired")``) and the search starts again.
+- ``stop`` deletes: PCP MAP with lifetime 0 and the same nonce (§15), NAT-PMP lifetime 0 and
+  external port 0 (RFC 6886 §3.4), UPnP DeletePortMapping; sent at 0 and 0.25 s, ``stopped``
+  once answered or after 0.75 s.
+- ``network_changed``: another gateway or source address loses the mapping and searches
+  again; the same ones renew at once (the router may have restarted).
+- Nothing found: ``state`` "failed", tried again after RETRY_AFTER (or at a network change).
+
+Bounded and never raising on input: an answer from anyone but the gateway's port 5351, of
+the wrong size, an unknown opcode, another nonce or internal port, an answer with no request
+open, and every result code are dropped (errors end the attempt, like a timeout) and counted
+in ``counters``. No answer creates state; there is one request open at a time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from ..errors import DecodeError, LocalError
+from . import natpmp, pcp
+
+Addr = Hashable
+Rng = Callable[[int], bytes]
+
+MODES = ("auto", "pcp", "natpmp", "upnp", "off")
+AUTO_ORDER = ("pcp", "natpmp", "upnp")
+LIFETIME = 7200  # seconds asked for (RFC 6886 §3.3)
+PROBE_FIRST, PROBE_TRIES = 0.25, 3  # auto: 0, 0.25, 0.75 s, given up at 1.75 s
+NATPMP_TRIES = 9  # RFC 6886 §3.1: 250 ms, doubling, 9 attempts
+NATPMP_MAX_INTERVAL = 64.0  # a renewal goes on at this interval until the mapping expires
+PCP_IRT, PCP_MRT = 3.0, 1024.0  # RFC 6887 §8.1.1
+UPNP_TIMEOUT = 15.0  # the shell's SSDP + SOAP must answer within this
+UPNP_PERMANENT_CHECK = 3600.0  # a permanent UPnP lease (lifetime 0) is re-added hourly
+DELETE_SENDS, DELETE_WAIT = 2, 0.75
+RETRY_AFTER = 300.0  # nothing answered: try again after this (or at a network change)
+MIN_LIFETIME = 30  # shorter grants are treated as failures (a renewal storm otherwise)
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """``external`` (ip, port) on the gateway forwards to our ``internal_port``."""
+
+    protocol: str  # "pcp", "natpmp", "upnp"
+    external: tuple[str, int]
+    internal_port: int
+    lifetime: int  # seconds granted; 0: permanent (UPnP)
+    granted_at: float
+
+    @property
+    def expires(self) -> float | None:
+        return None if self.lifetime == 0 else self.granted_at + self.lifetime
+
+
+@dataclass(frozen=True)
+class MappingChanged:
+    """The mapping to publish changed: ``mapping`` or None (``reason``: why it went)."""
+
+    mapping: Mapping | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class PortMapFailed:
+    """``protocol`` gave no mapping: ``reason`` ("no-answer", a result code name, …)."""
+
+    protocol: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class UpnpWanted:
+    """Shell: run UPnP IGD ``action`` ("add" or "delete") and answer ``upnp_done(token, …)``
+    (for "add"). ``external_port`` is a suggestion for "add", the port to delete for "delete"."""
+
+    token: int
+    action: str
+    internal_port: int
+    external_port: int
+    lifetime: int
+
+
+Event = MappingChanged | PortMapFailed | UpnpWanted
+
+
+@dataclass
+class _Tx:
+    protocol: str
+    kind: str  # "map" (first), "refresh", "delete"
+    payloads: list[bytes]
+    started: float
+    deadline: float | None  # when it is given up
+    sends: int = 0
+    next_send: float | None = None
+    token: int = 0  # UPnP
+    ext_ip: str | None = None  # NAT-PMP: the external address answer
+    map_answer: natpmp.MapResponse | None = None
+    nonce: bytes = b""
+
+
+@dataclass
+class _Epoch:
+    """The gateway's epoch (RFC 6887 §8.5, RFC 6886 §3.6): seen at ``now``."""
+
+    epoch: int
+    now: float
+
+
+class PortMapper:
+    """One port mapping on the gateway for ``internal_port`` (sans I/O; see the module doc)."""
+
+    def __init__(self, mode: str, *, rng: Rng, internal_port: int, lifetime: int = LIFETIME) -> None:
+        if mode not in MODES:
+            raise LocalError(f"port mapping mode {mode!r} is not one of {MODES}")
+        if not 1 <= internal_port <= 65535:
+            raise LocalError(f"internal port {internal_port} out of range")
+        self.mode = mode
+        self._rng = rng
+        self.internal_port = internal_port
+        self.lifetime = lifetime
+        self.gateway: Addr | None = None
+        self.client_ip: str | None = None
+        self.mapping: Mapping | None = None
+        self.state = "off" if mode == "off" else "idle"  # idle, no-gateway, probing, mapped, failed, stopped
+        self.protocol: str | None = None  # being tried, or holding the mapping
+        self.answered: set[str] = set()  # protocols whose server answered (any result)
+        self.counters: dict[str, int] = {}
+        self.last_failure: str | None = None
+        self._order: list[str] = []
+        self._tx: _Tx | None = None
+        self._refresh_at: float | None = None
+        self._retry_at: float | None = None
+        self._nonce = b""  # PCP: one per mapping (§11.1)
+        self._token = 0
+        self._epochs: dict[str, _Epoch] = {}
+        self._out: list[tuple[bytes, Addr]] = []
+        self._events: list[Event] = []
+
+    # --- inputs --------------------------------------------------------------------
+
+    def start(self, gateway: Addr | None, client_ip: str | None, now: float) -> None:
+        """Begin with the gateway (None: no default route) and our address towards it."""
+        if self.mode == "off":
+            return
+        self.gateway, self.client_ip = gateway, client_ip
+        self._begin(now)
+
+    def network_changed(self, gateway: Addr | None, client_ip: str | None, now: float) -> None:
+        if self.mode == "off" or self.state == "stopped":
+            return
+        if gateway == self.gateway and client_ip == self.client_ip and self.mapping is not None:
+            if self._tx is None:
+                self._start_refresh(now)  # the same network: renew now (the router may have restarted)
+            return
+        self.gateway, self.client_ip = gateway, client_ip
+        self._lose("network-changed")
+        self._begin(now)
+
+    def set_internal_port(self, port: int, now: float) -> None:
+        """The listen port changed: the old mapping is deleted (one try) and a new one sought."""
+        if port == self.internal_port:
+            return
+        if self.mode != "off" and self.state != "stopped":
+            self._send_delete(now, once=True)
+            self._lose("port-changed")
+        self.internal_port = port
+        if self.mode != "off" and self.state != "stopped" and self.gateway is not None:
+            self._begin(now)
+
+    def stop(self, now: float) -> None:
+        """Clean shutdown: delete the mapping (or the one being asked for); ``stopped`` when done."""
+        if self.mode == "off" or self.state == "stopped":
+            return
+        self._send_delete(now, once=False)
+        if self.mapping is not None:
+            self.mapping = None
+            self._events.append(MappingChanged(None, "deleted"))
+        self.state = "stopped"
+        self._refresh_at = self._retry_at = None
+
+    @property
+    def stopped(self) -> bool:
+        """``stop`` was called and its delete got its answer or timed out."""
+        return self.state == "stopped" and self._tx is None
+
+    def receive(self, data: bytes, addr: Addr, now: float) -> bool:
+        """A datagram on the port-mapping socket; True if it answered our open request."""
+        if addr != self.gateway:
+            self._count("not-gateway")
+            return False
+        tx = self._tx
+        if tx is None or tx.protocol not in ("pcp", "natpmp"):
+            self._count("unexpected")
+            return False
+        if tx.protocol == "pcp":
+            return self._receive_pcp(tx, data, now)
+        return self._receive_natpmp(tx, data, now)
+
+    def upnp_done(self, token: int, now: float, *, found: bool, external: tuple[str, int] | None = None,
+                  lifetime: int = 0, error: str | None = None) -> None:
+        """The shell's answer to ``UpnpWanted(token, "add")``: ``found`` an IGD; ``external``
+        (ip, port) and the lease ``lifetime`` (0: permanent) on success, else ``error``."""
+        if found:
+            self.answered.add("upnp")
+        tx = self._tx
+        if tx is None or tx.protocol != "upnp" or tx.token != token or tx.kind == "delete":
+            self._count("upnp-stale")
+            return
+        if external is None:
+            self._fail(tx, error or "failed", now)
+            return
+        self._mapped("upnp", external, lifetime, now)
+
+    # --- time ----------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        times = [self._refresh_at, self._retry_at]
+        if self._tx is not None:
+            times += [self._tx.next_send, self._tx.deadline]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> None:
+        tx = self._tx
+        if tx is not None and tx.deadline is not None and now >= tx.deadline:
+            self._timeout(tx, now)
+        elif tx is not None and tx.next_send is not None and now >= tx.next_send:
+            self._transmit(tx, now)
+        if self._tx is None and self._refresh_at is not None and now >= self._refresh_at:
+            self._start_refresh(now)
+        if self._retry_at is not None and now >= self._retry_at and self.state == "failed":
+            self._begin(now)
+
+    # --- outputs -------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._out = self._out, []
+        return out
+
+    def pop_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    # --- the search ----------------------------------------------------------------
+
+    def _begin(self, now: float) -> None:
+        self._tx = None
+        self._refresh_at = self._retry_at = None
+        if self.gateway is None and self.mode != "upnp":
+            self.state, self.protocol = "no-gateway", None
+            return
+        self._order = list(AUTO_ORDER) if self.mode == "auto" else [self.mode]
+        self._next_protocol(now)
+
+    def _next_protocol(self, now: float) -> None:
+        while self._order:
+            proto = self._order.pop(0)
+            if proto != "upnp" and (self.gateway is None or self.client_ip is None):
+                continue
+            self.state, self.protocol = "probing", proto
+            self._nonce = self._rng(pcp.NONCE_LEN)
+            self._tx = self._new_tx(proto, "map", now)
+            return
+        self.state, self.protocol, self._tx = "failed", None, None
+        self._retry_at = now + RETRY_AFTER
+
+    def _new_tx(self, proto: str, kind: str, now: float) -> _Tx:
+        lifetime = 0 if kind == "delete" else self.lifetime
+        port = self.internal_port
+        suggested = self.mapping.external[1] if self.mapping is not None else port
+        if proto == "upnp":
+            self._token += 1
+            action = "delete" if kind == "delete" else "add"
+            self._events.append(UpnpWanted(self._token, action, port, suggested, lifetime))
+            deadline = now + (DELETE_WAIT if kind == "delete" else UPNP_TIMEOUT)
+            return _Tx(proto, kind, [], now, deadline, token=self._token)
+        if proto == "pcp":
+            assert self.client_ip is not None
+            payloads = [pcp.map_request(self._nonce, self.client_ip, port, suggested, lifetime)]
+        elif kind == "delete":
+            payloads = [natpmp.map_request(port, 0, 0)]  # RFC 6886 §3.4
+        else:
+            payloads = [natpmp.external_address_request(), natpmp.map_request(port, suggested, lifetime)]
+        deadline = None
+        if kind == "delete":
+            deadline = now + DELETE_WAIT
+        elif kind == "refresh" and self.mapping is not None:
+            deadline = self.mapping.expires
+        tx = _Tx(proto, kind, payloads, now, deadline, nonce=self._nonce)
+        self._transmit(tx, now)
+        return tx
+
+    def _interval(self, tx: _Tx) -> float | None:
+        """Seconds from send number ``tx.sends`` to the next one; None: no more sends."""
+        n = tx.sends
+        if tx.kind == "delete":
+            return PROBE_FIRST if n < DELETE_SENDS else None
+        if tx.kind == "map" and self.mode == "auto":
+            return PROBE_FIRST * 2 ** (n - 1)  # the last interval is the wait for the last answer
+        if tx.protocol == "natpmp":
+            return min(PROBE_FIRST * 2 ** (n - 1), NATPMP_MAX_INTERVAL)
+        rand = (int.from_bytes(self._rng(2), "big") / 65535 - 0.5) / 5  # RFC 6887 §8.1.1: -0.1..+0.1
+        return min(PCP_IRT * 2 ** (n - 1), PCP_MRT) * (1 + rand)
+
+    def _tries(self, tx: _Tx) -> int | None:
+        if tx.kind == "delete":
+            return DELETE_SENDS
+        if tx.kind == "map" and self.mode == "auto":
+            return PROBE_TRIES
+        if tx.protocol == "natpmp" and tx.kind == "map":
+            return NATPMP_TRIES
+        return None  # PCP: MRC 0, no limit; a renewal ends at the mapping's expiry
+
+    def _transmit(self, tx: _Tx, now: float) -> None:
+        assert self.gateway is not None
+        tries = self._tries(tx)
+        if tries is not None and tx.sends >= tries:  # the wait for the last answer is over
+            tx.next_send = None
+            self._timeout(tx, now)
+            return
+        for payload in tx.payloads:
+            self._out.append((payload, self.gateway))
+        tx.sends += 1
+        self._count(f"{tx.protocol}-requests")
+        interval = self._interval(tx)
+        tx.next_send = None if interval is None else now + interval
+
+    def _timeout(self, tx: _Tx, now: float) -> None:
+        if tx is not self._tx:
+            return
+        if tx.kind == "delete":
+            self._tx = None
+            return
+        if tx.kind == "refresh":
+            if tx.protocol == "upnp" and self.mapping is not None and self.mapping.expires is not None \
+                    and self.mapping.expires - now > 2 * MIN_LIFETIME:
+                self._tx = None  # UPnP renewal failed: again half way to expiry
+                self._refresh_at = now + (self.mapping.expires - now) / 2
+                return
+            self._count("expired")
+            self._lose("expired")
+            self._begin(now)
+            return
+        self._fail(tx, "no-answer", now)
+
+    def _fail(self, tx: _Tx, reason: str, now: float) -> None:
+        """The attempt with ``tx.protocol`` ended without a mapping."""
+        self._tx = None
+        self.last_failure = f"{tx.protocol}: {reason}"
+        self._events.append(PortMapFailed(tx.protocol, reason))
+        if tx.kind == "refresh":  # a renewal refused: the mapping is gone, search again
+            self._lose(reason)
+            self._begin(now)
+            return
+        self._next_protocol(now)
+
+    def _mapped(self, proto: str, external: tuple[str, int], lifetime: int, now: float) -> None:
+        old = self.mapping
+        tx = self._tx
+        assert tx is not None
+        problem = "lifetime-too-short" if lifetime != 0 and lifetime < MIN_LIFETIME else _unusable(external)
+        if problem is not None:
+            self._count(problem)
+            self._fail(tx, problem, now)
+            return
+        self._tx = None
+        external = (str(ipaddress.ip_address(external[0])), external[1])
+        self.mapping = Mapping(proto, external, self.internal_port, lifetime, now)
+        self.state, self.protocol, self.last_failure = "mapped", proto, None
+        self._retry_at = None
+        self._refresh_at = now + (lifetime / 2 if lifetime else UPNP_PERMANENT_CHECK)
+        if old is None or old.external != external or old.protocol != proto:
+            self._events.append(MappingChanged(self.mapping, "mapped" if old is None else "changed"))
+
+    def _lose(self, reason: str) -> None:
+        self._tx = None
+        self._refresh_at = None
+        if self.mapping is not None:
+            self.mapping = None
+            self._events.append(MappingChanged(None, reason))
+
+    def _start_refresh(self, now: float) -> None:
+        assert self.mapping is not None
+        self._refresh_at = None
+        self._tx = self._new_tx(self.mapping.protocol, "refresh", now)
+
+    def _send_delete(self, now: float, *, once: bool) -> None:
+        """Delete the mapping we hold, or the one a request in flight may have made."""
+        proto = self.mapping.protocol if self.mapping is not None else (
+            self._tx.protocol if self._tx is not None and self._tx.kind != "delete" else None)
+        self._tx = None
+        if proto is None or (proto != "upnp" and (self.gateway is None or self.client_ip is None)):
+            return
+        tx = self._new_tx(proto, "delete", now)
+        if once:
+            self._tx = None  # fire and forget
+        else:
+            self._tx = tx
+
+    # --- answers -------------------------------------------------------------------
+
+    def _receive_pcp(self, tx: _Tx, data: bytes, now: float) -> bool:
+        if natpmp.unsupported_version_answer(data):  # RFC 6887 §9: a NAT-PMP-only gateway
+            self.answered.add("natpmp")
+            self._count("pcp-unsupported-version")
+            if tx.kind == "delete":
+                self._tx = None
+            else:
+                self._fail(tx, "unsupported-version", now)
+            return True
+        try:
+            r = pcp.parse_response(data)
+        except DecodeError:
+            self._count("malformed")
+            return False
+        if r.opcode != pcp.OP_MAP:
+            self._count("unexpected")
+            return False
+        if r.result == pcp.UNSUPP_VERSION and not r.nonce:
+            self.answered.add("pcp")
+            self._count("pcp-unsupp-version")
+            if tx.kind == "delete":
+                self._tx = None
+            else:
+                self._fail(tx, "unsupp-version", now)
+            return True
+        if r.nonce != tx.nonce or r.protocol != pcp.PROTO_UDP or r.internal_port != self.internal_port:
+            self._count("wrong-nonce")  # §11.3: another mapping's answer, or forged
+            return False
+        self.answered.add("pcp")
+        self._epoch("pcp", r.epoch, now)
+        if tx.kind == "delete":
+            self._tx = None
+            return True
+        if r.result != pcp.SUCCESS:
+            name = pcp.RESULT_NAMES.get(r.result, f"result-{r.result}")
+            self._count(f"pcp-{name}")
+            self._fail(tx, name, now)
+            return True
+        self._mapped("pcp", (r.external_address, r.external_port), r.lifetime, now)
+        return True
+
+    def _receive_natpmp(self, tx: _Tx, data: bytes, now: float) -> bool:
+        try:
+            r = natpmp.parse_response(data)
+        except DecodeError:
+            self._count("malformed")
+            return False
+        if isinstance(r, natpmp.MapResponse) and r.internal_port != self.internal_port:
+            self._count("wrong-port")
+            return False
+        if isinstance(r, natpmp.ExternalAddressResponse) and tx.kind == "delete":
+            self._count("unexpected")
+            return False
+        self.answered.add("natpmp")
+        self._epoch("natpmp", r.epoch, now)
+        if r.result != natpmp.SUCCESS:
+            name = natpmp.RESULT_NAMES.get(r.result, f"result-{r.result}")
+            self._count(f"natpmp-{name}")
+            if tx.kind == "delete":
+                self._tx = None
+            else:
+                self._fail(tx, name, now)
+            return True
+        if tx.kind == "delete":
+            self._tx = None
+            return True
+        if isinstance(r, natpmp.ExternalAddressResponse):
+            tx.ext_ip = r.address
+        else:
+            tx.map_answer = r
+        if tx.ext_ip is not None and tx.map_answer is not None:
+            self._mapped("natpmp", (tx.ext_ip, tx.map_answer.external_port), tx.map_answer.lifetime, now)
+        return True
+
+    def _epoch(self, proto: str, epoch: int, now: float) -> None:
+        """RFC 6887 §8.5 / RFC 6886 §3.6: an epoch that went back means the gateway lost its
+        state; our mapping was just (re)made by this answer, so this is only counted."""
+        prev = self._epochs.get(proto)
+        if prev is not None:
+            expected = prev.epoch + (now - prev.now) * 7 / 8 - 2
+            if epoch < expected:
+                self._count("gateway-restarted")
+        self._epochs[proto] = _Epoch(epoch, now)
+
+    def _count(self, what: str) -> None:
+        self.counters[what] = self.counters.get(what, 0) + 1
+
+
+def _unusable(external: tuple[str, int]) -> str | None:
+    """Why a gateway's external address cannot be published (a success that is not one), or None.
+    A private or reserved address is fine: a router behind another NAT has one, and probes decide."""
+    ip, port = external
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return "bad-external-address"
+    if not 1 <= port <= 65535:
+        return "bad-external-port"
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr.is_link_local or \
+            addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "bad-external-address"
+    return None
+
+
+@dataclass(frozen=True)
+class View:
+    """What status shows."""
+
+    mode: str
+    state: str
+    protocol: str | None
+    external: tuple[str, int] | None
+    expires_in: float | None
+    answered: tuple[str, ...]
+    last_failure: str | None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def view(mapper: PortMapper, now: float) -> View:
+    m = mapper.mapping
+    expires = None if m is None or m.expires is None else max(0.0, m.expires - now)
+    return View(mapper.mode, mapper.state, mapper.protocol, None if m is None else m.external, expires,
+                tuple(sorted(mapper.answered)), mapper.last_failure, dict(mapper.counters))
