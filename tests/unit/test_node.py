@@ -72,16 +72,55 @@ def test_same_nat_uses_the_lan() -> None:
     assert "lan" in reasons(a)
 
 
-def test_hard_to_port_restricted_gives_the_hard_nat_reason() -> None:
+def birthday_sends(n: SimNode, peer_ip: str) -> list[float]:
+    """When ``n`` sent datagrams towards ``peer_ip`` (the birthday probes are most of them)."""
+    return [t for t, dst in n.sent if dst[0] == peer_ip]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_hard_to_port_restricted_connects_by_birthday_punching(seed: int) -> None:
     net, a, b = two_behind_nats(map_a="edm")
-    with pytest.raises(AssertionError):
-        net.ping_until(a, b, limit=40)
+    net.nats[0].seed = seed
+    net.nats[0].__post_init__()
+    start = net.now
+    took = net.ping_until(a, b, limit=40)
+    assert took < 15, took
     assert a.node.behaviour == "endpoint-dependent"
+    # a (hard) runs WireGuard over one of its extra sockets; b over its listen socket to a's mapped port
+    endpoint_a = a.device.peers[b.public].endpoint
+    assert len(endpoint_a) == 3 and endpoint_a[:2] == ("198.51.100.1", 40000), endpoint_a  # b's NAT
+    endpoint_b = b.device.peers[a.public].endpoint
+    assert endpoint_b[0] == "203.0.113.1" and len(endpoint_b) == 2
+    assert a.node.path_status(b.public, net.now).basis == "birthday"
+    assert b.node.path_status(a.public, net.now).basis == "birthday"
+    # the other 255 sockets are closed; the chosen one stays and carries the keepalives
+    assert a.sockets_opened == 256 and list(a.sockets) == [endpoint_a[2]]
+    won = [e for e in a.events if getattr(e, "state", None) == "won"]
+    assert won and won[0].role == "hard"
+    # bounds: b sent at most 2048 birthday probes, never more than 100 in any second (plus the
+    # selector's own probes, keepalives and handshakes, which are few)
+    sends = birthday_sends(b, "203.0.113.1")
+    assert b.node.birthday.probes_sent <= 2048
+    per_second = max(sum(1 for t in sends if s <= t < s + 1) for s in sends)
+    assert per_second <= 100 + 20, per_second
+    assert a.node.birthday.probes_sent <= 256 * 2 * 2
+    net.run(60)  # it stays up, over the kept socket, with keepalives
+    net.ping_until(a, b, limit=2)
+    assert a.device.peers[b.public].endpoint == endpoint_a and list(a.sockets) == [endpoint_a[2]]
+    assert net.now - start > 60
+
+
+def test_birthday_punching_that_fails_backs_off() -> None:
+    net, a, b = two_behind_nats(map_a="edm")
+    net.nats[1].filtering = "stun-only"  # b's NAT lets nothing but STUN in: no attempt can work
+    net.run(300)
     st = a.node.path_status(b.public, net.now)
-    assert (st.path, st.reason) == ("none", "probes-timed-out")
-    assert "this side's NAT maps per destination" in st.reason_text
-    st_b = b.node.path_status(a.public, net.now)
-    assert "the peer's NAT maps per destination" in st_b.reason_text  # B read nat=hard from A's record
+    assert st.path == "none"
+    attempts, wins, failures = b.node.birthday.stats(a.public)
+    assert wins == 0 and 3 <= attempts <= 5, (attempts, failures)  # 25 s each, then 30, 60, 120 s pauses
+    assert b.node.birthday.probes_sent <= attempts * 2048
+    # one attempt's sockets at a time: each attempt's are closed when it ends
+    assert len(a.sockets) in (0, 256) and a.max_sockets == 256 and a.sockets_opened == 256 * attempts
 
 
 def test_hard_to_full_cone_gets_through_by_peer_reflexive_candidate() -> None:
