@@ -126,6 +126,7 @@ class SimNode:
         self.record: records.ServiceRecord | None = None
         self.sockets: dict[int, int] = {}  # extra socket id -> its local port
         self.sockets_opened = 0
+        self.closed_sends = 0
         self.max_sockets = 0  # the most extra sockets open at once
         self.sent: list[tuple[float, Addr]] = []  # every datagram's (time, destination)
 
@@ -168,7 +169,7 @@ class SimNode:
         self.sent.append((self.net.now, dst))
         if len(dst) == 3:
             if dst[2] not in self.sockets:
-                self.net.dropped += 1  # sent on a closed socket
+                self.closed_sends += 1  # on a socket not (or no longer) open: a bug in the node
                 return
             self.net.send(self.source_of(dst[2]), dst[:2], data)
         else:

@@ -95,6 +95,7 @@ def test_hard_to_port_restricted_connects_by_birthday_punching(seed: int) -> Non
     assert b.node.path_status(a.public, net.now).basis == "birthday"
     # the other 255 sockets are closed; the chosen one stays and carries the keepalives
     assert a.sockets_opened == 256 and list(a.sockets) == [endpoint_a[2]]
+    assert a.closed_sends == 0  # nothing was sent on a socket before it was opened or after it closed
     won = [e for e in a.events if getattr(e, "state", None) == "won"]
     assert won and won[0].role == "hard"
     # bounds: b sent at most 2048 birthday probes, never more than 100 in any second (plus the

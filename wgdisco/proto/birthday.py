@@ -161,6 +161,7 @@ class BirthdayPuncher:
         self._peers: dict[Key, _Peer] = {}
         self._bucket = TokenBucket(timing.rate, timing.burst)
         self._next_id = 1
+        self._turn = 0
         self._events: list[SocketsWanted | SocketsClosed | AttemptFailed] = []
         self.probes_sent = 0  # every birthday probe, both roles
         self.over_rate = 0  # sends deferred because the bucket was empty
@@ -263,7 +264,11 @@ class BirthdayPuncher:
         """The probes to send now (each paid from the rate bucket); ends attempts that ran out."""
         out: list[Send] = []
         t = self.timing
-        for peer, p in self._peers.items():
+        order = list(self._peers.items())
+        if len(order) > 1:  # the bucket is shared: whoever went first last time goes last now
+            self._turn = (self._turn + 1) % len(order)
+            order = order[self._turn:] + order[:self._turn]
+        for peer, p in order:
             a = p.attempt
             if a is None:
                 continue

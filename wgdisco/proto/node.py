@@ -878,6 +878,7 @@ class Node:
 
     def _birthday(self, now: float) -> None:
         b, selector = self.birthday, self.selector
+        startable = []
         for public in self.prober.peers:
             live = selector.is_live(public, now)
             current = selector.current(public)
@@ -893,22 +894,11 @@ class Node:
                     continue
             elif b.kept(public) is not None and (not live or sid != b.kept(public)):
                 b.release(public)  # the path moved away from (or died on) the punched socket
-            if live or not b.may_start(public, now):
-                continue
-            role = self._birthday_role(public)
-            since = selector.punching_since(public)
-            if role is None or since is None or now - since < b.timing.start_after:
-                continue
-            targets = self._birthday_targets(public, role)
-            if b.start(public, role, targets, now):
-                self._count("birthday-attempts")
-                self._birthday_sent[public] = set()
-                t = b.timing
-                what = (f"{t.sockets} extra ports towards {', '.join(self._format_addr(a) for a in targets[:t.max_targets])}"
-                        if role == HARD else f"up to {t.probes} random ports at {', '.join(targets[:t.max_targets])}")
-                whose = "our NAT" if role == HARD else "the peer's NAT"
-                self._events.append(BirthdayChanged(public, "started", role, b.probes_sent, (
-                    f"birthday punching ({whose} is the hard one): {what}, at most {t.rate:g} probes/s")))
+                self._events.append(BirthdayChanged(public, "released", "", b.probes_sent, (
+                    "the birthday-punched socket is closed: " + (
+                        "the path died" if not live else f"the path moved to {self._format_addr(current)}"))))
+            if not live and b.may_start(public, now):
+                startable.append(public)
         for send in b.plan(now):
             if send.peer not in self.prober.peers:
                 continue
@@ -922,7 +912,39 @@ class Node:
                     continue
                 self._birthday_sent.setdefault(send.peer, set()).add(addr)
             self._outbox.append((self.prober.request(send.peer, addr, now), addr))
+        # new attempts send from the next call on: the shell opens their sockets (SocketsWanted)
+        # after sending what is queued now
+        for public in startable:
+            self._birthday_start(public, now)
+        self._birthday_events(now)
+
+    def _birthday_start(self, public: Key, now: float) -> None:
+        b = self.birthday
+        role = self._birthday_role(public)
+        since = self.selector.punching_since(public)
+        if role is None or since is None or now - since < b.timing.start_after:
+            return
+        targets = self._birthday_targets(public, role)
+        if b.start(public, role, targets, now):
+            self._count("birthday-attempts")
+            self._birthday_sent[public] = set()
+            t = b.timing
+            what = (f"{t.sockets} extra ports towards {', '.join(self._format_addr(a) for a in targets[:t.max_targets])}"
+                    if role == HARD else f"up to {t.probes} random ports at {', '.join(targets[:t.max_targets])}")
+            whose = "our NAT" if role == HARD else "the peer's NAT"
+            self._events.append(BirthdayChanged(public, "started", role, b.probes_sent, (
+                f"birthday punching ({whose} is the hard one): {what}, at most {t.rate:g} probes/s")))
+
+    def _birthday_events(self, now: float) -> None:
+        b = self.birthday
         for event in b.pop_events():
+            if isinstance(event, SocketsClosed):
+                # paths over closed sockets are gone: never chosen, never probed again
+                closed = set(event.ids)
+                for public in self.prober.peers:
+                    stale = [p.addr for p in self.selector.paths(public) if self._via_socket(p.addr) in closed]
+                    if stale:
+                        self.selector.remove_candidates(public, stale, now)
             if isinstance(event, AttemptFailed):
                 self._birthday_sent.pop(event.peer, None)
                 self._count("birthday-failures")
