@@ -111,6 +111,26 @@ def test_hard_to_port_restricted_connects_by_birthday_punching(seed: int) -> Non
     assert net.now - start > 60
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_roaming_through_a_punched_path_recovers_by_a_new_attempt(seed: int) -> None:
+    """The easy side's NAT gets a new address: the punched port lets only the old one in, so
+    both sides start a new attempt as soon as data goes unanswered (2 s), aimed at the newly
+    published address; the hard side's newest socket carries the path."""
+    net, a, b = two_behind_nats(map_a="edm")
+    net.nats[0].seed = seed
+    net.nats[0].__post_init__()
+    net.ping_until(a, b, limit=40)
+    net.run(5)
+    kept = a.device.peers[b.public].endpoint
+    net.nats[1].renumber("198.51.100.99")
+    took = net.ping_until(a, b, limit=30, every=0.2)
+    assert took < 6, took
+    endpoint = a.device.peers[b.public].endpoint
+    assert endpoint[:2] == ("198.51.100.99", 40007) and endpoint[2] != kept[2]
+    net.run(2)
+    assert list(a.sockets) == [endpoint[2]] and a.closed_sends == 0  # the old punched socket is closed too
+
+
 def test_birthday_punching_that_fails_backs_off() -> None:
     net, a, b = two_behind_nats(map_a="edm")
     net.nats[1].filtering = "stun-only"  # b's NAT lets nothing but STUN in: no attempt can work

@@ -26,11 +26,13 @@ The caller (node.py) decides *who* punches: both mappings known, exactly one of 
 live path after ordinary punching had ``start_after`` seconds. Both hard: never (no port on
 either side can be guessed; the selector says "hard-nat-both-sides").
 
-Bounds (docs/nat-traversal.md): every birthday probe, of either role and any peer, is paid from
-one token bucket of ``rate`` (100) a second with a ``burst`` of 10, so a node never sends more
-than that. An attempt lasts at most ``attempt_time`` (25 s): the easy side sends at most
-``probes`` (2048); the hard side at most ``sockets`` × targets (at most ``max_targets``, 2) per
-round, one round at the start and one every ``refresh`` (15 s) to keep the mappings open (NATs
+Bounds (docs/nat-traversal.md): the easy side's random-port probes, for all peers together,
+are paid from one token bucket of ``rate`` (100) a second with a ``burst`` of 10; the hard
+side's sends, which open its mappings, from another of the same rate whose burst is one round
+(``sockets`` × targets), so that all 256 ports are open at once, where the odds are best.
+An attempt lasts at most ``attempt_time`` (25 s): the easy side sends at most ``probes``
+(2048); the hard side ``sockets`` × targets (at most ``max_targets``, 2, in practice 1) per
+round, one round at the start and one after ``refresh`` (15 s) to keep the mappings open (NATs
 drop an unanswered UDP mapping after 30 s or more, RFC 4787 REQ-5). A failed attempt is followed
 by a pause: ``backoff`` (30 s), doubling after each failure up to ``backoff_max`` (600 s); a
 success resets it. Sockets are identified by small integers ("socket ids"), allocated here;
@@ -159,7 +161,10 @@ class BirthdayPuncher:
         self.timing = timing
         self._rng = rng
         self._peers: dict[Key, _Peer] = {}
-        self._bucket = TokenBucket(timing.rate, timing.burst)
+        self._bucket = TokenBucket(timing.rate, timing.burst)  # random-port probes (easy role)
+        # the hard role's sends open its mappings: one round may go out at once (a burst of
+        # ``sockets`` × targets), the same sustained rate
+        self._open_bucket = TokenBucket(timing.rate, timing.sockets * timing.max_targets)
         self._next_id = 1
         self._turn = 0
         self._events: list[SocketsWanted | SocketsClosed | AttemptFailed] = []
@@ -244,6 +249,21 @@ class BirthdayPuncher:
         if p is not None:
             p.kept = None
 
+    def abort(self, peer: Key) -> None:
+        """End the running attempt without counting it as failed (its targets are stale: the
+        peer published a new address); its sockets close, the next may start at once."""
+        p = self._peers.get(peer)
+        if p is None or p.attempt is None:
+            return
+        close = tuple(i for i in p.attempt.sockets if i != p.kept)
+        p.attempt = None
+        if close:
+            self._events.append(SocketsClosed(close))
+
+    def targets(self, peer: Key) -> list:
+        p = self._peers.get(peer)
+        return list(p.attempt.targets) if p is not None and p.attempt is not None else []
+
     def reset_backoff(self, peer: Key) -> None:
         """Something changed (a new address of the peer or ours): the next attempt may start now."""
         p = self._peers.get(peer)
@@ -280,7 +300,7 @@ class BirthdayPuncher:
                 if a.cursor >= per_round and now >= a.next_round:
                     a.cursor = 0  # a refresh round
                 while a.cursor < per_round and now >= a.next_round:
-                    if not self._take(now):
+                    if not self._take(now, self._open_bucket):
                         break
                     sid = a.sockets[a.cursor % len(a.sockets)]
                     target = a.targets[a.cursor // len(a.sockets)]
@@ -291,7 +311,7 @@ class BirthdayPuncher:
             else:
                 span = PORT_MAX - PORT_MIN + 1
                 while a.cursor < t.probes and len(a.tried) < span:
-                    if not self._take(now):
+                    if not self._take(now, self._bucket):
                         break
                     port = self._random_port(a.tried)
                     a.tried.add(port)
@@ -311,7 +331,7 @@ class BirthdayPuncher:
             times.append(a.started + t.attempt_time)
             if a.role == HARD:
                 if a.cursor < len(a.sockets) * len(a.targets):
-                    times.append(max(a.next_round, self._bucket.ready_at()))
+                    times.append(max(a.next_round, self._open_bucket.ready_at()))
                 else:
                     times.append(a.next_round)
             elif a.cursor < t.probes:
@@ -324,8 +344,8 @@ class BirthdayPuncher:
 
     # --- internals
 
-    def _take(self, now: float) -> bool:
-        if self._bucket.take(now):
+    def _take(self, now: float, bucket: TokenBucket) -> bool:
+        if bucket.take(now):
             return True
         self.over_rate += 1
         return False

@@ -868,7 +868,8 @@ class Node:
     def _birthday_targets(self, public: Key, role: str) -> list[Any]:
         """The peer's public IPv4 candidates: addresses (HARD) or IPs (EASY)."""
         out: list[Any] = []
-        for path in self.selector.paths(public):  # records' candidates, and its probes' sources
+        paths = sorted(self.selector.paths(public), key=lambda p: -p.last_seen)  # the newest first
+        for path in paths:  # records' candidates, and its probes' sources
             if path.kind == "lan" or path.family != 4 or self._via_socket(path.addr) is not None:
                 continue
             host = self._host_of(path.addr)
@@ -884,7 +885,7 @@ class Node:
             current = selector.current(public)
             sid = self._via_socket(current) if current is not None else None
             if b.running(public):
-                if live:
+                if live and public not in self._suspected:
                     role = b.role(public) or ""
                     b.won(public, sid, now)
                     self._birthday_sent.pop(public, None)
@@ -897,7 +898,15 @@ class Node:
                 self._events.append(BirthdayChanged(public, "released", "", b.probes_sent, (
                     "the birthday-punched socket is closed: " + (
                         "the path died" if not live else f"the path moved to {self._format_addr(current)}"))))
-            if not live and b.may_start(public, now):
+            # no live path, or data over it went unanswered (the peer or our NAT moved: a
+            # punched port does not follow, a new attempt must find one)
+            lost = not live or public in self._suspected
+            role = b.role(public)
+            if lost and role is not None:
+                if self._birthday_targets(public, role)[:1] != b.targets(public)[:1]:
+                    b.abort(public)  # the peer published a new address: aim there
+                    b.reset_backoff(public)
+            if lost and b.may_start(public, now):
                 startable.append(public)
         for send in b.plan(now):
             if send.peer not in self.prober.peers:
@@ -922,7 +931,7 @@ class Node:
         b = self.birthday
         role = self._birthday_role(public)
         since = self.selector.punching_since(public)
-        if role is None or since is None or now - since < b.timing.start_after:
+        if role is None or (public not in self._suspected and (since is None or now - since < b.timing.start_after)):
             return
         targets = self._birthday_targets(public, role)
         if b.start(public, role, targets, now):
