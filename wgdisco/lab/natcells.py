@@ -33,7 +33,7 @@ from .wg import Node, keypair
 DOMAIN = "wg.example.net"
 STUN_A, STUN_B, KNOT, KNOT6 = "203.0.113.10", "203.0.113.11", "203.0.113.53", "2001:db8::53"
 CELLS = ("easy", "hard", "mapped", "cgnat", "v6fw", "same", "wan")
-CELLS_PENDING = {"mapped": "port-mapped hard NAT: needs the port mapping client (issue 16 part 2, branch portmap)"}
+CELLS_PENDING = {"mapped": "needs the port mapping client (issue 16 part 2, branch portmap) and miniupnpd on the router"}
 V6_ONLY = {"v6fw"}
 V4_ONLY = {"easy", "hard", "mapped", "cgnat", "same"}
 

@@ -1103,6 +1103,8 @@ class Node:
         endpoint = peer.endpoint
         if self._via_socket(endpoint) is not None or self._birthday_found.get(public) == endpoint:
             return "birthday"
+        if host_kind(self._host_of(endpoint), self.local_networks) == "lan":
+            return "lan"
         info = next((p for p in self.selector.paths(public) if p.addr == endpoint), None)
         if info is None:
             return "config" if self._endpoint_source.get(public) == "config" else "roaming"
