@@ -92,18 +92,28 @@ class Nat:
 
 
 class StunServer:
-    def __init__(self, addr: Addr) -> None:
+    """A Binding server; with ``alternate`` (ip, port) an RFC 5780 one: it names the alternate in
+    OTHER-ADDRESS and answers CHANGE-REQUEST from the changed IP and/or port."""
+
+    def __init__(self, addr: Addr, alternate: Addr | None = None) -> None:
         self.addr = addr
+        self.alternate = alternate
         self.requests = 0
 
-    def receive(self, data: bytes, src: Addr) -> bytes | None:
+    def receive(self, data: bytes, src: Addr, dst: Addr) -> tuple[bytes, Addr] | None:
+        """The answer and the address it leaves from (``dst``, or the changed one)."""
         req = parse_message(data)
         if req.message_method != Method.BINDING or req.message_class != Class.REQUEST:
             return None
         self.requests += 1
-        resp = Message(Method.BINDING, Class.RESPONSE, transaction_id=req.transaction_id,
-                       attributes={"XOR-MAPPED-ADDRESS": src})
-        return bytes(resp)
+        attributes: dict[str, Any] = {"XOR-MAPPED-ADDRESS": src}
+        origin = dst
+        if self.alternate is not None:
+            attributes["OTHER-ADDRESS"] = self.alternate
+            change = req.attributes.get("CHANGE-REQUEST", 0)
+            origin = (self.alternate[0] if change & 4 else dst[0], self.alternate[1] if change & 2 else dst[1])
+        resp = Message(Method.BINDING, Class.RESPONSE, transaction_id=req.transaction_id, attributes=attributes)
+        return bytes(resp), origin
 
 
 class SimNode:
@@ -237,8 +247,13 @@ class Net:
         self.nats.append(nat)
         return nat
 
-    def stun_server(self, addr: Addr) -> Addr:
-        self.stun[addr] = StunServer(addr)
+    def stun_server(self, addr: Addr, alternate: Addr | None = None) -> Addr:
+        server = StunServer(addr, alternate)
+        self.stun[addr] = server
+        if alternate is not None:  # it listens on both IPs and both ports
+            for ip in (addr[0], alternate[0]):
+                for port in (addr[1], alternate[1]):
+                    self.stun.setdefault((ip, port), server)
         return addr
 
     def node(self, name: str, addr: Addr, tunnel_ip: str, **kw: Any) -> SimNode:
@@ -271,9 +286,9 @@ class Net:
             dst = inside
         server = self.stun.get(dst)
         if server is not None:
-            reply = server.receive(data, src)
+            reply = server.receive(data, src, dst)
             if reply is not None:
-                self.send(dst, src, reply)
+                self.send(reply[1], src, reply[0])
             return
         node = next((n for n in self.nodes if n.addr == dst), None)
         if node is None:

@@ -13,7 +13,8 @@ import pytest
 from tests.unit.nodesim import Net, SimNode
 from wgdisco.proto import records
 from wgdisco.proto.node import (
-    CandidateProbed, EndpointChanged, HandshakeCompleted, LookupWanted, PathReasonChanged, RecordChanged,
+    CandidateProbed, EndpointChanged, HandshakeCompleted, LookupWanted, NatClassified, PathReasonChanged,
+    RecordChanged,
 )
 
 STUN1 = ("192.0.2.1", 3478)
@@ -604,3 +605,32 @@ def test_a_peer_that_changes_its_port_is_followed_within_seconds() -> None:
     took = net.ping_until(a, b, limit=20, every=0.2)
     assert a.device.peers[b.public].endpoint == ("10.7.0.3", 51999)
     assert took < 4, took  # 2.6 s: SUSPECT_AFTER, then the answering path; was 10.6 s (the dead path's live time)
+
+
+# --- NAT classification (RFC 5780 tests, proto/natclass.py) ---------------------------
+
+
+@pytest.mark.parametrize("mapping, filtering, want_mapping, want_filtering", [
+    ("eim", "apdf", "endpoint-independent", "address-and-port-dependent"),
+    ("eim", "eif", "endpoint-independent", "endpoint-independent"),
+    ("edm", "apdf", "address-and-port-dependent", "address-and-port-dependent"),
+])
+def test_stun_with_an_alternate_address_classifies_the_nat(mapping: str, filtering: str, want_mapping: str,
+                                                          want_filtering: str) -> None:
+    net = Net()
+    # the second server is not the first one's alternate (the documented caveat): 192.0.2.9 is
+    s1 = net.stun_server(STUN1, alternate=("192.0.2.9", 3479))
+    s2 = net.stun_server(STUN2)
+    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", mapping=mapping, filtering=filtering)
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    a.start()
+    net.run(3)
+    assert (a.node.mapping_detail, a.node.filtering) == (want_mapping, want_filtering)
+    [classified] = [e for e in a.events if isinstance(e, NatClassified)]
+    assert classified.filtering == want_filtering
+
+
+def test_a_server_without_an_alternate_leaves_filtering_unknown() -> None:
+    net, a, b = two_behind_nats()
+    net.run(3)
+    assert a.node.filtering == "unknown" and a.node.mapping_detail == "endpoint-independent"

@@ -18,7 +18,7 @@ from wgdisco.io import udp
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Peer
 from wgdisco.proto.node import (
-    BirthdayChanged, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
+    BirthdayChanged, NatClassified, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
     LookupWanted, MeshAddressChanged, PeerAdmitted, PeerRemoved, RecordChanged, ReflexiveChanged,
     StunChanged, StunFailed,
 )
@@ -111,7 +111,7 @@ class Surface:
             "listen_port": udp.local_port(sock),
             "nat": {
                 "reflexive": [udp.format_hostport(ip, port) for ip, port in node.reflexive],
-                "mapping": node.behaviour,
+                "mapping": node.mapping_detail,
                 "filtering": node.filtering,
             },
             "peers": peers,
@@ -309,6 +309,9 @@ class Surface:
                      event.old, event.new)
             if t.node is not None and event.peer == t.node.public_key and t.loop is not None:
                 t.loop.call_soon_threadsafe(t.own_mesh_address_moved, event.old, event.new)
+        elif isinstance(event, NatClassified):
+            log.info("STUN: NAT filtering %s%s (RFC 5780 tests)", event.filtering,
+                     f", mapping {event.mapping}" if event.mapping else "")
         elif isinstance(event, BirthdayChanged):
             log.info("peer %s: %s (birthday probes sent so far: %d)", short_key(event.peer), event.text, event.probes)
         elif isinstance(event, LookupWanted):

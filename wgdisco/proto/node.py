@@ -45,6 +45,7 @@ from wgdisco.proto.birthday import Timing as BirthdayTiming
 from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, GaveUp, HandshakeCompleted, Peer
 from wgdisco.proto.hints import HintTrier
 from wgdisco.proto.mesh import Mesh
+from wgdisco.proto.natclass import NatClassifier
 from wgdisco.proto.paths import HARD_MAPPINGS, Candidate, PathInfo, PathSelector, host_kind
 from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
@@ -56,7 +57,7 @@ __all__ = [
     "HandshakeCompleted", "EndpointChanged", "GaveUp",
     "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunChanged",
     "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted",
-    "PeerAdmitted", "PeerRemoved", "MeshAddressChanged", "BirthdayChanged", "SocketsWanted", "SocketsClosed",
+    "PeerAdmitted", "PeerRemoved", "MeshAddressChanged", "BirthdayChanged", "NatClassified", "SocketsWanted", "SocketsClosed",
     "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
 ]
 
@@ -192,6 +193,15 @@ class PeerRemoved:
 
 
 @dataclass(frozen=True)
+class NatClassified:
+    """RFC 5780 tests (proto/natclass.py) found our NAT's ``filtering`` and, for a mapping that
+    depends on the destination, whether on its ``mapping`` address only or its port too."""
+
+    filtering: str
+    mapping: str | None
+
+
+@dataclass(frozen=True)
 class BirthdayChanged:
     """A birthday punching attempt for ``peer`` (proto/birthday.py) started ("started", with our
     ``role``, HARD or EASY), found the path ("won") or ran out ("failed", then a backoff)."""
@@ -215,7 +225,7 @@ class MeshAddressChanged:
 
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
          | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
-         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | BirthdayChanged
+         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | BirthdayChanged | NatClassified
          | SocketsWanted | SocketsClosed)
 
 
@@ -286,6 +296,8 @@ class Node:
         self._allowed = list(allowed)
         servers = list(stun_servers)
         self.stun = StunClient(servers, rng=rng, refresh=stun_refresh, host_of=host_of) if servers else None
+        self.classifier = NatClassifier(rng=rng, addr_of=addr_of) if servers else None
+        self._classify_pending = True  # run the RFC 5780 tests after the next answer naming an alternate
         self.selector = PathSelector(timing=path_timing)
         self.prober = self._new_prober()
         self.trier = HintTrier(live_time=LIVE_TIME)
@@ -305,7 +317,6 @@ class Node:
         self.host_addresses: list[Any] = []  # our interfaces' IPs (not link-local), for the record
         self.reflexive: list[tuple[str, int]] = []
         self.behaviour = "unknown"
-        self.filtering = "unknown"  # RFC 4787 §5, from STUN CHANGE-REQUEST when the server can (stun.py)
         self._reasons: dict[Key, str] = {}
         self._synced: dict[Key, float] = {}
         self._deferred: dict[Key, tuple[float, Addr]] = {}  # peer -> (when, addr) to initiate
@@ -438,6 +449,7 @@ class Node:
 
     def _restun(self, now: float) -> None:
         assert self.stun is not None
+        self._classify_pending = True
         self.stun.restart(now)
         self._last_restun = now
         self._drain_stun(now)
@@ -696,7 +708,43 @@ class Node:
         ok = self.stun.receive(bytes(data), addr, now)
         if ok:
             self._drain_stun(now)
+        elif self.classifier is not None and self.classifier.receive(bytes(data), addr, now):
+            self._classified()
+            return True
         return ok
+
+    # --- NAT classification (proto/natclass.py) ------------------------------------
+
+    @property
+    def filtering(self) -> str:
+        """Our NAT's filtering (RFC 4787 §5), "unknown" until the RFC 5780 tests tell."""
+        return self.classifier.filtering if self.classifier is not None and self.classifier.done else "unknown"
+
+    @property
+    def mapping_detail(self) -> str:
+        """The mapping in RFC 4787 §4.1 terms: endpoint-dependent refined to address- or
+        address-and-port-dependent when the RFC 5780 test could tell."""
+        c = self.classifier
+        if self.behaviour == "endpoint-dependent" and c is not None and c.done and c.mapping is not None:
+            return c.mapping
+        return self.behaviour
+
+    def _classify(self, now: float) -> None:
+        c, stun = self.classifier, self.stun
+        if c is None or stun is None or not self._classify_pending:
+            return
+        for server in stun.servers:
+            other, mapped = stun.alternate.get(server), stun.mapped.get(server)
+            if other is not None and mapped is not None:
+                self._classify_pending = False
+                if c.start(server, self._host_of(server), mapped, other, now):
+                    self._outbox.extend(c.datagrams_to_send())
+                return
+
+    def _classified(self) -> None:
+        c = self.classifier
+        if c is not None and c.done:
+            self._events.append(NatClassified(c.filtering, c.mapping))
 
     def receive_probe(self, data: bytes | memoryview, addr: Addr, now: float) -> None:
         """A datagram classified as a path probe (never raises; bad ones are counted)."""
@@ -733,6 +781,8 @@ class Node:
             times.append(self._next_mesh_check)
         if self.stun is not None:
             times.append(self.stun.get_timer())
+        if self.classifier is not None:
+            times.append(self.classifier.get_timer())
         if self.traversal:
             times += [self.prober.get_timer(), self.selector.next_time(now), self._next_sync]
             times += [when for when, _ in self._deferred.values()]
@@ -750,6 +800,12 @@ class Node:
         if self.stun is not None:
             self.stun.handle_timer(now)
             self._drain_stun(now)
+        if self.classifier is not None:
+            due = self.classifier.get_timer()
+            if due is not None and due <= now:
+                self.classifier.handle_timer(now)
+                self._outbox.extend(self.classifier.datagrams_to_send())
+                self._classified()
         self._try_hints(now)
         strangers = self._strangers
         while strangers and next(iter(strangers.values()))[0] + STRANGER_TTL <= now:
@@ -973,6 +1029,7 @@ class Node:
         for event in events:
             if isinstance(event, (StunFailed, StunChanged)):
                 self._events.append(event)
+        self._classify(now)
         reflexive = self.stun.reflexive()
         behaviour = self.stun.mapping_behaviour()
         if behaviour != self.behaviour:
