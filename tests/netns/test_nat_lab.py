@@ -292,7 +292,8 @@ def test_hard_nat_to_easy_nat_connects_by_birthday_punching(lab: Lab) -> None:
     # bounds: the easy side sent at most 2048 birthday probes, at most 100 a second (+ the
     # ordinary probes, STUN and WireGuard, a few a second)
     assert a.stop() == 0 and b.stop() == 0
-    for node, limit in ((b, 2048), (a, 2 * 256 * 2)):
+    # the hard side sends its 256 opening probes at once (documented), the easy side at most 100/s
+    for node, limit, rate in ((b, 2048, 100), (a, 2 * 256, 256)):
         err = node.proc.stderr()  # type: ignore[union-attr]
         assert "Traceback" not in err
         assert re.search(r"birthday punching found the path", err), err
@@ -300,7 +301,7 @@ def test_hard_nat_to_easy_nat_connects_by_birthday_punching(lab: Lab) -> None:
         assert sent <= limit, err
         total, peak = rates[node.host.name].stop()
         print(f"{node.host.name}: {sent} birthday probes; {total} UDP datagrams sent, at most {peak} in one second")
-        assert peak <= 100 + 30, peak
+        assert peak <= rate + 30, peak
 
 
 def udp_sockets(node: Node) -> list[str]:
