@@ -88,6 +88,46 @@ def test_a_roaming_peer_recovers_through_a_birthday_punched_path(lab: Lab) -> No
     assert recovery <= 10, f"recovered after {recovery:.2f} s"
 
 
+def recover(a, b, moved: float, want_endpoint_of_a: str, limit: float = 15) -> float:  # type: ignore[no-untyped-def]
+    """Seconds from ``moved`` until b reaches a at ``want_endpoint_of_a`` and a ping gets through."""
+    deadline = moved + limit
+    while status(b)["peers"][0]["endpoint"] != want_endpoint_of_a or \
+            a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+        assert time.monotonic() < deadline, a.proc.stderr() + b.proc.stderr()  # type: ignore[union-attr]
+        time.sleep(0.1)
+    return time.monotonic() - moved
+
+
+def test_a_roaming_peer_behind_a_carrier_nat_recovers(lab: Lab) -> None:
+    """cgnat <-> easy; the carrier's NAT gets a new public address (its mappings go with the old)."""
+    net, a, b = pair(lab, "cgnat", "easy")
+    a.start()
+    b.start()
+    assert first_ping(a, b.inner4, timeout=15) is not None
+    carrier = lab.nodes["cra"]
+    carrier.sysctl("net.ipv4.conf.wan0.promote_secondaries=1")
+    carrier.ip("addr", "add", "203.0.113.21/24", "dev", "wan0")
+    carrier.ip("addr", "del", "203.0.113.1/24", "dev", "wan0")
+    took = recover(a, b, time.monotonic(), "203.0.113.21:51820")
+    print(f"cgnat<->easy, carrier NAT renumbered: recovered after {took:.2f} s")
+    assert took <= 5, took
+
+
+def test_a_roaming_ipv6_peer_behind_a_firewall_recovers(lab: Lab) -> None:
+    """v6fw <-> v6fw; a's host gets a new address on its LAN and loses the old one (a privacy
+    address rotating, a new prefix): a's firewall must be opened again from the new address."""
+    net, a, b = pair(lab, "v6fw", "v6fw")
+    a.start()
+    b.start()
+    assert first_ping(a, b.inner4, timeout=15) is not None
+    ifname = a.host.run(["ip", "-o", "-6", "addr", "show", "to", "2001:db8:1::2"]).stdout.split()[1]
+    a.host.add_addr(ifname, "2001:db8:1::7/64")
+    a.host.ip("-6", "addr", "del", "2001:db8:1::2/64", "dev", ifname)
+    took = recover(a, b, time.monotonic(), "[2001:db8:1::7]:51820")
+    print(f"v6 firewall, new address: recovered after {took:.2f} s")
+    assert took <= 5, took
+
+
 def test_matrix_cells_that_cannot_pair_say_why() -> None:
     assert applicable("easy", "hard") is None and applicable("v6fw", "wan") is None
     assert "same-NAT" in str(applicable("same", "easy"))

@@ -144,3 +144,12 @@ def test_the_documented_odds() -> None:
 ])
 def test_public_ipv4(host: str, public: bool) -> None:
     assert public_ipv4(host) is public
+
+
+def test_one_hard_side_attempt_at_a_time() -> None:
+    b = BirthdayPuncher(rng=Rng(9), timing=Timing(sockets=3))
+    assert b.start(PEER, HARD, ["x"], 0.0)
+    assert not b.start(OTHER, HARD, ["y"], 0.0)  # it waits: 256 sockets, not 256 per peer
+    assert b.start(OTHER, EASY, ["203.0.113.1"], 0.0)  # the easy role opens no socket
+    b.won(PEER, None, 1.0)
+    assert b.start(OTHER, HARD, ["y"], 1.0) is False  # OTHER has its easy attempt running

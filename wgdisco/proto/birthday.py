@@ -35,7 +35,9 @@ An attempt lasts at most ``attempt_time`` (25 s): the easy side sends at most ``
 round, one round at the start and one after ``refresh`` (15 s) to keep the mappings open (NATs
 drop an unanswered UDP mapping after 30 s or more, RFC 4787 REQ-5). A failed attempt is followed
 by a pause: ``backoff`` (30 s), doubling after each failure up to ``backoff_max`` (600 s); a
-success resets it. Sockets are identified by small integers ("socket ids"), allocated here;
+success resets it. One hard-side attempt runs at a time (so at most ``sockets`` extra sockets are open, plus one
+kept per peer whose path runs over one); others wait for it. Sockets are identified by small
+integers ("socket ids"), allocated here;
 the shell opens and closes them on ``SocketsWanted``/``SocketsClosed``.
 
 `now` is monotonic seconds; ``rng(n) -> bytes``. Addresses are the caller's: targets come in as
@@ -213,6 +215,8 @@ class BirthdayPuncher:
         targets = list(dict.fromkeys(targets))[: self.timing.max_targets]
         if not targets or not self.may_start(peer, now):
             return False
+        if role == HARD and any(p.attempt is not None and p.attempt.role == HARD for p in self._peers.values()):
+            return False  # one hard-side attempt at a time: 256 sockets, not 256 per peer (file descriptors)
         p = self._peers.setdefault(peer, _Peer())
         attempt = _Attempt(role, now, targets, next_round=now)
         if role == HARD:
