@@ -160,6 +160,8 @@ def test_hard_nat_on_both_sides_stops_probing() -> None:
     sent = a.node.stats().probes_sent
     net.run(120)
     assert a.node.stats().probes_sent == sent  # the budget is spent: silence
+    # both hard: no port can be guessed, so no birthday attempt, no extra socket
+    assert a.node.birthday.stats(b.public) == (0, 0, 0) and a.sockets_opened == b.sockets_opened == 0
 
 
 def test_a_new_wan_address_is_found_again() -> None:
