@@ -138,6 +138,17 @@ def _bytes(n: int) -> str:
     return f"{n} B"
 
 
+HARD_SIDE = {"hard": "our", "easy": "the peer's"}
+BASIS_TEXT = {
+    "lan": "a LAN address",
+    "record": "a published candidate (host or STUN-reflexive address)",
+    "peer-reflexive": "the address the peer's probes came from",
+    "birthday": "a birthday-punched port",
+    "roaming": "the source of the peer's latest authenticated packet",
+    "config": "the configured Endpoint",
+}
+
+
 def format_status(r: dict) -> str:
     """Human status, in the manner of `wg show` plus where each path stands."""
     lines = [f"interface: {r['interface']}", f"  public key: {r['public_key']}",
@@ -148,7 +159,9 @@ def format_status(r: dict) -> str:
                      f"and {mesh['ipv6']}; {mesh['peers']} of at most {mesh['max_peers']} mesh peers")
     nat = r["nat"]
     if nat["reflexive"]:
-        lines.append(f"  reflexive: {', '.join(nat['reflexive'])} (NAT mapping {nat['mapping']})")
+        filtering = nat.get("filtering", "unknown")
+        shown = f", filtering {filtering}" if filtering != "unknown" else ""
+        lines.append(f"  reflexive: {', '.join(nat['reflexive'])} (NAT mapping {nat['mapping']}{shown})")
     pm = r.get("port_mapping")
     if pm:
         lines.append(f"  port mapping: {format_port_mapping(pm)}")
@@ -160,6 +173,12 @@ def format_status(r: dict) -> str:
             lines.append(f"  path: none ({p['reason_text'] or p['reason']})")
         else:
             lines.append(f"  path: {p['path']} via {p['endpoint']} (from {p['endpoint_source'] or 'unknown'})")
+            if p.get("path_basis"):
+                extra = f" from local port {p['local_port']}" if p.get("path_basis") == "birthday" and p.get("local_port") else ""
+                lines.append(f"  based on: {BASIS_TEXT.get(p['path_basis'], p['path_basis'])}{extra}")
+        b = p.get("birthday") or {}
+        if b.get("role"):
+            lines.append(f"  birthday punching: attempt {b['attempts']} running ({HARD_SIDE[b['role']]} NAT is the hard one), {b['sockets']} extra sockets")
         if p["endpoint"] and p["path"] == "none":
             lines.append(f"  endpoint: {p['endpoint']} (from {p['endpoint_source'] or 'unknown'})")
         if p["allowed_ips"]:

@@ -26,6 +26,11 @@ loop, and a one-shot report needs no loop):
 The mapping behaviour is ``StunClient.mapping_behaviour()`` (RFC 4787 §4.1):
 "varies by destination" is True for endpoint-dependent, False for
 endpoint-independent (which needs answers from two server IPs), else unknown.
+When a server names an alternate address (RFC 5780 OTHER-ADDRESS, RFC 3489
+CHANGED-ADDRESS: stund, coturn with two IPs), ``proto/natclass.py``'s tests run
+on the same socket: the filtering behaviour (RFC 4787 §5) and whether a mapping
+that varies depends on the destination's address only or its port too (at most
+``2 × natclass.WAIT`` seconds more).
 The netcheck socket is not the tunnel's: behind a NAT that varies, the
 daemon's own port is mapped differently.
 """
@@ -47,6 +52,7 @@ from wgdisco import config
 from wgdisco.errors import LocalError
 from wgdisco.io import udp
 from wgdisco.proto.classify import STUN, classify
+from wgdisco.proto.natclass import NatClassifier
 from wgdisco.proto.stun import StunClient, StunFailed
 
 DEFAULT_TIMEOUT = 3.0
@@ -131,6 +137,8 @@ class Report:
     servers: list[ServerResult] = field(default_factory=list)
     local_port: int | None = None
     behaviour: str = "unknown"  # RFC 4787 §4.1, as StunClient.mapping_behaviour()
+    mapping_detail: str = "unknown"  # the same, endpoint-dependent refined by the RFC 5780 test
+    filtering: str = "unknown"  # RFC 4787 §5, from the RFC 5780 tests (natclass.py)
     hairpinning: bool | None = None
     candidates: list[Candidate] = field(default_factory=list)
     candidates_error: str | None = None
@@ -204,7 +212,9 @@ def _stun_part(report: Report, servers: list[str], timeout: float, hairpin_wait:
         report.local_port = udp.local_port(sock)
         targets = _resolve(sock, report.servers)
         if targets:
-            report.behaviour = _stun(sock, targets, timeout, clock)
+            report.behaviour, client = _stun(sock, targets, timeout, clock)
+            report.mapping_detail = report.behaviour
+            _classify(sock, client, report, clock)
         v4 = report.reflexive(4)
         if v4:
             report.hairpinning = hairpin(sock, v4[0], hairpin_wait, clock)
@@ -237,8 +247,37 @@ def _resolve(sock: socket.socket, results: list[ServerResult]) -> dict[Any, list
     return targets
 
 
+def _classify(sock: socket.socket, client: StunClient, report: Report, clock: Callable[[], float]) -> None:
+    """RFC 5780 tests against the first server that named an alternate address (natclass.py)."""
+    server = next((s for s in client.servers if s in client.alternate and s in client.mapped), None)
+    if server is None:
+        return
+    c = NatClassifier(rng=os.urandom, addr_of=lambda ip, port: udp.to_sockaddr(sock, ip, port))
+    if not c.start(server, udp.from_sockaddr(server)[0], client.mapped[server], client.alternate[server], clock()):
+        return
+    while not c.done:
+        for data, addr in c.datagrams_to_send():
+            try:
+                sock.sendto(data, addr)
+            except OSError:
+                pass
+        timer = c.get_timer()
+        now = clock()
+        readable, _, _ = select.select([sock], [], [], max(0.0, (timer or now) - now))
+        if readable:
+            for data, src in _drain(sock):
+                if classify(data) == STUN:
+                    c.receive(data, src, clock())
+        now = clock()
+        if (timer := c.get_timer()) is not None and timer <= now:
+            c.handle_timer(now)
+    report.filtering = c.filtering
+    if report.behaviour == "endpoint-dependent" and c.mapping is not None:
+        report.mapping_detail = c.mapping
+
+
 def _stun(sock: socket.socket, targets: dict[Any, list[ServerResult]], timeout: float,
-          clock: Callable[[], float]) -> str:
+          clock: Callable[[], float]) -> tuple[str, StunClient]:
     """Drive one StunClient over ``sock``; fills the results in; the mapping behaviour."""
     client = StunClient(list(targets), rng=os.urandom, refresh=None,
                         host_of=lambda addr: udp.from_sockaddr(addr)[0])
@@ -287,7 +326,7 @@ def _stun(sock: socket.socket, targets: dict[Any, list[ServerResult]], timeout: 
         for r in rs:
             if r.mapped is None:
                 r.error = why
-    return client.mapping_behaviour()
+    return client.mapping_behaviour(), client
 
 
 def port_mapping_check(*, wait: float = PORTMAP_WAIT, clock: Callable[[], float] = time.monotonic,
@@ -427,6 +466,8 @@ def to_json(report: Report) -> dict[str, Any]:
         "reflexive": [_ep(a) for a in report.reflexive()],
         "mapping_varies_by_dest_ip": report.mapping_varies,
         "mapping_behaviour": report.behaviour,
+        "mapping": report.mapping_detail,
+        "filtering": report.filtering,
         "behind_nat": report.behind_nat,
         "hairpinning": report.hairpinning,
         "local_candidates": [
@@ -481,6 +522,11 @@ def format_report(report: Report) -> str:
         else:
             why = "no NAT" if report.behind_nat is False else "easy NAT"
         lines.append(f"  * Mapping varies by destination IP: {_yes_no(varies)} ({why})")
+        lines.append(f"  * Mapping (RFC 4787): {report.mapping_detail}")
+        filtering = report.filtering
+        if filtering == "unknown":
+            filtering += " (needs a STUN server that names an alternate address: RFC 5780/3489)"
+        lines.append(f"  * Filtering (RFC 4787): {filtering}")
         hp = _yes_no(report.hairpinning)
         if report.hairpinning is None:
             hp += " (no IPv4 reflexive address to try)"

@@ -92,6 +92,8 @@ def test_easy_nat(lab: Lab) -> None:
     assert (doc["udp"], doc["ipv4"], doc["ipv6"]) == (True, True, None)
     assert doc["ipv4_address"] == f"203.0.113.1:{port}" and doc["reflexive"] == [doc["ipv4_address"]]
     assert doc["mapping_behaviour"] == "endpoint-independent" and doc["mapping_varies_by_dest_ip"] is False
+    # RFC 5780 tests against stund's alternate address: Linux conntrack filters by address and port
+    assert (doc["mapping"], doc["filtering"]) == ("endpoint-independent", "address-and-port-dependent"), doc
     assert doc["behind_nat"] is True
     assert doc["hairpinning"] is False  # the lab's NAT does not hairpin
     assert doc["local_candidates"] == [{"interface": "eth0", "address": "10.1.0.2", "prefixlen": 24},
@@ -102,12 +104,14 @@ def test_easy_nat(lab: Lab) -> None:
     assert human.returncode == 0 and human.stderr == ""
     lines = human.stdout.splitlines()
     assert re.fullmatch(r"  \* IPv4: yes, 203\.0\.113\.1:\d+", lines[2]), human.stdout
-    assert lines[:2] + lines[3:6] == ["Report:", "  * UDP: yes", "  * IPv6: not checked (no IPv6 STUN server)",
-                                      "  * Mapping varies by destination IP: no (easy NAT)", "  * Hairpinning: no"]
+    assert lines[:2] + lines[3:8] == ["Report:", "  * UDP: yes", "  * IPv6: not checked (no IPv6 STUN server)",
+                                      "  * Mapping varies by destination IP: no (easy NAT)",
+                                      "  * Mapping (RFC 4787): endpoint-independent",
+                                      "  * Filtering (RFC 4787): address-and-port-dependent", "  * Hairpinning: no"]
     # with --stun the gateway is asked too (this router speaks none of PCP, NAT-PMP, UPnP IGD)
-    assert lines[6] == "  * Port mapping: PCP no, NAT-PMP no, UPnP IGD no (gateway 10.1.0.1)", human.stdout
-    assert lines[7] == "  * Local candidates: 10.1.0.2 (eth0), fd00:1::2 (eth0)"
-    assert [line.split(": ")[0] for line in lines[8:]] == [f"  * STUN {STUN_A}:3478", f"  * STUN {STUN_B}:3478"]
+    assert lines[8] == "  * Port mapping: PCP no, NAT-PMP no, UPnP IGD no (gateway 10.1.0.1)", human.stdout
+    assert lines[9] == "  * Local candidates: 10.1.0.2 (eth0), fd00:1::2 (eth0)"
+    assert [line.split(": ")[0] for line in lines[10:]] == [f"  * STUN {STUN_A}:3478", f"  * STUN {STUN_B}:3478"]
 
 
 @pytest.mark.netns
@@ -119,6 +123,8 @@ def test_hard_nat_varies_by_destination(lab: Lab) -> None:
     mapped = [s["mapped"] for s in doc["servers"]]
     assert all(m.startswith("203.0.113.1:") for m in mapped) and len(set(mapped)) == 2, doc  # a port per server
     assert doc["mapping_behaviour"] == "endpoint-dependent" and doc["mapping_varies_by_dest_ip"] is True
+    # fully-random: a new port for the server's other port too (RFC 5780 §4.3)
+    assert (doc["mapping"], doc["filtering"]) == ("address-and-port-dependent", "address-and-port-dependent"), doc
     assert doc["reflexive"] == mapped and doc["hairpinning"] is False
     human = wgdisco_netcheck(*TWO, host=host)
     assert "  * Mapping varies by destination IP: yes (hard NAT)\n" in human.stdout

@@ -1,8 +1,11 @@
 """An in-memory network for node cores (proto/node.py): hosts, NATs, STUN servers, a directory.
 
-Addresses are ``(ip, port)`` tuples. A NAT (RFC 4787 terms) has an inside prefix and a public
+Addresses are ``(ip, port)`` tuples; ``(ip, port, id)`` is the same remote reached from the
+node's extra (birthday) socket ``id`` (proto/birthday.py), which the node opens and closes on
+its SocketsWanted/SocketsClosed events. A NAT (RFC 4787 terms) has an inside prefix and a public
 IP; its mapping is endpoint-independent ("eim": one public port per inside address) or
-endpoint-dependent ("edm": a new public port per destination), its filtering endpoint-
+endpoint-dependent ("edm": a new public port per destination, random in 1024..65535 as Linux's
+``masquerade fully-random``), its filtering endpoint-
 independent ("eif": anyone may send to a mapped port) or address-and-port-dependent ("apdf":
 only destinations the inside host sent to), with hairpinning on or off. Every datagram takes
 ``latency`` seconds. The directory stands for mDNS or unicast DNS-SD: a node's RecordChanged
@@ -18,12 +21,14 @@ from typing import Any
 
 from aioice.stun import Class, Message, Method, parse_message
 
+import random
+
 from tests.unit.test_device import Rng
 from tests.unit.test_device import ipv4_packet as _ipv4_packet
 from wgdisco.proto import keys, records
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device
-from wgdisco.proto.node import Node, RecordChanged
+from wgdisco.proto.node import Node, RecordChanged, SocketsClosed, SocketsWanted
 
 Addr = tuple[str, int]
 
@@ -38,7 +43,7 @@ class Nat:
     inside: ipaddress.IPv4Network
     public_ip: str
     mapping: str = "eim"  # or "edm"
-    filtering: str = "apdf"  # or "eif"
+    filtering: str = "apdf"  # or "eif"; "stun-only": only STUN answers get in (a firewall)
     hairpin: bool = False
     next_port: int = 40000
     out: dict[Any, int] = field(default_factory=dict)  # (src[, dst]) -> public port
@@ -48,6 +53,10 @@ class Nat:
     # those who came in through it leave from it (conntrack's reply direction)
     forwards: dict[int, Addr] = field(default_factory=dict)
     forwarded: set[tuple[Addr, Addr]] = field(default_factory=set)  # (inside, remote) seen through one
+    seed: int = 0  # edm: the random ports' seed
+
+    def __post_init__(self) -> None:
+        self._random = random.Random(self.seed or self.name)
 
     def contains(self, ip: str) -> bool:
         return ipaddress.ip_address(ip) in self.inside
@@ -58,8 +67,14 @@ class Nat:
         key = src if self.mapping == "eim" else (src, dst)
         port = self.out.get(key)
         if port is None:
-            port = self.out[key] = self.next_port
-            self.next_port += 7  # not the inside port: a NAT that keeps ports hides nothing
+            if self.mapping == "edm":
+                port = self._random.randint(1024, 65535)
+                while port in self.back or port in self.forwards:
+                    port = self._random.randint(1024, 65535)
+            else:
+                port = self.next_port
+                self.next_port += 7  # not the inside port: a NAT that keeps ports hides nothing
+            self.out[key] = port
             self.back[port] = src
         self.permits.setdefault(port, set()).add(dst)
         return (self.public_ip, port)
@@ -71,7 +86,9 @@ class Nat:
         inside = self.back.get(dst[1])
         if inside is None:
             return None
-        if self.filtering == "apdf" and src not in self.permits.get(dst[1], set()):
+        if self.filtering == "stun-only" and src[1] != 3478:
+            return None
+        if self.filtering in ("apdf", "stun-only") and src not in self.permits.get(dst[1], set()):
             return None
         return inside
 
@@ -84,18 +101,28 @@ class Nat:
 
 
 class StunServer:
-    def __init__(self, addr: Addr) -> None:
+    """A Binding server; with ``alternate`` (ip, port) an RFC 5780 one: it names the alternate in
+    OTHER-ADDRESS and answers CHANGE-REQUEST from the changed IP and/or port."""
+
+    def __init__(self, addr: Addr, alternate: Addr | None = None) -> None:
         self.addr = addr
+        self.alternate = alternate
         self.requests = 0
 
-    def receive(self, data: bytes, src: Addr) -> bytes | None:
+    def receive(self, data: bytes, src: Addr, dst: Addr) -> tuple[bytes, Addr] | None:
+        """The answer and the address it leaves from (``dst``, or the changed one)."""
         req = parse_message(data)
         if req.message_method != Method.BINDING or req.message_class != Class.REQUEST:
             return None
         self.requests += 1
-        resp = Message(Method.BINDING, Class.RESPONSE, transaction_id=req.transaction_id,
-                       attributes={"XOR-MAPPED-ADDRESS": src})
-        return bytes(resp)
+        attributes: dict[str, Any] = {"XOR-MAPPED-ADDRESS": src}
+        origin = dst
+        if self.alternate is not None:
+            attributes["OTHER-ADDRESS"] = self.alternate
+            change = req.attributes.get("CHANGE-REQUEST", 0)
+            origin = (self.alternate[0] if change & 4 else dst[0], self.alternate[1] if change & 2 else dst[1])
+        resp = Message(Method.BINDING, Class.RESPONSE, transaction_id=req.transaction_id, attributes=attributes)
+        return bytes(resp), origin
 
 
 class SimNode:
@@ -110,11 +137,20 @@ class SimNode:
         self.node = Node(self.device, rng=rng, wall=1.7e9, addr_of=lambda ip, port: (ip, port),
                          host_of=lambda a: a[0], format_addr=lambda a: f"{a[0]}:{a[1]}", port=addr[1],
                          traversal=traversal, stun_servers=list(stun), mesh=mesh,
+                         via=lambda a, sid: (a[0], a[1], sid), via_socket=lambda a: a[2] if len(a) == 3 else None,
                          allowed=[ipaddress.ip_interface(f"{tunnel_ip}/32")] if tunnel_ip else [])
         self.lan_prefix = lan_prefix or f"{addr[0]}/24"
         self.received: list[bytes] = []
         self.events: list[Any] = []
         self.record: records.ServiceRecord | None = None
+        self.sockets: dict[int, int] = {}  # extra socket id -> its local port
+        self.sockets_opened = 0
+        self.closed_sends = 0
+        self.max_sockets = 0  # the most extra sockets open at once
+        self.sent: list[tuple[float, Addr]] = []  # every datagram's (time, destination)
+
+    def source_of(self, sid: int | None) -> Addr:
+        return self.addr if sid is None else (self.addr[0], self.sockets[sid])
 
     @property
     def tunnel_ip(self) -> str:
@@ -144,8 +180,19 @@ class SimNode:
     def ping(self, other: SimNode, payload: bytes = b"ping") -> None:
         out = self.device.send_packet(ipv4_packet(self.tunnel_ip, other.tunnel_ip, payload), self.net.now)
         if out is not None:
-            self.net.send(self.addr, out[1], out[0])
+            self.send(out[0], out[1])
         self.pump()
+
+    def send(self, data: bytes, dst: Any) -> None:
+        """From the listen socket, or from extra socket ``dst[2]`` to ``dst[:2]``."""
+        self.sent.append((self.net.now, dst))
+        if len(dst) == 3:
+            if dst[2] not in self.sockets:
+                self.closed_sends += 1  # on a socket not (or no longer) open: a bug in the node
+                return
+            self.net.send(self.source_of(dst[2]), dst[:2], data)
+        else:
+            self.net.send(self.addr, dst, data)
 
     def got(self, other: SimNode, payload: bytes = b"ping") -> bool:
         return ipv4_packet(other.tunnel_ip, self.tunnel_ip, payload) in self.received
@@ -161,7 +208,7 @@ class SimNode:
                     reply = ipv4_packet(self.tunnel_ip, str(ipaddress.IPv4Address(inner[12:16])), b"pong" + inner[24:])
                     out = self.device.send_packet(reply, now)
                     if out is not None:
-                        self.net.send(self.addr, out[1], out[0])
+                        self.send(out[0], out[1])
         elif kind == STUN:
             self.node.receive_stun(data, src, now)
         elif kind == PROBE:
@@ -170,10 +217,18 @@ class SimNode:
 
     def pump(self) -> None:
         for data, dst in self.node.datagrams_to_send():
-            self.net.send(self.addr, dst, data)
+            self.send(data, dst)
         event = self.node.next_event()
         while event is not None:
             self.events.append(event)
+            if isinstance(event, SocketsWanted):
+                for sid in event.ids:
+                    self.sockets[sid] = 20000 + sid  # an ephemeral port
+                self.sockets_opened += len(event.ids)
+                self.max_sockets = max(self.max_sockets, len(self.sockets))
+            elif isinstance(event, SocketsClosed):
+                for sid in event.ids:
+                    self.sockets.pop(sid, None)
             if isinstance(event, RecordChanged):
                 self.record = event.record
                 self.net.publish(self, event.record)
@@ -201,8 +256,13 @@ class Net:
         self.nats.append(nat)
         return nat
 
-    def stun_server(self, addr: Addr) -> Addr:
-        self.stun[addr] = StunServer(addr)
+    def stun_server(self, addr: Addr, alternate: Addr | None = None) -> Addr:
+        server = StunServer(addr, alternate)
+        self.stun[addr] = server
+        if alternate is not None:  # it listens on both IPs and both ports
+            for ip in (addr[0], alternate[0]):
+                for port in (addr[1], alternate[1]):
+                    self.stun.setdefault((ip, port), server)
         return addr
 
     def node(self, name: str, addr: Addr, tunnel_ip: str, **kw: Any) -> SimNode:
@@ -235,12 +295,19 @@ class Net:
             dst = inside
         server = self.stun.get(dst)
         if server is not None:
-            reply = server.receive(data, src)
+            reply = server.receive(data, src, dst)
             if reply is not None:
-                self.send(dst, src, reply)
+                self.send(reply[1], src, reply[0])
             return
         node = next((n for n in self.nodes if n.addr == dst), None)
         if node is None:
+            for n in self.nodes:  # an extra socket?
+                if n.addr[0] == dst[0]:
+                    sid = next((i for i, port in n.sockets.items() if port == dst[1]), None)
+                    if sid is not None:
+                        self.delivered += 1
+                        n.deliver(data, (src[0], src[1], sid))
+                        return
             self.dropped += 1
             return
         self.delivered += 1

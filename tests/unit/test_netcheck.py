@@ -20,7 +20,8 @@ REPO = str(Path(__file__).resolve().parents[2])
 
 SCHEMA_KEYS = {
     "version", "stun_servers_configured", "timeout", "local_port", "udp", "ipv4", "ipv4_address", "ipv6",
-    "ipv6_address", "reflexive", "mapping_varies_by_dest_ip", "mapping_behaviour", "behind_nat", "hairpinning",
+    "ipv6_address", "reflexive", "mapping_varies_by_dest_ip", "mapping_behaviour", "mapping", "filtering",
+    "behind_nat", "hairpinning",
     "local_candidates", "local_candidates_error", "servers", "not_answering", "port_mapping",
 }
 SERVER_KEYS = {"server", "address", "family", "answered", "mapped", "rtt_ms", "error"}
@@ -35,6 +36,7 @@ def easy_report() -> Report:
             ServerResult("203.0.113.11:3478", ("203.0.113.11", 3478), ("203.0.113.1", 40000), 2.04),
         ],
         local_port=40000, behaviour="endpoint-independent", hairpinning=False, candidates=list(CANDIDATES),
+        mapping_detail="endpoint-independent", filtering="address-and-port-dependent",
     )
 
 
@@ -48,6 +50,8 @@ def test_easy_nat_report_reads_like_tailscale_netcheck() -> None:
         "  * IPv4: yes, 203.0.113.1:40000\n"
         "  * IPv6: not checked (no IPv6 STUN server)\n"
         "  * Mapping varies by destination IP: no (easy NAT)\n"
+        "  * Mapping (RFC 4787): endpoint-independent\n"
+        "  * Filtering (RFC 4787): address-and-port-dependent\n"
         "  * Hairpinning: no\n"
         "  * Local candidates: 10.1.0.2 (v10a), fd00:1::2 (v10a)\n"
         "  * STUN 203.0.113.10:3478: 203.0.113.1:40000 (2.1 ms)\n"
@@ -66,6 +70,7 @@ def test_easy_nat_json() -> None:
     assert doc["ipv4_address"] == "203.0.113.1:40000" and doc["ipv6_address"] is None
     assert doc["reflexive"] == ["203.0.113.1:40000"]
     assert doc["mapping_varies_by_dest_ip"] is False and doc["mapping_behaviour"] == "endpoint-independent"
+    assert (doc["mapping"], doc["filtering"]) == ("endpoint-independent", "address-and-port-dependent")
     assert doc["behind_nat"] is True and doc["hairpinning"] is False
     assert doc["local_candidates"][0] == {"interface": "v10a", "address": "10.1.0.2", "prefixlen": 24}
     assert doc["servers"][0] == {"server": "203.0.113.10:3478", "address": "203.0.113.10:3478", "family": 4,
@@ -136,7 +141,7 @@ def test_no_nat_and_hairpinning() -> None:
                     behaviour="endpoint-independent", hairpinning=True,
                     candidates=[Candidate("eth0", "203.0.113.30", 24)], candidates_error=None)
     text = netcheck.format_report(report)
-    assert "  * Mapping varies by destination IP: no (no NAT)\n  * Hairpinning: yes\n" in text
+    assert "  * Mapping varies by destination IP: no (no NAT)\n" in text and "  * Hairpinning: yes\n" in text
     assert netcheck.to_json(report)["behind_nat"] is False
     report.candidates, report.candidates_error = [], "netlink: permission denied"
     assert "  * Local candidates: unknown (netlink: permission denied)\n" in netcheck.format_report(report)

@@ -13,7 +13,8 @@ import pytest
 from tests.unit.nodesim import Net, SimNode
 from wgdisco.proto import records
 from wgdisco.proto.node import (
-    CandidateProbed, EndpointChanged, HandshakeCompleted, LookupWanted, PathReasonChanged, PortMappingChanged,
+    CandidateProbed, EndpointChanged, HandshakeCompleted, LookupWanted, NatClassified, PathReasonChanged,
+    PortMappingChanged,
     RecordChanged,
 )
 
@@ -73,16 +74,76 @@ def test_same_nat_uses_the_lan() -> None:
     assert "lan" in reasons(a)
 
 
-def test_hard_to_port_restricted_gives_the_hard_nat_reason() -> None:
+def birthday_sends(n: SimNode, peer_ip: str) -> list[float]:
+    """When ``n`` sent datagrams towards ``peer_ip`` (the birthday probes are most of them)."""
+    return [t for t, dst in n.sent if dst[0] == peer_ip]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_hard_to_port_restricted_connects_by_birthday_punching(seed: int) -> None:
     net, a, b = two_behind_nats(map_a="edm")
-    with pytest.raises(AssertionError):
-        net.ping_until(a, b, limit=40)
+    net.nats[0].seed = seed
+    net.nats[0].__post_init__()
+    start = net.now
+    took = net.ping_until(a, b, limit=40)
+    assert took < 15, took
     assert a.node.behaviour == "endpoint-dependent"
+    # a (hard) runs WireGuard over one of its extra sockets; b over its listen socket to a's mapped port
+    endpoint_a = a.device.peers[b.public].endpoint
+    assert len(endpoint_a) == 3 and endpoint_a[:2] == ("198.51.100.1", 40000), endpoint_a  # b's NAT
+    endpoint_b = b.device.peers[a.public].endpoint
+    assert endpoint_b[0] == "203.0.113.1" and len(endpoint_b) == 2
+    assert a.node.path_status(b.public, net.now).basis == "birthday"
+    assert b.node.path_status(a.public, net.now).basis == "birthday"
+    # the other 255 sockets are closed; the chosen one stays and carries the keepalives
+    assert a.sockets_opened == 256 and list(a.sockets) == [endpoint_a[2]]
+    assert a.closed_sends == 0  # nothing was sent on a socket before it was opened or after it closed
+    won = [e for e in a.events if getattr(e, "state", None) == "won"]
+    assert won and won[0].role == "hard"
+    # bounds: b sent at most 2048 birthday probes, never more than 100 in any second (plus the
+    # selector's own probes, keepalives and handshakes, which are few)
+    sends = birthday_sends(b, "203.0.113.1")
+    assert b.node.birthday.probes_sent <= 2048
+    per_second = max(sum(1 for t in sends if s <= t < s + 1) for s in sends)
+    assert per_second <= 100 + 20, per_second
+    assert a.node.birthday.probes_sent <= 256 * 2 * 2
+    net.run(60)  # it stays up, over the kept socket, with keepalives
+    net.ping_until(a, b, limit=2)
+    assert a.device.peers[b.public].endpoint == endpoint_a and list(a.sockets) == [endpoint_a[2]]
+    assert net.now - start > 60
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_roaming_through_a_punched_path_recovers_by_a_new_attempt(seed: int) -> None:
+    """The easy side's NAT gets a new address: the punched port lets only the old one in, so
+    both sides start a new attempt as soon as data goes unanswered (2 s), aimed at the newly
+    published address; the hard side's newest socket carries the path."""
+    net, a, b = two_behind_nats(map_a="edm")
+    net.nats[0].seed = seed
+    net.nats[0].__post_init__()
+    net.ping_until(a, b, limit=40)
+    net.run(5)
+    kept = a.device.peers[b.public].endpoint
+    net.nats[1].renumber("198.51.100.99")
+    took = net.ping_until(a, b, limit=30, every=0.2)
+    assert took < 6, took
+    endpoint = a.device.peers[b.public].endpoint
+    assert endpoint[:2] == ("198.51.100.99", 40007) and endpoint[2] != kept[2]
+    net.run(2)
+    assert list(a.sockets) == [endpoint[2]] and a.closed_sends == 0  # the old punched socket is closed too
+
+
+def test_birthday_punching_that_fails_backs_off() -> None:
+    net, a, b = two_behind_nats(map_a="edm")
+    net.nats[1].filtering = "stun-only"  # b's NAT lets nothing but STUN in: no attempt can work
+    net.run(300)
     st = a.node.path_status(b.public, net.now)
-    assert (st.path, st.reason) == ("none", "probes-timed-out")
-    assert "this side's NAT maps per destination" in st.reason_text
-    st_b = b.node.path_status(a.public, net.now)
-    assert "the peer's NAT maps per destination" in st_b.reason_text  # B read nat=hard from A's record
+    assert st.path == "none"
+    attempts, wins, failures = b.node.birthday.stats(a.public)
+    assert wins == 0 and 3 <= attempts <= 5, (attempts, failures)  # 25 s each, then 30, 60, 120 s pauses
+    assert b.node.birthday.probes_sent <= attempts * 2048
+    # one attempt's sockets at a time: each attempt's are closed when it ends
+    assert len(a.sockets) in (0, 256) and a.max_sockets == 256 and a.sockets_opened == 256 * attempts
 
 
 def test_hard_to_full_cone_gets_through_by_peer_reflexive_candidate() -> None:
@@ -100,6 +161,8 @@ def test_hard_nat_on_both_sides_stops_probing() -> None:
     sent = a.node.stats().probes_sent
     net.run(120)
     assert a.node.stats().probes_sent == sent  # the budget is spent: silence
+    # both hard: no port can be guessed, so no birthday attempt, no extra socket
+    assert a.node.birthday.stats(b.public) == (0, 0, 0) and a.sockets_opened == b.sockets_opened == 0
 
 
 def test_a_new_wan_address_is_found_again() -> None:
@@ -605,3 +668,32 @@ def test_a_lost_mapping_leaves_the_record() -> None:
     changed = [e for e in a.events if isinstance(e, RecordChanged)][-1]
     assert (ipaddress.ip_address("203.0.113.1"), 40000) not in changed.record.candidates
     assert PortMappingChanged(None) in a.events
+
+
+# --- NAT classification (RFC 5780 tests, proto/natclass.py) ---------------------------
+
+
+@pytest.mark.parametrize("mapping, filtering, want_mapping, want_filtering", [
+    ("eim", "apdf", "endpoint-independent", "address-and-port-dependent"),
+    ("eim", "eif", "endpoint-independent", "endpoint-independent"),
+    ("edm", "apdf", "address-and-port-dependent", "address-and-port-dependent"),
+])
+def test_stun_with_an_alternate_address_classifies_the_nat(mapping: str, filtering: str, want_mapping: str,
+                                                          want_filtering: str) -> None:
+    net = Net()
+    # the second server is not the first one's alternate (the documented caveat): 192.0.2.9 is
+    s1 = net.stun_server(STUN1, alternate=("192.0.2.9", 3479))
+    s2 = net.stun_server(STUN2)
+    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", mapping=mapping, filtering=filtering)
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    a.start()
+    net.run(3)
+    assert (a.node.mapping_detail, a.node.filtering) == (want_mapping, want_filtering)
+    [classified] = [e for e in a.events if isinstance(e, NatClassified)]
+    assert classified.filtering == want_filtering
+
+
+def test_a_server_without_an_alternate_leaves_filtering_unknown() -> None:
+    net, a, b = two_behind_nats()
+    net.run(3)
+    assert a.node.filtering == "unknown" and a.node.mapping_detail == "endpoint-independent"

@@ -67,6 +67,7 @@ class DataPlane:
         self.stopping = False
         self.registered_sock: socket.socket | None = None
         self.retired: list[socket.socket] = []
+        self.extra_fds: dict[int, tuple[socket.socket, int]] = {}  # fd -> (extra socket, its id)
         self.busy = BusyPoll()
         self.next_error_log = -math.inf  # _unexpected: when the next error may be logged
         self._batch: list[bytes] = []
@@ -88,6 +89,18 @@ class DataPlane:
             self.epoll.unregister(self.registered_sock.fileno())
         self.epoll.register(sock.fileno(), select.EPOLLIN)
         self.registered_sock = sock
+
+    def add_extra(self, sid: int, sock: socket.socket) -> None:
+        """Poll an extra socket (birthday punching): what arrives on it comes from ``via`` addresses."""
+        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.extra_fds[sock.fileno()] = (sock, sid)
+
+    def remove_extra(self, sock: socket.socket) -> None:
+        """Stop polling an extra socket and close it (lock held: not in the middle of a read)."""
+        fd = sock.fileno()
+        if self.extra_fds.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+        sock.close()
 
     def wake(self) -> None:
         try:
@@ -138,6 +151,8 @@ class DataPlane:
                             self.on_tun_readable(now)
                         elif fd == wake_r:
                             self._drain_wake()
+                        elif fd in self.extra_fds:
+                            self.on_udp_readable(now, *self.extra_fds[fd])
                         else:
                             self.on_udp_readable(now)
                     deadline = node.get_timer(now)
@@ -223,14 +238,17 @@ class DataPlane:
         if batch:
             sender.send_batch(batch, segment, batch_addr)
 
-    def on_udp_readable(self, now: float) -> None:
+    def on_udp_readable(self, now: float, extra: socket.socket | None = None, sid: int | None = None) -> None:
         """Drain the socket (UDP GRO hands over runs of datagrams) and demultiplex (§ARCHITECTURE).
 
         At a low rate (the previous drain held one datagram) a lone packet goes to TUN at
         once, and the kernel's immediate answer (an ICMP echo reply) is read and sent
         before the socket is read again: no failing read on the round trip.
+
+        ``extra``: an extra socket (birthday punching) instead of the listen socket; its
+        senders' addresses are tagged with ``sid`` (``udp.via``), so replies leave from it.
         """
-        tun, sock, device, node = self.tun, self.sender.sock, self.device, self.node
+        tun, sock, device, node = self.tun, extra or self.sender.sock, self.device, self.node
         assert sock is not None
         receive = device.receive_datagram
         inner_packets: list[Any] = []
@@ -246,6 +264,8 @@ class DataPlane:
             except OSError as e:  # e.g. ICMP port unreachable surfaced as ECONNREFUSED
                 self._count_other(f"socket-{udp.errno_name(e)}")
                 continue
+            if sid is not None:
+                addr, local = (*addr, sid), None
             if segment and len(data) > segment:
                 view = memoryview(data)
                 pieces: Any = (view[i:i + segment] for i in range(0, len(data), segment))

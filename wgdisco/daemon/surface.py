@@ -18,7 +18,7 @@ from wgdisco.io import udp
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Peer
 from wgdisco.proto.node import (
-    CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
+    BirthdayChanged, NatClassified, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
     LookupWanted, MeshAddressChanged, PeerAdmitted, PeerRemoved, RecordChanged, ReflexiveChanged,
     StunChanged, StunFailed,
 )
@@ -89,6 +89,9 @@ class Surface:
                 "path": st.path,
                 "reason": st.reason,
                 "reason_text": st.reason_text,
+                "path_basis": st.basis,
+                "local_port": self._local_port(peer.endpoint),
+                "birthday": self._birthday(public),
                 "candidates": [{
                     "address": udp.format_sockaddr(p.addr), "kind": p.kind, "source": p.source, "state": p.state,
                     "rtt_ms": None if p.rtt is None else round(p.rtt * 1000, 2),
@@ -108,7 +111,8 @@ class Surface:
             "listen_port": udp.local_port(sock),
             "nat": {
                 "reflexive": [udp.format_hostport(ip, port) for ip, port in node.reflexive],
-                "mapping": node.behaviour,
+                "mapping": node.mapping_detail,
+                "filtering": node.filtering,
             },
             "port_mapping": None if t.portmapping is None else t.portmapping.status(),
             "peers": peers,
@@ -128,6 +132,21 @@ class Surface:
                 "over_budget": device.drops.get("handshake-over-budget", 0),
             },
         }
+
+    def _local_port(self, endpoint: Any) -> int | None:
+        """The port a peer's packets leave from: an extra (birthday) socket's, else the listen port."""
+        t = self.tunnel
+        if endpoint is None:
+            return None
+        sid = udp.via_socket(endpoint)
+        sock = t.sock if sid is None else t.sender.extra.get(sid)
+        return None if sock is None else udp.local_port(sock)
+
+    def _birthday(self, public: bytes) -> dict[str, Any]:
+        node = self.tunnel.node
+        attempts, wins, failures = node.birthday.stats(public)
+        return {"role": node.birthday.role(public), "attempts": attempts, "wins": wins,
+                "sockets": len(node.birthday.sockets(public))}
 
     def render_metrics(self) -> str:
         """Prometheus text format: handshakes, traffic, probes, path changes, STUN/DNS errors, drops."""
@@ -291,6 +310,11 @@ class Surface:
                      event.old, event.new)
             if t.node is not None and event.peer == t.node.public_key and t.loop is not None:
                 t.loop.call_soon_threadsafe(t.own_mesh_address_moved, event.old, event.new)
+        elif isinstance(event, NatClassified):
+            log.info("STUN: NAT filtering %s%s (RFC 5780 tests)", event.filtering,
+                     f", mapping {event.mapping}" if event.mapping else "")
+        elif isinstance(event, BirthdayChanged):
+            log.info("peer %s: %s (birthday probes sent so far: %d)", short_key(event.peer), event.text, event.probes)
         elif isinstance(event, LookupWanted):
             t = self.tunnel
             if t.discovery is not None and t.loop is not None:
@@ -319,7 +343,9 @@ class Surface:
         assert node is not None
         st = node.stats()
         drops = " ".join(f"probe-drop-{k}={v}" for k, v in sorted(st.probe_drops.items()))
-        return f"probes sent={st.probes_sent} answered-for-peers={st.probe_replies} {drops}".strip()
+        birthday = st.counters.get("birthday-probes", 0)
+        return (f"probes sent={st.probes_sent} birthday-probes={birthday} answered-for-peers={st.probe_replies} "
+                f"{drops}").strip()
 
     def discovery_summary(self) -> str:
         """What records did, e.g. ``hints-ignored-live=3 records-not-a-peer=1`` (never secrets)."""

@@ -41,7 +41,7 @@ from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
-from wgdisco.proto.node import Node
+from wgdisco.proto.node import Node, SocketsClosed, SocketsWanted
 from wgdisco.proto.timers import Timing
 
 log = logging.getLogger("wgdisco")
@@ -151,6 +151,7 @@ class Tunnel:
                 port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery["STUN"]),
                 stun_servers=await self._stun_servers(), domain=cfg.discovery["Domain"] or "local",
                 allowed=iface.addresses, poll_interval=cfg.discovery["PollInterval"], mesh=mesh,
+                via=udp.via, via_socket=udp.via_socket,
             )
             own = self.node.own_mesh_interfaces()
             addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]
@@ -338,8 +339,35 @@ class Tunnel:
             self.sender.send_all(out)
         event = node.next_event()
         while event is not None:
+            if isinstance(event, SocketsWanted):
+                self._open_extra(event.ids)
+            elif isinstance(event, SocketsClosed):
+                self._close_extra(event.ids)
             self.surface.on_event(event)
             event = node.next_event()
+
+    def _open_extra(self, ids: tuple[int, ...]) -> None:
+        """Extra sockets for birthday punching (proto/birthday.py; caller holds the lock)."""
+        for sid in ids:
+            try:
+                sock = udp.open_extra(fwmark=self.routing.fwmark)
+            except (LocalError, OSError) as e:  # e.g. EMFILE: the attempt goes on with fewer
+                self.other_drops["extra-socket-failed"] = self.other_drops.get("extra-socket-failed", 0) + 1
+                log.warning("birthday punching: cannot open an extra socket: %s", e)
+                return
+            self.sender.extra[sid] = sock
+            if self.dataplane is not None:
+                self.dataplane.add_extra(sid, sock)
+
+    def _close_extra(self, ids: tuple[int, ...]) -> None:
+        for sid in ids:
+            sock = self.sender.extra.pop(sid, None)
+            if sock is None:
+                continue
+            if self.dataplane is not None:
+                self.dataplane.remove_extra(sock)
+            else:
+                sock.close()
 
     def _add_config_peer(self, pc: configmod.PeerConfig, now: float) -> None:
         assert self.device is not None and self.node is not None and self.sock is not None
@@ -493,6 +521,9 @@ class Tunnel:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        for sock in self.sender.extra.values():
+            sock.close()
+        self.sender.extra.clear()
         await self.routing.remove()
 
     def _hooks(self, commands: list[str], what: str) -> None:

@@ -200,6 +200,42 @@ def errno_name(error: OSError) -> str:
     return str(errno.errorcode.get(error.errno or 0, error.errno))
 
 
+# --- extra sockets (birthday punching, proto/birthday.py) ------------------------
+#
+# A peer reached from one of the node's extra sockets has the address ``(*sockaddr, id)``: the
+# socket's tuple with the socket id appended, so plain addresses have an even length (2 or 4)
+# and these an odd one (3 or 5). The cores treat both as opaque; only the Sender and the data
+# plane look inside.
+
+
+def via(addr: Sockaddr, sid: int) -> Sockaddr:
+    """``addr`` reached from extra socket ``sid``."""
+    return (*addr, sid)
+
+
+def via_socket(addr: Any) -> int | None:
+    """The extra socket id of an address from ``via``; None for a plain address."""
+    return addr[-1] if len(addr) & 1 else None
+
+
+def open_extra(*, fwmark: int = 0) -> socket.socket:
+    """An extra socket on an ephemeral port: dual-stack like the listen socket, default buffers
+    (it carries one peer's traffic; 256 of them may be open during an attempt)."""
+    try:
+        sock = _bind(socket.AF_INET6, "::", 0)
+    except OSError as e:
+        if e.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT):
+            raise
+        sock = _bind(socket.AF_INET, "0.0.0.0", 0)
+    if fwmark:
+        try:
+            set_fwmark(sock, fwmark)
+        except BaseException:
+            sock.close()
+            raise
+    return sock
+
+
 class Sender:
     """Sends on the current socket (``sock``, replaced on a rebind) and counts failures.
 
@@ -220,9 +256,13 @@ class Sender:
         self.gso = True  # False once the path refused to segment: one sendto each from then on
         self.sources: dict[Any, Source] = {}  # endpoint -> sticky source (the device's dict)
         self.unstuck = 0  # sticky sources dropped because the kernel refused them
+        self.extra: dict[int, socket.socket] = {}  # extra socket id -> socket (``via`` addresses)
 
     def send(self, data: bytes, addr: Sockaddr) -> None:
         """One datagram (the hot path's lone packet: no helper call in between)."""
+        if len(addr) & 1:  # from an extra socket (``via``)
+            self._send_via(data, addr)
+            return
         source = self.sources.get(addr)
         try:
             if source is None:
@@ -249,6 +289,11 @@ class Sender:
         sendmsg when there are several; ``batch`` is cleared."""
         sock = self.sock
         assert sock is not None
+        if len(addr) & 1:  # from an extra socket: one by one (they carry one peer's traffic)
+            for data in batch:
+                self._send_via(data, addr)
+            batch.clear()
+            return
         if len(batch) > 1 and self.gso:
             source = self.sources.get(addr)
             try:
@@ -275,6 +320,18 @@ class Sender:
         for data in batch:
             send(data, addr)
         batch.clear()
+
+    def _send_via(self, data: bytes, addr: Sockaddr) -> None:
+        sock = self.extra.get(addr[-1])
+        if sock is None:
+            self._count("send-socket-closed")  # the node closed it meanwhile
+            return
+        try:
+            sock.sendto(data, addr[:-1])
+        except (BlockingIOError, InterruptedError):
+            self._count("send-would-block")
+        except OSError as e:
+            self._count(f"send-{errno_name(e)}")
 
     def _unstick(self, addr: Sockaddr, source: Source, e: OSError) -> None:
         """The kernel refused the sticky source (removed, no longer routes): let it choose."""

@@ -17,9 +17,12 @@ names are ``v<N>a`` / ``v<N>b`` with ``N`` counting links within the lab.
 * NAT        — an nftables table ``inet wgdisco_nat`` in a router: masquerade
   on the WAN interface (``easy``: Linux keeps the source port when it is free,
   so the mapping is endpoint-independent; ``hard``: ``fully-random``, a new
-  port per destination, i.e. a "symmetric" NAT).  Filtering is stateful
-  (only replies come back in), input is dropped except established, ICMP and
-  the LAN side.  No hairpinning.
+  port per destination, i.e. a "symmetric" NAT; ``carrier``: an easy NAT whose
+  inside is the carrier's 100.64.0.0/10 (RFC 6598), the outer half of a double
+  NAT; ``firewall``: no NAT at all, only the stateful filter, the IPv6 home
+  router).  Filtering is stateful (only replies come back in: ``ct state
+  established,related accept``, IPv4 and IPv6), input is dropped except
+  established, ICMP and the LAN side.  No hairpinning.
 
 Processes started with ``Host.popen`` run in their own process group with
 stdout/stderr going to files in the lab's log directory.  ``Lab.close()``
@@ -58,7 +61,8 @@ IFNAME_MAX = 15
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 Cmd = str | Sequence[str]
-NatKind = Literal["easy", "hard"]
+NatKind = Literal["easy", "hard", "carrier", "firewall"]
+NAT_KINDS = ("easy", "hard", "carrier", "firewall")
 
 
 class LabError(RuntimeError):
@@ -400,7 +404,8 @@ _N = TypeVar("_N", bound=Host)
 
 def nat_ruleset(wan_if: str, lan_ifs: Sequence[str], kind: NatKind, *, port_forwarding: bool = False,
                 own_addr: str | None = None, stun_servers: Sequence[str] = ()) -> str:
-    """The nftables script for a NAT router (IPv4 NAT, stateful v4+v6 filter).
+    """The nftables script for a NAT router (IPv4 NAT, stateful v4+v6 filter); ``firewall``: the
+    filter alone, no NAT.
 
     ``port_forwarding`` (a router running miniupnpd, lab/miniupnpd.py): forwarded connections
     that a DNAT rule made are accepted (miniupnpd's own table holds the DNAT rules); the
@@ -408,8 +413,8 @@ def nat_ruleset(wan_if: str, lan_ifs: Sequence[str], kind: NatKind, *, port_forw
     miniupnpd's STUN check); and answers from ``stun_servers`` (from their other address and
     port too, RFC 3489 CHANGE-REQUEST) come in, so that the check can see it is not filtered.
     """
-    if kind not in ("easy", "hard"):
-        raise ValueError(f"NAT kind must be 'easy' or 'hard', not {kind!r}")
+    if kind not in NAT_KINDS:
+        raise ValueError(f"NAT kind must be one of {', '.join(NAT_KINDS)}, not {kind!r}")
     lans = ", ".join(json.dumps(i) for i in lan_ifs)
     masq = "masquerade fully-random" if kind == "hard" else "masquerade"
     extra_input = extra_forward = own = ""
@@ -420,6 +425,11 @@ def nat_ruleset(wan_if: str, lan_ifs: Sequence[str], kind: NatKind, *, port_forw
             extra_input = f"\n        iifname {json.dumps(wan_if)} ip saddr {{ {servers} }} udp sport {{ 3478, 3479 }} accept"
         if own_addr:
             own = f"ip saddr != {own_addr} "
+    nat = "" if kind == "firewall" else f"""
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        meta nfproto ipv4 oifname {json.dumps(wan_if)} {own}{masq}
+    }}"""
     return f"""
 table inet {NAT_TABLE} {{
     chain input {{
@@ -433,11 +443,7 @@ table inet {NAT_TABLE} {{
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
         iifname {{ {lans} }} oifname {json.dumps(wan_if)} accept{extra_forward}
-    }}
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        meta nfproto ipv4 oifname {json.dumps(wan_if)} {own}{masq}
-    }}
+    }}{nat}
 }}
 """
 

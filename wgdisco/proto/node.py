@@ -41,10 +41,13 @@ from typing import Any, Callable, Hashable, Iterable
 
 from wgdisco.errors import DecodeError, LocalError
 from wgdisco.proto import keys, records
+from wgdisco.proto.birthday import EASY, HARD, AttemptFailed, BirthdayPuncher, SocketsClosed, SocketsWanted, public_ipv4
+from wgdisco.proto.birthday import Timing as BirthdayTiming
 from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, GaveUp, HandshakeCompleted, Peer
 from wgdisco.proto.hints import HintTrier
 from wgdisco.proto.mesh import Mesh
-from wgdisco.proto.paths import Candidate, PathInfo, PathSelector, host_kind
+from wgdisco.proto.natclass import NatClassifier
+from wgdisco.proto.paths import HARD_MAPPINGS, Candidate, PathInfo, PathSelector, host_kind
 from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
 from wgdisco.proto.stun import REFRESH, StunChanged, StunClient, StunFailed
@@ -56,6 +59,7 @@ __all__ = [
     "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunChanged",
     "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted",
     "PeerAdmitted", "PeerRemoved", "MeshAddressChanged", "PortMappingChanged",
+    "BirthdayChanged", "NatClassified", "SocketsWanted", "SocketsClosed",
     "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
 ]
 
@@ -191,6 +195,27 @@ class PeerRemoved:
 
 
 @dataclass(frozen=True)
+class NatClassified:
+    """RFC 5780 tests (proto/natclass.py) found our NAT's ``filtering`` and, for a mapping that
+    depends on the destination, whether on its ``mapping`` address only or its port too."""
+
+    filtering: str
+    mapping: str | None
+
+
+@dataclass(frozen=True)
+class BirthdayChanged:
+    """A birthday punching attempt for ``peer`` (proto/birthday.py) started ("started", with our
+    ``role``, HARD or EASY), found the path ("won") or ran out ("failed", then a backoff)."""
+
+    peer: Key
+    state: str
+    role: str
+    probes: int
+    text: str
+
+
+@dataclass(frozen=True)
 class MeshAddressChanged:
     """The collision rule moved ``peer``'s IPv4 (a lower key arrived or left); ``peer`` may be our
     own key (then the interface address must follow). AllowedIPs already follow."""
@@ -210,16 +235,25 @@ class PortMappingChanged:
 
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
          | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
-         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | PortMappingChanged)
+         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | PortMappingChanged
+         | BirthdayChanged | NatClassified | SocketsWanted | SocketsClosed)
 
 
 @dataclass(frozen=True)
 class PathStatus:
-    """A peer's path for ``wgdisco status``: "lan", "direct" or "none", and why when none."""
+    """A peer's path for ``wgdisco status``: "lan", "direct" or "none", and why when none;
+    for a live path, what it is based on (one of BASES)."""
 
     path: str
     reason: str | None
     reason_text: str | None
+    basis: str | None = None
+
+
+# what a live path is based on: a LAN address, a published candidate (host or STUN-reflexive),
+# an address learnt from the peer's probe (peer-reflexive), a birthday-punched port (ours or the
+# peer's), WireGuard's roaming rule, or the configured Endpoint
+BASES = ("lan", "record", "peer-reflexive", "birthday", "roaming", "config")
 
 
 @dataclass(frozen=True)
@@ -255,6 +289,9 @@ class Node:
         stun_refresh: float = STUN_REFRESH,
         poll_interval: float = POLL_INTERVAL,
         mesh: Mesh | None = None,
+        via: Callable[[Addr, int], Addr] | None = None,
+        via_socket: Callable[[Addr], int | None] = lambda addr: None,
+        birthday_timing: BirthdayTiming = BirthdayTiming(),
     ) -> None:
         self.device = device
         self.mesh = mesh  # zero-config mesh (proto/mesh.py): records with its MAC admit their keys
@@ -269,9 +306,19 @@ class Node:
         self._allowed = list(allowed)
         servers = list(stun_servers)
         self.stun = StunClient(servers, rng=rng, refresh=stun_refresh, host_of=host_of) if servers else None
+        self.classifier = NatClassifier(rng=rng, addr_of=addr_of) if servers else None
+        self._classify_pending = True  # run the RFC 5780 tests after the next answer naming an alternate
         self.selector = PathSelector(timing=path_timing)
         self.prober = self._new_prober()
         self.trier = HintTrier(live_time=LIVE_TIME)
+        # birthday punching (proto/birthday.py): ``via(addr, id)`` is ``addr`` reached from our
+        # extra socket ``id``, ``via_socket(addr)`` that id (None: the listen socket); without
+        # ``via`` this node cannot open extra sockets and takes the hard role never
+        self.birthday = BirthdayPuncher(rng=rng, timing=birthday_timing)
+        self._via = via
+        self._via_socket = via_socket
+        self._birthday_found: dict[Key, Addr] = {}  # peer -> the address a birthday probe's answer proved
+        self._birthday_sent: dict[Key, set[Addr]] = {}  # easy role: this attempt's probed addresses
         for public in device.peers:
             self.selector.add_peer(public)
         self._outbox: list[tuple[bytes, Addr]] = []
@@ -343,7 +390,9 @@ class Node:
         self.prober.remove_peer(public)
         self.selector.remove_peer(public)
         self.trier.forget(public)
-        for table in (self._reasons, self._synced, self._deferred, self._endpoint_source,
+        self.birthday.remove_peer(public)
+        self._events.extend(self.birthday.pop_events())
+        for table in (self._birthday_found, self._birthday_sent, self._reasons, self._synced, self._deferred, self._endpoint_source,
                       self._handshakes, self._path_changes, self._lookup_at, self._lookup_step,
                       self._suspected, self._fresh_probes):
             table.pop(public, None)
@@ -421,6 +470,7 @@ class Node:
 
     def _restun(self, now: float) -> None:
         assert self.stun is not None
+        self._classify_pending = True
         self.stun.restart(now)
         self._last_restun = now
         self._drain_stun(now)
@@ -679,7 +729,43 @@ class Node:
         ok = self.stun.receive(bytes(data), addr, now)
         if ok:
             self._drain_stun(now)
+        elif self.classifier is not None and self.classifier.receive(bytes(data), addr, now):
+            self._classified()
+            return True
         return ok
+
+    # --- NAT classification (proto/natclass.py) ------------------------------------
+
+    @property
+    def filtering(self) -> str:
+        """Our NAT's filtering (RFC 4787 §5), "unknown" until the RFC 5780 tests tell."""
+        return self.classifier.filtering if self.classifier is not None and self.classifier.done else "unknown"
+
+    @property
+    def mapping_detail(self) -> str:
+        """The mapping in RFC 4787 §4.1 terms: endpoint-dependent refined to address- or
+        address-and-port-dependent when the RFC 5780 test could tell."""
+        c = self.classifier
+        if self.behaviour == "endpoint-dependent" and c is not None and c.done and c.mapping is not None:
+            return c.mapping
+        return self.behaviour
+
+    def _classify(self, now: float) -> None:
+        c, stun = self.classifier, self.stun
+        if c is None or stun is None or not self._classify_pending:
+            return
+        for server in stun.servers:
+            other, mapped = stun.alternate.get(server), stun.mapped.get(server)
+            if other is not None and mapped is not None:
+                self._classify_pending = False
+                if c.start(server, self._host_of(server), mapped, other, now):
+                    self._outbox.extend(c.datagrams_to_send())
+                return
+
+    def _classified(self) -> None:
+        c = self.classifier
+        if c is not None and c.done:
+            self._events.append(NatClassified(c.filtering, c.mapping))
 
     def receive_probe(self, data: bytes | memoryview, addr: Addr, now: float) -> None:
         """A datagram classified as a path probe (never raises; bad ones are counted)."""
@@ -690,6 +776,15 @@ class Node:
         if received.reply is not None:
             self._outbox.append((received.reply, addr))
         event = received.event
+        if event is not None and self.birthday.role(event.peer) == EASY and self._via_socket(event.addr) is None \
+                and event.addr in self._birthday_sent.get(event.peer, ()):
+            # a random-port birthday probe hit: the answer (authenticated, to a request we sent
+            # there), or the hard side's probe through the hole ours opened, names its mapped port
+            if self._birthday_found.get(event.peer) != event.addr:
+                self._birthday_found[event.peer] = event.addr
+                self._count("birthday-hits")
+            if event.addr not in self.selector.addresses(event.peer):
+                self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
         if isinstance(event, ProbeResult):
             self.selector.on_probe_result(event.peer, event.addr, event.rtt, now)
         elif isinstance(event, ProbeRequested):
@@ -707,9 +802,12 @@ class Node:
             times.append(self._next_mesh_check)
         if self.stun is not None:
             times.append(self.stun.get_timer())
+        if self.classifier is not None:
+            times.append(self.classifier.get_timer())
         if self.traversal:
             times += [self.prober.get_timer(), self.selector.next_time(now), self._next_sync]
             times += [when for when, _ in self._deferred.values()]
+            times.append(self.birthday.next_time(now))
         for t in times:
             if t is not None and (best is None or t < best):
                 best = t
@@ -723,6 +821,12 @@ class Node:
         if self.stun is not None:
             self.stun.handle_timer(now)
             self._drain_stun(now)
+        if self.classifier is not None:
+            due = self.classifier.get_timer()
+            if due is not None and due <= now:
+                self.classifier.handle_timer(now)
+                self._outbox.extend(self.classifier.datagrams_to_send())
+                self._classified()
         self._try_hints(now)
         strangers = self._strangers
         while strangers and next(iter(strangers.values()))[0] + STRANGER_TTL <= now:
@@ -749,6 +853,7 @@ class Node:
             if public in self.prober.peers:
                 self._outbox.append((self.prober.request(public, addr, now), addr))
         self._apply_decisions(now)
+        self._birthday(now)
 
     def _try_hints(self, now: float) -> None:
         device = self.device
@@ -825,6 +930,115 @@ class Node:
             else:
                 device.set_endpoint(peer, addr, "probe")
 
+    # --- birthday punching (proto/birthday.py) ----------------------------------------
+
+    def _birthday_role(self, public: Key) -> str | None:
+        """HARD when our NAT is hard and the peer's easy, EASY the other way round; None when
+        neither or both are hard (then nothing can be guessed, the selector says so)."""
+        ours, theirs = self.behaviour, self.selector.peer_mapping(public)
+        if ours in HARD_MAPPINGS and theirs == "endpoint-independent" and self._via is not None:
+            return HARD
+        if ours == "endpoint-independent" and theirs in HARD_MAPPINGS:
+            return EASY
+        return None
+
+    def _birthday_targets(self, public: Key, role: str) -> list[Any]:
+        """The peer's public IPv4 candidates: addresses (HARD) or IPs (EASY)."""
+        out: list[Any] = []
+        paths = sorted(self.selector.paths(public), key=lambda p: -p.last_seen)  # the newest first
+        for path in paths:  # records' candidates, and its probes' sources
+            if path.kind == "lan" or path.family != 4 or self._via_socket(path.addr) is not None:
+                continue
+            host = self._host_of(path.addr)
+            if public_ipv4(host):
+                out.append(path.addr if role == HARD else host)
+        return list(dict.fromkeys(out))
+
+    def _birthday(self, now: float) -> None:
+        b, selector = self.birthday, self.selector
+        startable = []
+        for public in self.prober.peers:
+            live = selector.is_live(public, now)
+            current = selector.current(public)
+            sid = self._via_socket(current) if current is not None else None
+            if b.running(public):
+                if live and public not in self._suspected:
+                    role = b.role(public) or ""
+                    b.won(public, sid, now)
+                    self._birthday_sent.pop(public, None)
+                    self._count("birthday-wins")
+                    self._events.append(BirthdayChanged(public, "won", role, b.probes_sent, (
+                        f"birthday punching found the path {self._format_addr(current)}")))
+                    continue
+            elif b.kept(public) is not None and (not live or sid != b.kept(public)):
+                b.release(public)  # the path moved away from (or died on) the punched socket
+                self._events.append(BirthdayChanged(public, "released", "", b.probes_sent, (
+                    "the birthday-punched socket is closed: " + (
+                        "the path died" if not live else f"the path moved to {self._format_addr(current)}"))))
+            # no live path, or data over it went unanswered (the peer or our NAT moved: a
+            # punched port does not follow, a new attempt must find one)
+            lost = not live or public in self._suspected
+            role = b.role(public)
+            if lost and role is not None:
+                if self._birthday_targets(public, role)[:1] != b.targets(public)[:1]:
+                    b.abort(public)  # the peer published a new address: aim there
+                    b.reset_backoff(public)
+            if lost and b.may_start(public, now):
+                startable.append(public)
+        for send in b.plan(now):
+            if send.peer not in self.prober.peers:
+                continue
+            if send.socket is not None:
+                assert self._via is not None
+                addr = self._via(send.addr, send.socket)
+            else:
+                try:
+                    addr = self._addr_of(str(send.host), int(send.port or 0))
+                except (LocalError, OSError, ValueError):
+                    continue
+                self._birthday_sent.setdefault(send.peer, set()).add(addr)
+            self._outbox.append((self.prober.request(send.peer, addr, now), addr))
+        # new attempts send from the next call on: the shell opens their sockets (SocketsWanted)
+        # after sending what is queued now
+        for public in startable:
+            self._birthday_start(public, now)
+        self._birthday_events(now)
+
+    def _birthday_start(self, public: Key, now: float) -> None:
+        b = self.birthday
+        role = self._birthday_role(public)
+        since = self.selector.punching_since(public)
+        if role is None or (public not in self._suspected and (since is None or now - since < b.timing.start_after)):
+            return
+        targets = self._birthday_targets(public, role)
+        if b.start(public, role, targets, now):
+            self._count("birthday-attempts")
+            self._birthday_sent[public] = set()
+            t = b.timing
+            what = (f"{t.sockets} extra ports towards {', '.join(self._format_addr(a) for a in targets[:t.max_targets])}"
+                    if role == HARD else f"up to {t.probes} random ports at {', '.join(targets[:t.max_targets])}")
+            whose = "our NAT" if role == HARD else "the peer's NAT"
+            self._events.append(BirthdayChanged(public, "started", role, b.probes_sent, (
+                f"birthday punching ({whose} is the hard one): {what}, at most {t.rate:g} probes/s")))
+
+    def _birthday_events(self, now: float) -> None:
+        b = self.birthday
+        for event in b.pop_events():
+            if isinstance(event, SocketsClosed):
+                # paths over closed sockets are gone: never chosen, never probed again
+                closed = set(event.ids)
+                for public in self.prober.peers:
+                    stale = [p.addr for p in self.selector.paths(public) if self._via_socket(p.addr) in closed]
+                    if stale:
+                        self.selector.remove_candidates(public, stale, now)
+            if isinstance(event, AttemptFailed):
+                self._birthday_sent.pop(event.peer, None)
+                self._count("birthday-failures")
+                self._events.append(BirthdayChanged(event.peer, "failed", event.role, b.probes_sent, (
+                    f"birthday punching found no path; next attempt in {event.pause:g} s")))
+            else:
+                self._events.append(event)
+
     # --- STUN results ---------------------------------------------------------------
 
     def _drain_stun(self, now: float) -> None:
@@ -836,6 +1050,7 @@ class Node:
         for event in events:
             if isinstance(event, (StunFailed, StunChanged)):
                 self._events.append(event)
+        self._classify(now)
         reflexive = self.stun.reflexive()
         behaviour = self.stun.mapping_behaviour()
         if behaviour != self.behaviour:
@@ -953,12 +1168,37 @@ class Node:
         reason = self._reasons.get(public)
         if live and peer.endpoint is not None:
             lan = host_kind(self._host_of(peer.endpoint), self.local_networks) == "lan"
-            return PathStatus("lan" if lan else "direct", None, None)
+            return PathStatus("lan" if lan else "direct", None, None, self.path_basis(public))
         if reason is not None and reason not in ("lan", "direct"):
             return PathStatus("none", reason, self.explain(public, reason))
         if peer.endpoint is None:
             return PathStatus("none", "no-endpoint", "no Endpoint configured and nothing discovered yet")
         return PathStatus("none", "no-handshake", f"no handshake with {self._format_addr(peer.endpoint)} yet")
+
+    def path_basis(self, public: Key) -> str | None:
+        """What the peer's endpoint is based on (one of BASES), None without one."""
+        peer = self.device.peers.get(public)
+        if peer is None or peer.endpoint is None:
+            return None
+        endpoint = peer.endpoint
+        if self._via_socket(endpoint) is not None or self._birthday_found.get(public) == endpoint:
+            return "birthday"
+        if host_kind(self._host_of(endpoint), self.local_networks) == "lan":
+            return "lan"
+        info = next((p for p in self.selector.paths(public) if p.addr == endpoint), None)
+        if info is None:
+            return "config" if self._endpoint_source.get(public) == "config" else "roaming"
+        if info.kind == "lan":
+            return "lan"
+        if info.source in ("mdns", "dns"):
+            return "record"
+        if info.source == "config":
+            return "config"
+        return "peer-reflexive" if info.source == "probe" else "roaming"
+
+    def socket_of(self, addr: Addr) -> int | None:
+        """The extra (birthday) socket an address is reached from, None for the listen socket."""
+        return self._via_socket(addr)
 
     @property
     def strangers(self) -> int:
@@ -986,7 +1226,8 @@ class Node:
             stun_errors=c.timeouts + c.error_responses if c is not None else 0,
             counters={**self.counters, **{k: v for k, v in (
                 ("candidates-dropped", self.selector.candidates_dropped),
-                ("probes-over-budget", self.selector.probes_over_budget)) if v}},
+                ("probes-over-budget", self.selector.probes_over_budget),
+                ("birthday-probes", self.birthday.probes_sent)) if v}},
         )
 
     def _count(self, what: str, n: int = 1) -> None:

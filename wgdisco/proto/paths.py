@@ -530,6 +530,11 @@ class PathSelector:
         p = self._peers.get(peer)
         return p.mapping if p is not None else "unknown"
 
+    def punching_since(self, peer: Key) -> float | None:
+        """When the peer's punching phase began (None: it has a live path, or no candidates)."""
+        p = self._peers.get(peer)
+        return p.punch_start if p is not None else None
+
     def current(self, peer: Key) -> Addr | None:
         p = self._peers.get(peer)
         return p.current if p is not None else None

@@ -191,6 +191,7 @@ class StunClient:
         self.software = software
         self.host_of = host_of
         self.mapped: dict[Addr, Endpoint] = {}
+        self.alternate: dict[Addr, Endpoint] = {}  # a server's alternate address, if it names one (natclass.py)
         self.events: list[Event] = []
         self.counters = StunCounters()
         self.started = False
@@ -297,6 +298,13 @@ class StunClient:
         self.counters.answered += 1
         self._end(server, now)
         self._record(server, mapped)
+        other = None
+        for name in ("OTHER-ADDRESS", "CHANGED-ADDRESS"):  # RFC 5780 §7.4, RFC 3489 §11.2.3
+            value = msg.attributes.get(name)
+            if value is not None and other is None:
+                other = (str(value[0]), int(value[1]))
+        if other is not None:
+            self.alternate[server] = other
         return True
 
     # ---------------------------------------------------------------- results

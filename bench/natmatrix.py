@@ -1,0 +1,185 @@
+"""The NAT matrix: every pair of lab cells (wgdisco/lab/natcells.py), N runs each, the time from
+starting both daemons to the first ping through the tunnel, and what the path was based on.
+
+    sudo .venv/bin/python bench/natmatrix.py [--runs 10] [--cells easy,hard,...] [--pairs hard:easy,...]
+                                             [--timeout 40] [--out bench/results/natmatrix.json] [--write-docs]
+
+Each run is a fresh lab: a WAN with stund and Knot, node a in one cell and node b in the other,
+each knowing only the other's key (no Endpoint), documented defaults (natcells.py says what a user
+must write). The clock starts before the first daemon is launched; a pings b every 100 ms (1 s
+timeout each) until one comes back or ``--timeout`` passes (a failure). After a success
+``wgdisco status --json`` on a gives the path's basis (docs/nat-traversal.md) and, for a birthday
+path, the probes both sides sent.
+
+Results are merged into ``--out`` by pair (a later run of a pair replaces the earlier one), so
+the matrix can be measured in chunks of under 10 minutes each under the quiet lock:
+
+    flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs hard:easy,hard:hard
+    flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs easy:easy --write-docs
+
+``--write-docs`` renders every pair in ``--out`` into docs/nat-traversal.md and
+docs/performance.md between the ``natmatrix`` markers, with the commit and date of the runs.
+Cells that cannot pair, or cannot be built yet (``mapped``: the port-mapped hard NAT, branch
+portmap), are listed with the reason instead of figures; pass them in ``--cells`` once they can be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from wgdisco.lab import Lab  # noqa: E402
+from wgdisco.lab.natcells import CELLS, CELLS_PENDING, applicable, first_ping, pair  # noqa: E402
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "natmatrix.json"
+BEGIN, END = "<!-- natmatrix:begin -->", "<!-- natmatrix:end -->"
+LABELS = {
+    "easy": "easy NAT", "hard": "hard NAT", "mapped": "port-mapped hard NAT", "cgnat": "CGNAT (double NAT)",
+    "v6fw": "IPv6, stateful firewall", "same": "same NAT, no hairpin", "wan": "WAN host",
+}
+
+
+def one_run(kind_a: str, kind_b: str, timeout: float) -> dict:
+    with Lab() as lab:
+        _net, a, b = pair(lab, kind_a, kind_b)
+        start = time.monotonic()
+        a.start()
+        b.start()
+        took = first_ping(a, b.inner4, timeout=timeout)
+        elapsed = time.monotonic() - start  # from before the first daemon was launched
+        result: dict = {"ok": took is not None, "seconds": round(elapsed, 3) if took is not None else None}
+        status = json.loads(a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
+        peer = status["peers"][0]
+        result.update(path=peer["path"], basis=peer.get("path_basis"), reason=peer["reason"],
+                      mapping=status["nat"]["mapping"])
+        a.stop()
+        b.stop()
+        for name, node in (("a", a), ("b", b)):
+            m = re.search(r"birthday-probes=(\d+)", node.proc.stderr())  # type: ignore[union-attr]
+            result[f"birthday_probes_{name}"] = int(m.group(1)) if m else None
+        return result
+
+
+def pairs_of(cells: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for i, a in enumerate(cells):
+        for b in cells[i:]:
+            out.append((a, b))
+    return out
+
+
+def commit() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def render(results: dict) -> str:
+    """The markdown table of every measured pair, then the pairs that are not cells and why."""
+    lines = ["| a | b | direct | median to first ping | max | path based on (a's side) | runs from |",
+             "|---|---|---|---|---|---|---|"]
+    order = {c: i for i, c in enumerate(CELLS)}
+    for key in sorted(results, key=lambda k: tuple(order.get(c, 99) for c in k.split(":"))):
+        r = results[key]
+        a, b = key.split(":")
+        runs = r["runs"]
+        ok = [x["seconds"] for x in runs if x["ok"]]
+        bases = sorted({x["basis"] for x in runs if x["ok"] and x["basis"]})
+        med = f"{statistics.median(ok):.1f} s" if ok else "—"
+        mx = f"{max(ok):.1f} s" if ok else "—"
+        if not ok:
+            reasons = sorted({x["reason"] or "none" for x in runs})
+            based = "no path: " + ", ".join(reasons)
+        else:
+            based = ", ".join(bases) or "—"
+        lines.append(f"| {LABELS.get(a, a)} | {LABELS.get(b, b)} | {len(ok)}/{len(runs)} | {med} | {mx} | {based} "
+                     f"| {r['commit']}, {r['date']} |")
+    skipped = []
+    measured = set(results)
+    for a, b in pairs_of(list(CELLS)):
+        why = applicable(a, b)
+        if why is not None and f"{a}:{b}" not in measured and (a in CELLS_PENDING or b in CELLS_PENDING or a == b
+                                                                   or "same" not in (a, b)):
+            skipped.append(f"- {LABELS[a]} × {LABELS[b]}: {why}")
+    pending = [f"- {LABELS[c]}: {why}" for c, why in CELLS_PENDING.items()]
+    text = "\n".join(lines)
+    if pending:
+        text += "\n\nNot measured yet:\n" + "\n".join(pending)
+    other = [s for s in skipped if "IPv6-only" in s]
+    if other:
+        text += "\n\nNot a cell: IPv6-only against IPv4-only has no address family in common (" + \
+                ", ".join(s[2:].split(":")[0] for s in other) + ")."
+    return text
+
+
+def write_docs(results: dict) -> None:
+    table = render(results)
+    for name in ("nat-traversal.md", "performance.md"):
+        path = ROOT / "docs" / name
+        text = path.read_text()
+        if BEGIN not in text:
+            raise SystemExit(f"{path}: no {BEGIN} … {END} markers")
+        head, rest = text.split(BEGIN, 1)
+        _, tail = rest.split(END, 1)
+        path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+        print(f"wrote {path}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--cells", default=",".join(c for c in CELLS if c not in CELLS_PENDING),
+                    help="cells to pair, comma-separated (default: every cell that can be built)")
+    ap.add_argument("--pairs", default="", help="only these pairs, e.g. hard:easy,hard:hard")
+    ap.add_argument("--timeout", type=float, default=40.0, help="seconds to the first ping before a run fails")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--write-docs", action="store_true")
+    args = ap.parse_args()
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    todo = ([tuple(p.split(":", 1)) for p in args.pairs.split(",") if p.strip()] if args.pairs
+            else [p for p in pairs_of(cells) if applicable(*p) is None])
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    stamp = {"commit": commit(), "date": datetime.date.today().isoformat()}
+    for a, b in todo:
+        why = applicable(a, b)
+        if why is not None:
+            print(f"{a} x {b}: skipped ({why})", flush=True)
+            continue
+        runs = []
+        for i in range(args.runs):
+            try:
+                r = one_run(a, b, args.timeout)
+            except Exception as e:  # noqa: BLE001 - a broken run is a failed run, reported
+                r = {"ok": False, "seconds": None, "error": f"{type(e).__name__}: {e}"[:300],
+                     "basis": None, "reason": "error"}
+            runs.append(r)
+            print(f"{a} x {b} run {i + 1}/{args.runs}: " + (f"{r['seconds']:.2f} s, {r.get('basis')}" if r["ok"]
+                  else f"no path ({r.get('reason')}{', ' + r['error'] if 'error' in r else ''})")
+                  + (f", birthday probes a={r.get('birthday_probes_a')} b={r.get('birthday_probes_b')}"
+                     if r.get("birthday_probes_a") or r.get("birthday_probes_b") else ""), flush=True)
+        results[f"{a}:{b}"] = {**stamp, "runs": runs}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    print(render(results))
+    if args.write_docs:
+        write_docs(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

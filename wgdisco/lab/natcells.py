@@ -1,0 +1,187 @@
+"""The NAT matrix's cells in the lab: one "internet" and a site of each kind, two wgdisco nodes.
+
+The internet is a WAN bridge, 203.0.113.0/24 and 2001:db8::/64, with a server host running stund
+(203.0.113.10 and .11, RFC 5780 changed address) and Knot (203.0.113.53, 2001:db8::53) for
+unicast DNS-SD. A site is one host behind one of:
+
+- ``easy``: an nftables NAT that keeps ports (endpoint-independent mapping), stateful filter;
+- ``hard``: ``masquerade fully-random`` (a new random port per destination, a "symmetric" NAT);
+- ``mapped``: a hard NAT whose router offers port mapping (PCP/NAT-PMP/UPnP, issue 16 part 2,
+  branch ``portmap``); not built here until that branch is merged (``CELLS_PENDING``);
+- ``cgnat``: an easy home NAT behind an easy carrier NAT in 100.64.0.0/10 (a double NAT);
+- ``v6fw``: IPv6 only, a router with a stateful firewall (``ct state established,related accept``)
+  and no NAT, 2001:db8:<i>::/64;
+- ``same``: the second host on the first site's LAN, behind the same easy NAT, which does not
+  hairpin (a cell only against itself);
+- ``wan``: a host on the internet itself, 203.0.113.3<i> and 2001:db8::3<i>, no NAT.
+
+Every node runs with the documented defaults but for what a user must write: keys, addresses,
+the STUN servers and the DNS-SD domain, nameserver and update key, and PersistentKeepalive = 25
+(as for any peer behind NAT). Addresses only inside the lab (BRIEF: documentation ranges).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .knot import start_knot
+from .netns import Host, Lab, Router
+from .skips import require_tool
+from .wg import Node, keypair
+
+DOMAIN = "wg.example.net"
+STUN_A, STUN_B, KNOT, KNOT6 = "203.0.113.10", "203.0.113.11", "203.0.113.53", "2001:db8::53"
+CELLS = ("easy", "hard", "mapped", "cgnat", "v6fw", "same", "wan")
+CELLS_PENDING = {"mapped": "needs the port mapping client (issue 16 part 2, branch portmap) and miniupnpd on the router"}
+V6_ONLY = {"v6fw"}
+V4_ONLY = {"easy", "hard", "mapped", "cgnat", "same"}
+
+
+def applicable(a: str, b: str) -> str | None:
+    """None if the pair is a cell of the matrix, else why not."""
+    if ("same" in (a, b)) and a != b:
+        return "the same-NAT cell is only paired with itself"
+    if (a in V6_ONLY and b in V4_ONLY) or (b in V6_ONLY and a in V4_ONLY):
+        return "no address family in common (IPv6-only against IPv4-only)"
+    for c in (a, b):
+        if c in CELLS_PENDING:
+            return CELLS_PENDING[c]
+    return None
+
+
+@dataclass
+class Internet:
+    lab: Lab
+    wan: Host
+    server: Host
+    knot: object
+    v6_routers: dict[int, Router] = field(default_factory=dict)
+
+    def nat_site(self, name: str, index: int, kind: str) -> Host:
+        """A host at 10.<index>.0.2 behind its own router (WAN 203.0.113.<index>)."""
+        lan = self.lab.lan(f"l{name}")
+        self.lab.nat_router(f"r{name}", lan=lan, wan=self.wan, lan_addr=f"10.{index}.0.1/24",
+                            wan_addr=f"203.0.113.{index}/24", kind=kind)  # type: ignore[arg-type]
+        host = self.lab.host(name)
+        self.lab.attach(host, lan, f"10.{index}.0.2/24")
+        host.add_route("default", via=f"10.{index}.0.1")
+        return host
+
+    def cgnat_site(self, name: str, index: int) -> Host:
+        """A host at 10.<index>.0.2 behind an easy home NAT whose WAN side, 100.64.<index>.2, sits
+        behind the carrier's easy NAT (RFC 6598 space), WAN address 203.0.113.<index>."""
+        carrier_lan = self.lab.lan(f"c{name}")
+        self.lab.nat_router(f"cr{name}", lan=carrier_lan, wan=self.wan, lan_addr=f"100.64.{index}.1/24",
+                            wan_addr=f"203.0.113.{index}/24", kind="carrier")
+        lan = self.lab.lan(f"l{name}")
+        home = self.lab.nat_router(f"r{name}", lan=lan, wan=carrier_lan, lan_addr=f"10.{index}.0.1/24",
+                                   wan_addr=f"100.64.{index}.2/24", kind="easy")
+        home.add_route("default", via=f"100.64.{index}.1")
+        host = self.lab.host(name)
+        self.lab.attach(host, lan, f"10.{index}.0.2/24")
+        host.add_route("default", via=f"10.{index}.0.1")
+        return host
+
+    def v6_site(self, name: str, index: int) -> Host:
+        """An IPv6-only host at 2001:db8:<index>::2 behind a stateful firewall without NAT (WAN
+        2001:db8::<index>); the v6 sites route each other's prefixes through their routers."""
+        lan = self.lab.lan(f"l{name}")
+        router = self.lab.nat_router(f"r{name}", lan=lan, wan=self.wan, lan_addr=f"10.{index}.0.1/24",
+                                     wan_addr=f"203.0.113.{index}/24", lan_addr6=f"2001:db8:{index}::1/64",
+                                     wan_addr6=f"2001:db8::{index}/64", kind="firewall")
+        for j, other in self.v6_routers.items():
+            router.add_route(f"2001:db8:{j}::/64", via=f"2001:db8::{j}")
+            other.add_route(f"2001:db8:{index}::/64", via=f"2001:db8::{index}")
+        self.v6_routers[index] = router
+        self.server.add_route(f"2001:db8:{index}::/64", via=f"2001:db8::{index}")
+        host = self.lab.host(name)
+        self.lab.attach(host, lan, addr6=f"2001:db8:{index}::2/64")
+        host.add_route("default", via=f"2001:db8:{index}::1", v6=True)
+        return host
+
+    def wan_host(self, name: str, index: int) -> Host:
+        host = self.lab.host(name)
+        self.lab.attach(host, self.wan, f"203.0.113.3{index}/24", f"2001:db8::3{index}/64")
+        for j in self.v6_routers:
+            host.add_route(f"2001:db8:{j}::/64", via=f"2001:db8::{j}")
+        return host
+
+
+def internet(lab: Lab) -> Internet:
+    """The WAN bridge, stund on two addresses, Knot on IPv4 and IPv6."""
+    require_tool("stund")
+    wan = lab.lan("wan")
+    server = lab.host("srv")
+    ifname = lab.attach(server, wan, f"{STUN_A}/24", f"{KNOT6}/64")
+    server.add_addr(ifname, f"{STUN_B}/24")
+    server.add_addr(ifname, f"{KNOT}/24")
+    stund = server.popen(["stund", "-v", "-h", STUN_A, "-a", STUN_B], name="stund")
+    deadline = time.monotonic() + 10
+    while f"{STUN_A}:3478" not in server.run(["ss", "-Hnlu"]).stdout:
+        if not stund.alive() or time.monotonic() > deadline:
+            raise RuntimeError("stund did not start: " + stund.stdout() + stund.stderr())
+        time.sleep(0.05)
+    knot = start_knot(server, [KNOT, KNOT6])
+    return Internet(lab, wan, server, knot)
+
+
+def site(net: Internet, kind: str, name: str, index: int, first: Host | None = None) -> Host:
+    """A host of cell ``kind`` (``same``: a second host on ``first``'s LAN)."""
+    if kind in ("easy", "hard"):
+        return net.nat_site(name, index, kind)
+    if kind == "cgnat":
+        return net.cgnat_site(name, index)
+    if kind == "v6fw":
+        return net.v6_site(name, index)
+    if kind == "wan":
+        return net.wan_host(name, index)
+    if kind == "same":
+        if first is None:
+            return net.nat_site(name, index, "easy")
+        host = net.lab.host(name)
+        lan = net.lab.nodes[f"l{first.name}"]
+        net.lab.attach(host, lan, f"10.1.0.{index + 1}/24")  # type: ignore[arg-type]
+        host.add_route("default", via="10.1.0.1")
+        return host
+    raise ValueError(f"no lab cell {kind!r} ({CELLS_PENDING.get(kind, 'unknown')})")
+
+
+def discovery(kind: str, net: Internet) -> dict[str, str]:
+    """[Discovery] as a user of that cell writes it: STUN servers (IPv4 only: stund speaks IPv4),
+    the domain, the nameserver the host can reach, the update key. Nothing else is set."""
+    d = {"mDNS": "off", "Domain": DOMAIN, "UpdateKey": net.knot.update_key}  # type: ignore[attr-defined]
+    if kind == "v6fw":
+        d["Nameserver"] = KNOT6
+    else:
+        d["Nameserver"] = KNOT
+        d["STUN"] = f"{STUN_A}:3478, {STUN_B}:3478"
+    return d
+
+
+def pair(lab: Lab, kind_a: str, kind_b: str) -> tuple[Internet, Node, Node]:
+    """Two nodes, a in a cell of ``kind_a`` and b in one of ``kind_b``, peers of each other
+    without an Endpoint (found through Knot), not started."""
+    why = applicable(kind_a, kind_b)
+    if why is not None:
+        raise ValueError(f"{kind_a} x {kind_b}: {why}")
+    net = internet(lab)
+    ha = site(net, kind_a, "a", 1)
+    hb = site(net, kind_b, "b", 2, first=ha if kind_b == "same" else None)
+    tag = lab.prefix[3:9]
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24", "fd00:9::1/64"], discovery=discovery(kind_a, net))
+    b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24", "fd00:9::2/64"], discovery=discovery(kind_b, net))
+    a.peers = [b.peer_spec(keepalive=25)]
+    b.peers = [a.peer_spec(keepalive=25)]
+    return net, a, b
+
+
+def first_ping(node: Node, target: str, timeout: float) -> float | None:
+    """Seconds until a ping from ``node`` to ``target`` is answered (1 s per try), None if not
+    within ``timeout``."""
+    start = time.monotonic()
+    while node.host.run(["ping", "-c1", "-W1", target], check=False).returncode != 0:
+        if time.monotonic() - start >= timeout:
+            return None
+        time.sleep(0.1)
+    return time.monotonic() - start
