@@ -46,12 +46,12 @@ def site(lab: Lab, wan: Host, name: str, index: int, kind: str, *, upnp: bool) -
     return host, router
 
 
-def mapped_hard_and_easy(lab: Lab, mode: str | None) -> tuple[Node, Node, NatRouter]:
+def mapped_hard_and_easy(lab: Lab, mode: str | None, kind_b: str = "easy") -> tuple[Node, Node, NatRouter]:
     require_tool("miniupnpd")
     net = internet(lab)
     knot = start_knot(net.server, [KNOT])
     ha, router = site(lab, net.wan, "a", 1, "hard", upnp=True)
-    hb, _ = site(lab, net.wan, "b", 2, "easy", upnp=False)
+    hb, _ = site(lab, net.wan, "b", 2, kind_b, upnp=False)
     tag = lab.prefix[3:9]
     common = {"mDNS": "off", "STUN": f"{STUN_A}:3478, {STUN_B}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
               "UpdateKey": knot.update_key}
@@ -164,3 +164,18 @@ def test_a_new_lan_address_gets_a_new_mapping_and_the_peer_follows(lab: Lab) -> 
     print(f"new LAN address behind the mapping router: recovered after {recovery:.2f} s ({old} -> {pm['external']})")
     assert recovery < 5.0
     assert b.dump()[a.public]["endpoint"] == pm["external"]
+
+
+def test_hard_nat_with_port_mapping_to_hard_nat_is_direct(lab: Lab) -> None:
+    """Both NATs map per destination; one router maps a port (defaults: auto). The other side
+    probes the mapped address from its hard NAT, whose new mapping the answers come back through."""
+    a, b, _router = mapped_hard_and_easy(lab, None, kind_b="hard")
+    start = time.monotonic()
+    a.start()
+    b.start()
+    first_ping(b, a.inner4, timeout=20)
+    elapsed = time.monotonic() - start
+    print(f"hard (miniupnpd, auto) <-> hard: first ping {elapsed:.2f} s")
+    assert elapsed <= 8.0
+    external = status(a)["port_mapping"]["external"]
+    assert (status(b)["peers"][0]["path"], b.dump()[a.public]["endpoint"]) == ("direct", external)
