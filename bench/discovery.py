@@ -44,11 +44,11 @@ def one_nat_run() -> float:
         return time.monotonic() - start
 
 
-def one_portmap_run(mode: str) -> float:
+def one_portmap_run(mode: str, natpmp: bool = True) -> float:
     from tests.netns.test_portmap_lab import mapped_hard_and_easy
 
     with Lab() as lab:
-        a, b, _router = mapped_hard_and_easy(lab, None if mode == "auto" else mode)
+        a, b, _router = mapped_hard_and_easy(lab, None if mode == "auto" else mode, natpmp=natpmp)
         start = time.monotonic()
         a.start()
         b.start()
@@ -84,18 +84,19 @@ def main() -> int:
     p.add_argument("--scenario", choices=("lan", "nat", "portmap"), default="lan")
     p.add_argument("--mode", choices=("pcp", "natpmp", "upnp", "auto"), default="auto",
                    help="portmap: the PortMapping setting of the hard side (auto: the default)")
+    p.add_argument("--upnp-only", action="store_true", help="portmap: the gateway speaks UPnP IGD only (no PCP, NAT-PMP)")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--out", default="bench/results/discovery.json")
     args = p.parse_args()
     samples = []
     for i in range(args.runs):
         if args.scenario == "portmap":
-            seconds = one_portmap_run(args.mode)
+            seconds = one_portmap_run(args.mode, natpmp=not args.upnp_only)
         else:
             seconds = one_run() if args.scenario == "lan" else one_nat_run()
         samples.append(seconds)
         print(f"[{i + 1}/{args.runs}] first ping after {seconds:.2f} s", flush=True)
-    result = {"scenario": args.scenario, **({"mode": args.mode} if args.scenario == "portmap" else {}), "runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
+    result = {"scenario": args.scenario, **({"mode": args.mode, "upnp_only": args.upnp_only} if args.scenario == "portmap" else {}), "runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
               "min_s": min(samples), "max_s": max(samples)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))

@@ -35,23 +35,25 @@ def status(node: Node) -> dict:
     return out
 
 
-def site(lab: Lab, wan: Host, name: str, index: int, kind: str, *, upnp: bool) -> tuple[Host, NatRouter]:
+def site(lab: Lab, wan: Host, name: str, index: int, kind: str, *, upnp: bool,
+         natpmp: bool = True) -> tuple[Host, NatRouter]:
     lan = lab.lan(f"l{name}")
     router = lab.nat_router(f"r{name}", lan=lan, wan=wan, lan_addr=f"10.{index}.0.1/24",
                             wan_addr=f"203.0.113.{index}/24", kind=kind,  # type: ignore[arg-type]
-                            upnp=[STUN_A, STUN_B] if upnp else None)
+                            upnp=[STUN_A, STUN_B] if upnp else None, upnp_natpmp=natpmp)
     host = lab.host(name)
     lab.attach(host, lan, f"10.{index}.0.2/24")
     host.add_route("default", via=f"10.{index}.0.1")
     return host, router
 
 
-def mapped_hard_and_easy(lab: Lab, mode: str | None) -> tuple[Node, Node, NatRouter]:
+def mapped_hard_and_easy(lab: Lab, mode: str | None, kind_b: str = "easy", *,
+                         natpmp: bool = True) -> tuple[Node, Node, NatRouter]:
     require_tool("miniupnpd")
     net = internet(lab)
     knot = start_knot(net.server, [KNOT])
-    ha, router = site(lab, net.wan, "a", 1, "hard", upnp=True)
-    hb, _ = site(lab, net.wan, "b", 2, "easy", upnp=False)
+    ha, router = site(lab, net.wan, "a", 1, "hard", upnp=True, natpmp=natpmp)
+    hb, _ = site(lab, net.wan, "b", 2, kind_b, upnp=False)
     tag = lab.prefix[3:9]
     common = {"mDNS": "off", "STUN": f"{STUN_A}:3478, {STUN_B}:3478", "Domain": DOMAIN, "Nameserver": KNOT,
               "UpdateKey": knot.update_key}
@@ -164,3 +166,35 @@ def test_a_new_lan_address_gets_a_new_mapping_and_the_peer_follows(lab: Lab) -> 
     print(f"new LAN address behind the mapping router: recovered after {recovery:.2f} s ({old} -> {pm['external']})")
     assert recovery < 5.0
     assert b.dump()[a.public]["endpoint"] == pm["external"]
+
+
+def test_hard_nat_with_port_mapping_to_hard_nat_is_direct(lab: Lab) -> None:
+    """Both NATs map per destination; one router maps a port (defaults: auto). The other side
+    probes the mapped address from its hard NAT, whose new mapping the answers come back through."""
+    a, b, _router = mapped_hard_and_easy(lab, None, kind_b="hard")
+    start = time.monotonic()
+    a.start()
+    b.start()
+    first_ping(b, a.inner4, timeout=20)
+    elapsed = time.monotonic() - start
+    print(f"hard (miniupnpd, auto) <-> hard: first ping {elapsed:.2f} s")
+    assert elapsed <= 8.0
+    external = status(a)["port_mapping"]["external"]
+    assert (status(b)["peers"][0]["path"], b.dump()[a.public]["endpoint"]) == ("direct", external)
+
+
+def test_auto_on_a_upnp_only_gateway_falls_through_to_upnp(lab: Lab) -> None:
+    """miniupnpd with NAT-PMP and PCP off: the default (auto) gets no PCP and no NAT-PMP answer
+    (three requests each), then maps by UPnP IGD; direct to the easy side."""
+    a, b, router = mapped_hard_and_easy(lab, None, natpmp=False)
+    start = time.monotonic()
+    a.start()
+    b.start()
+    first_ping(b, a.inner4, timeout=30)
+    elapsed = time.monotonic() - start
+    print(f"hard (miniupnpd UPnP only, auto) <-> easy: first ping {elapsed:.2f} s")
+    assert elapsed <= 12.0
+    pm = status(a)["port_mapping"]
+    assert (pm["state"], pm["protocol"], pm["answered"], pm["requests"]) == ("mapped", "upnp", ["upnp"], 6), pm
+    assert a.stop() == 0
+    assert "10.1.0.2:51820" not in nft_rules(router)

@@ -52,13 +52,13 @@ table inet {TABLE} {{
 """
 
 
-def config_text(router: NatRouter, stun_server: str, lease_file: str) -> str:
+def config_text(router: NatRouter, stun_server: str, lease_file: str, natpmp: bool = True) -> str:
     return "\n".join([
         f"ext_ifname={router.wan_if}",
         f"listening_ip={router.lan_if}",
         "http_port=0",
         "enable_upnp=yes",
-        "enable_natpmp=yes",  # NAT-PMP and PCP
+        f"enable_natpmp={'yes' if natpmp else 'no'}",  # NAT-PMP and PCP
         "ext_perform_stun=yes",
         f"ext_stun_host={stun_server}",
         "ext_stun_port=3478",
@@ -76,19 +76,20 @@ def config_text(router: NatRouter, stun_server: str, lease_file: str) -> str:
     ])
 
 
-def start_miniupnpd(router: NatRouter, *, stun_server: str, timeout: float = 15.0) -> Proc:
-    """Start miniupnpd in ``router`` (made by ``Lab.nat_router``) and wait until it serves."""
+def start_miniupnpd(router: NatRouter, *, stun_server: str, natpmp: bool = True, timeout: float = 15.0) -> Proc:
+    """Start miniupnpd in ``router`` (made by ``Lab.nat_router``) and wait until it serves
+    (``natpmp``: NAT-PMP and PCP too, else UPnP IGD alone)."""
     require_tool(MINIUPNPD)
     router.run(["nft", "-f", "-"], input=NFT)
     logdir = router.lab.logdir
     conf = logdir / f"{router.name}-miniupnpd.conf"
     pidfile = logdir / f"{router.name}-miniupnpd.pid"
-    conf.write_text(config_text(router, stun_server, str(logdir / f"{router.name}-miniupnpd.leases")))
+    conf.write_text(config_text(router, stun_server, str(logdir / f"{router.name}-miniupnpd.leases"), natpmp))
     for attempt in range(STARTS):
         proc = router.popen([MINIUPNPD, "-d", "-f", str(conf), "-P", str(pidfile)],
                             name=f"{router.name}-miniupnpd")
         deadline = time.monotonic() + timeout
-        while ":5351 " not in router.run(["ss", "-Hnlu"]).stdout or "HTTP listening" not in proc.stderr():
+        while (natpmp and ":5351 " not in router.run(["ss", "-Hnlu"]).stdout) or "HTTP listening" not in proc.stderr():
             if not proc.alive() or time.monotonic() > deadline:
                 break
             time.sleep(0.05)

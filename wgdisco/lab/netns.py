@@ -587,11 +587,13 @@ class Lab:
         wan_addr6: str | None = None,
         kind: NatKind = "easy",
         upnp: Sequence[str] | None = None,
+        upnp_natpmp: bool = True,
     ) -> NatRouter:
         """A router attached to ``lan`` (as ``lan0``) and ``wan`` (as ``wan0``), NAT on the WAN side.
 
         ``upnp``: the router runs miniupnpd (UPnP IGD, NAT-PMP and PCP; lab/miniupnpd.py), whose
-        STUN check asks the STUN servers at these addresses (the first is asked). The lab stops it.
+        STUN check asks the STUN servers at these addresses (the first is asked); ``upnp_natpmp``
+        False: UPnP IGD only (no NAT-PMP, no PCP). The lab stops it.
         LAN hosts still need ``add_route("default", via=router.lan_ip)``.
         """
         router = self._add_node(NatRouter(self, name, kind), forwarding=True)
@@ -605,7 +607,7 @@ class Lab:
 
         self.nat(router, router.wan_if, [router.lan_if], kind, port_forwarding=True, own_addr=router.wan_ip,
                  stun_servers=list(upnp))
-        router.miniupnpd = start_miniupnpd(router, stun_server=upnp[0])
+        router.miniupnpd = start_miniupnpd(router, stun_server=upnp[0], natpmp=upnp_natpmp)
         return router
 
     def netem(
