@@ -3,6 +3,7 @@ starting both daemons to the first ping through the tunnel, and what the path wa
 
     sudo .venv/bin/python bench/natmatrix.py [--runs 10] [--cells easy,hard,...] [--pairs hard:easy,...]
                                              [--timeout 40] [--out bench/results/natmatrix.json] [--write-docs]
+                                             [--render-only]
 
 Each run is a fresh lab: a WAN with stund and Knot, node a in one cell and node b in the other,
 each knowing only the other's key (no Endpoint), documented defaults (natcells.py says what a user
@@ -15,7 +16,8 @@ Results are merged into ``--out`` by pair (a later run of a pair replaces the ea
 the matrix can be measured in chunks of under 10 minutes each under the quiet lock:
 
     flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs hard:easy,hard:hard
-    flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs easy:easy --write-docs
+    flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs easy:easy
+    .venv/bin/python bench/natmatrix.py --render-only --write-docs
 
 ``--write-docs`` renders every pair in ``--out`` into docs/nat-traversal.md and
 docs/performance.md between the ``natmatrix`` markers, with the commit and date of the runs.
@@ -141,10 +143,15 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=40.0, help="seconds to the first ping before a run fails")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="run nothing: print (and --write-docs) what --out holds")
     args = ap.parse_args()
+    if args.runs < 1:
+        ap.error("--runs must be at least 1 (use --render-only to print what is measured)")
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     todo = ([tuple(p.split(":", 1)) for p in args.pairs.split(",") if p.strip()] if args.pairs
             else [p for p in pairs_of(cells) if applicable(*p) is None])
+    if args.render_only:
+        todo = []
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     stamp = {"commit": commit(), "date": datetime.date.today().isoformat()}
     for a, b in todo:
