@@ -3,6 +3,7 @@ starting both daemons to the first ping through the tunnel, and what the path wa
 
     sudo .venv/bin/python bench/natmatrix.py [--runs 10] [--cells easy,hard,...] [--pairs hard:easy,...]
                                              [--timeout 40] [--out bench/results/natmatrix.json] [--write-docs]
+                                             [--render-only]
 
 Each run is a fresh lab: a WAN with stund and Knot, node a in one cell and node b in the other,
 each knowing only the other's key (no Endpoint), documented defaults (natcells.py says what a user
@@ -15,7 +16,8 @@ Results are merged into ``--out`` by pair (a later run of a pair replaces the ea
 the matrix can be measured in chunks of under 10 minutes each under the quiet lock:
 
     flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs hard:easy,hard:hard
-    flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs easy:easy --write-docs
+    flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs easy:easy
+    .venv/bin/python bench/natmatrix.py --render-only --write-docs
 
 ``--write-docs`` renders every pair in ``--out`` into docs/nat-traversal.md and
 docs/performance.md between the ``natmatrix`` markers, with the commit and date of the runs.
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from wgdisco.lab import Lab  # noqa: E402
-from wgdisco.lab.natcells import CELLS, CELLS_PENDING, applicable, first_ping, pair  # noqa: E402
+from wgdisco.lab.natcells import CELLS, CELLS_PENDING, V4_ONLY, applicable, first_ping, pair  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "natmatrix.json"
 BEGIN, END = "<!-- natmatrix:begin -->", "<!-- natmatrix:end -->"
@@ -109,21 +111,13 @@ def render(results: dict) -> str:
             based = ", ".join(bases) or "—"
         lines.append(f"| {LABELS.get(a, a)} | {LABELS.get(b, b)} | {len(ok)}/{len(runs)} | {med} | {mx} | {based} "
                      f"| {r['commit']}, {r['date']} |")
-    skipped = []
-    measured = set(results)
-    for a, b in pairs_of(list(CELLS)):
-        why = applicable(a, b)
-        if why is not None and f"{a}:{b}" not in measured and (a in CELLS_PENDING or b in CELLS_PENDING or a == b
-                                                                   or "same" not in (a, b)):
-            skipped.append(f"- {LABELS[a]} × {LABELS[b]}: {why}")
     pending = [f"- {LABELS[c]}: {why}" for c, why in CELLS_PENDING.items()]
     text = "\n".join(lines)
     if pending:
         text += "\n\nNot measured yet:\n" + "\n".join(pending)
-    other = [s for s in skipped if "IPv6-only" in s]
-    if other:
-        text += "\n\nNot a cell: IPv6-only against IPv4-only has no address family in common (" + \
-                ", ".join(s[2:].split(":")[0] for s in other) + ")."
+    v4 = [LABELS[c] for c in CELLS if c in V4_ONLY]
+    text += ("\n\nNot cells: " + ", ".join(v4) + " × IPv6-only (no address family in common); the same-NAT "
+             "cell is only paired with itself. Figures with `+dirty`: uncommitted test or doc edits only.")
     return text
 
 
@@ -149,10 +143,15 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=40.0, help="seconds to the first ping before a run fails")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--render-only", action="store_true", help="run nothing: print (and --write-docs) what --out holds")
     args = ap.parse_args()
+    if args.runs < 1:
+        ap.error("--runs must be at least 1 (use --render-only to print what is measured)")
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     todo = ([tuple(p.split(":", 1)) for p in args.pairs.split(",") if p.strip()] if args.pairs
             else [p for p in pairs_of(cells) if applicable(*p) is None])
+    if args.render_only:
+        todo = []
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     stamp = {"commit": commit(), "date": datetime.date.today().isoformat()}
     for a, b in todo:

@@ -311,8 +311,9 @@ class Surface:
             if t.node is not None and event.peer == t.node.public_key and t.loop is not None:
                 t.loop.call_soon_threadsafe(t.own_mesh_address_moved, event.old, event.new)
         elif isinstance(event, NatClassified):
-            log.info("STUN: NAT filtering %s%s (RFC 5780 tests)", event.filtering,
-                     f", mapping {event.mapping}" if event.mapping else "")
+            node = self.tunnel.node
+            log.info("STUN: NAT filtering %s, mapping %s (RFC 5780 tests)", event.filtering,
+                     node.mapping_detail if node is not None else "unknown")
         elif isinstance(event, BirthdayChanged):
             log.info("peer %s: %s (birthday probes sent so far: %d)", short_key(event.peer), event.text, event.probes)
         elif isinstance(event, LookupWanted):

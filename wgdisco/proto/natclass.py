@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from aioice.stun import Class, Message, Method
 
-from wgdisco.errors import DecodeError
+from wgdisco.errors import DecodeError, LocalError
 from wgdisco.proto.stun import TRANSACTION_ID_LEN, decode_message, mapped_address
 
 __all__ = ["NatClassifier", "FILTERINGS", "CHANGE_IP", "CHANGE_PORT", "alternate_address"]
@@ -90,7 +90,7 @@ class NatClassifier:
         """Begin the tests (False if the alternate address cannot be used here)."""
         try:
             alt_port = self._addr_of(server_ip, other[1])
-        except Exception:  # noqa: BLE001 - an address this socket cannot reach: no test
+        except (LocalError, OSError, ValueError):  # an address this socket cannot use: no test
             return False
         self._tests.clear()
         self._primary = primary_mapped

@@ -445,6 +445,9 @@ class Node:
         """Addresses came or went: new local networks, STUN again, probe every current path."""
         self._set_lan(lan)
         if self.stun is not None:
+            # classified again (another network, maybe another NAT); not after a mere silence: the
+            # first round's requests to the alternate port would still be let in (RFC 5780 §4.4)
+            self._classify_pending = True
             self._restun(now)
         if self.traversal:
             for public in self.prober.peers:
@@ -470,7 +473,6 @@ class Node:
 
     def _restun(self, now: float) -> None:
         assert self.stun is not None
-        self._classify_pending = True
         self.stun.restart(now)
         self._last_restun = now
         self._drain_stun(now)
@@ -952,7 +954,10 @@ class Node:
             host = self._host_of(path.addr)
             if public_ipv4(host):
                 out.append(path.addr if role == HARD else host)
-        return list(dict.fromkeys(out))
+        out = list(dict.fromkeys(out))
+        # the hard side aims at the newest address only: an easy peer has one reflexive address per
+        # family, and an older one is where it was (a round at it would be wasted)
+        return out[:1] if role == HARD else out
 
     def _birthday(self, now: float) -> None:
         b, selector = self.birthday, self.selector
