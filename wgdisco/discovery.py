@@ -49,6 +49,7 @@ class Discovery:
         self.mdns_addresses: list[str] = []  # what our A/AAAA records should carry
         self.mdns_published: tuple[Any, ...] | None = None  # (label, addresses, TXT, port) last announced
         self.mdns_dirty = asyncio.Event()  # the network or our record changed: bind/publish again
+        self.mdns_announce = False  # announce our unchanged record again (the node's AnnounceWanted)
         self.mdns_waiting = ""  # why mDNS is not bound (logged once per reason)
         self.republish = asyncio.Event()  # our record changed: publish it again now
         self.lookup_kick = asyncio.Event()  # our record changed: the node may want lookups now
@@ -147,7 +148,8 @@ class Discovery:
         label = self.record.instance_label
         txt = records.build_txt(self.record)
         wanted = (label, tuple(self.mdns_addresses), tuple(txt), self.record.port)
-        if wanted == self.mdns_published:
+        again, self.mdns_announce = self.mdns_announce, False
+        if wanted == self.mdns_published and not again:
             return
         if not self.mdns_addresses:
             log.info("mDNS: browsing on %s; nothing to publish until it has a routable address",
@@ -173,6 +175,14 @@ class Discovery:
         self.republish.set()
         self.mdns_dirty.set()
         self.lookup_kick.set()
+
+    def announce_again(self) -> None:
+        """The node's AnnounceWanted (asyncio loop): members may have missed our mDNS announcement
+        (RFC 6762 §8.3 sends it only a few times): send it again."""
+        if self.mdns is not None and self.mdns_published is not None:
+            self.mdns_announce = True
+            self.mdns_dirty.set()
+            self._count("mdns-announced-again")
 
     def lookup_now(self) -> None:
         """The node wants a peer looked up (LookupWanted): wake the poll loop (asyncio loop)."""

@@ -544,3 +544,131 @@ def test_a_peer_that_changes_its_port_is_followed_within_seconds() -> None:
     took = net.ping_until(a, b, limit=20, every=0.2)
     assert a.device.peers[b.public].endpoint == ("10.7.0.3", 51999)
     assert took < 4, took  # 2.6 s: SUSPECT_AFTER, then the answering path; was 10.6 s (the dead path's live time)
+
+
+# --- mesh names (proto/names.py) and the record budget ---------------------------------
+
+
+def named_mesh(names: list[str | None]) -> tuple[Net, list[SimNode]]:
+    net = Net()
+    net.source = "mdns"
+    nodes = [net.node(f"m{i}", (f"10.1.0.{i + 2}", 51820), None, mesh=a_mesh(), mesh_name=name,
+                      lan_prefix="10.1.0.0/24") for i, name in enumerate(names)]
+    for node in nodes:
+        node.start()
+    return net, nodes
+
+
+def hosts_of(n: SimNode) -> dict[str, set[str]]:
+    """name -> addresses, from the last names plan ``n`` announced."""
+    from wgdisco.proto.node import MeshNamesChanged
+
+    plan = [e for e in n.events if isinstance(e, MeshNamesChanged)][-1]
+    out: dict[str, set[str]] = {}
+    for addr, names in plan.hosts:
+        for name in names:
+            out.setdefault(name, set()).add(addr)
+    return out
+
+
+def test_mesh_names_resolve_and_a_contested_name_resolves_to_nobody() -> None:
+    from wgdisco.proto.names import key_name
+    from wgdisco.proto import keys as keymod
+
+    net, (a, b, c, d) = named_mesh(["alice", "bob", "db", "db"])
+    net.run(2)
+    mesh = a_mesh()
+    for x in (a, b, c, d):
+        hosts = hosts_of(x)
+        assert hosts["alice"] == {a.tunnel_ip, str(mesh.ipv6_of(a.public))}
+        assert hosts["bob"] == {b.tunnel_ip, str(mesh.ipv6_of(b.public))}
+        assert "db" not in hosts  # two members claim it: it is nobody's, on every member alike
+        for y in (a, b, c, d):  # every member keeps its key name
+            assert hosts[key_name(keymod.key_to_base32(y.public))] == {y.tunnel_ip, str(mesh.ipv6_of(y.public))}
+    assert a.node.mesh_name_of(c.public) == ("db", True)
+    assert a.node.mesh_names_of(b.public) == ["bob", key_name(keymod.key_to_base32(b.public))]
+    assert a.record is not None and a.record.txt_extra["name"] == "alice"
+    # one of the two leaves: the name is the other's at once
+    net.goodbye(d)
+    assert hosts_of(a)["db"] == {c.tunnel_ip, str(mesh.ipv6_of(c.public))}
+
+
+def test_mesh_name_is_covered_by_the_mac_and_checked() -> None:
+    net, (a, b) = named_mesh(["alice", "bob"])
+    net.run(2)
+    assert b.record is not None
+    rec = b.record
+    txt = records.build_txt(rec)
+    # a member's record with its name changed on the way: the MAC fails, nothing changes
+    forged = [t.replace(b"name=bob", b"name=alice") for t in txt]
+    s = records.record_from_dns(rec.instance_label, rec.port, rec.target, [str(x) for x in rec.addresses], forged)
+    a.node.receive_sighting(s, "mdns", net.now)
+    assert a.node.stats().counters["mesh-records-invalid"] == 1
+    assert a.node.mesh_name_of(b.public) == ("bob", False)
+    # a record whose MAC is good but whose name is not a host name: counted, no name
+    mesh = a_mesh()
+    for bad in ("-bad", "a" * 64, "Ex ample", "wg-abcdefabcdefabcd", "1234", "caf\u00e9", "a.b"):
+        raw = bad.encode("utf-8")
+        if len(raw) > 63:
+            continue  # over the cap: the record is refused before the MAC (checked below)
+        txt2 = {**records.parse_txt(txt)[0], "name": raw, "mc": b"99999999999990",
+                "mac": mesh.mac(b.public, ",".join(records.list_items(records.parse_txt(txt)[0], "cand")),
+                                99999999999990, bad).encode()}
+        a.node.receive_sighting(records.Sighting(b.public, [], txt=txt2), "mdns", net.now)
+        assert a.node.mesh_name_of(b.public) == (None, False), bad
+    assert a.node.stats().counters["mesh-names-invalid"] >= 5
+    long_txt = {**records.parse_txt(txt)[0], "name": b"a" * 64, "mc": b"99999999999999", "mac": b"A" * 24}
+    before = a.node.stats().counters["mesh-records-invalid"]
+    a.node.receive_sighting(records.Sighting(b.public, [], txt=long_txt), "mdns", net.now)
+    assert a.node.stats().counters["mesh-records-invalid"] == before + 1
+
+
+def test_check_name_table() -> None:
+    from wgdisco.proto.names import check_name, name_from_hostname
+
+    for good in ("alice", "n0", "a-b", "x" * 63, "0a"):
+        assert check_name(good) == good
+    for bad in ("", "-a", "a-", "A", "a b", "a.b", "x" * 64, "123", "wg-abc", "caf\u00e9", "a_b", None, b"\xff"):
+        assert check_name(bad) is None, bad
+    assert name_from_hostname("Build-7.example.org") == "build-7"
+    assert name_from_hostname("localhost") == "localhost"
+    assert name_from_hostname("bad_host") is None
+
+
+def test_mesh_records_over_the_budget_wait_and_are_processed_later() -> None:
+    from wgdisco.proto.node import MESH_RECORDS_BURST, MESH_RECORDS_PER_SECOND
+
+    net, (a, b) = mesh_lan(2)
+    net.run(1)
+    mesh = a_mesh()
+    flood = 3 * MESH_RECORDS_BURST
+    for i in range(flood):  # valid-looking records of strangers' keys, with bad MACs
+        key = i.to_bytes(4, "big") + bytes(28)
+        a.node.receive_sighting(records.Sighting(key, [], txt={"mesh": mesh.id.encode(), "mc": b"1",
+                                                               "mac": b"A" * 24}), "mdns", net.now)
+    c = a.node.stats().counters
+    assert c["mesh-records-invalid"] == MESH_RECORDS_BURST  # the burst, then nothing more at once
+    assert c["mesh-records-deferred"] == flood - MESH_RECORDS_BURST
+    assert c["mesh-records-dropped"] == flood - MESH_RECORDS_BURST - 256  # at most MeshMaxPeers wait
+    # a real member's record arrives in the flood: it waits its turn, then is admitted
+    late = net.node("late", ("10.1.0.30", 51820), None, mesh=mesh, lan_prefix="10.1.0.0/24")
+    late.start()
+    assert late.public not in a.node.peers
+    net.run(256 / MESH_RECORDS_PER_SECOND + 2)
+    assert late.public in a.node.peers
+    assert a.node.stats().counters["mesh-records-invalid"] == MESH_RECORDS_BURST + 256 - 1
+
+
+def test_mesh_member_that_cannot_reach_a_peer_announces_again_backing_off() -> None:
+    from wgdisco.proto.node import AnnounceWanted
+
+    net, (a, b) = mesh_lan(2)
+    net.run(5)
+    assert not [e for e in a.events if isinstance(e, AnnounceWanted)]  # everyone reached: quiet
+    ghost = net.node("ghost", ("10.1.0.40", 51820), None, mesh=a_mesh(), lan_prefix="10.1.0.0/24")
+    ghost.start()  # a and b admit it ...
+    net.nodes.remove(ghost)  # ... but it never answers (its announcements of a and b are lost)
+    net.run(40)
+    # after 2 s, then 2, 4, 8, 16 s apart (the next would be 32 s later)
+    assert len([e for e in a.events if isinstance(e, AnnounceWanted)]) == 5
+    assert a.node.stats().counters["mesh-announcements"] == 5

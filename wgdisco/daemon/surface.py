@@ -19,7 +19,7 @@ from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Peer
 from wgdisco.proto.node import (
     CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
-    LookupWanted, MeshAddressChanged, PeerAdmitted, PeerRemoved, RecordChanged, ReflexiveChanged,
+    AnnounceWanted, LookupWanted, MeshAddressChanged, MeshNamesChanged, PeerAdmitted, PeerRemoved, RecordChanged, ReflexiveChanged,
     StunChanged, StunFailed,
 )
 
@@ -101,6 +101,8 @@ class Surface:
                 "mesh": node.is_mesh_peer(public),
                 "mesh_addresses": [str(n.network_address) for n in node.mesh_addresses(public)]
                 if node.is_mesh_peer(public) else [],
+                "mesh_name": node.mesh_name_of(public)[0] if node.is_mesh_peer(public) else None,
+                "mesh_names": node.mesh_names_of(public),
             })
         return {
             "interface": t.name,
@@ -118,6 +120,10 @@ class Surface:
                 "addresses": [str(a.ip) for a in node.own_mesh_interfaces()],
                 "peers": sum(1 for p in device.peers if node.is_mesh_peer(p)),
                 "max_peers": node.mesh.max_peers,
+                "name": node.mesh_name,
+                "names": node.mesh_names_of(node.public_key),
+                "contested_names": list(node.mesh_hosts().contested),
+                "hosts_file": None if t.hosts is None else str(t.hosts.file.path),
             },
             "dropped": self.drop_counts(),
             "handshakes": {  # under a flood: cookies answered, work refused (docs/troubleshooting.md)
@@ -290,6 +296,14 @@ class Surface:
                      event.old, event.new)
             if t.node is not None and event.peer == t.node.public_key and t.loop is not None:
                 t.loop.call_soon_threadsafe(t.own_mesh_address_moved, event.old, event.new)
+        elif isinstance(event, AnnounceWanted):
+            t = self.tunnel
+            if t.discovery is not None and t.loop is not None:
+                t.loop.call_soon_threadsafe(t.discovery.announce_again)
+        elif isinstance(event, MeshNamesChanged):
+            t = self.tunnel
+            if t.hosts is not None and t.loop is not None:
+                t.loop.call_soon_threadsafe(t.hosts.update, event)
         elif isinstance(event, LookupWanted):
             t = self.tunnel
             if t.discovery is not None and t.loop is not None:

@@ -42,10 +42,12 @@ from wgdisco.errors import DecodeError, LocalError
 from wgdisco.proto import keys, records
 from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, GaveUp, HandshakeCompleted, Peer
 from wgdisco.proto.hints import HintTrier
+from wgdisco.proto import names as namesmod
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.paths import Candidate, PathInfo, PathSelector, host_kind
 from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
+from wgdisco.proto.ratelimiter import TokenBucket
 from wgdisco.proto.stun import REFRESH, StunChanged, StunClient, StunFailed
 from wgdisco.proto.timers import LIVE_TIME
 
@@ -54,7 +56,7 @@ __all__ = [
     "HandshakeCompleted", "EndpointChanged", "GaveUp",
     "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunChanged",
     "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted",
-    "PeerAdmitted", "PeerRemoved", "MeshAddressChanged",
+    "PeerAdmitted", "PeerRemoved", "MeshAddressChanged", "MeshNamesChanged", "AnnounceWanted",
     "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
 ]
 
@@ -84,6 +86,17 @@ MESH_EXPIRE = 300.0
 MESH_CHECK_INTERVAL = 10.0
 MESH_KEEPALIVE = 25
 MESH_COUNTERS_KEPT = 1024  # last accepted record counter per key, kept after removal (replays)
+# At most MESH_RECORDS_PER_SECOND records (bursts of MESH_RECORDS_BURST) are processed in mesh mode
+# (MAC, admission, candidates): a LAN flooded with valid-looking records costs bounded work. Past
+# the budget the newest record of each key waits (at most max(MeshMaxPeers, 64) keys; the oldest
+# go past that, counted) and is processed as the budget refills. docs/mesh.md "Limits".
+MESH_RECORDS_PER_SECOND = 100
+MESH_RECORDS_BURST = 200
+# A mesh peer admitted MESH_ANNOUNCE_AFTER ago and still without a handshake has probably not
+# seen our record (an mDNS announcement lost while 40 members started at once): announce ours
+# again (AnnounceWanted), then after 4, 8 … MESH_ANNOUNCE_MAX seconds while one is still unreached.
+MESH_ANNOUNCE_AFTER = 2.0
+MESH_ANNOUNCE_MAX = 60.0
 NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
 NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
 REASON_TEXT = {
@@ -199,9 +212,27 @@ class MeshAddressChanged:
     new: Any
 
 
+@dataclass(frozen=True)
+class MeshNamesChanged:
+    """The names that resolve on this host changed (docs/mesh.md "Names"): ``hosts`` is every
+    (address, names) line to keep, ours included; ``contested`` the names two members claim."""
+
+    hosts: tuple[tuple[str, tuple[str, ...]], ...]
+    contested: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AnnounceWanted:
+    """``unreached`` mesh peers have had no handshake since they were admitted: announce our
+    record again (mDNS), they may have missed it."""
+
+    unreached: int
+
+
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
          | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
-         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged)
+         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | MeshNamesChanged
+         | AnnounceWanted)
 
 
 @dataclass(frozen=True)
@@ -246,6 +277,7 @@ class Node:
         stun_refresh: float = STUN_REFRESH,
         poll_interval: float = POLL_INTERVAL,
         mesh: Mesh | None = None,
+        mesh_name: str | None = None,
     ) -> None:
         self.device = device
         self.mesh = mesh  # zero-config mesh (proto/mesh.py): records with its MAC admit their keys
@@ -296,6 +328,14 @@ class Node:
         self._mesh_counter = int(wall * 1000)  # mc= of our record: Unix ms, strictly increasing
         self._next_mesh_check = 0.0
         self._body: records.ServiceRecord | None = None
+        self.mesh_name = namesmod.check_name(mesh_name)  # ours, in name= (None: no name claimed)
+        self._mesh_names: dict[Key, str] = {}  # mesh peer -> the name its last valid record claims
+        self._hosts: MeshNamesChanged | None = None  # the last names plan announced
+        self._mesh_budget = TokenBucket(MESH_RECORDS_PER_SECOND, MESH_RECORDS_BURST)
+        self._mesh_waiting: OrderedDict[Key, tuple[records.Sighting, str]] = OrderedDict()
+        self._mesh_draining = False
+        self._announce_step = MESH_ANNOUNCE_AFTER  # the next wait between re-announcements
+        self._next_announce = 0.0  # when the unreached mesh peers are counted next
         if mesh is not None:
             self._mesh_v4 = mesh.assign_ipv4([self.public_key])
 
@@ -414,9 +454,11 @@ class Node:
         public = sighting.public_key
         if public == self.public_key:
             return
+        if self.mesh is not None and not self._mesh_take_budget(sighting, source, now):
+            return
         peer = self.device.peers.get(public)
         if self.mesh is not None:
-            verdict, sighting = self._mesh_check(sighting)
+            verdict, sighting, name = self._mesh_check(sighting)
             if verdict == "valid":
                 if public in self._mesh_peers:
                     self._mesh_peers[public][0] = now
@@ -424,6 +466,8 @@ class Node:
                     peer = self._admit(public, now)
                     if peer is None:
                         return
+                if public in self._mesh_peers:
+                    self._mesh_set_name(public, name, now)
             elif verdict in ("invalid", "replay"):
                 return  # claims our mesh without proof, or an old record: ignored (counted)
             elif public in self._mesh_peers:
@@ -454,6 +498,7 @@ class Node:
     def receive_goodbye(self, public: Key, source: str, now: float) -> None:
         """The peer withdrew its record from ``source`` (an mDNS goodbye, RFC 6762 §10.1):
         its candidates from there go, unless one is the live path (proven, not a hint)."""
+        self._mesh_waiting.pop(public, None)  # a record that waited for the budget is older
         if public not in self.device.peers:
             self._strangers.pop(public, None)
             return
@@ -490,31 +535,37 @@ class Node:
 
     # --- the mesh ------------------------------------------------------------------
 
-    def _mesh_check(self, sighting: records.Sighting) -> tuple[str, records.Sighting]:
+    def _mesh_check(self, sighting: records.Sighting) -> tuple[str, records.Sighting, str | None]:
         """"valid" (our mesh id, a good MAC, not older than the last accepted: the sighting comes
-        back with only the candidates the MAC covers), "invalid", "replay", "other" (another mesh)
-        or "none" (no mesh= key)."""
+        back with only the candidates the MAC covers, and the name it claims if that is a valid
+        name), "invalid", "replay", "other" (another mesh) or "none" (no mesh= key)."""
         assert self.mesh is not None
         txt = sighting.txt
         mesh_id = txt.get("mesh")
         if mesh_id is None:
-            return "none", sighting
+            return "none", sighting, None
         if mesh_id != self.mesh.id.encode():
             self._count("records-other-mesh")
-            return "other", sighting
+            return "other", sighting, None
         counter_text, mac = txt.get("mc"), txt.get("mac")
-        if counter_text is None or mac is None or not counter_text.isdigit() or len(counter_text) > 19:
+        raw_name = txt.get("name") or b""
+        if counter_text is None or mac is None or not counter_text.isdigit() or len(counter_text) > 19 \
+                or len(raw_name) > namesmod.MAX_NAME:
             self._count("mesh-records-invalid")
-            return "invalid", sighting
+            return "invalid", sighting, None
         counter = int(counter_text)
         items = records.list_items(txt, "cand")
-        if not self.mesh.verify(sighting.public_key, ",".join(items), counter, mac):
+        claimed = raw_name.decode("utf-8", "replace")
+        if not self.mesh.verify(sighting.public_key, ",".join(items), counter, mac, claimed):
             self._count("mesh-records-invalid")
-            return "invalid", sighting
+            return "invalid", sighting, None
         last = self._mesh_counters.get(sighting.public_key)
         if last is not None and counter < last:
             self._count("mesh-records-replayed")
-            return "replay", sighting
+            return "replay", sighting, None
+        name = namesmod.check_name(raw_name) if raw_name else None
+        if raw_name and name is None:
+            self._count("mesh-names-invalid")  # authenticated, but not a name we would write anywhere
         put_newest(self._mesh_counters, sighting.public_key, counter, MESH_COUNTERS_KEPT)
         covered = set()
         for item in items:
@@ -523,7 +574,7 @@ class Node:
             except DecodeError:
                 pass
         kept = [c for c in sighting.candidates if c in covered]
-        return "valid", dataclasses.replace(sighting, candidates=kept)
+        return "valid", dataclasses.replace(sighting, candidates=kept), name
 
     def _admit(self, public: Key, now: float) -> Peer | None:
         """A valid mesh record of a stranger: a peer, AllowedIPs from its key (never the record)."""
@@ -545,6 +596,7 @@ class Node:
         del self._mesh_peers[public]
         self.remove_peer(public)
         self._mesh_v4.pop(public, None)
+        self._mesh_names.pop(public, None)
         self._mesh_reassign(now)
         self._count("mesh-peers-removed")
         self._events.append(PeerRemoved(public, reason))
@@ -570,6 +622,108 @@ class Node:
                 self._events.append(MeshAddressChanged(public, before, addr))
                 if public == own:
                     self._update_record(now)
+        self._mesh_names_update()
+
+    # --- mesh names (proto/names.py, docs/mesh.md "Names") ---------------------------
+
+    def _mesh_set_name(self, public: Key, name: str | None, now: float) -> None:
+        if self._mesh_names.get(public) == name:
+            return
+        if name is None:
+            self._mesh_names.pop(public, None)
+        else:
+            self._mesh_names[public] = name
+        self._mesh_names_update()
+
+    def _mesh_claims(self) -> dict[Key, str | None]:
+        return {self.public_key: self.mesh_name, **self._mesh_names}
+
+    def _mesh_names_update(self) -> None:
+        """Announce the names plan (MeshNamesChanged) when it differs from the last one."""
+        if self.mesh is None:
+            return
+        plan = self.mesh_hosts()
+        if plan != self._hosts:
+            self._hosts = plan
+            self._events.append(plan)
+
+    def mesh_hosts(self) -> MeshNamesChanged:
+        """Every member's addresses and names (ours first, then by key): its key name always, its
+        claimed name unless two members claim it (then nobody gets it)."""
+        assert self.mesh is not None
+        claims = self._mesh_claims()
+        owned, contested = namesmod.resolve(claims)
+        lines = []
+        for public in [self.public_key, *sorted(self._mesh_peers)]:
+            names = [namesmod.key_name(keys.key_to_base32(public))]
+            claimed = claims.get(public)
+            if claimed is not None and owned.get(claimed) == public:
+                names.insert(0, claimed)
+            for net in self.mesh_addresses(public):
+                lines.append((str(net.network_address), tuple(names)))
+        return MeshNamesChanged(tuple(lines), tuple(sorted(contested)))
+
+    def mesh_names_of(self, public: Key) -> list[str]:
+        """The names that resolve to ``public`` on this host (its claimed name unless contested,
+        then its key name): [] for a key that is not a member we know."""
+        if self.mesh is None or (public != self.public_key and public not in self._mesh_peers):
+            return []
+        claimed, contested = self.mesh_name_of(public)
+        key_name = namesmod.key_name(keys.key_to_base32(public))
+        return [claimed, key_name] if claimed is not None and not contested else [key_name]
+
+    def mesh_name_of(self, public: Key) -> tuple[str | None, bool]:
+        """(the name ``public`` claims, whether another member claims it too); None: no name."""
+        claims = self._mesh_claims()
+        name = claims.get(public)
+        if name is None:
+            return None, False
+        return name, sum(1 for n in claims.values() if n == name) > 1
+
+    def _mesh_announce_check(self, now: float) -> None:
+        """Mesh peers admitted MESH_ANNOUNCE_AFTER ago with no handshake yet: AnnounceWanted, on a
+        doubling schedule while any stays unreached; the schedule starts over once none is."""
+        unreached = 0
+        for public, (_seen, admitted) in self._mesh_peers.items():
+            peer = self.device.peers.get(public)
+            if peer is not None and peer.last_handshake is None and now - admitted >= MESH_ANNOUNCE_AFTER:
+                unreached += 1
+        if unreached:
+            self._count("mesh-announcements")
+            self._events.append(AnnounceWanted(unreached))
+            self._next_announce = now + self._announce_step
+            self._announce_step = min(self._announce_step * 2, MESH_ANNOUNCE_MAX)
+        else:
+            self._announce_step = MESH_ANNOUNCE_AFTER
+            self._next_announce = now + 1.0
+
+    # --- the mesh's record budget ----------------------------------------------------
+
+    def _mesh_take_budget(self, sighting: records.Sighting, source: str, now: float) -> bool:
+        """True: process this record now. False: it waits (its key's newest record, at most
+        max(MeshMaxPeers, 64) keys) until the budget refills (MESH_RECORDS_PER_SECOND)."""
+        assert self.mesh is not None
+        if self._mesh_draining:
+            return True  # it waited, and has its token
+        if self._mesh_waiting or not self._mesh_budget.take(now):  # those that wait go first
+            self._count("mesh-records-deferred")
+            cap = max(self.mesh.max_peers, MAX_STRANGERS)
+            if len(self._mesh_waiting) >= cap and sighting.public_key not in self._mesh_waiting:
+                self._count("mesh-records-dropped")
+            put_newest(self._mesh_waiting, sighting.public_key, (sighting, source), cap)
+            return False
+        return True
+
+    def _mesh_drain_waiting(self, now: float) -> None:
+        """Records that waited for the budget, oldest first, while it lasts."""
+        waiting = self._mesh_waiting
+        self._mesh_draining = True
+        try:
+            while waiting and self._mesh_budget.take(now):
+                _public, (sighting, source) = waiting.popitem(last=False)
+                self.receive_sighting(sighting, source, now)
+        finally:
+            self._mesh_draining = False
 
     def _mesh_expire(self, now: float) -> None:
         """Remove mesh peers whose record is old and who have had no handshake for MESH_EXPIRE."""
@@ -685,6 +839,10 @@ class Node:
             times.append(next(iter(self._strangers.values()))[0] + STRANGER_TTL)
         if self._mesh_peers:
             times.append(self._next_mesh_check)
+        if self._mesh_waiting:
+            times.append(self._mesh_budget.ready_at())
+        if self._mesh_peers:
+            times.append(self._next_announce)
         if self.stun is not None:
             times.append(self.stun.get_timer())
         if self.traversal:
@@ -709,6 +867,10 @@ class Node:
             strangers.popitem(last=False)
         if self._mesh_peers and now >= self._next_mesh_check:
             self._mesh_expire(now)
+        if self._mesh_waiting:
+            self._mesh_drain_waiting(now)
+        if self._mesh_peers and now >= self._next_announce:
+            self._mesh_announce_check(now)
         if not self.traversal:
             return
         for timeout in self.prober.handle_timer(now):
@@ -835,10 +997,12 @@ class Node:
             return body
         counter = self._mesh_counter
         extra = {**body.txt_extra, "mesh": self.mesh.id, "mc": str(counter), "mac": "A" * 24}
+        if self.mesh_name is not None:
+            extra["name"] = self.mesh_name
         draft = dataclasses.replace(body, txt_extra=extra)  # the MAC's size, so the same candidates fit
         txt, _ = records.parse_txt(records.build_txt(draft))
         cand = ",".join(records.list_items(txt, "cand"))
-        extra["mac"] = self.mesh.mac(body.public_key, cand, counter)
+        extra["mac"] = self.mesh.mac(body.public_key, cand, counter, self.mesh_name or "")
         return dataclasses.replace(body, txt_extra=extra)
 
     def _record_body(self) -> records.ServiceRecord:
