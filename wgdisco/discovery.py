@@ -256,6 +256,8 @@ class Discovery:
                     self._count("records-malformed")
                     continue
                 self.feed(lambda node, now, sighting=sighting: node.receive_sighting(sighting, "dns", now))
+            if not failed and self.feed(lambda node, now: node.browse_due(now)):
+                failed = await self._mesh_browse(retry)
             if failed:
                 await asyncio.sleep(retry.delay(retry.failures - 1))  # exponential backoff, with jitter
                 continue
@@ -264,6 +266,39 @@ class Discovery:
                 await asyncio.wait_for(self.lookup_kick.wait(), max(wait or 0.0, 0.0))
             except asyncio.TimeoutError:
                 pass
+
+    async def _mesh_browse(self, retry: dnssd.Retry) -> bool:
+        """The mesh over unicast DNS-SD: browse the PTR set, look up the keys the node wants
+        (new ones), hand their records over (the node admits those with a valid mesh MAC).
+        True when the nameserver failed."""
+        assert self.client is not None
+        try:
+            labels = await retry.run(self.client.browse, attempts=1)
+        except (dnssd.NameserverError, ConfigError, AuthError):
+            self._count("dns-lookup-errors")
+            return True
+        found = []
+        for label in labels:
+            try:
+                found.append(records.key_of_label(label))
+            except DecodeError:
+                self._count("records-malformed")
+        for public in self.feed(lambda node, now: node.mesh_lookups(found, now)) or ():
+            label = keys.key_to_base32(public)
+            try:
+                raw = await retry.run(lambda label=label: self.client.lookup(label), attempts=1)  # type: ignore[union-attr]
+            except (dnssd.NameserverError, ConfigError, AuthError):
+                self._count("dns-lookup-errors")
+                return True
+            if raw is None:
+                continue
+            try:
+                sighting = records.record_from_dns(label, raw.srv_port, raw.srv_target, raw.addresses, raw.txt)
+            except DecodeError:
+                self._count("records-malformed")
+                continue
+            self.feed(lambda node, now, sighting=sighting: node.receive_sighting(sighting, "dns", now))
+        return False
 
     def _dns_srv(self) -> tuple[int, list[Any]]:
         """Beyond the LAN, SRV/A point at the best reachable candidate: the reflexive address

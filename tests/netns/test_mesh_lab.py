@@ -35,14 +35,20 @@ CONFIG = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = correct hors
 OTHER = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = an entirely different mesh\n"
 
 
-def start(lab: Lab, host: Host, iface: str, text: str) -> tuple[Proc, str, list[str]]:
-    """A daemon from config ``text``: (process, public key, [derived IPv4, derived IPv6])."""
+def start(lab: Lab, host: Host, iface: str, text: str, hostname: str = "") -> tuple[Proc, str, list[str]]:
+    """A daemon from config ``text``: (process, public key, [derived IPv4, derived IPv6]). With
+    ``hostname`` it runs in its own UTS namespace under that host name (its default member name);
+    its names block goes to ``hosts_file(lab, iface)`` (WGDISCO_HOSTS_FILE)."""
     conf = lab.logdir / f"{iface}.conf"
     conf.write_text(text)
     conf.chmod(0o600)
     state = lab.logdir / f"state-{iface}"
-    proc = host.popen([sys.executable, "-m", "wgdisco.lab.run_tunnel", str(conf)], name=f"wgdisco-{iface}",
-                      env={"PYTHONPATH": str(PACKAGE_ROOT), "WGDISCO_STATE_DIR": str(state)})
+    argv = [sys.executable, "-m", "wgdisco.lab.run_tunnel", str(conf)]
+    if hostname:
+        argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', hostname, *argv]
+    proc = host.popen(argv, name=f"wgdisco-{iface}", env={
+        "PYTHONPATH": str(PACKAGE_ROOT), "WGDISCO_STATE_DIR": str(state),
+        "WGDISCO_HOSTS_FILE": str(hosts_file(lab, iface))})
     m = proc.wait_for(r"mesh \w+: our addresses (\S+), (\S+);", timeout=20, stream="stderr")
     up = proc.wait_for(r"interface \S+ up: public key (\S+),", timeout=20, stream="stderr")
     assert (state / f"{iface}.key").stat().st_mode & 0o777 == 0o600
@@ -51,6 +57,21 @@ def start(lab: Lab, host: Host, iface: str, text: str) -> tuple[Proc, str, list[
 
 def ping_ok(host: Host, target: str) -> bool:
     return host.run(["ping", "-c1", "-W1", target], check=False).returncode == 0
+
+
+def hosts_file(lab: Lab, iface: str) -> Path:
+    return lab.logdir / f"hosts-{iface}"
+
+
+def with_hosts(lab: Lab, iface: str, command: str) -> list[str]:
+    """``command`` (shell) in a private mount namespace where the member's hosts file is
+    /etc/hosts, as it would be on a machine of its own: what glibc resolves there."""
+    return ["unshare", "-m", "sh", "-c", f"mount --bind {hosts_file(lab, iface)} /etc/hosts && {command}"]
+
+
+def resolved(lab: Lab, host: Host, iface: str, name: str) -> set[str]:
+    out = host.run(with_hosts(lab, iface, f"getent ahosts {name} || true")).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
 @pytest.fixture
@@ -70,11 +91,11 @@ def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
         lab.attach(h, lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
     hx = lab.host("x")
     lab.attach(hx, lan, "10.1.0.99/24", "fd00:1::99/64")
-    outsider, outsider_key, outsider_addrs = start(lab, hx, f"x{tag}", OTHER)
+    outsider, outsider_key, outsider_addrs = start(lab, hx, f"x{tag}", OTHER, hostname="x")
 
     members = []
     for i, h in enumerate(hosts):
-        members.append((h, *start(lab, h, f"m{i}{tag}", CONFIG)))
+        members.append((h, *start(lab, h, f"m{i}{tag}", CONFIG, hostname=f"n{i}")))
     last_start = time.monotonic()
 
     addrs = [a for m in members for a in m[3]]
@@ -90,6 +111,18 @@ def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
     print(f"\n{NODES} nodes: full mesh (all {NODES * (NODES - 1)} directed pairs, IPv4 and IPv6) "
           f"{full:.2f} s after the last start")
 
+    # names: every member resolves every member's host name to its derived addresses (the hosts
+    # block, read by glibc), and a ping by name goes through; the other mesh's node is not there
+    for i in (0, NODES - 1):
+        h, iface = members[i][0], f"m{i}{tag}"
+        deadline = time.monotonic() + 5
+        while resolved(lab, h, iface, f"n{(i + 1) % NODES}") != set(members[(i + 1) % NODES][3]):
+            assert time.monotonic() < deadline, hosts_file(lab, iface).read_text()
+            time.sleep(0.2)
+        for j in range(NODES):
+            assert resolved(lab, h, iface, f"n{j}") == set(members[j][3]), (i, j)
+        assert resolved(lab, h, iface, "x") == set()
+        assert h.run(with_hosts(lab, iface, f"ping -c1 -W2 n{(i + 1) % NODES}"), check=False).returncode == 0
     # the node with another mesh key: no member lists it, no ping either way
     for h, proc, _public, _a in members:
         iface = re.search(r"interface (\S+) up", proc.stderr()).group(1)  # type: ignore[union-attr]
@@ -101,9 +134,12 @@ def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
     status = json.loads(members[0][0].run([sys.executable, "-m", "wgdisco", "status", f"m0{tag}", "--json"]).stdout)
     check(status, SCHEMA)
     assert status["mesh"]["addresses"] == members[0][3] and status["mesh"]["peers"] == NODES - 1
+    assert status["mesh"]["name"] == "n0" and status["mesh"]["names"][0] == "n0"
+    assert status["mesh"]["contested_names"] == [] and status["mesh"]["hosts_file"] == str(hosts_file(lab, f"m0{tag}"))
     for p in status["peers"]:
         other = next(m for m in members if m[2] == p["public_key"])
         assert p["mesh"] is True and p["mesh_addresses"] == other[3]
+        assert p["mesh_name"] == f"n{members.index(other)}" and p["mesh_names"][0] == p["mesh_name"]
         assert sorted(p["allowed_ips"]) == sorted([f"{other[3][0]}/32", f"{other[3][1]}/128"])
     text = members[0][0].run([sys.executable, "-m", "wgdisco", "status", f"m0{tag}"]).stdout
     assert text.count("(mesh)") == NODES - 1 and "horse" not in text + json.dumps(status)
@@ -121,11 +157,23 @@ def test_mesh_member_stopped_is_removed_and_comes_back_with_the_same_key_and_add
     hosts = [lab.host(f"n{i}") for i in range(3)]
     for i, h in enumerate(hosts):
         lab.attach(h, lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
-    members = [start(lab, h, f"m{i}{tag}", CONFIG) for i, h in enumerate(hosts)]
-    (p0, _k0, a0), _m1, (p2, k2, a2) = members
+    names = ["n0", "dup", "dup"]  # two members claim one name: it resolves to neither
+    members = [start(lab, h, f"m{i}{tag}", CONFIG, hostname=names[i]) for i, h in enumerate(hosts)]
+    (p0, _k0, a0), (_p1, _k1, a1), (p2, k2, a2) = members
     deadline = time.monotonic() + LIMIT
     while not ping_ok(hosts[0], a2[0]):
         assert time.monotonic() < deadline, "no first ping"
+    deadline = time.monotonic() + 10
+    while "claim the name 'dup'" not in p0.stderr():
+        assert time.monotonic() < deadline, p0.stderr()
+        time.sleep(0.2)
+    assert "claim the name 'dup'" in p0.stderr() and resolved(lab, hosts[0], f"m0{tag}", "dup") == set()
+    status = json.loads(hosts[0].run([sys.executable, "-m", "wgdisco", "status", f"m0{tag}", "--json"]).stdout)
+    check(status, SCHEMA)
+    assert status["mesh"]["contested_names"] == ["dup"]
+    assert all(p["mesh_name"] == "dup" and p["mesh_names"][0].startswith("wg-") for p in status["peers"])
+    text = hosts[0].run([sys.executable, "-m", "wgdisco", "status", f"m0{tag}"]).stdout
+    assert "contested names (claimed by two or more members, resolve to none): dup" in text
     stopped = time.monotonic()
     p2.stop(grace=5.0)  # SIGTERM: goodbyes
     p0.wait_for(r"removed from the mesh \(goodbye\)", timeout=10, stream="stderr")
@@ -133,7 +181,12 @@ def test_mesh_member_stopped_is_removed_and_comes_back_with_the_same_key_and_add
     assert removed < 10
     assert k2 not in hosts[0].run(["wg", "show", f"m0{tag}", "dump"]).stdout
     print(f"\nremoved {removed:.2f} s after SIGTERM")
-    again, k2b, a2b = start(lab, hosts[2], f"m2{tag}", CONFIG)
+    assert "wgdisco" not in hosts_file(lab, f"m2{tag}").read_text()  # its block went at shutdown
+    deadline = time.monotonic() + 5  # the name is the remaining claimant's now
+    while resolved(lab, hosts[0], f"m0{tag}", "dup") != set(a1):
+        assert time.monotonic() < deadline, hosts_file(lab, f"m0{tag}").read_text()
+        time.sleep(0.2)
+    again, k2b, a2b = start(lab, hosts[2], f"m2{tag}", CONFIG, hostname=names[2])
     assert (k2b, a2b) == (k2, a2)  # the same identity (state directory) and so the same addresses
     back = time.monotonic()
     while not (ping_ok(hosts[0], a2[0]) and ping_ok(hosts[0], a2[1])):

@@ -97,6 +97,12 @@ MESH_RECORDS_BURST = 200
 # again (AnnounceWanted), then after 4, 8 … MESH_ANNOUNCE_MAX seconds while one is still unreached.
 MESH_ANNOUNCE_AFTER = 2.0
 MESH_ANNOUNCE_MAX = 60.0
+# The mesh over unicast DNS-SD: the PTR set of _wireguard._udp.<domain> is browsed at once, then
+# after 0.5, 1, 2 … s up to PollInterval, and at once again after our own record changed; keys
+# found there that are not peers are looked up (at most MESH_BROWSE_LOOKUPS a round); a key whose
+# record was not a valid one of our mesh is not looked up again for STRANGER_TTL (at most
+# MESH_COUNTERS_KEPT such keys remembered).
+MESH_BROWSE_LOOKUPS = 32
 NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
 NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
 REASON_TEXT = {
@@ -335,6 +341,9 @@ class Node:
         self._mesh_waiting: OrderedDict[Key, tuple[records.Sighting, str]] = OrderedDict()
         self._mesh_draining = False
         self._announce_step = MESH_ANNOUNCE_AFTER  # the next wait between re-announcements
+        self._browse_at = 0.0  # unicast mesh: when to browse the PTR set next
+        self._browse_step = LOOKUP_FIRST
+        self._mesh_rejected: OrderedDict[Key, float] = OrderedDict()  # key -> when its DNS record failed
         self._next_announce = 0.0  # when the unreached mesh peers are counted next
         if mesh is not None:
             self._mesh_v4 = mesh.assign_ipv4([self.public_key])
@@ -469,11 +478,15 @@ class Node:
                 if public in self._mesh_peers:
                     self._mesh_set_name(public, name, now)
             elif verdict in ("invalid", "replay"):
+                if source == "dns" and public not in self._mesh_peers:
+                    put_newest(self._mesh_rejected, public, now, MESH_COUNTERS_KEPT)
                 return  # claims our mesh without proof, or an old record: ignored (counted)
             elif public in self._mesh_peers:
                 self._count("mesh-records-unauthenticated")  # a mesh peer's records need the MAC
                 return
         if peer is None:
+            if self.mesh is not None and source == "dns":  # another mesh's or no mesh's record
+                put_newest(self._mesh_rejected, public, now, MESH_COUNTERS_KEPT)
             self._count("records-not-a-peer")  # discovery never makes a stranger a peer
             put_newest(self._strangers, public, (now, sighting, source), MAX_STRANGERS)
             return
@@ -788,11 +801,37 @@ class Node:
                 self._lookup_at[public] = now + step
         return due
 
+    def browse_due(self, now: float) -> bool:
+        """Unicast DNS-SD in a mesh: browse the PTR set now? (Then scheduled again.)"""
+        if self.mesh is None or now < self._browse_at:
+            return False
+        self._browse_at = now + min(self._browse_step, self._poll_interval)
+        self._browse_step = min(self._browse_step * 2, self._poll_interval)
+        return True
+
+    def mesh_lookups(self, found: Iterable[Key], now: float) -> list[Key]:
+        """Of the keys a browse found, those to look up: not us, not a peer (``lookups_due``
+        has those), not one whose record recently was not valid; at most MESH_BROWSE_LOOKUPS."""
+        rejected = self._mesh_rejected
+        while rejected and next(iter(rejected.values())) + STRANGER_TTL <= now:
+            rejected.popitem(last=False)
+        out: list[Key] = []
+        for public in found:
+            if public == self.public_key or public in self.device.peers or public in rejected or public in out:
+                continue
+            if len(out) >= MESH_BROWSE_LOOKUPS:
+                self._count("mesh-browse-lookups-deferred")
+                break
+            out.append(public)
+        return out
+
     def next_lookup(self, now: float) -> float:
         """When ``lookups_due`` next has a peer: ``now`` for one never looked up, or one that
         was on the regular schedule and has lost its path; else the earliest scheduled time,
         or the moment a regular peer's session stops being live."""
         best = now + self._poll_interval
+        if self.mesh is not None:
+            best = min(best, max(self._browse_at, now))
         for public, peer in self.device.peers.items():
             at = self._lookup_at.get(public, now)
             if public in self._lookup_regular:
@@ -1042,6 +1081,7 @@ class Node:
             if not self.has_path(public, now):
                 self._lookup_at[public] = now
                 self._lookup_step.pop(public, None)
+        self._browse_at, self._browse_step = now, LOOKUP_FIRST  # the mesh over DNS too
         withdrawn = old.instance_label if old is not None and old.public_key != record.public_key else None
         self._events.append(RecordChanged(record, withdrawn))
 
