@@ -623,18 +623,6 @@ def test_mesh_name_is_covered_by_the_mac_and_checked() -> None:
     assert a.node.stats().counters["mesh-records-invalid"] == before + 1
 
 
-def test_check_name_table() -> None:
-    from wgdisco.proto.names import check_name, name_from_hostname
-
-    for good in ("alice", "n0", "a-b", "x" * 63, "0a"):
-        assert check_name(good) == good
-    for bad in ("", "-a", "a-", "A", "a b", "a.b", "x" * 64, "123", "wg-abc", "caf\u00e9", "a_b", None, b"\xff"):
-        assert check_name(bad) is None, bad
-    assert name_from_hostname("Build-7.example.org") == "build-7"
-    assert name_from_hostname("localhost") == "localhost"
-    assert name_from_hostname("bad_host") is None
-
-
 def test_mesh_records_over_the_budget_wait_and_are_processed_later() -> None:
     from wgdisco.proto.node import MESH_RECORDS_BURST, MESH_RECORDS_PER_SECOND
 
@@ -672,3 +660,29 @@ def test_mesh_member_that_cannot_reach_a_peer_announces_again_backing_off() -> N
     # after 2 s, then 2, 4, 8, 16 s apart (the next would be 32 s later)
     assert len([e for e in a.events if isinstance(e, AnnounceWanted)]) == 5
     assert a.node.stats().counters["mesh-announcements"] == 5
+
+
+def test_mesh_browse_schedule_and_which_keys_to_look_up() -> None:
+    from wgdisco.proto.node import MESH_BROWSE_LOOKUPS, STRANGER_TTL
+
+    net, (a, b) = mesh_lan(2)
+    net.run(1)
+    now = net.now
+    assert a.node.browse_due(now) and not a.node.browse_due(now)  # at once, then on a schedule
+    due = []
+    for _ in range(200):
+        now += 0.1
+        if a.node.browse_due(now):
+            due.append(round(now - net.now, 1))
+    assert due[:4] == [0.5, 1.5, 3.5, 7.5] and all(y - x <= 10.01 for x, y in zip(due, due[1:]))
+    strangers = [bytes([i]) * 32 for i in range(1, 60)]
+    found = [a.public, b.public, *strangers]
+    wanted = a.node.mesh_lookups(found, now)
+    assert wanted == strangers[:MESH_BROWSE_LOOKUPS]  # not us, not a peer, at most 32 a round
+    # a key whose record is not one of our mesh's is not looked up again for a while
+    a.node.receive_sighting(records.Sighting(strangers[0], [], txt={"probe": b"1"}), "dns", now)
+    assert strangers[0] not in a.node.mesh_lookups(found, now)
+    assert strangers[0] in a.node.mesh_lookups(found, now + STRANGER_TTL + 1)
+    # without a mesh there is nothing to browse
+    plain = Net().node("p", ("10.1.0.9", 51820), "100.64.0.9")
+    assert not plain.node.browse_due(now)
