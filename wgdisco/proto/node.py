@@ -867,6 +867,8 @@ class Node:
             self.selector.on_probe_result(event.peer, event.addr, event.rtt, now)
         elif isinstance(event, ProbeRequested):
             self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
+            # its keepalive stands for ours: the higher key waits for the lower key's
+            self.selector.on_probe_request(event.peer, event.addr, now, defer=self.public_key > event.peer)
 
     # --- time -----------------------------------------------------------------------
 
