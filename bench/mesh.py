@@ -332,7 +332,11 @@ def main() -> int:
     with NeighbourRoom(0 if args.small_neighbour_tables else args.nodes):
         runs = [one_run(args.nodes, args.limit, args.idle, args.cpu_window, args.profile, out.parent)
                 for _ in range(args.runs)]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    root = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    if not commit and (root / ".commit").exists():  # a snapshot of a commit (git archive), named in .commit
+        commit = (root / ".commit").read_text().strip()
     result = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
     times = [r["full_mesh_from_up_s"] for r in runs if r["full_mesh_from_up_s"] is not None]
     if times:
