@@ -461,19 +461,24 @@ def test_mesh_replayed_record_is_ignored() -> None:
 
 
 def test_mesh_goodbye_removes_and_configured_peers_stay() -> None:
-    from wgdisco.proto.node import PeerRemoved
+    from wgdisco.proto.node import MESH_GOODBYE_CONFIRM, PeerRemoved
 
     net, (a, b, c) = mesh_lan(3)
     plain = net.node("p", ("10.1.0.50", 51820), "100.64.0.50")
     a.add(plain)  # a [Peer] section
     net.run(2)
-    net.goodbye(c)
+    net.nodes.remove(c)  # it stops (SIGTERM) ...
+    net.goodbye(c)  # ... and says goodbye: the probe that checks it goes unanswered
+    assert c.public in a.node.peers
+    net.run(MESH_GOODBYE_CONFIRM + 0.1)
     for x in (a, b):
         assert c.public not in x.node.peers
         assert PeerRemoved(c.public, "goodbye") in x.events
     net.goodbye(plain)
+    net.run(MESH_GOODBYE_CONFIRM + 0.1)
     assert plain.public in a.node.peers  # never removed by the mesh
     # it comes back: admitted again with the same address
+    net.nodes.append(c)
     addr = c.tunnel_ip
     c.node.network_changed(c.lan() + [("eth1", ipaddress.ip_interface("10.3.0.2/24"))], net.now)
     c.pump()
@@ -588,8 +593,10 @@ def test_mesh_names_resolve_and_a_contested_name_resolves_to_nobody() -> None:
     assert a.node.mesh_name_of(c.public) == ("db", True)
     assert a.node.mesh_names_of(b.public) == ["bob", key_name(keymod.key_to_base32(b.public))]
     assert a.record is not None and a.record.txt_extra["name"] == "alice"
-    # one of the two leaves: the name is the other's at once
+    # one of the two leaves: the name is the other's
+    net.nodes.remove(d)
     net.goodbye(d)
+    net.run(3)
     assert hosts_of(a)["db"] == {c.tunnel_ip, str(mesh.ipv6_of(c.public))}
 
 
@@ -686,3 +693,20 @@ def test_mesh_browse_schedule_and_which_keys_to_look_up() -> None:
     # without a mesh there is nothing to browse
     plain = Net().node("p", ("10.1.0.9", 51820), "100.64.0.9")
     assert not plain.node.browse_due(now)
+
+
+def test_mesh_goodbye_of_a_member_still_there_removes_nothing() -> None:
+    """mDNS goodbyes are not authenticated, and a member whose network changes sends them before
+    it announces again: a live member answers the probe that checks its goodbye and stays."""
+    from wgdisco.proto.node import MESH_GOODBYE_CONFIRM, PeerRemoved
+
+    net, (a, b) = mesh_lan(2)
+    net.ping_until(a, b, limit=10)
+    handshakes = a.node.handshakes(b.public)
+    a.node.receive_goodbye(b.public, "mdns", net.now)  # forged, or b rebinding its mDNS
+    a.pump()
+    net.run(MESH_GOODBYE_CONFIRM + 1)
+    assert b.public in a.node.peers and PeerRemoved(b.public, "goodbye") not in a.events
+    assert a.node.stats().counters["mesh-goodbyes-refuted"] == 1
+    assert a.node.handshakes(b.public) == handshakes  # the session was never dropped
+    net.ping_until(a, b, limit=2)

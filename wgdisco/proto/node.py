@@ -103,6 +103,11 @@ MESH_ANNOUNCE_MAX = 60.0
 # record was not a valid one of our mesh is not looked up again for STRANGER_TTL (at most
 # MESH_COUNTERS_KEPT such keys remembered).
 MESH_BROWSE_LOOKUPS = 32
+# mDNS goodbyes are not authenticated (RFC 6762 §10.1), and a member whose network changes sends
+# them too before it announces again. A goodbye of a mesh peer with a live path is checked: one
+# probe to that path; unless something authenticated comes from it within MESH_GOODBYE_CONFIRM,
+# the peer is removed. A stopped member is removed after MESH_GOODBYE_CONFIRM, a live one stays.
+MESH_GOODBYE_CONFIRM = 2.0
 NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
 NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
 REASON_TEXT = {
@@ -342,6 +347,7 @@ class Node:
         self._mesh_draining = False
         self._announce_step = MESH_ANNOUNCE_AFTER  # the next wait between re-announcements
         self._browse_at = 0.0  # unicast mesh: when to browse the PTR set next
+        self._mesh_leaving: dict[Key, float] = {}  # mesh peer -> when its goodbye came (being checked)
         self._browse_step = LOOKUP_FIRST
         self._mesh_rejected: OrderedDict[Key, float] = OrderedDict()  # key -> when its DNS record failed
         self._next_announce = 0.0  # when the unreached mesh peers are counted next
@@ -517,6 +523,12 @@ class Node:
             return
         if public in self._mesh_peers:
             self._count("goodbyes")
+            current = self.selector.current(public) if self.traversal else None
+            if current is not None and self.selector.is_live(public, now) and public in self.prober.peers:
+                if public not in self._mesh_leaving:  # is it still there? (a rebind, or forged)
+                    self._mesh_leaving[public] = now
+                    self._outbox.append((self.prober.request(public, current, now), current))
+                return
             self._mesh_remove(public, "goodbye", now)
             return
         stale = [p.addr for p in self.selector.paths(public) if p.source == source]
@@ -605,7 +617,25 @@ class Node:
         self._events.append(PeerAdmitted(public, tuple(self.mesh_addresses(public))))
         return peer
 
+    def _mesh_goodbyes_checked(self, now: float) -> None:
+        """Peers whose goodbye came MESH_GOODBYE_CONFIRM ago: removed unless their path answered
+        since (a probe answer, a probe request or a WireGuard packet from it)."""
+        for public, since in list(self._mesh_leaving.items()):
+            if since + MESH_GOODBYE_CONFIRM > now:
+                continue
+            del self._mesh_leaving[public]
+            if public not in self._mesh_peers:
+                continue
+            current = self.selector.current(public)
+            heard = [p.last_ok for p in self.selector.paths(public)
+                     if p.addr == current and p.last_ok is not None and p.last_ok > since]
+            if heard:
+                self._count("mesh-goodbyes-refuted")  # it is still there: a rebind, or a forgery
+            else:
+                self._mesh_remove(public, "goodbye", now)
+
     def _mesh_remove(self, public: Key, reason: str, now: float) -> None:
+        self._mesh_leaving.pop(public, None)
         del self._mesh_peers[public]
         self.remove_peer(public)
         self._mesh_v4.pop(public, None)
@@ -884,6 +914,8 @@ class Node:
             times.append(self._mesh_budget.ready_at())
         if self._mesh_peers:
             times.append(self._next_announce)
+        if self._mesh_leaving:
+            times.append(min(self._mesh_leaving.values()) + MESH_GOODBYE_CONFIRM)
         if self.stun is not None:
             times.append(self.stun.get_timer())
         if self.traversal:
@@ -912,6 +944,8 @@ class Node:
             self._mesh_drain_waiting(now)
         if self._mesh_peers and now >= self._next_announce:
             self._mesh_announce_check(now)
+        if self._mesh_leaving:
+            self._mesh_goodbyes_checked(now)
         if not self.traversal:
             return
         for timeout in self.prober.handle_timer(now):
