@@ -157,6 +157,11 @@ def format_status(r: dict) -> str:
     if mesh:
         lines.append(f"  mesh: {mesh['id']}, addresses {', '.join(mesh['addresses'])}, prefixes {mesh['ipv4']} "
                      f"and {mesh['ipv6']}; {mesh['peers']} of at most {mesh['max_peers']} mesh peers")
+        if mesh.get("names"):
+            lines.append(f"  mesh names: {', '.join(mesh['names'])} (in {mesh.get('hosts_file') or 'no hosts file'})")
+        if mesh.get("contested_names"):
+            lines.append(f"  contested names (claimed by two or more members, resolve to none): "
+                         f"{', '.join(mesh['contested_names'])}")
     nat = r["nat"]
     if nat["reflexive"]:
         filtering = nat.get("filtering", "unknown")
@@ -169,6 +174,12 @@ def format_status(r: dict) -> str:
         lines += ["", f"peer: {p['public_key']}" + (" (mesh)" if p.get("mesh") else "")]
         if p.get("mesh_addresses"):
             lines.append(f"  mesh addresses: {', '.join(p['mesh_addresses'])}")
+        if p.get("mesh"):
+            claimed = p.get("mesh_name")
+            names = ", ".join(p.get("mesh_names") or [])
+            if claimed is not None and claimed not in (p.get("mesh_names") or []):
+                names += f" (claims {claimed!r}, which another member claims too)"
+            lines.append(f"  mesh names: {names}")
         if p["path"] == "none":
             lines.append(f"  path: none ({p['reason_text'] or p['reason']})")
         else:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 from wgdisco.errors import ConfigError, DecodeError, LocalError
 from wgdisco.proto import keys, tsig
+from wgdisco.proto.names import KEY_NAME_PREFIX, MAX_NAME, check_name
 
 _KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # what a key may be called: never a secret
 _KEY_START = re.compile(r"[A-Za-z][A-Za-z0-9]{0,31}")
@@ -317,6 +318,16 @@ def parse_mesh_ipv4(value: str) -> ipaddress.IPv4Network:
     return net
 
 
+def parse_mesh_name(value: str) -> str:
+    """``Name =``: a mesh member's name (proto/names.py: one lowercase host-name label)."""
+    name = check_name(value.strip())
+    if name is None:
+        raise ValueError(f"{value.strip()[:80]!r} is not a usable name: one label of a-z, 0-9 and '-' "
+                         f"(not at either end, not all digits), at most {MAX_NAME} characters, "
+                         f"not starting with {KEY_NAME_PREFIX!r}")
+    return name
+
+
 def parse_max_peers(value: str) -> int:
     try:
         n = int(value.strip())
@@ -356,6 +367,7 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "meshkeyfile": ("MeshKeyFile", str, None),
     "meshipv4": ("MeshIPv4", parse_mesh_ipv4, None),
     "meshmaxpeers": ("MeshMaxPeers", parse_max_peers, 256),
+    "name": ("Name", parse_mesh_name, None),
 }
 SECRET_DISCOVERY_KEYS = {"UpdateKey", "MeshKey"}
 
@@ -497,7 +509,7 @@ class _Parser:
         lines = self.discovery_key_lines
         if d["MeshKey"] is not None and d["MeshKeyFile"] is not None:
             raise self.error("give MeshKey or MeshKeyFile, not both", lines["MeshKeyFile"], "MeshKeyFile")
-        for key in ("MeshIPv4", "MeshMaxPeers"):
+        for key in ("MeshIPv4", "MeshMaxPeers", "Name"):
             if key in lines and d["MeshKey"] is None and d["MeshKeyFile"] is None:
                 raise self.error("needs MeshKey or MeshKeyFile in [Discovery]", lines[key], key)
         if d["UpdateKey"] is not None and d["UpdateKeyFile"] is not None:

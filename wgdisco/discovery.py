@@ -49,6 +49,7 @@ class Discovery:
         self.mdns_addresses: list[str] = []  # what our A/AAAA records should carry
         self.mdns_published: tuple[Any, ...] | None = None  # (label, addresses, TXT, port) last announced
         self.mdns_dirty = asyncio.Event()  # the network or our record changed: bind/publish again
+        self.mdns_announce = False  # announce our unchanged record again (the node's AnnounceWanted)
         self.mdns_waiting = ""  # why mDNS is not bound (logged once per reason)
         self.republish = asyncio.Event()  # our record changed: publish it again now
         self.lookup_kick = asyncio.Event()  # our record changed: the node may want lookups now
@@ -147,7 +148,8 @@ class Discovery:
         label = self.record.instance_label
         txt = records.build_txt(self.record)
         wanted = (label, tuple(self.mdns_addresses), tuple(txt), self.record.port)
-        if wanted == self.mdns_published:
+        again, self.mdns_announce = self.mdns_announce, False
+        if wanted == self.mdns_published and not again:
             return
         if not self.mdns_addresses:
             log.info("mDNS: browsing on %s; nothing to publish until it has a routable address",
@@ -173,6 +175,14 @@ class Discovery:
         self.republish.set()
         self.mdns_dirty.set()
         self.lookup_kick.set()
+
+    def announce_again(self) -> None:
+        """The node's AnnounceWanted (asyncio loop): members may have missed our mDNS announcement
+        (RFC 6762 §8.3 sends it only a few times): send it again."""
+        if self.mdns is not None and self.mdns_published is not None:
+            self.mdns_announce = True
+            self.mdns_dirty.set()
+            self._count("mdns-announced-again")
 
     def lookup_now(self) -> None:
         """The node wants a peer looked up (LookupWanted): wake the poll loop (asyncio loop)."""
@@ -246,6 +256,8 @@ class Discovery:
                     self._count("records-malformed")
                     continue
                 self.feed(lambda node, now, sighting=sighting: node.receive_sighting(sighting, "dns", now))
+            if not failed and self.feed(lambda node, now: node.browse_due(now)):
+                failed = await self._mesh_browse(retry)
             if failed:
                 await asyncio.sleep(retry.delay(retry.failures - 1))  # exponential backoff, with jitter
                 continue
@@ -254,6 +266,39 @@ class Discovery:
                 await asyncio.wait_for(self.lookup_kick.wait(), max(wait or 0.0, 0.0))
             except asyncio.TimeoutError:
                 pass
+
+    async def _mesh_browse(self, retry: dnssd.Retry) -> bool:
+        """The mesh over unicast DNS-SD: browse the PTR set, look up the keys the node wants
+        (new ones), hand their records over (the node admits those with a valid mesh MAC).
+        True when the nameserver failed."""
+        assert self.client is not None
+        try:
+            labels = await retry.run(self.client.browse, attempts=1)
+        except (dnssd.NameserverError, ConfigError, AuthError):
+            self._count("dns-lookup-errors")
+            return True
+        found = []
+        for label in labels:
+            try:
+                found.append(records.key_of_label(label))
+            except DecodeError:
+                self._count("records-malformed")
+        for public in self.feed(lambda node, now: node.mesh_lookups(found, now)) or ():
+            label = keys.key_to_base32(public)
+            try:
+                raw = await retry.run(lambda label=label: self.client.lookup(label), attempts=1)  # type: ignore[union-attr]
+            except (dnssd.NameserverError, ConfigError, AuthError):
+                self._count("dns-lookup-errors")
+                return True
+            if raw is None:
+                continue
+            try:
+                sighting = records.record_from_dns(label, raw.srv_port, raw.srv_target, raw.addresses, raw.txt)
+            except DecodeError:
+                self._count("records-malformed")
+                continue
+            self.feed(lambda node, now, sighting=sighting: node.receive_sighting(sighting, "dns", now))
+        return False
 
     def _dns_srv(self) -> tuple[int, list[Any]]:
         """Beyond the LAN, SRV/A point at the best reachable candidate: the reflexive address

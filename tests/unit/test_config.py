@@ -305,6 +305,16 @@ def test_mesh_keys_checked() -> None:
     assert e.key == "MeshKey"
 
 
+def test_mesh_name_checked() -> None:
+    assert parse(MESH + "Name = build-7\n").discovery["Name"] == "build-7"
+    assert parse(MESH).discovery["Name"] is None  # the host name, at start
+    for bad in ("Build 7", "-x", "wg-x", "x" * 64, "a.b", "123"):
+        e = error_of(MESH + f"Name = {bad}\n")
+        assert (e.line, e.key) == (6, "Name") and "not a usable name" in str(e)
+    e = error_of("[Interface]\nPrivateKey = " + PRIV + "\n[Discovery]\nName = x\n")
+    assert e.key == "Name" and "MeshKey" in str(e)
+
+
 def test_mesh_key_file_is_read_and_mode_checked(tmp_path: Path) -> None:
     (tmp_path / "mesh.key").write_text("s3cret-mesh\n")
     os.chmod(tmp_path / "mesh.key", 0o644)

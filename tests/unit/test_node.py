@@ -525,19 +525,24 @@ def test_mesh_replayed_record_is_ignored() -> None:
 
 
 def test_mesh_goodbye_removes_and_configured_peers_stay() -> None:
-    from wgdisco.proto.node import PeerRemoved
+    from wgdisco.proto.node import MESH_GOODBYE_CONFIRM, PeerRemoved
 
     net, (a, b, c) = mesh_lan(3)
     plain = net.node("p", ("10.1.0.50", 51820), "100.64.0.50")
     a.add(plain)  # a [Peer] section
     net.run(2)
-    net.goodbye(c)
+    net.nodes.remove(c)  # it stops (SIGTERM) ...
+    net.goodbye(c)  # ... and says goodbye: the probe that checks it goes unanswered
+    assert c.public in a.node.peers
+    net.run(MESH_GOODBYE_CONFIRM + 0.1)
     for x in (a, b):
         assert c.public not in x.node.peers
         assert PeerRemoved(c.public, "goodbye") in x.events
     net.goodbye(plain)
+    net.run(MESH_GOODBYE_CONFIRM + 0.1)
     assert plain.public in a.node.peers  # never removed by the mesh
     # it comes back: admitted again with the same address
+    net.nodes.append(c)
     addr = c.tunnel_ip
     c.node.network_changed(c.lan() + [("eth1", ipaddress.ip_interface("10.3.0.2/24"))], net.now)
     c.pump()
@@ -697,3 +702,164 @@ def test_a_server_without_an_alternate_leaves_filtering_unknown() -> None:
     net, a, b = two_behind_nats()
     net.run(3)
     assert a.node.filtering == "unknown" and a.node.mapping_detail == "endpoint-independent"
+
+
+# --- mesh names (proto/names.py) and the record budget ---------------------------------
+
+
+def named_mesh(names: list[str | None]) -> tuple[Net, list[SimNode]]:
+    net = Net()
+    net.source = "mdns"
+    nodes = [net.node(f"m{i}", (f"10.1.0.{i + 2}", 51820), None, mesh=a_mesh(), mesh_name=name,
+                      lan_prefix="10.1.0.0/24") for i, name in enumerate(names)]
+    for node in nodes:
+        node.start()
+    return net, nodes
+
+
+def hosts_of(n: SimNode) -> dict[str, set[str]]:
+    """name -> addresses, from the last names plan ``n`` announced."""
+    from wgdisco.proto.node import MeshNamesChanged
+
+    plan = [e for e in n.events if isinstance(e, MeshNamesChanged)][-1]
+    out: dict[str, set[str]] = {}
+    for addr, names in plan.hosts:
+        for name in names:
+            out.setdefault(name, set()).add(addr)
+    return out
+
+
+def test_mesh_names_resolve_and_a_contested_name_resolves_to_nobody() -> None:
+    from wgdisco.proto.names import key_name
+    from wgdisco.proto import keys as keymod
+
+    net, (a, b, c, d) = named_mesh(["alice", "bob", "db", "db"])
+    net.run(2)
+    mesh = a_mesh()
+    for x in (a, b, c, d):
+        hosts = hosts_of(x)
+        assert hosts["alice"] == {a.tunnel_ip, str(mesh.ipv6_of(a.public))}
+        assert hosts["bob"] == {b.tunnel_ip, str(mesh.ipv6_of(b.public))}
+        assert "db" not in hosts  # two members claim it: it is nobody's, on every member alike
+        for y in (a, b, c, d):  # every member keeps its key name
+            assert hosts[key_name(keymod.key_to_base32(y.public))] == {y.tunnel_ip, str(mesh.ipv6_of(y.public))}
+    assert a.node.mesh_name_of(c.public) == ("db", True)
+    assert a.node.mesh_names_of(b.public) == ["bob", key_name(keymod.key_to_base32(b.public))]
+    assert a.record is not None and a.record.txt_extra["name"] == "alice"
+    # one of the two leaves: the name is the other's
+    net.nodes.remove(d)
+    net.goodbye(d)
+    net.run(3)
+    assert hosts_of(a)["db"] == {c.tunnel_ip, str(mesh.ipv6_of(c.public))}
+
+
+def test_mesh_name_is_covered_by_the_mac_and_checked() -> None:
+    net, (a, b) = named_mesh(["alice", "bob"])
+    net.run(2)
+    assert b.record is not None
+    rec = b.record
+    txt = records.build_txt(rec)
+    # a member's record with its name changed on the way: the MAC fails, nothing changes
+    forged = [t.replace(b"name=bob", b"name=alice") for t in txt]
+    s = records.record_from_dns(rec.instance_label, rec.port, rec.target, [str(x) for x in rec.addresses], forged)
+    a.node.receive_sighting(s, "mdns", net.now)
+    assert a.node.stats().counters["mesh-records-invalid"] == 1
+    assert a.node.mesh_name_of(b.public) == ("bob", False)
+    # a record whose MAC is good but whose name is not a host name: counted, no name
+    mesh = a_mesh()
+    for bad in ("-bad", "a" * 64, "Ex ample", "wg-abcdefabcdefabcd", "1234", "caf\u00e9", "a.b"):
+        raw = bad.encode("utf-8")
+        if len(raw) > 63:
+            continue  # over the cap: the record is refused before the MAC (checked below)
+        txt2 = {**records.parse_txt(txt)[0], "name": raw, "mc": b"99999999999990",
+                "mac": mesh.mac(b.public, ",".join(records.list_items(records.parse_txt(txt)[0], "cand")),
+                                99999999999990, bad).encode()}
+        a.node.receive_sighting(records.Sighting(b.public, [], txt=txt2), "mdns", net.now)
+        assert a.node.mesh_name_of(b.public) == (None, False), bad
+    assert a.node.stats().counters["mesh-names-invalid"] >= 5
+    long_txt = {**records.parse_txt(txt)[0], "name": b"a" * 64, "mc": b"99999999999999", "mac": b"A" * 24}
+    before = a.node.stats().counters["mesh-records-invalid"]
+    a.node.receive_sighting(records.Sighting(b.public, [], txt=long_txt), "mdns", net.now)
+    assert a.node.stats().counters["mesh-records-invalid"] == before + 1
+
+
+def test_mesh_records_over_the_budget_wait_and_are_processed_later() -> None:
+    from wgdisco.proto.node import MESH_RECORDS_BURST, MESH_RECORDS_PER_SECOND
+
+    net, (a, b) = mesh_lan(2)
+    net.run(1)
+    mesh = a_mesh()
+    flood = 3 * MESH_RECORDS_BURST
+    for i in range(flood):  # valid-looking records of strangers' keys, with bad MACs
+        key = i.to_bytes(4, "big") + bytes(28)
+        a.node.receive_sighting(records.Sighting(key, [], txt={"mesh": mesh.id.encode(), "mc": b"1",
+                                                               "mac": b"A" * 24}), "mdns", net.now)
+    c = a.node.stats().counters
+    assert c["mesh-records-invalid"] == MESH_RECORDS_BURST  # the burst, then nothing more at once
+    assert c["mesh-records-deferred"] == flood - MESH_RECORDS_BURST
+    assert c["mesh-records-dropped"] == flood - MESH_RECORDS_BURST - 256  # at most MeshMaxPeers wait
+    # a real member's record arrives in the flood: it waits its turn, then is admitted
+    late = net.node("late", ("10.1.0.30", 51820), None, mesh=mesh, lan_prefix="10.1.0.0/24")
+    late.start()
+    assert late.public not in a.node.peers
+    net.run(256 / MESH_RECORDS_PER_SECOND + 2)
+    assert late.public in a.node.peers
+    assert a.node.stats().counters["mesh-records-invalid"] == MESH_RECORDS_BURST + 256 - 1
+
+
+def test_mesh_member_that_cannot_reach_a_peer_announces_again_backing_off() -> None:
+    from wgdisco.proto.node import AnnounceWanted
+
+    net, (a, b) = mesh_lan(2)
+    net.run(5)
+    assert not [e for e in a.events if isinstance(e, AnnounceWanted)]  # everyone reached: quiet
+    ghost = net.node("ghost", ("10.1.0.40", 51820), None, mesh=a_mesh(), lan_prefix="10.1.0.0/24")
+    ghost.start()  # a and b admit it ...
+    net.nodes.remove(ghost)  # ... but it never answers (its announcements of a and b are lost)
+    net.run(40)
+    # after 2 s, then 2, 4, 8, 16 s apart (the next would be 32 s later)
+    assert len([e for e in a.events if isinstance(e, AnnounceWanted)]) == 5
+    assert a.node.stats().counters["mesh-announcements"] == 5
+
+
+def test_mesh_browse_schedule_and_which_keys_to_look_up() -> None:
+    from wgdisco.proto.node import MESH_BROWSE_LOOKUPS, STRANGER_TTL
+
+    net, (a, b) = mesh_lan(2)
+    net.run(1)
+    now = net.now
+    assert a.node.browse_due(now) and not a.node.browse_due(now)  # at once, then on a schedule
+    due = []
+    for _ in range(200):
+        now += 0.1
+        if a.node.browse_due(now):
+            due.append(round(now - net.now, 1))
+    assert due[:4] == [0.5, 1.5, 3.5, 7.5] and all(y - x <= 10.01 for x, y in zip(due, due[1:]))
+    strangers = [bytes([i]) * 32 for i in range(1, 60)]
+    found = [a.public, b.public, *strangers]
+    wanted = a.node.mesh_lookups(found, now)
+    assert wanted == strangers[:MESH_BROWSE_LOOKUPS]  # not us, not a peer, at most 32 a round
+    # a key whose record is not one of our mesh's is not looked up again for a while
+    a.node.receive_sighting(records.Sighting(strangers[0], [], txt={"probe": b"1"}), "dns", now)
+    assert strangers[0] not in a.node.mesh_lookups(found, now)
+    assert strangers[0] in a.node.mesh_lookups(found, now + STRANGER_TTL + 1)
+    # without a mesh there is nothing to browse
+    plain = Net().node("p", ("10.1.0.9", 51820), "100.64.0.9")
+    assert not plain.node.browse_due(now)
+
+
+def test_mesh_goodbye_of_a_member_still_there_removes_nothing() -> None:
+    """mDNS goodbyes are not authenticated, and a member whose network changes sends them before
+    it announces again: a live member answers the probe that checks its goodbye and stays."""
+    from wgdisco.proto.node import MESH_GOODBYE_CONFIRM, PeerRemoved
+
+    net, (a, b) = mesh_lan(2)
+    net.ping_until(a, b, limit=10)
+    handshakes = a.node.handshakes(b.public)
+    a.node.receive_goodbye(b.public, "mdns", net.now)  # forged, or b rebinding its mDNS
+    a.pump()
+    net.run(MESH_GOODBYE_CONFIRM + 1)
+    assert b.public in a.node.peers and PeerRemoved(b.public, "goodbye") not in a.events
+    assert a.node.stats().counters["mesh-goodbyes-refuted"] == 1
+    assert a.node.handshakes(b.public) == handshakes  # the session was never dropped
+    net.ping_until(a, b, limit=2)

@@ -529,3 +529,28 @@ def test_unverified_candidates_expire_when_no_sighting_names_them() -> None:
     assert len(sel.addresses(P)) == 6
     sel.probe_plan(1801.0)
     assert sel.addresses(P) == {PUB}  # named at 1000 s: still within 30 min
+
+
+def test_a_peers_keepalive_request_stands_for_ours_on_the_deferring_side() -> None:
+    # the peer's probe request every 5 s on the current path: the deferring side sends none of
+    # its own keepalives while they come, the other side is unchanged; both keep the path live
+    for defer, expected in ((True, 0), (False, 5)):
+        sel = established(PUB)
+        net = Net(sel, {PUB: 0.010})
+        for t in range(10, 36, 5):
+            net.run(float(t))
+            sel.on_probe_request(P, PUB, float(t), defer=defer)
+        net.run(36.0)
+        assert len([t for t in net.times(PUB) if t > 10.0]) == expected, (defer, net.times(PUB))
+        assert sel.decision(P, 36.0) == (PUB, "direct")
+    # when they stop, the deferring side's own keepalives resume within 1.5 intervals
+    sel = established(PUB)
+    net = Net(sel, {PUB: 0.010})
+    net.run(10.0)
+    sel.on_probe_request(P, PUB, 10.0, defer=True)
+    net.run(30.0)
+    assert min(t for t in net.times(PUB) if t > 10.0) == pytest.approx(17.5, abs=0.01)
+    assert sel.decision(P, 30.0) == (PUB, "direct")
+    # a request from another address (not the current path) changes nothing here
+    sel.on_probe_request(P, LAN, 30.0, defer=True)
+    assert sel.decision(P, 30.0) == (PUB, "direct")

@@ -18,8 +18,9 @@ from wgdisco.io import udp
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Peer
 from wgdisco.proto.node import (
-    BirthdayChanged, NatClassified, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, NatSuspected, PathReasonChanged,
-    LookupWanted, MeshAddressChanged, PeerAdmitted, PeerRemoved, RecordChanged, ReflexiveChanged,
+    AnnounceWanted, BirthdayChanged, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, LookupWanted,
+    MeshAddressChanged, MeshNamesChanged, NatClassified, NatSuspected, PathReasonChanged, PeerAdmitted, PeerRemoved,
+    RecordChanged, ReflexiveChanged,
     StunChanged, StunFailed,
 )
 
@@ -104,6 +105,8 @@ class Surface:
                 "mesh": node.is_mesh_peer(public),
                 "mesh_addresses": [str(n.network_address) for n in node.mesh_addresses(public)]
                 if node.is_mesh_peer(public) else [],
+                "mesh_name": node.mesh_name_of(public)[0] if node.is_mesh_peer(public) else None,
+                "mesh_names": node.mesh_names_of(public),
             })
         return {
             "interface": t.name,
@@ -123,6 +126,10 @@ class Surface:
                 "addresses": [str(a.ip) for a in node.own_mesh_interfaces()],
                 "peers": sum(1 for p in device.peers if node.is_mesh_peer(p)),
                 "max_peers": node.mesh.max_peers,
+                "name": node.mesh_name,
+                "names": node.mesh_names_of(node.public_key),
+                "contested_names": list(node.mesh_hosts().contested),
+                "hosts_file": None if t.hosts is None else str(t.hosts.file.path),
             },
             "dropped": self.drop_counts(),
             "handshakes": {  # under a flood: cookies answered, work refused (docs/troubleshooting.md)
@@ -316,6 +323,14 @@ class Surface:
                      node.mapping_detail if node is not None else "unknown")
         elif isinstance(event, BirthdayChanged):
             log.info("peer %s: %s (birthday probes sent so far: %d)", short_key(event.peer), event.text, event.probes)
+        elif isinstance(event, AnnounceWanted):
+            t = self.tunnel
+            if t.discovery is not None and t.loop is not None:
+                t.loop.call_soon_threadsafe(t.discovery.announce_again)
+        elif isinstance(event, MeshNamesChanged):
+            t = self.tunnel
+            if t.hosts is not None and t.loop is not None:
+                t.loop.call_soon_threadsafe(t.hosts.update, event)
         elif isinstance(event, LookupWanted):
             t = self.tunnel
             if t.discovery is not None and t.loop is not None:

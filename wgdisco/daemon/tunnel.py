@@ -84,6 +84,7 @@ class Tunnel:
         self.lock = threading.Lock()  # the Device, the socket and the counters
         self.dataplane: DataPlane | None = None
         self.node: Node | None = None  # peers, identity, discovery and path policy (proto/node.py)
+        self.hosts: Any = None  # wgdisco.daemon.names.HostsSync in mesh mode: names in the hosts file
         self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
         self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor, with NAT traversal
         self.portmapping: Any = None  # daemon/portmapping.PortMapping, with NAT traversal (PortMapping != off)
@@ -152,6 +153,7 @@ class Tunnel:
                 stun_servers=await self._stun_servers(), domain=cfg.discovery["Domain"] or "local",
                 allowed=iface.addresses, poll_interval=cfg.discovery["PollInterval"], mesh=mesh,
                 via=udp.via, via_socket=udp.via_socket,
+                mesh_name=self._mesh_name() if mesh is not None else None,
             )
             own = self.node.own_mesh_interfaces()
             addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]
@@ -208,6 +210,13 @@ class Tunnel:
         gc.freeze()
         self._hooks(iface.post_up, "PostUp")
         if mesh is not None:
+            from wgdisco.daemon.names import HostsSync
+
+            self.hosts = HostsSync(self.name)
+            with self.lock:
+                self.hosts.update(self.node.mesh_hosts())
+            log.info("mesh: our name %s; names resolve through %s", self.node.mesh_name or "(none)",
+                     self.hosts.file.path)
             log.info("mesh %s: our addresses %s; prefixes %s and %s through %s", mesh.id,
                      ", ".join(str(a) for a in own), mesh.ipv4, mesh.ipv6, self.name)
         shown = keys.key_to_base64(self.device.identity.public) if self.has_key else "(none: set it with wg setconf)"
@@ -488,6 +497,18 @@ class Tunnel:
         if self.portmapping is not None:
             await self.portmapping.network_changed()
 
+    def _mesh_name(self) -> str | None:
+        """``[Discovery] Name``, else this host's name (its first label) when that is a valid name."""
+        from wgdisco.proto.names import name_from_hostname
+
+        name = self.cfg.discovery.get("Name")
+        if name is None:
+            name = name_from_hostname(socket.gethostname())
+            if name is None:
+                log.warning("mesh: the host name %r is not a usable member name; set [Discovery] Name",
+                            socket.gethostname()[:80])
+        return name
+
     async def _teardown(self) -> None:
         if self.metrics is not None:
             await self.metrics.close()
@@ -507,6 +528,9 @@ class Tunnel:
         if self.discovery is not None:
             await self.discovery.close()
             self.discovery = None
+        if self.hosts is not None:
+            await self.hosts.close()
+            self.hosts = None
         if self.dataplane is not None:
             await asyncio.to_thread(self.dataplane.stop)
             self.dataplane = None

@@ -5,6 +5,10 @@
         attacker does not hold) with 31 new candidates; no goodbye afterwards.
     python -m wgdisco.lab.mdns_flood names IFACE RATE SECONDS
         RATE responses a second, each for a new instance name (the base32 of a random key).
+    python -m wgdisco.lab.mdns_flood record IFACE JSON [TIMES]
+        One crafted record, sent TIMES (default 3, at most 10) times 0.5 s apart: JSON is
+        {"public": base64 key, "port": n, "address": "10.1.0.9", "txt": ["k=v", ...]} (a forged or
+        replayed mesh record, tests/netns/test_mesh_lab.py).
 Prints JSON {"sent": n, "seconds": s}. Responses go to 224.0.0.251:5353 (RFC 6762 §6), as any
 responder on the link may send them.
 """
@@ -51,6 +55,24 @@ def response(public: bytes, port: int, serial: int, candidates: int) -> bytes:
     return msg.to_wire()
 
 
+def record(public: bytes, port: int, address: str, txt_strings: list[str]) -> bytes:
+    """A response carrying exactly these TXT strings (cache-flush, as a responder sends its own)."""
+    label = keys.key_to_base32(public)
+    instance = f"{label}.{SERVICE}"
+    target = f"wg-{label[:16]}.local."
+    msg = dns.message.Message(id=0)
+    msg.flags = dns.flags.QR | dns.flags.AA
+    txt = " ".join('"' + t.replace('"', '\\"') + '"' for t in txt_strings)
+    for name, rdtype, ttl, text in (
+        (SERVICE, "PTR", 4500, instance),
+        (instance, "SRV", 120, f"0 0 {port} {target}"),
+        (instance, "TXT", 4500, txt),
+        (target, "A", 120, address),
+    ):
+        msg.answer.append(dns.rrset.from_text(name, ttl, "IN", rdtype, text))
+    return msg.to_wire()
+
+
 def flood(iface: str, make, per_second: int, seconds: float) -> dict:
     if not 0 < per_second <= 200 or not 0 < seconds <= 60:
         raise SystemExit("mdns_flood: at most 200 a second for at most 60 s")
@@ -78,6 +100,11 @@ def main() -> int:
     elif mode == "names":
         result = flood(iface, lambda i: response(keys.public_key(keys.clamp(os.urandom(32))), 51820, i + 1, 2),
                        int(sys.argv[3]), float(sys.argv[4]))
+    elif mode == "record":
+        spec = json.loads(sys.argv[3])
+        times = min(int(sys.argv[4]) if len(sys.argv) > 4 else 3, 10)
+        data = record(keys.key_from_base64(spec["public"]), int(spec["port"]), spec["address"], spec["txt"])
+        result = flood(iface, lambda i: data, 2, times / 2)
     else:
         raise SystemExit(f"unknown mode {mode!r}")
     print(json.dumps(result), flush=True)

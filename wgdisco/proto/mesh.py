@@ -95,17 +95,20 @@ class Mesh:
 
     # --- records ------------------------------------------------------------------
 
-    def _mac_input(self, public: bytes, candidates: str, counter: int) -> bytes:
+    def _mac_input(self, public: bytes, candidates: str, counter: int, name: str = "") -> bytes:
         parts = [self.id.encode(), bytes(public), candidates.encode("utf-8"), str(counter).encode()]
+        if name:  # name= (docs/mesh.md "Names"): a fifth part, so records without one keep their MAC
+            parts.append(name.encode("utf-8"))
         return b"".join(len(p).to_bytes(2, "big") + p for p in parts)  # length-prefixed: unambiguous
 
-    def mac(self, public: bytes, candidates: str, counter: int) -> str:
-        """``mac=`` for a record: base64 of HMAC-SHA256(record key, id || key || cand || counter)[:16]."""
-        tag = hmac.new(self._record_key, self._mac_input(public, candidates, counter), hashlib.sha256).digest()
+    def mac(self, public: bytes, candidates: str, counter: int, name: str = "") -> str:
+        """``mac=`` for a record: base64 of HMAC-SHA256(record key, id || key || cand || counter
+        [|| name])[:16], each part length-prefixed."""
+        tag = hmac.new(self._record_key, self._mac_input(public, candidates, counter, name), hashlib.sha256).digest()
         return base64.b64encode(tag[:MAC_LEN]).decode("ascii")
 
-    def verify(self, public: bytes, candidates: str, counter: int, mac: bytes | str) -> bool:
-        want = self.mac(public, candidates, counter).encode("ascii")
+    def verify(self, public: bytes, candidates: str, counter: int, mac: bytes | str, name: str = "") -> bool:
+        want = self.mac(public, candidates, counter, name).encode("ascii")
         got = mac.encode("ascii", "replace") if isinstance(mac, str) else bytes(mac)
         return hmac.compare_digest(want, got)
 

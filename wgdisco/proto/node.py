@@ -45,11 +45,13 @@ from wgdisco.proto.birthday import EASY, HARD, AttemptFailed, BirthdayPuncher, S
 from wgdisco.proto.birthday import Timing as BirthdayTiming
 from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, GaveUp, HandshakeCompleted, Peer
 from wgdisco.proto.hints import HintTrier
+from wgdisco.proto import names as namesmod
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.natclass import NatClassifier
 from wgdisco.proto.paths import HARD_MAPPINGS, Candidate, PathInfo, PathSelector, host_kind
 from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
+from wgdisco.proto.ratelimiter import TokenBucket
 from wgdisco.proto.stun import REFRESH, StunChanged, StunClient, StunFailed
 from wgdisco.proto.timers import LIVE_TIME
 
@@ -60,6 +62,7 @@ __all__ = [
     "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted",
     "PeerAdmitted", "PeerRemoved", "MeshAddressChanged", "PortMappingChanged",
     "BirthdayChanged", "NatClassified", "SocketsWanted", "SocketsClosed",
+    "MeshNamesChanged", "AnnounceWanted",
     "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
 ]
 
@@ -89,6 +92,28 @@ MESH_EXPIRE = 300.0
 MESH_CHECK_INTERVAL = 10.0
 MESH_KEEPALIVE = 25
 MESH_COUNTERS_KEPT = 1024  # last accepted record counter per key, kept after removal (replays)
+# At most MESH_RECORDS_PER_SECOND records (bursts of MESH_RECORDS_BURST) are processed in mesh mode
+# (MAC, admission, candidates): a LAN flooded with valid-looking records costs bounded work. Past
+# the budget the newest record of each key waits (at most max(MeshMaxPeers, 64) keys; the oldest
+# go past that, counted) and is processed as the budget refills. docs/mesh.md "Limits".
+MESH_RECORDS_PER_SECOND = 100
+MESH_RECORDS_BURST = 200
+# A mesh peer admitted MESH_ANNOUNCE_AFTER ago and still without a handshake has probably not
+# seen our record (an mDNS announcement lost while 40 members started at once): announce ours
+# again (AnnounceWanted), then after 4, 8 … MESH_ANNOUNCE_MAX seconds while one is still unreached.
+MESH_ANNOUNCE_AFTER = 2.0
+MESH_ANNOUNCE_MAX = 60.0
+# The mesh over unicast DNS-SD: the PTR set of _wireguard._udp.<domain> is browsed at once, then
+# after 0.5, 1, 2 … s up to PollInterval, and at once again after our own record changed; keys
+# found there that are not peers are looked up (at most MESH_BROWSE_LOOKUPS a round); a key whose
+# record was not a valid one of our mesh is not looked up again for STRANGER_TTL (at most
+# MESH_COUNTERS_KEPT such keys remembered).
+MESH_BROWSE_LOOKUPS = 32
+# mDNS goodbyes are not authenticated (RFC 6762 §10.1), and a member whose network changes sends
+# them too before it announces again. A goodbye of a mesh peer with a live path is checked: one
+# probe to that path; unless something authenticated comes from it within MESH_GOODBYE_CONFIRM,
+# the peer is removed. A stopped member is removed after MESH_GOODBYE_CONFIRM, a live one stays.
+MESH_GOODBYE_CONFIRM = 2.0
 NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
 NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
 REASON_TEXT = {
@@ -233,10 +258,27 @@ class PortMappingChanged:
     external: tuple[str, int] | None
 
 
+@dataclass(frozen=True)
+class MeshNamesChanged:
+    """The names that resolve on this host changed (docs/mesh.md "Names"): ``hosts`` is every
+    (address, names) line to keep, ours included; ``contested`` the names two members claim."""
+
+    hosts: tuple[tuple[str, tuple[str, ...]], ...]
+    contested: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AnnounceWanted:
+    """``unreached`` mesh peers have had no handshake since they were admitted: announce our
+    record again (mDNS), they may have missed it."""
+
+    unreached: int
+
+
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
          | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
          | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | PortMappingChanged
-         | BirthdayChanged | NatClassified | SocketsWanted | SocketsClosed)
+         | BirthdayChanged | NatClassified | SocketsWanted | SocketsClosed | MeshNamesChanged | AnnounceWanted)
 
 
 @dataclass(frozen=True)
@@ -292,6 +334,7 @@ class Node:
         via: Callable[[Addr, int], Addr] | None = None,
         via_socket: Callable[[Addr], int | None] = lambda addr: None,
         birthday_timing: BirthdayTiming = BirthdayTiming(),
+        mesh_name: str | None = None,
     ) -> None:
         self.device = device
         self.mesh = mesh  # zero-config mesh (proto/mesh.py): records with its MAC admit their keys
@@ -353,6 +396,18 @@ class Node:
         self._mesh_counter = int(wall * 1000)  # mc= of our record: Unix ms, strictly increasing
         self._next_mesh_check = 0.0
         self._body: records.ServiceRecord | None = None
+        self.mesh_name = namesmod.check_name(mesh_name)  # ours, in name= (None: no name claimed)
+        self._mesh_names: dict[Key, str] = {}  # mesh peer -> the name its last valid record claims
+        self._hosts: MeshNamesChanged | None = None  # the last names plan announced
+        self._mesh_budget = TokenBucket(MESH_RECORDS_PER_SECOND, MESH_RECORDS_BURST)
+        self._mesh_waiting: OrderedDict[Key, tuple[records.Sighting, str]] = OrderedDict()
+        self._mesh_draining = False
+        self._announce_step = MESH_ANNOUNCE_AFTER  # the next wait between re-announcements
+        self._browse_at = 0.0  # unicast mesh: when to browse the PTR set next
+        self._mesh_leaving: dict[Key, float] = {}  # mesh peer -> when its goodbye came (being checked)
+        self._browse_step = LOOKUP_FIRST
+        self._mesh_rejected: OrderedDict[Key, float] = OrderedDict()  # key -> when its DNS record failed
+        self._next_announce = 0.0  # when the unreached mesh peers are counted next
         if mesh is not None:
             self._mesh_v4 = mesh.assign_ipv4([self.public_key])
 
@@ -486,9 +541,11 @@ class Node:
         public = sighting.public_key
         if public == self.public_key:
             return
+        if self.mesh is not None and not self._mesh_take_budget(sighting, source, now):
+            return
         peer = self.device.peers.get(public)
         if self.mesh is not None:
-            verdict, sighting = self._mesh_check(sighting)
+            verdict, sighting, name = self._mesh_check(sighting)
             if verdict == "valid":
                 if public in self._mesh_peers:
                     self._mesh_peers[public][0] = now
@@ -496,12 +553,18 @@ class Node:
                     peer = self._admit(public, now)
                     if peer is None:
                         return
+                if public in self._mesh_peers:
+                    self._mesh_set_name(public, name, now)
             elif verdict in ("invalid", "replay"):
+                if source == "dns" and public not in self._mesh_peers:
+                    put_newest(self._mesh_rejected, public, now, MESH_COUNTERS_KEPT)
                 return  # claims our mesh without proof, or an old record: ignored (counted)
             elif public in self._mesh_peers:
                 self._count("mesh-records-unauthenticated")  # a mesh peer's records need the MAC
                 return
         if peer is None:
+            if self.mesh is not None and source == "dns":  # another mesh's or no mesh's record
+                put_newest(self._mesh_rejected, public, now, MESH_COUNTERS_KEPT)
             self._count("records-not-a-peer")  # discovery never makes a stranger a peer
             put_newest(self._strangers, public, (now, sighting, source), MAX_STRANGERS)
             return
@@ -526,11 +589,18 @@ class Node:
     def receive_goodbye(self, public: Key, source: str, now: float) -> None:
         """The peer withdrew its record from ``source`` (an mDNS goodbye, RFC 6762 §10.1):
         its candidates from there go, unless one is the live path (proven, not a hint)."""
+        self._mesh_waiting.pop(public, None)  # a record that waited for the budget is older
         if public not in self.device.peers:
             self._strangers.pop(public, None)
             return
         if public in self._mesh_peers:
             self._count("goodbyes")
+            current = self.selector.current(public) if self.traversal else None
+            if current is not None and self.selector.is_live(public, now) and public in self.prober.peers:
+                if public not in self._mesh_leaving:  # is it still there? (a rebind, or forged)
+                    self._mesh_leaving[public] = now
+                    self._outbox.append((self.prober.request(public, current, now), current))
+                return
             self._mesh_remove(public, "goodbye", now)
             return
         stale = [p.addr for p in self.selector.paths(public) if p.source == source]
@@ -562,31 +632,37 @@ class Node:
 
     # --- the mesh ------------------------------------------------------------------
 
-    def _mesh_check(self, sighting: records.Sighting) -> tuple[str, records.Sighting]:
+    def _mesh_check(self, sighting: records.Sighting) -> tuple[str, records.Sighting, str | None]:
         """"valid" (our mesh id, a good MAC, not older than the last accepted: the sighting comes
-        back with only the candidates the MAC covers), "invalid", "replay", "other" (another mesh)
-        or "none" (no mesh= key)."""
+        back with only the candidates the MAC covers, and the name it claims if that is a valid
+        name), "invalid", "replay", "other" (another mesh) or "none" (no mesh= key)."""
         assert self.mesh is not None
         txt = sighting.txt
         mesh_id = txt.get("mesh")
         if mesh_id is None:
-            return "none", sighting
+            return "none", sighting, None
         if mesh_id != self.mesh.id.encode():
             self._count("records-other-mesh")
-            return "other", sighting
+            return "other", sighting, None
         counter_text, mac = txt.get("mc"), txt.get("mac")
-        if counter_text is None or mac is None or not counter_text.isdigit() or len(counter_text) > 19:
+        raw_name = txt.get("name") or b""
+        if counter_text is None or mac is None or not counter_text.isdigit() or len(counter_text) > 19 \
+                or len(raw_name) > namesmod.MAX_NAME:
             self._count("mesh-records-invalid")
-            return "invalid", sighting
+            return "invalid", sighting, None
         counter = int(counter_text)
         items = records.list_items(txt, "cand")
-        if not self.mesh.verify(sighting.public_key, ",".join(items), counter, mac):
+        claimed = raw_name.decode("utf-8", "replace")
+        if not self.mesh.verify(sighting.public_key, ",".join(items), counter, mac, claimed):
             self._count("mesh-records-invalid")
-            return "invalid", sighting
+            return "invalid", sighting, None
         last = self._mesh_counters.get(sighting.public_key)
         if last is not None and counter < last:
             self._count("mesh-records-replayed")
-            return "replay", sighting
+            return "replay", sighting, None
+        name = namesmod.check_name(raw_name) if raw_name else None
+        if raw_name and name is None:
+            self._count("mesh-names-invalid")  # authenticated, but not a name we would write anywhere
         put_newest(self._mesh_counters, sighting.public_key, counter, MESH_COUNTERS_KEPT)
         covered = set()
         for item in items:
@@ -595,7 +671,7 @@ class Node:
             except DecodeError:
                 pass
         kept = [c for c in sighting.candidates if c in covered]
-        return "valid", dataclasses.replace(sighting, candidates=kept)
+        return "valid", dataclasses.replace(sighting, candidates=kept), name
 
     def _admit(self, public: Key, now: float) -> Peer | None:
         """A valid mesh record of a stranger: a peer, AllowedIPs from its key (never the record)."""
@@ -613,10 +689,29 @@ class Node:
         self._events.append(PeerAdmitted(public, tuple(self.mesh_addresses(public))))
         return peer
 
+    def _mesh_goodbyes_checked(self, now: float) -> None:
+        """Peers whose goodbye came MESH_GOODBYE_CONFIRM ago: removed unless their path answered
+        since (a probe answer, a probe request or a WireGuard packet from it)."""
+        for public, since in list(self._mesh_leaving.items()):
+            if since + MESH_GOODBYE_CONFIRM > now:
+                continue
+            del self._mesh_leaving[public]
+            if public not in self._mesh_peers:
+                continue
+            current = self.selector.current(public)
+            heard = [p.last_ok for p in self.selector.paths(public)
+                     if p.addr == current and p.last_ok is not None and p.last_ok > since]
+            if heard:
+                self._count("mesh-goodbyes-refuted")  # it is still there: a rebind, or a forgery
+            else:
+                self._mesh_remove(public, "goodbye", now)
+
     def _mesh_remove(self, public: Key, reason: str, now: float) -> None:
+        self._mesh_leaving.pop(public, None)
         del self._mesh_peers[public]
         self.remove_peer(public)
         self._mesh_v4.pop(public, None)
+        self._mesh_names.pop(public, None)
         self._mesh_reassign(now)
         self._count("mesh-peers-removed")
         self._events.append(PeerRemoved(public, reason))
@@ -642,6 +737,108 @@ class Node:
                 self._events.append(MeshAddressChanged(public, before, addr))
                 if public == own:
                     self._update_record(now)
+        self._mesh_names_update()
+
+    # --- mesh names (proto/names.py, docs/mesh.md "Names") ---------------------------
+
+    def _mesh_set_name(self, public: Key, name: str | None, now: float) -> None:
+        if self._mesh_names.get(public) == name:
+            return
+        if name is None:
+            self._mesh_names.pop(public, None)
+        else:
+            self._mesh_names[public] = name
+        self._mesh_names_update()
+
+    def _mesh_claims(self) -> dict[Key, str | None]:
+        return {self.public_key: self.mesh_name, **self._mesh_names}
+
+    def _mesh_names_update(self) -> None:
+        """Announce the names plan (MeshNamesChanged) when it differs from the last one."""
+        if self.mesh is None:
+            return
+        plan = self.mesh_hosts()
+        if plan != self._hosts:
+            self._hosts = plan
+            self._events.append(plan)
+
+    def mesh_hosts(self) -> MeshNamesChanged:
+        """Every member's addresses and names (ours first, then by key): its key name always, its
+        claimed name unless two members claim it (then nobody gets it)."""
+        assert self.mesh is not None
+        claims = self._mesh_claims()
+        owned, contested = namesmod.resolve(claims)
+        lines = []
+        for public in [self.public_key, *sorted(self._mesh_peers)]:
+            names = [namesmod.key_name(keys.key_to_base32(public))]
+            claimed = claims.get(public)
+            if claimed is not None and owned.get(claimed) == public:
+                names.insert(0, claimed)
+            for net in self.mesh_addresses(public):
+                lines.append((str(net.network_address), tuple(names)))
+        return MeshNamesChanged(tuple(lines), tuple(sorted(contested)))
+
+    def mesh_names_of(self, public: Key) -> list[str]:
+        """The names that resolve to ``public`` on this host (its claimed name unless contested,
+        then its key name): [] for a key that is not a member we know."""
+        if self.mesh is None or (public != self.public_key and public not in self._mesh_peers):
+            return []
+        claimed, contested = self.mesh_name_of(public)
+        key_name = namesmod.key_name(keys.key_to_base32(public))
+        return [claimed, key_name] if claimed is not None and not contested else [key_name]
+
+    def mesh_name_of(self, public: Key) -> tuple[str | None, bool]:
+        """(the name ``public`` claims, whether another member claims it too); None: no name."""
+        claims = self._mesh_claims()
+        name = claims.get(public)
+        if name is None:
+            return None, False
+        return name, sum(1 for n in claims.values() if n == name) > 1
+
+    def _mesh_announce_check(self, now: float) -> None:
+        """Mesh peers admitted MESH_ANNOUNCE_AFTER ago with no handshake yet: AnnounceWanted, on a
+        doubling schedule while any stays unreached; the schedule starts over once none is."""
+        unreached = 0
+        for public, (_seen, admitted) in self._mesh_peers.items():
+            peer = self.device.peers.get(public)
+            if peer is not None and peer.last_handshake is None and now - admitted >= MESH_ANNOUNCE_AFTER:
+                unreached += 1
+        if unreached:
+            self._count("mesh-announcements")
+            self._events.append(AnnounceWanted(unreached))
+            self._next_announce = now + self._announce_step
+            self._announce_step = min(self._announce_step * 2, MESH_ANNOUNCE_MAX)
+        else:
+            self._announce_step = MESH_ANNOUNCE_AFTER
+            self._next_announce = now + 1.0
+
+    # --- the mesh's record budget ----------------------------------------------------
+
+    def _mesh_take_budget(self, sighting: records.Sighting, source: str, now: float) -> bool:
+        """True: process this record now. False: it waits (its key's newest record, at most
+        max(MeshMaxPeers, 64) keys) until the budget refills (MESH_RECORDS_PER_SECOND)."""
+        assert self.mesh is not None
+        if self._mesh_draining:
+            return True  # it waited, and has its token
+        if self._mesh_waiting or not self._mesh_budget.take(now):  # those that wait go first
+            self._count("mesh-records-deferred")
+            cap = max(self.mesh.max_peers, MAX_STRANGERS)
+            if len(self._mesh_waiting) >= cap and sighting.public_key not in self._mesh_waiting:
+                self._count("mesh-records-dropped")
+            put_newest(self._mesh_waiting, sighting.public_key, (sighting, source), cap)
+            return False
+        return True
+
+    def _mesh_drain_waiting(self, now: float) -> None:
+        """Records that waited for the budget, oldest first, while it lasts."""
+        waiting = self._mesh_waiting
+        self._mesh_draining = True
+        try:
+            while waiting and self._mesh_budget.take(now):
+                _public, (sighting, source) = waiting.popitem(last=False)
+                self.receive_sighting(sighting, source, now)
+        finally:
+            self._mesh_draining = False
 
     def _mesh_expire(self, now: float) -> None:
         """Remove mesh peers whose record is old and who have had no handshake for MESH_EXPIRE."""
@@ -706,11 +903,37 @@ class Node:
                 self._lookup_at[public] = now + step
         return due
 
+    def browse_due(self, now: float) -> bool:
+        """Unicast DNS-SD in a mesh: browse the PTR set now? (Then scheduled again.)"""
+        if self.mesh is None or now < self._browse_at:
+            return False
+        self._browse_at = now + min(self._browse_step, self._poll_interval)
+        self._browse_step = min(self._browse_step * 2, self._poll_interval)
+        return True
+
+    def mesh_lookups(self, found: Iterable[Key], now: float) -> list[Key]:
+        """Of the keys a browse found, those to look up: not us, not a peer (``lookups_due``
+        has those), not one whose record recently was not valid; at most MESH_BROWSE_LOOKUPS."""
+        rejected = self._mesh_rejected
+        while rejected and next(iter(rejected.values())) + STRANGER_TTL <= now:
+            rejected.popitem(last=False)
+        out: list[Key] = []
+        for public in found:
+            if public == self.public_key or public in self.device.peers or public in rejected or public in out:
+                continue
+            if len(out) >= MESH_BROWSE_LOOKUPS:
+                self._count("mesh-browse-lookups-deferred")
+                break
+            out.append(public)
+        return out
+
     def next_lookup(self, now: float) -> float:
         """When ``lookups_due`` next has a peer: ``now`` for one never looked up, or one that
         was on the regular schedule and has lost its path; else the earliest scheduled time,
         or the moment a regular peer's session stops being live."""
         best = now + self._poll_interval
+        if self.mesh is not None:
+            best = min(best, max(self._browse_at, now))
         for public, peer in self.device.peers.items():
             at = self._lookup_at.get(public, now)
             if public in self._lookup_regular:
@@ -791,6 +1014,8 @@ class Node:
             self.selector.on_probe_result(event.peer, event.addr, event.rtt, now)
         elif isinstance(event, ProbeRequested):
             self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
+            # its keepalive stands for ours: the higher key waits for the lower key's
+            self.selector.on_probe_request(event.peer, event.addr, now, defer=self.public_key > event.peer)
 
     # --- time -----------------------------------------------------------------------
 
@@ -802,6 +1027,12 @@ class Node:
             times.append(next(iter(self._strangers.values()))[0] + STRANGER_TTL)
         if self._mesh_peers:
             times.append(self._next_mesh_check)
+        if self._mesh_waiting:
+            times.append(self._mesh_budget.ready_at())
+        if self._mesh_peers:
+            times.append(self._next_announce)
+        if self._mesh_leaving:
+            times.append(min(self._mesh_leaving.values()) + MESH_GOODBYE_CONFIRM)
         if self.stun is not None:
             times.append(self.stun.get_timer())
         if self.classifier is not None:
@@ -835,6 +1066,12 @@ class Node:
             strangers.popitem(last=False)
         if self._mesh_peers and now >= self._next_mesh_check:
             self._mesh_expire(now)
+        if self._mesh_waiting:
+            self._mesh_drain_waiting(now)
+        if self._mesh_peers and now >= self._next_announce:
+            self._mesh_announce_check(now)
+        if self._mesh_leaving:
+            self._mesh_goodbyes_checked(now)
         if not self.traversal:
             return
         for timeout in self.prober.handle_timer(now):
@@ -1075,10 +1312,12 @@ class Node:
             return body
         counter = self._mesh_counter
         extra = {**body.txt_extra, "mesh": self.mesh.id, "mc": str(counter), "mac": "A" * 24}
+        if self.mesh_name is not None:
+            extra["name"] = self.mesh_name
         draft = dataclasses.replace(body, txt_extra=extra)  # the MAC's size, so the same candidates fit
         txt, _ = records.parse_txt(records.build_txt(draft))
         cand = ",".join(records.list_items(txt, "cand"))
-        extra["mac"] = self.mesh.mac(body.public_key, cand, counter)
+        extra["mac"] = self.mesh.mac(body.public_key, cand, counter, self.mesh_name or "")
         return dataclasses.replace(body, txt_extra=extra)
 
     def _record_body(self) -> records.ServiceRecord:
@@ -1120,6 +1359,7 @@ class Node:
             if not self.has_path(public, now):
                 self._lookup_at[public] = now
                 self._lookup_step.pop(public, None)
+        self._browse_at, self._browse_step = now, LOOKUP_FIRST  # the mesh over DNS too
         withdrawn = old.instance_label if old is not None and old.public_key != record.public_key else None
         self._events.append(RecordChanged(record, withdrawn))
 

@@ -407,6 +407,25 @@ class PathSelector:
         if p is not None and p.current is not None:
             self.on_probe_timeout(peer, p.current, now)
 
+    def on_probe_request(self, peer: Key, addr: Addr, now: float, *, defer: bool) -> None:
+        """An authenticated probe request came from `addr` (probe.ProbeRequested). On the verified
+        current path it is the peer's keepalive: the path is proven (as by a WireGuard packet,
+        whitepaper §2.1). With `defer` (one side of each pair: the caller says which, alike on
+        both) our own keepalive to it waits 1.5 `keepalive_interval`, so it goes out only when the
+        peer's stop coming: a pair of idle peers sends one keepalive probe per interval, not two
+        (a mesh of N members sent N·(N-1) of them: the idle cost that grows with N²). Without
+        `defer` both would push each other's timers in lockstep and both would still send."""
+        p = self._peers.get(peer)
+        if p is None or p.current != addr:
+            return
+        path = p.paths[addr]
+        if path.state != VERIFIED:
+            return
+        path.last_ok = path.last_seen = now
+        path.misses = 0
+        if defer:
+            path.next_probe = max(path.next_probe, now + 1.5 * self.timing.keepalive_interval)
+
     def on_authenticated(self, peer: Key, addr: Addr, now: float, *, kind: str = "prflx") -> None:
         """An authenticated WireGuard packet came from `addr`: verified, live, and the current
         path (WireGuard's roaming rule, whitepaper §2.1). `kind` names a new address."""

@@ -1,0 +1,350 @@
+"""Zero-config mesh at scale (issue 15): N wgdisco daemons on one LAN bridge, started from
+byte-identical config files (ListenPort + MeshKey only, the documented defaults otherwise).
+
+    sudo .venv/bin/python bench/mesh.py --nodes 40 [--runs 1] [--idle 60] [--profile 30] [--out FILE]
+
+What it measures, per run:
+
+- **time to full mesh**: from the moment the last daemon logged "interface … up" (``from_up``;
+  also from the launch of the first daemon, ``from_launch``) until every directed pair
+  (N·(N-1) of them) has carried a datagram over IPv4 *and* over IPv6 on the members' derived
+  addresses, both ways (request and echo). All daemons are launched at once (no stagger).
+- **idle CPU % and RSS per daemon** after the mesh is full: CPU over the last ``--cpu-window``
+  seconds of ``--idle`` seconds (from /proc/PID/stat, utime+stime, one core = 100 %), RSS
+  (/proc/PID/status VmRSS) at the end; min/median/max over the daemons; load average.
+- optionally (``--profile S``) a py-spy profile of daemon 0 for the first S seconds after the
+  launch (``--format raw`` collapsed stacks); the top own-time functions are printed and saved.
+
+The reachability check is one process (this one), not N·(N-1) pings: for each namespace it
+opens one UDP socket inside that namespace (setns(2) before socket(2); a socket stays in the
+namespace it was made in), bound to [::]:7 dual stack. Every 0.5 s each still-pending (i, j,
+family) pair gets one 12-byte request from node i's socket to node j's derived address; node
+j's socket (same process, one selector) echoes it, and the echo arriving back at node i marks
+the pair done. Only pending pairs are sent, so the check costs at most 2·N·(N-1) datagrams
+per 0.5 s at the start and nothing once the mesh is full. A request to a member with no
+session makes the daemon start a handshake, as a ping would.
+
+Run it under the quiet lock (docs/performance.md): ``flock /tmp/wgdisco-quiet.lock …``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import json
+import os
+import re
+import selectors
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from wgdisco.lab import Lab  # noqa: E402
+from wgdisco.lab.wg import PACKAGE_ROOT  # noqa: E402
+
+CONFIG = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = correct horse battery staple\n"
+ECHO_PORT = 7
+ROUND = 0.5
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns {path}")
+    finally:
+        os.close(fd)
+
+
+_HOME_NS = os.open("/proc/self/ns/net", os.O_RDONLY)  # where this process started
+
+
+def socket_in(ns: str) -> socket.socket:
+    """A dual-stack UDP socket on [::]:ECHO_PORT inside network namespace ``ns``."""
+    setns(f"/run/netns/{ns}")
+    try:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", ECHO_PORT))
+        s.setblocking(False)
+        return s
+    finally:
+        if _libc.setns(_HOME_NS, 0x40000000) != 0:
+            raise OSError(ctypes.get_errno(), "setns back")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def cpu_seconds_main(pid: int) -> float:
+    """The main thread's CPU (the asyncio loop: mDNS, discovery, control), without the data plane."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid: int) -> float:
+    m = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(m.group(1)) / 1024 if m else float("nan")
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float) -> tuple[float | None, int]:
+    """Until every (i, j, family) pair echoed, or ``limit`` seconds: (seconds, pairs left)."""
+    n = len(socks)
+    mapped = [[a if ":" in a else f"::ffff:{a}" for a in pair] for pair in addrs]
+    pending = {(i, j, f) for i in range(n) for j in range(n) if i != j for f in (0, 1)}
+    sel = selectors.DefaultSelector()
+    for i, s in enumerate(socks):
+        sel.register(s, selectors.EVENT_READ, i)
+    start = time.monotonic()
+    next_round = start
+    while pending:
+        now = time.monotonic()
+        if now - start > limit:
+            return None, len(pending)
+        if now >= next_round:
+            for i, j, f in pending:
+                try:
+                    socks[i].sendto(struct.pack("!cHHB", b"Q", i, j, f) + b"wgdisco", (mapped[j][f], ECHO_PORT))
+                except OSError:
+                    pass  # no route yet (the member is not admitted): next round
+            next_round = now + ROUND
+        for key, _ in sel.select(max(0.0, next_round - time.monotonic())):
+            sock = key.fileobj
+            while True:
+                try:
+                    data, src = sock.recvfrom(64)  # type: ignore[union-attr]
+                except BlockingIOError:
+                    break
+                if len(data) < 6:
+                    continue
+                kind, i, j, f = struct.unpack("!cHHB", data[:6])
+                if kind == b"Q":
+                    try:
+                        sock.sendto(b"R" + data[1:], src)  # type: ignore[union-attr]
+                    except OSError:
+                        pass  # no route back yet: the requester asks again
+                elif kind == b"R":
+                    pending.discard((i, j, f))
+    return time.monotonic() - start, 0
+
+
+def py_spy_summary(raw: Path, top: int = 25) -> list[tuple[str, float, float]]:
+    """(function, own %, total %) from py-spy's collapsed stacks."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        c = int(count)
+        samples += c
+        frames = [re.sub(r" \(.*?:\d+\)$", "", fr.strip()) + " " + (re.search(r"\(([^()]*?)(?::\d+)?\)$", fr) or [None, ""])[1].split("/")[-1]
+                  for fr in stack.split(";")]
+        own[frames[-1]] += c
+        for fr in set(frames):
+            total[fr] += c
+    if not samples:
+        return []
+    return [(fn, 100 * c / samples, 100 * total[fn] / samples) for fn, c in own.most_common(top)]
+
+
+def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socket], path: Path) -> None:
+    """Why not: each member's status (mesh peers, peers with a handshake, paths, counters)."""
+    rows = []
+    for i, h in enumerate(hosts):
+        r = h.run([sys.executable, "-m", "wgdisco", "status", f"m{i}{tag}", "--json"], check=False)
+        try:
+            st = json.loads(r.stdout)
+        except ValueError:
+            rows.append({"node": i, "error": r.stderr[-300:]})
+            continue
+        peers = st.get("peers", [])
+        rows.append({"node": i, "mesh_peers": st["mesh"]["peers"],
+                     "handshaken": sum(1 for p in peers if p["latest_handshake"]),
+                     "paths": collections.Counter(p["path"] for p in peers),
+                     "reasons": collections.Counter(p["reason"] for p in peers if p["reason"]),
+                     "counters": st.get("counters") or st.get("discovery") or {}})
+    path.write_text(json.dumps(rows, indent=1, default=str))
+    print(f"diagnosis in {path}: mesh peers per node {[r.get('mesh_peers') for r in rows]}; "
+          f"with a handshake {[r.get('handshaken') for r in rows]}", flush=True)
+
+
+NEIGH = [f"/proc/sys/net/{fam}/neigh/default/gc_thresh{i}" for fam in ("ipv4", "ipv6") for i in (1, 2, 3)]
+
+
+class NeighbourRoom:
+    """The kernel's ARP and ND tables are one table each for ALL network namespaces (the
+    gc_thresh sysctls exist only in the initial namespace; default hard limit gc_thresh3 = 1024
+    entries). N lab hosts on one LAN, each talking to N-1 LAN neighbours and N-1 tunnel
+    destinations (a NOARP device still makes an entry), need about 2·N·(N-1) entries per
+    family: 3,120 for 40 nodes. Past the limit the kernel logs "neighbor table overflow" and
+    sends fail with ENOBUFS, in every namespace. A real LAN of 40 machines has 40 small
+    tables, so for the run the limits are raised (never lowered) and put back afterwards if
+    nobody changed them meanwhile."""
+
+    def __init__(self, nodes: int) -> None:
+        need = 4 * nodes * nodes
+        self.wanted = {p: v for p, v in zip(NEIGH, [need // 4, need // 2, need] * 2)}
+        self.saved: dict[str, int] = {}
+
+    def __enter__(self) -> "NeighbourRoom":
+        for path, value in self.wanted.items():
+            old = int(Path(path).read_text())
+            if old < value:
+                self.saved[path] = old
+                Path(path).write_text(str(value))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for path, old in self.saved.items():
+            if int(Path(path).read_text()) == self.wanted[path]:
+                Path(path).write_text(str(old))
+
+
+PROFILE_IDLE = bool(os.environ.get("WGDISCO_PROFILE_IDLE"))  # profile the idle window instead
+
+
+def start_spy(pid: int, seconds: float, raw: Path) -> subprocess.Popen[bytes]:
+    """py-spy on ``pid``: samples only while a thread holds the GIL (--gil), so the counts are
+    Python work, not time spent waiting in epoll or on a lock."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--gil",
+                             "-r", "100", "-d", str(int(seconds)), "-o", str(raw), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def one_run(n: int, limit: float, idle: float, window: float, profile: float, out_dir: Path) -> dict[str, object]:
+    with Lab(keep_logs=bool(os.environ.get("WGDISCO_KEEP_LOGS"))) as lab:
+        lan = lab.lan("lan")
+        tag = lab.prefix[3:9]
+        hosts = [lab.host(f"n{i}") for i in range(n)]
+        for i, h in enumerate(hosts):
+            lab.attach(h, lan, f"10.1.{i // 200}.{i % 200 + 1}/16", f"fd00:1::{i + 1}/64")
+        socks = [socket_in(h.ns) for h in hosts]
+        conf = lab.logdir / "mesh.conf"
+        conf.write_text(CONFIG)
+        conf.chmod(0o600)
+        launched = time.monotonic()
+        procs = []
+        for i, h in enumerate(hosts):
+            c = lab.logdir / f"m{i}{tag}.conf"
+            c.write_bytes(conf.read_bytes())  # byte-identical; the file's stem names the interface
+            c.chmod(0o600)
+            # each in its own UTS namespace with its own host name (the default member name), its
+            # own hosts file (WGDISCO_HOSTS_FILE) and state directory; exec keeps the pid
+            argv = ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', f"n{i}",
+                    sys.executable, "-m", "wgdisco.lab.run_tunnel", str(c)]
+            procs.append(h.popen(argv, name=f"wgdisco-m{i}", env={
+                "PYTHONPATH": str(PACKAGE_ROOT), "WGDISCO_STATE_DIR": str(lab.logdir / f"state-{i}"),
+                "WGDISCO_HOSTS_FILE": str(lab.logdir / f"hosts-{i}")}))
+        spy = None
+        addrs = []
+        for k, p in enumerate(procs):
+            m = p.wait_for(r"mesh \w+: our addresses (\S+), (\S+);", timeout=120, stream="stderr")
+            p.wait_for(r"interface \S+ up: public key", timeout=120, stream="stderr")
+            addrs.append([m.group(1).split("/")[0], m.group(2).split("/")[0]])
+            if k == 0 and profile and not PROFILE_IDLE:  # from daemon 0's "up": its part in the convergence
+                spy = start_spy(procs[0].pid, profile, out_dir / f"mesh-{n}-profile.txt")
+        up = time.monotonic()
+        took, left = reach_all(socks, addrs, limit)
+        result: dict[str, object] = {
+            "nodes": n, "pairs": n * (n - 1), "all_up_after_launch_s": round(up - launched, 2),
+            "full_mesh_from_up_s": None if took is None else round(took, 2),
+            "full_mesh_from_launch_s": None if took is None else round(up - launched + took, 2),
+            "pairs_left": left, "loadavg_at_full": os.getloadavg()[0],
+        }
+        print(f"{n} nodes: all up {up - launched:.1f} s after launch; "
+              + (f"full mesh {took:.2f} s after the last was up" if took is not None else
+                 f"NOT a full mesh after {limit:.0f} s ({left} of {2 * n * (n - 1)} pair-families left)"), flush=True)
+        if took is None or os.environ.get("WGDISCO_MESH_DIAG"):
+            diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json")
+        pids = [p.pid for p in procs]
+        if idle:
+            time.sleep(max(0.0, idle - window))
+            before = [cpu_seconds(pid) for pid in pids]
+            main_before = [cpu_seconds_main(pid) for pid in pids]
+            if profile and PROFILE_IDLE:
+                spy = start_spy(pids[0], min(profile, window), out_dir / f"mesh-{n}-profile.txt")
+            t0 = time.monotonic()
+            # frames sent onto the bridge, counted as they enter it (nftables bridge prerouting)
+            lan.run(["nft", "-f", "-"], input="table bridge count {\n chain pre {\n"
+                    "  type filter hook prerouting priority 0;\n"
+                    "  udp dport 5353 counter\n  udp dport 51820 counter\n  udp sport 51820 udp dport != 51820 counter\n }\n}\n")
+            time.sleep(window)
+            dt = time.monotonic() - t0
+            counted = [int(x) for x in re.findall(r"counter packets (\d+)", lan.run(["nft", "list", "table", "bridge", "count"]).stdout)]
+            cpu = [100 * (cpu_seconds(pid) - b) / dt for pid, b in zip(pids, before)]
+            main = [100 * (cpu_seconds_main(pid) - b) / dt for pid, b in zip(pids, main_before)]
+            kinds = dict(zip(("mdns", "to tunnel port", "tunnel port to other"), counted))
+            result.update(idle_main_thread_cpu_pct=spread(main),
+                          idle_packets_per_s={k: round(v / dt, 1) for k, v in kinds.items()})
+            print(f"idle: event-loop thread CPU % {spread(main)}; packets/s on the bridge "
+                  f"{ {k: round(v / dt, 1) for k, v in kinds.items()} }", flush=True)
+            rss = [rss_mb(pid) for pid in pids]
+            result.update(idle_after_s=idle, cpu_window_s=window, idle_cpu_pct=spread(cpu), rss_mb=spread(rss),
+                          loadavg_idle=os.getloadavg()[0])
+            print(f"idle after {idle:.0f} s: CPU % per daemon {spread(cpu)}, RSS MB {spread(rss)}, "
+                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+        result["tracebacks"] = sum("Traceback" in p.stderr() for p in procs)
+        if spy is not None:
+            spy.wait(timeout=profile + 60)
+            summary = py_spy_summary(out_dir / f"mesh-{n}-profile.txt")
+            result["profile_top"] = [{"function": f, "own_pct": round(o, 1), "total_pct": round(t, 1)} for f, o, t in summary]
+            samples = sum(int(line.rpartition(" ")[2]) for line in (out_dir / f"mesh-{n}-profile.txt").read_text().splitlines() if line.strip())
+            result["profile_samples"] = samples
+            print(f"py-spy --gil, daemon 0, {samples} samples at 100/s (own % / total %):")
+            for f, o, t in summary:
+                print(f"  {o:5.1f} {t:5.1f}  {f}")
+        for s in socks:
+            s.close()
+        return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--nodes", type=int, default=20)
+    p.add_argument("--runs", type=int, default=1)
+    p.add_argument("--limit", type=float, default=120.0, help="give up after this many seconds")
+    p.add_argument("--idle", type=float, default=60.0, help="seconds after full mesh before CPU/RSS (0: skip)")
+    p.add_argument("--cpu-window", type=float, default=20.0)
+    p.add_argument("--profile", type=float, default=0.0, help="py-spy daemon 0 for this many seconds")
+    p.add_argument("--out", default=None)
+    p.add_argument("--small-neighbour-tables", action="store_true",
+                   help="leave the kernel's neighbour table limits alone (see NeighbourRoom)")
+    args = p.parse_args()
+    out = Path(args.out or f"bench/results/mesh-{args.nodes}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with NeighbourRoom(0 if args.small_neighbour_tables else args.nodes):
+        runs = [one_run(args.nodes, args.limit, args.idle, args.cpu_window, args.profile, out.parent)
+                for _ in range(args.runs)]
+    root = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    if not commit and (root / ".commit").exists():  # a snapshot of a commit (git archive), named in .commit
+        commit = (root / ".commit").read_text().strip()
+    result = {"commit": commit, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "runs": runs}
+    times = [r["full_mesh_from_up_s"] for r in runs if r["full_mesh_from_up_s"] is not None]
+    if times:
+        result["median_full_mesh_from_up_s"] = statistics.median(times)  # type: ignore[type-var]
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "runs"}))
+    return 0 if len(times) == len(runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
