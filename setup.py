@@ -40,7 +40,7 @@ class OptionalBuildExt(build_ext):
                          "pure-Python data path (install gcc, python3-dev and libssl-dev to build it)\n")
 
 
-compile_args = ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
+compile_args = ["-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"]
 link_args = []
 if SANITIZE:
     compile_args += ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
