@@ -16,7 +16,9 @@ each side (``wgdisco.lab.wg.pair``, inner addresses 10.9.0.1 and 10.9.0.2, MTU 1
 * ``wireguard-go-new`` — Debian 13's wireguard-go 0.0.20231211 on both sides (TUN offloads, UDP GSO/GRO),
   fetched by ``bench/anchor.py`` with apt into ``bench/cache/`` (the machine's sources untouched),
 * ``wireguard-go``     — the installed wireguard-go (Debian 12: 0.0.20220316, no offloads),
-* ``mixed``            — wgdisco in ``a``, the new wireguard-go in ``b`` (one session, after the rounds).
+* ``mixed``            — wgdisco in ``a``, the new wireguard-go in ``b`` (one session, after the rounds),
+* ``wgdisco-base``     — ``--base-tree DIR``: the wgdisco source tree in DIR (e.g. ``git archive`` of an
+  older commit) with ``WGDISCO_DATAPATH=python``, to show the pure-Python path did not get slower.
 
 Round i runs one session of each configuration in turn (A B C A B C ...), so slow drifts of
 the machine hit all alike; ratios are taken pair by pair (round i of A over round i of B)
@@ -83,6 +85,7 @@ from wgdisco.proto import keys  # noqa: E402
 from wgdisco.proto.device import Device  # noqa: E402
 
 WGDISCO, WGDISCO_PY, WGGO, WGGO_NEW = "wgdisco", "wgdisco-python", "wireguard-go", "wireguard-go-new"
+WGDISCO_BASE = "wgdisco-base"
 OURS = (WGDISCO, WGDISCO_PY)
 BASELINES = (WGGO_NEW, WGGO)  # the ratio that counts is against the first
 RAW_PEER = "198.51.100.2"  # b's veth address in wgdisco.lab.wg.pair
@@ -561,7 +564,10 @@ def ratios(results: Results, ours_key: str = WGDISCO, theirs_key: str = WGGO_NEW
 
 def all_ratios(results: Results) -> dict:
     """"wgdisco/wireguard-go-new" -> ratios(...), for each of ours against each wireguard-go."""
-    return {f"{o}/{t}": r for o in OURS for t in BASELINES if (r := ratios(results, o, t))}
+    out = {f"{o}/{t}": r for o in OURS for t in BASELINES if (r := ratios(results, o, t))}
+    if (r := ratios(results, WGDISCO_PY, WGDISCO_BASE)):
+        out[f"{WGDISCO_PY}/{WGDISCO_BASE}"] = r
+    return out
 
 
 # ------------------------------------------------------------------ output
@@ -630,7 +636,7 @@ def per_round(results: Results, config: str, test: str, metric: str, spec: str) 
 
 def print_table(results: Results, summary: dict, rat: dict, args: argparse.Namespace) -> None:
     tests = [t for t in TESTS if any(s["test"] == t.key for s in results.samples)]
-    configs = [c for c in (WGDISCO, WGDISCO_PY, WGGO_NEW, WGGO, "mixed") if c in summary]
+    configs = [c for c in (WGDISCO, WGDISCO_PY, WGDISCO_BASE, WGGO_NEW, WGGO, "mixed") if c in summary]
     pairs = [k for k in rat if rat[k]]
     rounds = f"median of {args.rounds} round{'s' * (args.rounds != 1)} x {args.seconds:g} s"
     print(f"\nTCP throughput through the tunnel, Mbit/s ({rounds}; per round in brackets)")
@@ -695,6 +701,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", default=None,
                    help=f"comma-separated configurations to run (default: {WGDISCO},{WGGO_NEW},{WGGO})")
     p.add_argument("--no-mixed", action="store_true", help="leave out the mixed pair")
+    p.add_argument("--base-tree", type=Path, default=None,
+                   help="also run the pure-Python path of the wgdisco source tree in this directory (wgdisco-base)")
     args = p.parse_args(argv)
     if args.smoke:
         args.rounds, args.seconds = 1, 2.0
@@ -713,6 +721,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     global NEW_WGGO
     configs = args.configs.split(",") if args.configs else [WGDISCO, WGGO_NEW, WGGO]
+    if args.base_tree is not None:
+        if not (args.base_tree / "wgdisco" / "lab" / "run_tunnel.py").exists():
+            print(f"--base-tree {args.base_tree}: no wgdisco source tree there", file=sys.stderr)
+            return 2
+        CONFIGS[WGDISCO_BASE] = Config(WGDISCO_BASE, WGDISCO, WGDISCO, env=(
+            ("PYTHONPATH", str(args.base_tree.resolve())), ("WGDISCO_DATAPATH", "python")))
+        if WGDISCO_BASE not in configs:
+            configs.append(WGDISCO_BASE)
     if (args.python_path or args.smoke) and WGDISCO_PY not in configs:
         configs.insert(1, WGDISCO_PY)
     unknown = [c for c in configs if c not in CONFIGS]
