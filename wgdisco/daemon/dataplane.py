@@ -215,23 +215,30 @@ class DataPlane:
         if fast.sent:
             self.sent_data = True
         if packets:
-            send_packet, send = self.device.send_packet, self.sender.send
-            for packet in packets:
-                out = send_packet(packet, now)
-                if out is not None:
-                    send(*out)
-                    self.sent_data = True
+            self._send_plain(packets, now)
+
+    def _send_plain(self, packets: list[bytes], now: float) -> None:
+        send_packet, send = self.device.send_packet, self.sender.send
+        for packet in packets:
+            out = send_packet(packet, now)
+            if out is not None:
+                send(*out)
+                self.sent_data = True
 
     def on_udp_readable_fast(self, now: float) -> None:
-        """Drain the socket through the compiled path; what it hands back is demultiplexed as in
-        on_udp_readable (handshake messages after the data of the drain)."""
+        """Drain the socket and then TUN through the compiled path (one call: the kernel's immediate
+        answers go out at once); what it hands back is demultiplexed as in on_udp_readable
+        (handshake messages after the data of the drain) or sent as in on_tun_readable."""
         fast, device, node = self.fast, self.device, self.node
         assert fast is not None
         fast.sync(now)
+        datagrams, packets = fast.udp_tun_read(now, READ_BATCH)
+        if fast.sent:
+            self.sent_data = True
         receive = device.receive_datagram
         inner_packets: list[Any] = []
         handshakes: list[Any] = []
-        for datagram, addr, local in fast.udp_read(now, READ_BATCH):
+        for datagram, addr, local in datagrams:
             kind = classify(datagram)
             if kind == WIREGUARD:
                 if datagram[0] != 4:
@@ -247,10 +254,11 @@ class DataPlane:
                 node.receive_probe(datagram, addr, now)
             else:
                 self._count_other("unknown-datagram")
+        if packets:
+            self._send_plain(packets, now)
         if inner_packets:
             self._write_tun(self.tun, inner_packets)
-        # the kernel answers at once (an ICMP echo reply, TCP ACKs): take it now
-        self.on_tun_readable_fast(now)
+            self.on_tun_readable_fast(now)  # the kernel answers at once: take it now
         for datagram, addr, local in handshakes:
             receive(datagram, addr, now, local)
 

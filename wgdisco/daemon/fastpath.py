@@ -207,7 +207,6 @@ class FastPath:
     def tun_read(self, now: float, batch: int) -> list[bytes]:
         """Encrypt and send what C can; the plain packets it hands back are Python's."""
         packets, events, drops = self.dp.tun_read(batch)
-        self.sent = bool(events)
         self.apply(events, drops, now)
         return packets
 
@@ -217,8 +216,17 @@ class FastPath:
         self.apply(events, drops, now)
         return punted
 
+    def udp_tun_read(self, now: float, batch: int) -> tuple[list[tuple[bytes, Any, Any]], list[bytes]]:
+        """udp_read, then tun_read, in one call: the kernel's immediate answers to what was
+        delivered (an ICMP echo reply, TCP ACKs) go out without a round through Python."""
+        datagrams, packets, events, drops = self.dp.udp_tun_read(batch)
+        self.apply(events, drops, now)
+        return datagrams, packets
+
     def apply(self, events: list[tuple], drops: bool, now: float) -> None:
+        """What C reports after a drain, into the Device; ``sent``: whether it sent data."""
         device, held, counter = self.device, self.held, self.counter
+        self.sent = False
         for slot, rx_bytes, _rx_packets, rx_data, tx_bytes, tx_data, endpoint, local, roamed, unstuck, sent in events:
             peer = self.peer_at.get(slot)
             if peer is None:
@@ -232,6 +240,7 @@ class FastPath:
             if rx_bytes:
                 device.transport_received(peer, now, rx_bytes, rx_data, endpoint, local)
             if tx_bytes:
+                self.sent = True
                 device.transport_sent(peer, kp, now, tx_bytes, tx_data)
             if state is not None and (endpoint is not None or unstuck):
                 # C follows the peer already: record what it has, so sync does not push it again

@@ -590,8 +590,8 @@ static void flush_batch(DataPath *self, Batch *b)
     b->slot = -1;
 }
 
-/* encrypt one IP packet (n bytes at pkt) for peer slot into the batch */
-static int seal_into(DataPath *self, Batch *b, int slot, Keypair *kp, const uint8_t *pkt, size_t n)
+/* room in the batch for an n-byte packet to slot: where its plaintext goes (then seal_finish) */
+static uint8_t *seal_reserve(DataPath *self, Batch *b, int slot, size_t n, size_t *padded_out)
 {
     size_t padded = n;
     if ((n & 15) && n < (size_t)self->mtu) {
@@ -607,16 +607,22 @@ static int seal_into(DataPath *self, Batch *b, int slot, Keypair *kp, const uint
         b->slot = slot;
         b->segment = dlen;
     }
+    *padded_out = padded;
+    return self->sendbuf + b->used + MSG_HEADER;
+}
+
+/* one transport message (whitepaper 5.4.6) around the n plaintext bytes seal_reserve placed */
+static int seal_finish(DataPath *self, Batch *b, int slot, Keypair *kp, size_t n, size_t padded)
+{
+    size_t dlen = MSG_HEADER + padded + TAG;
     uint8_t *out = self->sendbuf + b->used;
     uint64_t counter = kp->send_counter++;
-    uint32_t type = 4, ridx = kp->remote_index;
-    out[0] = type;
+    uint32_t ridx = kp->remote_index;
+    out[0] = 4;
     out[1] = out[2] = out[3] = 0;
     memcpy(out + 4, &ridx, 4); /* little-endian host (x86-64, aarch64) */
     memcpy(out + 8, &counter, 8);
     uint8_t *body = out + MSG_HEADER;
-    if (pkt != body)
-        memmove(body, pkt, n);
     memset(body + n, 0, padded - n);
     uint8_t nonce[12] = {0};
     memcpy(nonce + 4, &counter, 8);
@@ -635,6 +641,15 @@ static int seal_into(DataPath *self, Batch *b, int slot, Keypair *kp, const uint
     if (dlen < b->segment)
         flush_batch(self, b); /* a shorter datagram can only end a GSO batch */
     return 0;
+}
+
+/* encrypt one IP packet (n bytes at pkt) for peer slot into the batch */
+static int seal_into(DataPath *self, Batch *b, int slot, Keypair *kp, const uint8_t *pkt, size_t n)
+{
+    size_t padded;
+    uint8_t *body = seal_reserve(self, b, slot, n, &padded);
+    memcpy(body, pkt, n);
+    return seal_finish(self, b, slot, kp, n, padded);
 }
 
 /* the peer and keypair to send an IP packet with, or -1 (Python's) */
@@ -698,11 +713,16 @@ static int split_tso(DataPath *self, Batch *b, uint8_t *pkt, size_t n, int v6, s
     memcpy(&id, pkt + 4, 2);
     id = ntohs(id);
     uint8_t flags = pkt[ip_len + 13];
-    uint8_t *seg = self->scratch;
+    Keypair *kp = NULL;
+    int slot = route_packet(self, pkt, n, now, &kp); /* every segment has the super-packet's addresses */
     size_t i = 0;
     for (size_t off = 0; off < payload || (payload == 0 && off == 0); off += gso_size, i++) {
         size_t len = payload - off < gso_size ? payload - off : gso_size;
         int last = off + len >= payload;
+        /* straight into the send batch when it can go out now, else built aside for handle_plain */
+        int direct = slot >= 0 && kp->send_counter < kp->send_limit;
+        size_t padded = 0;
+        uint8_t *seg = direct ? seal_reserve(self, b, slot, hdr + len, &padded) : self->scratch;
         memcpy(seg, pkt, hdr);
         memcpy(seg + hdr, pkt + hdr + off, len);
         size_t total = hdr + len;
@@ -727,7 +747,7 @@ static int split_tso(DataPath *self, Batch *b, uint8_t *pkt, size_t n, int v6, s
         uint64_t sum = pseudo_sum(seg, v6, (uint32_t)(total - ip_len), 6);
         uint16_t c = csum_final(csum_add(sum, seg + ip_len, total - ip_len));
         memcpy(seg + ip_len + 16, &c, 2);
-        if (handle_plain(self, b, seg, total, now) < 0)
+        if (direct ? seal_finish(self, b, slot, kp, total, padded) < 0 : handle_plain(self, b, seg, total, now) < 0)
             return -1;
         if (payload == 0)
             break;
@@ -1187,19 +1207,13 @@ static void reset_punts(DataPath *self)
     self->arena_len = 0;
 }
 
-static PyObject *finish(DataPath *self, int udp)
+/* the punts from index `from` on as a list: (datagram, address, pktinfo) tuples, or packets */
+static PyObject *punt_list(DataPath *self, size_t from, size_t to, int udp)
 {
-    if (self->fatal_errno) {
-        int e = self->fatal_errno;
-        self->fatal_errno = 0;
-        reset_punts(self);
-        errno = e;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    PyObject *punted = PyList_New((Py_ssize_t)self->npunts);
-    if (!punted)
+    PyObject *list = PyList_New((Py_ssize_t)(to - from));
+    if (!list)
         return NULL;
-    for (size_t i = 0; i < self->npunts; i++) {
+    for (size_t i = from; i < to; i++) {
         Punt *p = &self->punts[i];
         PyObject *item;
         if (udp) {
@@ -1211,33 +1225,55 @@ static PyObject *finish(DataPath *self, int udp)
             item = PyBytes_FromStringAndSize((const char *)self->arena + p->off, (Py_ssize_t)p->len);
         }
         if (!item) {
-            Py_DECREF(punted);
-            reset_punts(self);
+            Py_DECREF(list);
             return NULL;
         }
-        PyList_SET_ITEM(punted, (Py_ssize_t)i, item);
+        PyList_SET_ITEM(list, (Py_ssize_t)(i - from), item);
     }
-    reset_punts(self);
-    PyObject *events = peer_events(self);
-    if (!events) {
-        Py_DECREF(punted);
-        return NULL;
-    }
-    int changed = self->drops_changed;
-    self->drops_changed = 0;
-    return Py_BuildValue("(NNO)", punted, events, changed ? Py_True : Py_False);
+    return list;
 }
 
-static PyObject *DataPath_tun_read(DataPath *self, PyObject *args)
+/* the result of a drain: ([udp punts,] [tun punts,] events, drops changed); `nudp` punts are UDP */
+static PyObject *finish(DataPath *self, int oom, size_t nudp, int want_udp, int want_tun)
 {
-    int max_reads = 256;
-    if (!PyArg_ParseTuple(args, "|i", &max_reads))
-        return NULL;
-    int reads = 0, oom = 0;
-    Py_BEGIN_ALLOW_THREADS
-    double now = monotonic_now();
+    PyObject *u = NULL, *t = NULL, *events = NULL, *r = NULL;
+    if (oom) {
+        reset_punts(self);
+        return PyErr_NoMemory();
+    }
+    if (self->fatal_errno) {
+        int e = self->fatal_errno;
+        self->fatal_errno = 0;
+        reset_punts(self);
+        errno = e;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (want_udp && !(u = punt_list(self, 0, nudp, 1)))
+        goto done;
+    if (want_tun && !(t = punt_list(self, nudp, self->npunts, 0)))
+        goto done;
+    if (!(events = peer_events(self)))
+        goto done;
+    PyObject *changed = self->drops_changed ? Py_True : Py_False;
+    self->drops_changed = 0;
+    if (want_udp && want_tun)
+        r = Py_BuildValue("(OOOO)", u, t, events, changed);
+    else
+        r = Py_BuildValue("(OOO)", want_udp ? u : t, events, changed);
+done:
+    reset_punts(self);
+    Py_XDECREF(u);
+    Py_XDECREF(t);
+    Py_XDECREF(events);
+    return r;
+}
+
+/* read TUN until EAGAIN or max_reads: encrypt and send, punt the rest (GIL released) */
+static int drain_tun(DataPath *self, int max_reads, double now)
+{
     Batch b = {-1, 0, 0, 0};
-    for (; reads < max_reads; reads++) {
+    int rc = 0;
+    for (int reads = 0; reads < max_reads; reads++) {
         ssize_t n = read(self->tun_fd, self->tunbuf, TUN_BUF);
         if (n < 0) {
             if (errno == EINTR)
@@ -1247,26 +1283,18 @@ static PyObject *DataPath_tun_read(DataPath *self, PyObject *args)
             break;
         }
         if (handle_tun_frame(self, &b, self->tunbuf, (size_t)n, now) < 0) {
-            oom = 1;
+            rc = -1;
             break;
         }
     }
     flush_batch(self, &b);
-    Py_END_ALLOW_THREADS
-    if (oom)
-        return PyErr_NoMemory();
-    PyObject *r = finish(self, 0);
-    return r;
+    return rc;
 }
 
-static PyObject *DataPath_udp_read(DataPath *self, PyObject *args)
+/* read the socket until EAGAIN or max_reads: decrypt and write to TUN, punt the rest (GIL released) */
+static int drain_udp(DataPath *self, int max_reads, double now)
 {
-    int max_reads = 256;
-    if (!PyArg_ParseTuple(args, "|i", &max_reads))
-        return NULL;
     int oom = 0;
-    Py_BEGIN_ALLOW_THREADS
-    double now = monotonic_now();
     Pkt *out = self->out;
     int nout = 0;
     size_t pos = 0;
@@ -1355,10 +1383,47 @@ static PyObject *DataPath_udp_read(DataPath *self, PyObject *args)
     }
     if (nout)
         write_packets(self, out, nout);
+    return oom ? -1 : 0;
+}
+
+static PyObject *DataPath_tun_read(DataPath *self, PyObject *args)
+{
+    int max_reads = 256, rc;
+    if (!PyArg_ParseTuple(args, "|i", &max_reads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = drain_tun(self, max_reads, monotonic_now());
     Py_END_ALLOW_THREADS
-    if (oom)
-        return PyErr_NoMemory();
-    return finish(self, 1);
+    return finish(self, rc < 0, 0, 0, 1);
+}
+
+static PyObject *DataPath_udp_read(DataPath *self, PyObject *args)
+{
+    int max_reads = 256, rc;
+    if (!PyArg_ParseTuple(args, "|i", &max_reads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    rc = drain_udp(self, max_reads, monotonic_now());
+    Py_END_ALLOW_THREADS
+    return finish(self, rc < 0, self->npunts, 1, 0);
+}
+
+/* the socket, then TUN: what the kernel answered at once (an ICMP echo reply, TCP ACKs) goes out
+   in the same call, without a round through Python (the round trip of a ping) */
+static PyObject *DataPath_udp_tun_read(DataPath *self, PyObject *args)
+{
+    int max_reads = 256, rc;
+    size_t nudp = 0;
+    if (!PyArg_ParseTuple(args, "|i", &max_reads))
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    double now = monotonic_now();
+    rc = drain_udp(self, max_reads, now);
+    nudp = self->npunts;
+    if (!rc && !self->fatal_errno)
+        rc = drain_tun(self, max_reads, now);
+    Py_END_ALLOW_THREADS
+    return finish(self, rc < 0, nudp, 1, 1);
 }
 
 static int ensure_peer(DataPath *self, int slot)
@@ -1782,6 +1847,8 @@ static void DataPath_dealloc(DataPath *self)
 static PyMethodDef DataPath_methods[] = {
     {"tun_read", (PyCFunction)DataPath_tun_read, METH_VARARGS,
      "tun_read(max_reads=256) -> (packets for Python, peer events, drops changed)"},
+    {"udp_tun_read", (PyCFunction)DataPath_udp_tun_read, METH_VARARGS,
+     "udp_tun_read(max_reads=256) -> (datagrams for Python, packets for Python, peer events, drops changed)"},
     {"udp_read", (PyCFunction)DataPath_udp_read, METH_VARARGS,
      "udp_read(max_reads=256) -> ([(datagram, address, pktinfo)] for Python, peer events, drops changed)"},
     {"set_peer", (PyCFunction)DataPath_set_peer, METH_VARARGS,
