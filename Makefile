@@ -77,6 +77,7 @@ demo: bootstrap
 bench: bootstrap
 	$(PY) bench/throughput.py $(BENCH_ARGS)
 	$(PY) bench/rtt_floor.py
+	$(PY) bench/ping_added.py
 
 bench-smoke: bootstrap
 	$(PY) bench/throughput.py --smoke
