@@ -12,12 +12,14 @@ PYTEST_ARGS ?=
 
 # The real parts the tests and the demo run: wireguard-go + wg for interop, STUN
 # servers, Knot for RFC 2136, Avahi for mDNS interop, nftables NAT routers, iperf3,
-# miniupnpd (UPnP IGD, NAT-PMP, PCP on a lab router) with the upnpc and natpmpc clients.
+# miniupnpd (UPnP IGD, NAT-PMP, PCP on a lab router) with the upnpc and natpmpc clients;
+# gcc, the Python headers and libssl-dev build the compiled data path (wgdisco/io/_fastpath.c).
 APT_PACKAGES := iproute2 iputils-ping nftables procps psmisc wireguard-go wireguard-tools \
 	iperf3 stun-server coturn knot knot-dnsutils avahi-daemon avahi-utils dbus \
-	bind9-dnsutils netcat-openbsd miniupnpd-nftables miniupnpc natpmpc
+	bind9-dnsutils netcat-openbsd miniupnpd-nftables miniupnpc natpmpc \
+	gcc libc6-dev python3-dev libssl-dev
 
-.PHONY: all test test-fast demo bench bench-smoke fuzz bootstrap system-deps venv clean lab-clean
+.PHONY: all test test-fast test-asan demo bench bench-smoke fuzz bootstrap system-deps venv clean lab-clean
 
 all: test
 
@@ -39,7 +41,7 @@ system-deps:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py wgdisco/io/_fastpath.c
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "wgdisco needs Python >= 3.11 ($(PYTHON) is older)"; exit 1; }
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -55,19 +57,36 @@ test: bootstrap
 test-fast: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
+# The compiled data path under AddressSanitizer + UBSan: a separate build (build/asan), loaded in
+# place of the installed one (WGDISCO_FASTPATH_SO), through its differential tests and a short
+# fuzz run of its parse entry points (fuzz/targets.py fastpath_udp, fastpath_tun).
+ASAN_SO = build/asan/wgdisco/io/_fastpath$(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+ASAN_ENV = WGDISCO_FASTPATH_SO=$(CURDIR)/$(ASAN_SO) PYTHONMALLOC=malloc \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	LD_PRELOAD=$$(gcc -print-file-name=libasan.so)
+ASAN_FUZZ_RUNS ?= 20000
+
+test-asan: venv
+	rm -rf build/asan build/asan-tmp
+	WGDISCO_SANITIZE=1 WGDISCO_BUILD_FASTPATH=1 $(PY) setup.py -q build_ext -b build/asan -t build/asan-tmp
+	$(ASAN_ENV) $(PY) -m pytest -p no:cacheprovider tests/unit/test_fastpath.py $(PYTEST_ARGS)
+	$(PY) -m pip install -q -e '.[fuzz]'
+	@for t in fastpath_udp fastpath_tun; do $(ASAN_ENV) $(PY) fuzz/run.py $$t $(ASAN_FUZZ_RUNS) 2>/dev/null | tail -1 || exit 1; done
+
 demo: bootstrap
 	$(VENV)/bin/wgdisco demo
 
 bench: bootstrap
 	$(PY) bench/throughput.py $(BENCH_ARGS)
 	$(PY) bench/rtt_floor.py
+	$(PY) bench/ping_added.py
 
 bench-smoke: bootstrap
 	$(PY) bench/throughput.py --smoke
 	$(PY) bench/rtt_floor.py --rounds 1 --count 20
 
 FUZZ_RUNS ?= 1000000
-FUZZ_TARGETS := wireguard stun probe record config uapi
+FUZZ_TARGETS := wireguard stun probe record config uapi fastpath_udp fastpath_tun
 
 # Coverage-guided fuzzing (atheris), FUZZ_RUNS executions per target; one JSON line each.
 fuzz: venv

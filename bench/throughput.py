@@ -9,13 +9,21 @@ two namespaces ``a`` and ``b`` joined by one veth pair (198.51.100.1/.2), a Wire
 each side (``wgdisco.lab.wg.pair``, inner addresses 10.9.0.1 and 10.9.0.2, MTU 1420), and an
 ``iperf3 -s`` in ``b``.  The configurations are
 
-* ``wgdisco``      — wgdisco on both sides,
-* ``wireguard-go`` — wireguard-go on both sides (the reference),
-* ``mixed``        — wgdisco in ``a``, wireguard-go in ``b`` (one session, after the rounds).
+* ``wgdisco``          — wgdisco on both sides, data path as by default (``WGDISCO_DATAPATH`` unset:
+  the compiled fast path when it is built, docs/tunnel.md),
+* ``wgdisco-python``   — wgdisco on both sides with ``WGDISCO_DATAPATH=python`` (the reference path;
+  ``--python-path``, and in smoke runs),
+* ``wireguard-go-new`` — Debian 13's wireguard-go 0.0.20231211 on both sides (TUN offloads, UDP GSO/GRO),
+  fetched by ``bench/anchor.py`` with apt into ``bench/cache/`` (the machine's sources untouched),
+* ``wireguard-go``     — the installed wireguard-go (Debian 12: 0.0.20220316, no offloads),
+* ``mixed``            — wgdisco in ``a``, the new wireguard-go in ``b`` (one session, after the rounds),
+* ``wgdisco-base``     — ``--base-tree DIR``: the wgdisco source tree in DIR (e.g. ``git archive`` of an
+  older commit) with ``WGDISCO_DATAPATH=python``, to show the pure-Python path did not get slower.
 
-Round i runs a ``wgdisco`` session and then a ``wireguard-go`` session (A B A B ...), so
-slow drifts of the machine hit both alike; ratios are taken pair by pair (round i of A over
-round i of B) and then their median is reported.  In each session:
+Round i runs one session of each configuration in turn (A B C A B C ...), so slow drifts of
+the machine hit all alike; ratios are taken pair by pair (round i of A over round i of B)
+and then their median is reported, wgdisco against each wireguard-go (the ratio that counts
+is against the new one).  In each session:
 
 1. ping: ``ping -i 0.01 -c 100 -q`` from ``a`` to ``b``'s veth address and then to its
    tunnel address; *added RTT* = tunnel avg - veth avg.
@@ -41,7 +49,8 @@ objects peered in memory as ``tests/unit/test_device.py``'s ``Pair`` does.
 
 Every measurement is repeated ``--rounds`` times and the median is reported.  Raw samples,
 medians, ratios and a description of the machine go to a JSON file; a table is printed.
-``--smoke`` (for CI): one round of 2 s, one test per configuration, no mixed pair; the exit
+``--smoke`` (for CI): one round of 2 s, one test per configuration, no mixed pair; without the
+new wireguard-go (apt cannot reach trixie) its sessions are left out with a note; the exit
 status is 1 if any measurement failed, 0 otherwise (the same rule holds for full runs).
 Labs are removed on every exit path, Ctrl-C included (``wgdisco.lab.Lab``).
 """
@@ -69,12 +78,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench import anchor  # noqa: E402
 from wgdisco.lab import Host, Lab, LabError, Proc  # noqa: E402
 from wgdisco.lab.wg import Node, pair  # noqa: E402
 from wgdisco.proto import keys  # noqa: E402
 from wgdisco.proto.device import Device  # noqa: E402
 
-WGDISCO, WGGO = "wgdisco", "wireguard-go"
+WGDISCO, WGDISCO_PY, WGGO, WGGO_NEW = "wgdisco", "wgdisco-python", "wireguard-go", "wireguard-go-new"
+WGDISCO_BASE = "wgdisco-base"
+OURS = (WGDISCO, WGDISCO_PY)
+BASELINES = (WGGO_NEW, WGGO)  # the ratio that counts is against the first
 RAW_PEER = "198.51.100.2"  # b's veth address in wgdisco.lab.wg.pair
 PING_ARGS = ["-i", "0.01", "-c", "100", "-q"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -105,13 +118,18 @@ class Config:
     key: str
     kind_a: str
     kind_b: str
+    new_wggo: bool = False  # run bench/anchor.py's wireguard-go instead of the installed one
+    env: tuple[tuple[str, str], ...] = ()  # extra environment for the daemons
 
 
 CONFIGS = {
     WGDISCO: Config(WGDISCO, WGDISCO, WGDISCO),
+    WGDISCO_PY: Config(WGDISCO_PY, WGDISCO, WGDISCO, env=(("WGDISCO_DATAPATH", "python"),)),
+    WGGO_NEW: Config(WGGO_NEW, WGGO, WGGO, new_wggo=True),
     WGGO: Config(WGGO, WGGO, WGGO),
-    "mixed": Config("mixed", WGDISCO, WGGO),
+    "mixed": Config("mixed", WGDISCO, WGGO, new_wggo=True),
 }
+NEW_WGGO: str | None = None  # path of the new wireguard-go, set by main() (bench/anchor.py)
 
 
 @dataclass(frozen=True)
@@ -128,13 +146,13 @@ class Session:
         return ["ping", *self.tests]
 
 
-def plan(rounds: int, smoke: bool) -> list[Session]:
-    """A B A B ... for ``rounds`` rounds, then the mixed pair (not in smoke runs)."""
+def plan(rounds: int, smoke: bool, configs: list[str], mixed: bool) -> list[Session]:
+    """A B C A B C ... for ``rounds`` rounds, then the mixed pair (not in smoke runs)."""
     tests = TESTS[:1] if smoke else TESTS
     sessions = []
     for r in range(1, rounds + 1):
-        sessions += [Session(CONFIGS[WGDISCO], r, tests), Session(CONFIGS[WGGO], r, tests)]
-    if not smoke:
+        sessions += [Session(CONFIGS[c], r, tests) for c in configs]
+    if mixed and not smoke:
         sessions.append(Session(CONFIGS["mixed"], 1, tests))
     return sessions
 
@@ -220,7 +238,7 @@ def is_daemon(pid: int, kind: str) -> bool:
     argv = argv_of_pid(pid)
     if not argv or Path(argv[0]).name == "ip":  # still (or only) `ip netns exec`
         return False
-    if kind == WGDISCO:
+    if kind == "wgdisco":
         return "wgdisco.lab.run_tunnel" in argv
     return Path(argv[0]).name == "wireguard-go"
 
@@ -265,7 +283,12 @@ def wait_for_tunnel(host: Host, target: str, tries: int = 5) -> None:
 
 
 def build_bed(lab: Lab, config: Config) -> Bed:
-    a, b = pair(lab, config.kind_a, config.kind_b, endpoint_on="both")
+    binary = "wireguard-go"
+    if config.new_wggo:
+        if NEW_WGGO is None:
+            raise LabError("the new wireguard-go is not available (bench/anchor.py)")
+        binary = NEW_WGGO
+    a, b = pair(lab, config.kind_a, config.kind_b, endpoint_on="both", binary=binary, env=dict(config.env))
     wait_for_tunnel(a.host, b.inner4)
     server = b.host.popen(["iperf3", "-s", "--forceflush"], name="iperf3-server")
     server.wait_for(r"Server listening", timeout=10)
@@ -523,19 +546,27 @@ def medians(results: Results) -> dict:
     return out
 
 
-def ratios(results: Results) -> dict:
-    """wgdisco / wireguard-go, round i against round i, and the median of those ratios."""
+def ratios(results: Results, ours_key: str = WGDISCO, theirs_key: str = WGGO_NEW) -> dict:
+    """ours / theirs, round i against round i, and the median of those ratios."""
     out: dict = {}
     ok = results.ok()
     for test in sorted({s["test"] for s in ok}):
         for metric in RATIO_METRICS:
-            ours, theirs = values(ok, WGDISCO, test, metric), values(ok, WGGO, test, metric)
+            ours, theirs = values(ok, ours_key, test, metric), values(ok, theirs_key, test, metric)
             per_round = {r: ours[r] / theirs[r] for r in sorted(ours.keys() & theirs.keys()) if theirs[r]}
             if per_round:
                 out.setdefault(test, {})[metric] = {
                     "per_round": {str(r): round(v, 4) for r, v in per_round.items()},
                     "median": statistics.median(per_round.values()),
                 }
+    return out
+
+
+def all_ratios(results: Results) -> dict:
+    """"wgdisco/wireguard-go-new" -> ratios(...), for each of ours against each wireguard-go."""
+    out = {f"{o}/{t}": r for o in OURS for t in BASELINES if (r := ratios(results, o, t))}
+    if (r := ratios(results, WGDISCO_PY, WGDISCO_BASE)):
+        out[f"{WGDISCO_PY}/{WGDISCO_BASE}"] = r
     return out
 
 
@@ -581,6 +612,15 @@ def machine_info() -> dict:
     }
 
 
+def datapath_available() -> str:
+    """Whether the compiled fast path is built (docs/tunnel.md), as the daemon would find it."""
+    try:
+        from wgdisco.io import _fastpath  # noqa: F401
+    except ImportError as e:
+        return f"not built ({e})"
+    return "built"
+
+
 def fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
@@ -596,33 +636,37 @@ def per_round(results: Results, config: str, test: str, metric: str, spec: str) 
 
 def print_table(results: Results, summary: dict, rat: dict, args: argparse.Namespace) -> None:
     tests = [t for t in TESTS if any(s["test"] == t.key for s in results.samples)]
+    configs = [c for c in (WGDISCO, WGDISCO_PY, WGDISCO_BASE, WGGO_NEW, WGGO, "mixed") if c in summary]
+    pairs = [k for k in rat if rat[k]]
     rounds = f"median of {args.rounds} round{'s' * (args.rounds != 1)} x {args.seconds:g} s"
     print(f"\nTCP throughput through the tunnel, Mbit/s ({rounds}; per round in brackets)")
-    print(f"{'test':<15} {'wgdisco':<26} {'wireguard-go':<26} {'wgdisco/wg-go':<22} mixed a=wgdisco b=wg-go")
+    print(f"{'test':<15} " + " ".join(f"{c:<24}" for c in configs))
     for t in tests:
-        ratio = rat.get(t.key, {}).get("mbit_s", {})
-        ratio_text = fmt(ratio.get("median"), ".2f") + " " + (
-            "[" + " ".join(format(v, ".2f") for v in ratio.get("per_round", {}).values()) + "]")
-        print(f"{t.label:<15} "
-              f"{fmt(cell(summary, WGDISCO, t.key, 'mbit_s'), '.0f') + ' ' + per_round(results, WGDISCO, t.key, 'mbit_s', '.0f'):<26} "
-              f"{fmt(cell(summary, WGGO, t.key, 'mbit_s'), '.0f') + ' ' + per_round(results, WGGO, t.key, 'mbit_s', '.0f'):<26} "
-              f"{ratio_text:<22} {fmt(cell(summary, 'mixed', t.key, 'mbit_s'), '.0f')}")
+        print(f"{t.label:<15} " + " ".join(
+            f"{fmt(cell(summary, c, t.key, 'mbit_s'), '.0f') + ' ' + per_round(results, c, t.key, 'mbit_s', '.0f'):<24}"
+            for c in configs))
+    print("\nRatios, median of the per-round ratios [per round]")
+    print(f"{'test':<15} " + " ".join(f"{k:<34}" for k in pairs))
+    for t in tests:
+        texts = []
+        for k in pairs:
+            r = rat[k].get(t.key, {}).get("mbit_s", {})
+            texts.append(fmt(r.get("median"), ".2f") + " ["
+                         + " ".join(format(v, ".2f") for v in r.get("per_round", {}).values()) + "]")
+        print(f"{t.label:<15} " + " ".join(f"{x:<34}" for x in texts))
     print("\nDaemon CPU seconds per GB of payload (median), sender side / receiver side"
           "  (up = a->b, down = b->a)")
-    print(f"{'test':<15} {'wgdisco':<16} {'wireguard-go':<16} {'ratio':<14} mixed a=wgdisco b=wg-go")
+    print(f"{'test':<15} " + " ".join(f"{c:<18}" for c in configs))
     for t in tests:
         def pair_text(config: str) -> str:
             return (fmt(cell(summary, config, t.key, "cpu_s_per_gb_sender"), ".2f") + " / "
                     + fmt(cell(summary, config, t.key, "cpu_s_per_gb_receiver"), ".2f"))
-        r = rat.get(t.key, {})
-        ratio_text = (fmt(r.get("cpu_s_per_gb_sender", {}).get("median"), ".1f") + " / "
-                      + fmt(r.get("cpu_s_per_gb_receiver", {}).get("median"), ".1f"))
-        print(f"{t.label:<15} {pair_text(WGDISCO):<16} {pair_text(WGGO):<16} {ratio_text:<14} {pair_text('mixed')}")
+        print(f"{t.label:<15} " + " ".join(f"{pair_text(c):<18}" for c in configs))
     print(f"\nAdded ping RTT, ms: tunnel avg - veth avg, ping {' '.join(PING_ARGS)} (median over rounds)")
-    for config in (WGDISCO, WGGO, "mixed"):
-        if config in summary and "ping" in summary[config]:
+    for config in configs:
+        if "ping" in summary[config]:
             p = summary[config]["ping"]
-            print(f"  {config:<13} added {fmt(p.get('added_ms'), '.3f')}  "
+            print(f"  {config:<17} added {fmt(p.get('added_ms'), '.3f')}  "
                   f"(tunnel {fmt(p.get('tunnel_ms'), '.3f')}, veth {fmt(p.get('raw_ms'), '.3f')}) "
                   f"{per_round(results, config, 'ping', 'added_ms', '.3f')}")
     micro = summary["micro"]
@@ -652,6 +696,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None,
                    help="JSON file (default bench/results/throughput.json, -smoke.json with --smoke)")
     p.add_argument("--smoke", action="store_true", help="CI check: 1 round of 2 s, one test each, no mixed pair")
+    p.add_argument("--python-path", action="store_true",
+                   help="also run wgdisco with WGDISCO_DATAPATH=python (always in smoke runs)")
+    p.add_argument("--configs", default=None,
+                   help=f"comma-separated configurations to run (default: {WGDISCO},{WGGO_NEW},{WGGO})")
+    p.add_argument("--no-mixed", action="store_true", help="leave out the mixed pair")
+    p.add_argument("--base-tree", type=Path, default=None,
+                   help="also run the pure-Python path of the wgdisco source tree in this directory (wgdisco-base)")
     args = p.parse_args(argv)
     if args.smoke:
         args.rounds, args.seconds = 1, 2.0
@@ -668,12 +719,41 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/throughput.py needs root (network namespaces)", file=sys.stderr)
         return 2
     started = time.time()
-    sessions = plan(args.rounds, args.smoke)
+    global NEW_WGGO
+    configs = args.configs.split(",") if args.configs else [WGDISCO, WGGO_NEW, WGGO]
+    if args.base_tree is not None:
+        if not (args.base_tree / "wgdisco" / "lab" / "run_tunnel.py").exists():
+            print(f"--base-tree {args.base_tree}: no wgdisco source tree there", file=sys.stderr)
+            return 2
+        CONFIGS[WGDISCO_BASE] = Config(WGDISCO_BASE, WGDISCO, WGDISCO, env=(
+            ("PYTHONPATH", str(args.base_tree.resolve())), ("WGDISCO_DATAPATH", "python")))
+        if WGDISCO_BASE not in configs:
+            configs.append(WGDISCO_BASE)
+    if (args.python_path or args.smoke) and WGDISCO_PY not in configs:
+        configs.insert(1, WGDISCO_PY)
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        print(f"unknown configuration(s): {', '.join(unknown)} (known: {', '.join(CONFIGS)})", file=sys.stderr)
+        return 2
+    new_wggo_version = "not used"
+    if WGGO_NEW in configs or not args.no_mixed:
+        try:
+            NEW_WGGO = str(anchor.fetch())
+            new_wggo_version = f"{anchor.PACKAGE_VERSION} (Debian 13 package; {NEW_WGGO})"
+        except anchor.AnchorError as e:
+            new_wggo_version = f"unavailable: {e}"
+            print(f"note: no {WGGO_NEW} ({e}); its sessions are left out", file=sys.stderr)
+            configs = [c for c in configs if c != WGGO_NEW]
+            args.no_mixed = True
+    sessions = plan(args.rounds, args.smoke, configs, not args.no_mixed)
     progress = Progress(len(MICRO_STEPS) + sum(len(s.steps()) for s in sessions))
     results = Results()
     info = machine_info()
-    print(f"wgdisco {info['wgdisco_commit']}{' (modified)' if info['wgdisco_tree_modified'] else ''} vs "
-          f"{info['wireguard_go']}; {info['nproc']} x {info['cpu_model']}; kernel {info['kernel']}; "
+    info["wireguard_go_new"] = new_wggo_version
+    info["wgdisco_datapath"] = datapath_available()
+    print(f"wgdisco {info['wgdisco_commit']}{' (modified)' if info['wgdisco_tree_modified'] else ''} "
+          f"(fast path: {info['wgdisco_datapath']}) vs {info['wireguard_go']} and {new_wggo_version}; "
+          f"{info['nproc']} x {info['cpu_model']}; kernel {info['kernel']}; "
           f"Python {info['python']}; cryptography {info['cryptography']}", flush=True)
     try:
         run_micro(args.rounds, args.smoke, progress, results)
@@ -682,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: labs removed, nothing written", file=sys.stderr)
         return 130
-    summary, rat = medians(results), ratios(results)
+    summary, rat = medians(results), all_ratios(results)
     report = {
         "machine": info,
         "params": {"rounds": args.rounds, "seconds": args.seconds, "smoke": args.smoke,
@@ -693,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples": results.samples,
         "micro_samples": results.micro,
         "medians": summary,
-        "ratios_wgdisco_over_wireguard_go": rat,
+        "ratios": rat,
         "errors": results.errors,
     }
     write_json(args.out, report)

@@ -44,7 +44,7 @@ def test_an_unexpected_exception_is_counted_logged_once_and_survived(caplog) -> 
                       lock=threading.Lock(), drops=drops, flush=lambda: None,
                       on_link_deleted=lambda: deleted.append(1))
     with caplog.at_level(logging.ERROR, logger="wgdisco"):
-        plane.start()
+        plane.start({"WGDISCO_DATAPATH": "python"})  # the thread, not a data path, is under test
         deadline = time.monotonic() + 5
         while node.calls < 4 and time.monotonic() < deadline:
             time.sleep(0.01)

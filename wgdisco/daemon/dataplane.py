@@ -8,6 +8,10 @@ deadline) and, after a wake-up that sent data, spins briefly (proto/busypoll.py)
 
 This is the hot path: per-packet code caches what it needs in locals and calls nothing
 it does not have to; docs/performance.md has the figures.
+
+With the compiled data path (daemon/fastpath.py, ``WGDISCO_DATAPATH``; docs/tunnel.md "Data
+paths") each drain is one call into C, which moves bulk transport data itself and hands back
+what it does not handle; that goes through the same Python code as on the pure path.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from wgdisco.daemon import fastpath
 from wgdisco.io import udp
 from wgdisco.io.tun import Tun, link_gone
 from wgdisco.proto import gro
@@ -73,10 +78,21 @@ class DataPlane:
         self._batch: list[bytes] = []
         self._tun_lone = self._udp_lone = True  # the last drain found one packet (a low rate)
         self.sent_data = False  # this wake-up sent data: the data plane may spin (proto/busypoll.py)
+        self.fast: fastpath.FastPath | None = None  # the compiled data path, when it runs (start)
+        self.datapath_line = ""
         self.thread = threading.Thread(target=self.run, name=f"dataplane-{name}", daemon=True)
 
-    def start(self) -> None:
+    def start(self, environ: dict[str, str] | None = None) -> None:
+        """Start the thread; ``WGDISCO_DATAPATH`` (in ``environ``) chooses the data path (LocalError if
+        it cannot be had), and one log line says which runs."""
         assert self.sender.sock is not None
+        module, self.datapath_line = fastpath.choose(environ)
+        if module is not None:
+            self.fast = fastpath.FastPath(module, device=self.device, tun=self.tun, sock=self.sender.sock,
+                                          sender=self.sender, drops=self.drops)
+            if self.tun.vnet_hdr and self.tun.enable_offloads():
+                self.datapath_line += ", TUN offloads (TSO) on"
+        log.info("%s", self.datapath_line)
         self.epoll.register(self.tun.fileno(), select.EPOLLIN)
         self.epoll.register(self.wake_r, select.EPOLLIN)
         self._register_sock()
@@ -89,6 +105,8 @@ class DataPlane:
             self.epoll.unregister(self.registered_sock.fileno())
         self.epoll.register(sock.fileno(), select.EPOLLIN)
         self.registered_sock = sock
+        if self.fast is not None:
+            self.fast.set_socket(sock)
 
     def add_extra(self, sid: int, sock: socket.socket) -> None:
         """Poll an extra socket (birthday punching): what arrives on it comes from ``via`` addresses."""
@@ -126,6 +144,10 @@ class DataPlane:
         tun_fd, wake_r = self.tun.fileno(), self.wake_r
         monotonic, poll, sched_yield = time.monotonic, self.epoll.poll, os.sched_yield
         busy = self.busy
+        if self.fast is not None:
+            on_tun, on_udp = self.on_tun_readable_fast, self.on_udp_readable_fast
+        else:
+            on_tun, on_udp = self.on_tun_readable, self.on_udp_readable
         timeout = 0.0
         spin_until = 0.0
         while not self.stopping:
@@ -148,13 +170,13 @@ class DataPlane:
                 try:
                     for fd, _mask in events:
                         if fd == tun_fd:
-                            self.on_tun_readable(now)
+                            on_tun(now)
                         elif fd == wake_r:
                             self._drain_wake()
                         elif fd in self.extra_fds:
                             self.on_udp_readable(now, *self.extra_fds[fd])
                         else:
-                            self.on_udp_readable(now)
+                            on_udp(now)
                     deadline = node.get_timer(now)
                     if deadline is not None and deadline <= now:
                         node.handle_timer(now)
@@ -197,6 +219,63 @@ class DataPlane:
         self.retired.clear()
 
     # --- per packet ------------------------------------------------------------
+
+    def on_tun_readable_fast(self, now: float) -> None:
+        """Drain TUN through the compiled path; the packets it hands back (no usable keypair, no
+        route, ...) go through the Device one by one, as on the pure path."""
+        fast = self.fast
+        assert fast is not None
+        fast.sync(now)
+        packets = fast.tun_read(now, READ_BATCH)
+        if fast.sent:
+            self.sent_data = True
+        if packets:
+            self._send_plain(packets, now)
+
+    def _send_plain(self, packets: list[bytes], now: float) -> None:
+        send_packet, send = self.device.send_packet, self.sender.send
+        for packet in packets:
+            out = send_packet(packet, now)
+            if out is not None:
+                send(*out)
+                self.sent_data = True
+
+    def on_udp_readable_fast(self, now: float) -> None:
+        """Drain the socket and then TUN through the compiled path (one call: the kernel's immediate
+        answers go out at once); what it hands back is demultiplexed as in on_udp_readable
+        (handshake messages after the data of the drain) or sent as in on_tun_readable."""
+        fast, device, node = self.fast, self.device, self.node
+        assert fast is not None
+        fast.sync(now)
+        datagrams, packets = fast.udp_tun_read(now, READ_BATCH)
+        if fast.sent:
+            self.sent_data = True
+        receive = device.receive_datagram
+        inner_packets: list[Any] = []
+        handshakes: list[Any] = []
+        for datagram, addr, local in datagrams:
+            kind = classify(datagram)
+            if kind == WIREGUARD:
+                if datagram[0] != 4:
+                    handshakes.append((datagram, addr, local))
+                    continue
+                inner = receive(datagram, addr, now, local)
+                if inner is not None:
+                    inner_packets.append(inner)
+            elif kind == STUN:
+                if not node.receive_stun(datagram, addr, now):
+                    self._count_other("stun-unexpected")
+            elif kind == PROBE:
+                node.receive_probe(datagram, addr, now)
+            else:
+                self._count_other("unknown-datagram")
+        if packets:
+            self._send_plain(packets, now)
+        if inner_packets:
+            self._write_tun(self.tun, inner_packets)
+            self.on_tun_readable_fast(now)  # the kernel answers at once: take it now
+        for datagram, addr, local in handshakes:
+            receive(datagram, addr, now, local)
 
     def on_tun_readable(self, now: float) -> None:
         """Drain TUN; encrypted datagrams to one endpoint go out in UDP GSO batches.

@@ -34,6 +34,8 @@ IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
 IFF_TUN_EXCL = 0x8000
 IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 = 0x01, 0x02, 0x04
 VNET_HDR_LEN = 10  # struct virtio_net_hdr, the default TUNSETVNETHDRSZ
 _ZERO_VNET_HDR = bytes(VNET_HDR_LEN)
 IFNAMSIZ = 16
@@ -128,6 +130,20 @@ class Tun:
             return os.readv(self.fileno(), [buf])
         except BlockingIOError:
             return None
+
+    def enable_offloads(self) -> bool:
+        """Let the kernel hand over TCP super-packets (up to 64 KiB, TSO) and packets with a
+        partial checksum (TUNSETOFFLOAD with TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6), as
+        wireguard-go does; False if refused or not a ``vnet_hdr`` device. Only for a reader
+        that splits them and completes checksums (the compiled data path, io/_fastpath.c):
+        ``read`` then returns such packets as they came."""
+        if not self.vnet_hdr:
+            return False
+        try:
+            fcntl.ioctl(self.fileno(), TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+        except OSError:
+            return False
+        return True
 
     def write(self, packet: bytes | bytearray | memoryview) -> int:
         """Hand one IP packet to the kernel; bytes written, or 0 if it was dropped.

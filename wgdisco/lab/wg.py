@@ -48,6 +48,8 @@ class Node:
     peers: list[PeerSpec] = field(default_factory=list)
     proc: Proc | None = None
     discovery: dict[str, str] = field(default_factory=lambda: {"mDNS": "off"})  # [Discovery] for wgdisco
+    binary: str = "wireguard-go"  # the wireguard-go to run (bench/anchor.py fetches another version)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment, e.g. WGDISCO_DATAPATH
 
     @property
     def inner4(self) -> str:
@@ -95,12 +97,12 @@ class Node:
             argv += ["--timing", json.dumps(timing)]
         if load_threshold is not None:
             argv += ["--load-threshold", str(load_threshold)]
-        self.proc = self.host.popen(argv, name=f"wgdisco-{self.iface}", env={"PYTHONPATH": str(PACKAGE_ROOT)})
+        self.proc = self.host.popen(argv, name=f"wgdisco-{self.iface}", env={"PYTHONPATH": str(PACKAGE_ROOT), **self.env})
         self.proc.wait_for(r"interface \S+ up:", timeout=15, stream="stderr")
 
     def _start_wireguard_go(self) -> None:
-        self.proc = self.host.popen(["wireguard-go", "-f", self.iface], name=f"wggo-{self.iface}",
-                                    env={"LOG_LEVEL": "verbose"})
+        self.proc = self.host.popen([self.binary, "-f", self.iface], name=f"wggo-{self.iface}",
+                                    env={"LOG_LEVEL": "verbose", **self.env})
         sock = SOCKET_DIR / f"{self.iface}.sock"
         deadline = time.monotonic() + 10
         while not sock.exists():
@@ -147,11 +149,13 @@ class Node:
         return peers
 
 
-def pair(lab, kind_a: str, kind_b: str, *, outer6: bool = False, endpoint_on: str = "a", **start) -> tuple[Node, Node]:
+def pair(lab, kind_a: str, kind_b: str, *, outer6: bool = False, endpoint_on: str = "a",
+         binary: str = "wireguard-go", env: dict[str, str] | None = None, **start) -> tuple[Node, Node]:
     """Two nodes on one link (198.51.100.0/24 and 2001:db8:1::/64), peered with each other.
 
     ``endpoint_on`` names which side knows the other's endpoint ("a", "b", "both"):
-    a side without it can only answer, so it is the responder.
+    a side without it can only answer, so it is the responder. ``binary`` is the wireguard-go
+    to run, ``env`` extra environment for both nodes (e.g. ``WGDISCO_DATAPATH``).
     """
     ha, hb = lab.host("a"), lab.host("b")
     lab.link(ha, hb, "198.51.100.1/24", "198.51.100.2/24", "2001:db8:1::1/64", "2001:db8:1::2/64")
@@ -159,6 +163,8 @@ def pair(lab, kind_a: str, kind_b: str, *, outer6: bool = False, endpoint_on: st
     ka, kb = keypair(), keypair()
     a = Node(ha, kind_a, f"wa{tag}", *ka, ["10.9.0.1/24", "fd00:9::1/64"])
     b = Node(hb, kind_b, f"wb{tag}", *kb, ["10.9.0.2/24", "fd00:9::2/64"])
+    for node in (a, b):
+        node.binary, node.env = binary, dict(env or {})
     outer_a = "[2001:db8:1::1]:51820" if outer6 else "198.51.100.1:51820"
     outer_b = "[2001:db8:1::2]:51820" if outer6 else "198.51.100.2:51820"
     a.peers = [b.peer_spec(outer_b if endpoint_on in ("a", "both") else None)]

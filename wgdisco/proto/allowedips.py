@@ -136,7 +136,7 @@ def _build(real: dict[int, dict[int, Any]], width: int) -> tuple | None:
 class AllowedIPs:
     """Longest-prefix-match table from IP prefixes to peers (compared by identity, like pointers)."""
 
-    __slots__ = ("_real4", "_real6", "_root4", "_root6", "_by_peer")
+    __slots__ = ("_real4", "_real6", "_root4", "_root6", "_by_peer", "generation")
 
     def __init__(self) -> None:
         # Source of truth: prefix length -> {network int: peer}.
@@ -147,6 +147,7 @@ class AllowedIPs:
         # id(peer) -> (peer, {(version, cidr, network int): None} in insertion order); holding
         # the peer keeps its id unique, so peers need not be hashable.
         self._by_peer: dict[int, tuple[Any, dict[tuple[int, int, int], None]]] = {}
+        self.generation = 0  # bumped by every change: a copy elsewhere (a compiled data path) is stale
 
     # --- hot path -------------------------------------------------------------------------
 
@@ -273,6 +274,14 @@ class AllowedIPs:
                 out.append(ipaddress.IPv6Network((net, cidr)))
         return out
 
+    def prefixes(self) -> list[tuple[bytes, int, Any]]:
+        """Every prefix as ``(network address bytes, prefix length, peer)``: 4 bytes for IPv4, 16 for IPv6."""
+        out: list[tuple[bytes, int, Any]] = []
+        for real, width in ((self._real4, 4), (self._real6, 16)):
+            for cidr, table in real.items():
+                out += [(net.to_bytes(width, "big"), cidr, peer) for net, peer in table.items()]
+        return out
+
     def __len__(self) -> int:
         return sum(len(t) for t in self._real4.values()) + sum(len(t) for t in self._real6.values())
 
@@ -285,6 +294,7 @@ class AllowedIPs:
             del self._by_peer[id(peer)]
 
     def _stale(self, version: int) -> None:
+        self.generation += 1
         if version == 4:
             self._root4 = _STALE
         else:

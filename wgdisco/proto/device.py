@@ -73,12 +73,13 @@ class Keypair:
 
     __slots__ = (
         "send", "receive", "send_counter", "replay", "created", "is_initiator",
-        "local_index", "remote_index", "peer", "expires", "rekey_at",
+        "local_index", "remote_index", "peer", "expires", "rekey_at", "send_key", "receive_key",
     )
 
     def __init__(self, keys: noise.SessionKeys, peer: "Peer", timing: Timing) -> None:
         self.send = ChaCha20Poly1305(keys.send_key)
         self.receive = ChaCha20Poly1305(keys.receive_key)
+        self.send_key, self.receive_key = keys.send_key, keys.receive_key  # for a compiled data path
         self.send_counter = 0
         self.replay = ReplayFilter()
         self.created = keys.created
@@ -713,6 +714,70 @@ class Device:
             self._drop("inner-source-not-allowed")
             return None
         return plaintext[:length] if length < n else plaintext
+
+    # --- a compiled data path (daemon/fastpath.py, io/_fastpath.c) -------------------
+    # It sends and receives transport data for keypairs handed to it and reports what it did
+    # per peer and batch; these hooks do what _encrypt and _receive_transport do per packet
+    # beyond the cryptography (counters, timers, roaming, rekeying), once per batch at `now`.
+
+    def fast_sendable(self, peer: Peer, now: float) -> Keypair | None:
+        """The keypair a compiled path may send data to ``peer`` with (send_packet's checks), or None."""
+        kp = peer.current
+        if kp is None or peer.endpoint is None or kp.send_counter >= self._reject_messages or now >= kp.expires:
+            return None
+        return kp
+
+    def transport_sent(self, peer: Peer, kp: Keypair | None, now: float, nbytes: int, data_packets: int) -> None:
+        """``data_packets`` data messages (``nbytes`` on the wire) went to ``peer`` with ``kp``, whose
+        ``send_counter`` is up to date: _encrypt's timers and keepKeyFreshSending (§6.2)."""
+        peer.tx_bytes += nbytes
+        if peer.persistent_keepalive:
+            peer.t_persistent = now + peer.persistent_keepalive
+        peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
+        if data_packets and peer.t_new_handshake is None:  # timersDataSent
+            peer.t_new_handshake = now + self.timing.keepalive_timeout + self.timing.rekey_timeout + self._jitter()
+        if kp is not None and (kp.send_counter - 1 > self._rekey_messages or now > kp.rekey_at):
+            self.send_handshake_initiation(peer, now, is_retry=False)
+
+    def transport_received(
+        self, peer: Peer, now: float, nbytes: int, data_packets: int,
+        endpoint: Addr | None = None, local: Hashable = None,
+    ) -> None:
+        """Authenticated transport messages from ``peer`` (``nbytes``, of which ``data_packets`` were
+        not keepalives); ``endpoint``/``local``: where the latest came from and arrived on, when
+        that changed (roaming, §2.1). _receive_transport's bookkeeping after the checks."""
+        timing = self.timing
+        current = peer.current
+        if (  # keepKeyFreshReceiving (whitepaper §6.2)
+            current is not None
+            and current.is_initiator
+            and not peer.sent_last_minute_handshake
+            and now - current.created >= timing.reject_after_time - timing.keepalive_timeout - timing.rekey_timeout
+        ):
+            peer.sent_last_minute_handshake = True
+            self.send_handshake_initiation(peer, now, is_retry=False)
+        if endpoint is not None:
+            if peer.endpoint != endpoint:
+                self._set_endpoint_from_packet(peer, endpoint, local)
+            elif local is not None and self.sources.get(endpoint) != local:
+                self.sources[endpoint] = local
+        peer.last_authenticated = now
+        if peer.persistent_keepalive:
+            peer.t_persistent = now + peer.persistent_keepalive
+        peer.t_new_handshake = None
+        peer.rx_bytes += nbytes
+        if data_packets:  # timersDataReceived, once per data packet
+            if peer.t_send_keepalive is None:
+                peer.t_send_keepalive = now + timing.keepalive_timeout
+                if data_packets > 1:
+                    peer.need_another_keepalive = True
+            else:
+                peer.need_another_keepalive = True
+
+    def count_drops(self, drops: dict[str, int]) -> None:
+        """Drops a compiled data path counted, by the reasons this device uses."""
+        for reason, n in drops.items():
+            self.drops[reason] = self.drops.get(reason, 0) + n
 
     # --- counters ---------------------------------------------------------------
 

@@ -52,6 +52,18 @@ class ReplayFilter:
         self._last = 0
         self._ring[0:_BLOCK] = _ZERO[0:_BLOCK]
 
+    def state(self) -> tuple[int, bytes]:
+        """``(last counter, ring)``: the whole window, for a compiled data path to take over
+        (wgdisco/io/_fastpath.c keeps the same geometry, a byte per counter)."""
+        return self._last, bytes(self._ring)
+
+    def load(self, last: int, ring: bytes) -> None:
+        """Take back a window given out by ``state`` (and advanced elsewhere)."""
+        if len(ring) != _RING:
+            raise ValueError(f"a replay ring is {_RING} bytes, got {len(ring)}")
+        self._last = last
+        self._ring[:] = ring
+
     def validate_counter(self, counter: int, limit: int) -> bool:
         """True if ``counter`` is fresh (and mark it seen); False if replayed, too old or >= limit.
 
