@@ -718,7 +718,10 @@ class Model:
         cur, dummy, created, stolen = b"", True, False, set()
 
         def undo() -> None:
-            if any(self.owner.get(n) == cur for n in stolen):
+            # a prefix this block took from another peer is that peer's no more in wireguard-go,
+            # whether the block still holds it or removed it again ("-prefix") before the undo;
+            # we drop the whole claim and the other peer keeps it (the documented divergence)
+            if stolen:
                 self.diverged = True
 
         for key, value in lines:
@@ -839,6 +842,20 @@ def test_the_documented_divergence() -> None:
     b, a = MODEL_KEYS[1], MODEL_KEYS[0]
     lines = [("public_key", a.hex()), ("allowed_ip", "10.0.0.0/24"), ("replace_allowed_ips", "true")]
     reference, ours = Model({a: {}, b: {}}, {"10.0.0.0/24": b}), Model({a: {}, b: {}}, {"10.0.0.0/24": b})
+    reference.apply_lines(lines)
+    req = parse_request(set_req(*(f"{key}={value}" for key, value in lines)))
+    assert isinstance(req, SetRequest)
+    ours.apply_ops(req)
+    assert reference.diverged and reference.owner == {} and ours.owner == {"10.0.0.0/24": b}
+
+
+def test_the_documented_divergence_when_the_claim_was_taken_back_first() -> None:
+    # hypothesis found it: a new peer A claims B's prefix, removes it again, then update_only
+    # undoes A. wireguard-go leaves the prefix with nobody; we skip A's block and B keeps it.
+    b, a = MODEL_KEYS[1], MODEL_KEYS[0]
+    lines = [("public_key", a.hex()), ("allowed_ip", "10.0.0.0/24"), ("allowed_ip", "-10.0.0.0/24"),
+             ("update_only", "true")]
+    reference, ours = Model({b: {}}, {"10.0.0.0/24": b}), Model({b: {}}, {"10.0.0.0/24": b})
     reference.apply_lines(lines)
     req = parse_request(set_req(*(f"{key}={value}" for key, value in lines)))
     assert isinstance(req, SetRequest)
