@@ -241,21 +241,9 @@ class Discovery:
             self.lookup_kick.clear()
             failed = False
             for public in self.feed(lambda node, now: node.lookups_due(now)) or ():
-                label = keys.key_to_base32(public)
-                try:
-                    raw = await retry.run(lambda label=label: self.client.lookup(label), attempts=1)  # type: ignore[union-attr]
-                except (dnssd.NameserverError, ConfigError, AuthError):
-                    self._count("dns-lookup-errors")
+                if await self._look_up(retry, public):
                     failed = True  # Retry logged the outage once; back off, then a new round
                     break
-                if raw is None:
-                    continue
-                try:
-                    sighting = records.record_from_dns(label, raw.srv_port, raw.srv_target, raw.addresses, raw.txt)
-                except DecodeError:
-                    self._count("records-malformed")
-                    continue
-                self.feed(lambda node, now, sighting=sighting: node.receive_sighting(sighting, "dns", now))
             if not failed and self.feed(lambda node, now: node.browse_due(now)):
                 failed = await self._mesh_browse(retry)
             if failed:
@@ -266,6 +254,26 @@ class Discovery:
                 await asyncio.wait_for(self.lookup_kick.wait(), max(wait or 0.0, 0.0))
             except asyncio.TimeoutError:
                 pass
+
+    async def _look_up(self, retry: dnssd.Retry, public: bytes) -> bool:
+        """Look up one key's instance and hand its record to the node; True when the
+        nameserver failed (no record, or a malformed one, is counted and is not a failure)."""
+        assert self.client is not None
+        label = keys.key_to_base32(public)
+        try:
+            raw = await retry.run(lambda: self.client.lookup(label), attempts=1)  # type: ignore[union-attr]
+        except (dnssd.NameserverError, ConfigError, AuthError):
+            self._count("dns-lookup-errors")
+            return True
+        if raw is None:
+            return False
+        try:
+            sighting = records.record_from_dns(label, raw.srv_port, raw.srv_target, raw.addresses, raw.txt)
+        except DecodeError:
+            self._count("records-malformed")
+            return False
+        self.feed(lambda node, now: node.receive_sighting(sighting, "dns", now))
+        return False
 
     async def _mesh_browse(self, retry: dnssd.Retry) -> bool:
         """The mesh over unicast DNS-SD: browse the PTR set, look up the keys the node wants
@@ -284,20 +292,8 @@ class Discovery:
             except DecodeError:
                 self._count("records-malformed")
         for public in self.feed(lambda node, now: node.mesh_lookups(found, now)) or ():
-            label = keys.key_to_base32(public)
-            try:
-                raw = await retry.run(lambda label=label: self.client.lookup(label), attempts=1)  # type: ignore[union-attr]
-            except (dnssd.NameserverError, ConfigError, AuthError):
-                self._count("dns-lookup-errors")
+            if await self._look_up(retry, public):
                 return True
-            if raw is None:
-                continue
-            try:
-                sighting = records.record_from_dns(label, raw.srv_port, raw.srv_target, raw.addresses, raw.txt)
-            except DecodeError:
-                self._count("records-malformed")
-                continue
-            self.feed(lambda node, now, sighting=sighting: node.receive_sighting(sighting, "dns", now))
         return False
 
     def _dns_srv(self) -> tuple[int, list[Any]]:
