@@ -20,9 +20,10 @@ the matrix can be measured in chunks of under 10 minutes each under the quiet lo
     .venv/bin/python bench/natmatrix.py --render-only --write-docs
 
 ``--write-docs`` renders every pair in ``--out`` into docs/nat-traversal.md and
-docs/performance.md between the ``natmatrix`` markers, with the commit and date of the runs.
-Cells that cannot pair, or cannot be built yet (``mapped``: the port-mapped hard NAT, branch
-portmap), are listed with the reason instead of figures; pass them in ``--cells`` once they can be.
+docs/performance.md between the ``natmatrix`` markers, with the commit and date of the runs; a
+row already in a table whose pair ``--out`` does not hold is kept as it is (``--out`` is not
+committed: the docs' rows are the record of earlier runs). Cells that cannot pair, or cannot be
+built yet (``CELLS_PENDING`` in natcells.py), are listed with the reason instead of figures.
 """
 
 from __future__ import annotations
@@ -91,12 +92,32 @@ def commit() -> str:
         return "unknown"
 
 
-def render(results: dict) -> str:
-    """The markdown table of every measured pair, then the pairs that are not cells and why."""
-    lines = ["| a | b | direct | median to first ping | max | path based on (a's side) | runs from |",
-             "|---|---|---|---|---|---|---|"]
+HEADER = ["| a | b | direct | median to first ping | max | path based on (a's side) | runs from |",
+          "|---|---|---|---|---|---|---|"]
+
+
+def kept_rows(table: str) -> dict[str, str]:
+    """The rows of a rendered table (between the markers), by pair ``a:b``."""
+    by_label = {v: k for k, v in LABELS.items()}
+    rows = {}
+    for line in table.splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and line not in HEADER and len(cols) == 7 and cols[0] in by_label and \
+                cols[1] in by_label:
+            rows[f"{by_label[cols[0]]}:{by_label[cols[1]]}"] = line
+    return rows
+
+
+def render(results: dict, kept: dict[str, str] | None = None) -> str:
+    """The markdown table of every measured pair (``kept``: rows of pairs not in ``results``, as
+    they were), then the pairs that are not cells and why."""
+    lines = list(HEADER)
     order = {c: i for i, c in enumerate(CELLS)}
-    for key in sorted(results, key=lambda k: tuple(order.get(c, 99) for c in k.split(":"))):
+    kept = {k: v for k, v in (kept or {}).items() if k not in results}
+    for key in sorted({**results, **kept}, key=lambda k: tuple(order.get(c, 99) for c in k.split(":"))):
+        if key in kept:
+            lines.append(kept[key])
+            continue
         r = results[key]
         a, b = key.split(":")
         runs = r["runs"]
@@ -122,14 +143,14 @@ def render(results: dict) -> str:
 
 
 def write_docs(results: dict) -> None:
-    table = render(results)
     for name in ("nat-traversal.md", "performance.md"):
         path = ROOT / "docs" / name
         text = path.read_text()
         if BEGIN not in text:
             raise SystemExit(f"{path}: no {BEGIN} … {END} markers")
         head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+        old, tail = rest.split(END, 1)
+        table = render(results, kept_rows(old))
         path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
         print(f"wrote {path}")
 
