@@ -10,7 +10,8 @@ each knowing only the other's key (no Endpoint), documented defaults (natcells.p
 must write). The clock starts before the first daemon is launched; a pings b every 100 ms (1 s
 timeout each) until one comes back or ``--timeout`` passes (a failure). After a success
 ``wgdisco status --json`` on a gives the path's basis (docs/nat-traversal.md) and, for a birthday
-path, the probes both sides sent.
+path, the probes both sides sent; when a holds a port mapping, b's status says whether b reached
+a at the mapped address.
 
 Results are merged into ``--out`` by pair (a later run of a pair replaces the earlier one), so
 the matrix can be measured in chunks of under 10 minutes each under the quiet lock:
@@ -65,6 +66,12 @@ def one_run(kind_a: str, kind_b: str, timeout: float) -> dict:
         peer = status["peers"][0]
         result.update(path=peer["path"], basis=peer.get("path_basis"), reason=peer["reason"],
                       mapping=status["nat"]["mapping"])
+        pm = status.get("port_mapping") or {}
+        if pm.get("state") == "mapped":
+            # a port-mapping gateway on a's side: did b reach a at the mapped address?
+            st_b = json.loads(b.host.run([sys.executable, "-m", "wgdisco", "status", b.iface, "--json"]).stdout)
+            result.update(port_mapping=pm["protocol"],
+                          b_to_mapped=st_b["peers"][0]["endpoint"] == pm["external"])
         a.stop()
         b.stop()
         for name, node in (("a", a), ("b", b)):
@@ -130,6 +137,10 @@ def render(results: dict, kept: dict[str, str] | None = None) -> str:
             based = "no path: " + ", ".join(reasons)
         else:
             based = ", ".join(bases) or "—"
+            mapped = [x for x in runs if x["ok"] and x.get("port_mapping")]
+            if mapped:
+                protos = ", ".join(sorted({x["port_mapping"].upper().replace("NATPMP", "NAT-PMP") for x in mapped}))
+                based += f"; b to a's {protos} mapping {sum(bool(x['b_to_mapped']) for x in mapped)}/{len(ok)}"
         lines.append(f"| {LABELS.get(a, a)} | {LABELS.get(b, b)} | {len(ok)}/{len(runs)} | {med} | {mx} | {based} "
                      f"| {r['commit']}, {r['date']} |")
     pending = [f"- {LABELS[c]}: {why}" for c, why in CELLS_PENDING.items()]
