@@ -171,6 +171,14 @@ def test_a_worse_mapping_at_the_same_external_port_is_not_deleted() -> None:
     m.upnp_done(want.token, 1.0, found=True, external=(EXT, 51820), lifetime=LIFETIME)
     assert sent(m) == [] and wants(m) == ([], []) and "extra-deleted" not in m.counters
     assert m.mapping is not None and m.mapping.protocol == "pcp"
+    # UPnP's add may have taken the rule over (miniupnpd rewrites it, and PCP's delete then finds
+    # nothing): at shutdown it is deleted through PCP and through UPnP and NAT-PMP too
+    m.stop(5.0)
+    [pcp_delete], [natpmp_delete] = split(sent(m))
+    assert struct.unpack_from("!I", pcp_delete, 4)[0] == 0 and natpmp_delete == natpmp.map_request(51820, 0, 0)
+    [upnp_delete], events = wants(m)
+    assert (upnp_delete.action, upnp_delete.external_port) == ("delete", 51820)
+    assert events == [MappingChanged(None, "deleted")]
 
 
 def test_natpmp_gateway_answers_pcp_with_unsupported_version() -> None:

@@ -20,9 +20,11 @@ acts on ``pop_events()``. UPnP IGD (SSDP + SOAP) is not done here: the core asks
   (it answered first, or after the choice) is deleted (once, no retry) unless its external
   address and port are the kept mapping's (a gateway whose PCP, NAT-PMP and UPnP share one table,
   RFC 6887 Appendix A, gives the same one, and deleting it would delete ours); the worse
-  protocols still asked when the choice is made get no further requests. "pcp", "natpmp",
-  "upnp": only that one; "off" does nothing. With one protocol named, its RFC schedule holds: NAT-PMP 250 ms doubling, 9
-  requests (RFC 6886 §3.1); PCP IRT 3 s, doubling to MRT 1024 s with ±10 % jitter, no limit
+  protocols still asked when the choice is made get no further requests. A worse protocol that
+  reports the kept mapping itself may have taken it over at the gateway (miniupnpd: UPnP's add
+  rewrites the rule PCP made, and PCP's delete then finds nothing), so ``stop`` and a new listen
+  port delete through it as well. "pcp", "natpmp", "upnp": only that one; "off" does nothing.
+  With one protocol named, its RFC schedule holds: NAT-PMP 250 ms doubling, 9 requests (RFC 6886 §3.1); PCP IRT 3 s, doubling to MRT 1024 s with ±10 % jitter, no limit
   (RFC 6887 §8.1.1).
 - The lifetime asked for is LIFETIME (7200 s, RFC 6886 §3.3's recommendation). The mapping is
   renewed at half its granted lifetime (RFC 6886 §3.3; RFC 6887 §11.2.1 says between 1/2 and
@@ -166,6 +168,7 @@ class PortMapper:
         self._search: dict[str, _Tx] = {}
         self._found: dict[str, tuple[tuple[str, int], int, float]] = {}
         self._late: dict[str, _Tx] = {}
+        self._shared: set[str] = set()  # worse protocols that reported the kept mapping itself
         self._refresh_at: float | None = None
         self._retry_at: float | None = None
         self._nonce = b""  # PCP: one per mapping (§11.1)
@@ -297,6 +300,7 @@ class PortMapper:
     def _begin(self, now: float) -> None:
         self._tx = None
         self._search, self._found, self._late = {}, {}, {}
+        self._shared = set()
         self._refresh_at = self._retry_at = None
         if self.gateway is None and self.mode != "upnp":
             self.state, self.protocol = "no-gateway", None
@@ -326,6 +330,8 @@ class PortMapper:
                 for other, (ext, _, _) in extras.items():
                     if ext != external:
                         self._delete_extra(other, ext[1], now)
+                    else:
+                        self._shared.add(other)
                 return
             if proto in self._search:
                 self.protocol = proto  # the best still asked: status shows it
@@ -368,7 +374,11 @@ class PortMapper:
                                count=False)
         for proto, (ext, _, _) in self._found.items():
             self._delete_extra(proto, ext[1], now, count=False)
+        if self.mapping is not None:
+            for proto in sorted(self._shared - {self.mapping.protocol}):
+                self._delete_extra(proto, self.mapping.external[1], now, count=False)
         self._search, self._found, self._late = {}, {}, {}
+        self._shared = set()
 
     def _next_protocol(self, now: float) -> None:
         while self._order:
@@ -500,6 +510,8 @@ class PortMapper:
             del self._late[proto]
             if self.mapping is None or self.mapping.external != external:
                 self._delete_extra(proto, external[1], now)
+            else:
+                self._shared.add(proto)
             return
         self._tx = None
         self._set_mapping(proto, external, lifetime, now, now)
