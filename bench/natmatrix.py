@@ -10,7 +10,8 @@ each knowing only the other's key (no Endpoint), documented defaults (natcells.p
 must write). The clock starts before the first daemon is launched; a pings b every 100 ms (1 s
 timeout each) until one comes back or ``--timeout`` passes (a failure). After a success
 ``wgdisco status --json`` on a gives the path's basis (docs/nat-traversal.md) and, for a birthday
-path, the probes both sides sent.
+path, the probes both sides sent; when a holds a port mapping, b's status says whether b reached
+a at the mapped address.
 
 Results are merged into ``--out`` by pair (a later run of a pair replaces the earlier one), so
 the matrix can be measured in chunks of under 10 minutes each under the quiet lock:
@@ -20,9 +21,10 @@ the matrix can be measured in chunks of under 10 minutes each under the quiet lo
     .venv/bin/python bench/natmatrix.py --render-only --write-docs
 
 ``--write-docs`` renders every pair in ``--out`` into docs/nat-traversal.md and
-docs/performance.md between the ``natmatrix`` markers, with the commit and date of the runs.
-Cells that cannot pair, or cannot be built yet (``mapped``: the port-mapped hard NAT, branch
-portmap), are listed with the reason instead of figures; pass them in ``--cells`` once they can be.
+docs/performance.md between the ``natmatrix`` markers, with the commit and date of the runs; a
+row already in a table whose pair ``--out`` does not hold is kept as it is (``--out`` is not
+committed: the docs' rows are the record of earlier runs). Cells that cannot pair, or cannot be
+built yet (``CELLS_PENDING`` in natcells.py), are listed with the reason instead of figures.
 """
 
 from __future__ import annotations
@@ -64,6 +66,12 @@ def one_run(kind_a: str, kind_b: str, timeout: float) -> dict:
         peer = status["peers"][0]
         result.update(path=peer["path"], basis=peer.get("path_basis"), reason=peer["reason"],
                       mapping=status["nat"]["mapping"])
+        pm = status.get("port_mapping") or {}
+        if pm.get("state") == "mapped":
+            # a port-mapping gateway on a's side: did b reach a at the mapped address?
+            st_b = json.loads(b.host.run([sys.executable, "-m", "wgdisco", "status", b.iface, "--json"]).stdout)
+            result.update(port_mapping=pm["protocol"],
+                          b_to_mapped=st_b["peers"][0]["endpoint"] == pm["external"])
         a.stop()
         b.stop()
         for name, node in (("a", a), ("b", b)):
@@ -91,12 +99,32 @@ def commit() -> str:
         return "unknown"
 
 
-def render(results: dict) -> str:
-    """The markdown table of every measured pair, then the pairs that are not cells and why."""
-    lines = ["| a | b | direct | median to first ping | max | path based on (a's side) | runs from |",
-             "|---|---|---|---|---|---|---|"]
+HEADER = ["| a | b | direct | median to first ping | max | path based on (a's side) | runs from |",
+          "|---|---|---|---|---|---|---|"]
+
+
+def kept_rows(table: str) -> dict[str, str]:
+    """The rows of a rendered table (between the markers), by pair ``a:b``."""
+    by_label = {v: k for k, v in LABELS.items()}
+    rows = {}
+    for line in table.splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and line not in HEADER and len(cols) == 7 and cols[0] in by_label and \
+                cols[1] in by_label:
+            rows[f"{by_label[cols[0]]}:{by_label[cols[1]]}"] = line
+    return rows
+
+
+def render(results: dict, kept: dict[str, str] | None = None) -> str:
+    """The markdown table of every measured pair (``kept``: rows of pairs not in ``results``, as
+    they were), then the pairs that are not cells and why."""
+    lines = list(HEADER)
     order = {c: i for i, c in enumerate(CELLS)}
-    for key in sorted(results, key=lambda k: tuple(order.get(c, 99) for c in k.split(":"))):
+    kept = {k: v for k, v in (kept or {}).items() if k not in results}
+    for key in sorted({**results, **kept}, key=lambda k: tuple(order.get(c, 99) for c in k.split(":"))):
+        if key in kept:
+            lines.append(kept[key])
+            continue
         r = results[key]
         a, b = key.split(":")
         runs = r["runs"]
@@ -109,6 +137,10 @@ def render(results: dict) -> str:
             based = "no path: " + ", ".join(reasons)
         else:
             based = ", ".join(bases) or "—"
+            mapped = [x for x in runs if x["ok"] and x.get("port_mapping")]
+            if mapped:
+                protos = ", ".join(sorted({x["port_mapping"].upper().replace("NATPMP", "NAT-PMP") for x in mapped}))
+                based += f"; b to a's {protos} mapping {sum(bool(x['b_to_mapped']) for x in mapped)}/{len(ok)}"
         lines.append(f"| {LABELS.get(a, a)} | {LABELS.get(b, b)} | {len(ok)}/{len(runs)} | {med} | {mx} | {based} "
                      f"| {r['commit']}, {r['date']} |")
     pending = [f"- {LABELS[c]}: {why}" for c, why in CELLS_PENDING.items()]
@@ -122,14 +154,14 @@ def render(results: dict) -> str:
 
 
 def write_docs(results: dict) -> None:
-    table = render(results)
     for name in ("nat-traversal.md", "performance.md"):
         path = ROOT / "docs" / name
         text = path.read_text()
         if BEGIN not in text:
             raise SystemExit(f"{path}: no {BEGIN} … {END} markers")
         head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+        old, tail = rest.split(END, 1)
+        table = render(results, kept_rows(old))
         path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
         print(f"wrote {path}")
 

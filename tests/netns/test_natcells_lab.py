@@ -1,6 +1,7 @@
 """NAT matrix cells in the lab (wgdisco/lab/natcells.py): a double NAT behind a carrier NAT,
-IPv6 behind stateful firewalls, and roaming through a birthday-punched path. Real parts: nftables
-routers, stund, Knot; wgdisco with the documented defaults (docs/nat-traversal.md).
+IPv6 behind stateful firewalls, a hard NAT whose router maps ports, and roaming through a
+birthday-punched path. Real parts: nftables routers, stund, Knot, miniupnpd; wgdisco with the
+documented defaults (docs/nat-traversal.md).
 """
 
 from __future__ import annotations
@@ -39,6 +40,27 @@ def test_cgnat_double_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
     assert sa["peers"][0]["path"] == "direct" and sa["peers"][0]["endpoint"] == "203.0.113.2:51820"
     assert sb["peers"][0]["path"] == "direct" and sb["peers"][0]["endpoint"].startswith("203.0.113.1:")
     assert sb["peers"][0]["birthday"]["attempts"] == 0  # both easy: ordinary punching suffices
+
+
+def test_port_mapped_hard_nat_to_hard_nat_connects_directly(lab: Lab) -> None:
+    """The matrix's port-mapped cell as bench/natmatrix.py builds it: a's hard NAT router runs
+    miniupnpd, a keeps PortMapping = auto (no key); b is behind a plain hard NAT. a publishes the
+    mapped address, b's probes reach it from b's hard NAT, whose new mapping carries a's answers
+    back. Without the mapping this pair has no path (hard NAT on both sides)."""
+    net, a, b = pair(lab, "mapped", "hard")
+    assert "PortMapping" not in a.discovery
+    a.start()
+    b.start()
+    took = first_ping(a, b.inner4, timeout=20)
+    assert took is not None, a.proc.stderr() + b.proc.stderr()  # type: ignore[union-attr]
+    print(f"port-mapped hard<->hard, defaults: first ping {took:.2f} s")
+    assert took <= 8
+    pm = status(a)["port_mapping"]
+    assert (pm["mode"], pm["state"], pm["protocol"]) == ("auto", "mapped", "pcp"), pm
+    assert (pm["external"] or "").startswith("203.0.113.1:"), pm
+    peer = status(b)["peers"][0]
+    assert (peer["path"], peer["endpoint"]) == ("direct", pm["external"]), peer
+    assert status(a)["peers"][0]["path"] == "direct"
 
 
 def test_ipv6_behind_stateful_firewalls_connects_directly(lab: Lab) -> None:
@@ -139,4 +161,5 @@ def test_matrix_cells_that_cannot_pair_say_why() -> None:
     assert applicable("easy", "hard") is None and applicable("v6fw", "wan") is None
     assert "same-NAT" in str(applicable("same", "easy"))
     assert "IPv6-only" in str(applicable("v6fw", "cgnat"))
-    assert "portmap" in str(applicable("mapped", "easy"))
+    assert applicable("mapped", "hard") is None and applicable("mapped", "mapped") is None
+    assert "IPv6-only" in str(applicable("mapped", "v6fw")) and "same-NAT" in str(applicable("mapped", "same"))

@@ -64,81 +64,186 @@ def run_until(m: PortMapper, now: float, until: float) -> tuple[float, list[byte
     return until, out
 
 
+def split(out: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """PCP requests (version 2) and NAT-PMP ones (version 0)."""
+    return [r for r in out if r[0] == 2], [r for r in out if r[0] == 0]
+
+
+def wants(m: PortMapper) -> tuple[list[UpnpWanted], list]:
+    """UPnP requests and the other events."""
+    events = m.pop_events()
+    return [e for e in events if isinstance(e, UpnpWanted)], [e for e in events if not isinstance(e, UpnpWanted)]
+
+
 def test_pcp_maps_refreshes_at_half_lifetime_and_deletes_at_shutdown() -> None:
     m = PortMapper("auto", rng=rng, internal_port=51820)
     m.start(GW, ME, 0.0)
-    [req] = sent(m)
+    [req], _natpmp = split(sent(m))
     assert req[1] == pcp.OP_MAP and struct.unpack_from("!I", req, 4)[0] == LIFETIME
     assert m.receive(pcp_answer(req), GW, 0.01)
-    assert m.pop_events() == [MappingChanged(m.mapping, "mapped")]
+    assert wants(m)[1] == [MappingChanged(m.mapping, "mapped")]  # PCP is the best: taken at once
     assert m.mapping is not None and m.mapping.external == (EXT, 40000) and m.mapping.protocol == "pcp"
     assert m.get_timer() == pytest.approx(0.01 + LIFETIME / 2)  # RFC 6886 §3.3, RFC 6887 §11.2.1
     now, out = run_until(m, 0.01, LIFETIME / 2 + 0.01)
-    [renew] = out
+    [renew] = out  # NAT-PMP, still unanswered when PCP mapped, was not asked again
     assert renew[24:36] == req[24:36]  # the same nonce (§11.1)
     assert struct.unpack_from("!H", renew, 42)[0] == 40000  # suggests the port it has
     assert m.receive(pcp_answer(renew), GW, now)
     assert m.pop_events() == []  # the same mapping: nothing to publish
     assert view(m, now).expires_in == pytest.approx(LIFETIME)
     m.stop(now)
-    [delete] = sent(m)
+    [delete] = sent(m)  # the NAT-PMP and UPnP requests of long ago are not deleted
     assert struct.unpack_from("!I", delete, 4)[0] == 0 and delete[24:36] == req[24:36]  # §15
     assert m.pop_events() == [MappingChanged(None, "deleted")] and not m.stopped
     assert m.receive(pcp_answer(delete, lifetime=0), GW, now + 0.01)
     assert m.stopped and m.get_timer() is None
 
 
-def test_auto_falls_back_to_natpmp_after_three_unanswered_pcp_requests() -> None:
+def test_auto_asks_pcp_natpmp_and_upnp_at_once() -> None:
     m = PortMapper("auto", rng=rng, internal_port=51820)
     m.start(GW, ME, 0.0)
-    times = [0.0]
-    first = sent(m)
-    assert len(first) == 1 and first[0][0] == 2
-    now = 0.0
-    while m.protocol == "pcp":
+    pcp_reqs, natpmp_reqs = split(sent(m))
+    assert len(pcp_reqs) == 1
+    assert natpmp_reqs == [natpmp.external_address_request(), natpmp.map_request(51820, 51820, LIFETIME)]
+    [want], _ = wants(m)
+    assert (want.action, want.internal_port, want.external_port, want.lifetime) == ("add", 51820, 51820, LIFETIME)
+    assert m.state == "probing" and m.protocol == "pcp"  # the best still asked
+
+
+def test_a_natpmp_mapping_waits_for_pcp_then_is_kept_and_a_late_upnp_one_is_deleted() -> None:
+    """Only NAT-PMP answers at first: kept once PCP has failed (1.75 s), with its grant time;
+    the UPnP mapping made after the choice, at another port, is deleted (one mapping kept)."""
+    m = PortMapper("auto", rng=rng, internal_port=51820)
+    m.start(GW, ME, 0.0)
+    _, natpmp_reqs = split(sent(m))
+    [want], _ = wants(m)
+    for a in natpmp_answers(natpmp_reqs):
+        assert m.receive(a, GW, 0.01)
+    assert m.mapping is None and m.state == "probing" and m.protocol == "pcp"  # PCP may still answer
+    times, now = [], 0.01
+    while m.mapping is None:
         now = m.get_timer()  # type: ignore[assignment]
         m.handle_timer(now)
-        out = sent(m)
-        if out and out[0][0] == 2:
+        pcp_reqs, natpmp_reqs = split(sent(m))
+        assert natpmp_reqs == []  # NAT-PMP answered: not asked again
+        if pcp_reqs:
             times.append(now)
-    assert times == [0.0, 0.25, 0.75] and now == pytest.approx(1.75)
-    assert PortMapFailed("pcp", "no-answer") in m.pop_events()
-    reqs = [r for r in out if r[0] == 0]
-    assert reqs == [natpmp.external_address_request(), natpmp.map_request(51820, 51820, LIFETIME)]
-    for a in natpmp_answers(reqs):
-        assert m.receive(a, GW, now + 0.01)
-    assert m.mapping is not None and (m.mapping.protocol, m.mapping.external) == ("natpmp", (EXT, 40000))
-    assert view(m, now).answered == ("natpmp",)
-    m.stop(now + 1)
+    assert times == [0.25, 0.75] and now == pytest.approx(1.75)
+    assert (m.mapping.protocol, m.mapping.external, m.mapping.granted_at) == ("natpmp", (EXT, 40000), 0.01)
+    assert m.get_timer() == pytest.approx(0.01 + LIFETIME / 2)
+    _, events = wants(m)
+    assert events == [PortMapFailed("pcp", "no-answer"), MappingChanged(m.mapping, "mapped")]
+    m.upnp_done(want.token, 2.5, found=True, external=(EXT, 51820), lifetime=LIFETIME)
+    [delete], events = wants(m)
+    assert (delete.action, delete.external_port) == ("delete", 51820) and events == []
+    assert m.mapping.protocol == "natpmp" and m.counters["extra-deleted"] == 1
+    assert view(m, 2.5).answered == ("natpmp", "upnp")
+    m.stop(3.0)
     assert sent(m) == [natpmp.map_request(51820, 0, 0)]  # RFC 6886 §3.4
-    run_until(m, now + 1, now + 5)
+    assert wants(m) == ([], [MappingChanged(None, "deleted")])
+    run_until(m, 3.0, 8.0)
     assert m.stopped  # no answer to the delete: given up after 0.75 s
+
+
+def test_pcp_is_taken_over_an_earlier_natpmp_mapping_which_is_deleted() -> None:
+    m = PortMapper("auto", rng=rng, internal_port=51820)
+    m.start(GW, ME, 0.0)
+    [req], natpmp_reqs = split(sent(m))
+    for a in natpmp_answers(natpmp_reqs, port=40001):
+        m.receive(a, GW, 0.01)
+    assert m.mapping is None
+    assert m.receive(pcp_answer(req, port=40000), GW, 0.02)
+    assert m.mapping is not None and (m.mapping.protocol, m.mapping.external) == ("pcp", (EXT, 40000))
+    assert sent(m) == [natpmp.map_request(51820, 0, 0)] and m.counters["extra-deleted"] == 1
+    assert m.counters["natpmp-requests"] == 2  # the request and the delete
+
+
+def test_a_worse_mapping_at_the_same_external_port_is_not_deleted() -> None:
+    """A gateway whose protocols share one table (miniupnpd; RFC 6887 Appendix A) gives PCP and
+    NAT-PMP the same mapping: deleting the NAT-PMP one would delete the kept one."""
+    m = PortMapper("auto", rng=rng, internal_port=51820)
+    m.start(GW, ME, 0.0)
+    [req], natpmp_reqs = split(sent(m))
+    assert m.receive(pcp_answer(req, port=51820), GW, 0.01)
+    [want], _ = wants(m)
+    for a in natpmp_answers(natpmp_reqs, port=51820):
+        assert m.receive(a, GW, 0.02)  # late: after the choice
+    m.upnp_done(want.token, 1.0, found=True, external=(EXT, 51820), lifetime=LIFETIME)
+    assert sent(m) == [] and wants(m) == ([], []) and "extra-deleted" not in m.counters
+    assert m.mapping is not None and m.mapping.protocol == "pcp"
+    # UPnP's add may have taken the rule over (miniupnpd rewrites it, and PCP's delete then finds
+    # nothing): at shutdown it is deleted through PCP and through UPnP and NAT-PMP too
+    m.stop(5.0)
+    [pcp_delete], [natpmp_delete] = split(sent(m))
+    assert struct.unpack_from("!I", pcp_delete, 4)[0] == 0 and natpmp_delete == natpmp.map_request(51820, 0, 0)
+    [upnp_delete], events = wants(m)
+    assert (upnp_delete.action, upnp_delete.external_port) == ("delete", 51820)
+    assert events == [MappingChanged(None, "deleted")]
 
 
 def test_natpmp_gateway_answers_pcp_with_unsupported_version() -> None:
     m = PortMapper("auto", rng=rng, internal_port=51820)
     m.start(GW, ME, 0.0)
-    sent(m)
+    _, natpmp_reqs = split(sent(m))
     assert m.receive(bytes.fromhex("0081 0001 00000005 0000 0000 00000000"), GW, 0.01)  # RFC 6887 §9
-    assert m.protocol == "natpmp" and len(sent(m)) == 2  # at once, no timeout
+    assert m.protocol == "natpmp" and m.counters["pcp-unsupported-version"] == 1
+    for a in natpmp_answers(natpmp_reqs):
+        assert m.receive(a, GW, 0.02)
+    assert m.mapping is not None and m.mapping.protocol == "natpmp"  # at once, no timeout
 
 
-def test_upnp_last_then_nothing_then_retry() -> None:
+def test_upnp_only_gateway_is_used_when_pcp_and_natpmp_have_failed() -> None:
+    """UPnP answers first (1.0 s): kept at 1.75 s, when PCP and NAT-PMP have had their three
+    requests each; not after 3.5 s and only then the UPnP search."""
     m = PortMapper("auto", rng=rng, internal_port=51820)
     m.start(GW, ME, 0.0)
+    [want], _ = wants(m)
+    run_until(m, 0.0, 1.0)
+    m.upnp_done(want.token, 1.0, found=True, external=(EXT, 51820), lifetime=LIFETIME)
+    assert m.mapping is None and m.state == "probing"
+    now, out = run_until(m, 1.0, 1.75)
+    assert m.mapping is not None and (m.mapping.protocol, m.mapping.granted_at) == ("upnp", 1.0)
+    assert m.counters["pcp-requests"] == 3 and m.counters["natpmp-requests"] == 3
+    _, events = wants(m)
+    assert events == [PortMapFailed("pcp", "no-answer"), PortMapFailed("natpmp", "no-answer"),
+                      MappingChanged(m.mapping, "mapped")]
+
+
+def test_upnp_answering_after_pcp_and_natpmp_failed_is_taken_at_once() -> None:
+    m = PortMapper("auto", rng=rng, internal_port=51820)
+    m.start(GW, ME, 0.0)
+    [want], _ = wants(m)
+    run_until(m, 0.0, 2.0)
+    assert m.mapping is None and m.protocol == "upnp"
+    m.upnp_done(want.token, 2.4, found=True, external=(EXT, 51820), lifetime=LIFETIME)
+    assert m.mapping is not None and m.mapping.protocol == "upnp" and m.state == "mapped"
+
+
+def test_nothing_answers_then_retry() -> None:
+    m = PortMapper("auto", rng=rng, internal_port=51820)
+    m.start(GW, ME, 0.0)
+    [want], _ = wants(m)
     now, _ = run_until(m, 0.0, 3.6)
-    events = m.pop_events()
-    assert [e for e in events if isinstance(e, PortMapFailed)] == [PortMapFailed("pcp", "no-answer"),
-                                                                   PortMapFailed("natpmp", "no-answer")]
-    [want] = [e for e in events if isinstance(e, UpnpWanted)]
-    assert (want.action, want.internal_port, want.lifetime) == ("add", 51820, LIFETIME)
+    _, events = wants(m)
+    assert events == [PortMapFailed("pcp", "no-answer"), PortMapFailed("natpmp", "no-answer")]
+    assert m.state == "probing" and m.protocol == "upnp"  # UPnP's search is still on
     m.upnp_done(want.token - 1, now, found=True, external=(EXT, 1))  # a stale answer
     assert m.counters["upnp-stale"] == 1 and m.mapping is None
     m.upnp_done(want.token, now, found=True, error="ConflictInMappingEntry")
     assert m.state == "failed" and m.get_timer() == pytest.approx(now + RETRY_AFTER)
     assert view(m, now).answered == ("upnp",)
+    assert m.counters["pcp-requests"] + m.counters["natpmp-requests"] == 6
     m.handle_timer(now + RETRY_AFTER)
-    assert m.protocol == "pcp" and len(sent(m)) == 1
+    pcp_reqs, natpmp_reqs = split(sent(m))
+    assert m.protocol == "pcp" and len(pcp_reqs) == 1 and len(natpmp_reqs) == 2
+    assert [w.action for w in wants(m)[0]] == ["add"]
+
+
+def test_an_unanswered_upnp_search_is_given_up() -> None:
+    m = PortMapper("auto", rng=rng, internal_port=51820)
+    m.start(GW, ME, 0.0)
+    run_until(m, 0.0, 20.0)
+    assert m.state == "failed" and PortMapFailed("upnp", "no-answer") in wants(m)[1]
 
 
 def test_upnp_maps_and_renews() -> None:
@@ -217,7 +322,7 @@ def test_explicit_pcp_follows_rfc_6887_schedule() -> None:
 def test_pcp_error_results_end_the_attempt_and_are_counted(result: int, name: str) -> None:
     m = PortMapper("auto", rng=rng, internal_port=51820)
     m.start(GW, ME, 0.0)
-    [req] = sent(m)
+    [req], _ = split(sent(m))
     assert m.receive(pcp_answer(req, result=result), GW, 0.0)
     assert m.counters[f"pcp-{name}"] == 1 and m.protocol == "natpmp"
     assert PortMapFailed("pcp", name) in m.pop_events()
@@ -234,7 +339,7 @@ def test_natpmp_error_result_ends_the_attempt() -> None:
 def test_forged_and_broken_answers_are_dropped_and_counted() -> None:
     m = PortMapper("auto", rng=rng, internal_port=51820)
     m.start(GW, ME, 0.0)
-    [req] = sent(m)
+    [req], _ = split(sent(m))
     good = pcp_answer(req)
     assert not m.receive(good, ("10.1.0.9", 5351), 0.0)  # not the gateway
     assert not m.receive(good, ("10.1.0.1", 5350), 0.0)  # not its port 5351
@@ -242,7 +347,8 @@ def test_forged_and_broken_answers_are_dropped_and_counted() -> None:
     assert not m.receive(good[:-4], GW, 0.0)  # wrong size
     assert not m.receive(good + b"\0", GW, 0.0)
     assert not m.receive(b"\x02\x80" + good[2:24], GW, 0.0)  # ANNOUNCE: not what we asked
-    assert m.counters == {"pcp-requests": 1, "not-gateway": 2, "wrong-nonce": 1, "malformed": 2, "unexpected": 1}
+    assert m.counters == {"pcp-requests": 1, "natpmp-requests": 1, "not-gateway": 2, "wrong-nonce": 1,
+                          "malformed": 2, "unexpected": 1}
     assert m.mapping is None and m.protocol == "pcp"
     assert m.receive(good, GW, 0.0) and m.mapping is not None
     assert not m.receive(good, GW, 0.1)  # a duplicate: no request open
@@ -274,15 +380,15 @@ def test_gateway_restart_is_noticed_from_its_epoch() -> None:
 def test_network_change() -> None:
     m = PortMapper("auto", rng=rng, internal_port=51820)
     m.start(GW, ME, 0.0)
-    [req] = sent(m)
+    [req], _ = split(sent(m))
     m.receive(pcp_answer(req), GW, 0.0)
     m.pop_events()
     m.network_changed(GW, ME, 10.0)  # the same network: renew at once, nothing lost
     [renew] = sent(m)
     assert renew[24:36] == req[24:36] and m.mapping is not None and m.pop_events() == []
     m.network_changed(("10.7.0.1", 5351), "10.7.0.2", 11.0)  # another network: lost, searched again
-    assert m.pop_events() == [MappingChanged(None, "network-changed")]
-    [new] = [d for d, a in m.datagrams_to_send() if a == ("10.7.0.1", 5351)]
+    assert wants(m)[1] == [MappingChanged(None, "network-changed")]
+    [new] = [d for d, a in m.datagrams_to_send() if a == ("10.7.0.1", 5351) and d[0] == 2]
     assert new[8:24] == bytes(10) + b"\xff\xff" + bytes([10, 7, 0, 2])  # the new source address (§8.1)
     m.network_changed(None, None, 12.0)  # no default route at all
     assert m.state == "no-gateway" and m.get_timer() is None
@@ -304,10 +410,15 @@ def test_listen_port_change_deletes_the_old_mapping_and_maps_the_new_port() -> N
 def test_stop_while_asking_deletes_what_may_have_been_made() -> None:
     m = PortMapper("auto", rng=rng, internal_port=51820)
     m.start(GW, ME, 0.0)
-    [req] = sent(m)
+    [req], _ = split(sent(m))
+    wants(m)
     m.stop(0.1)
-    [delete] = sent(m)
+    [delete], natpmp_deletes = split(sent(m))
     assert delete[24:36] == req[24:36] and struct.unpack_from("!I", delete, 4)[0] == 0
+    assert natpmp_deletes == [natpmp.map_request(51820, 0, 0)]
+    [upnp_delete], _ = wants(m)
+    assert (upnp_delete.action, upnp_delete.external_port) == ("delete", 51820)
+    assert m.state == "stopped"
 
 
 def test_off_does_nothing_and_bad_arguments_are_refused() -> None:

@@ -6,8 +6,8 @@ unicast DNS-SD. A site is one host behind one of:
 
 - ``easy``: an nftables NAT that keeps ports (endpoint-independent mapping), stateful filter;
 - ``hard``: ``masquerade fully-random`` (a new random port per destination, a "symmetric" NAT);
-- ``mapped``: a hard NAT whose router offers port mapping (PCP/NAT-PMP/UPnP, issue 16 part 2,
-  branch ``portmap``); not built here until that branch is merged (``CELLS_PENDING``);
+- ``mapped``: a hard NAT whose router runs miniupnpd (PCP, NAT-PMP and UPnP IGD; lab/miniupnpd.py),
+  as tests/netns/test_portmap_lab.py builds it; the node keeps the default ``PortMapping = auto``;
 - ``cgnat``: an easy home NAT behind an easy carrier NAT in 100.64.0.0/10 (a double NAT);
 - ``v6fw``: IPv6 only, a router with a stateful firewall (``ct state established,related accept``)
   and no NAT, 2001:db8:<i>::/64;
@@ -33,7 +33,7 @@ from .wg import Node, keypair
 DOMAIN = "wg.example.net"
 STUN_A, STUN_B, KNOT, KNOT6 = "203.0.113.10", "203.0.113.11", "203.0.113.53", "2001:db8::53"
 CELLS = ("easy", "hard", "mapped", "cgnat", "v6fw", "same", "wan")
-CELLS_PENDING = {"mapped": "needs the port mapping client (issue 16 part 2, branch portmap) and miniupnpd on the router"}
+CELLS_PENDING: dict[str, str] = {}  # cells that cannot be built yet, and why
 V6_ONLY = {"v6fw"}
 V4_ONLY = {"easy", "hard", "mapped", "cgnat", "same"}
 
@@ -58,11 +58,13 @@ class Internet:
     knot: object
     v6_routers: dict[int, Router] = field(default_factory=dict)
 
-    def nat_site(self, name: str, index: int, kind: str) -> Host:
-        """A host at 10.<index>.0.2 behind its own router (WAN 203.0.113.<index>)."""
+    def nat_site(self, name: str, index: int, kind: str, *, upnp: bool = False) -> Host:
+        """A host at 10.<index>.0.2 behind its own router (WAN 203.0.113.<index>); ``upnp``: the
+        router runs miniupnpd, whose STUN check asks the lab's stund."""
         lan = self.lab.lan(f"l{name}")
         self.lab.nat_router(f"r{name}", lan=lan, wan=self.wan, lan_addr=f"10.{index}.0.1/24",
-                            wan_addr=f"203.0.113.{index}/24", kind=kind)  # type: ignore[arg-type]
+                            wan_addr=f"203.0.113.{index}/24", kind=kind,  # type: ignore[arg-type]
+                            upnp=[STUN_A, STUN_B] if upnp else None)
         host = self.lab.host(name)
         self.lab.attach(host, lan, f"10.{index}.0.2/24")
         host.add_route("default", via=f"10.{index}.0.1")
@@ -130,6 +132,9 @@ def site(net: Internet, kind: str, name: str, index: int, first: Host | None = N
     """A host of cell ``kind`` (``same``: a second host on ``first``'s LAN)."""
     if kind in ("easy", "hard"):
         return net.nat_site(name, index, kind)
+    if kind == "mapped":
+        require_tool("miniupnpd")
+        return net.nat_site(name, index, "hard", upnp=True)
     if kind == "cgnat":
         return net.cgnat_site(name, index)
     if kind == "v6fw":

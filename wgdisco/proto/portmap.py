@@ -11,12 +11,20 @@ socket of its own, feeds answers to ``receive``, calls ``handle_timer`` at ``get
 acts on ``pop_events()``. UPnP IGD (SSDP + SOAP) is not done here: the core asks for it with
 ``UpnpWanted`` and the shell answers with ``upnp_done`` (it runs miniupnpc in a thread).
 
-- ``mode`` "auto" tries PCP, then NAT-PMP, then UPnP; "pcp", "natpmp", "upnp" only that one;
-  "off" does nothing. In auto, PCP and NAT-PMP get PROBE_TRIES requests each (0, 0.25, 0.75 s,
-  given up at 1.75 s) so that a gateway without them costs under 4 s before UPnP. A NAT-PMP-only
-  gateway answers a PCP request with NAT-PMP's "unsupported version" (RFC 6887 §9): at once
-  to NAT-PMP. With one protocol named, its RFC schedule holds: NAT-PMP 250 ms doubling, 9
-  requests (RFC 6886 §3.1); PCP IRT 3 s, doubling to MRT 1024 s with ±10 % jitter, no limit
+- ``mode`` "auto" asks PCP and NAT-PMP and starts the UPnP search at once, and keeps the best
+  protocol that maps (PCP > NAT-PMP > UPnP): an answer is taken as soon as every better protocol
+  has failed (a gateway without PCP and NAT-PMP costs their 1.75 s, not 3.5 s, before UPnP). PCP
+  and NAT-PMP get PROBE_TRIES requests each (0, 0.25, 0.75 s, given up at 1.75 s). A NAT-PMP-only
+  gateway answers a PCP request with NAT-PMP's "unsupported version" (RFC 6887 §9): PCP has
+  failed at once. At most one mapping is kept: a worse protocol's mapping that was made anyway
+  (it answered first, or after the choice) is deleted (once, no retry) unless its external
+  address and port are the kept mapping's (a gateway whose PCP, NAT-PMP and UPnP share one table,
+  RFC 6887 Appendix A, gives the same one, and deleting it would delete ours); the worse
+  protocols still asked when the choice is made get no further requests. A worse protocol that
+  reports the kept mapping itself may have taken it over at the gateway (miniupnpd: UPnP's add
+  rewrites the rule PCP made, and PCP's delete then finds nothing), so ``stop`` and a new listen
+  port delete through it as well. "pcp", "natpmp", "upnp": only that one; "off" does nothing.
+  With one protocol named, its RFC schedule holds: NAT-PMP 250 ms doubling, 9 requests (RFC 6886 §3.1); PCP IRT 3 s, doubling to MRT 1024 s with ±10 % jitter, no limit
   (RFC 6887 §8.1.1).
 - The lifetime asked for is LIFETIME (7200 s, RFC 6886 §3.3's recommendation). The mapping is
   renewed at half its granted lifetime (RFC 6886 §3.3; RFC 6887 §11.2.1 says between 1/2 and
@@ -32,7 +40,8 @@ acts on ``pop_events()``. UPnP IGD (SSDP + SOAP) is not done here: the core asks
 Bounded and never raising on input: an answer from anyone but the gateway's port 5351, of
 the wrong size, an unknown opcode, another nonce or internal port, an answer with no request
 open, and every result code are dropped (errors end the attempt, like a timeout) and counted
-in ``counters``. No answer creates state; there is one request open at a time.
+in ``counters``. No answer creates state; there is one request open at a time per protocol
+(auto's search: up to three, one each).
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ MODES = ("auto", "pcp", "natpmp", "upnp", "off")
 AUTO_ORDER = ("pcp", "natpmp", "upnp")
 LIFETIME = 7200  # seconds asked for (RFC 6886 §3.3)
 PROBE_FIRST, PROBE_TRIES = 0.25, 3  # auto: 0, 0.25, 0.75 s, given up at 1.75 s
+PROBE_WINDOW = PROBE_FIRST * (2 ** PROBE_TRIES - 1)  # 1.75 s: a late answer after this is not awaited
 NATPMP_TRIES = 9  # RFC 6886 §3.1: 250 ms, doubling, 9 attempts
 NATPMP_MAX_INTERVAL = 64.0  # a renewal goes on at this interval until the mapping expires
 PCP_IRT, PCP_MRT = 3.0, 1024.0  # RFC 6887 §8.1.1
@@ -152,6 +162,13 @@ class PortMapper:
         self.last_failure: str | None = None
         self._order: list[str] = []
         self._tx: _Tx | None = None
+        # auto's search (see the module doc): protocols still asked, the mappings found (external,
+        # lifetime, when) whose better protocols are still asked, and after the choice the worse
+        # ones still open, whose late success is deleted. At most one of each protocol.
+        self._search: dict[str, _Tx] = {}
+        self._found: dict[str, tuple[tuple[str, int], int, float]] = {}
+        self._late: dict[str, _Tx] = {}
+        self._shared: set[str] = set()  # worse protocols that reported the kept mapping itself
         self._refresh_at: float | None = None
         self._retry_at: float | None = None
         self._nonce = b""  # PCP: one per mapping (§11.1)
@@ -213,6 +230,10 @@ class PortMapper:
             self._count("not-gateway")
             return False
         tx = self._tx
+        if self._search or self._late:  # auto: PCP answers are version 2, NAT-PMP ones version 0
+            proto = "natpmp" if data[:1] == b"\x00" and not natpmp.unsupported_version_answer(data) else "pcp"
+            tx = next((t for t in (self._tx, self._search.get(proto), self._late_tx(proto, now))
+                       if t is not None and t.protocol == proto), None)
         if tx is None or tx.protocol not in ("pcp", "natpmp"):
             self._count("unexpected")
             return False
@@ -226,25 +247,34 @@ class PortMapper:
         (ip, port) and the lease ``lifetime`` (0: permanent) on success, else ``error``."""
         if found:
             self.answered.add("upnp")
-        tx = self._tx
-        if tx is None or tx.protocol != "upnp" or tx.token != token or tx.kind == "delete":
+        tx = next((t for t in (self._tx, self._search.get("upnp"), self._late_tx("upnp", now))
+                   if t is not None and t.protocol == "upnp" and t.token == token and t.kind != "delete"), None)
+        if tx is None:
             self._count("upnp-stale")
             return
         if external is None:
             self._fail(tx, error or "failed", now)
             return
-        self._mapped("upnp", external, lifetime, now)
+        self._mapped(tx, "upnp", external, lifetime, now)
 
     # --- time ----------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
         times = [self._refresh_at, self._retry_at]
-        if self._tx is not None:
-            times += [self._tx.next_send, self._tx.deadline]
+        for tx in [self._tx, *self._search.values()]:
+            if tx is not None:
+                times += [tx.next_send, tx.deadline]
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        for stx in list(self._search.values()):
+            if self._search.get(stx.protocol) is not stx:
+                continue  # the search ended on the way
+            if stx.deadline is not None and now >= stx.deadline:
+                self._timeout(stx, now)
+            elif stx.next_send is not None and now >= stx.next_send:
+                self._transmit(stx, now)
         tx = self._tx
         if tx is not None and tx.deadline is not None and now >= tx.deadline:
             self._timeout(tx, now)
@@ -269,12 +299,86 @@ class PortMapper:
 
     def _begin(self, now: float) -> None:
         self._tx = None
+        self._search, self._found, self._late = {}, {}, {}
+        self._shared = set()
         self._refresh_at = self._retry_at = None
         if self.gateway is None and self.mode != "upnp":
             self.state, self.protocol = "no-gateway", None
             return
-        self._order = list(AUTO_ORDER) if self.mode == "auto" else [self.mode]
+        if self.mode == "auto":
+            self._nonce = self._rng(pcp.NONCE_LEN)
+            self.state = "probing"
+            for proto in AUTO_ORDER:
+                if proto == "upnp" or self.client_ip is not None:
+                    self._search[proto] = self._new_tx(proto, "map", now)
+            self._settle(now)
+            return
+        self._order = [self.mode]
         self._next_protocol(now)
+
+    def _settle(self, now: float) -> None:
+        """auto's search: take the best mapping found once every better protocol has failed;
+        wait while a better one is still asked; nothing left: failed."""
+        for proto in AUTO_ORDER:
+            if proto in self._found:
+                external, lifetime, granted_at = self._found.pop(proto)
+                for tx in self._search.values():
+                    tx.next_send = tx.deadline = None  # no more requests; a late success is deleted
+                self._late, self._search = self._search, {}
+                extras, self._found = self._found, {}
+                self._set_mapping(proto, external, lifetime, granted_at, now)
+                for other, (ext, _, _) in extras.items():
+                    if ext != external:
+                        self._delete_extra(other, ext[1], now)
+                    else:
+                        self._shared.add(other)
+                return
+            if proto in self._search:
+                self.protocol = proto  # the best still asked: status shows it
+                return
+        self.state, self.protocol = "failed", None
+        self._retry_at = now + RETRY_AFTER
+
+    def _delete_extra(self, proto: str, external_port: int, now: float, *, count: bool = True) -> None:
+        """Delete a mapping by ``proto`` that is not the one kept, or may have been made: one
+        request, no retry (RFC 6887 §15, RFC 6886 §3.4, UPnP DeletePortMapping)."""
+        if count:
+            self._count("extra-deleted")
+        if proto == "upnp":
+            self._token += 1
+            self._events.append(UpnpWanted(self._token, "delete", self.internal_port, external_port, 0))
+            return
+        if self.gateway is None or self.client_ip is None:
+            return
+        if proto == "pcp":
+            payload = pcp.map_request(self._nonce, self.client_ip, self.internal_port, external_port, 0)
+        else:
+            payload = natpmp.map_request(self.internal_port, 0, 0)
+        self._out.append((payload, self.gateway))
+        self._count(f"{proto}-requests")
+
+    def _late_tx(self, proto: str, now: float) -> _Tx | None:
+        """The worse protocol's request still open after the choice, while its answer may come."""
+        tx = self._late.get(proto)
+        if tx is not None and now - tx.started > (UPNP_TIMEOUT if proto == "upnp" else PROBE_WINDOW):
+            del self._late[proto]
+            return None
+        return tx
+
+    def _abandon_search(self, now: float) -> None:
+        """Stop or a new listen port during or after auto's search: delete what its open or
+        found requests may have made (beside the kept mapping, which the caller deletes)."""
+        late = [(p, t) for p in list(self._late) if (t := self._late_tx(p, now)) is not None]
+        for proto, tx in [*self._search.items(), *late]:
+            self._delete_extra(proto, tx.map_answer.external_port if tx.map_answer else self.internal_port, now,
+                               count=False)
+        for proto, (ext, _, _) in self._found.items():
+            self._delete_extra(proto, ext[1], now, count=False)
+        if self.mapping is not None:
+            for proto in sorted(self._shared - {self.mapping.protocol}):
+                self._delete_extra(proto, self.mapping.external[1], now, count=False)
+        self._search, self._found, self._late = {}, {}, {}
+        self._shared = set()
 
     def _next_protocol(self, now: float) -> None:
         while self._order:
@@ -350,6 +454,9 @@ class PortMapper:
         tx.next_send = None if interval is None else now + interval
 
     def _timeout(self, tx: _Tx, now: float) -> None:
+        if self._search.get(tx.protocol) is tx:
+            self._fail(tx, "no-answer", now)
+            return
         if tx is not self._tx:
             return
         if tx.kind == "delete":
@@ -369,6 +476,15 @@ class PortMapper:
 
     def _fail(self, tx: _Tx, reason: str, now: float) -> None:
         """The attempt with ``tx.protocol`` ended without a mapping."""
+        if self._late.get(tx.protocol) is tx:  # after the choice: nothing was made
+            del self._late[tx.protocol]
+            return
+        if self._search.get(tx.protocol) is tx:
+            del self._search[tx.protocol]
+            self.last_failure = f"{tx.protocol}: {reason}"
+            self._events.append(PortMapFailed(tx.protocol, reason))
+            self._settle(now)
+            return
         self._tx = None
         self.last_failure = f"{tx.protocol}: {reason}"
         self._events.append(PortMapFailed(tx.protocol, reason))
@@ -378,21 +494,36 @@ class PortMapper:
             return
         self._next_protocol(now)
 
-    def _mapped(self, proto: str, external: tuple[str, int], lifetime: int, now: float) -> None:
-        old = self.mapping
-        tx = self._tx
-        assert tx is not None
+    def _mapped(self, tx: _Tx, proto: str, external: tuple[str, int], lifetime: int, now: float) -> None:
         problem = "lifetime-too-short" if lifetime != 0 and lifetime < MIN_LIFETIME else _unusable(external)
         if problem is not None:
             self._count(problem)
             self._fail(tx, problem, now)
             return
-        self._tx = None
         external = (str(ipaddress.ip_address(external[0])), external[1])
-        self.mapping = Mapping(proto, external, self.internal_port, lifetime, now)
+        if self._search.get(proto) is tx:
+            del self._search[proto]
+            self._found[proto] = (external, lifetime, now)
+            self._settle(now)
+            return
+        if self._late.get(proto) is tx:  # a worse protocol mapped after the choice
+            del self._late[proto]
+            if self.mapping is None or self.mapping.external != external:
+                self._delete_extra(proto, external[1], now)
+            else:
+                self._shared.add(proto)
+            return
+        self._tx = None
+        self._set_mapping(proto, external, lifetime, now, now)
+
+    def _set_mapping(self, proto: str, external: tuple[str, int], lifetime: int, granted_at: float,
+                     now: float) -> None:
+        old = self.mapping
+        self._tx = None
+        self.mapping = Mapping(proto, external, self.internal_port, lifetime, granted_at)
         self.state, self.protocol, self.last_failure = "mapped", proto, None
         self._retry_at = None
-        self._refresh_at = now + (lifetime / 2 if lifetime else UPNP_PERMANENT_CHECK)
+        self._refresh_at = granted_at + (lifetime / 2 if lifetime else UPNP_PERMANENT_CHECK)
         if old is None or old.external != external or old.protocol != proto:
             self._events.append(MappingChanged(self.mapping, "mapped" if old is None else "changed"))
 
@@ -410,6 +541,7 @@ class PortMapper:
 
     def _send_delete(self, now: float, *, once: bool) -> None:
         """Delete the mapping we hold, or the one a request in flight may have made."""
+        self._abandon_search(now)
         proto = self.mapping.protocol if self.mapping is not None else (
             self._tx.protocol if self._tx is not None and self._tx.kind != "delete" else None)
         self._tx = None
@@ -461,7 +593,7 @@ class PortMapper:
             self._count(f"pcp-{name}")
             self._fail(tx, name, now)
             return True
-        self._mapped("pcp", (r.external_address, r.external_port), r.lifetime, now)
+        self._mapped(tx, "pcp", (r.external_address, r.external_port), r.lifetime, now)
         return True
 
     def _receive_natpmp(self, tx: _Tx, data: bytes, now: float) -> bool:
@@ -494,7 +626,7 @@ class PortMapper:
         else:
             tx.map_answer = r
         if tx.ext_ip is not None and tx.map_answer is not None:
-            self._mapped("natpmp", (tx.ext_ip, tx.map_answer.external_port), tx.map_answer.lifetime, now)
+            self._mapped(tx, "natpmp", (tx.ext_ip, tx.map_answer.external_port), tx.map_answer.lifetime, now)
         return True
 
     def _epoch(self, proto: str, epoch: int, now: float) -> None:
