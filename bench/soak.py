@@ -40,6 +40,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--sample", type=float, default=30.0)
+    ap.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for node a (repeatable), e.g. WGDISCO_TRACEMALLOC=/tmp/snaps")
     args = ap.parse_args()
     rng = random.Random(1)
     with Lab() as lab:
@@ -52,6 +54,7 @@ def main() -> int:
                  for i, (n, h) in enumerate(hosts.items(), start=1)}
         for n, node in nodes.items():
             node.peers = [other.peer_spec() for m, other in nodes.items() if m != n]
+        nodes["a"].env = dict(kv.split("=", 1) for kv in args.env_a)
         for node in nodes.values():
             node.start()
         a, b, c = nodes["a"], nodes["b"], nodes["c"]
