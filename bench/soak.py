@@ -1,6 +1,6 @@
 """Soak: one daemon watched for a long time while the world around it churns (as root).
 
-    .venv/bin/python bench/soak.py [--minutes 60] [--sample 30]
+    .venv/bin/python bench/soak.py [--minutes 60] [--sample 30] [--env-a NAME=VALUE ...]
 
 Three wgdisco nodes on one LAN with mDNS (the defaults), each the others' peer. Node a is watched
 and never restarted; around it: node c restarts every 60 s (new process, same key: goodbye, new
@@ -8,6 +8,7 @@ record), node b changes its listen port every 45 s (`wg set`: record churn), a's
 changes every 90 s (a second address comes and goes: network-change handling, mDNS re-binding),
 and a pings b and c once a second. Every --sample seconds a's RSS and CPU are printed; at the end a
 JSON summary (RSS first/last/max, CPU per interval, pings lost). Nothing may grow without bound.
+--env-a gives node a extra environment, e.g. WGDISCO_TRACEMALLOC=/tmp/snaps (docs/troubleshooting.md).
 """
 
 from __future__ import annotations
