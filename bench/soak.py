@@ -1,6 +1,6 @@
 """Soak: one daemon watched for a long time while the world around it churns (as root).
 
-    .venv/bin/python bench/soak.py [--minutes 60] [--sample 30]
+    .venv/bin/python bench/soak.py [--minutes 60] [--sample 30] [--env-a NAME=VALUE ...]
 
 Three wgdisco nodes on one LAN with mDNS (the defaults), each the others' peer. Node a is watched
 and never restarted; around it: node c restarts every 60 s (new process, same key: goodbye, new
@@ -8,6 +8,7 @@ record), node b changes its listen port every 45 s (`wg set`: record churn), a's
 changes every 90 s (a second address comes and goes: network-change handling, mDNS re-binding),
 and a pings b and c once a second. Every --sample seconds a's RSS and CPU are printed; at the end a
 JSON summary (RSS first/last/max, CPU per interval, pings lost). Nothing may grow without bound.
+--env-a gives node a extra environment, e.g. WGDISCO_TRACEMALLOC=/tmp/snaps (docs/troubleshooting.md).
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, default=60.0)
     ap.add_argument("--sample", type=float, default=30.0)
+    ap.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for node a (repeatable), e.g. WGDISCO_TRACEMALLOC=/tmp/snaps")
     args = ap.parse_args()
     rng = random.Random(1)
     with Lab() as lab:
@@ -52,6 +55,7 @@ def main() -> int:
                  for i, (n, h) in enumerate(hosts.items(), start=1)}
         for n, node in nodes.items():
             node.peers = [other.peer_spec() for m, other in nodes.items() if m != n]
+        nodes["a"].env = dict(kv.split("=", 1) for kv in args.env_a)
         for node in nodes.values():
             node.start()
         a, b, c = nodes["a"], nodes["b"], nodes["c"]

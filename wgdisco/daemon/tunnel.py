@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable
 
 from wgdisco import config as configmod
+from wgdisco.daemon import memtrace
 from wgdisco.daemon.dataplane import DataPlane
 from wgdisco.daemon.routing import Routing
 from wgdisco.daemon.surface import Surface, fmt_addr, short, short_key
@@ -399,6 +400,7 @@ class Tunnel:
         if on_ready is not None:
             on_ready()
         loop = asyncio.get_running_loop()
+        trace = memtrace.start(os.environ, loop)  # None unless WGDISCO_TRACEMALLOC is set
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopped.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
@@ -407,6 +409,9 @@ class Tunnel:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+            if trace is not None:
+                trace.stop()
+                loop.remove_signal_handler(signal.SIGUSR2)
             if self.link_deleted:
                 log.info("interface %s was deleted; shutting down", self.name)
             log.info("interface %s going down; %s", self.name, self.surface.drop_summary())
