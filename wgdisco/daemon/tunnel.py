@@ -527,6 +527,11 @@ class Tunnel:
             self.live_task.cancel()
             await asyncio.gather(self.live_task, return_exceptions=True)
             self.live_task = None
+        if self.dataplane is not None:
+            # first: once our goodbyes go out (discovery.close), a peer checks them with a
+            # probe (proto/node.py, MESH_GOODBYE_CONFIRM); a tunnel still answering refutes them
+            await asyncio.to_thread(self.dataplane.stop)
+            self.dataplane = None
         if self.portmapping is not None:
             await self.portmapping.close()  # the gateway deletes the mapping (clean shutdown)
             self.portmapping = None
@@ -536,9 +541,6 @@ class Tunnel:
         if self.hosts is not None:
             await self.hosts.close()
             self.hosts = None
-        if self.dataplane is not None:
-            await asyncio.to_thread(self.dataplane.stop)
-            self.dataplane = None
         await self.uapi.close()
         await self.control.close()
         if self.tun is not None:

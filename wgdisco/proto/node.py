@@ -690,17 +690,20 @@ class Node:
         return peer
 
     def _mesh_goodbyes_checked(self, now: float) -> None:
-        """Peers whose goodbye came MESH_GOODBYE_CONFIRM ago: removed unless their path answered
-        since (a probe answer, a probe request or a WireGuard packet from it)."""
+        """Peers whose goodbye came MESH_GOODBYE_CONFIRM ago: removed unless they were heard of
+        since: a path answered (a probe answer or request, from any of its addresses: a member
+        that moved announces from its new one), a WireGuard packet came, or a valid record of
+        the mesh newer than the goodbye arrived (a rebind announces again)."""
         for public, since in list(self._mesh_leaving.items()):
             if since + MESH_GOODBYE_CONFIRM > now:
                 continue
             del self._mesh_leaving[public]
             if public not in self._mesh_peers:
                 continue
-            current = self.selector.current(public)
-            heard = [p.last_ok for p in self.selector.paths(public)
-                     if p.addr == current and p.last_ok is not None and p.last_ok > since]
+            peer = self.device.peers.get(public)
+            heard = (self._mesh_peers[public][0] > since
+                     or (peer is not None and peer.last_authenticated is not None and peer.last_authenticated > since)
+                     or any(p.last_ok is not None and p.last_ok > since for p in self.selector.paths(public)))
             if heard:
                 self._count("mesh-goodbyes-refuted")  # it is still there: a rebind, or a forgery
             else:
