@@ -97,7 +97,7 @@ def test_a_roaming_peer_recovers_through_a_birthday_punched_path(lab: Lab) -> No
     router.ip("addr", "add", "203.0.113.22/24", "dev", "wan0")
     router.ip("addr", "del", "203.0.113.2/24", "dev", "wan0")
     moved = time.monotonic()
-    deadline = moved + 30
+    deadline = moved + 40
     while status(a)["peers"][0]["endpoint"] != "203.0.113.22:51820" or \
             a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
         assert time.monotonic() < deadline, a.proc.stderr() + b.proc.stderr()  # type: ignore[union-attr]
@@ -107,7 +107,9 @@ def test_a_roaming_peer_recovers_through_a_birthday_punched_path(lab: Lab) -> No
     print(f"hard<->easy, easy side renumbered: recovered after {recovery:.2f} s")
     peer = status(a)["peers"][0]
     assert peer["path_basis"] == "birthday" and peer["birthday"]["attempts"] >= 2, peer
-    assert recovery <= 10, f"recovered after {recovery:.2f} s"
+    # the bound the design gives: 2 s of silence, then one attempt (25 s at most, birthday.Timing);
+    # a random search at 100 probes/s has a tail (5.7-21.5 s measured), so 10 s failed 1 run in ~5
+    assert recovery <= 28, f"recovered after {recovery:.2f} s"
 
 
 def recover(a, b, moved: float, want_endpoint_of_a: str, limit: float = 15) -> float:  # type: ignore[no-untyped-def]
