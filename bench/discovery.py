@@ -29,19 +29,24 @@ from wgdisco.lab import Lab  # noqa: E402
 from wgdisco.lab.wg import Node, keypair  # noqa: E402
 
 
+def first_ping_after_start(a, b) -> float:  # type: ignore[no-untyped-def]
+    """Start a, then b; seconds until a's first ping to b through the tunnel gets an answer."""
+    start = time.monotonic()
+    a.start()
+    b.start()
+    while a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
+        if time.monotonic() - start > 30:
+            raise RuntimeError("no ping within 30 s")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
 def one_nat_run() -> float:
     from tests.netns.test_nat_lab import two_sites
 
     with Lab() as lab:
         _net, a, b = two_sites(lab)
-        start = time.monotonic()
-        a.start()
-        b.start()
-        while a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
-            if time.monotonic() - start > 30:
-                raise RuntimeError("no ping within 30 s")
-            time.sleep(0.1)
-        return time.monotonic() - start
+        return first_ping_after_start(a, b)
 
 
 def one_portmap_run(mode: str, natpmp: bool = True) -> float:
@@ -49,14 +54,7 @@ def one_portmap_run(mode: str, natpmp: bool = True) -> float:
 
     with Lab() as lab:
         a, b, _router = mapped_hard_and_easy(lab, None if mode == "auto" else mode, natpmp=natpmp)
-        start = time.monotonic()
-        a.start()
-        b.start()
-        while a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
-            if time.monotonic() - start > 30:
-                raise RuntimeError("no ping within 30 s")
-            time.sleep(0.1)
-        return time.monotonic() - start
+        return first_ping_after_start(a, b)
 
 
 def one_run() -> float:
