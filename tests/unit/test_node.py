@@ -525,7 +525,9 @@ def test_mesh_replayed_record_is_ignored() -> None:
 
 
 def test_mesh_goodbye_removes_and_configured_peers_stay() -> None:
-    from wgdisco.proto.node import MESH_GOODBYE_CONFIRM, PeerRemoved
+    from wgdisco.proto.membership import Timing as MeshTiming
+    from wgdisco.proto.node import PeerRemoved
+    MESH_GOODBYE_CONFIRM = MeshTiming.goodbye_confirm
 
     net, (a, b, c) = mesh_lan(3)
     plain = net.node("p", ("10.1.0.50", 51820), "100.64.0.50")
@@ -551,7 +553,9 @@ def test_mesh_goodbye_removes_and_configured_peers_stay() -> None:
 
 
 def test_mesh_silent_member_expires() -> None:
-    from wgdisco.proto.node import MESH_EXPIRE, PeerRemoved
+    from wgdisco.proto.membership import Timing as MeshTiming
+    from wgdisco.proto.node import PeerRemoved
+    MESH_EXPIRE = MeshTiming.expire
 
     net, (a, b, c) = mesh_lan(3)
     net.ping_until(a, c, limit=10)
@@ -784,7 +788,8 @@ def test_mesh_name_is_covered_by_the_mac_and_checked() -> None:
 
 
 def test_mesh_records_over_the_budget_wait_and_are_processed_later() -> None:
-    from wgdisco.proto.node import MESH_RECORDS_BURST, MESH_RECORDS_PER_SECOND
+    from wgdisco.proto.membership import Timing as MeshTiming
+    MESH_RECORDS_BURST, MESH_RECORDS_PER_SECOND = MeshTiming.records_burst, MeshTiming.records_per_second
 
     net, (a, b) = mesh_lan(2)
     net.run(1)
@@ -823,7 +828,9 @@ def test_mesh_member_that_cannot_reach_a_peer_announces_again_backing_off() -> N
 
 
 def test_mesh_browse_schedule_and_which_keys_to_look_up() -> None:
-    from wgdisco.proto.node import MESH_BROWSE_LOOKUPS, STRANGER_TTL
+    from wgdisco.proto.lookups import Timing as LookupTiming
+    from wgdisco.proto.node import STRANGER_TTL
+    MESH_BROWSE_LOOKUPS = LookupTiming.browse_lookups
 
     net, (a, b) = mesh_lan(2)
     net.run(1)
@@ -851,7 +858,9 @@ def test_mesh_browse_schedule_and_which_keys_to_look_up() -> None:
 def test_mesh_goodbye_of_a_member_still_there_removes_nothing() -> None:
     """mDNS goodbyes are not authenticated, and a member whose network changes sends them before
     it announces again: a live member answers the probe that checks its goodbye and stays."""
-    from wgdisco.proto.node import MESH_GOODBYE_CONFIRM, PeerRemoved
+    from wgdisco.proto.membership import Timing as MeshTiming
+    from wgdisco.proto.node import PeerRemoved
+    MESH_GOODBYE_CONFIRM = MeshTiming.goodbye_confirm
 
     net, (a, b) = mesh_lan(2)
     net.ping_until(a, b, limit=10)

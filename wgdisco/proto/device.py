@@ -116,6 +116,9 @@ class Peer:
         self.t_retransmit: float | None = None
         self.t_send_keepalive: float | None = None
         self.t_new_handshake: float | None = None
+        # when data first went unanswered (timersDataSent armed t_new_handshake); None once an
+        # authenticated packet came or the new-handshake timer fired (the node's suspicion)
+        self.unanswered_since: float | None = None
         self.t_zero_key: float | None = None
         self.t_persistent: float | None = None
         self.handshake_attempts = 0
@@ -306,7 +309,7 @@ class Device:
                     peer.need_another_keepalive = False
                     peer.t_send_keepalive = now + self.timing.keepalive_timeout
             if peer.t_new_handshake is not None and peer.t_new_handshake <= now:
-                peer.t_new_handshake = None
+                peer.t_new_handshake = peer.unanswered_since = None
                 self.unstick(peer)  # wireguard-go expiredNewHandshake: the source may be the trouble
                 self.send_handshake_initiation(peer, now, is_retry=False)
             if peer.t_zero_key is not None and peer.t_zero_key <= now:
@@ -476,15 +479,7 @@ class Device:
             packet = bytes(packet) + _PADDING[: min((n + 15) & ~15, self.mtu) - n]
         header = _HEADER.pack(TRANSPORT_TYPE_WORD, kp.remote_index, counter)
         datagram = header + kp.send.encrypt(_NONCE_PREFIX + header[8:16], packet, None)
-        peer.tx_bytes += len(datagram)
-        if peer.persistent_keepalive:
-            peer.t_persistent = now + peer.persistent_keepalive
-        peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
-        if n and peer.t_new_handshake is None:  # timersDataSent
-            peer.t_new_handshake = now + self.timing.keepalive_timeout + self.timing.rekey_timeout + self._jitter()
-        # keepKeyFreshSending (whitepaper §6.2)
-        if counter > self._rekey_messages or now > kp.rekey_at:
-            self.send_handshake_initiation(peer, now, is_retry=False)
+        self.transport_sent(peer, kp, now, len(datagram), 1 if n else 0)
         return datagram, peer.endpoint  # type: ignore[return-value]
 
     def send_keepalive(self, peer: Peer, now: float) -> None:
@@ -627,7 +622,7 @@ class Device:
         """timersAnyAuthenticatedPacketTraversal + timersAnyAuthenticatedPacketReceived."""
         peer.last_authenticated = now
         self._traversal(peer, now)
-        peer.t_new_handshake = None
+        peer.t_new_handshake = peer.unanswered_since = None  # timersAnyAuthenticatedPacketReceived
 
     def _set_endpoint_from_packet(self, peer: Peer, addr: Addr, local: Hashable) -> None:
         """Roaming (whitepaper §2.1): the endpoint follows the latest authenticated packet,
@@ -669,16 +664,7 @@ class Device:
             self._handshake_complete(peer, now)
             self._send_staged(peer, now)
         timing = self.timing
-        # keepKeyFreshReceiving (whitepaper §6.2)
-        current = peer.current
-        if (
-            current is not None
-            and current.is_initiator
-            and not peer.sent_last_minute_handshake
-            and now - current.created >= timing.reject_after_time - timing.keepalive_timeout - timing.rekey_timeout
-        ):
-            peer.sent_last_minute_handshake = True
-            self.send_handshake_initiation(peer, now, is_retry=False)
+        self._keep_key_fresh_receiving(peer, now)
         if peer.endpoint != addr:
             self._set_endpoint_from_packet(peer, addr, local)
         elif local is not None and self.sources.get(addr) != local:
@@ -686,7 +672,7 @@ class Device:
         peer.last_authenticated = now
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
-        peer.t_new_handshake = None
+        peer.t_new_handshake = peer.unanswered_since = None  # timersAnyAuthenticatedPacketReceived
         peer.rx_bytes += len(data)
         n = len(plaintext)
         if not n:
@@ -727,6 +713,19 @@ class Device:
             return None
         return kp
 
+    def _keep_key_fresh_receiving(self, peer: Peer, now: float) -> None:
+        """keepKeyFreshReceiving (whitepaper §6.2): the initiator of a session about to be rejected
+        starts a new handshake once, on receiving."""
+        current, timing = peer.current, self.timing
+        if (
+            current is not None
+            and current.is_initiator
+            and not peer.sent_last_minute_handshake
+            and now - current.created >= timing.reject_after_time - timing.keepalive_timeout - timing.rekey_timeout
+        ):
+            peer.sent_last_minute_handshake = True
+            self.send_handshake_initiation(peer, now, is_retry=False)
+
     def transport_sent(self, peer: Peer, kp: Keypair | None, now: float, nbytes: int, data_packets: int) -> None:
         """``data_packets`` data messages (``nbytes`` on the wire) went to ``peer`` with ``kp``, whose
         ``send_counter`` is up to date: _encrypt's timers and keepKeyFreshSending (§6.2)."""
@@ -736,6 +735,8 @@ class Device:
         peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
         if data_packets and peer.t_new_handshake is None:  # timersDataSent
             peer.t_new_handshake = now + self.timing.keepalive_timeout + self.timing.rekey_timeout + self._jitter()
+            peer.unanswered_since = now
+        # keepKeyFreshSending (whitepaper §6.2)
         if kp is not None and (kp.send_counter - 1 > self._rekey_messages or now > kp.rekey_at):
             self.send_handshake_initiation(peer, now, is_retry=False)
 
@@ -747,15 +748,7 @@ class Device:
         not keepalives); ``endpoint``/``local``: where the latest came from and arrived on, when
         that changed (roaming, §2.1). _receive_transport's bookkeeping after the checks."""
         timing = self.timing
-        current = peer.current
-        if (  # keepKeyFreshReceiving (whitepaper §6.2)
-            current is not None
-            and current.is_initiator
-            and not peer.sent_last_minute_handshake
-            and now - current.created >= timing.reject_after_time - timing.keepalive_timeout - timing.rekey_timeout
-        ):
-            peer.sent_last_minute_handshake = True
-            self.send_handshake_initiation(peer, now, is_retry=False)
+        self._keep_key_fresh_receiving(peer, now)
         if endpoint is not None:
             if peer.endpoint != endpoint:
                 self._set_endpoint_from_packet(peer, endpoint, local)
@@ -764,7 +757,7 @@ class Device:
         peer.last_authenticated = now
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
-        peer.t_new_handshake = None
+        peer.t_new_handshake = peer.unanswered_since = None  # timersAnyAuthenticatedPacketReceived
         peer.rx_bytes += nbytes
         if data_packets:  # timersDataReceived, once per data packet
             if peer.t_send_keepalive is None:

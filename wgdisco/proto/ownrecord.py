@@ -1,0 +1,69 @@
+"""The record a node publishes about itself (docs/records.md), as pure functions.
+
+``record_body`` is the wgsd layout plus our candidates (host addresses, the gateway's port
+mapping, the STUN-reflexive addresses), ``probe=1`` and ``nat=``; ``signed`` adds a mesh's
+``mesh=``, ``mc=``, ``name=`` and ``mac=`` (the MAC covers the candidates that fit the TXT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from typing import Any, Iterable
+
+from wgdisco.proto import keys, records
+from wgdisco.proto.membership import MeshMembership
+
+__all__ = ["record_body", "signed", "srv_target", "NAT_TXT", "NAT_MAPPING"]
+
+NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
+NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
+
+
+def srv_target(public: bytes, domain: str) -> str:
+    """Our SRV target host name: ``wg-<first 16 of the base32 key>.<domain>.`` (docs/records.md)."""
+    return records.target_name(keys.key_to_base32(public), domain)
+
+
+def record_body(
+    public: bytes, *, port: int, domain: str, host_addresses: Iterable[Any],
+    mapped: tuple[str, int] | None, reflexive: Iterable[tuple[str, int]], traversal: bool,
+    behaviour: str, allowed: Iterable[Any], mesh_addresses: Iterable[Any],
+) -> records.ServiceRecord:
+    hosts = list(host_addresses)
+    candidates: list[Any] = [(ip, port) for ip in hosts]
+    if mapped is not None:
+        candidates.append((ipaddress.ip_address(mapped[0]), mapped[1]))
+    for ip, rport in reflexive:
+        c = (ipaddress.ip_address(ip), rport)
+        if c not in candidates:
+            candidates.append(c)
+    extra: dict[str, str | bytes | None] = {}
+    if traversal:
+        extra["probe"] = "1"  # we answer wgdisco path probes (docs/records.md)
+    nat = NAT_TXT.get(behaviour)
+    if nat is not None:
+        extra["nat"] = nat
+    nets = [ipaddress.ip_network(f"{a.ip}/{a.max_prefixlen}") for a in allowed]
+    nets += [n for n in mesh_addresses if n not in nets]
+    return records.ServiceRecord(
+        public_key=public, port=port, target=srv_target(public, domain), addresses=hosts,
+        allowed=nets, candidates=candidates, txt_extra=extra,
+    )
+
+
+def signed(body: records.ServiceRecord, membership: MeshMembership | None) -> records.ServiceRecord:
+    """``body`` as published: in a mesh with ``mesh=``, ``mc=`` (the membership's counter),
+    ``name=`` and the ``mac=`` over the candidates that fit."""
+    if membership is None:
+        return body
+    counter = membership.counter
+    name = membership.name
+    extra = {**body.txt_extra, "mesh": membership.mesh.id, "mc": str(counter), "mac": "A" * 24}
+    if name is not None:
+        extra["name"] = name
+    draft = dataclasses.replace(body, txt_extra=extra)  # the MAC's size, so the same candidates fit
+    txt, _ = records.parse_txt(records.build_txt(draft))
+    cand = ",".join(records.list_items(txt, "cand"))
+    extra["mac"] = membership.mesh.mac(body.public_key, cand, counter, name or "")
+    return dataclasses.replace(body, txt_extra=extra)

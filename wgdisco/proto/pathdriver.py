@@ -1,0 +1,289 @@
+"""Path driving: probes, path choice and the endpoint decisions that follow (docs/nat-traversal.md).
+
+``PathDriver`` joins three cores around the WireGuard ``Device``:
+
+- ``Prober`` (proto/probe.py): authenticated path probes keyed from the two static keys. Every
+  peer's probe is answered; an answer proves a path, a request from a new source is a
+  peer-reflexive candidate (RFC 8445 §7.3.1.3).
+- ``PathSelector`` (proto/paths.py): hole punching and the verified path to use.
+- ``HintTrier`` (proto/hints.py): handshakes as the probe, for peers whose record does not say
+  they answer probes (wireguard-go behind a hand-written record).
+
+and decides endpoints: a verified path becomes the peer's endpoint (the lower key initiates at
+once, the higher one after DEFER_INITIATION), WireGuard's roaming rule (whitepaper §2.1) has the
+last word, and data that went unanswered for SUSPECT_AFTER makes the peer *suspected*: the
+selector may switch to a verified alternative, the peer is looked up again (``LookupWanted``)
+and our NAT mapping is checked (``NatSuspected``, when the node allows a STUN round). Pure:
+``now`` passed in; datagrams out through ``datagrams_to_send()``, events through ``pop_events()``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable, Hashable, Iterable
+
+from wgdisco.proto.device import Device
+from wgdisco.proto.events import CandidateProbed, HandshakeTried, LookupWanted, NatSuspected, PathReasonChanged
+from wgdisco.proto.hints import HintTrier
+from wgdisco.proto.paths import Candidate, PathSelector, host_kind
+from wgdisco.proto.paths import Timing
+from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
+from wgdisco.proto.timers import LIVE_TIME
+
+__all__ = ["PathDriver", "Timing", "SYNC_INTERVAL", "SUSPECT_AFTER", "DEFER_INITIATION"]
+
+Addr = Hashable
+Key = bytes
+
+SYNC_INTERVAL = 0.5  # how often unanswered traffic is checked for (see _suspect_dead_paths)
+SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
+DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly verified path
+FRESH_PROBES, FRESH_WINDOW = 4, 10.0  # a live peer's new candidates probed at once: 4 per 10 s
+
+
+class PathDriver:
+    """Probes, the path selector and hint handshakes for one node's peers (sans-I/O)."""
+
+    def __init__(
+        self,
+        device: Device,
+        *,
+        rng: Callable[[int], bytes],
+        wall: float,
+        host_of: Callable[[Addr], str],
+        explain: Callable[[Key, str], str],
+        timing: Timing = Timing(),
+    ) -> None:
+        self.device = device
+        self._rng = rng
+        self._wall = wall
+        self._host_of = host_of
+        self._explain = explain
+        self.selector = PathSelector(timing=timing)
+        self.prober = self._new_prober()
+        self.trier = HintTrier(live_time=LIVE_TIME)
+        for public in device.peers:
+            self.selector.add_peer(public)
+        self.reasons: dict[Key, str] = {}
+        self.suspected: dict[Key, float] = {}  # peer -> start of the silence that made us look again
+        self._synced: dict[Key, float] = {}
+        self._deferred: dict[Key, tuple[float, Addr]] = {}  # peer -> (when, addr) to initiate
+        self._fresh_probes: dict[Key, tuple[float, int]] = {}  # peer -> (window start, probes in it)
+        self._next_sync = 0.0
+        self._outbox: list[tuple[bytes, Addr]] = []
+        self._events: deque[Any] = deque()
+        self.counters: dict[str, int] = {}
+
+    def _new_prober(self) -> Prober:
+        identity = self.device.identity
+        return Prober(identity.private, identity.public, list(self.device.peers), rng=self._rng, wall=self._wall)
+
+    # --- peers -------------------------------------------------------------------------
+
+    def add_peer(self, public: Key) -> None:
+        self.prober.add_peer(public)
+        self.selector.add_peer(public)
+
+    def remove_peer(self, public: Key) -> None:
+        self.prober.remove_peer(public)
+        self.selector.remove_peer(public)
+        self.trier.forget(public)
+        for table in (self.reasons, self.suspected, self._synced, self._deferred, self._fresh_probes):
+            table.pop(public, None)
+
+    def identity_changed(self) -> list[Key]:
+        """New static keys: new probe keys; returns the peers the device dropped (one had our key)."""
+        gone = list(self.selector.peers - self.device.peers.keys())
+        for public in gone:
+            self.remove_peer(public)
+        self.prober = self._new_prober()  # probe keys come from the static keys
+        return gone
+
+    # --- hints and candidates -------------------------------------------------------------
+
+    def sighting(self, public: Key, addrs: list[Addr], source: str, now: float, *, traversal: bool,
+                 local_networks: list[Any], mapping: str | None, probes: bool) -> None:
+        """A record's candidates for peer ``public``: candidates to punch (traversal), or hinted
+        endpoints for a handshake (a peer that does not answer probes)."""
+        if traversal:
+            self._add_candidates(public, addrs, source, now, local_networks)
+            if mapping is not None:
+                self.selector.set_peer_mapping(public, mapping, now)
+            if probes:
+                return  # it answers probes: the path selector alone decides (no handshake tries)
+        peer = self.device.peers[public]
+        live = self.device.is_live(peer, now) or (traversal and self.selector.best(public, now) is not None)
+        if live:
+            self._count("hints-ignored-live")
+        self.trier.sighting(public, addrs, source, now, live=live)
+
+    def goodbye(self, public: Key, source: str, now: float) -> None:
+        """The peer withdrew its record from ``source``: its candidates from there go, unless
+        one is the live path (proven, not a hint)."""
+        stale = [p.addr for p in self.selector.paths(public) if p.source == source]
+        if stale:
+            self.selector.remove_candidates(public, stale, now)
+        self.trier.forget(public)
+
+    def _add_candidates(self, public: Key, addrs: list[Addr], source: str, now: float, local: list[Any]) -> None:
+        cands = [Candidate(a, host_kind(self._host_of(a), local), source) for a in addrs]
+        known = self.selector.addresses(public)
+        self.selector.add_candidates(public, cands, now)
+        if self.selector.is_live(public, now):
+            # a live peer's new candidate (it moved?) gets one probe now: it opens our NAT towards
+            # it, and WireGuard's roaming rule switches once authenticated packets come from there.
+            # A flood of forged candidates gets FRESH_PROBES per FRESH_WINDOW (and one log line each).
+            fresh = [c for c in cands if c.addr not in known and c.addr in self.selector.addresses(public)]
+            start, used = self._fresh_probes.get(public, (now, 0))
+            if now - start >= FRESH_WINDOW:
+                start, used = now, 0
+            for cand in fresh:
+                if used >= FRESH_PROBES or not self.selector.take_probe(public, now):
+                    self._count("candidate-probes-deferred")  # punching or keepalive rounds get to it
+                    continue
+                used += 1
+                self._events.append(CandidateProbed(public, cand.addr, source))
+                self.probe(public, cand.addr, now)
+            self._fresh_probes[public] = (start, used)
+
+    # --- probes --------------------------------------------------------------------------
+
+    def probe(self, public: Key, addr: Addr, now: float) -> None:
+        self._outbox.append((self.prober.request(public, addr, now), addr))
+
+    def probe_current(self, now: float) -> None:
+        """One probe to every peer's current path (our network changed)."""
+        for public in self.prober.peers:
+            current = self.selector.current(public)
+            if current is not None:
+                self.probe(public, current, now)
+
+    def receive_probe(self, data: bytes | memoryview, addr: Addr, now: float) -> ProbeResult | ProbeRequested | None:
+        """A path probe datagram (never raises; bad ones are counted by the prober)."""
+        received = self.prober.receive(bytes(data), addr, now)
+        if received.reply is not None:
+            self._outbox.append((received.reply, addr))
+        return received.event
+
+    def probe_event(self, event: ProbeResult | ProbeRequested | None, now: float) -> None:
+        if isinstance(event, ProbeResult):
+            self.selector.on_probe_result(event.peer, event.addr, event.rtt, now)
+        elif isinstance(event, ProbeRequested):
+            self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
+            # its keepalive stands for ours: the higher key waits for the lower key's
+            self.selector.on_probe_request(event.peer, event.addr, now, defer=self.device.identity.public > event.peer)
+
+    # --- time ----------------------------------------------------------------------------
+
+    def next_deadline(self, now: float) -> float | None:
+        times = [self.trier.next_time(), self.prober.get_timer(), self.selector.next_time(now), self._next_sync]
+        times += [when for when, _ in self._deferred.values()]
+        times = [t for t in times if t is not None]
+        return min(times) if times else None
+
+    def hints_due(self, now: float) -> None:
+        """Hinted endpoints whose turn came get a handshake initiation."""
+        device = self.device
+        due = self.trier.next_time()
+        if due is None or due > now:
+            return
+
+        def live(key: Key) -> bool:
+            peer = device.peers.get(key)
+            return peer is None or device.is_live(peer, now)
+
+        for attempt in self.trier.due(now, live):
+            peer = device.peers.get(attempt.peer)
+            if peer is not None:
+                device.try_endpoint(peer, attempt.endpoint, now, cause=attempt.source)
+                self._count("handshake-tries")
+                self._events.append(HandshakeTried(attempt.peer, attempt.endpoint, attempt.source))
+
+    def handle_timer(self, now: float, restun_allowed: bool) -> None:
+        """Probe timeouts, unanswered data, deferred initiations, punching rounds and endpoint
+        decisions; ``restun_allowed``: a NatSuspected may ask for a STUN round now."""
+        device = self.device
+        for timeout in self.prober.handle_timer(now):
+            self.selector.on_probe_timeout(timeout.peer, timeout.addr, now)
+        # before any decision: WireGuard's roaming rule (§2.1) has the last word, so the selector
+        # must know where authenticated packets came from, or it would undo a roam
+        self._sync_authenticated()
+        if now >= self._next_sync:
+            self._suspect_dead_paths(now, restun_allowed)
+            self._next_sync = now + SYNC_INTERVAL
+        for public, (when, addr) in list(self._deferred.items()):
+            if when <= now:
+                del self._deferred[public]
+                peer = device.peers.get(public)
+                if peer is not None and peer.current is None:  # the peer's initiation did not come
+                    device.try_endpoint(peer, addr, now, cause="probe")
+        for public, addr in self.selector.probe_plan(now):
+            if public in self.prober.peers:
+                self.probe(public, addr, now)
+        self._apply_decisions(now)
+
+    def _sync_authenticated(self) -> None:
+        """Tell the selector which paths carried authenticated WireGuard packets (§2.1)."""
+        for public, peer in self.device.peers.items():
+            last = peer.last_authenticated
+            if last is not None and peer.endpoint is not None and last != self._synced.get(public):
+                self._synced[public] = last
+                self.suspected.pop(public, None)  # it answered: the silence is over
+                if public in self.prober.peers:
+                    self.selector.on_authenticated(public, peer.endpoint, last)
+
+    def _suspect_dead_paths(self, now: float, restun: bool) -> None:
+        """Data went out but nothing authenticated came back for SUSPECT_AFTER seconds. Our NAT
+        may have a new address (a router got a new WAN address): STUN again at once, so the new
+        reflexive address is re-published and the peer's probe to it re-opens the path. Or the
+        peer moved: look its record up again at once, then on the growing schedule."""
+        for public, peer in self.device.peers.items():
+            since = peer.unanswered_since  # proto/timers.py data_sent / authenticated_received
+            if since is None or peer.current is None or now - since <= SUSPECT_AFTER:
+                continue
+            if self.suspected.get(public) != since:  # once per silence
+                self.suspected[public] = since
+                self.selector.on_unanswered(public, now)  # a verified alternative may take over now
+                self._events.append(LookupWanted(public))
+            if restun:
+                restun = False
+                self._events.append(NatSuspected(public, now - since))
+
+    def _apply_decisions(self, now: float) -> None:
+        device = self.device
+        for public, peer in device.peers.items():
+            if public not in self.prober.peers:
+                continue
+            addr, reason = self.selector.decision(public, now)
+            if reason != self.reasons.get(public):
+                self.reasons[public] = reason
+                self._events.append(PathReasonChanged(public, reason, self._explain(public, reason)))
+            if addr is None or addr == peer.endpoint:
+                continue
+            if peer.current is None and device.identity.public > public:
+                # Both sides verify the path in the same instant; if both initiated, each would
+                # consume the other's initiation and wait as responder until the 5 s retransmit.
+                # The lower key initiates now, the higher one after a second.
+                device.set_endpoint(peer, addr, "probe")
+                self._deferred[public] = (now + DEFER_INITIATION, addr)
+            elif peer.current is None:
+                device.try_endpoint(peer, addr, now, cause="probe")
+            else:
+                device.set_endpoint(peer, addr, "probe")
+
+    # --- output --------------------------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def pop_events(self) -> list[Any]:
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def peers_in(self, peers: Iterable[Key]) -> list[Key]:
+        return [p for p in peers if p in self.prober.peers]
+
+    def _count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n

@@ -1,0 +1,74 @@
+"""What ``wgdisco status`` says about a peer's path, as pure functions of the node's public state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from wgdisco.proto.events import PathStatus
+from wgdisco.proto.paths import HARD_MAPPINGS, host_kind
+
+__all__ = ["REASON_TEXT", "explain", "path_status", "path_basis"]
+
+Key = bytes
+
+REASON_TEXT = {
+    "lan": "direct on the LAN",
+    "direct": "direct",
+    "no-candidates": "no record found for it yet",
+    "probing": "probing candidates",
+    "probes-timed-out": "probes to every candidate timed out",
+    "hard-nat-both-sides": "both NATs map per destination (hard NAT on both sides): no direct path",
+}
+
+
+def explain(reason: str, ours: str, theirs: str) -> str:
+    """The reason for a peer's path in words, with which NAT is hard when that is why
+    (``ours``/``theirs``: the two NATs' mappings, RFC 4787 §4.1)."""
+    text = REASON_TEXT.get(reason, reason)
+    if reason == "probes-timed-out":
+        hard = []
+        if ours == "endpoint-dependent":
+            hard.append("this side's NAT maps per destination (hard NAT)")
+        if theirs in HARD_MAPPINGS:
+            hard.append("the peer's NAT maps per destination (hard NAT)")
+        if hard:
+            text += "; " + " and ".join(hard) + ": no direct path"
+    return text
+
+
+def path_status(node: Any, public: Key, now: float) -> PathStatus:
+    """``node``: a proto/node.py Node."""
+    device = node.device
+    peer = device.peers[public]
+    live = device.is_live(peer, now, device.timing.reject_after_time) and peer.current is not None
+    reason = node.paths.reasons.get(public)
+    if live and peer.endpoint is not None:
+        lan = host_kind(node.host_of(peer.endpoint), node.local_networks) == "lan"
+        return PathStatus("lan" if lan else "direct", None, None, path_basis(node, public))
+    if reason is not None and reason not in ("lan", "direct"):
+        return PathStatus("none", reason, node.explain(public, reason))
+    if peer.endpoint is None:
+        return PathStatus("none", "no-endpoint", "no Endpoint configured and nothing discovered yet")
+    return PathStatus("none", "no-handshake", f"no handshake with {node.format_addr(peer.endpoint)} yet")
+
+
+def path_basis(node: Any, public: Key) -> str | None:
+    """What the peer's endpoint is based on (one of events.BASES), None without one."""
+    peer = node.device.peers.get(public)
+    if peer is None or peer.endpoint is None:
+        return None
+    endpoint = peer.endpoint
+    if node.socket_of(endpoint) is not None or node.birthdays.found.get(public) == endpoint:
+        return "birthday"
+    if host_kind(node.host_of(endpoint), node.local_networks) == "lan":
+        return "lan"
+    info = next((p for p in node.candidates(public) if p.addr == endpoint), None)
+    if info is None:
+        return "config" if node.endpoint_source(public) == "config" else "roaming"
+    if info.kind == "lan":
+        return "lan"
+    if info.source in ("mdns", "dns"):
+        return "record"
+    if info.source == "config":
+        return "config"
+    return "peer-reflexive" if info.source == "probe" else "roaming"
