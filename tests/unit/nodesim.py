@@ -26,7 +26,6 @@ import random
 from tests.unit.test_device import Rng
 from tests.unit.test_device import ipv4_packet as _ipv4_packet
 from wgdisco.proto import keys, records
-from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device
 from wgdisco.proto.node import Node, RecordChanged, SocketsClosed, SocketsWanted
 
@@ -199,20 +198,14 @@ class SimNode:
 
     def deliver(self, data: bytes, src: Addr) -> None:
         now = self.net.now
-        kind = classify(data)
-        if kind == WIREGUARD:
-            inner = self.device.receive_datagram(data, src, now)
-            if inner:
-                self.received.append(inner)
-                if inner[20:24] == b"ping":  # the kernel answers an echo request (as ICMP would)
-                    reply = ipv4_packet(self.tunnel_ip, str(ipaddress.IPv4Address(inner[12:16])), b"pong" + inner[24:])
-                    out = self.device.send_packet(reply, now)
-                    if out is not None:
-                        self.send(out[0], out[1])
-        elif kind == STUN:
-            self.node.receive_stun(data, src, now)
-        elif kind == PROBE:
-            self.node.receive_probe(data, src, now)
+        inner = self.node.receive_datagram(data, src, now)  # the node's one demux, as the data plane's
+        if inner:
+            self.received.append(inner)
+            if inner[20:24] == b"ping":  # the kernel answers an echo request (as ICMP would)
+                reply = ipv4_packet(self.tunnel_ip, str(ipaddress.IPv4Address(inner[12:16])), b"pong" + inner[24:])
+                out = self.device.send_packet(reply, now)
+                if out is not None:
+                    self.send(out[0], out[1])
         self.pump()
 
     def pump(self) -> None:
@@ -335,7 +328,7 @@ class Net:
     def next_time(self) -> float | None:
         times = [self.queue[0][0]] if self.queue else []
         for n in self.nodes:
-            t = n.node.get_timer(self.now)
+            t = n.node.next_deadline(self.now)
             if t is not None:
                 times.append(t)
         return min(times) if times else None
@@ -348,9 +341,9 @@ class Net:
             _, _, src, dst, data = heapq.heappop(self.queue)
             self._route(src, dst, data)
         for n in self.nodes:
-            t = n.node.get_timer(self.now)
+            t = n.node.next_deadline(self.now)
             if t is not None and t <= self.now:
-                n.node.handle_timer(self.now)
+                n.node.run_timers(self.now)
                 n.pump()
         t = self.next_time()
         if t is not None and t <= self.now:  # nothing changed at this instant: move on a little

@@ -26,13 +26,13 @@ class FailingNode:
     def __init__(self) -> None:
         self.calls = 0
 
-    def get_timer(self, now: float) -> float | None:
-        return now if self.calls < 4 else None
-
-    def handle_timer(self, now: float) -> None:
+    def run_timers(self, now: float) -> float | None:
+        if self.calls >= 4:
+            return None
         self.calls += 1
         if self.calls <= 3:
             raise RuntimeError(f"boom {self.calls}")
+        return None
 
 
 def test_an_unexpected_exception_is_counted_logged_once_and_survived(caplog) -> None:

@@ -30,7 +30,6 @@ from wgdisco.io import udp
 from wgdisco.io.tun import Tun, link_gone
 from wgdisco.proto import gro
 from wgdisco.proto.busypoll import BusyPoll
-from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device
 from wgdisco.proto.node import Node
 
@@ -177,10 +176,7 @@ class DataPlane:
                             self.on_udp_readable(now, *self.extra_fds[fd])
                         else:
                             on_udp(now)
-                    deadline = node.get_timer(now)
-                    if deadline is not None and deadline <= now:
-                        node.handle_timer(now)
-                        deadline = node.get_timer(now)
+                    deadline = node.run_timers(now)
                     self.flush()
                 except Exception as e:  # noqa: BLE001 - nothing may end this thread (see _unexpected)
                     if isinstance(e, OSError) and link_gone(e):
@@ -250,32 +246,20 @@ class DataPlane:
         datagrams, packets = fast.udp_tun_read(now, READ_BATCH)
         if fast.sent:
             self.sent_data = True
-        receive = device.receive_datagram
+        receive = node.receive_datagram  # the one demux (ARCHITECTURE.md "The sockets")
         inner_packets: list[Any] = []
-        handshakes: list[Any] = []
+        handshakes: list[Any] = []  # handshake messages wait for the data of the drain
         for datagram, addr, local in datagrams:
-            kind = classify(datagram)
-            if kind == WIREGUARD:
-                if datagram[0] != 4:
-                    handshakes.append((datagram, addr, local))
-                    continue
-                inner = receive(datagram, addr, now, local)
-                if inner is not None:
-                    inner_packets.append(inner)
-            elif kind == STUN:
-                if not node.receive_stun(datagram, addr, now):
-                    self._count_other("stun-unexpected")
-            elif kind == PROBE:
-                node.receive_probe(datagram, addr, now)
-            else:
-                self._count_other("unknown-datagram")
+            inner = receive(datagram, addr, now, local, handshakes)
+            if inner is not None:
+                inner_packets.append(inner)
         if packets:
             self._send_plain(packets, now)
         if inner_packets:
             self._write_tun(self.tun, inner_packets)
             self.on_tun_readable_fast(now)  # the kernel answers at once: take it now
         for datagram, addr, local in handshakes:
-            receive(datagram, addr, now, local)
+            device.receive_datagram(datagram, addr, now, local)
 
     def on_tun_readable(self, now: float) -> None:
         """Drain TUN; encrypted datagrams to one endpoint go out in UDP GSO batches.
@@ -329,7 +313,7 @@ class DataPlane:
         """
         tun, sock, device, node = self.tun, extra or self.sender.sock, self.device, self.node
         assert sock is not None
-        receive = device.receive_datagram
+        receive = node.receive_datagram  # the one demux (ARCHITECTURE.md "The sockets")
         inner_packets: list[Any] = []
         deliver = inner_packets.append
         handshakes: list[Any] = []  # handshake messages wait for the data read with them
@@ -352,25 +336,13 @@ class DataPlane:
             else:
                 pieces = (data,)
             for datagram in pieces:
-                kind = classify(datagram)
-                if kind == WIREGUARD:
-                    if datagram[0] != 4:  # a handshake message: after this drain's data (see below)
-                        handshakes.append((bytes(datagram), addr, local))
-                        continue
-                    inner = receive(datagram, addr, now, local)  # local: the sticky source (io/udp.py)
-                    if inner is not None:
-                        if not count and not run and self._udp_lone:
-                            self._write_tun(tun, (inner,))
-                            self.on_tun_readable(now)
-                        else:
-                            deliver(inner)
-                elif kind == STUN:
-                    if not node.receive_stun(datagram, addr, now):
-                        self._count_other("stun-unexpected")
-                elif kind == PROBE:
-                    node.receive_probe(datagram, addr, now)
-                else:
-                    self._count_other("unknown-datagram")
+                inner = receive(datagram, addr, now, local, handshakes)  # local: the sticky source (io/udp.py)
+                if inner is not None:
+                    if not count and not run and self._udp_lone:
+                        self._write_tun(tun, (inner,))
+                        self.on_tun_readable(now)
+                    else:
+                        deliver(inner)
         self._udp_lone = count <= 1 and not run
         if inner_packets:
             self._write_tun(tun, inner_packets)
@@ -381,7 +353,7 @@ class DataPlane:
         # the drain's data went to TUN above; its handshake messages are handled now, within
         # the device's handshake and cookie budgets (proto/device.py).
         for datagram, addr, local in handshakes:
-            receive(datagram, addr, now, local)
+            device.receive_datagram(datagram, addr, now, local)
 
     def _write_tun(self, tun: Tun, packets: Any) -> None:
         """Hand decrypted packets to the kernel; TCP runs coalesced into GSO packets (proto/gro.py)."""

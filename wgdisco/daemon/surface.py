@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from wgdisco.errors import LocalError
 from wgdisco.io import udp
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Peer
-from wgdisco.proto.node import (
-    AnnounceWanted, BirthdayChanged, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, LookupWanted,
-    MeshAddressChanged, MeshNamesChanged, NatClassified, NatSuspected, PathReasonChanged, PeerAdmitted, PeerRemoved,
-    RecordChanged, ReflexiveChanged,
-    StunChanged, StunFailed,
+from wgdisco.proto.events import (
+    AnnounceWanted, BirthdayChanged, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, HandshakeTried,
+    LookupWanted, MeshAddressChanged, MeshNamesChanged, NatClassified, NatSuspected, PathReasonChanged, PeerAdmitted,
+    PeerRemoved, PortMappingChanged, RecordChanged, ReflexiveChanged, SocketsClosed, SocketsWanted, StunChanged,
+    StunFailed,
 )
 
 log = logging.getLogger("wgdisco")
@@ -45,6 +45,7 @@ class Surface:
 
     def __init__(self, tunnel: Any) -> None:
         self.tunnel = tunnel
+        self._handlers: dict[type, Callable[[Any], None]] | None = None
 
     # --- UAPI (wg show / wg set) ------------------------------------------------
 
@@ -245,102 +246,125 @@ class Surface:
             for public in list(device.peers):
                 node.remove_peer(public)
         for op in req.peers:
-            if op.public_key == device.identity.public:
-                continue
-            peer = device.peers.get(op.public_key)
-            if op.remove:
-                node.remove_peer(op.public_key)
-                continue
-            if peer is None:
-                if op.update_only:
-                    continue
-                peer = node.add_peer(op.public_key, now)
-            if op.preshared_key is not None:
-                device.set_preshared_key(peer, None if op.preshared_key == bytes(32) else op.preshared_key)
-            if op.endpoint is not None:
-                try:
-                    node.set_endpoint(op.public_key, udp.to_sockaddr(t.sock, *op.endpoint), "uapi")
-                except (LocalError, OSError):
+            self.apply_peer(op, now)
+
+    def apply_peer(self, op: uapi.PeerConfigOp, now: float, strict: bool = True) -> None:
+        """One peer's changes, from ``wg set`` or a config (start, SIGHUP reload: the same path),
+        all through the node's setters (lock held). ``strict``: a bad endpoint fails the request
+        (UAPI, EINVAL) instead of being logged and skipped (a config)."""
+        t = self.tunnel
+        device, node = t.device, t.node
+        if op.public_key == device.identity.public:
+            return
+        public = op.public_key
+        if op.remove:
+            node.remove_peer(public)
+            return
+        if public not in device.peers:
+            if op.update_only:
+                return
+            node.add_peer(public, now)
+        if op.preshared_key is not None:
+            node.set_preshared_key(public, None if op.preshared_key == bytes(32) else op.preshared_key)
+        if op.endpoint is not None:
+            try:
+                node.set_endpoint(public, udp.to_sockaddr(t.sock, *op.endpoint), "uapi" if strict else "config")
+            except (LocalError, OSError) as e:
+                if strict:
                     raise uapi.UapiError(uapi.EINVAL, "bad endpoint") from None
-            if op.replace_allowed_ips:
-                device.allowed_ips.remove_by_peer(peer)
-            for aop in op.allowed_ips:
-                if aop.remove:
-                    device.allowed_ips.remove(aop.network, peer)
-                else:
-                    device.allowed_ips.insert(aop.network, peer)
-            if op.persistent_keepalive_interval is not None:
-                device.set_persistent_keepalive(peer, op.persistent_keepalive_interval, now)
+                log.warning("peer %s: cannot use endpoint %s: %s", short_key(public),
+                            udp.format_hostport(*op.endpoint), e)
+        if op.replace_allowed_ips or op.allowed_ips:
+            node.set_allowed_ips(public, [(a.network, a.remove) for a in op.allowed_ips], replace=op.replace_allowed_ips)
+        if op.persistent_keepalive_interval is not None:
+            node.set_persistent_keepalive(public, op.persistent_keepalive_interval, now)
 
     # --- the node's events, as log lines -----------------------------------------
 
     def on_event(self, event: Any) -> None:
-        """The node's events: log lines, and our record for discovery (on the asyncio loop)."""
-        if isinstance(event, HandshakeCompleted):
-            log.info("peer %s: handshake completed", short_key(event.peer))
-        elif isinstance(event, EndpointChanged):
-            log.info("peer %s: endpoint %s -> %s (%s)", short_key(event.peer), fmt_addr(event.old),
-                     fmt_addr(event.new), event.cause)
-        elif isinstance(event, GaveUp):
-            log.info("peer %s: no handshake after %d attempts, giving up until new traffic",
-                     short_key(event.peer), event.attempts)
-        elif isinstance(event, PathReasonChanged):
-            log.info("peer %s: path: %s", short_key(event.peer), event.text)
-        elif isinstance(event, CandidateProbed):
-            log.info("peer %s: new candidate %s (%s); probing it once", short_key(event.peer),
-                     fmt_addr(event.addr), event.source)
-        elif isinstance(event, NatSuspected):
-            log.info("peer %s: no answer for %.0f s; checking our NAT mapping again (STUN)",
-                     short_key(event.peer), event.silent_for)
-        elif isinstance(event, StunFailed):
-            log.warning("STUN: no answer from %s", fmt_addr(event.server))
-        elif isinstance(event, StunChanged):
-            log.info("STUN: %s now sees us as %s (was %s)", fmt_addr(event.server),
-                     udp.format_hostport(*event.new), udp.format_hostport(*event.old))
-        elif isinstance(event, ReflexiveChanged):
-            shown = ", ".join(udp.format_hostport(ip, port) for ip, port in event.reflexive) or "none"
-            log.info("STUN: reflexive address %s; NAT mapping %s", shown, event.behaviour)
-        elif isinstance(event, RecordChanged):
-            t = self.tunnel
-            if t.discovery is not None and t.loop is not None and t.has_key:  # never the throwaway key
-                t.loop.call_soon_threadsafe(t.discovery.record_changed, event.record, event.withdrawn)
-        elif isinstance(event, PeerAdmitted):
-            log.info("peer %s: admitted to the mesh, %s", short_key(event.peer),
-                     ", ".join(str(a) for a in event.addresses))
-        elif isinstance(event, PeerRemoved):
-            log.info("peer %s: removed from the mesh (%s)", short_key(event.peer),
-                     "goodbye" if event.reason == "goodbye" else "record expired, no handshake for 5 min")
-        elif isinstance(event, MeshAddressChanged):
-            t = self.tunnel
-            log.info("%s: mesh IPv4 %s -> %s (collision rule: the lower key keeps an address)",
-                     "we" if t.node is not None and event.peer == t.node.public_key else f"peer {short_key(event.peer)}",
-                     event.old, event.new)
-            if t.node is not None and event.peer == t.node.public_key and t.loop is not None:
-                t.loop.call_soon_threadsafe(t.own_mesh_address_moved, event.old, event.new)
-        elif isinstance(event, NatClassified):
-            node = self.tunnel.node
-            log.info("STUN: NAT filtering %s, mapping %s (RFC 5780 tests)", event.filtering,
-                     node.mapping_detail if node is not None else "unknown")
-        elif isinstance(event, BirthdayChanged):
-            log.info("peer %s: %s (birthday probes sent so far: %d)", short_key(event.peer), event.text, event.probes)
-        elif isinstance(event, AnnounceWanted):
-            t = self.tunnel
-            if t.discovery is not None and t.loop is not None:
-                t.loop.call_soon_threadsafe(t.discovery.announce_again)
-        elif isinstance(event, MeshNamesChanged):
-            t = self.tunnel
-            if t.hosts is not None and t.loop is not None:
-                t.loop.call_soon_threadsafe(t.hosts.update, event)
-        elif isinstance(event, LookupWanted):
-            t = self.tunnel
-            if t.discovery is not None and t.loop is not None:
-                t.loop.call_soon_threadsafe(t.discovery.lookup_now)
+        """One of the node's events (proto/events.py), through the table: log lines, our record for
+        discovery, extra sockets (under the tunnel's lock; asyncio work goes to the loop)."""
+        self.handlers[type(event)](event)
+
+    @property
+    def handlers(self) -> dict[type, Callable[[Any], None]]:
+        """{event type: handler}, one per member of ``events.Event`` (a test keeps it exhaustive)."""
+        if self._handlers is None:
+            self._handlers = {
+                HandshakeCompleted: lambda e: log.info("peer %s: handshake completed", short_key(e.peer)),
+                EndpointChanged: lambda e: log.info("peer %s: endpoint %s -> %s (%s)", short_key(e.peer),
+                                                    fmt_addr(e.old), fmt_addr(e.new), e.cause),
+                GaveUp: lambda e: log.info("peer %s: no handshake after %d attempts, giving up until new traffic",
+                                           short_key(e.peer), e.attempts),
+                PathReasonChanged: lambda e: log.info("peer %s: path: %s", short_key(e.peer), e.text),
+                CandidateProbed: lambda e: log.info("peer %s: new candidate %s (%s); probing it once",
+                                                    short_key(e.peer), fmt_addr(e.addr), e.source),
+                HandshakeTried: lambda e: log.debug("peer %s: handshake tried at hinted %s (%s)",
+                                                    short_key(e.peer), fmt_addr(e.addr), e.source),
+                NatSuspected: lambda e: log.info("peer %s: no answer for %.0f s; checking our NAT mapping again (STUN)",
+                                                 short_key(e.peer), e.silent_for),
+                StunFailed: lambda e: log.warning("STUN: no answer from %s", fmt_addr(e.server)),
+                StunChanged: lambda e: log.info("STUN: %s now sees us as %s (was %s)", fmt_addr(e.server),
+                                                udp.format_hostport(*e.new), udp.format_hostport(*e.old)),
+                ReflexiveChanged: self._on_reflexive,
+                RecordChanged: self._on_record,
+                PeerAdmitted: lambda e: log.info("peer %s: admitted to the mesh, %s", short_key(e.peer),
+                                                 ", ".join(str(a) for a in e.addresses)),
+                PeerRemoved: lambda e: log.info("peer %s: removed from the mesh (%s)", short_key(e.peer),
+                                                "goodbye" if e.reason == "goodbye"
+                                                else "record expired, no handshake for 5 min"),
+                MeshAddressChanged: self._on_mesh_address,
+                PortMappingChanged: lambda e: log.info("record: the gateway's port mapping %s is a candidate",
+                                                       "(none)" if e.external is None
+                                                       else udp.format_hostport(*e.external)),
+                NatClassified: self._on_classified,
+                BirthdayChanged: lambda e: log.info("peer %s: %s (birthday probes sent so far: %d)",
+                                                    short_key(e.peer), e.text, e.probes),
+                SocketsWanted: lambda e: self.tunnel.open_extra(e.ids),
+                SocketsClosed: lambda e: self.tunnel.close_extra(e.ids),
+                AnnounceWanted: lambda e: self._on_loop("discovery", "announce_again"),
+                MeshNamesChanged: lambda e: self._on_loop("hosts", "update", e),
+                LookupWanted: lambda e: self._on_loop("discovery", "lookup_now"),
+            }
+        return self._handlers
+
+    def _on_loop(self, part: str, method: str, *args: Any) -> None:
+        """Call ``tunnel.<part>.<method>(*args)`` on the asyncio loop, if that part runs."""
+        t = self.tunnel
+        target = getattr(t, part)
+        if target is not None and t.loop is not None:
+            t.loop.call_soon_threadsafe(getattr(target, method), *args)
+
+    def _on_reflexive(self, e: ReflexiveChanged) -> None:
+        shown = ", ".join(udp.format_hostport(ip, port) for ip, port in e.reflexive) or "none"
+        log.info("STUN: reflexive address %s; NAT mapping %s", shown, e.behaviour)
+
+    def _on_record(self, e: RecordChanged) -> None:
+        t = self.tunnel
+        if t.discovery is not None and t.loop is not None and t.has_key:  # never the throwaway key
+            t.loop.call_soon_threadsafe(t.discovery.record_changed, e.record, e.withdrawn)
+
+    def _on_mesh_address(self, e: MeshAddressChanged) -> None:
+        t = self.tunnel
+        ours = t.node is not None and e.peer == t.node.public_key
+        log.info("%s: mesh IPv4 %s -> %s (collision rule: the lower key keeps an address)",
+                 "we" if ours else f"peer {short_key(e.peer)}", e.old, e.new)
+        if ours and t.loop is not None:
+            t.loop.call_soon_threadsafe(t.own_mesh_address_moved, e.old, e.new)
+
+    def _on_classified(self, e: NatClassified) -> None:
+        node = self.tunnel.node
+        log.info("STUN: NAT filtering %s, mapping %s (RFC 5780 tests)", e.filtering,
+                 node.mapping_detail if node is not None else "unknown")
 
     # --- drops and the shutdown summaries ----------------------------------------
 
     def drop_counts(self) -> dict[str, int]:
         t = self.tunnel
         drops = dict(t.other_drops)
+        if t.node is not None:
+            for reason, n in t.node.drops.items():
+                drops[reason] = drops.get(reason, 0) + n
         if t.device is not None:
             for reason, n in t.device.drops.items():
                 drops[reason] = drops.get(reason, 0) + n

@@ -42,7 +42,7 @@ from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
-from wgdisco.proto.node import Node, SocketsClosed, SocketsWanted
+from wgdisco.proto.node import Node
 from wgdisco.proto.timers import Timing
 
 log = logging.getLogger("wgdisco")
@@ -349,14 +349,10 @@ class Tunnel:
             self.sender.send_all(out)
         event = node.next_event()
         while event is not None:
-            if isinstance(event, SocketsWanted):
-                self._open_extra(event.ids)
-            elif isinstance(event, SocketsClosed):
-                self._close_extra(event.ids)
-            self.surface.on_event(event)
+            self.surface.on_event(event)  # one table (daemon/surface.py Surface.handlers)
             event = node.next_event()
 
-    def _open_extra(self, ids: tuple[int, ...]) -> None:
+    def open_extra(self, ids: tuple[int, ...]) -> None:
         """Extra sockets for birthday punching (proto/birthday.py; caller holds the lock)."""
         for sid in ids:
             try:
@@ -369,7 +365,7 @@ class Tunnel:
             if self.dataplane is not None:
                 self.dataplane.add_extra(sid, sock)
 
-    def _close_extra(self, ids: tuple[int, ...]) -> None:
+    def close_extra(self, ids: tuple[int, ...]) -> None:
         for sid in ids:
             sock = self.sender.extra.pop(sid, None)
             if sock is None:
@@ -379,19 +375,23 @@ class Tunnel:
             else:
                 sock.close()
 
-    def _add_config_peer(self, pc: configmod.PeerConfig, now: float) -> None:
-        assert self.device is not None and self.node is not None and self.sock is not None
-        peer = self.node.add_peer(pc.public_key, now, pc.preshared_key)
-        for net in pc.allowed_ips:
-            self.device.allowed_ips.insert(net, peer)
-        if pc.endpoint is not None:
-            try:
-                addr = udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port)
-                self.node.set_endpoint(pc.public_key, addr, "config")
-            except (LocalError, OSError) as e:
-                log.warning("peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
-        if pc.persistent_keepalive:
-            self.device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
+    def _add_config_peer(self, pc: configmod.PeerConfig, now: float, was: configmod.PeerConfig | None = None) -> None:
+        """A [Peer] of the config, new or (``was``) changed since: as a ``wg set`` of what differs,
+        through the one code path UAPI takes (Surface.apply_peer, the node's setters)."""
+        def changed(field: str) -> bool:
+            return was is None or getattr(pc, field) != getattr(was, field)
+
+        endpoint = None if pc.endpoint is None or not changed("endpoint") else (pc.endpoint.host, pc.endpoint.port)
+        self.surface.apply_peer(uapi.PeerConfigOp(
+            public_key=pc.public_key,
+            preshared_key=(pc.preshared_key or bytes(32)) if changed("preshared_key") and (was or pc.preshared_key)
+            else None,
+            endpoint=endpoint,
+            persistent_keepalive_interval=pc.persistent_keepalive if changed("persistent_keepalive")
+            and (was is not None or pc.persistent_keepalive) else None,
+            replace_allowed_ips=was is not None and changed("allowed_ips"),
+            allowed_ips=tuple(uapi.AllowedIpOp(n) for n in pc.allowed_ips) if changed("allowed_ips") else (),
+        ), now, strict=False)
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
         """Start, then serve until SIGINT/SIGTERM, then tear down. ``on_ready``: called once the
@@ -460,21 +460,7 @@ class Tunnel:
                     self._add_config_peer(pc, now)
                     log.info("reload: peer %s added", short_key(public))
                     continue
-                peer = device.peers[public]
-                if pc.allowed_ips != was.allowed_ips:
-                    device.allowed_ips.remove_by_peer(peer)
-                    for net in pc.allowed_ips:
-                        device.allowed_ips.insert(net, peer)
-                if pc.preshared_key != was.preshared_key:
-                    device.set_preshared_key(peer, pc.preshared_key)
-                if pc.persistent_keepalive != was.persistent_keepalive:
-                    device.set_persistent_keepalive(peer, pc.persistent_keepalive, now)
-                if pc.endpoint != was.endpoint and pc.endpoint is not None:
-                    try:
-                        addr = udp.to_sockaddr(self.sock, pc.endpoint.host, pc.endpoint.port)
-                        node.set_endpoint(public, addr, "config")
-                    except (LocalError, OSError) as e:
-                        log.warning("reload: peer %s: cannot use endpoint %s: %s", short(peer), pc.endpoint, e)
+                self._add_config_peer(pc, now, was)
             self.flush()
         self.cfg.peers = cfg.peers
         added = [n for pc in cfg.peers for n in pc.allowed_ips

@@ -183,21 +183,25 @@ class Node:
             table.pop(public, None)
         self._events.extend(self.birthdays.pop_events())  # its punched sockets close (SocketsClosed)
 
-    def set_allowed_ips(self, public: Key, add: Iterable[Any] = (), remove: Iterable[Any] = (),
-                        replace: bool = False) -> None:
-        """Change a peer's AllowedIPs (config, SIGHUP, ``wg set``). A mesh member keeps its derived
-        /32 and /128 whatever is asked: they are the mesh's, not the config's (docs/mesh.md)."""
+    def set_allowed_ips(self, public: Key, changes: Iterable[tuple[Any, bool]] = (), replace: bool = False) -> None:
+        """Change a peer's AllowedIPs (config, SIGHUP, ``wg set``): ``replace`` drops them all first,
+        then each (network, remove) in order. A mesh member keeps its derived /32 and /128 whatever
+        is asked: they are the mesh's, not the config's (docs/mesh.md); re-adding them is counted."""
         peer = self.device.peers[public]
         table = self.device.allowed_ips
         if replace:
             table.remove_by_peer(peer)
-        for net in remove:
-            table.remove(net, peer)
-        for net in add:
-            table.insert(net, peer)
-        if self.membership is not None and self.membership.is_member(public):
-            for net in self.membership.addresses(public):
+        for net, remove in changes:
+            if remove:
+                table.remove(net, peer)
+            else:
                 table.insert(net, peer)
+        if self.membership is not None and self.membership.is_member(public):
+            have = set(table.entries_for_peer(peer))
+            for net in self.membership.addresses(public):
+                if net not in have:
+                    table.insert(net, peer)
+                    self._count("mesh-addresses-kept")
 
     def set_identity(self, private_key: bytes, now: float) -> None:
         """A new private key (``wg set private-key``): new sessions, probe keys and record."""
@@ -364,7 +368,8 @@ class Node:
         peer = self.add_peer(public, now)
         m.admit(public, now)
         self.device.set_persistent_keepalive(peer, m.timing.keepalive, now)
-        self.set_allowed_ips(public)  # its derived /32 and /128
+        for net in m.addresses(public):  # its derived /32 and /128
+            self.device.allowed_ips.insert(net, peer)
         self._collect(now)
         return peer
 
@@ -569,6 +574,15 @@ class Node:
         return min(due) if due else None
 
     get_timer = next_deadline
+
+    def run_timers(self, now: float) -> float | None:
+        """The one drive step every shell uses (the data plane, the simulator): the timers that are
+        due, then the next deadline (aioquic's ``handle_timer``/``get_timer`` pair)."""
+        deadline = self.next_deadline(now)
+        if deadline is not None and deadline <= now:
+            self.handle_timer(now)
+            deadline = self.next_deadline(now)
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         device = self.device
