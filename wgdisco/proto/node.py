@@ -43,19 +43,19 @@ from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, HandshakeCompleted, Peer
 from wgdisco.proto.events import *  # noqa: F403 - the node's events are part of its interface
 from wgdisco.proto.events import (
-    Event, LookupWanted, MeshAddressChanged, NatClassified, NatSuspected, NodeStats, PathStatus,
-    PortMappingChanged, RecordChanged, ReflexiveChanged, StunChanged, StunFailed,
+    Event, LookupWanted, MeshAddressChanged, NatSuspected, NodeStats, PathStatus, PortMappingChanged,
+    RecordChanged, ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
 from wgdisco.proto.lookups import Timing as LookupTiming
 from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership, put_newest
 from wgdisco.proto.mesh import Mesh
-from wgdisco.proto.natclass import NatClassifier
 from wgdisco.proto.ownrecord import NAT_MAPPING, NAT_TXT, srv_target
 from wgdisco.proto.pathdriver import PathDriver
 from wgdisco.proto.paths import PathInfo
 from wgdisco.proto.paths import Timing as PathTiming
-from wgdisco.proto.stun import REFRESH, StunClient
+from wgdisco.proto.reflexive import RESTUN_MIN_INTERVAL, NatObserver
+from wgdisco.proto.stun import REFRESH
 from wgdisco.proto.timers import LIVE_TIME
 from wgdisco.proto.views import REASON_TEXT
 
@@ -109,9 +109,9 @@ class Node:
         self._domain = domain
         self._allowed = list(allowed)
         servers = list(stun_servers)
-        self.stun = StunClient(servers, rng=rng, refresh=stun_refresh, host_of=host_of) if servers else None
-        self.classifier = NatClassifier(rng=rng, addr_of=addr_of) if servers else None
-        self._classify_pending = True  # run the RFC 5780 tests after the next answer naming an alternate
+        self.nat = NatObserver(servers, rng=rng, refresh=stun_refresh, host_of=host_of, addr_of=addr_of) \
+            if servers else None
+        self._own_mapping = "unknown"  # what the path selector was last told
         self.paths = PathDriver(device, rng=rng, wall=wall, host_of=host_of, explain=self.explain, timing=path_timing)
         self.birthdays = BirthdayDriver(self.paths.selector, rng=rng, timing=birthday_timing, addr_of=addr_of,
                                         host_of=host_of, format_addr=format_addr, via=via, via_socket=via_socket)
@@ -123,15 +123,12 @@ class Node:
         self._events: deque[Event] = deque()
         self.local_networks: list[Any] = []
         self.host_addresses: list[Any] = []  # our interfaces' IPs (not link-local), for the record
-        self.reflexive: list[tuple[str, int]] = []
         self.mapped: tuple[str, int] | None = None  # the gateway's port mapping (set_mapping)
-        self.behaviour = "unknown"
         self._endpoint_source: dict[Key, str] = {}
         self._handshakes: dict[Key, int] = {}
         self._path_changes: dict[Key, int] = {}
         self.counters: dict[str, int] = {}
         self.drops: dict[str, int] = {}  # datagrams of no kind we take (receive_datagram)
-        self._last_restun = -RESTUN_MIN_INTERVAL
         self._record: records.ServiceRecord | None = None
         self._body: records.ServiceRecord | None = None
         self.started = False
@@ -155,6 +152,23 @@ class Node:
     @property
     def birthday(self) -> Any:
         return self.birthdays.puncher
+
+    @property
+    def reflexive(self) -> list[tuple[str, int]]:
+        return self.nat.reflexive if self.nat is not None else []
+
+    @property
+    def behaviour(self) -> str:
+        """Our NAT's mapping (RFC 4787 §4.1) as STUN sees it, "unknown" without STUN."""
+        return self.nat.behaviour if self.nat is not None else "unknown"
+
+    @property
+    def filtering(self) -> str:
+        return self.nat.filtering if self.nat is not None else "unknown"
+
+    @property
+    def mapping_detail(self) -> str:
+        return self.nat.mapping_detail if self.nat is not None else "unknown"
 
     @property
     def mesh_name(self) -> str | None:
@@ -221,8 +235,9 @@ class Node:
         if port == self._port:
             return
         self._port = port
-        if self.stun is not None:
-            self._restun(now)
+        if self.nat is not None:
+            self.nat.restart(now)
+            self._collect(now)
         self._update_record(now)
 
     def set_endpoint(self, public: Key, addr: Addr | None, cause: str) -> None:
@@ -247,19 +262,17 @@ class Node:
             return
         self.started = True
         self._set_lan(lan)
-        if self.stun is not None:
-            self.stun.start(now)
-            self._drain_stun(now)
+        if self.nat is not None:
+            self.nat.start(now)
+            self._collect(now)
         self._update_record(now)
 
     def network_changed(self, lan: Iterable[tuple[str, Any]], now: float) -> None:
         """Addresses came or went: new local networks, STUN again, probe every current path."""
         self._set_lan(lan)
-        if self.stun is not None:
-            # classified again (another network, maybe another NAT); not after a mere silence: the
-            # first round's requests to the alternate port would still be let in (RFC 5780 §4.4)
-            self._classify_pending = True
-            self._restun(now)
+        if self.nat is not None:
+            self.nat.restart(now, reclassify=True)  # another network, maybe another NAT
+            self._collect(now)
         if self.traversal:
             self.paths.probe_current(now)
         self._update_record(now)
@@ -278,12 +291,6 @@ class Node:
         self.mapped = external
         self._events.append(PortMappingChanged(external))
         self._update_record(now)
-
-    def _restun(self, now: float) -> None:
-        assert self.stun is not None
-        self.stun.restart(now)
-        self._last_restun = now
-        self._drain_stun(now)
 
     # --- sightings (records are hints) ----------------------------------------------
 
@@ -485,15 +492,10 @@ class Node:
 
     def receive_stun(self, data: bytes | memoryview, addr: Addr, now: float) -> bool:
         """A datagram classified as STUN: True if it answered one of our transactions."""
-        if self.stun is None:
+        if self.nat is None or not self.nat.receive(data, addr, now):
             return False
-        ok = self.stun.receive(bytes(data), addr, now)
-        if ok:
-            self._drain_stun(now)
-        elif self.classifier is not None and self.classifier.receive(bytes(data), addr, now):
-            self._classified()
-            return True
-        return ok
+        self._collect(now)
+        return True
 
     def receive_probe(self, data: bytes | memoryview, addr: Addr, now: float) -> None:
         """A datagram classified as a path probe (never raises; bad ones are counted)."""
@@ -504,55 +506,6 @@ class Node:
         self.birthdays.probe_seen(event, now)
         self.paths.probe_event(event, now)
 
-    # --- NAT classification (proto/natclass.py) ------------------------------------
-
-    @property
-    def filtering(self) -> str:
-        """Our NAT's filtering (RFC 4787 §5), "unknown" until the RFC 5780 tests tell."""
-        return self.classifier.filtering if self.classifier is not None and self.classifier.done else "unknown"
-
-    @property
-    def mapping_detail(self) -> str:
-        """The mapping in RFC 4787 §4.1 terms: endpoint-dependent refined to address- or
-        address-and-port-dependent when the RFC 5780 test could tell."""
-        c = self.classifier
-        if self.behaviour == "endpoint-dependent" and c is not None and c.done and c.mapping is not None:
-            return c.mapping
-        return self.behaviour
-
-    def _classify(self, now: float) -> None:
-        c, stun = self.classifier, self.stun
-        if c is None or stun is None or not self._classify_pending:
-            return
-        for server in stun.servers:
-            other, mapped = stun.alternate.get(server), stun.mapped.get(server)
-            if other is not None and mapped is not None:
-                self._classify_pending = False
-                if c.start(server, self.host_of(server), mapped, other, now):
-                    self._outbox.extend(c.datagrams_to_send())
-                return
-
-    def _classified(self) -> None:
-        c = self.classifier
-        if c is not None and c.done:
-            self._events.append(NatClassified(c.filtering, c.mapping))
-
-    def _drain_stun(self, now: float) -> None:
-        assert self.stun is not None
-        self._outbox.extend(self.stun.datagrams_to_send())
-        events = self.stun.pop_events()
-        if not events:
-            return
-        self._events.extend(e for e in events if isinstance(e, (StunFailed, StunChanged)))
-        self._classify(now)
-        reflexive, behaviour = self.stun.reflexive(), self.stun.mapping_behaviour()
-        if behaviour != self.behaviour:
-            self.paths.selector.set_own_mapping(behaviour, now)
-        if reflexive != self.reflexive or behaviour != self.behaviour:
-            self.reflexive, self.behaviour = reflexive, behaviour
-            self._events.append(ReflexiveChanged(tuple(reflexive), behaviour))
-            self._update_record(now)
-
     # --- time -----------------------------------------------------------------------
 
     def next_deadline(self, now: float) -> float | None:
@@ -562,10 +515,8 @@ class Node:
             times.append(next(iter(self._strangers.values()))[0] + STRANGER_TTL)
         if self.membership is not None:
             times.append(self.membership.next_deadline())
-        if self.stun is not None:
-            times.append(self.stun.get_timer())
-        if self.classifier is not None:
-            times.append(self.classifier.get_timer())
+        if self.nat is not None:
+            times.append(self.nat.next_deadline())
         if self.traversal:
             times += [self.paths.next_deadline(now), self.birthdays.next_deadline(now)]
         else:
@@ -589,14 +540,9 @@ class Node:
         deadline = device.get_timer()
         if deadline is not None and deadline <= now:
             device.handle_timer(now)
-        if self.stun is not None:
-            self.stun.handle_timer(now)
-            self._drain_stun(now)
-        c = self.classifier
-        if c is not None and (due := c.get_timer()) is not None and due <= now:
-            c.handle_timer(now)
-            self._outbox.extend(c.datagrams_to_send())
-            self._classified()
+        if self.nat is not None:
+            self.nat.handle_timer(now)
+            self._collect(now)
         self.paths.hints_due(now)
         strangers = self._strangers
         while strangers and next(iter(strangers.values()))[0] + STRANGER_TTL <= now:
@@ -612,7 +558,7 @@ class Node:
             finally:
                 self._draining = False
         if self.traversal:
-            restun = self.stun is not None and now - self._last_restun >= RESTUN_MIN_INTERVAL
+            restun = self.nat is not None and self.nat.may_restun(now)
             self.paths.handle_timer(now, restun)
             self._collect(now)
             self.birthdays.step(now, self.paths.prober, self.behaviour, self.paths.suspected)
@@ -623,6 +569,9 @@ class Node:
         self._outbox += self.paths.datagrams_to_send()
         self._outbox += self.birthdays.datagrams_to_send()
         events = self.paths.pop_events() + self.birthdays.pop_events()
+        if self.nat is not None:
+            self._outbox += self.nat.datagrams_to_send()
+            events += self.nat.pop_events()
         if self.membership is not None:
             events += self.membership.pop_events()
         for event in events:
@@ -636,9 +585,17 @@ class Node:
             else:
                 if isinstance(event, LookupWanted):
                     self.lookups.look_now(event.peer, now, lost=True)
-                elif isinstance(event, NatSuspected):
+                elif isinstance(event, NatSuspected) and self.nat is not None:
                     self._events.append(event)
-                    self._restun(now)
+                    self.nat.restart(now)
+                    self._collect(now)
+                    continue
+                elif isinstance(event, ReflexiveChanged):
+                    self._events.append(event)
+                    if event.behaviour != self._own_mapping:
+                        self._own_mapping = event.behaviour
+                        self.paths.selector.set_own_mapping(event.behaviour, now)
+                    self._update_record(now)
                     continue
                 elif isinstance(event, MeshAddressChanged):
                     self._moved(event, now)
@@ -746,23 +703,7 @@ class Node:
         return self._path_changes.get(public, 0)
 
     def stats(self) -> NodeStats:
-        c = self.stun.counters if self.stun is not None else None
-        selector = self.paths.selector
-        cores = [self.paths.counters, self.birthdays.counters]
-        if self.membership is not None:
-            cores.append(self.membership.counters)
-        counters = dict(self.counters)
-        for core in cores:
-            for k, v in core.items():
-                counters[k] = counters.get(k, 0) + v
-        counters.update({k: v for k, v in (
-            ("candidates-dropped", selector.candidates_dropped),
-            ("probes-over-budget", selector.probes_over_budget),
-            ("birthday-probes", self.birthday.probes_sent)) if v})
-        return NodeStats(
-            probes_sent=selector.probes_sent, probe_replies=self.prober.replies,
-            probe_drops=dict(self.prober.drops),
-            stun_errors=c.timeouts + c.error_responses if c is not None else 0, counters=counters)
+        return views.stats(self)
 
     def _count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n

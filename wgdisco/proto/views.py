@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from wgdisco.proto.events import PathStatus
+from wgdisco.proto.events import NodeStats, PathStatus
 from wgdisco.proto.paths import HARD_MAPPINGS, host_kind
 
-__all__ = ["REASON_TEXT", "explain", "path_status", "path_basis"]
+__all__ = ["REASON_TEXT", "explain", "path_status", "path_basis", "stats"]
 
 Key = bytes
 
@@ -72,3 +72,24 @@ def path_basis(node: Any, public: Key) -> str | None:
     if info.source == "config":
         return "config"
     return "peer-reflexive" if info.source == "probe" else "roaming"
+
+
+def stats(node: Any) -> NodeStats:
+    """The node's counters for metrics and the shutdown log: its own and its cores'."""
+    nat = node.nat
+    c = nat.stun.counters if nat is not None else None
+    selector = node.paths.selector
+    counters = dict(node.counters)
+    cores = [node.paths.counters, node.birthdays.counters]
+    if node.membership is not None:
+        cores.append(node.membership.counters)
+    for core in cores:
+        for k, v in core.items():
+            counters[k] = counters.get(k, 0) + v
+    counters.update({k: v for k, v in (
+        ("candidates-dropped", selector.candidates_dropped),
+        ("probes-over-budget", selector.probes_over_budget),
+        ("birthday-probes", node.birthday.probes_sent)) if v})
+    return NodeStats(
+        probes_sent=selector.probes_sent, probe_replies=node.prober.replies, probe_drops=dict(node.prober.drops),
+        stun_errors=c.timeouts + c.error_responses if c is not None else 0, counters=counters)
