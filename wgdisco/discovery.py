@@ -52,7 +52,9 @@ class Discovery:
         self.mdns_announce = False  # announce our unchanged record again (the node's AnnounceWanted)
         self.mdns_waiting = ""  # why mDNS is not bound (logged once per reason)
         self.republish = asyncio.Event()  # our record changed: publish it again now
-        self.lookup_kick = asyncio.Event()  # our record changed: the node may want lookups now
+        self.lookup_kick = asyncio.Event()  # the node wants lookups or a browse (LookupWanted, BrowseWanted)
+        self.pending: list[bytes] = []  # keys to look up, in the order the node asked
+        self.browse_pending = False
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -184,8 +186,18 @@ class Discovery:
             self.mdns_dirty.set()
             self._count("mdns-announced-again")
 
-    def lookup_now(self) -> None:
-        """The node wants a peer looked up (LookupWanted): wake the poll loop (asyncio loop)."""
+    def lookup(self, peers: tuple[bytes, ...]) -> None:
+        """The node's LookupWanted (asyncio loop): look these keys up (the poll loop)."""
+        if self.client is None:
+            return
+        self.pending.extend(p for p in peers if p not in self.pending)
+        self.lookup_kick.set()
+
+    def browse(self) -> None:
+        """The node's BrowseWanted (asyncio loop): browse the mesh's PTR set (the poll loop)."""
+        if self.client is None:
+            return
+        self.browse_pending = True
         self.lookup_kick.set()
 
     def host_addresses_changed(self, lan: list[tuple[str, Any]]) -> None:
@@ -233,27 +245,24 @@ class Discovery:
     # --- unicast DNS-SD -----------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        """Look up the peers the node asks for (proto/node.py: at once, then 0.5, 1, 2 … s while a
-        peer has no path, every PollInterval once it has one, at once after our record changed)."""
+        """Look up the keys the node asks for (LookupWanted: proto/lookups.py schedules them: at
+        once, then 0.5, 1, 2 … s while a peer has no path, every PollInterval once it has one, at
+        once after our record changed) and browse when it asks (BrowseWanted)."""
         assert self.client is not None
         retry = dnssd.Retry("DNS-SD lookups", logger=log, maximum=MAX_BACKOFF)
+        self.feed(lambda node, now: node.lookup_all(now))  # what the node asked before we ran
         while True:
+            await self.lookup_kick.wait()
             self.lookup_kick.clear()
             failed = False
-            for public in self.feed(lambda node, now: node.lookups_due(now)) or ():
-                if await self._look_up(retry, public):
-                    failed = True  # Retry logged the outage once; back off, then a new round
-                    break
-            if not failed and self.feed(lambda node, now: node.browse_due(now)):
+            while self.pending and not failed:
+                failed = await self._look_up(retry, self.pending.pop(0))
+            if not failed and self.browse_pending:
+                self.browse_pending = False
                 failed = await self._mesh_browse(retry)
-            if failed:
+            if failed:  # Retry logged the outage once; the node's schedule asks again
+                self.pending.clear()
                 await asyncio.sleep(retry.delay(retry.failures - 1))  # exponential backoff, with jitter
-                continue
-            wait = self.feed(lambda node, now: node.next_lookup(now) - now)
-            try:  # until the next lookup is due, or our record changed
-                await asyncio.wait_for(self.lookup_kick.wait(), max(wait or 0.0, 0.0))
-            except asyncio.TimeoutError:
-                pass
 
     async def _look_up(self, retry: dnssd.Retry, public: bytes) -> bool:
         """Look up one key's instance and hand its record to the node; True when the
@@ -276,9 +285,9 @@ class Discovery:
         return False
 
     async def _mesh_browse(self, retry: dnssd.Retry) -> bool:
-        """The mesh over unicast DNS-SD: browse the PTR set, look up the keys the node wants
-        (new ones), hand their records over (the node admits those with a valid mesh MAC).
-        True when the nameserver failed."""
+        """The mesh over unicast DNS-SD: browse the PTR set and hand the keys to the node, which
+        asks for the new ones (LookupWanted); it admits those with a valid mesh MAC. True when
+        the nameserver failed."""
         assert self.client is not None
         try:
             labels = await retry.run(self.client.browse, attempts=1)
@@ -291,9 +300,7 @@ class Discovery:
                 found.append(records.key_of_label(label))
             except DecodeError:
                 self._count("records-malformed")
-        for public in self.feed(lambda node, now: node.mesh_lookups(found, now)) or ():
-            if await self._look_up(retry, public):
-                return True
+        self.feed(lambda node, now: node.browse_found(found, now))  # its LookupWanted comes back
         return False
 
     def _dns_srv(self) -> tuple[int, list[Any]]:

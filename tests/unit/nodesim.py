@@ -137,10 +137,12 @@ class SimNode:
                          host_of=lambda a: a[0], format_addr=lambda a: f"{a[0]}:{a[1]}", port=addr[1],
                          traversal=traversal, stun_servers=list(stun), mesh=mesh, mesh_name=mesh_name,
                          via=lambda a, sid: (a[0], a[1], sid), via_socket=lambda a: a[2] if len(a) == 3 else None,
+                         unicast=True,
                          allowed=[ipaddress.ip_interface(f"{tunnel_ip}/32")] if tunnel_ip else [])
         self.lan_prefix = lan_prefix or f"{addr[0]}/24"
         self.received: list[bytes] = []
         self.events: list[Any] = []
+        self.timed_events: list[tuple[float, Any]] = []  # (when, event)
         self.record: records.ServiceRecord | None = None
         self.sockets: dict[int, int] = {}  # extra socket id -> its local port
         self.sockets_opened = 0
@@ -214,6 +216,7 @@ class SimNode:
         event = self.node.next_event()
         while event is not None:
             self.events.append(event)
+            self.timed_events.append((self.net.now, event))
             if isinstance(event, SocketsWanted):
                 for sid in event.ids:
                     self.sockets[sid] = 20000 + sid  # an ephemeral port

@@ -321,14 +321,20 @@ def test_a_peer_without_probes_gets_handshake_tries() -> None:
 
 
 def lookup_times(n: SimNode, peer: bytes, seconds: float, step: float = 0.05) -> list[float]:
-    """When ``n`` wants ``peer`` looked up, stepping the whole network ``step`` at a time."""
+    """When ``n`` wants ``peer`` looked up (LookupWanted), stepping the whole network ``step`` at a time."""
     net = n.net
     times, start = [], net.now
     while net.now < start + seconds:
-        if peer in n.node.lookups_due(net.now):
-            times.append(round(net.now - start, 2))
+        seen = len(n.events)
         net.run(step)
+        if any(isinstance(e, LookupWanted) and peer in e.peers for e in n.events[seen:]):
+            times.append(round(net.now - start, 2))
     return times
+
+
+def wanted(n: SimNode, peer: bytes, seconds: float = 0.05) -> bool:
+    """Does ``n`` ask for ``peer``'s lookup within ``seconds``?"""
+    return bool(lookup_times(n, peer, seconds, step=0.01))
 
 
 def test_a_peer_without_a_path_is_looked_up_on_a_growing_schedule() -> None:
@@ -337,7 +343,7 @@ def test_a_peer_without_a_path_is_looked_up_on_a_growing_schedule() -> None:
     a.add(b)
     times = lookup_times(a, b.public, 40)
     gaps = [y - x for x, y in zip(times, times[1:])]
-    assert times[0] == 0.0  # at once
+    assert times[0] <= 0.05  # at once
     assert gaps[:6] == pytest.approx([0.5, 1, 2, 4, 8, 10], abs=0.06)  # then PollInterval (10 s)
 
 
@@ -346,9 +352,9 @@ def test_our_record_changing_brings_the_lookup_forward() -> None:
     net.directory = False
     a.add(b)
     lookup_times(a, b.public, 20)  # backoff grown to PollInterval
-    assert a.node.next_lookup(net.now) > net.now + 1
+    assert a.node.lookups.next_deadline() > net.now + 1
     a.node.set_port(51821, net.now)  # our record changed
-    assert b.public in a.node.lookups_due(net.now)
+    assert a.node.lookups.next_deadline() == net.now and wanted(a, b.public)
 
 
 def test_a_peer_with_a_path_is_looked_up_every_poll_interval() -> None:
@@ -367,7 +373,10 @@ def test_a_peer_that_loses_its_path_is_looked_up_at_once() -> None:
     lookup_times(a, b.public, 12, step=0.1)  # on the regular schedule now
     net.nodes.remove(b)  # B is gone: nothing answers A any more
     lost = net.run_until(lambda: not a.node.has_path(b.public, net.now), limit=30)
-    assert a.node.next_lookup(net.now) == net.now and b.public in a.node.lookups_due(net.now)
+    lost_at = net.now
+    wanted(a, b.public)  # at this instant, if not already in the step that lost it
+    asked = [t for t, e in a.timed_events if isinstance(e, LookupWanted) and b.public in e.peers]
+    assert asked and lost_at - 0.01 <= asked[-1] <= lost_at + 0.05, (lost_at, asked[-3:])
     assert lost < 20
 
 
@@ -378,9 +387,10 @@ def test_silence_on_a_live_path_brings_a_lookup_forward() -> None:
     lookup_times(a, b.public, 12, step=0.1)  # a's lookups of b are on the regular schedule
     net.nats[1].renumber("198.51.100.99")  # b's router: new WAN address
     a.ping(b)
-    lookup_at = net.run_until(lambda: any(isinstance(e, LookupWanted) for e in a.events), limit=8)
+    seen = len(a.events)
+    lookup_at = net.run_until(lambda: any(isinstance(e, LookupWanted) and b.public in e.peers
+                                          for e in a.events[seen:]), limit=8)
     assert lookup_at < 4  # SUSPECT_AFTER (2 s) after the first unanswered packet, polled every 0.5 s
-    assert b.public in a.node.lookups_due(net.now)
     times = lookup_times(a, b.public, 8)
     gaps = [y - x for x, y in zip([0.0, *times], times)]
     assert gaps[:3] == pytest.approx([0.5, 1, 2], abs=0.06)  # the growing schedule again
@@ -832,27 +842,38 @@ def test_mesh_browse_schedule_and_which_keys_to_look_up() -> None:
     from wgdisco.proto.node import STRANGER_TTL
     MESH_BROWSE_LOOKUPS = LookupTiming.browse_lookups
 
+    from wgdisco.proto.node import BrowseWanted
+
+    def browses(n: SimNode) -> list[float]:
+        return [t for t, e in n.timed_events if isinstance(e, BrowseWanted)]
+
+    def asked(n: SimNode) -> list[bytes]:
+        return [k for e in n.node.pop_events() if isinstance(e, LookupWanted) for k in e.peers]
+
     net, (a, b) = mesh_lan(2)
-    net.run(1)
+    start = net.now
+    net.run(40)
+    due = [round(t - start, 1) for t in browses(a)]
+    assert due[0] == 0.0  # at once, then on a growing schedule up to PollInterval
+    gaps = [round(y - x, 1) for x, y in zip(due, due[1:])]
+    assert gaps[:4] == [0.5, 1, 2, 4] and all(g <= 10.01 for g in gaps)
     now = net.now
-    assert a.node.browse_due(now) and not a.node.browse_due(now)  # at once, then on a schedule
-    due = []
-    for _ in range(200):
-        now += 0.1
-        if a.node.browse_due(now):
-            due.append(round(now - net.now, 1))
-    assert due[:4] == [0.5, 1.5, 3.5, 7.5] and all(y - x <= 10.01 for x, y in zip(due, due[1:]))
     strangers = [bytes([i]) * 32 for i in range(1, 60)]
     found = [a.public, b.public, *strangers]
-    wanted = a.node.mesh_lookups(found, now)
-    assert wanted == strangers[:MESH_BROWSE_LOOKUPS]  # not us, not a peer, at most 32 a round
+    a.node.browse_found(found, now)
+    assert asked(a) == strangers[:MESH_BROWSE_LOOKUPS]  # not us, not a peer, at most 32 a round
     # a key whose record is not one of our mesh's is not looked up again for a while
     a.node.receive_sighting(records.Sighting(strangers[0], [], txt={"probe": b"1"}), "dns", now)
-    assert strangers[0] not in a.node.mesh_lookups(found, now)
-    assert strangers[0] in a.node.mesh_lookups(found, now + STRANGER_TTL + 1)
+    a.node.browse_found(found, now)
+    assert strangers[0] not in asked(a)
+    a.node.browse_found(found, now + STRANGER_TTL + 1)
+    assert strangers[0] in asked(a)
     # without a mesh there is nothing to browse
-    plain = Net().node("p", ("10.1.0.9", 51820), "100.64.0.9")
-    assert not plain.node.browse_due(now)
+    plain_net = Net()
+    plain = plain_net.node("p", ("10.1.0.9", 51820), "100.64.0.9")
+    plain.start()
+    plain_net.run(20)
+    assert not browses(plain)
 
 
 def test_mesh_goodbye_of_a_member_still_there_removes_nothing() -> None:

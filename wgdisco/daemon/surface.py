@@ -18,7 +18,7 @@ from wgdisco.io import udp
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Peer
 from wgdisco.proto.events import (
-    AnnounceWanted, BirthdayChanged, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, HandshakeTried,
+    AnnounceWanted, BirthdayChanged, BrowseWanted, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, HandshakeTried,
     LookupWanted, MeshAddressChanged, MeshNamesChanged, NatClassified, NatSuspected, PathReasonChanged, PeerAdmitted,
     PeerRemoved, PortMappingChanged, RecordChanged, ReflexiveChanged, SocketsClosed, SocketsWanted, StunChanged,
     StunFailed,
@@ -324,7 +324,8 @@ class Surface:
                 SocketsClosed: lambda e: self.tunnel.close_extra(e.ids),
                 AnnounceWanted: lambda e: self._on_loop("discovery", "announce_again"),
                 MeshNamesChanged: lambda e: self._on_loop("hosts", "update", e),
-                LookupWanted: lambda e: self._on_loop("discovery", "lookup_now"),
+                LookupWanted: lambda e: self._on_loop("discovery", "lookup", e.peers),
+                BrowseWanted: lambda e: self._on_loop("discovery", "browse"),
             }
         return self._handlers
 

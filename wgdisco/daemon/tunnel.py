@@ -155,6 +155,7 @@ class Tunnel:
                 allowed=iface.addresses, poll_interval=cfg.discovery["PollInterval"], mesh=mesh,
                 via=udp.via, via_socket=udp.via_socket,
                 mesh_name=self._mesh_name() if mesh is not None else None,
+                unicast=cfg.discovery["Domain"] is not None,
             )
             own = self.node.own_mesh_interfaces()
             addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]

@@ -16,7 +16,7 @@ __all__ = [
     "Event", "EVENT_TYPES", "PathStatus", "NodeStats", "BASES",
     "HandshakeCompleted", "EndpointChanged", "GaveUp",
     "PathReasonChanged", "RecordChanged", "ReflexiveChanged", "StunFailed", "StunChanged",
-    "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted",
+    "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted", "BrowseWanted",
     "PeerAdmitted", "PeerRemoved", "MeshAddressChanged", "PortMappingChanged",
     "BirthdayChanged", "NatClassified", "SocketsWanted", "SocketsClosed",
     "MeshNamesChanged", "AnnounceWanted",
@@ -72,9 +72,14 @@ class HandshakeTried:
 
 @dataclass(frozen=True)
 class LookupWanted:
-    """``peer`` should be looked up now (unicast DNS-SD): ask ``lookups_due``."""
+    """Look ``peers`` up now (unicast DNS-SD; proto/lookups.py decides when)."""
 
-    peer: Key
+    peers: tuple[Key, ...]
+
+
+@dataclass(frozen=True)
+class BrowseWanted:
+    """Browse the mesh's PTR set now (unicast DNS-SD); hand the keys found to ``Node.browse_found``."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +165,7 @@ class AnnounceWanted:
 
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
          | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
-         | LookupWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | PortMappingChanged
+         | LookupWanted | BrowseWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | PortMappingChanged
          | BirthdayChanged | NatClassified | SocketsWanted | SocketsClosed | MeshNamesChanged | AnnounceWanted)
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # every member of the union, for the dispatch table
 

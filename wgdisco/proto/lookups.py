@@ -3,18 +3,26 @@ the PTR set and which of the keys found there to look up. Pure; ``now`` and ``rn
 
 A peer with a path is looked up every PollInterval (±10 %, no lockstep); one without is looked up
 at once, then after 0.5, 1, 2, 4 … s up to PollInterval, and at once again after our own record
-changed (the peer that looked first found nothing; now both have published) or when data to it
-went unanswered. The mesh's PTR set is browsed on the same growing schedule. Keys whose record was
-not a valid one of our mesh are not looked up again for ``stranger_ttl`` (at most
-``rejected_kept`` remembered: strangers create these).
+changed (the peer that looked first found nothing; now both have published), when data to it went
+unanswered, or when a peer on the regular schedule lost its path. The mesh's PTR set is browsed
+on the same growing schedule. Keys whose record was not a valid one of our mesh are not looked up
+again for ``stranger_ttl`` (at most ``rejected_kept`` remembered: strangers create these).
+
+The core's shape: ``next_deadline()`` (pure, O(1): the top of a heap of lookup times and of the
+moments a regular peer's session stops being live), ``handle_timer(now, paths)`` with ``paths``
+a mapping of peer -> (has a path, when its session stops being live) that is read only for the
+keys that are due, and events out through ``pop_events()``: ``LookupWanted(peers)`` and
+``BrowseWanted``.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Callable, Container, Iterable, Mapping
 
+from wgdisco.proto.events import BrowseWanted, LookupWanted
 from wgdisco.proto.membership import put_newest
 
 __all__ = ["LookupSchedule", "Timing"]
@@ -32,50 +40,47 @@ class Timing:
 
 
 class LookupSchedule:
-    """Per-peer lookup times and the mesh's browse schedule."""
+    """Per-peer lookup times and the mesh's browse schedule (sans-I/O)."""
 
-    def __init__(self, *, rng: Callable[[int], bytes], timing: Timing = Timing(), mesh: bool = False) -> None:
+    def __init__(self, *, rng: Callable[[int], bytes], timing: Timing = Timing(), mesh: bool = False,
+                 enabled: bool = True) -> None:
         self.timing = timing
-        self.mesh = mesh
+        self.enabled = enabled  # unicast DNS-SD configured (a Domain): without it, nothing is scheduled
+        self.mesh = mesh and enabled
         self._rng = rng
-        self._at: dict[Key, float] = {}  # peer -> when to look it up next (absent: now)
+        self._at: dict[Key, float] = {}  # peer -> when to look it up next
+        self._check: dict[Key, float] = {}  # regular peer -> when its session stops being live
+        self._heap: list[tuple[float, Key]] = []  # (time, peer): an entry of _at or _check, or stale
         self._step: dict[Key, float] = {}  # peer without a path -> its current backoff
         self._regular: set[Key] = set()  # peers looked up every PollInterval (they had a path)
         self._browse_at = 0.0
         self._browse_step = timing.first
         self.rejected: OrderedDict[Key, float] = OrderedDict()  # key -> when its DNS record failed
         self.deferred = 0  # browse lookups left for a later round (over browse_lookups)
+        self._events: deque[LookupWanted | BrowseWanted] = deque()
 
-    def due(self, now: float, paths: Mapping[Key, bool]) -> list[Key]:
-        """Of ``paths`` (every peer -> whether it has a path), those to look up now; each is then
-        scheduled again."""
-        due = []
-        poll = self.timing.poll_interval
-        for public, path in paths.items():
-            if public in self._regular and not path:  # it lost its path: look at once
-                self._regular.discard(public)
-                self._at[public] = now
-            if self._at.get(public, now) > now:
-                continue
-            due.append(public)
-            if path:
-                self._step.pop(public, None)
-                self._regular.add(public)
-                jitter = 0.9 + 0.2 * int.from_bytes(self._rng(2), "big") / 65535  # no lockstep
-                self._at[public] = now + poll * jitter
-            else:
-                step = min(self._step.get(public, self.timing.first), poll)
-                self._step[public] = step * 2
-                self._at[public] = now + step
-        return due
+    # --- peers ------------------------------------------------------------------------
+
+    def add_peer(self, public: Key, now: float) -> None:
+        if self.enabled:
+            self._schedule(public, now)
+
+    def forget(self, public: Key) -> None:
+        for table in (self._at, self._check, self._step):
+            table.pop(public, None)
+        self._regular.discard(public)
+        self._settle()
 
     def look_now(self, public: Key, now: float, *, lost: bool = False) -> None:
         """Look ``public`` up at once (then on the growing schedule); ``lost``: its path is in
         doubt (data went unanswered), so it leaves the regular schedule too."""
+        if not self.enabled or public not in self._at:
+            return
         if lost:
             self._regular.discard(public)
-        self._at[public] = now
+            self._check.pop(public, None)
         self._step.pop(public, None)
+        self._schedule(public, now)
 
     def record_changed(self, without_path: Iterable[Key], now: float) -> None:
         """Our record changed: peers without a path, and the mesh's PTR set, are looked at again."""
@@ -86,35 +91,93 @@ class LookupSchedule:
     def is_regular(self, public: Key) -> bool:
         return public in self._regular
 
-    def scheduled(self, public: Key, now: float) -> float:
-        return self._at.get(public, now)
+    # --- time -------------------------------------------------------------------------
 
-    def forget(self, public: Key) -> None:
-        self._at.pop(public, None)
-        self._step.pop(public, None)
-        self._regular.discard(public)
+    def next_deadline(self) -> float | None:
+        times = [self._heap[0][0]] if self._heap else []
+        if self.mesh:
+            times.append(self._browse_at)
+        return min(times) if times else None
+
+    def handle_timer(self, now: float, paths: Mapping[Key, tuple[bool, float | None]]) -> None:
+        """Lookups (and a browse) that are due: ``paths[key]`` is (whether ``key`` has a path we
+        trust, the moment its session stops being live or None); read for due keys only."""
+        due: list[Key] = []
+        heap, poll = self._heap, self.timing.poll_interval
+        while heap and heap[0][0] <= now:
+            when, public = heapq.heappop(heap)
+            if self._at.get(public) == when:
+                self._at.pop(public)
+            elif self._check.get(public) == when:
+                self._check.pop(public)
+            else:
+                continue  # stale
+            if public in due:
+                continue
+            path, quiet = paths[public]
+            if public in self._regular and not path:  # it lost its path: look at once
+                self._regular.discard(public)
+                self._check.pop(public, None)
+                self._at.pop(public, None)
+            if public in self._at:
+                self._watch(public, path, quiet, now)  # a quiet check: still fine
+                continue
+            due.append(public)
+            if path:
+                self._step.pop(public, None)
+                self._regular.add(public)
+                jitter = 0.9 + 0.2 * int.from_bytes(self._rng(2), "big") / 65535  # no lockstep
+                self._schedule(public, now + poll * jitter)
+                self._watch(public, path, quiet, now)
+            else:
+                step = min(self._step.get(public, self.timing.first), poll)
+                self._step[public] = step * 2
+                self._schedule(public, now + step)
+        self._settle()
+        if due:
+            self._events.append(LookupWanted(tuple(due)))
+        if self.mesh and now >= self._browse_at:
+            self._browse_at = now + min(self._browse_step, poll)
+            self._browse_step = min(self._browse_step * 2, poll)
+            self._events.append(BrowseWanted())
+
+    def _schedule(self, public: Key, when: float) -> None:
+        self._at[public] = when
+        heapq.heappush(self._heap, (when, public))
+        self._settle()
+
+    def _watch(self, public: Key, path: bool, quiet: float | None, now: float) -> None:
+        """A regular peer's session stops being live at ``quiet``: check its path then (a moment
+        later when it is at that boundary now)."""
+        if path and quiet is not None and quiet <= now:
+            quiet = now + 0.01
+        if path and quiet is not None and quiet < self._at.get(public, quiet + 1):
+            self._check[public] = quiet
+            heapq.heappush(self._heap, (quiet, public))
+
+    def _settle(self) -> None:
+        """Drop stale entries from the heap's top, so that next_deadline is exact."""
+        heap = self._heap
+        while heap:
+            when, public = heap[0]
+            if self._at.get(public) == when or self._check.get(public) == when:
+                return
+            heapq.heappop(heap)
+
+    def pop_events(self) -> list[LookupWanted | BrowseWanted]:
+        out = list(self._events)
+        self._events.clear()
+        return out
 
     # --- the mesh's PTR set ---------------------------------------------------------------
-
-    def browse_due(self, now: float) -> bool:
-        """Browse the PTR set now? (Then scheduled again.)"""
-        if not self.mesh or now < self._browse_at:
-            return False
-        poll = self.timing.poll_interval
-        self._browse_at = now + min(self._browse_step, poll)
-        self._browse_step = min(self._browse_step * 2, poll)
-        return True
-
-    def next_browse(self, now: float) -> float | None:
-        return max(self._browse_at, now) if self.mesh else None
 
     def reject(self, public: Key, now: float) -> None:
         """``public``'s record was not a valid one of our mesh: not looked up for a while."""
         put_newest(self.rejected, public, now, self.timing.rejected_kept)
 
-    def browse_lookups(self, found: Iterable[Key], known: Container[Key], now: float) -> list[Key]:
-        """Of the keys a browse found, those to look up: not ``known`` (us, peers), not one whose
-        record recently was not valid; at most ``browse_lookups``."""
+    def browse_found(self, found: Iterable[Key], known: Container[Key], now: float) -> None:
+        """A browse found ``found``: look up those not ``known`` (us, peers), not one whose record
+        recently was not valid; at most ``browse_lookups`` (LookupWanted)."""
         rejected = self.rejected
         while rejected and next(iter(rejected.values())) + self.timing.stranger_ttl <= now:
             rejected.popitem(last=False)
@@ -126,4 +189,5 @@ class LookupSchedule:
                 self.deferred += 1
                 break
             out.append(public)
-        return out
+        if out:
+            self._events.append(LookupWanted(tuple(out)))

@@ -43,7 +43,7 @@ from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, HandshakeCompleted, Peer
 from wgdisco.proto.events import *  # noqa: F403 - the node's events are part of its interface
 from wgdisco.proto.events import (
-    Event, LookupWanted, MeshAddressChanged, NatSuspected, NodeStats, PathStatus, PortMappingChanged,
+    Event, MeshAddressChanged, NatSuspected, NodeStats, PathStatus, PortMappingChanged,
     RecordChanged, ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
@@ -51,12 +51,11 @@ from wgdisco.proto.lookups import Timing as LookupTiming
 from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership, put_newest
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.ownrecord import NAT_MAPPING, NAT_TXT, srv_target
-from wgdisco.proto.pathdriver import PathDriver
+from wgdisco.proto.pathdriver import PathDriver, Suspected
 from wgdisco.proto.paths import PathInfo
 from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.reflexive import RESTUN_MIN_INTERVAL, NatObserver
 from wgdisco.proto.stun import REFRESH
-from wgdisco.proto.timers import LIVE_TIME
 from wgdisco.proto.views import REASON_TEXT
 
 __all__ = ["Node", "NodeStats", "PathStatus", "Event", "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
@@ -100,6 +99,7 @@ class Node:
         via_socket: Callable[[Addr], int | None] = lambda addr: None,
         birthday_timing: BirthdayTiming = BirthdayTiming(),
         mesh_name: str | None = None,
+        unicast: bool = False,
     ) -> None:
         self.device = device
         self.mesh = mesh  # zero-config mesh (proto/mesh.py): records with its MAC admit their keys
@@ -117,7 +117,10 @@ class Node:
                                         host_of=host_of, format_addr=format_addr, via=via, via_socket=via_socket)
         self.membership = MeshMembership(mesh, device.identity.public, wall=wall, name=mesh_name) \
             if mesh is not None else None
-        self.lookups = LookupSchedule(rng=rng, timing=LookupTiming(poll_interval=poll_interval), mesh=mesh is not None)
+        self.lookups = LookupSchedule(rng=rng, timing=LookupTiming(poll_interval=poll_interval), mesh=mesh is not None,
+                                      enabled=unicast)
+        for public in device.peers:
+            self.lookups.add_peer(public, 0.0)
         self.socket_of = via_socket  # the extra (birthday) socket an address is reached from, None: the listen socket
         self._outbox: list[tuple[bytes, Addr]] = []
         self._events: deque[Event] = deque()
@@ -179,6 +182,7 @@ class Node:
         if its record was seen while it was a stranger."""
         peer = self.device.add_peer(public, preshared_key)
         self.paths.add_peer(public)
+        self.lookups.add_peer(public, now)
         seen = self._strangers.pop(public, None)
         if seen is not None and now - seen[0] < STRANGER_TTL:
             self.receive_sighting(seen[1], seen[2], now)
@@ -430,42 +434,18 @@ class Node:
             return False
         return self.device.is_live(peer, now) or (self.traversal and self.paths.selector.best(public, now) is not None)
 
-    def lookups_due(self, now: float) -> list[Key]:
-        """The peers to look up now (unicast DNS-SD), each then scheduled again."""
-        suspected = self.paths.suspected
-        return self.lookups.due(now, {p: self.has_path(p, now) and p not in suspected for p in self.device.peers})
+    def lookup_all(self, now: float) -> None:
+        """Unicast DNS-SD just started: every peer, and the mesh's PTR set, at once."""
+        self.lookups.record_changed(list(self.device.peers), now)
 
-    def browse_due(self, now: float) -> bool:
-        """Unicast DNS-SD in a mesh: browse the PTR set now? (Then scheduled again.)"""
-        return self.lookups.browse_due(now)
-
-    def mesh_lookups(self, found: Iterable[Key], now: float) -> list[Key]:
-        """Of the keys a browse found, those to look up (proto/lookups.py)."""
+    def browse_found(self, found: Iterable[Key], now: float) -> None:
+        """A browse of the mesh's PTR set (BrowseWanted) found ``found``: those to look up come
+        back as LookupWanted (proto/lookups.py)."""
         before = self.lookups.deferred
-        out = self.lookups.browse_lookups(found, {self.public_key, *self.device.peers}, now)
+        self.lookups.browse_found(found, {self.public_key, *self.device.peers}, now)
         if self.lookups.deferred > before:
             self._count("mesh-browse-lookups-deferred")
-        return out
-
-    def next_lookup(self, now: float) -> float:
-        """When ``lookups_due`` next has a peer: ``now`` for one never looked up, or one that was
-        on the regular schedule and has lost its path; else the earliest scheduled time, or the
-        moment a regular peer's session stops being live."""
-        lookups = self.lookups
-        best = now + lookups.timing.poll_interval
-        browse = lookups.next_browse(now)
-        if browse is not None:
-            best = min(best, browse)
-        for public, peer in self.device.peers.items():
-            at = lookups.scheduled(public, now)
-            if lookups.is_regular(public):
-                if not self.has_path(public, now):
-                    return now
-                quiet = None if peer.last_authenticated is None else peer.last_authenticated + LIVE_TIME
-                if quiet is not None and quiet > now:  # when the session stops being live
-                    at = min(at, quiet)
-            best = min(best, at)
-        return best
+        self._collect(now)
 
     # --- datagrams ------------------------------------------------------------------
 
@@ -517,6 +497,7 @@ class Node:
             times.append(self.membership.next_deadline())
         if self.nat is not None:
             times.append(self.nat.next_deadline())
+        times.append(self.lookups.next_deadline())
         if self.traversal:
             times += [self.paths.next_deadline(now), self.birthdays.next_deadline(now)]
         else:
@@ -563,6 +544,9 @@ class Node:
             self._collect(now)
             self.birthdays.step(now, self.paths.prober, self.behaviour, self.paths.suspected)
         self._collect(now)
+        if (due := self.lookups.next_deadline()) is not None and due <= now:
+            self.lookups.handle_timer(now, views.PathView(self, now))
+            self._collect(now)
 
     def _collect(self, now: float) -> None:
         """The cores' datagrams and events into ours; those addressed to the node acted on here."""
@@ -572,20 +556,21 @@ class Node:
         if self.nat is not None:
             self._outbox += self.nat.datagrams_to_send()
             events += self.nat.pop_events()
+        events += self.lookups.pop_events()
         if self.membership is not None:
             events += self.membership.pop_events()
         for event in events:
             if isinstance(event, MemberExpired):
                 self._mesh_remove(event.peer, "expired", now)
+            elif isinstance(event, Suspected):
+                self.lookups.look_now(event.peer, now, lost=True)
             elif isinstance(event, GoodbyeDue):
                 if self._heard_since(event.peer, event.since):
                     self._count("mesh-goodbyes-refuted")  # it is still there: a rebind, or a forgery
                 else:
                     self._mesh_remove(event.peer, "goodbye", now)
             else:
-                if isinstance(event, LookupWanted):
-                    self.lookups.look_now(event.peer, now, lost=True)
-                elif isinstance(event, NatSuspected) and self.nat is not None:
+                if isinstance(event, NatSuspected) and self.nat is not None:
                     self._events.append(event)
                     self.nat.restart(now)
                     self._collect(now)

@@ -12,7 +12,7 @@
 and decides endpoints: a verified path becomes the peer's endpoint (the lower key initiates at
 once, the higher one after DEFER_INITIATION), WireGuard's roaming rule (whitepaper §2.1) has the
 last word, and data that went unanswered for SUSPECT_AFTER makes the peer *suspected*: the
-selector may switch to a verified alternative, the peer is looked up again (``LookupWanted``)
+selector may switch to a verified alternative, the peer is looked up again (``Suspected``)
 and our NAT mapping is checked (``NatSuspected``, when the node allows a STUN round). Pure:
 ``now`` passed in; datagrams out through ``datagrams_to_send()``, events through ``pop_events()``.
 """
@@ -20,17 +20,18 @@ and our NAT mapping is checked (``NatSuspected``, when the node allows a STUN ro
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
 
 from wgdisco.proto.device import Device
-from wgdisco.proto.events import CandidateProbed, HandshakeTried, LookupWanted, NatSuspected, PathReasonChanged
+from wgdisco.proto.events import CandidateProbed, HandshakeTried, NatSuspected, PathReasonChanged
 from wgdisco.proto.hints import HintTrier
 from wgdisco.proto.paths import Candidate, PathSelector, host_kind
 from wgdisco.proto.paths import Timing
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
 from wgdisco.proto.timers import LIVE_TIME
 
-__all__ = ["PathDriver", "Timing", "SYNC_INTERVAL", "SUSPECT_AFTER", "DEFER_INITIATION"]
+__all__ = ["PathDriver", "Timing", "Suspected", "SYNC_INTERVAL", "SUSPECT_AFTER", "DEFER_INITIATION"]
 
 Addr = Hashable
 Key = bytes
@@ -39,6 +40,13 @@ SYNC_INTERVAL = 0.5  # how often unanswered traffic is checked for (see _suspect
 SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
 DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly verified path
 FRESH_PROBES, FRESH_WINDOW = 4, 10.0  # a live peer's new candidates probed at once: 4 per 10 s
+
+
+@dataclass(frozen=True)
+class Suspected:
+    """(For the node.) Data to ``peer`` went unanswered for SUSPECT_AFTER: look it up again."""
+
+    peer: Key
 
 
 class PathDriver:
@@ -244,7 +252,7 @@ class PathDriver:
             if self.suspected.get(public) != since:  # once per silence
                 self.suspected[public] = since
                 self.selector.on_unanswered(public, now)  # a verified alternative may take over now
-                self._events.append(LookupWanted(public))
+                self._events.append(Suspected(public))
             if restun:
                 restun = False
                 self._events.append(NatSuspected(public, now - since))

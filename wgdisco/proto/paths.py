@@ -567,6 +567,13 @@ class PathSelector:
     def _fresh(self, path: PathInfo, now: float) -> bool:
         return path.last_ok is not None and now - path.last_ok < self.timing.live_time
 
+    def current_until(self, peer: Key) -> float | None:
+        """When the current path dies unless something answers on it (None: no current path)."""
+        p = self._peers.get(peer)
+        if p is None or p.current is None:
+            return None
+        return self._anchor(p, p.paths[p.current]) + self.timing.live_time
+
     def _live(self, p: _Peer, now: float) -> bool:
         return p.current is not None and self._fresh(p.paths[p.current], now)
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 from wgdisco.proto.events import NodeStats, PathStatus
 from wgdisco.proto.paths import HARD_MAPPINGS, host_kind
+from wgdisco.proto.timers import LIVE_TIME
 
-__all__ = ["REASON_TEXT", "explain", "path_status", "path_basis", "stats"]
+__all__ = ["REASON_TEXT", "explain", "path_status", "path_basis", "stats", "PathView"]
 
 Key = bytes
 
@@ -93,3 +94,27 @@ def stats(node: Any) -> NodeStats:
     return NodeStats(
         probes_sent=selector.probes_sent, probe_replies=node.prober.replies, probe_drops=dict(node.prober.drops),
         stun_errors=c.timeouts + c.error_responses if c is not None else 0, counters=counters)
+
+
+class PathView(Mapping[bytes, tuple[bool, "float | None"]]):
+    """peer -> (has a path we trust: a live session or a verified path, and no unanswered data;
+    when its session stops being live), computed when read (proto/lookups.py reads due keys only)."""
+
+    def __init__(self, node: Any, now: float) -> None:
+        self.node, self.now = node, now
+
+    def __getitem__(self, public: bytes) -> tuple[bool, float | None]:
+        node, now = self.node, self.now
+        peer = node.device.peers.get(public)
+        if peer is None:
+            return False, None
+        path = node.has_path(public, now) and public not in node.paths.suspected
+        ends = [t for t in (None if peer.last_authenticated is None else peer.last_authenticated + LIVE_TIME,
+                            node.paths.selector.current_until(public) if node.traversal else None) if t is not None]
+        return path, max(ends) if ends else None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.node.device.peers)
+
+    def __len__(self) -> int:
+        return len(self.node.device.peers)
