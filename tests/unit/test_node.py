@@ -757,8 +757,8 @@ def test_mesh_names_resolve_and_a_contested_name_resolves_to_nobody() -> None:
         assert "db" not in hosts  # two members claim it: it is nobody's, on every member alike
         for y in (a, b, c, d):  # every member keeps its key name
             assert hosts[key_name(keymod.key_to_base32(y.public))] == {y.tunnel_ip, str(mesh.ipv6_of(y.public))}
-    assert a.node.mesh_name_of(c.public) == ("db", True)
-    assert a.node.mesh_names_of(b.public) == ["bob", key_name(keymod.key_to_base32(b.public))]
+    assert a.node.membership.name_of(c.public) == ("db", True)
+    assert a.node.membership.names_of(b.public) == ["bob", key_name(keymod.key_to_base32(b.public))]
     assert a.record is not None and a.record.txt_extra["name"] == "alice"
     # one of the two leaves: the name is the other's
     net.nodes.remove(d)
@@ -778,7 +778,7 @@ def test_mesh_name_is_covered_by_the_mac_and_checked() -> None:
     s = records.record_from_dns(rec.instance_label, rec.port, rec.target, [str(x) for x in rec.addresses], forged)
     a.node.receive_sighting(s, "mdns", net.now)
     assert a.node.stats().counters["mesh-records-invalid"] == 1
-    assert a.node.mesh_name_of(b.public) == ("bob", False)
+    assert a.node.membership.name_of(b.public) == ("bob", False)
     # a record whose MAC is good but whose name is not a host name: counted, no name
     mesh = a_mesh()
     for bad in ("-bad", "a" * 64, "Ex ample", "wg-abcdefabcdefabcd", "1234", "caf\u00e9", "a.b"):
@@ -789,7 +789,7 @@ def test_mesh_name_is_covered_by_the_mac_and_checked() -> None:
                 "mac": mesh.mac(b.public, ",".join(records.list_items(records.parse_txt(txt)[0], "cand")),
                                 99999999999990, bad).encode()}
         a.node.receive_sighting(records.Sighting(b.public, [], txt=txt2), "mdns", net.now)
-        assert a.node.mesh_name_of(b.public) == (None, False), bad
+        assert a.node.membership.name_of(b.public) == (None, False), bad
     assert a.node.stats().counters["mesh-names-invalid"] >= 5
     long_txt = {**records.parse_txt(txt)[0], "name": b"a" * 64, "mc": b"99999999999999", "mac": b"A" * 24}
     before = a.node.stats().counters["mesh-records-invalid"]

@@ -80,6 +80,7 @@ class Surface:
         device, node, sock = t.device, t.node, t.sock
         assert device is not None and node is not None and sock is not None
         now = time.monotonic()
+        m = node.membership
         peers = []
         for public, peer in device.peers.items():
             st = node.path_status(public, now)
@@ -106,8 +107,8 @@ class Surface:
                 "mesh": node.is_mesh_peer(public),
                 "mesh_addresses": [str(n.network_address) for n in node.mesh_addresses(public)]
                 if node.is_mesh_peer(public) else [],
-                "mesh_name": node.mesh_name_of(public)[0] if node.is_mesh_peer(public) else None,
-                "mesh_names": node.mesh_names_of(public),
+                "mesh_name": m.name_of(public)[0] if m is not None and m.is_member(public) else None,
+                "mesh_names": m.names_of(public) if m is not None else [],
             })
         return {
             "interface": t.name,
@@ -120,16 +121,16 @@ class Surface:
             },
             "port_mapping": None if t.portmapping is None else t.portmapping.status(),
             "peers": peers,
-            "mesh": None if node.mesh is None else {
+            "mesh": None if m is None else {
                 "id": node.mesh.id,
                 "ipv4": str(node.mesh.ipv4),
                 "ipv6": str(node.mesh.ipv6),
                 "addresses": [str(a.ip) for a in node.own_mesh_interfaces()],
                 "peers": sum(1 for p in device.peers if node.is_mesh_peer(p)),
                 "max_peers": node.mesh.max_peers,
-                "name": node.mesh_name,
-                "names": node.mesh_names_of(node.public_key),
-                "contested_names": list(node.mesh_hosts().contested),
+                "name": m.name,
+                "names": m.names_of(node.public_key),
+                "contested_names": list(m.hosts().contested),
                 "hosts_file": None if t.hosts is None else str(t.hosts.file.path),
             },
             "dropped": self.drop_counts(),

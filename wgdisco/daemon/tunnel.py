@@ -42,7 +42,9 @@ from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
+from wgdisco.proto.lookups import Timing as LookupTiming
 from wgdisco.proto.node import Node
+from wgdisco.proto.nodetiming import Timing as NodeTiming
 from wgdisco.proto.timers import Timing
 
 log = logging.getLogger("wgdisco")
@@ -152,7 +154,8 @@ class Tunnel:
                 host_of=lambda addr: udp.from_sockaddr(addr)[0], format_addr=fmt_addr,
                 port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery["STUN"]),
                 stun_servers=await self._stun_servers(), domain=cfg.discovery["Domain"] or "local",
-                allowed=iface.addresses, poll_interval=cfg.discovery["PollInterval"], mesh=mesh,
+                allowed=iface.addresses, mesh=mesh,
+                timing=NodeTiming(lookups=LookupTiming(poll_interval=cfg.discovery["PollInterval"])),
                 via=udp.via, via_socket=udp.via_socket,
                 mesh_name=self._mesh_name() if mesh is not None else None,
                 unicast=cfg.discovery["Domain"] is not None,
@@ -216,8 +219,8 @@ class Tunnel:
 
             self.hosts = HostsSync(self.name)
             with self.lock:
-                self.hosts.update(self.node.mesh_hosts())
-            log.info("mesh: our name %s; names resolve through %s", self.node.mesh_name or "(none)",
+                self.hosts.update(self.node.membership.hosts())
+            log.info("mesh: our name %s; names resolve through %s", self.node.membership.name or "(none)",
                      self.hosts.file.path)
             log.info("mesh %s: our addresses %s; prefixes %s and %s through %s", mesh.id,
                      ", ".join(str(a) for a in own), mesh.ipv4, mesh.ipv6, self.name)

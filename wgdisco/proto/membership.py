@@ -154,6 +154,27 @@ class MeshMembership:
         kept = [c for c in sighting.candidates if c in covered]
         return "valid", dataclasses.replace(sighting, candidates=kept), name
 
+    def screen(self, sighting: records.Sighting, source: str, now: float,
+               is_peer: bool) -> tuple[str, records.Sighting, str | None]:
+        """What a record means to the mesh: ("hint", …) act on it as a hint (a member's valid record,
+        a configured peer's, or a stranger's plain one); ("admit", …, name) a valid record of a
+        stranger; ("drop", …) ignore it (no proof, old, or a member's record without the MAC);
+        ("reject", …) ignore it and do not look the key up over DNS for a while."""
+        public = sighting.public_key
+        verdict, sighting, name = self.check(sighting)
+        member = public in self.members
+        if verdict == "valid":
+            if member:
+                self.seen(public, now)
+                self.set_name(public, name)
+            return ("hint" if member or is_peer else "admit"), sighting, name
+        if verdict in ("invalid", "replay"):  # claims our mesh without proof, or an old record
+            return ("reject" if source == "dns" and not member else "drop"), sighting, None
+        if member:
+            self._count("mesh-records-unauthenticated")  # a member's records need the MAC
+            return "drop", sighting, None
+        return "hint", sighting, None
+
     def take_budget(self, sighting: records.Sighting, source: str, now: float) -> bool:
         """True: work on this record now. False: it waits (its key's newest record) until the
         budget refills; ``drain`` hands it back then."""
@@ -187,9 +208,11 @@ class MeshMembership:
             return False
         return True
 
-    def admit(self, public: Key, now: float) -> None:
+    def admit(self, public: Key, now: float, name: str | None = None) -> None:
         """``public`` is a member now (the node made it a peer): it gets a place in the plan."""
         self.members[public] = [now, now]
+        if name is not None:
+            self.names[public] = name
         self._reassign()
         self._count("mesh-peers-admitted")
         self._events.append(PeerAdmitted(public, tuple(self.addresses(public))))

@@ -1,32 +1,23 @@
 """The node: one node's identity and peer set, and the hub of the small cores that find paths to
 its peers (docs/architecture.md, "The node hub").
 
-Theory of operation
--------------------
 The node wraps the WireGuard ``Device`` (proto/device.py) and joins cores of one shape (inputs
-with ``now``; ``next_deadline``; ``handle_timer(now)``; events drained by ``pop_events()``):
+with ``now``; ``next_deadline()``; ``handle_timer(now)``; events drained by ``pop_events()``):
+``PathDriver`` (probes, path choice, endpoints), ``BirthdayDriver`` (hard NATs),
+``MeshMembership`` (admission, IPv4 plan, names), ``LookupSchedule`` (unicast DNS-SD) and
+``NatObserver`` (STUN, NAT classification); ``ownrecord`` and ``views`` are pure functions.
 
-- ``PathDriver`` (proto/pathdriver.py): probes, the path selector, hint handshakes, endpoints.
-- ``BirthdayDriver`` (proto/birthdaydriver.py): birthday punching towards hard NATs.
-- ``MeshMembership`` (proto/membership.py): admission by mesh record, the IPv4 plan, names.
-- ``LookupSchedule`` (proto/lookups.py): when to look peers up over unicast DNS-SD.
-- ``StunClient`` and ``NatClassifier`` (proto/stun.py, proto/natclass.py): our reflexive
-  address and our NAT's behaviour, from the tunnel's own socket.
-- ``ownrecord`` and ``views``: our record and the status views, as pure functions.
+Every change to the peer set or the identity goes through the node's setters, whoever asks
+(config, SIGHUP reload, ``wg set``, the mesh), so the cores never disagree about who is a peer.
+Records are hints (ARCHITECTURE.md, "Trust model"): a stranger's record is counted and kept a
+while; a candidate is used only once a probe answer or a handshake proves it.
 
-Every change to the peer set or the identity goes through ``add_peer``/``remove_peer``/
-``set_allowed_ips``/``set_identity``/``set_port``, whoever asks (config, SIGHUP reload, ``wg set``,
-the mesh), so the cores never disagree about who is a peer. Records are hints (ARCHITECTURE.md,
-"Trust model"): a sighting of a stranger's key is counted and kept a while; a candidate is used
-only once a probe answer or a handshake proves it; a live path is never moved by a record.
-
-In: ``start``, ``network_changed``, ``receive_sighting``, ``receive_goodbye``, ``set_mapping``,
-``receive_datagram`` (every datagram of the tunnel socket: classified here, ARCHITECTURE.md "The
-sockets"), ``handle_timer``. Out: ``datagrams_to_send()`` (the device's queue too),
-``next_deadline(now)``, ``next_event()`` (the typed events of proto/events.py). ``now`` is
-monotonic seconds; addresses are opaque: ``addr_of(ip, port)`` makes one from a record's
-candidate (LocalError or ValueError when it cannot be used here), ``host_of(addr)`` gives its IP
-literal back and ``format_addr(addr)`` shows it to people.
+In: ``start``, ``network_changed``, ``receive_sighting``, ``receive_goodbye``, ``browse_found``,
+``set_mapping``, ``receive_datagram`` (every datagram of the tunnel socket, classified here),
+``handle_timer``. Out: ``datagrams_to_send()``, ``next_deadline(now)``, ``next_event()``.
+``now`` is monotonic seconds; addresses are opaque: ``addr_of(ip, port)`` makes one (LocalError
+or ValueError when it cannot be used here), ``host_of(addr)`` gives its IP literal back and
+``format_addr(addr)`` shows it to people.
 """
 
 from __future__ import annotations
@@ -38,103 +29,72 @@ from typing import Any, Callable, Hashable, Iterable
 from wgdisco.errors import LocalError
 from wgdisco.proto import ownrecord, records, views
 from wgdisco.proto.birthdaydriver import BirthdayDriver
-from wgdisco.proto.birthday import Timing as BirthdayTiming
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
-from wgdisco.proto.device import Device, DeviceEvent, EndpointChanged, HandshakeCompleted, Peer
+from wgdisco.proto.device import Device, Peer
 from wgdisco.proto.events import *  # noqa: F403 - the node's events are part of its interface
 from wgdisco.proto.events import (
-    Event, MeshAddressChanged, NatSuspected, NodeStats, PathStatus, PortMappingChanged,
+    Event, HandshakeCompleted, MeshAddressChanged, NatSuspected, NodeStats, PathStatus, PortMappingChanged,
     RecordChanged, ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
-from wgdisco.proto.lookups import Timing as LookupTiming
 from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership, put_newest
 from wgdisco.proto.mesh import Mesh
+from wgdisco.proto.nodetiming import Timing
 from wgdisco.proto.ownrecord import NAT_MAPPING, NAT_TXT, srv_target
 from wgdisco.proto.pathdriver import PathDriver, Suspected
 from wgdisco.proto.paths import PathInfo
-from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.reflexive import RESTUN_MIN_INTERVAL, NatObserver
-from wgdisco.proto.stun import REFRESH
 from wgdisco.proto.views import REASON_TEXT
 
-__all__ = ["Node", "NodeStats", "PathStatus", "Event", "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target",
-           "STRANGER_TTL", "MAX_STRANGERS", "POLL_INTERVAL", "RESTUN_MIN_INTERVAL"]
+__all__ = ["Node", "NodeStats", "PathStatus", "Event", "Timing", "NAT_TXT", "NAT_MAPPING", "REASON_TEXT",
+           "srv_target", "STRANGER_TTL", "MAX_STRANGERS", "RESTUN_MIN_INTERVAL"]
 
 Addr = Hashable
 Key = bytes
-
-STUN_REFRESH = REFRESH  # 25 s; also keeps the NAT mapping warm (RFC 4787 REQ-5)
-RESTUN_MIN_INTERVAL = 10.0  # at most one early STUN round (NatSuspected) per this many seconds
-# The latest record of keys that are not (yet) peers, so that a peer added later (`wg set`, the
-# mesh) is found at once: mDNS announces a record once, not again when we start caring about it.
-# Strangers create these, so they are few and they expire (ARCHITECTURE.md, "Trust model").
-MAX_STRANGERS = 64
-STRANGER_TTL = 600.0  # seconds
-POLL_INTERVAL = LookupTiming.poll_interval
+STRANGER_TTL, MAX_STRANGERS = Timing.stranger_ttl, Timing.max_strangers
 
 
 class Node:
     """One node's peers and identity, and the hub of the cores that find paths to them (sans-I/O)."""
 
     def __init__(
-        self,
-        device: Device,
-        *,
-        rng: Callable[[int], bytes],
-        wall: float,
-        addr_of: Callable[[str, int], Addr],
-        host_of: Callable[[Addr], str],
-        format_addr: Callable[[Addr], str] = str,
-        port: int,
-        traversal: bool = True,
-        stun_servers: Iterable[Addr] = (),
-        domain: str = "local",
-        allowed: Iterable[Any] = (),
-        path_timing: PathTiming = PathTiming(),
-        stun_refresh: float = STUN_REFRESH,
-        poll_interval: float = POLL_INTERVAL,
-        mesh: Mesh | None = None,
-        via: Callable[[Addr, int], Addr] | None = None,
-        via_socket: Callable[[Addr], int | None] = lambda addr: None,
-        birthday_timing: BirthdayTiming = BirthdayTiming(),
-        mesh_name: str | None = None,
-        unicast: bool = False,
+        self, device: Device, *, rng: Callable[[int], bytes], wall: float,
+        addr_of: Callable[[str, int], Addr], host_of: Callable[[Addr], str], format_addr: Callable[[Addr], str] = str,
+        port: int, traversal: bool = True, stun_servers: Iterable[Addr] = (), domain: str = "local",
+        allowed: Iterable[Any] = (), mesh: Mesh | None = None, mesh_name: str | None = None, unicast: bool = False,
+        via: Callable[[Addr, int], Addr] | None = None, via_socket: Callable[[Addr], int | None] = lambda addr: None,
+        timing: Timing = Timing(),
     ) -> None:
-        self.device = device
+        self.device, self.timing = device, timing
         self.mesh = mesh  # zero-config mesh (proto/mesh.py): records with its MAC admit their keys
         self.traversal = traversal  # probes and path choice: on with discovery or STUN
+        self.unicast = unicast  # unicast DNS-SD (a Domain): peers are looked up (LookupWanted)
         self.addr_of, self.host_of, self.format_addr = addr_of, host_of, format_addr
-        self._port = port
-        self._domain = domain
-        self._allowed = list(allowed)
+        self.socket_of = via_socket  # the extra (birthday) socket an address is reached from; None: the listen socket
+        self._port, self._domain, self._allowed = port, domain, list(allowed)
         servers = list(stun_servers)
-        self.nat = NatObserver(servers, rng=rng, refresh=stun_refresh, host_of=host_of, addr_of=addr_of) \
+        self.nat = NatObserver(servers, rng=rng, refresh=timing.stun_refresh, host_of=host_of, addr_of=addr_of) \
             if servers else None
-        self._own_mapping = "unknown"  # what the path selector was last told
-        self.paths = PathDriver(device, rng=rng, wall=wall, host_of=host_of, explain=self.explain, timing=path_timing)
-        self.birthdays = BirthdayDriver(self.paths.selector, rng=rng, timing=birthday_timing, addr_of=addr_of,
+        self.paths = PathDriver(device, rng=rng, wall=wall, host_of=host_of, explain=self.explain, timing=timing.paths)
+        self.birthdays = BirthdayDriver(self.paths.selector, rng=rng, timing=timing.birthday, addr_of=addr_of,
                                         host_of=host_of, format_addr=format_addr, via=via, via_socket=via_socket)
-        self.membership = MeshMembership(mesh, device.identity.public, wall=wall, name=mesh_name) \
-            if mesh is not None else None
-        self.lookups = LookupSchedule(rng=rng, timing=LookupTiming(poll_interval=poll_interval), mesh=mesh is not None,
-                                      enabled=unicast)
+        self.membership = None if mesh is None else \
+            MeshMembership(mesh, device.identity.public, wall=wall, name=mesh_name, timing=timing.mesh)
+        self.lookups = LookupSchedule(rng=rng, timing=timing.lookups, mesh=mesh is not None, enabled=unicast)
         for public in device.peers:
             self.lookups.add_peer(public, 0.0)
-        self.socket_of = via_socket  # the extra (birthday) socket an address is reached from, None: the listen socket
-        self._outbox: list[tuple[bytes, Addr]] = []
-        self._events: deque[Event] = deque()
+        self.history = views.PeerHistory()
         self.local_networks: list[Any] = []
         self.host_addresses: list[Any] = []  # our interfaces' IPs (not link-local), for the record
         self.mapped: tuple[str, int] | None = None  # the gateway's port mapping (set_mapping)
-        self._endpoint_source: dict[Key, str] = {}
-        self._handshakes: dict[Key, int] = {}
-        self._path_changes: dict[Key, int] = {}
         self.counters: dict[str, int] = {}
         self.drops: dict[str, int] = {}  # datagrams of no kind we take (receive_datagram)
+        self.started = False
+        self._own_mapping = "unknown"  # what the path selector was last told
+        self._outbox: list[tuple[bytes, Addr]] = []
+        self._events: deque[Event] = deque()
         self._record: records.ServiceRecord | None = None
         self._body: records.ServiceRecord | None = None
-        self.started = False
         self._strangers: OrderedDict[Key, tuple[float, records.Sighting, str]] = OrderedDict()
         self._draining = False  # mesh records that waited for the budget are being worked on
 
@@ -173,10 +133,6 @@ class Node:
     def mapping_detail(self) -> str:
         return self.nat.mapping_detail if self.nat is not None else "unknown"
 
-    @property
-    def mesh_name(self) -> str | None:
-        return self.membership.name if self.membership is not None else None
-
     def add_peer(self, public: Key, now: float, preshared_key: bytes | None = None) -> Peer:
         """A new peer (LocalError: it exists, or it is our own key): probed and tried at once
         if its record was seen while it was a stranger."""
@@ -184,7 +140,7 @@ class Node:
         self.paths.add_peer(public)
         self.lookups.add_peer(public, now)
         seen = self._strangers.pop(public, None)
-        if seen is not None and now - seen[0] < STRANGER_TTL:
+        if seen is not None and now - seen[0] < self.timing.stranger_ttl:
             self.receive_sighting(seen[1], seen[2], now)
         return peer
 
@@ -197,26 +153,21 @@ class Node:
         self.paths.remove_peer(public)
         self.birthdays.remove_peer(public)
         self.lookups.forget(public)
-        for table in (self._endpoint_source, self._handshakes, self._path_changes):
-            table.pop(public, None)
+        self.history.forget(public)
         self._events.extend(self.birthdays.pop_events())  # its punched sockets close (SocketsClosed)
 
     def set_allowed_ips(self, public: Key, changes: Iterable[tuple[Any, bool]] = (), replace: bool = False) -> None:
         """Change a peer's AllowedIPs (config, SIGHUP, ``wg set``): ``replace`` drops them all first,
         then each (network, remove) in order. A mesh member keeps its derived /32 and /128 whatever
         is asked: they are the mesh's, not the config's (docs/mesh.md); re-adding them is counted."""
-        peer = self.device.peers[public]
-        table = self.device.allowed_ips
+        peer, table = self.device.peers[public], self.device.allowed_ips
         if replace:
             table.remove_by_peer(peer)
         for net, remove in changes:
-            if remove:
-                table.remove(net, peer)
-            else:
-                table.insert(net, peer)
-        if self.membership is not None and self.membership.is_member(public):
+            table.remove(net, peer) if remove else table.insert(net, peer)
+        if self.is_mesh_peer(public):
             have = set(table.entries_for_peer(peer))
-            for net in self.membership.addresses(public):
+            for net in self.mesh_addresses(public):
                 if net not in have:
                     table.insert(net, peer)
                     self._count("mesh-addresses-kept")
@@ -246,8 +197,7 @@ class Node:
 
     def set_endpoint(self, public: Key, addr: Addr | None, cause: str) -> None:
         """An endpoint from outside the node's own policy (config, uapi)."""
-        peer = self.device.peers.get(public)
-        if peer is not None:
+        if (peer := self.device.peers.get(public)) is not None:
             self.device.set_endpoint(peer, addr, cause)
 
     def set_persistent_keepalive(self, public: Key, interval: int, now: float) -> None:
@@ -262,8 +212,7 @@ class Node:
         """Begin: our interfaces' addresses (``(ifname, ip_interface)``), then STUN. Again (a key
         came back after ``wg set private-key /dev/null``): as a network change."""
         if self.started:
-            self.network_changed(lan, now)
-            return
+            return self.network_changed(lan, now)
         self.started = True
         self._set_lan(lan)
         if self.nat is not None:
@@ -279,6 +228,7 @@ class Node:
             self._collect(now)
         if self.traversal:
             self.paths.probe_current(now)
+            self._collect(now)
         self._update_record(now)
 
     def _set_lan(self, lan: Iterable[tuple[str, Any]]) -> None:
@@ -288,13 +238,11 @@ class Node:
 
     def set_mapping(self, external: tuple[str, int] | None, now: float) -> None:
         """The gateway maps ``external`` (ip, port) to our listen port (PCP, NAT-PMP or UPnP IGD,
-        proto/portmap.py): published as a candidate (kind "mapped", after the host addresses and
-        before the STUN-reflexive ones, which a hard NAT makes useless); None: it went."""
-        if external == self.mapped:
-            return
-        self.mapped = external
-        self._events.append(PortMappingChanged(external))
-        self._update_record(now)
+        proto/portmap.py): published as a candidate (kind "mapped"); None: it went."""
+        if external != self.mapped:
+            self.mapped = external
+            self._events.append(PortMappingChanged(external))
+            self._update_record(now)
 
     # --- sightings (records are hints) ----------------------------------------------
 
@@ -302,38 +250,23 @@ class Node:
         """A record about some key: acted on only for a peer, and only as a hint."""
         if sighting.malformed:
             self._count("record-parts-malformed", sighting.malformed)
-        public = sighting.public_key
-        if public == self.public_key:
-            return
-        m = self.membership
-        if m is not None and not self._draining and not m.take_budget(sighting, source, now):
+        public, m = sighting.public_key, self.membership
+        if public == self.public_key or (m is not None and not self._draining
+                                         and not m.take_budget(sighting, source, now)):
             return
         peer = self.device.peers.get(public)
         if m is not None:
-            verdict, sighting, name = m.check(sighting)
-            if verdict == "valid":
-                if m.is_member(public):
-                    m.seen(public, now)
-                elif peer is None:
-                    peer = self._admit(public, now)
-                    if peer is None:
-                        return
-                if m.is_member(public):
-                    m.set_name(public, name)
-                    self._collect(now)
-            elif verdict in ("invalid", "replay"):
-                if source == "dns" and not m.is_member(public):
-                    self.lookups.reject(public, now)
-                return  # claims our mesh without proof, or an old record: ignored (counted)
-            elif m.is_member(public):
-                self._count("mesh-records-unauthenticated")  # a mesh peer's records need the MAC
+            action, sighting, name = m.screen(sighting, source, now, peer is not None)
+            if action == "reject" or (peer is None and action == "hint" and source == "dns"):
+                self.lookups.reject(public, now)  # not a record of our mesh: not looked up for a while
+            if action in ("drop", "reject"):
+                return self._collect(now)
+            if action == "admit" and (peer := self._admit(public, name, now)) is None:
                 return
+            self._collect(now)
         if peer is None:
-            if m is not None and source == "dns":  # another mesh's or no mesh's record
-                self.lookups.reject(public, now)
             self._count("records-not-a-peer")  # discovery never makes a stranger a peer
-            put_newest(self._strangers, public, (now, sighting, source), MAX_STRANGERS)
-            return
+            return put_newest(self._strangers, public, (now, sighting, source), self.timing.max_strangers)
         addrs = []
         for ip, port in sighting.candidates:
             try:
@@ -347,8 +280,9 @@ class Node:
         self._collect(now)
 
     def receive_goodbye(self, public: Key, source: str, now: float) -> None:
-        """The peer withdrew its record from ``source`` (an mDNS goodbye, RFC 6762 §10.1):
-        its candidates from there go, unless one is the live path (proven, not a hint)."""
+        """The peer withdrew its record from ``source`` (an mDNS goodbye, RFC 6762 §10.1): its
+        candidates from there go, unless one is the live path (proven, not a hint). A mesh member
+        with a live path is checked first (one probe): goodbyes are not authenticated."""
         m = self.membership
         if m is not None:
             m.discard_waiting(public)  # a record that waited for the budget is older
@@ -356,20 +290,19 @@ class Node:
             self._strangers.pop(public, None)
             return
         self._count("goodbyes")
-        if m is not None and m.is_member(public):
-            selector = self.paths.selector
-            current = selector.current(public) if self.traversal else None
-            if current is not None and selector.is_live(public, now) and public in self.prober.peers:
-                if m.goodbye(public, now):  # is it still there? (a rebind, or forged): one probe
-                    self.paths.probe(public, current, now)
-                return
-            self._mesh_remove(public, "goodbye", now)
-            return
-        self.paths.goodbye(public, source, now)
+        if m is None or not m.is_member(public):
+            return self.paths.goodbye(public, source, now)
+        selector = self.paths.selector
+        current = selector.current(public) if self.traversal else None
+        if current is None or not selector.is_live(public, now) or public not in self.prober.peers:
+            return self._mesh_remove(public, "goodbye", now)
+        if m.goodbye(public, now):  # is it still there? (a rebind, or forged): one probe
+            self.paths.probe(public, current, now)
+            self._collect(now)
 
     # --- the mesh (proto/membership.py) ------------------------------------------------
 
-    def _admit(self, public: Key, now: float) -> Peer | None:
+    def _admit(self, public: Key, name: str | None, now: float) -> Peer | None:
         """A valid mesh record of a stranger: a peer, AllowedIPs from its key (never the record)."""
         m = self.membership
         assert m is not None
@@ -377,11 +310,10 @@ class Node:
             return None
         self._strangers.pop(public, None)  # this sighting is newer
         peer = self.add_peer(public, now)
-        m.admit(public, now)
+        m.admit(public, now, name)
         self.device.set_persistent_keepalive(peer, m.timing.keepalive, now)
         for net in m.addresses(public):  # its derived /32 and /128
             self.device.allowed_ips.insert(net, peer)
-        self._collect(now)
         return peer
 
     def _mesh_remove(self, public: Key, reason: str, now: float) -> None:
@@ -415,16 +347,6 @@ class Node:
         """The mesh's IPv4 block and IPv6 /48 (routes through the interface): [] without a mesh."""
         return [] if self.mesh is None else [self.mesh.ipv4, self.mesh.ipv6]
 
-    def mesh_hosts(self) -> MeshNamesChanged:
-        assert self.membership is not None
-        return self.membership.hosts()
-
-    def mesh_names_of(self, public: Key) -> list[str]:
-        return [] if self.membership is None else self.membership.names_of(public)
-
-    def mesh_name_of(self, public: Key) -> tuple[str | None, bool]:
-        return (None, False) if self.membership is None else self.membership.name_of(public)
-
     # --- unicast lookups (proto/lookups.py) ---------------------------------------------
 
     def has_path(self, public: Key, now: float) -> bool:
@@ -439,7 +361,7 @@ class Node:
         self.lookups.record_changed(list(self.device.peers), now)
 
     def browse_found(self, found: Iterable[Key], now: float) -> None:
-        """A browse of the mesh's PTR set (BrowseWanted) found ``found``: those to look up come
+        """A browse of the mesh's PTR set (BrowseWanted) found ``found``: the keys to look up come
         back as LookupWanted (proto/lookups.py)."""
         before = self.lookups.deferred
         self.lookups.browse_found(found, {self.public_key, *self.device.peers}, now)
@@ -452,8 +374,8 @@ class Node:
     def receive_datagram(self, data: bytes | memoryview, addr: Addr, now: float, local: Hashable = None,
                          handshakes: list[Any] | None = None) -> bytes | None:
         """Any datagram of the tunnel socket, classified by its first bytes (ARCHITECTURE.md "The
-        sockets"): WireGuard to the device (returns the inner packet for TUN), STUN to the STUN
-        client, path probes to the path driver, anything else dropped and counted. With
+        sockets"): WireGuard to the device (returns the inner packet for TUN), STUN to the NAT
+        observer, path probes to the path driver, anything else dropped and counted. With
         ``handshakes``, WireGuard handshake messages are appended there (data first, issue 17)."""
         kind = classify(data)
         if kind == WIREGUARD:
@@ -480,8 +402,7 @@ class Node:
     def receive_probe(self, data: bytes | memoryview, addr: Addr, now: float) -> None:
         """A datagram classified as a path probe (never raises; bad ones are counted)."""
         if not self.traversal:
-            self._count("probes-unexpected")
-            return
+            return self._count("probes-unexpected")
         event = self.paths.receive_probe(data, addr, now)
         self.birthdays.probe_seen(event, now)
         self.paths.probe_event(event, now)
@@ -490,14 +411,13 @@ class Node:
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest time ``handle_timer`` has work, the device's timers included."""
-        times = [self.device.get_timer()]
+        times = [self.device.get_timer(), self.lookups.next_deadline()]
         if self._strangers:
-            times.append(next(iter(self._strangers.values()))[0] + STRANGER_TTL)
+            times.append(next(iter(self._strangers.values()))[0] + self.timing.stranger_ttl)
         if self.membership is not None:
             times.append(self.membership.next_deadline())
         if self.nat is not None:
             times.append(self.nat.next_deadline())
-        times.append(self.lookups.next_deadline())
         if self.traversal:
             times += [self.paths.next_deadline(now), self.birthdays.next_deadline(now)]
         else:
@@ -518,16 +438,15 @@ class Node:
 
     def handle_timer(self, now: float) -> None:
         device = self.device
-        deadline = device.get_timer()
-        if deadline is not None and deadline <= now:
+        if (due := device.get_timer()) is not None and due <= now:
             device.handle_timer(now)
         if self.nat is not None:
             self.nat.handle_timer(now)
-            self._collect(now)
         self.paths.hints_due(now)
         strangers = self._strangers
-        while strangers and next(iter(strangers.values()))[0] + STRANGER_TTL <= now:
+        while strangers and next(iter(strangers.values()))[0] + self.timing.stranger_ttl <= now:
             strangers.popitem(last=False)
+        self._collect(now)
         m = self.membership
         if m is not None and (due := m.next_deadline()) is not None and due <= now:
             m.handle_timer(now, {p: device.peers[p].last_handshake for p in m.members if p in device.peers})
@@ -539,24 +458,21 @@ class Node:
             finally:
                 self._draining = False
         if self.traversal:
-            restun = self.nat is not None and self.nat.may_restun(now)
-            self.paths.handle_timer(now, restun)
+            self.paths.handle_timer(now, self.nat is not None and self.nat.may_restun(now))
             self._collect(now)
             self.birthdays.step(now, self.paths.prober, self.behaviour, self.paths.suspected)
-        self._collect(now)
+            self._collect(now)
         if (due := self.lookups.next_deadline()) is not None and due <= now:
             self.lookups.handle_timer(now, views.PathView(self, now))
             self._collect(now)
 
     def _collect(self, now: float) -> None:
         """The cores' datagrams and events into ours; those addressed to the node acted on here."""
-        self._outbox += self.paths.datagrams_to_send()
-        self._outbox += self.birthdays.datagrams_to_send()
-        events = self.paths.pop_events() + self.birthdays.pop_events()
+        events = self.paths.pop_events() + self.birthdays.pop_events() + self.lookups.pop_events()
+        self._outbox += self.paths.datagrams_to_send() + self.birthdays.datagrams_to_send()
         if self.nat is not None:
             self._outbox += self.nat.datagrams_to_send()
             events += self.nat.pop_events()
-        events += self.lookups.pop_events()
         if self.membership is not None:
             events += self.membership.pop_events()
         for event in events:
@@ -570,26 +486,21 @@ class Node:
                 else:
                     self._mesh_remove(event.peer, "goodbye", now)
             else:
+                self._events.append(event)
                 if isinstance(event, NatSuspected) and self.nat is not None:
-                    self._events.append(event)
                     self.nat.restart(now)
                     self._collect(now)
-                    continue
                 elif isinstance(event, ReflexiveChanged):
-                    self._events.append(event)
                     if event.behaviour != self._own_mapping:
                         self._own_mapping = event.behaviour
                         self.paths.selector.set_own_mapping(event.behaviour, now)
                     self._update_record(now)
-                    continue
                 elif isinstance(event, MeshAddressChanged):
                     self._moved(event, now)
-                self._events.append(event)
 
     def _moved(self, event: MeshAddressChanged, now: float) -> None:
         """The IPv4 plan moved a member: its AllowedIPs follow; ours: our record follows."""
-        peer = self.device.peers.get(event.peer)
-        if peer is not None:
+        if (peer := self.device.peers.get(event.peer)) is not None:
             if event.old is not None:
                 self.device.allowed_ips.remove(ipaddress.ip_network(f"{event.old}/32"), peer)
             if event.new is not None:
@@ -599,26 +510,24 @@ class Node:
 
     # --- our record (proto/ownrecord.py) -----------------------------------------------
 
+    def record(self) -> records.ServiceRecord:
+        """The record we publish (docs/records.md)."""
+        return ownrecord.signed(self._record_body(), self.membership)
+
     def _record_body(self) -> records.ServiceRecord:
         return ownrecord.record_body(
             self.public_key, port=self._port, domain=self._domain, host_addresses=self.host_addresses,
             mapped=self.mapped, reflexive=self.reflexive, traversal=self.traversal, behaviour=self.behaviour,
             allowed=self._allowed, mesh_addresses=self.mesh_addresses(self.public_key))
 
-    def record(self) -> records.ServiceRecord:
-        """The record we publish (docs/records.md)."""
-        return ownrecord.signed(self._record_body(), self.membership)
-
     def _update_record(self, now: float) -> None:
-        body = self._record_body()
-        old = self._record
+        body, old = self._record_body(), self._record
         if old is not None and body == self._body:
             return
         self._body = body
         if self.membership is not None:  # a newer record: a higher counter (older ones are replays)
             self.membership.next_counter(self.device.wall_offset + now)
-        record = ownrecord.signed(body, self.membership)
-        self._record = record
+        self._record = record = ownrecord.signed(body, self.membership)
         # both sides have published now: look again at once
         self.lookups.record_changed([p for p in self.device.peers if not self.has_path(p, now)], now)
         withdrawn = old.instance_label if old is not None and old.public_key != record.public_key else None
@@ -638,7 +547,10 @@ class Node:
         """The next event, or None. The device's events come first, in order."""
         if self.device.events:
             for event in self.device.events:
-                self._absorb(event)
+                self.history.absorb(event)
+                if isinstance(event, HandshakeCompleted):
+                    self.paths.trier.succeeded(event.peer)
+                self._events.append(event)
             self.device.events.clear()
         return self._events.popleft() if self._events else None
 
@@ -647,16 +559,6 @@ class Node:
         while (event := self.next_event()) is not None:
             out.append(event)
         return out
-
-    def _absorb(self, event: DeviceEvent) -> None:
-        if isinstance(event, HandshakeCompleted):
-            self._handshakes[event.peer] = self._handshakes.get(event.peer, 0) + 1
-            self.paths.trier.succeeded(event.peer)
-        elif isinstance(event, EndpointChanged):
-            self._endpoint_source[event.peer] = event.cause
-            if event.old is not None:
-                self._path_changes[event.peer] = self._path_changes.get(event.peer, 0) + 1
-        self._events.append(event)
 
     # --- views (status, metrics; proto/views.py) -----------------------------------------
 
@@ -676,16 +578,16 @@ class Node:
 
     def endpoint_source(self, public: Key) -> str | None:
         peer = self.device.peers.get(public)
-        return self._endpoint_source.get(public) if peer is not None and peer.endpoint is not None else None
+        return self.history.endpoint_source.get(public) if peer is not None and peer.endpoint is not None else None
 
     def candidates(self, public: Key) -> list[PathInfo]:
         return self.paths.selector.paths(public)
 
     def handshakes(self, public: Key) -> int:
-        return self._handshakes.get(public, 0)
+        return self.history.handshakes.get(public, 0)
 
     def path_changes(self, public: Key) -> int:
-        return self._path_changes.get(public, 0)
+        return self.history.path_changes.get(public, 0)
 
     def stats(self) -> NodeStats:
         return views.stats(self)

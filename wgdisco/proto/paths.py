@@ -516,10 +516,12 @@ class PathSelector:
 
     def next_time(self, now: float) -> float | None:
         """When probe_plan next has work, or a path may die or go stale (>= now); None if never.
-        Probe work waits for the peer's budget: a spent bucket never makes this `now`."""
+        Probe work waits for the peer's budget: a spent bucket never makes this `now`. Pure: it
+        changes nothing (time is applied by probe_plan and decision)."""
         times: list[float] = []
         for p in self._peers.values():
-            self._update(p, now)
+            if self._transition_due(p, now):
+                return now  # _update has work (probe_plan, at the next handle_timer, does it)
             probes: list[float] = []
             if p.current is not None:
                 cur = p.paths[p.current]
@@ -600,6 +602,15 @@ class PathSelector:
         path.last_sent = now
         if path.state == UNTESTED:
             path.state = PROBING
+
+    def _transition_due(self, p: _Peer, now: float) -> bool:
+        """Would ``_update`` change ``p`` at ``now``? (A fallback to take, punching to start or end;
+        a death is a deadline of its own in next_time.)"""
+        if p.current is None:
+            return bool(p.paths) and (p.punch_start is None
+                                      or any(x.state == VERIFIED for x in p.paths.values()))
+        live = self._live(p, now)
+        return (live and p.punch_start is not None) or (not live and p.punch_start is None)
 
     def _update(self, p: _Peer, now: float) -> None:
         """Apply the passage of time: path death, fallback, the start or end of punching."""

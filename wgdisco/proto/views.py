@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping
 
+from wgdisco.proto.device import EndpointChanged, HandshakeCompleted
 from wgdisco.proto.events import NodeStats, PathStatus
 from wgdisco.proto.paths import HARD_MAPPINGS, host_kind
 from wgdisco.proto.timers import LIVE_TIME
 
-__all__ = ["REASON_TEXT", "explain", "path_status", "path_basis", "stats", "PathView"]
+__all__ = ["PeerHistory", "REASON_TEXT", "explain", "path_status", "path_basis", "stats", "PathView"]
 
 Key = bytes
 
@@ -118,3 +119,25 @@ class PathView(Mapping[bytes, tuple[bool, "float | None"]]):
 
     def __len__(self) -> int:
         return len(self.node.device.peers)
+
+
+class PeerHistory:
+    """Per-peer counts for status and metrics, from the device's events: handshakes, endpoint
+    changes, and what set the current endpoint."""
+
+    def __init__(self) -> None:
+        self.handshakes: dict[bytes, int] = {}
+        self.path_changes: dict[bytes, int] = {}
+        self.endpoint_source: dict[bytes, str] = {}
+
+    def absorb(self, event: Any) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self.handshakes[event.peer] = self.handshakes.get(event.peer, 0) + 1
+        elif isinstance(event, EndpointChanged):
+            self.endpoint_source[event.peer] = event.cause
+            if event.old is not None:
+                self.path_changes[event.peer] = self.path_changes.get(event.peer, 0) + 1
+
+    def forget(self, public: bytes) -> None:
+        for table in (self.handshakes, self.path_changes, self.endpoint_source):
+            table.pop(public, None)
