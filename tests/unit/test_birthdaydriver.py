@@ -1,0 +1,139 @@
+"""BirthdayDriver (proto/birthdaydriver.py) on its own, around a real PathSelector and Prober, on
+a fake clock: who punches (the role table), at what, and what a hit records."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from wgdisco.proto import keys, noise
+from wgdisco.proto.birthday import EASY, HARD, SocketsWanted, Timing
+from wgdisco.proto.birthdaydriver import BirthdayDriver
+from wgdisco.proto.events import BirthdayChanged
+from wgdisco.proto.paths import Candidate, PathSelector
+from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
+
+T0 = 1000.0
+EI, ED, AD, APD = "endpoint-independent", "endpoint-dependent", "address-dependent", "address-and-port-dependent"
+
+
+def identity(seed: int) -> noise.StaticIdentity:
+    return noise.StaticIdentity(keys.clamp(random.Random(seed).randbytes(32)))
+
+
+US, PEER = identity(1), identity(2)
+
+
+def driver(*, via: bool = True, seed: int = 5, timing: Timing = Timing()) -> tuple[BirthdayDriver, PathSelector]:
+    selector = PathSelector()
+    selector.add_peer(PEER.public)
+    d = BirthdayDriver(selector, rng=random.Random(seed).randbytes, timing=timing,
+                       addr_of=lambda ip, port: (ip, port), host_of=lambda a: a[0],
+                       format_addr=lambda a: f"{a[0]}:{a[1]}",
+                       via=(lambda a, sid: (a[0], a[1], sid)) if via else None,
+                       via_socket=lambda a: a[2] if len(a) == 3 else None)
+    return d, selector
+
+
+def prober() -> Prober:
+    return Prober(US.private, US.public, [PEER.public], rng=random.Random(9).randbytes, wall=1.7e9)
+
+
+@pytest.mark.parametrize("ours, theirs, via, role", [
+    (ED, EI, True, HARD),  # our NAT is the hard one: we open many ports
+    (AD, EI, True, HARD),
+    (APD, EI, True, HARD),
+    (ED, EI, False, None),  # … only if this node can open extra sockets
+    (EI, ED, True, EASY),  # theirs is: we probe random ports at it
+    (EI, APD, False, EASY),
+    (ED, ED, True, None),  # both hard: no port can be guessed on either side
+    (EI, EI, True, None),  # both easy: ordinary punching does it
+    ("unknown", ED, True, None),
+    (ED, "unknown", True, None),
+])
+def test_the_role_table(ours: str, theirs: str, via: bool, role: str | None) -> None:
+    d, selector = driver(via=via)
+    if theirs != "unknown":
+        selector.set_peer_mapping(PEER.public, theirs, T0)
+    assert d.role(ours, PEER.public) == role
+
+
+def test_targets_are_public_ipv4_newest_first_and_the_hard_side_aims_at_one() -> None:
+    d, selector = driver()
+    cands = [
+        (("203.0.113.5", 4000), "srflx", "mdns", T0),
+        (("10.1.0.2", 51820), "host", "mdns", T0 + 1),  # RFC 1918: never a NAT's outside
+        (("100.64.0.9", 51820), "host", "mdns", T0 + 1),  # carrier NAT space
+        (("2001:db8::5", 51820), "host", "mdns", T0 + 1),  # IPv6 is not NATed
+        (("198.51.100.7", 51820), "lan", "mdns", T0 + 1),  # on our LAN
+        (("192.0.2.8", 6000, 3), "prflx", "probe", T0 + 2),  # reached from one of our extra sockets
+        (("198.51.100.9", 5000), "srflx", "dns", T0 + 3),
+        (("198.51.100.9", 5001), "prflx", "probe", T0 + 4),  # the newest
+    ]
+    for addr, kind, source, at in cands:
+        selector.add_candidates(PEER.public, [Candidate(addr, kind, source)], at)
+    assert d.targets(PEER.public, EASY) == ["198.51.100.9", "203.0.113.5"]  # IPs, once each
+    assert d.targets(PEER.public, HARD) == [("198.51.100.9", 5001)]  # the newest address only
+
+
+def easy_attempt(d: BirthdayDriver, selector: PathSelector, p: Prober) -> list[tuple[bytes, Any]]:
+    """Our NAT is easy, the peer's hard, ordinary punching ran start_after: an EASY attempt starts
+    and sends its first probes; returns them."""
+    selector.set_peer_mapping(PEER.public, ED, T0)
+    selector.add_candidates(PEER.public, [Candidate(("203.0.113.5", 4000), "srflx", "mdns")], T0)
+    d.step(T0 + 1.9, p, EI, ())
+    assert d.pop_events() == []  # ordinary punching goes first for start_after (2 s)
+    d.step(T0 + 2.0, p, EI, ())
+    (started,) = d.pop_events()
+    assert isinstance(started, BirthdayChanged) and (started.state, started.role) == ("started", EASY)
+    d.step(T0 + 2.0, p, EI, ())
+    sent = d.datagrams_to_send()
+    assert sent and all(addr[0] == "203.0.113.5" and addr[1] != 4000 for _, addr in sent)
+    return sent
+
+
+def test_a_probe_answer_from_a_port_the_easy_attempt_probed_is_a_hit() -> None:
+    d, selector = driver()
+    p = prober()
+    sent = easy_attempt(d, selector, p)
+    hit = sent[3][1]
+    d.probe_seen(ProbeResult(PEER.public, ("203.0.113.5", 1), 0.05, None), T0 + 2.1)  # not probed by us
+    d.probe_seen(None, T0 + 2.1)
+    assert d.found == {} and "birthday-hits" not in d.counters
+    d.probe_seen(ProbeResult(PEER.public, hit, 0.05, None), T0 + 2.1)
+    assert d.found == {PEER.public: hit} and d.counters["birthday-hits"] == 1
+    assert hit in selector.addresses(PEER.public)  # a peer-reflexive candidate now
+    assert next(x for x in selector.paths(PEER.public) if x.addr == hit).kind == "prflx"
+    d.probe_seen(ProbeRequested(PEER.public, hit), T0 + 2.2)  # the same hit again: counted once
+    assert d.counters["birthday-hits"] == 1
+
+
+def test_a_hard_attempt_opens_sockets_and_aims_at_the_newest_address_only() -> None:
+    d, selector = driver(timing=Timing(sockets=4))
+    p = prober()
+    selector.set_peer_mapping(PEER.public, EI, T0)
+    selector.add_candidates(PEER.public, [Candidate(("203.0.113.5", 4000), "srflx", "mdns")], T0)
+    selector.add_candidates(PEER.public, [Candidate(("198.51.100.9", 5000), "srflx", "dns")], T0 + 1)
+    d.step(T0 + 2.0, p, ED, ())
+    events = d.pop_events()
+    assert [(e.state, e.role) for e in events if isinstance(e, BirthdayChanged)] == [("started", HARD)]
+    wanted = [e for e in events if isinstance(e, SocketsWanted)]  # the shell opens them now ...
+    assert [(e.peer, len(e.ids)) for e in wanted] == [(PEER.public, 4)]
+    assert d.datagrams_to_send() == []
+    d.step(T0 + 2.0, p, ED, ())  # ... and the next step sends from them
+    sent = [addr for _, addr in d.datagrams_to_send()]
+    assert sorted(sent) == sorted(("198.51.100.9", 5000, sid) for sid in wanted[0].ids)
+    # a probe answer on a hard attempt names no port of ours: not a hit
+    d.probe_seen(ProbeResult(PEER.public, ("198.51.100.9", 5000), 0.05, None), T0 + 2.1)
+    assert d.found == {}
+
+
+def test_without_via_a_hard_nat_never_starts_an_attempt() -> None:
+    d, selector = driver(via=False)
+    selector.set_peer_mapping(PEER.public, EI, T0)
+    selector.add_candidates(PEER.public, [Candidate(("203.0.113.5", 4000), "srflx", "mdns")], T0)
+    for t in (2.0, 3.0, 10.0):
+        d.step(T0 + t, prober(), ED, ())
+    assert d.pop_events() == [] and d.datagrams_to_send() == [] and d.next_deadline(T0 + 10) is None

@@ -1,0 +1,371 @@
+"""MeshMembership (proto/membership.py) on its own, on a fake clock: verdicts, the record budget,
+the IPv4 plan, names, expiry, re-announcements and goodbye checks (docs/mesh.md)."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+
+import pytest
+
+from wgdisco.proto import keys, records
+from wgdisco.proto import names as namesmod
+from wgdisco.proto.events import AnnounceWanted, MeshAddressChanged, MeshNamesChanged, PeerAdmitted, PeerRemoved
+from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership, Timing
+from wgdisco.proto.mesh import Mesh
+
+MESH = Mesh("", master=bytes(32))  # a fixed master: no scrypt, the same plan every run
+OTHER = Mesh("", master=bytes([1]) * 32)
+OWN = b"\xee" * 32
+WALL = 1.7e9
+T0 = 1000.0
+
+
+def key(i: int) -> bytes:
+    return bytes([i]) * 32
+
+
+def sighting(public: bytes, counter: int, cands: tuple[str, ...] = ("198.51.100.7:51820",), *,
+             mesh: Mesh = MESH, name: str | None = None, srv: tuple[str, ...] = ()) -> records.Sighting:
+    """A record of ``public`` with a MAC over ``cands``; ``srv``: candidates the SRV/A records add
+    (not covered by the MAC)."""
+    txt: dict[str, bytes | None] = {"mesh": mesh.id.encode(), "mc": str(counter).encode(),
+                                    "cand": ",".join(cands).encode(),
+                                    "mac": mesh.mac(public, ",".join(cands), counter, name or "").encode()}
+    if name is not None:
+        txt["name"] = name.encode()
+    return records.Sighting(public, [records.parse_candidate(c) for c in (*srv, *cands)], txt=txt)
+
+
+def membership(mesh: Mesh = MESH, own: bytes = OWN, **kw: object) -> MeshMembership:
+    name = kw.pop("name", None)
+    return MeshMembership(mesh, own, wall=WALL, name=name, timing=Timing(**kw))  # type: ignore[arg-type]
+
+
+def run(m: MeshMembership, until: float, handshakes: dict[bytes, float | None], now: float = T0,
+        ) -> list[tuple[float, object]]:
+    """Step the fake clock from deadline to deadline up to ``until``; (time, event) pairs. Expired
+    members are removed, as the node does."""
+    out: list[tuple[float, object]] = []
+    while (deadline := m.next_deadline()) is not None and deadline <= until:
+        now = max(now, deadline)
+        m.handle_timer(now, handshakes)
+        for event in m.pop_events():
+            out.append((now, event))
+            if isinstance(event, MemberExpired):
+                m.remove(event.peer, "expired")
+    return out
+
+
+# --- verdicts ----------------------------------------------------------------------------
+
+def test_a_valid_record_comes_back_with_only_the_candidates_its_mac_covers() -> None:
+    m = membership()
+    s = sighting(key(1), 5, ("198.51.100.7:51820", "[2001:db8::7]:51820"), srv=("203.0.113.9:51820",),
+                 name="alpha")
+    verdict, kept, name = m.check(s)
+    assert verdict == "valid" and name == "alpha"
+    # the SRV target's address is not under the MAC: a forger could have added it
+    assert kept.candidates == [(ipaddress.ip_address("198.51.100.7"), 51820),
+                               (ipaddress.ip_address("2001:db8::7"), 51820)]
+    assert m.counters == {}
+
+
+@pytest.mark.parametrize("txt, verdict, counter", [
+    ({}, "none", None),
+    ({"mesh": OTHER.id.encode()}, "other", "records-other-mesh"),
+    ({"mac": b"A" * 24}, "invalid", "mesh-records-invalid"),  # a bad MAC
+    ({"mc": b"12x"}, "invalid", "mesh-records-invalid"),
+    ({"mc": b"1" * 20}, "invalid", "mesh-records-invalid"),  # more than 19 digits
+    ({"mc": None}, "invalid", "mesh-records-invalid"),
+    ({"name": b"a" * 64}, "invalid", "mesh-records-invalid"),  # longer than a DNS label
+    ({"cand": b"198.51.100.8:51820"}, "invalid", "mesh-records-invalid"),  # a candidate added
+    ({"name": b"mallory"}, "invalid", "mesh-records-invalid"),  # a name the MAC does not cover
+])
+def test_records_that_are_not_a_valid_one_of_our_mesh(txt: dict[str, bytes | None], verdict: str,
+                                                      counter: str | None) -> None:
+    m = membership()
+    s = sighting(key(1), 5)
+    if txt:
+        s.txt.update(txt)
+        if "mc" in txt and txt["mc"] is None:
+            del s.txt["mc"]
+    else:
+        s.txt.clear()
+    got, _, name = m.check(s)
+    assert (got, name) == (verdict, None)
+    assert m.counters == ({counter: 1} if counter else {})
+    assert not m.accepted  # nothing of it is remembered
+
+
+def test_an_older_counter_is_a_replay_the_same_or_a_newer_one_is_not() -> None:
+    m = membership()
+    assert m.check(sighting(key(1), 100))[0] == "valid"
+    assert m.check(sighting(key(1), 99))[0] == "replay"
+    assert m.counters == {"mesh-records-replayed": 1}
+    assert m.check(sighting(key(1), 100))[0] == "valid"  # mDNS repeats the same record
+    assert m.check(sighting(key(1), 101))[0] == "valid"
+    assert m.check(sighting(key(1), 100))[0] == "replay"
+
+
+def test_an_authenticated_name_that_is_not_a_name_is_dropped_and_counted() -> None:
+    m = membership()
+    verdict, _, name = m.check(sighting(key(1), 5, name="wg-abc"))  # key names cannot be claimed
+    assert (verdict, name) == ("valid", None)
+    assert m.counters == {"mesh-names-invalid": 1}
+
+
+def test_counters_kept_after_removal_are_bounded() -> None:
+    m = membership(counters_kept=2)
+    for i in (1, 2, 3):
+        assert m.check(sighting(key(i), 10))[0] == "valid"
+    assert list(m.accepted) == [key(2), key(3)]  # the oldest went
+    assert m.check(sighting(key(3), 9))[0] == "replay"
+
+
+# --- the record budget -------------------------------------------------------------------
+
+def test_records_over_the_budget_wait_newest_per_key_capped_and_drain_oldest_first() -> None:
+    m = membership(Mesh("", master=bytes(32), max_peers=2), records_per_second=10, records_burst=5, waiting_min=3)
+    for i in range(1, 6):  # the burst
+        assert m.take_budget(sighting(key(i), 1), "mdns", 0.0)
+    for i in (6, 7, 8):
+        assert not m.take_budget(sighting(key(i), 1), "mdns", 0.0)
+    newer = sighting(key(6), 2)
+    assert not m.take_budget(newer, "dns", 0.0)  # key 6's newest record waits, at the end now
+    assert list(m.waiting) == [key(7), key(8), key(6)]
+    assert not m.take_budget(sighting(key(9), 1), "mdns", 0.0)  # the cap, max(MeshMaxPeers 2, 3), is full
+    assert list(m.waiting) == [key(8), key(6), key(9)]
+    assert m.counters == {"mesh-records-deferred": 5, "mesh-records-dropped": 1}
+    assert m.next_deadline() == pytest.approx(0.1)  # one token at 10 a second
+    assert m.drain(0.05) == []
+    assert [s.public_key for s, _ in m.drain(0.1)] == [key(8)]
+    rest = m.drain(10.0)
+    assert [(s.public_key, source) for s, source in rest] == [(key(6), "dns"), (key(9), "mdns")]
+    assert rest[0][0] is newer
+    assert m.next_deadline() is None and m.drain(20.0) == []
+
+
+def test_the_waiting_cap_is_mesh_max_peers_when_that_is_larger() -> None:
+    m = membership(Mesh("", master=bytes(32), max_peers=5), records_per_second=1, records_burst=1, waiting_min=3)
+    assert m.take_budget(sighting(key(1), 1), "mdns", 0.0)
+    for i in range(2, 12):
+        assert not m.take_budget(sighting(key(i), 1), "mdns", 0.0)
+    assert len(m.waiting) == 5 and m.counters["mesh-records-dropped"] == 5
+    assert list(m.waiting) == [key(i) for i in range(7, 12)]
+
+
+def test_records_that_wait_go_before_new_ones() -> None:
+    m = membership(records_per_second=10, records_burst=1)
+    assert m.take_budget(sighting(key(1), 1), "mdns", 0.0)
+    assert not m.take_budget(sighting(key(2), 1), "mdns", 0.0)
+    # the bucket has refilled, but key 2 waits: a new record must not overtake it
+    assert not m.take_budget(sighting(key(3), 1), "mdns", 5.0)
+    assert [s.public_key for s, _ in m.drain(5.0)] == [key(2)]
+    m.discard_waiting(key(3))  # a goodbye: its waiting record is older than the goodbye
+    assert m.drain(100.0) == []
+
+
+# --- members and the IPv4 plan -------------------------------------------------------------
+
+def colliding(mesh: Mesh) -> tuple[bytes, bytes]:
+    """Two keys (lower, higher) whose first IPv4 candidate is the same host."""
+    first: dict[int, bytes] = {}
+    for i in range(1, 200):
+        offset = next(mesh.ipv4_candidates(key(i)))
+        if offset in first:
+            return first[offset], key(i)
+        first[offset] = key(i)
+    raise AssertionError("no collision")
+
+
+def test_a_lower_key_takes_the_contested_address_and_the_higher_one_moves_back_when_it_goes() -> None:
+    tiny = Mesh("", "10.5.0.0/29", master=bytes(32))  # six hosts: collisions are certain
+    lo, hi = colliding(tiny)
+    own = b"\xff" * 32  # the highest key: our own choice never pushes a member
+    m = membership(tiny, own)
+    m.admit(hi, T0)
+    contested = ipaddress.IPv4Address(int(tiny.ipv4.network_address) + next(tiny.ipv4_candidates(hi)))
+    assert m.v4[hi] == contested
+    assert PeerAdmitted(hi, (ipaddress.ip_network(f"{contested}/32"),
+                             ipaddress.ip_network(f"{tiny.ipv6_of(hi)}/128"))) in m.pop_events()
+    m.admit(lo, T0)
+    moved = [e for e in m.pop_events() if isinstance(e, MeshAddressChanged) and e.peer == hi]
+    assert m.v4[lo] == contested and m.v4[hi] != contested
+    assert moved == [MeshAddressChanged(hi, contested, m.v4[hi])]
+    assert m.addresses(hi)[0] == ipaddress.ip_network(f"{m.v4[hi]}/32")
+    m.remove(lo, "goodbye")
+    events = m.pop_events()
+    assert PeerRemoved(lo, "goodbye") in events
+    assert [e for e in events if isinstance(e, MeshAddressChanged) and e.peer == hi] == [
+        MeshAddressChanged(hi, moved[0].new, contested)]
+    assert lo not in m.v4 and not m.is_member(lo)
+
+
+def test_our_own_address_moves_when_a_lower_key_claims_it() -> None:
+    tiny = Mesh("", "10.5.0.0/29", master=bytes(32))
+    lo, hi = colliding(tiny)
+    m = membership(tiny, hi)
+    ours = m.v4[hi]
+    m.admit(lo, T0)
+    assert MeshAddressChanged(hi, ours, m.v4[hi]) in m.pop_events() and m.v4[lo] == ours
+
+
+def test_members_are_capped_at_mesh_max_peers() -> None:
+    m = membership(Mesh("", master=bytes(32), max_peers=2))
+    for i in (1, 2):
+        assert m.has_room()
+        m.admit(key(i), T0)
+    assert not m.has_room()
+    assert m.counters["mesh-peers-over-cap"] == 1
+
+
+def test_our_record_counter_only_goes_up() -> None:
+    m = membership()
+    assert m.counter == int(WALL * 1000)
+    assert m.next_counter(WALL - 10) == int(WALL * 1000) + 1  # the wall clock went back: still above
+    assert m.next_counter(WALL + 5) == int((WALL + 5) * 1000)
+
+
+# --- names ------------------------------------------------------------------------------
+
+def claimed(plan: MeshNamesChanged, public: bytes, m: MeshMembership) -> tuple[str, ...]:
+    """The names the plan gives ``public``'s IPv4 address."""
+    return dict(plan.hosts)[str(m.v4[public])]
+
+
+def test_names_plan_and_a_contested_name_resolves_to_nobody() -> None:
+    m = membership(name="alpha")
+    kn = {k: namesmod.key_name(keys.key_to_base32(k)) for k in (OWN, key(1), key(2))}
+    m.admit(key(1), T0)
+    m.admit(key(2), T0)
+    m.pop_events()
+    m.set_name(key(1), "beta")
+    (plan,) = m.pop_events()
+    assert isinstance(plan, MeshNamesChanged) and plan.contested == ()
+    assert claimed(plan, key(1), m) == ("beta", kn[key(1)])
+    assert claimed(plan, OWN, m) == ("alpha", kn[OWN])
+    assert plan.hosts[0][0] == str(m.v4[OWN])  # ours first
+    m.set_name(key(1), "beta")
+    assert m.pop_events() == []  # unchanged: no event
+    m.set_name(key(2), "beta")  # a second claim: nobody gets it
+    (plan,) = m.pop_events()
+    assert plan.contested == ("beta",)
+    assert claimed(plan, key(1), m) == (kn[key(1)],) and claimed(plan, key(2), m) == (kn[key(2)],)
+    assert m.names_of(key(1)) == [kn[key(1)]] and m.name_of(key(1)) == ("beta", True)
+    m.set_name(key(2), None)  # it gave the name up: key 1 has it again
+    (plan,) = m.pop_events()
+    assert plan.contested == () and m.names_of(key(1)) == ["beta", kn[key(1)]]
+    assert m.names_of(key(9)) == [] and m.name_of(key(9)) == (None, False)
+    m.set_name(key(2), "alpha")  # our own name contested too
+    assert m.pop_events()[0].contested == ("alpha",) and m.names_of(OWN) == [kn[OWN]]
+
+
+def test_an_invalid_own_name_is_not_claimed() -> None:
+    assert membership(name="wg-abc").name is None
+    assert membership(name="Not A Name").name is None
+    assert membership(name="ok-name").name == "ok-name"
+
+
+# --- time: expiry, re-announcements, goodbyes ----------------------------------------------
+
+def expired_at(events: list[tuple[float, object]], public: bytes) -> float | None:
+    return next((t for t, e in events if e == MemberExpired(public)), None)
+
+
+@pytest.mark.parametrize("record_at, handshake_at, expiry", [
+    (None, None, T0 + 300),  # nothing since it was admitted
+    (None, T0 + 250, T0 + 550),  # a handshake keeps it
+    (T0 + 100, None, T0 + 400),  # a newer record keeps it
+    (T0 + 100, T0 + 200, T0 + 500),  # both must be old
+    (T0 + 200, T0 + 100, T0 + 500),
+])
+def test_a_member_expires_when_its_record_and_its_handshakes_are_expire_old(
+        record_at: float | None, handshake_at: float | None, expiry: float) -> None:
+    m = membership()  # expire 300 s, checked every 10 s
+    m.admit(key(1), T0)
+    handshakes: dict[bytes, float | None] = {key(1): None}
+    events = run(m, T0 + 90, handshakes)
+    if record_at is not None:
+        events += run(m, record_at, handshakes)
+        m.seen(key(1), record_at)
+    if handshake_at is not None:
+        events += run(m, handshake_at, handshakes)
+        handshakes[key(1)] = handshake_at
+    events += run(m, T0 + 1000, handshakes)
+    assert expired_at(events, key(1)) == expiry
+    assert not m.is_member(key(1))
+
+
+def test_announce_again_doubling_up_to_announce_max_then_reset_once_reached() -> None:
+    m = membership(expire=1e6)  # announce after 2 s, up to 60 s apart
+    m.admit(key(1), T0)
+    handshakes: dict[bytes, float | None] = {key(1): None}
+    events = run(m, T0 + 200, handshakes)
+    times = [t - T0 for t, e in events if isinstance(e, AnnounceWanted)]
+    assert times == [2, 4, 8, 16, 32, 64, 124, 184]
+    assert all(e == AnnounceWanted(1) for _, e in events if isinstance(e, AnnounceWanted))
+    assert m.counters["mesh-announcements"] == 8
+    handshakes[key(1)] = T0 + 200  # reached at last
+    assert not [e for _, e in run(m, T0 + 250, handshakes) if isinstance(e, AnnounceWanted)]
+    m.admit(key(2), T0 + 250)
+    m.admit(key(3), T0 + 250)
+    handshakes.update({key(2): None, key(3): None})
+    events = run(m, T0 + 270, handshakes)
+    # the schedule starts again from announce_after for the new members
+    assert [(t - T0, e) for t, e in events if isinstance(e, AnnounceWanted)] == [
+        (252, AnnounceWanted(2)), (254, AnnounceWanted(2)), (258, AnnounceWanted(2)), (266, AnnounceWanted(2))]
+
+
+def test_a_goodbye_is_handed_back_after_goodbye_confirm() -> None:
+    m = membership()
+    m.admit(key(1), T0)
+    m.admit(key(2), T0)
+    m.handle_timer(T0, {})
+    m.pop_events()
+    assert m.goodbye(key(1), T0 + 0.5)
+    assert not m.goodbye(key(1), T0 + 0.6)  # already being checked: no second probe
+    assert m.goodbye(key(2), T0 + 0.5)
+    m.handle_timer(T0 + 1.7, {})
+    assert m.next_deadline() == T0 + 2.5
+    m.remove(key(2), "expired")  # removed meanwhile: nothing to hand back
+    m.pop_events()
+    m.handle_timer(T0 + 2.49, {})
+    assert not [e for e in m.pop_events() if isinstance(e, GoodbyeDue)]
+    m.handle_timer(T0 + 2.5, {})
+    assert [e for e in m.pop_events() if isinstance(e, GoodbyeDue)] == [GoodbyeDue(key(1), T0 + 0.5)]
+    assert not m.leaving and m.is_member(key(1))  # the node decides; the check is over
+    assert m.goodbye(key(1), T0 + 3)  # a new goodbye: a new check
+
+
+def state(m: MeshMembership) -> dict[str, object]:
+    """Everything the membership holds (its token bucket by value), for before/after comparisons."""
+    out: dict[str, object] = {}
+    for name, value in vars(m).items():
+        if name in ("mesh", "timing"):
+            continue
+        if hasattr(type(value), "__slots__"):  # the TokenBucket
+            value = [getattr(value, slot) for slot in type(value).__slots__]
+        out[name] = copy.deepcopy(value)
+    return out
+
+
+def test_next_deadline_is_pure_and_handle_timer_before_it_does_nothing() -> None:
+    m = membership(records_per_second=1, records_burst=1)
+    m.admit(key(1), T0)
+    m.handle_timer(T0, {key(1): None})
+    m.goodbye(key(1), T0 + 0.2)
+    assert m.take_budget(sighting(key(5), 1), "mdns", T0)
+    assert not m.take_budget(sighting(key(6), 1), "mdns", T0)  # one waits for the budget
+    m.pop_events()
+    before = state(m)
+    first = m.next_deadline()
+    assert first is not None and m.next_deadline() == first and m.next_deadline() == first
+    assert state(m) == before  # nothing changed, inside either
+    assert m.pop_events() == []
+    # before the deadline, the timer has nothing to do: no event, the same deadline
+    m.handle_timer(first - 0.001, {key(1): None})
+    assert m.pop_events() == [] and m.next_deadline() == first and state(m) == before
+    # without members, goodbyes or waiting records there is nothing to wake up for
+    empty = membership()
+    assert empty.next_deadline() is None
