@@ -1,32 +1,52 @@
 """LookupSchedule (proto/lookups.py) on its own, on a fake clock: when peers are looked up over
-unicast DNS-SD, the mesh's browse schedule and which browsed keys are looked up."""
+unicast DNS-SD (LookupWanted), the mesh's browse schedule (BrowseWanted) and which browsed keys
+are looked up."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
 
+from wgdisco.proto.events import BrowseWanted, LookupWanted
 from wgdisco.proto.lookups import LookupSchedule, Timing
 
 A, B, C = b"A" * 32, b"B" * 32, b"C" * 32
 T0 = 1000.0
 
 
-def schedule(seed: int = 7, **kw: object) -> LookupSchedule:
+def schedule(seed: int = 7, peers: tuple[bytes, ...] = (), **kw: object) -> LookupSchedule:
     mesh = bool(kw.pop("mesh", False))
-    return LookupSchedule(rng=random.Random(seed).randbytes, timing=Timing(**kw), mesh=mesh)  # type: ignore[arg-type]
+    s = LookupSchedule(rng=random.Random(seed).randbytes, timing=Timing(**kw), mesh=mesh)  # type: ignore[arg-type]
+    for public in peers:
+        s.add_peer(public, T0)
+    return s
 
 
-def due_times(s: LookupSchedule, paths: dict[bytes, bool], until: float, now: float = T0,
-              ) -> dict[bytes, list[float]]:
-    """Step the fake clock from one scheduled time to the next up to ``until``; when each peer
-    was due (relative to T0)."""
+def step(s: LookupSchedule, now: float, paths: dict[bytes, tuple[bool, float | None]]) -> list[object]:
+    """handle_timer at ``now`` if due; the events it gave."""
+    due = s.next_deadline()
+    if due is not None and due <= now:
+        s.handle_timer(now, paths)
+    return s.pop_events()
+
+
+def looked(events: list[object]) -> list[bytes]:
+    return [k for e in events if isinstance(e, LookupWanted) for k in e.peers]
+
+
+def due_times(s: LookupSchedule, paths: dict[bytes, bool], until: float, now: float = T0) -> dict[bytes, list[float]]:
+    """Step the fake clock from one deadline to the next up to ``until``; when each peer was
+    looked up (relative to T0)."""
+    view = {p: (v, None) for p, v in paths.items()}
     out: dict[bytes, list[float]] = {p: [] for p in paths}
     while now <= until:
-        for public in s.due(now, paths):
+        for public in looked(step(s, now, view)):
             out[public].append(round(now - T0, 6))
-        now = min(s.scheduled(p, now) for p in paths)
+        nxt = s.next_deadline()
+        assert nxt is not None and nxt > now, (nxt, now)
+        now = nxt
     return out
 
 
@@ -35,21 +55,21 @@ def gaps(times: list[float]) -> list[float]:
 
 
 def test_a_peer_without_a_path_is_due_at_once_then_on_a_growing_schedule_capped_at_poll_interval() -> None:
-    s = schedule()  # first 0.5 s, PollInterval 10 s
+    s = schedule(peers=(A,))  # first 0.5 s, PollInterval 10 s
     times = due_times(s, {A: False}, T0 + 80)[A]
     assert times[0] == 0
     assert gaps(times) == [0.5, 1, 2, 4, 8] + [10] * 6
     assert not s.is_regular(A)
-    assert s.due(T0 + times[-1] + 9.99, {A: False}) == []  # nothing between two turns
+    assert step(s, T0 + times[-1] + 9.99, {A: (False, None)}) == []  # nothing between two turns
 
 
 def test_the_backoff_cap_is_poll_interval() -> None:
-    s = schedule(poll_interval=3.0)
+    s = schedule(peers=(A,), poll_interval=3.0)
     assert gaps(due_times(s, {A: False}, T0 + 20)[A]) == [0.5, 1, 2] + [3] * 5
 
 
 def test_peers_with_a_path_are_looked_up_every_poll_interval_within_ten_percent_not_in_lockstep() -> None:
-    s = schedule()
+    s = schedule(peers=(A, B))
     got = due_times(s, {A: True, B: True}, T0 + 500)
     for public in (A, B):
         assert got[public][0] == 0  # never looked up: at once
@@ -59,68 +79,84 @@ def test_peers_with_a_path_are_looked_up_every_poll_interval_within_ten_percent_
     assert got[A][1:] != got[B][1:]  # two peers drift apart: no lockstep
 
 
-def test_a_regular_peer_that_loses_its_path_is_due_at_once_then_on_the_growing_schedule() -> None:
-    s = schedule()
-    assert s.due(T0, {A: True}) == [A]
-    assert s.due(T0 + 3, {A: True}) == []
-    assert s.due(T0 + 3, {A: False}) == [A]  # lost: at once, not at its regular time
+def test_a_regular_peer_whose_session_goes_quiet_is_checked_then_and_looked_up_at_once() -> None:
+    s = schedule(peers=(A,))
+    assert looked(step(s, T0, {A: (True, T0 + 3)})) == [A]  # regular; its session is quiet at T0 + 3
+    assert s.next_deadline() == T0 + 3  # the quiet check, not the regular turn ~10 s later
+    assert looked(step(s, T0 + 3, {A: (False, None)})) == [A]  # lost: at once
     assert not s.is_regular(A)
-    assert s.scheduled(A, T0 + 3) == T0 + 3.5  # then 0.5, 1, 2 … again
-    assert s.due(T0 + 3.5, {A: False}) == [A] and s.scheduled(A, T0 + 3.5) == T0 + 4.5
+    assert s.next_deadline() == T0 + 3.5  # then 0.5, 1, 2 … again
+    assert looked(step(s, T0 + 3.5, {A: (False, None)})) == [A] and s.next_deadline() == T0 + 4.5
+
+
+def test_a_quiet_check_that_finds_the_path_alive_waits_for_the_next_one() -> None:
+    s = schedule(peers=(A,))
+    step(s, T0, {A: (True, T0 + 3)})
+    assert looked(step(s, T0 + 3, {A: (True, T0 + 6)})) == []  # still live: no lookup
+    assert s.is_regular(A) and s.next_deadline() == T0 + 6
 
 
 def test_look_now_and_a_lost_path() -> None:
-    s = schedule()
-    s.due(T0, {A: True, B: True})
+    s = schedule(peers=(A, B))
+    step(s, T0, {A: (True, None), B: (True, None)})
     s.look_now(A, T0 + 1)  # looked at again, still regular
-    assert s.is_regular(A) and s.due(T0 + 1, {A: True, B: True}) == [A]
+    assert s.is_regular(A) and looked(step(s, T0 + 1, {A: (True, None), B: (True, None)})) == [A]
     s.look_now(B, T0 + 2, lost=True)  # data to it went unanswered: its path is in doubt
     assert not s.is_regular(B)
-    assert s.due(T0 + 2, {A: True, B: False}) == [B] and s.scheduled(B, T0 + 2) == T0 + 2.5
+    assert looked(step(s, T0 + 2, {A: (True, None), B: (False, None)})) == [B]
+    assert s.next_deadline() == T0 + 2.5
 
 
 def test_our_record_changing_looks_peers_without_a_path_at_once_and_resets_browsing() -> None:
-    s = schedule(mesh=True)
+    s = schedule(peers=(A, B), mesh=True)
     due_times(s, {A: False, B: False}, T0 + 20)  # well into the backoff: 8 s steps
-    assert s.scheduled(A, T0 + 20) > T0 + 20
-    b_at = s.scheduled(B, T0 + 20)
-    for now in (T0, T0 + 0.5, T0 + 1.5, T0 + 3.5, T0 + 7.5):
-        assert s.browse_due(now)
+    later = s.next_deadline()
+    assert later is not None and later > T0 + 21
     s.record_changed([A], T0 + 21)
-    assert s.due(T0 + 21, {A: False, B: False}) == [A]  # B was not named: it keeps its time
-    assert s.scheduled(A, T0 + 21) == T0 + 21.5 and s.scheduled(B, T0 + 21) == b_at
-    assert s.browse_due(T0 + 21) and not s.browse_due(T0 + 21.4) and s.browse_due(T0 + 21.5)
+    events = step(s, T0 + 21, {A: (False, None), B: (False, None)})
+    assert looked(events) == [A]  # B was not named: it keeps its time
+    assert any(isinstance(e, BrowseWanted) for e in events)  # the PTR set at once too
+    assert s.next_deadline() == T0 + 21.5
 
 
 def test_the_mesh_ptr_set_is_browsed_on_the_growing_schedule() -> None:
     s = schedule(mesh=True)
-    due = []
-    now = T0
+    due, now = [], T0
     while now <= T0 + 60:
-        if s.browse_due(now):
+        if any(isinstance(e, BrowseWanted) for e in step(s, now, {})):
             due.append(round(now - T0, 6))
-        nxt = s.next_browse(now)
-        assert nxt is not None and nxt >= now
-        now = nxt if nxt > now else now + 0.01
+        nxt = s.next_deadline()
+        assert nxt is not None and nxt > now
+        now = nxt
     assert due[:7] == [0, 0.5, 1.5, 3.5, 7.5, 15.5, 25.5]
     assert set(gaps(due[5:])) == {10}
     plain = schedule()
-    assert not plain.browse_due(T0) and plain.next_browse(T0) is None
+    assert plain.next_deadline() is None and step(plain, T0, {}) == []
+
+
+def test_nothing_is_scheduled_without_unicast_dns_sd() -> None:
+    s = LookupSchedule(rng=random.Random(1).randbytes, mesh=True, enabled=False)
+    s.add_peer(A, T0)
+    s.look_now(A, T0, lost=True)
+    assert s.next_deadline() is None
 
 
 def test_browse_lookups_skip_known_and_rejected_keys_and_are_capped() -> None:
     s = schedule(mesh=True, browse_lookups=2)
-    found = [A, A, B, C, b"D" * 32, b"E" * 32]
-    assert s.browse_lookups(found, {A}, T0) == [B, C]  # not a known key, not twice, at most 2
+    s.browse_found([A, A, B, C, b"D" * 32, b"E" * 32], {A}, T0)
+    assert looked(s.pop_events()) == [B, C]  # not a known key, not twice, at most 2
     assert s.deferred == 1
-    assert s.browse_lookups([B], set(), T0) == [B] and s.deferred == 1
+    s.browse_found([B], set(), T0)
+    assert looked(s.pop_events()) == [B] and s.deferred == 1
 
 
 def test_rejected_keys_are_not_looked_up_for_stranger_ttl() -> None:
     s = schedule(mesh=True)  # 600 s
     s.reject(A, T0)
-    assert s.browse_lookups([A, B], set(), T0 + 599.9) == [B]
-    assert s.browse_lookups([A, B], set(), T0 + 600) == [A, B]
+    s.browse_found([A, B], set(), T0 + 599.9)
+    assert looked(s.pop_events()) == [B]
+    s.browse_found([A, B], set(), T0 + 600)
+    assert looked(s.pop_events()) == [A, B]
     assert A not in s.rejected  # expired, not just skipped
 
 
@@ -129,20 +165,31 @@ def test_rejected_keys_are_capped_oldest_forgotten_first() -> None:
     for i, public in enumerate((A, B, C)):
         s.reject(public, T0 + i)
     assert list(s.rejected) == [B, C]
-    assert s.browse_lookups([A, B, C], set(), T0 + 10) == [A]
+    s.browse_found([A, B, C], set(), T0 + 10)
+    assert looked(s.pop_events()) == [A]
     s.reject(B, T0 + 20)  # rejected again: the newest now
     assert list(s.rejected) == [C, B]
 
 
-def test_a_forgotten_peer_starts_afresh() -> None:
-    s = schedule()
-    due_times(s, {A: True}, T0 + 30)
+def test_a_forgotten_peer_is_never_due_again() -> None:
+    s = schedule(peers=(A, B))
+    due_times(s, {A: True, B: True}, T0 + 30)
     s.forget(A)
-    assert not s.is_regular(A) and s.scheduled(A, T0 + 31) == T0 + 31
-    assert s.due(T0 + 31, {A: False}) == [A] and s.scheduled(A, T0 + 31) == T0 + 31.5
+    got = due_times(s, {A: True, B: True}, T0 + 60, now=T0 + 31)
+    assert got[A] == [] and got[B]
+
+
+def test_next_deadline_is_a_pure_query() -> None:
+    s = schedule(peers=(A, B), mesh=True)
+    step(s, T0, {A: (True, T0 + 4), B: (False, None)})
+    state = lambda: copy.deepcopy({k: v for k, v in vars(s).items() if k != "_rng"})  # noqa: E731
+    before = state()
+    for _ in range(3):
+        s.next_deadline()
+    assert state() == before
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_the_same_seed_gives_the_same_schedule(seed: int) -> None:
-    one = due_times(schedule(seed), {A: True}, T0 + 100)
-    assert one == due_times(schedule(seed), {A: True}, T0 + 100)
+    one = due_times(schedule(seed, peers=(A,)), {A: True}, T0 + 100)
+    assert one == due_times(schedule(seed, peers=(A,)), {A: True}, T0 + 100)

@@ -13,8 +13,8 @@ from tests.unit.test_device import ipv4_packet
 from wgdisco.proto import keys
 from wgdisco.proto.classify import PROBE, WIREGUARD, classify
 from wgdisco.proto.device import Device, EndpointChanged
-from wgdisco.proto.events import CandidateProbed, HandshakeTried, LookupWanted, NatSuspected, PathReasonChanged
-from wgdisco.proto.pathdriver import DEFER_INITIATION, FRESH_PROBES, FRESH_WINDOW, SUSPECT_AFTER, PathDriver
+from wgdisco.proto.events import CandidateProbed, HandshakeTried, NatSuspected, PathReasonChanged
+from wgdisco.proto.pathdriver import DEFER_INITIATION, FRESH_PROBES, FRESH_WINDOW, SUSPECT_AFTER, PathDriver, Suspected
 from wgdisco.proto.probe import ProbeRequested
 
 T0 = 1000.0
@@ -228,19 +228,19 @@ def test_unanswered_data_asks_one_lookup_per_silence_and_nat_suspected_only_when
     wire.send_data(a, c)
     assert a.device.peers[b.public].unanswered_since == start
     wire.run(SUSPECT_AFTER)
-    assert a.of(LookupWanted) == []  # not yet: the silence is not longer than SUSPECT_AFTER
+    assert a.of(Suspected) == []  # not yet: the silence is not longer than SUSPECT_AFTER
     wire.run(4)
     wire.send_data(a, b)  # more data into the same silence
     wire.run(4)
-    lookups = [e.peer for _, e in a.of(LookupWanted)]
+    lookups = [e.peer for _, e in a.of(Suspected)]
     assert sorted(lookups) == sorted([b.public, c.public])  # one each per silence
-    assert all(start + SUSPECT_AFTER < t <= start + SUSPECT_AFTER + 0.5 for t, _ in a.of(LookupWanted))
+    assert all(start + SUSPECT_AFTER < t <= start + SUSPECT_AFTER + 0.5 for t, _ in a.of(Suspected))
     assert a.of(NatSuspected) == []  # restun not allowed
     wire.restun = True
     wire.run(0.5)  # one sync: two silent peers, one STUN round asked for
     (when, suspected), = a.of(NatSuspected)
     assert suspected.silent_for == pytest.approx(when - start)
-    assert len(a.of(LookupWanted)) == 2
+    assert len(a.of(Suspected)) == 2
     # b answers: the silence is over; a new one is a new suspicion
     wire.restun = False
     silent.discard(b.addr)
@@ -251,8 +251,8 @@ def test_unanswered_data_asks_one_lookup_per_silence_and_nat_suspected_only_when
     silent.add(b.addr)
     wire.send_data(a, b)
     wire.run(3)
-    assert [e.peer for _, e in a.of(LookupWanted)].count(b.public) == 2
-    assert [e.peer for _, e in a.of(LookupWanted)].count(c.public) == 1
+    assert [e.peer for _, e in a.of(Suspected)].count(b.public) == 2
+    assert [e.peer for _, e in a.of(Suspected)].count(c.public) == 1
 
 
 # --- fresh candidates of a live peer ----------------------------------------------------------
@@ -284,3 +284,18 @@ def test_a_removed_peer_is_forgotten() -> None:
     assert hi.public not in lo.driver.prober.peers and hi.public not in lo.driver.selector.peers
     assert hi.public not in lo.driver.reasons
     assert lo.driver.peers_in([hi.public, lo.public]) == []
+
+
+def test_next_deadline_is_pure() -> None:
+    """Only handle_timer applies the passage of time: asking when the next work is changes nothing
+    (issue 22), even when the answer is "now" because the path died in the meantime."""
+    from wgdisco.proto.paths import LIVE_TIME
+
+    wire, lo, hi = connected()
+    later = wire.now + LIVE_TIME + 1  # the path's silence is past live_time: it is dead by now
+    selector = lo.driver.selector
+    before = [(p.addr, p.state) for p in selector.paths(hi.public)], selector.current(hi.public)
+    assert lo.driver.next_deadline(later) <= later  # work is due ...
+    lo.driver.next_deadline(later)
+    after = [(p.addr, p.state) for p in selector.paths(hi.public)], selector.current(hi.public)
+    assert after == before  # ... but asking did not do it
