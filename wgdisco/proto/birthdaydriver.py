@@ -18,7 +18,8 @@ from wgdisco.errors import LocalError
 from wgdisco.proto.birthday import EASY, HARD, AttemptFailed, BirthdayPuncher, SocketsClosed, public_ipv4
 from wgdisco.proto.birthday import Timing
 from wgdisco.proto.events import BirthdayChanged
-from wgdisco.proto.paths import HARD_MAPPINGS, Candidate, PathSelector
+from wgdisco.proto.nat import HARD_MAPPINGS, Mapping
+from wgdisco.proto.paths import Candidate, PathSelector
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
 
 __all__ = ["BirthdayDriver", "Timing"]
@@ -62,9 +63,9 @@ class BirthdayDriver:
         """HARD when our NAT is hard and the peer's easy, EASY the other way round; None when
         neither or both are hard (then nothing can be guessed, the selector says so)."""
         theirs = self.selector.peer_mapping(public)
-        if ours in HARD_MAPPINGS and theirs == "endpoint-independent" and self._via is not None:
+        if ours in HARD_MAPPINGS and theirs == Mapping.INDEPENDENT and self._via is not None:
             return HARD
-        if ours == "endpoint-independent" and theirs in HARD_MAPPINGS:
+        if ours == Mapping.INDEPENDENT and theirs in HARD_MAPPINGS:
             return EASY
         return None
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from aioice.stun import Class, Message, Method
 
+from wgdisco.proto.nat import Filtering, Mapping
 from wgdisco.errors import DecodeError, LocalError
 from wgdisco.proto.stun import TRANSACTION_ID_LEN, decode_message, mapped_address
 
@@ -44,7 +45,7 @@ __all__ = ["NatClassifier", "FILTERINGS", "CHANGE_IP", "CHANGE_PORT", "alternate
 Addr = Hashable
 Endpoint = tuple[str, int]
 CHANGE_IP, CHANGE_PORT = 0x04, 0x02  # RFC 5780 §7.2 (RFC 3489 §11.2.4)
-FILTERINGS = ("unknown", "endpoint-independent", "address-dependent", "address-and-port-dependent")
+FILTERINGS = tuple(Filtering)  # proto/nat.py
 WAIT = 2.0
 
 
@@ -82,7 +83,7 @@ class NatClassifier:
         self._sent = 0
         self._primary: Endpoint | None = None
         self._phase = 1
-        self.filtering = "unknown"
+        self.filtering: str = Filtering.UNKNOWN
         self.mapping: str | None = None  # "address-dependent" / "address-and-port-dependent", or None
         self.done = False
 
@@ -94,7 +95,7 @@ class NatClassifier:
             return False
         self._tests.clear()
         self._primary = primary_mapped
-        self.filtering, self.mapping, self.done = "unknown", None, False
+        self.filtering, self.mapping, self.done = Filtering.UNKNOWN, None, False
         # phase 1, filtering; phase 2, the mapping test: its request to the alternate port would
         # open our NAT to the change-port answer (RFC 5780 §4.4 runs the tests one after another)
         for name, change, addr in (("ip+port", CHANGE_IP | CHANGE_PORT, server), ("port", CHANGE_PORT, server),
@@ -165,7 +166,7 @@ class NatClassifier:
         self.done = True
         m = next(t for t in self._tests.values() if t.name == "mapping")
         if m.answered and m.mapped is not None and self._primary is not None:
-            self.mapping = "address-dependent" if m.mapped == self._primary else "address-and-port-dependent"
+            self.mapping = Mapping.ADDRESS if m.mapped == self._primary else Mapping.ADDRESS_AND_PORT
 
     def _send(self, now: float) -> None:
         self._sent += 1
@@ -177,10 +178,10 @@ class NatClassifier:
         by = {t.name: t for t in self._tests.values()}
         full, port = by["ip+port"], by["port"]
         if full.error or port.error:
-            self.filtering = "unknown"  # CHANGE-REQUEST not understood (420) or ignored
+            self.filtering = Filtering.UNKNOWN  # CHANGE-REQUEST not understood (420) or ignored
         elif full.answered:
-            self.filtering = "endpoint-independent"
+            self.filtering = Filtering.INDEPENDENT
         elif port.answered:
-            self.filtering = "address-dependent"
+            self.filtering = Filtering.ADDRESS
         else:
-            self.filtering = "address-and-port-dependent"
+            self.filtering = Filtering.ADDRESS_AND_PORT

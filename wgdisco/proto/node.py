@@ -39,6 +39,7 @@ from wgdisco.proto.events import (
 from wgdisco.proto.lookups import LookupSchedule
 from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership, put_newest
 from wgdisco.proto.mesh import Mesh
+from wgdisco.proto.nat import Filtering, Mapping
 from wgdisco.proto.nodetiming import Timing
 from wgdisco.proto.ownrecord import NAT_MAPPING, NAT_TXT, srv_target
 from wgdisco.proto.pathdriver import PathDriver, Suspected
@@ -90,7 +91,7 @@ class Node:
         self.counters: dict[str, int] = {}
         self.drops: dict[str, int] = {}  # datagrams of no kind we take (receive_datagram)
         self.started = False
-        self._own_mapping = "unknown"  # what the path selector was last told
+        self._own_mapping: str = Mapping.UNKNOWN  # what the path selector was last told
         self._outbox: list[tuple[bytes, Addr]] = []
         self._events: deque[Event] = deque()
         self._record: records.ServiceRecord | None = None
@@ -123,15 +124,15 @@ class Node:
     @property
     def behaviour(self) -> str:
         """Our NAT's mapping (RFC 4787 §4.1) as STUN sees it, "unknown" without STUN."""
-        return self.nat.behaviour if self.nat is not None else "unknown"
+        return self.nat.behaviour if self.nat is not None else Mapping.UNKNOWN
 
     @property
     def filtering(self) -> str:
-        return self.nat.filtering if self.nat is not None else "unknown"
+        return self.nat.filtering if self.nat is not None else Filtering.UNKNOWN
 
     @property
     def mapping_detail(self) -> str:
-        return self.nat.mapping_detail if self.nat is not None else "unknown"
+        return self.nat.mapping_detail if self.nat is not None else Mapping.UNKNOWN
 
     def add_peer(self, public: Key, now: float, preshared_key: bytes | None = None) -> Peer:
         """A new peer (LocalError: it exists, or it is our own key): probed and tried at once

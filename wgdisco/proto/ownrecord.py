@@ -11,13 +11,12 @@ import dataclasses
 import ipaddress
 from typing import Any, Iterable
 
+from wgdisco.proto.nat import NAT_MAPPING, NAT_TXT
 from wgdisco.proto import keys, records
 from wgdisco.proto.membership import MeshMembership
 
 __all__ = ["record_body", "signed", "srv_target", "NAT_TXT", "NAT_MAPPING"]
 
-NAT_TXT = {"endpoint-independent": "easy", "endpoint-dependent": "hard"}  # TXT nat= (RFC 4787 terms)
-NAT_MAPPING = {v: k for k, v in NAT_TXT.items()}
 
 
 def srv_target(public: bytes, domain: str) -> str:

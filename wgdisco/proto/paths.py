@@ -60,6 +60,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from wgdisco.proto.nat import HARD_MAPPINGS, Mapping
 from wgdisco.errors import LocalError
 from wgdisco.proto.ratelimiter import TokenBucket
 from wgdisco.proto.timers import LIVE_TIME
@@ -79,11 +80,7 @@ UNTESTED, PROBING, VERIFIED, FAILED = "untested", "probing", "verified", "failed
 STATES = (UNTESTED, PROBING, VERIFIED, FAILED)
 REASONS = ("lan", "direct", "no-candidates", "probing", "probes-timed-out", "hard-nat-both-sides")
 # RFC 4787 §4.1 mapping behaviours; "endpoint-dependent" stands for either dependent kind.
-MAPPINGS = (
-    "unknown", "endpoint-independent",
-    "address-dependent", "address-and-port-dependent", "endpoint-dependent",
-)
-HARD_MAPPINGS = frozenset(MAPPINGS[2:])
+MAPPINGS = tuple(Mapping)  # proto/nat.py
 
 
 @dataclass(frozen=True)
@@ -141,7 +138,7 @@ class PathInfo:
 @dataclass
 class _Peer:
     paths: dict[Addr, PathInfo] = field(default_factory=dict)
-    mapping: str = "unknown"
+    mapping: str = Mapping.UNKNOWN
     current: Addr | None = None
     current_since: float = 0.0
     established: bool = False  # an authenticated WireGuard packet since the path was (re)chosen
@@ -195,7 +192,7 @@ class PathSelector:
     def __init__(
         self,
         *,
-        own_mapping: str = "unknown",
+        own_mapping: str = Mapping.UNKNOWN,
         timing: Timing = Timing(),
         family: Callable[[Addr], int] = address_family,
     ) -> None:
@@ -549,7 +546,7 @@ class PathSelector:
     def peer_mapping(self, peer: Key) -> str:
         """The peer's NAT mapping behaviour as last published ("unknown" if never)."""
         p = self._peers.get(peer)
-        return p.mapping if p is not None else "unknown"
+        return p.mapping if p is not None else Mapping.UNKNOWN
 
     def punching_since(self, peer: Key) -> float | None:
         """When the peer's punching phase began (None: it has a live path, or no candidates)."""
@@ -659,5 +656,5 @@ class PathSelector:
 
 def _check_mapping(mapping: str) -> str:
     if mapping not in MAPPINGS:
-        raise LocalError(f"NAT mapping {mapping!r} is not one of {MAPPINGS}")
+        raise LocalError(f"NAT mapping {mapping!r} is not one of {[str(m) for m in MAPPINGS]}")
     return mapping

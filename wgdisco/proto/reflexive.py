@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Callable, Hashable, Iterable
 
+from wgdisco.proto.nat import Filtering, Mapping
 from wgdisco.proto.events import NatClassified, ReflexiveChanged, StunChanged, StunFailed
 from wgdisco.proto.natclass import NatClassifier
 from wgdisco.proto.stun import REFRESH, StunClient
@@ -35,7 +36,7 @@ class NatObserver:
         self._pending = True  # run the RFC 5780 tests after the next answer naming an alternate
         self._last_restun = -RESTUN_MIN_INTERVAL
         self.reflexive: list[tuple[str, int]] = []
-        self.behaviour = "unknown"
+        self.behaviour: str = Mapping.UNKNOWN
         self._outbox: list[tuple[bytes, Addr]] = []
         self._events: deque[Any] = deque()
 
@@ -71,14 +72,14 @@ class NatObserver:
     @property
     def filtering(self) -> str:
         """Our NAT's filtering (RFC 4787 §5), "unknown" until the RFC 5780 tests tell."""
-        return self.classifier.filtering if self.classifier.done else "unknown"
+        return self.classifier.filtering if self.classifier.done else Filtering.UNKNOWN
 
     @property
     def mapping_detail(self) -> str:
         """The mapping in RFC 4787 §4.1 terms: endpoint-dependent refined to address- or
         address-and-port-dependent when the RFC 5780 test could tell."""
         c = self.classifier
-        if self.behaviour == "endpoint-dependent" and c.done and c.mapping is not None:
+        if self.behaviour == Mapping.DEPENDENT and c.done and c.mapping is not None:
             return c.mapping
         return self.behaviour
 

@@ -50,11 +50,11 @@ import ipaddress
 import struct
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Literal
 
 from aioice.stun import Class, Message, Method, parse_message
 
 from ..errors import DecodeError, LocalError
+from .nat import Mapping
 
 # RFC 5389 §7.2.1 defaults.
 RTO = 0.5
@@ -69,7 +69,7 @@ _MAX_DRAWS = 8
 Addr = Hashable
 Endpoint = tuple[str, int]
 Rng = Callable[[int], bytes]
-Behaviour = Literal["endpoint-independent", "endpoint-dependent", "unknown"]
+Behaviour = Mapping  # INDEPENDENT, DEPENDENT or UNKNOWN: what STUN alone can tell (proto/nat.py)
 
 
 @dataclass(frozen=True)
@@ -333,10 +333,10 @@ class StunClient:
                 if _family(got_a[0]) != _family(got_b[0]):
                     continue
                 if got_a != got_b:
-                    return "endpoint-dependent"
+                    return Mapping.DEPENDENT
                 if host_a != host_b:
                     independent = True
-        return "endpoint-independent" if independent else "unknown"
+        return Mapping.INDEPENDENT if independent else Mapping.UNKNOWN
 
     # --------------------------------------------------------------- internal
 

@@ -6,7 +6,9 @@ from typing import Any, Iterator, Mapping
 
 from wgdisco.proto.device import EndpointChanged, HandshakeCompleted
 from wgdisco.proto.events import NodeStats, PathStatus
-from wgdisco.proto.paths import HARD_MAPPINGS, host_kind
+from wgdisco.proto.nat import HARD_MAPPINGS
+from wgdisco.proto.nat import Mapping as NatMapping
+from wgdisco.proto.paths import host_kind
 from wgdisco.proto.timers import LIVE_TIME
 
 __all__ = ["PeerHistory", "REASON_TEXT", "explain", "path_status", "path_basis", "stats", "PathView"]
@@ -29,7 +31,7 @@ def explain(reason: str, ours: str, theirs: str) -> str:
     text = REASON_TEXT.get(reason, reason)
     if reason == "probes-timed-out":
         hard = []
-        if ours == "endpoint-dependent":
+        if ours == NatMapping.DEPENDENT:
             hard.append("this side's NAT maps per destination (hard NAT)")
         if theirs in HARD_MAPPINGS:
             hard.append("the peer's NAT maps per destination (hard NAT)")
