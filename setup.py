@@ -55,7 +55,7 @@ if WANT != "0" and sys.platform.startswith("linux"):
         libraries=["crypto"],
         extra_compile_args=compile_args,
         extra_link_args=link_args,
-        optional=True,
+        optional=WANT != "1",  # setuptools would turn a failure of an optional one into a warning
     ))
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": OptionalBuildExt})

@@ -18,7 +18,7 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from wgdisco.lab import Lab, require_netns  # noqa: E402
+from wgdisco.lab import Lab, require_netns, skip_or_fail  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -59,3 +59,21 @@ def lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def compiled_datapath() -> object:
+    """The compiled data path (wgdisco/io/_fastpath.c), for the tests that drive it.
+
+    Where it is not built (no compiler: ``make test-fast`` as an ordinary user) the test skips and
+    says how to build it; under WGDISCO_REQUIRE_NETNS=1 (.ci/run, which also sets
+    WGDISCO_BUILD_FASTPATH=1 so that ``make venv`` fails when the build does) it fails instead.
+    """
+    from wgdisco.daemon import fastpath
+
+    module, why_not = fastpath.load_module()
+    if module is None:
+        skip_or_fail(f"the compiled data path is not built ({why_not}); build it with "
+                     "`rm -f .venv/.installed && WGDISCO_BUILD_FASTPATH=1 make venv` "
+                     "(needs gcc, python3-dev and libssl-dev: make system-deps)")
+    return module

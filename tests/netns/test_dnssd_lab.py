@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.observe import wait_until
 from wgdisco.errors import ConfigError, DecodeError
 from wgdisco.io import dnssd
 from wgdisco.io.dnssd import (
@@ -378,14 +379,18 @@ def test_nameserver_down_then_back(net: Net, caplog: pytest.LogCaptureFixture) -
     kind, message, took = net.bob.run(fails_fast, ("198.51.100.99", 53))
     assert kind is NameserverTimeout and "198.51.100.99:53" in message and 0.95 < took < 1.3
 
+    retries: list[Retry] = []
+
     async def retrying():
         client = net.client(timeout=0.5)
         retry = Retry(f"DNS-SD lookup via {client.where}", initial=0.1, maximum=0.4)
+        retries.append(retry)
         return await retry.run(lambda: client.lookup(LABEL1)), retry
 
     pending = net.bob.submit(retrying)
-    time.sleep(1.5)  # a few failed attempts
-    assert not pending.done()
+    # a few failed attempts (the Retry counts them), and the lookup is still pending
+    wait_until(lambda: retries and retries[0].failures >= 3, 10, "3 failed lookups")
+    assert not pending.done() and retries[0].down
     net.knot.start()
     raw, retry = pending.result(30)
     assert raw.srv_port == 51820 and raw.addresses == [ip("203.0.113.10")]  # kept across the restart

@@ -1,7 +1,7 @@
 """wgdisco.io.tun and wgdisco.io.netlink on a real TUN device, inside a throwaway network namespace.
 
 Theory of operation: the pytest process never changes namespace.  Each test gets
-a fresh namespace ``wgdt<6 hex>`` and a one-thread executor whose thread has
+a fresh namespace ``<lab prefix>tun`` (the ``lab`` fixture's unique prefix) and a one-thread executor whose thread has
 entered it with setns(2) (a per-thread operation); test bodies run there, so the
 TUN device, the netlink socket and any child process (ping) live in the
 namespace.  Teardown stops the thread and deletes the namespace, even on failure.
@@ -27,20 +27,12 @@ import pytest
 from wgdisco.errors import LocalError
 from wgdisco.io import netlink
 from wgdisco.io.tun import Tun
+from wgdisco.lab import Lab, skip_or_fail
 from wgdisco.lab.netns import enter_netns as _enter_netns
 
 TUN_ADDRS = [ipaddress.ip_interface("10.77.0.1/24"), ipaddress.ip_interface("fd00:77::1/64")]
 PEER4 = "10.77.0.2"
 PEER6 = "fd00:77::2"
-
-
-def require_root() -> None:
-    """Skip (or fail under WGDISCO_REQUIRE_NETNS=1) unless we are root."""
-    if os.geteuid() != 0:
-        reason = "needs root: TUN devices and network namespaces (run as root: sudo make test)"
-        if os.environ.get("WGDISCO_REQUIRE_NETNS") == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
 
 
 class Netns:
@@ -61,15 +53,11 @@ class Netns:
 
 
 @pytest.fixture
-def ns():
-    require_root()
-    name = f"wgdt{secrets.token_hex(3)}"
-    add = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
-    if add.returncode != 0:
-        reason = f"`ip netns add` failed: {add.stderr.strip()}"
-        if os.environ.get("WGDISCO_REQUIRE_NETNS") == "1":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+def ns(lab: Lab):
+    # the lab fixture (tests/conftest.py) skips, or fails under WGDISCO_REQUIRE_NETNS=1, without root
+    # and namespaces, and gives the run's unique name prefix (wgdisco/lab/netns.py)
+    name = f"{lab.prefix}tun"
+    subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True, check=True)
     space = Netns(name)
     try:
         yield space
@@ -268,7 +256,6 @@ def test_name_pattern_and_bad_names(ns):
 
 @pytest.mark.netns
 def test_without_cap_net_admin_the_error_says_so(ns, ifname):
-    require_root()
     code = (
         "from wgdisco.io.tun import Tun\n"
         "from wgdisco.errors import LocalError\n"
@@ -277,7 +264,7 @@ def test_without_cap_net_admin_the_error_says_so(ns, ifname):
     # Still uid 0, but CAP_NET_ADMIN removed from the bounding set (so from the new process).
     result = ns.exec("setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", sys.executable, "-c", code)
     if result.returncode != 0 and "setpriv" in result.stderr:
-        pytest.skip(f"setpriv cannot drop capabilities here: {result.stderr.strip()}")
+        skip_or_fail(f"setpriv cannot drop capabilities here: {result.stderr.strip()}")
     assert result.stdout.strip() == "opening a TUN device needs root (CAP_NET_ADMIN)", result.stderr
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.schema_check import check
+from tests.observe import metric, status as status_of, wait_until
 from wgdisco.lab import LAB_DIR, Lab, require_tool
 from wgdisco.lab.knot import start_knot, zone_name
 from wgdisco.lab.netns import Host
@@ -318,13 +319,25 @@ def udp_sockets(node: Node) -> list[str]:
 
 def test_hard_nat_to_hard_nat_says_why_and_does_not_flood(lab: Lab) -> None:
     net, a, b = two_sites(lab, "hard", "hard")
+    a.discovery["Metrics"] = "127.0.0.1:9586"
     a.start()
     b.start()
-    time.sleep(34)  # past the bounded punching phase (30 s)
-    status = json.loads(a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
+    # the verdict comes when the hard x hard probe budget is spent or the punching phase (30 s) ends
+    def verdict() -> dict | None:
+        status = status_of(a)
+        return status if status["peers"] and status["peers"][0]["reason"] == "hard-nat-both-sides" else None
+
+    status = wait_until(verdict, 45, lambda: f"a's verdict: {status_of(a)['peers']}\n{a.proc.stderr()}", interval=0.5)
     check(status, SCHEMA)
     peer = status["peers"][0]
     assert peer["path"] == "none" and peer["reason"] == "hard-nat-both-sides", status
+    # after the verdict no probe goes out any more: let a punching round's interval (4 s) and more
+    # pass, and the probe counter has not moved
+    sent = metric(a, "probes_sent_total")
+    time.sleep(6)  # letting time pass to show that nothing happens (asserted below), not a wait
+    after = metric(a, "probes_sent_total")
+    assert after == sent, f"probes went on after the verdict: {sent} -> {after}"
+    assert status_of(a)["peers"][0]["reason"] == "hard-nat-both-sides"
     assert peer["birthday"]["attempts"] == 0, peer  # both hard: no port can be guessed, none is tried
     human = a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface]).stdout
     assert "path: none (both NATs map per destination (hard NAT on both sides): no direct path)" in human, human

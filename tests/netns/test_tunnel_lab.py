@@ -7,7 +7,6 @@ everything down, also on failure.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import time
@@ -15,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.observe import status, wait_until
 from wgdisco.lab import LAB_DIR, Lab, require_tool
+from wgdisco.lab.skips import netns_required
 from wgdisco.lab.wg import Node, PeerSpec, keypair, pair
 
 pytestmark = pytest.mark.netns
@@ -67,7 +68,7 @@ DATAPATHS = ["auto", "python"]
 @pytest.mark.parametrize("kind_b,outer6,initiator", CASES)
 def test_ping_and_50mb_both_ways(lab: Lab, kind_b: str, outer6: bool, initiator: str, datapath: str) -> None:
     env = {"WGDISCO_DATAPATH": datapath}
-    if datapath == "auto" and os.environ.get("WGDISCO_REQUIRE_NETNS") == "1":
+    if datapath == "auto" and netns_required():
         env["WGDISCO_DATAPATH"] = "c"  # in CI the compiled path must be there (make venv builds it)
     a, b = pair(lab, "wgdisco", kind_b, outer6=outer6, endpoint_on=initiator, env=env)
     first, second = (a, b) if initiator == "a" else (b, a)
@@ -159,7 +160,9 @@ def test_cookie_replies_under_flood_and_genuine_peer_gets_through(lab: Lab) -> N
     a.start()
     flood = hc.popen([sys.executable, "-m", "wgdisco.lab.flood", "initiations", "198.51.100.2", "51820",
                       b.public, "3000", "8"], name="flood", env={"PYTHONPATH": REPO})
-    time.sleep(1.0)  # the responder is under load now
+    # the responder is under load now: its status says so (docs/troubleshooting.md)
+    wait_until(lambda: status(b)["handshakes"]["under_load"], 15,
+               lambda: f"b under load (status handshakes: {status(b)['handshakes']})\n{flood.stderr()}")
     a.host.ping(b.inner4, count=1, wait=10)  # wireguard-go: cookie reply, then mac2, then through
     assert flood.wait(timeout=30) == 0, flood.stderr()
     result = json.loads(flood.stdout())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -11,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wgdisco.errors import DecodeError
+from wgdisco.lab import require_tool
 from wgdisco.proto import keys
 
 
@@ -59,10 +59,10 @@ def test_bad_base32(text: str) -> None:
         keys.key_from_base32(text)
 
 
-@pytest.mark.skipif(shutil.which("wg") is None, reason="wg (wireguard-tools) not installed")
 def test_public_key_matches_wg_pubkey() -> None:
+    wg = require_tool("wg")  # a skip without wireguard-tools; a failure under WGDISCO_REQUIRE_NETNS=1
     for _ in range(5):
         priv = keys.generate_private_key(os.urandom(32))
         text = keys.key_to_base64(priv)
-        wg = subprocess.run(["wg", "pubkey"], input=text + "\n", capture_output=True, text=True, check=True)
-        assert wg.stdout.strip() == keys.key_to_base64(keys.public_key(priv))
+        out = subprocess.run([wg, "pubkey"], input=text + "\n", capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == keys.key_to_base64(keys.public_key(priv))

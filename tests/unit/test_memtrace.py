@@ -31,7 +31,9 @@ def test_unset_starts_nothing(untraced) -> None:
 def test_set_writes_snapshots(untraced, tmp_path) -> None:
     trace = memtrace.start({"WGDISCO_TRACEMALLOC": str(tmp_path / "snaps"), "WGDISCO_TRACEMALLOC_EVERY": "3600"})
     assert trace is not None and tracemalloc.is_tracing()
-    kept = [(bytearray(1000), Marker()) for _ in range(100)]  # noqa: F841 (allocated between the snapshots)
+    # 1,000 Markers: among the 60 most common types whatever else the process holds (with 100 they
+    # fell below the cut in a run as an ordinary user)
+    kept = [(bytearray(1000), Marker()) for _ in range(1000)]  # noqa: F841 (allocated between the snapshots)
     second = trace.dump()
     trace.stop()
     first = tmp_path / "snaps" / second.name.replace("-0001", "-0000")

@@ -67,7 +67,7 @@ def test_needs_netns():
 def test_netns_marker_without_privileges(tmp_path: Path, required: bool) -> None:
     """End to end: a root pytest run without CAP_SYS_ADMIN cannot `ip netns add`."""
     if os.geteuid() != 0 or not Path("/usr/bin/setpriv").exists():
-        pytest.skip("needs root (to drop capabilities) and setpriv")
+        skip_or_fail("needs root (to drop capabilities) and setpriv")
     (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
     (tmp_path / "test_marked.py").write_text(MARKED)
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONDONTWRITEBYTECODE="1",
@@ -77,3 +77,17 @@ def test_netns_marker_without_privileges(tmp_path: Path, required: bool) -> None
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60).stdout
     assert "needs root and network namespaces (run as root: sudo make test)" in out, out
     assert ("1 error" if required else "1 skipped") in out, out
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_a_missing_compiled_datapath_skips_or_fails(required: bool) -> None:
+    """tests/conftest.py's compiled_datapath: make test-fast without a compiler skips and says how to
+    build it; CI (WGDISCO_REQUIRE_NETNS=1) fails."""
+    env = dict(os.environ, WGDISCO_FASTPATH_SO="/nonexistent/_fastpath.so", PYTHONDONTWRITEBYTECODE="1",
+               WGDISCO_REQUIRE_NETNS="1" if required else "0")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", "-q",
+           "tests/unit/test_fastpath.py::test_bad_arguments_are_refused_not_crashes"]
+    cp = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert "the compiled data path is not built" in cp.stdout and "WGDISCO_BUILD_FASTPATH=1 make venv" in cp.stdout
+    assert (cp.returncode != 0 and "1 error" in cp.stdout) if required else \
+        (cp.returncode == 0 and "1 skipped" in cp.stdout), cp.stdout

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from wgdisco import __version__, config, userspace
 from wgdisco.errors import ConfigError
+from wgdisco.lab import require_tool
 
 PRIV = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
 USAGE = "Usage: {} [-f/--foreground] INTERFACE-NAME\n"
@@ -54,12 +54,11 @@ def test_usage_errors_print_the_usage_on_stdout_and_exit_0(args: list[str]) -> N
 
 def test_usage_matches_wireguard_go() -> None:
     """Same text (but for the program name) and the same exit status as the real wireguard-go."""
-    if shutil.which("wireguard-go") is None:
-        pytest.skip("wireguard-go is not installed (make bootstrap installs it)")
+    wireguard_go = require_tool("wireguard-go")  # a skip without it; a failure under WGDISCO_REQUIRE_NETNS=1
     for args in ([], ["-f"], ["a", "b"]):
-        real = subprocess.run(["wireguard-go", *args], capture_output=True, text=True, timeout=10,
+        real = subprocess.run([wireguard_go, *args], capture_output=True, text=True, timeout=10,
                               env={**os.environ, "WG_PROCESS_FOREGROUND": "1"})
-        ours = run(["wireguard-go", *args])
+        ours = run([wireguard_go, *args])
         assert (ours[0], ours[1]) == (real.returncode, real.stdout), args
 
 

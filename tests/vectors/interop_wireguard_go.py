@@ -1,7 +1,7 @@
 """Interop check of wgdisco.proto.{noise,cookie,crypto} against a real wireguard-go.
 
-Run as root:  .venv/bin/python tests/vectors/interop_wireguard_go.py
-Needs: wireguard-go, wg, ip, ping. Not a pytest test (integration tests live elsewhere).
+Runs in the suite as tests/netns/test_vectors_interop_lab.py (root, namespaces), or alone as root:
+.venv/bin/python tests/vectors/interop_wireguard_go.py.  Needs: wireguard-go, wg, ip, ping.
 
 For each transcript in handshake.json it builds two network namespaces joined by a veth
 (198.51.100.0/30), runs wireguard-go in one with the vector's responder key, and in the
@@ -161,6 +161,7 @@ def inner_responder(peer_private: str, wg_public: str) -> dict:
     checker, generator = CookieChecker(me.public), CookieGenerator(wg_pub)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((PY_ADDR, PORT_B))
+    print("bound", file=sys.stderr, flush=True)  # the outer side starts wireguard-go's ping now
     deadline = time.monotonic() + 15
     init, addr = recv_type(sock, 1, deadline)
     mac1_ok = checker.check_mac1(init)
@@ -255,17 +256,32 @@ def sh(*args: str, ns: str | None = None, check: bool = True) -> str:
     return out.stdout
 
 
-def run_inner(ns: str, *args: str) -> dict:
+def start_inner(ns: str, *args: str) -> subprocess.Popen[str]:
     cmd = ["ip", "netns", "exec", ns, sys.executable, __file__, "--inner", *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    if out.returncode != 0:
-        raise RuntimeError(f"inner {args[0]} failed: {out.stderr.strip()}")
-    return json.loads(out.stdout)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def one_vector(v: dict, cookie_scenario: bool) -> dict:
+def finish_inner(proc: subprocess.Popen[str], what: str) -> dict:
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"inner {what} failed: {err.strip()}")
+    return json.loads(out)
+
+
+def run_inner(ns: str, *args: str) -> dict:
+    return finish_inner(start_inner(ns, *args), args[0])
+
+
+def one_vector(v: dict, cookie_scenario: bool, prefix: str | None = None) -> dict:
+    """Run the scenarios for one transcript; ``prefix`` names the namespaces (a lab's unique prefix,
+    wgdisco/lab/netns.py; by default a new one of the same pattern)."""
     tag = secrets.token_hex(3)
-    ns_wg, ns_py, iface = f"wgdtmp{tag}w", f"wgdtmp{tag}p", f"wgdtmp{tag}"
+    prefix = prefix or f"wgd{tag}-"
+    ns_wg, ns_py, iface = f"{prefix}wg", f"{prefix}py", f"wgv{tag}"
     proc = None
     keyfile = pathlib.Path(f"/tmp/{iface}.key")
     pskfile = pathlib.Path(f"/tmp/{iface}.psk")
@@ -309,12 +325,15 @@ def one_vector(v: dict, cookie_scenario: bool) -> dict:
         result = {"name": v["name"]}
         result["A"] = run_inner(ns_py, "A", json.dumps(v))
 
-        ping = subprocess.Popen(
-            # the delay lets the inner peer bind its socket before the first initiation
-            ["ip", "netns", "exec", ns_wg, "sh", "-c", f"sleep 1; exec ping -c 1 -W 10 {PEER_B_TUN}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        result["B"] = run_inner(ns_py, "B", peer_b_private.hex(), v["responder_public"])
+        inner_b = start_inner(ns_py, "B", peer_b_private.hex(), v["responder_public"])
+        assert inner_b.stderr is not None
+        ready = inner_b.stderr.readline()  # its socket is bound: the first initiation will find it
+        if ready.strip() != "bound":
+            inner_b.kill()
+            raise RuntimeError(f"inner B did not start: {ready}{inner_b.communicate()[1]}")
+        ping = subprocess.Popen(["ip", "netns", "exec", ns_wg, "ping", "-c", "1", "-W", "10", PEER_B_TUN],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        result["B"] = finish_inner(inner_b, "B")
         result["B"]["ping_ok"] = ping.wait(timeout=20) == 0
         if cookie_scenario:
             result["C"] = run_inner(ns_py, "C", peer_c_private.hex(), v["responder_public"])
