@@ -227,7 +227,7 @@ class Discovery:
     def _count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
 
-    def _on_mdns(self, event: mdns.Sighting | mdns.Removal) -> None:
+    def _on_mdns(self, event: mdns.Seen | mdns.Removal) -> None:
         if isinstance(event, mdns.Removal):
             try:
                 public = records.key_of_label(event.instance)

@@ -109,7 +109,7 @@ class ServerResult:
 
 
 @dataclass
-class Candidate:
+class InterfaceAddress:
     interface: str
     address: str
     prefixlen: int
@@ -140,7 +140,7 @@ class Report:
     mapping_detail: str = "unknown"  # the same, endpoint-dependent refined by the RFC 5780 test
     filtering: str = "unknown"  # RFC 4787 §5, from the RFC 5780 tests (natclass.py)
     hairpinning: bool | None = None
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[InterfaceAddress] = field(default_factory=list)
     candidates_error: str | None = None
     timeout: float = DEFAULT_TIMEOUT
     port_mapping: PortMapReport | None = None
@@ -222,14 +222,14 @@ def _stun_part(report: Report, servers: list[str], timeout: float, hairpin_wait:
         sock.close()
 
 
-def local_candidates() -> tuple[list[Candidate], str | None]:
+def local_candidates() -> tuple[list[InterfaceAddress], str | None]:
     from wgdisco.io import netlink  # pyroute2 only when needed
 
     try:
         found = netlink.interface_addresses()
     except (LocalError, OSError) as e:
         return [], str(e)
-    return [Candidate(name, str(iface.ip), iface.network.prefixlen) for name, iface in found], None
+    return [InterfaceAddress(name, str(iface.ip), iface.network.prefixlen) for name, iface in found], None
 
 
 def _resolve(sock: socket.socket, results: list[ServerResult]) -> dict[Any, list[ServerResult]]:

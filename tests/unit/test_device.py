@@ -460,3 +460,34 @@ def test_sticky_source_dropped_on_new_endpoint_removal_and_retries() -> None:
     assert q.a.sources == {B_ADDR: "a-first"}  # the first try keeps it
     q.advance(q.a.timing.rekey_timeout + q.a.timing.rekey_timeout_jitter_max + 0.1)
     assert q.pa.handshake_attempts >= 1 and q.a.sources == {}
+
+
+def test_timers_come_from_a_heap_not_a_scan_of_the_peers() -> None:
+    """get_timer is the top of a heap (issue 22): the earliest deadline wins whoever set it; a
+    deadline moved later costs one early wake that does nothing and re-arms at the real one; a
+    removed peer's entry is skipped."""
+    rng = Rng(5)
+    dev = Device(keys.clamp(rng(32)), rng=rng, now=0.0)
+    peers = [dev.add_peer(keys.public_key(keys.clamp(rng(32)))) for _ in range(200)]
+    assert dev.get_timer() is None
+    for i, peer in enumerate(peers):
+        dev.set_endpoint(peer, ("192.0.2.1", 1000 + i))
+        dev.set_persistent_keepalive(peer, 25, 0.0)  # sends a handshake: its retransmit timer is armed
+    first = dev.get_timer()
+    assert first is not None and 5.0 <= first <= 5.0 + dev.timing.rekey_timeout_jitter_max
+    assert first == min(t for p in peers for t in p.deadlines() if t is not None)
+    dev.datagrams_to_send()
+    # one peer's retransmit is cancelled (as a handshake completing does): the heap still holds
+    # its old entry, so the device wakes then, does nothing for it, and re-arms it later
+    quiet = min(peers, key=lambda p: p.t_retransmit)
+    quiet.t_retransmit = None
+    quiet_when = quiet.armed_at
+    dev.handle_timer(quiet_when)
+    assert quiet.t_retransmit is None and quiet.handshake_attempts == 0  # nothing fired for it
+    assert quiet.armed_at == min(t for t in quiet.deadlines() if t is not None) > quiet_when
+    # a removed peer's entry is passed over
+    gone, gone_addr = peers[-1], peers[-1].endpoint
+    dev.remove_peer(gone.public_key)
+    dev.handle_timer(100.0)
+    sent = [addr for _, addr in dev.datagrams_to_send()]
+    assert sent and gone_addr not in sent  # the others retransmitted; nothing for the removed one

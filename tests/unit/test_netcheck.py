@@ -14,7 +14,7 @@ import pytest
 
 from wgdisco import netcheck
 from wgdisco.lab import Host
-from wgdisco.netcheck import Candidate, Report, ServerResult
+from wgdisco.netcheck import InterfaceAddress, Report, ServerResult
 
 REPO = str(Path(__file__).resolve().parents[2])
 
@@ -26,7 +26,7 @@ SCHEMA_KEYS = {
 }
 SERVER_KEYS = {"server", "address", "family", "answered", "mapped", "rtt_ms", "error"}
 
-CANDIDATES = [Candidate("v10a", "10.1.0.2", 24), Candidate("v10a", "fd00:1::2", 64)]
+CANDIDATES = [InterfaceAddress("v10a", "10.1.0.2", 24), InterfaceAddress("v10a", "fd00:1::2", 64)]
 
 
 def easy_report() -> Report:
@@ -139,7 +139,7 @@ def test_no_nat_and_hairpinning() -> None:
     report = Report(servers=[ServerResult("203.0.113.10:3478", ("203.0.113.10", 3478), ("203.0.113.30", 5000), 1.0),
                              ServerResult("203.0.113.11:3478", ("203.0.113.11", 3478), ("203.0.113.30", 5000), 1.0)],
                     behaviour="endpoint-independent", hairpinning=True,
-                    candidates=[Candidate("eth0", "203.0.113.30", 24)], candidates_error=None)
+                    candidates=[InterfaceAddress("eth0", "203.0.113.30", 24)], candidates_error=None)
     text = netcheck.format_report(report)
     assert "  * Mapping varies by destination IP: no (no NAT)\n" in text and "  * Hairpinning: yes\n" in text
     assert netcheck.to_json(report)["behind_nat"] is False

@@ -38,7 +38,7 @@ Browsing: zeroconf's browser callbacks are synchronous, so each Added/Updated
 schedules one resolve task per instance (``AsyncServiceInfo.async_request``,
 answered from the cache when the announcement carried everything); an event
 that arrives while a resolve runs makes it resolve again.  The callback gets a
-``Sighting`` when what is known about an instance changed, and a ``Removal``
+``Seen`` when what is known about an instance changed, and a ``Removal``
 after a goodbye or TTL expiry of an instance it was told about.  Instances
 this service publishes itself (heard through multicast loopback) are ignored.
 Sightings are hints (ARCHITECTURE.md, "Trust model"): nothing here checks them.
@@ -74,7 +74,7 @@ __all__ = [
     "IPVersion",
     "MdnsService",
     "Removal",
-    "Sighting",
+    "Seen",
     "SightingCallback",
     "decode_txt",
     "encode_txt",
@@ -113,7 +113,7 @@ RESOLVE_TIMEOUT = 3.0  # seconds for SRV/TXT/A/AAAA after an Added/Updated event
 
 
 @dataclass(frozen=True)
-class Sighting:
+class Seen:
     """A ``_wireguard._udp`` instance seen on the link (a hint, unauthenticated).
 
     ``instance`` is the lowercase instance label (the base32 key for wgsd
@@ -131,12 +131,12 @@ class Sighting:
 
 @dataclass(frozen=True)
 class Removal:
-    """An instance previously reported by a ``Sighting`` is gone (goodbye or TTL expiry)."""
+    """An instance previously reported by a ``Seen`` is gone (goodbye or TTL expiry)."""
 
     instance: str
 
 
-SightingCallback = Callable[[Sighting | Removal], object]
+SightingCallback = Callable[[Seen | Removal], object]
 
 
 # --- TXT rdata (RFC 6763 §6) ---------------------------------------------------
@@ -213,7 +213,7 @@ def _usable_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
     zeroconf knows the scope only of a record that arrived on an IPv6 socket;
     the copy of the same AAAA received over IPv4 (Avahi sends both) has none
     and could not be used as an endpoint, so it is left out until the scoped
-    copy arrives (moments later: another Sighting).
+    copy arrives (moments later: another Seen).
     """
     usable = [a for a in addresses if "%" in a or not ipaddress.ip_address(a).is_link_local]
     return tuple(sorted(set(usable), key=_address_key))
@@ -320,7 +320,7 @@ class MdnsService:
         self._callback: SightingCallback | None = None
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
-        self._sighted: dict[str, Sighting] = {}  # what each instance said last, at most MAX_SIGHTED
+        self._sighted: dict[str, Seen] = {}  # what each instance said last, at most MAX_SIGHTED
         self.ignored_names = 0  # instance names that cannot be a wgsd record, or that zeroconf refused
         self.trimmed = 0  # instances whose records _trim_cache dropped from zeroconf's cache
         self._trim: asyncio.TimerHandle | None = None
@@ -527,7 +527,7 @@ class MdnsService:
         if not found or info.port is None:
             log.debug("mDNS: %s did not resolve within %.1f s", name, self.resolve_timeout)
             return
-        sighting = Sighting(
+        sighting = Seen(
             instance=label,
             port=info.port,
             addresses=_usable_addresses(info.parsed_scoped_addresses(IPVersion.All)),
@@ -541,7 +541,7 @@ class MdnsService:
                 del self._sighted[next(iter(self._sighted))]
             self._deliver(sighting)
 
-    def _deliver(self, event: Sighting | Removal) -> None:
+    def _deliver(self, event: Seen | Removal) -> None:
         assert self._callback is not None
         try:
             self._callback(event)

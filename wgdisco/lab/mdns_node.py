@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 
-from wgdisco.io.mdns import IPVersion, MdnsService, Removal, Sighting
+from wgdisco.io.mdns import IPVersion, MdnsService, Removal, Seen
 
 VERSIONS = {"all": IPVersion.All, "v4": IPVersion.V4Only, "v6": IPVersion.V6Only}
 
@@ -38,7 +38,7 @@ def emit(event: str, **fields: object) -> None:
     print(json.dumps({"event": event, "t": time.monotonic(), **fields}), flush=True)
 
 
-def on_sighting(event: Sighting | Removal) -> None:
+def on_sighting(event: Seen | Removal) -> None:
     if isinstance(event, Removal):
         emit("removed", instance=event.instance)
         return

@@ -35,6 +35,9 @@ keypair.go, peer.go); whitepaper sections are cited where a rule comes from.
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 import struct
 from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable
@@ -125,6 +128,7 @@ class Peer:
         self.need_another_keepalive = False
         self.sent_last_minute_handshake = False
         self.last_sent_handshake: float | None = None
+        self.armed_at = math.inf  # this peer's entry in the device's timer heap (Device._arm)
 
     def deadlines(self) -> Iterable[float | None]:
         return (self.t_retransmit, self.t_send_keepalive, self.t_new_handshake, self.t_zero_key, self.t_persistent)
@@ -198,6 +202,10 @@ class Device:
         self.outbox: list[tuple[bytes, Addr]] = []
         self.sources: dict[Addr, Hashable] = {}  # endpoint -> local source of its latest authenticated packet
         self.events: list[DeviceEvent] = []
+        # (deadline, seq, peer): at most one live entry per peer, the earliest of its timers or
+        # earlier (a timer moved later is found when the entry pops); get_timer is its top
+        self._timers: list[tuple[float, int, Peer]] = []
+        self._timer_seq = itertools.count()
         self.drops: dict[str, int] = {}  # dropped input, by reason
         self.counters: dict[str, int] = {}  # other protocol events (cookie replies, …)
         self.handshake_load_threshold = handshake_load_threshold
@@ -289,36 +297,51 @@ class Device:
         return x % 1000 / 1000 * self.timing.rekey_timeout_jitter_max
 
     def get_timer(self) -> float | None:
-        """The earliest deadline of any peer, or None."""
-        best: float | None = None
-        for peer in self.peers.values():
-            for t in peer.deadlines():
-                if t is not None and (best is None or t < best):
-                    best = t
-        return best
+        """The earliest deadline of any peer (or a little earlier: a deadline that moved later is
+        found when its heap entry pops), None if none. O(1), no scan of the peers."""
+        return self._timers[0][0] if self._timers else None
+
+    def _arm(self, peer: Peer, when: float) -> None:
+        """``when`` is earlier than ``peer``'s entry in the timer heap: a new entry."""
+        peer.armed_at = when
+        heapq.heappush(self._timers, (when, next(self._timer_seq), peer))
 
     def handle_timer(self, now: float) -> None:
-        for peer in list(self.peers.values()):
-            if peer.t_retransmit is not None and peer.t_retransmit <= now:
-                peer.t_retransmit = None
-                self._expired_retransmit_handshake(peer, now)
-            if peer.t_send_keepalive is not None and peer.t_send_keepalive <= now:
-                peer.t_send_keepalive = None
+        """The timers that are due (whitepaper §6; wireguard-go timers.go), peer by peer from the heap."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            when, _seq, peer = heapq.heappop(timers)
+            if peer.armed_at != when or self.peers.get(peer.public_key) is not peer:
+                continue  # superseded by an earlier entry, or the peer is gone
+            peer.armed_at = math.inf
+            self._peer_timers(peer, now)
+            due = [t for t in peer.deadlines() if t is not None]
+            if due and min(due) < peer.armed_at:
+                self._arm(peer, min(due))
+
+    def _peer_timers(self, peer: Peer, now: float) -> None:
+        if peer.t_retransmit is not None and peer.t_retransmit <= now:
+            peer.t_retransmit = None
+            self._expired_retransmit_handshake(peer, now)
+        if peer.t_send_keepalive is not None and peer.t_send_keepalive <= now:
+            peer.t_send_keepalive = None
+            self.send_keepalive(peer, now)
+            if peer.need_another_keepalive:
+                peer.need_another_keepalive = False
+                peer.t_send_keepalive = now + self.timing.keepalive_timeout
+                if peer.t_send_keepalive < peer.armed_at:  # an earlier deadline: into the timer heap
+                    self._arm(peer, peer.t_send_keepalive)
+        if peer.t_new_handshake is not None and peer.t_new_handshake <= now:
+            peer.t_new_handshake = peer.unanswered_since = None
+            self.unstick(peer)  # wireguard-go expiredNewHandshake: the source may be the trouble
+            self.send_handshake_initiation(peer, now, is_retry=False)
+        if peer.t_zero_key is not None and peer.t_zero_key <= now:
+            peer.t_zero_key = None
+            self._zero_and_flush(peer)
+        if peer.t_persistent is not None and peer.t_persistent <= now:
+            peer.t_persistent = None
+            if peer.persistent_keepalive:
                 self.send_keepalive(peer, now)
-                if peer.need_another_keepalive:
-                    peer.need_another_keepalive = False
-                    peer.t_send_keepalive = now + self.timing.keepalive_timeout
-            if peer.t_new_handshake is not None and peer.t_new_handshake <= now:
-                peer.t_new_handshake = peer.unanswered_since = None
-                self.unstick(peer)  # wireguard-go expiredNewHandshake: the source may be the trouble
-                self.send_handshake_initiation(peer, now, is_retry=False)
-            if peer.t_zero_key is not None and peer.t_zero_key <= now:
-                peer.t_zero_key = None
-                self._zero_and_flush(peer)
-            if peer.t_persistent is not None and peer.t_persistent <= now:
-                peer.t_persistent = None
-                if peer.persistent_keepalive:
-                    self.send_keepalive(peer, now)
 
     def _expired_retransmit_handshake(self, peer: Peer, now: float) -> None:
         if peer.handshake_attempts > self.timing.max_timer_handshakes:
@@ -327,6 +350,8 @@ class Device:
             peer.staged.clear()
             if peer.t_zero_key is None:
                 peer.t_zero_key = now + 3 * self.timing.reject_after_time
+                if peer.t_zero_key < peer.armed_at:  # an earlier deadline: into the timer heap
+                    self._arm(peer, peer.t_zero_key)
             self.events.append(GaveUp(peer.public_key, peer.handshake_attempts))
             return
         peer.handshake_attempts += 1
@@ -337,6 +362,8 @@ class Device:
         """timersAnyAuthenticatedPacketTraversal."""
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
+            if peer.t_persistent < peer.armed_at:  # an earlier deadline: into the timer heap
+                self._arm(peer, peer.t_persistent)
 
     def _handshake_complete(self, peer: Peer, now: float) -> None:
         """timersHandshakeComplete."""
@@ -349,6 +376,8 @@ class Device:
     def _session_derived(self, peer: Peer, now: float) -> None:
         """timersSessionDerived: zero everything after 3 × REJECT_AFTER_TIME (§6.3)."""
         peer.t_zero_key = now + 3 * self.timing.reject_after_time
+        if peer.t_zero_key < peer.armed_at:  # an earlier deadline: into the timer heap
+            self._arm(peer, peer.t_zero_key)
 
     # --- handshakes ------------------------------------------------------------
 
@@ -378,6 +407,8 @@ class Device:
             self.outbox.append((msg, peer.endpoint))
             peer.tx_bytes += len(msg)  # wg show transfer counts handshakes too (wireguard-go SendBuffers)
         peer.t_retransmit = now + self.timing.rekey_timeout + self._jitter()  # timersHandshakeInitiated
+        if peer.t_retransmit < peer.armed_at:  # an earlier deadline: into the timer heap
+            self._arm(peer, peer.t_retransmit)
 
     def _send_handshake_response(self, peer: Peer, now: float) -> None:
         hs = peer.handshake
@@ -672,6 +703,8 @@ class Device:
         peer.last_authenticated = now
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
+            if peer.t_persistent < peer.armed_at:  # an earlier deadline: into the timer heap
+                self._arm(peer, peer.t_persistent)
         peer.t_new_handshake = peer.unanswered_since = None  # timersAnyAuthenticatedPacketReceived
         peer.rx_bytes += len(data)
         n = len(plaintext)
@@ -680,6 +713,8 @@ class Device:
         # timersDataReceived
         if peer.t_send_keepalive is None:
             peer.t_send_keepalive = now + timing.keepalive_timeout
+            if peer.t_send_keepalive < peer.armed_at:  # an earlier deadline: into the timer heap
+                self._arm(peer, peer.t_send_keepalive)
         else:
             peer.need_another_keepalive = True
         # The length comes from the IP header; the source must be in the peer's AllowedIPs (§2).
@@ -732,9 +767,13 @@ class Device:
         peer.tx_bytes += nbytes
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
+            if peer.t_persistent < peer.armed_at:  # an earlier deadline: into the timer heap
+                self._arm(peer, peer.t_persistent)
         peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
         if data_packets and peer.t_new_handshake is None:  # timersDataSent
             peer.t_new_handshake = now + self.timing.keepalive_timeout + self.timing.rekey_timeout + self._jitter()
+            if peer.t_new_handshake < peer.armed_at:  # an earlier deadline: into the timer heap
+                self._arm(peer, peer.t_new_handshake)
             peer.unanswered_since = now
         # keepKeyFreshSending (whitepaper §6.2)
         if kp is not None and (kp.send_counter - 1 > self._rekey_messages or now > kp.rekey_at):
@@ -757,11 +796,15 @@ class Device:
         peer.last_authenticated = now
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
+            if peer.t_persistent < peer.armed_at:  # an earlier deadline: into the timer heap
+                self._arm(peer, peer.t_persistent)
         peer.t_new_handshake = peer.unanswered_since = None  # timersAnyAuthenticatedPacketReceived
         peer.rx_bytes += nbytes
         if data_packets:  # timersDataReceived, once per data packet
             if peer.t_send_keepalive is None:
                 peer.t_send_keepalive = now + timing.keepalive_timeout
+                if peer.t_send_keepalive < peer.armed_at:  # an earlier deadline: into the timer heap
+                    self._arm(peer, peer.t_send_keepalive)
                 if data_packets > 1:
                     peer.need_another_keepalive = True
             else:

@@ -39,7 +39,7 @@ __all__ = [
     "TXTVERS",
     "TXT_LIMIT",
     "TXT_STRING_MAX",
-    "Candidate",
+    "HostPort",
     "IPAddress",
     "IPNetwork",
     "ServiceRecord",
@@ -57,7 +57,7 @@ __all__ = [
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-Candidate = tuple[IPAddress, int]
+HostPort = tuple[IPAddress, int]
 
 SERVICE = "_wireguard._udp"
 TXTVERS = b"1"  # RFC 6763 §6.7; wgsd v0.3 publishes txtvers=1
@@ -126,7 +126,7 @@ def format_candidate(ip: IPAddress | str, port: int) -> str:
     return f"{addr}:{port}"
 
 
-def parse_candidate(text: str) -> Candidate:
+def parse_candidate(text: str) -> HostPort:
     """Inverse of ``format_candidate``; DecodeError on anything else (no zone index, no names)."""
     text = text.strip()
     if text.startswith("["):
@@ -174,7 +174,7 @@ class ServiceRecord:
     target: str
     addresses: list[IPAddress] = field(default_factory=list)
     allowed: list[IPNetwork] = field(default_factory=list)
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[HostPort] = field(default_factory=list)
     txt_extra: dict[str, str | bytes | None] = field(default_factory=dict)
 
     @property
@@ -193,7 +193,7 @@ class Sighting:
     """
 
     public_key: bytes
-    candidates: list[Candidate]
+    candidates: list[HostPort]
     allowed: list[IPNetwork] = field(default_factory=list)
     txt: dict[str, bytes | None] = field(default_factory=dict)
     malformed: int = 0
@@ -276,7 +276,7 @@ def build_txt(record: ServiceRecord) -> list[bytes]:
     if budget < 0:
         raise LocalError(f"the TXT record needs {txt_wire_size(fixed)} bytes without candidates; "
                          f"the limit is {TXT_LIMIT - 1}")
-    seen: set[Candidate] = set()
+    seen: set[HostPort] = set()
     cands: list[str] = []
     for ip, port in record.candidates:
         cand = (_plain(ipaddress.ip_address(ip)), port)
@@ -387,10 +387,10 @@ def record_from_dns(
                     f"a different key than its label ({keys.key_to_base64(public_key)})"
                 )
 
-    candidates: list[Candidate] = []
-    seen: set[Candidate] = set()
+    candidates: list[HostPort] = []
+    seen: set[HostPort] = set()
 
-    def add(cand: Candidate) -> None:
+    def add(cand: HostPort) -> None:
         nonlocal bad
         if not _usable(cand[0]):
             bad += 1
