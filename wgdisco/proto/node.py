@@ -23,7 +23,7 @@ or ValueError when it cannot be used here), ``host_of(addr)`` gives its IP liter
 from __future__ import annotations
 
 import ipaddress
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, Callable, Hashable, Iterable
 
 from wgdisco.errors import LocalError
@@ -37,7 +37,7 @@ from wgdisco.proto.events import (
     RecordChanged, ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
-from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership, put_newest
+from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.nat import Filtering, Mapping
 from wgdisco.proto.nodetiming import Timing
@@ -45,6 +45,7 @@ from wgdisco.proto.ownrecord import NAT_MAPPING, NAT_TXT, srv_target
 from wgdisco.proto.pathdriver import PathDriver, Suspected
 from wgdisco.proto.paths import PathInfo
 from wgdisco.proto.reflexive import RESTUN_MIN_INTERVAL, NatObserver
+from wgdisco.proto.strangers import Strangers
 from wgdisco.proto.views import REASON_TEXT
 
 __all__ = ["Node", "NodeStats", "PathStatus", "Event", "Timing", "NAT_TXT", "NAT_MAPPING", "REASON_TEXT",
@@ -72,7 +73,7 @@ class Node:
         self.unicast = unicast  # unicast DNS-SD (a Domain): peers are looked up (LookupWanted)
         self.addr_of, self.host_of, self.format_addr = addr_of, host_of, format_addr
         self.socket_of = via_socket  # the extra (birthday) socket an address is reached from; None: the listen socket
-        self._port, self._domain, self._allowed = port, domain, list(allowed)
+        self.own = ownrecord.OwnRecord(port=port, domain=domain, allowed=allowed, traversal=traversal)
         servers = list(stun_servers)
         self.nat = NatObserver(servers, rng=rng, refresh=timing.stun_refresh, host_of=host_of, addr_of=addr_of) \
             if servers else None
@@ -85,18 +86,13 @@ class Node:
         for public in device.peers:
             self.lookups.add_peer(public, 0.0)
         self.history = views.PeerHistory()
-        self.local_networks: list[Any] = []
-        self.host_addresses: list[Any] = []  # our interfaces' IPs (not link-local), for the record
-        self.mapped: tuple[str, int] | None = None  # the gateway's port mapping (set_mapping)
         self.counters: dict[str, int] = {}
         self.drops: dict[str, int] = {}  # datagrams of no kind we take (receive_datagram)
         self.started = False
         self._own_mapping: str = Mapping.UNKNOWN  # what the path selector was last told
         self._outbox: list[tuple[bytes, Addr]] = []
         self._events: deque[Event] = deque()
-        self._record: records.ServiceRecord | None = None
-        self._body: records.ServiceRecord | None = None
-        self._strangers: OrderedDict[Key, tuple[float, records.Sighting, str]] = OrderedDict()
+        self.strangers = Strangers(cap=timing.max_strangers, ttl=timing.stranger_ttl)
         self._draining = False  # mesh records that waited for the budget are being worked on
 
     # --- peers and identity ---------------------------------------------------------
@@ -140,9 +136,8 @@ class Node:
         peer = self.device.add_peer(public, preshared_key)
         self.paths.add_peer(public)
         self.lookups.add_peer(public, now)
-        seen = self._strangers.pop(public, None)
-        if seen is not None and now - seen[0] < self.timing.stranger_ttl:
-            self.receive_sighting(seen[1], seen[2], now)
+        if (seen := self.strangers.take(public, now)) is not None:
+            self.receive_sighting(*seen, now)
         return peer
 
     def remove_peer(self, public: Key) -> None:
@@ -188,9 +183,9 @@ class Node:
 
     def set_port(self, port: int, now: float) -> None:
         """The listen port changed: the record and every reflexive address are stale."""
-        if port == self._port:
+        if port == self.own.port:
             return
-        self._port = port
+        self.own.port = port
         if self.nat is not None:
             self.nat.restart(now)
             self._collect(now)
@@ -215,7 +210,7 @@ class Node:
         if self.started:
             return self.network_changed(lan, now)
         self.started = True
-        self._set_lan(lan)
+        self.own.set_lan(lan)
         if self.nat is not None:
             self.nat.start(now)
             self._collect(now)
@@ -223,7 +218,7 @@ class Node:
 
     def network_changed(self, lan: Iterable[tuple[str, Any]], now: float) -> None:
         """Addresses came or went: new local networks, STUN again, probe every current path."""
-        self._set_lan(lan)
+        self.own.set_lan(lan)
         if self.nat is not None:
             self.nat.restart(now, reclassify=True)  # another network, maybe another NAT
             self._collect(now)
@@ -232,16 +227,15 @@ class Node:
             self._collect(now)
         self._update_record(now)
 
-    def _set_lan(self, lan: Iterable[tuple[str, Any]]) -> None:
-        lan = list(lan)
-        self.local_networks = [ipaddress.ip_network(a.network) for _, a in lan]
-        self.host_addresses = [a.ip for _, a in lan if not a.ip.is_link_local]
+    @property
+    def local_networks(self) -> list[Any]:
+        return self.own.local_networks
 
     def set_mapping(self, external: tuple[str, int] | None, now: float) -> None:
         """The gateway maps ``external`` (ip, port) to our listen port (PCP, NAT-PMP or UPnP IGD,
         proto/portmap.py): published as a candidate (kind "mapped"); None: it went."""
-        if external != self.mapped:
-            self.mapped = external
+        if external != self.own.mapped:
+            self.own.mapped = external
             self._events.append(PortMappingChanged(external))
             self._update_record(now)
 
@@ -267,7 +261,7 @@ class Node:
             self._collect(now)
         if peer is None:
             self._count("records-not-a-peer")  # discovery never makes a stranger a peer
-            return put_newest(self._strangers, public, (now, sighting, source), self.timing.max_strangers)
+            return self.strangers.put(sighting, source, now)
         addrs = []
         for ip, port in sighting.candidates:
             try:
@@ -288,8 +282,7 @@ class Node:
         if m is not None:
             m.discard_waiting(public)  # a record that waited for the budget is older
         if public not in self.device.peers:
-            self._strangers.pop(public, None)
-            return
+            return self.strangers.discard(public)
         self._count("goodbyes")
         if m is None or not m.is_member(public):
             return self.paths.goodbye(public, source, now)
@@ -309,7 +302,7 @@ class Node:
         assert m is not None
         if not m.has_room():
             return None
-        self._strangers.pop(public, None)  # this sighting is newer
+        self.strangers.discard(public)  # this sighting is newer
         peer = self.add_peer(public, now)
         m.admit(public, now, name)
         self.device.set_persistent_keepalive(peer, m.timing.keepalive, now)
@@ -412,9 +405,7 @@ class Node:
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest time ``handle_timer`` has work, the device's timers included."""
-        times = [self.device.get_timer(), self.lookups.next_deadline()]
-        if self._strangers:
-            times.append(next(iter(self._strangers.values()))[0] + self.timing.stranger_ttl)
+        times = [self.device.get_timer(), self.lookups.next_deadline(), self.strangers.next_deadline()]
         if self.membership is not None:
             times.append(self.membership.next_deadline())
         if self.nat is not None:
@@ -444,9 +435,7 @@ class Node:
         if self.nat is not None:
             self.nat.handle_timer(now)
         self.paths.hints_due(now)
-        strangers = self._strangers
-        while strangers and next(iter(strangers.values()))[0] + self.timing.stranger_ttl <= now:
-            strangers.popitem(last=False)
+        self.strangers.handle_timer(now)
         self._collect(now)
         m = self.membership
         if m is not None and (due := m.next_deadline()) is not None and due <= now:
@@ -513,26 +502,17 @@ class Node:
 
     def record(self) -> records.ServiceRecord:
         """The record we publish (docs/records.md)."""
-        return ownrecord.signed(self._record_body(), self.membership)
+        return ownrecord.signed(self._body(), self.membership)
 
-    def _record_body(self) -> records.ServiceRecord:
-        return ownrecord.record_body(
-            self.public_key, port=self._port, domain=self._domain, host_addresses=self.host_addresses,
-            mapped=self.mapped, reflexive=self.reflexive, traversal=self.traversal, behaviour=self.behaviour,
-            allowed=self._allowed, mesh_addresses=self.mesh_addresses(self.public_key))
+    def _body(self) -> records.ServiceRecord:
+        return self.own.body(self.public_key, self.reflexive, self.behaviour, self.mesh_addresses(self.public_key))
 
     def _update_record(self, now: float) -> None:
-        body, old = self._record_body(), self._record
-        if old is not None and body == self._body:
-            return
-        self._body = body
-        if self.membership is not None:  # a newer record: a higher counter (older ones are replays)
-            self.membership.next_counter(self.device.wall_offset + now)
-        self._record = record = ownrecord.signed(body, self.membership)
-        # both sides have published now: look again at once
-        self.lookups.record_changed([p for p in self.device.peers if not self.has_path(p, now)], now)
-        withdrawn = old.instance_label if old is not None and old.public_key != record.public_key else None
-        self._events.append(RecordChanged(record, withdrawn))
+        changed = self.own.update(self._body(), self.membership, self.device.wall_offset + now)
+        if changed is not None:
+            # both sides have published now: look again at once
+            self.lookups.record_changed([p for p in self.device.peers if not self.has_path(p, now)], now)
+            self._events.append(changed)
 
     # --- output ---------------------------------------------------------------------
 
@@ -571,11 +551,6 @@ class Node:
 
     def path_basis(self, public: Key) -> str | None:
         return views.path_basis(self, public)
-
-    @property
-    def strangers(self) -> int:
-        """Records of non-peers kept (at most MAX_STRANGERS)."""
-        return len(self._strangers)
 
     def endpoint_source(self, public: Key) -> str | None:
         peer = self.device.peers.get(public)

@@ -13,9 +13,10 @@ from typing import Any, Iterable
 
 from wgdisco.proto.nat import NAT_MAPPING, NAT_TXT
 from wgdisco.proto import keys, records
+from wgdisco.proto.events import RecordChanged
 from wgdisco.proto.membership import MeshMembership
 
-__all__ = ["record_body", "signed", "srv_target", "NAT_TXT", "NAT_MAPPING"]
+__all__ = ["OwnRecord", "record_body", "signed", "srv_target", "NAT_TXT", "NAT_MAPPING"]
 
 
 
@@ -66,3 +67,40 @@ def signed(body: records.ServiceRecord, membership: MeshMembership | None) -> re
     cand = ",".join(records.list_items(txt, "cand"))
     extra["mac"] = membership.mesh.mac(body.public_key, cand, counter, name or "")
     return dataclasses.replace(body, txt_extra=extra)
+
+
+class OwnRecord:
+    """What our record is made of and the last one published: ``update`` gives a RecordChanged
+    when the record changed (a mesh record then carries a higher ``mc=``; older ones are replays)."""
+
+    def __init__(self, *, port: int, domain: str, allowed: Iterable[Any], traversal: bool) -> None:
+        self.port, self.domain, self.allowed, self.traversal = port, domain, list(allowed), traversal
+        self.local_networks: list[Any] = []
+        self.host_addresses: list[Any] = []  # our interfaces' IPs (not link-local)
+        self.mapped: tuple[str, int] | None = None  # the gateway's port mapping
+        self.published: records.ServiceRecord | None = None
+        self._body: records.ServiceRecord | None = None
+
+    def set_lan(self, lan: Iterable[tuple[str, Any]]) -> None:
+        """Our interfaces' addresses, as (ifname, ip_interface)."""
+        lan = list(lan)
+        self.local_networks = [ipaddress.ip_network(a.network) for _, a in lan]
+        self.host_addresses = [a.ip for _, a in lan if not a.ip.is_link_local]
+
+    def body(self, public: bytes, reflexive: Iterable[tuple[str, int]], behaviour: str,
+             mesh_addresses: Iterable[Any]) -> records.ServiceRecord:
+        return record_body(public, port=self.port, domain=self.domain, host_addresses=self.host_addresses,
+                           mapped=self.mapped, reflexive=reflexive, traversal=self.traversal, behaviour=behaviour,
+                           allowed=self.allowed, mesh_addresses=mesh_addresses)
+
+    def update(self, body: records.ServiceRecord, membership: MeshMembership | None,
+               wall_now: float) -> RecordChanged | None:
+        old = self.published
+        if old is not None and body == self._body:
+            return None
+        self._body = body
+        if membership is not None:
+            membership.next_counter(wall_now)
+        self.published = record = signed(body, membership)
+        withdrawn = old.instance_label if old is not None and old.public_key != record.public_key else None
+        return RecordChanged(record, withdrawn)
