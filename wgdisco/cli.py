@@ -81,10 +81,10 @@ def cmd_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from wgdisco import daemon
     from wgdisco.errors import LocalError
+    from wgdisco.io import systemd
 
-    # under systemd the journal stamps each line itself (JOURNAL_STREAM is set for us)
-    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
-    logging.basicConfig(level=logging.INFO, stream=err, format=fmt)
+    # under journald: no time of our own, the priority as <N> (io/systemd.py)
+    systemd.configure_logging(logging.INFO, err)
     try:
         asyncio.run(daemon.run_config(args.config))
     except (ConfigError, LocalError) as e:
