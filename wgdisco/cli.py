@@ -253,12 +253,38 @@ def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return demo.main(out, err)
 
 
+def version_text() -> str:
+    """``--version``: the version and where it runs from, the data path in use, the Python."""
+    import platform
+
+    import wgdisco
+    from wgdisco.daemon import fastpath
+    from wgdisco.errors import LocalError
+
+    try:
+        datapath = fastpath.choose(os.environ)[1]
+    except LocalError as e:
+        datapath = f"data path: none ({e})"
+    return (f"wgdisco {__version__} ({os.path.dirname(wgdisco.__file__)})\n{datapath}\n"
+            f"Python {platform.python_version()} ({sys.executable})")
+
+
+class VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version, the data path in use "
+                         "(compiled or pure Python, and its crypto library) and the Python version")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="wgdisco",
         description="WireGuard endpoint discovery and NAT traversal, with a userspace tunnel.",
     )
-    parser.add_argument("--version", action="version", version=f"wgdisco {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -278,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="path to the config; the interface is named after the file stem"
     )
     p = add("status", cmd_status, "show interfaces, peers and paths of running daemons")
-    p.add_argument("iface", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("iface", nargs="?", help="one interface (default: every running one)")
+    p.add_argument("--json", action="store_true", help="print JSON (schema: docs/status.schema.json)")
     p = add("netcheck", cmd_netcheck, "report reflexive addresses and NAT behaviour")
     p.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
                    help="a STUN server to ask (repeatable); none given: no STUN at all")
