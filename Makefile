@@ -16,12 +16,12 @@ SYSCONFDIR ?= /etc
 DESTDIR ?=
 
 # The real parts the tests and the demo run: wireguard-go + wg for interop, STUN
-# servers, Knot for RFC 2136, Avahi for mDNS interop, nftables NAT routers, iperf3,
+# servers, Knot and BIND (the rendezvous recipes) for RFC 2136, Avahi for mDNS interop, nftables NAT routers, iperf3,
 # miniupnpd (UPnP IGD, NAT-PMP, PCP on a lab router) with the upnpc and natpmpc clients;
 # gcc, the Python headers and libssl-dev build the compiled data path (wgdisco/io/_fastpath.c).
 APT_PACKAGES := iproute2 iputils-ping nftables procps psmisc wireguard-go wireguard-tools \
 	iperf3 stun-server coturn knot knot-dnsutils avahi-daemon avahi-utils dbus \
-	bind9-dnsutils netcat-openbsd miniupnpd-nftables miniupnpc natpmpc \
+	bind9 bind9-dnsutils netcat-openbsd miniupnpd-nftables miniupnpc natpmpc \
 	gcc libc6-dev python3-dev libssl-dev
 
 .PHONY: all test test-fast test-asan demo bench bench-smoke fuzz bootstrap system-deps venv clean lab-clean \
