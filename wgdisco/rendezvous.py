@@ -75,7 +75,7 @@ def section(title: str) -> str:
 def knot_conf(r: Rendezvous) -> str:
     types = ", ".join(UPDATE_TYPES)
     return f"""{section(KNOT_CONF)}
-# Add to /etc/knot/knot.conf (Knot DNS 3.x; its server: section listens on the public address),
+# Add to /etc/knot/knot.conf (tested with Knot 3.2; its server: section listens on the public address),
 # put the zone file below at /var/lib/knot/{r.zone}.zone (owner knot), then: knotc reload
 key:
   - id: {r.key_name}
@@ -112,7 +112,7 @@ ns  {kind} {server}
 def named_conf(r: Rendezvous) -> str:
     types = " ".join(UPDATE_TYPES)
     return f"""{section(NAMED_CONF)}
-# Add to /etc/bind/named.conf.local (BIND 9.16 or newer), put the zone file below at
+# Add to /etc/bind/named.conf.local (tested with BIND 9.18), put the zone file below at
 # /var/lib/bind/{r.zone}.zone (writable by the bind user: it keeps a journal beside it),
 # then: named-checkconf && rndc reconfig
 key "{r.key_name}" {{

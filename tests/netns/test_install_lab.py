@@ -18,6 +18,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -170,3 +171,29 @@ def test_install_without_a_compiler_succeeds_on_the_pure_path(tmp_path: Path) ->
     assert "data path: pure Python (the compiled one is not built" in version, version
     make("uninstall", dest)
     assert not any(dest.iterdir())
+
+
+def test_mesh_names_are_written_when_only_the_hosts_file_is_writable(tmp_path: Path) -> None:
+    """The unit's sandbox (ProtectSystem=strict, ReadWritePaths=/etc/hosts): the directory is
+    read-only, the file alone a writable bind mount. Rebuilt here with a private mount namespace;
+    the block must still be written (in place) and removed again."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
+    script = (
+        "from wgdisco.io.hosts import HostsFile\n"
+        f"h = HostsFile('wgt0', {str(etc / 'hosts')!r})\n"
+        "h.write([('10.70.0.9', ['alice'])])\n"
+        f"print(open({str(etc / 'hosts')!r}).read(), end='')\n"
+        "h.remove()\n"
+    )
+    sandbox = (f'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && '
+               f'mount --bind "$0/hosts" "$0/hosts" && mount -o remount,bind,rw "$0/hosts" && '
+               f'! touch "$0/other" 2>/dev/null && exec "$1" -c "$2"')
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", sandbox, str(etc),
+                           sys.executable, script], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "PYTHONPATH": str(CHECKOUT)})
+    assert proc.returncode == 0, proc.stderr
+    assert "10.70.0.9\talice" in proc.stdout and proc.stdout.startswith("127.0.0.1\tlocalhost\n")
+    assert (etc / "hosts").read_text() == "127.0.0.1\tlocalhost\n"  # the block removed at the end
+    assert sorted(p.name for p in etc.iterdir()) == ["hosts"]  # no temporary file left behind
