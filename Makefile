@@ -3,23 +3,29 @@
 #   make test   the whole test suite (as root, the network-namespace tests run too)
 # Both bootstrap the machine themselves: Debian packages (when root) and a .venv.
 # While working on the code: make test-fast (tests/unit only: no root, no namespaces, < 1 min).
+# On a machine: sudo make install (PREFIX=/usr/local, DESTDIR honoured; docs/install.md), then
+#   systemctl enable --now wgdisco@wg0; sudo make uninstall removes exactly what was installed.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+PREFIX ?= /usr/local
+SYSCONFDIR ?= /etc
+DESTDIR ?=
 
 # The real parts the tests and the demo run: wireguard-go + wg for interop, STUN
-# servers, Knot for RFC 2136, Avahi for mDNS interop, nftables NAT routers, iperf3,
+# servers, Knot and BIND (the rendezvous recipes) for RFC 2136, Avahi for mDNS interop, nftables NAT routers, iperf3,
 # miniupnpd (UPnP IGD, NAT-PMP, PCP on a lab router) with the upnpc and natpmpc clients;
 # gcc, the Python headers and libssl-dev build the compiled data path (wgdisco/io/_fastpath.c).
 APT_PACKAGES := iproute2 iputils-ping nftables procps psmisc wireguard-go wireguard-tools \
 	iperf3 stun-server coturn knot knot-dnsutils avahi-daemon avahi-utils dbus \
-	bind9-dnsutils netcat-openbsd miniupnpd-nftables miniupnpc natpmpc \
+	bind9 bind9-dnsutils netcat-openbsd miniupnpd-nftables miniupnpc natpmpc \
 	gcc libc6-dev python3-dev libssl-dev
 
-.PHONY: all test test-fast test-asan demo bench bench-smoke fuzz bootstrap system-deps venv clean lab-clean
+.PHONY: all test test-fast test-asan demo bench bench-smoke fuzz bootstrap system-deps venv clean lab-clean \
+	install uninstall
 
 all: test
 
@@ -92,6 +98,14 @@ FUZZ_TARGETS := wireguard stun probe record config uapi fastpath_udp fastpath_tu
 fuzz: venv
 	$(PY) -m pip install -q -e '.[fuzz]'
 	@for t in $(FUZZ_TARGETS); do $(PY) fuzz/run.py $$t $(FUZZ_RUNS) 2>/dev/null | tail -1 || exit 1; done
+
+# A venv of its own under $(PREFIX)/lib/wgdisco, launchers in $(PREFIX)/bin, the systemd unit,
+# man pages, docs and a manifest (packaging/install.py). Root, unless staged with DESTDIR.
+install:
+	@$(PYTHON) packaging/install.py install --prefix "$(PREFIX)" --destdir "$(DESTDIR)" --sysconfdir "$(SYSCONFDIR)"
+
+uninstall:
+	@$(PYTHON) packaging/install.py uninstall --prefix "$(PREFIX)" --destdir "$(DESTDIR)" --sysconfdir "$(SYSCONFDIR)"
 
 lab-clean: venv
 	$(PY) -m wgdisco.lab.cleanup

@@ -81,10 +81,10 @@ def cmd_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
     from wgdisco import daemon
     from wgdisco.errors import LocalError
+    from wgdisco.io import systemd
 
-    # under systemd the journal stamps each line itself (JOURNAL_STREAM is set for us)
-    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
-    logging.basicConfig(level=logging.INFO, stream=err, format=fmt)
+    # under journald: no time of our own, the priority as <N> (io/systemd.py)
+    systemd.configure_logging(logging.INFO, err)
     try:
         asyncio.run(daemon.run_config(args.config))
     except (ConfigError, LocalError) as e:
@@ -247,10 +247,71 @@ def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return netcheck.exit_code(report)
 
 
+def cmd_rendezvous(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """A fresh TSIG key and the Knot / BIND / node snippets for ZONE (wgdisco/rendezvous.py)."""
+    from wgdisco import rendezvous
+
+    try:
+        zone = rendezvous.check_zone(args.zone)
+        key_name = rendezvous.check_key_name(args.key_name)
+        server = rendezvous.check_server(args.server) if args.server else None
+        stun = None
+        if args.stun:
+            stun = str(config.parse_stun_servers(args.stun)[0])
+    except ValueError as e:
+        print(f"wgdisco rendezvous: {e}", file=err)
+        return EXIT_USAGE
+    secret = base64.b64encode(os.urandom(32)).decode("ascii")  # RFC 8945 §6: at least the hash's length
+    key_file = None
+    if args.key_file:
+        key_file = os.path.abspath(args.key_file)
+        try:  # O_EXCL: an existing file (another zone's key, a symlink planted there) is never touched
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            print(f"wgdisco rendezvous: {key_file} exists; not overwriting it (remove it or name another file)",
+                  file=err)
+            return EXIT_ERROR
+        except OSError as e:
+            print(f"wgdisco rendezvous: cannot create {key_file}: {e.strerror}", file=err)
+            return EXIT_ERROR
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{rendezvous.ALGORITHM}:{key_name}:{secret}\n")
+    r = rendezvous.Rendezvous(zone, key_name, secret, server, stun, key_file)
+    warn_if_world_accessible(out, err)
+    out.write(rendezvous.render(r))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from wgdisco import demo
 
     return demo.main(out, err)
+
+
+def version_text() -> str:
+    """``--version``: the version and where it runs from, the data path in use, the Python."""
+    import platform
+
+    import wgdisco
+    from wgdisco.daemon import fastpath
+    from wgdisco.errors import LocalError
+
+    try:
+        datapath = fastpath.choose(os.environ)[1]
+    except LocalError as e:
+        datapath = f"data path: none ({e})"
+    return (f"wgdisco {__version__} ({os.path.dirname(wgdisco.__file__)})\n{datapath}\n"
+            f"Python {platform.python_version()} ({sys.executable})")
+
+
+class VersionAction(argparse.Action):
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version, the data path in use "
+                         "(compiled or pure Python, and its crypto library) and the Python version")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        print(version_text())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="wgdisco",
         description="WireGuard endpoint discovery and NAT traversal, with a userspace tunnel.",
     )
-    parser.add_argument("--version", action="version", version=f"wgdisco {__version__}")
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -278,8 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
         "config", help="path to the config; the interface is named after the file stem"
     )
     p = add("status", cmd_status, "show interfaces, peers and paths of running daemons")
-    p.add_argument("iface", nargs="?")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("iface", nargs="?", help="one interface (default: every running one)")
+    p.add_argument("--json", action="store_true", help="print JSON (schema: docs/status.schema.json)")
     p = add("netcheck", cmd_netcheck, "report reflexive addresses and NAT behaviour")
     p.add_argument("--stun", action="append", default=[], metavar="HOST:PORT",
                    help="a STUN server to ask (repeatable); none given: no STUN at all")
@@ -289,6 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: yes when --stun is given)")
     p.add_argument("--timeout", type=float, default=3.0, metavar="S",
                    help="seconds to wait for the STUN answers (default 3)")
+    p = add("rendezvous", cmd_rendezvous, "print a fresh TSIG key and the Knot, BIND and [Discovery] snippets "
+            "for a rendezvous zone (docs/rendezvous.md)")
+    p.add_argument("zone", help="the DNS zone the nodes publish in, e.g. wg.example.net")
+    p.add_argument("--server", metavar="IP", help="the rendezvous server's public address (for the zone's NS, "
+                   "the nodes' Nameserver and STUN lines)")
+    p.add_argument("--stun", metavar="HOST:PORT", help="the nodes' STUN server (default: the --server address, port 3478)")
+    p.add_argument("--key-file", metavar="FILE", help="also write the key to FILE (mode 0600, never overwritten) "
+                   "and have the nodes read it (UpdateKeyFile)")
+    p.add_argument("--key-name", default="wgdisco.", metavar="NAME", help="the TSIG key's name (default wgdisco.)")
     add("demo", cmd_demo, "build a lab of namespaces and show discovery and NAT traversal")
     return parser
 

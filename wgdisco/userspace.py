@@ -128,9 +128,10 @@ def serve(cfg: config.Config, err: TextIO, environ: Mapping[str, str]) -> int:
     from wgdisco import daemon
     from wgdisco.errors import LocalError
 
+    from wgdisco.io import systemd
+
     level = log_level(environ.get("LOG_LEVEL"))
-    fmt = "%(levelname)s %(message)s" if environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
-    logging.basicConfig(level=logging.CRITICAL + 10 if level is None else level, stream=err, format=fmt)
+    systemd.configure_logging(logging.CRITICAL + 10 if level is None else level, err, environ)
     log = logging.getLogger("wgdisco")
     for warning in cfg.warnings:
         log.warning("%s", warning)

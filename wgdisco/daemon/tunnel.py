@@ -36,10 +36,10 @@ from wgdisco.daemon.dataplane import DataPlane
 from wgdisco.daemon.routing import Routing
 from wgdisco.daemon.surface import Surface, fmt_addr, short, short_key
 from wgdisco.errors import ConfigError, LocalError
-from wgdisco.io import netlink, udp
+from wgdisco.io import netlink, systemd, udp
 from wgdisco.io.tun import Tun
 from wgdisco.io.control import CONTROL_DIR, ControlServer
-from wgdisco.io.uapi import UapiServer
+from wgdisco.io.uapi import UapiServer, answers_get
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
 from wgdisco.proto.lookups import Timing as LookupTiming
@@ -65,8 +65,11 @@ class Tunnel:
         gro: bool = True,
         control_dir: str = CONTROL_DIR,
         over_uapi: bool = False,
+        notifier: systemd.Notifier | None = None,
     ) -> None:
         self.cfg = cfg
+        # the service manager (Type=notify): READY/RELOADING/STOPPING; $NOTIFY_SOCKET unless given
+        self.notifier = notifier if notifier is not None else systemd.Notifier.from_environ()
         self.over_uapi = over_uapi  # no config file: key, port and peers come with wg setconf
         self.mesh_on = cfg.discovery.get("MeshKey") is not None  # zero-config mesh (docs/mesh.md)
         if self.mesh_on and over_uapi:  # the key comes later over UAPI: addresses would follow a throwaway key
@@ -407,10 +410,12 @@ class Tunnel:
         trace = memtrace.start(os.environ, loop)  # None unless WGDISCO_TRACEMALLOC is set
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopped.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._reload_notified()))
         try:
+            await self._notify_ready()
             await self.stopped.wait()
         finally:
+            self.notifier.stopping(f"{self.name} going down")
             for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             if trace is not None:
@@ -430,6 +435,28 @@ class Tunnel:
             await self._teardown()
             if not self.link_deleted:
                 self._hooks(self.cfg.interface.post_down, "PostDown")
+
+    async def _notify_ready(self) -> None:
+        """READY=1 for the service manager, once the interface is up and its UAPI socket answers
+        (what `wg show` and `wg set` need); LocalError when it does not."""
+        if not self.notifier.enabled:
+            return
+        assert self.uapi.path is not None
+        if not await answers_get(self.uapi.path):
+            raise LocalError(f"the UAPI socket {self.uapi.path} does not answer; not reporting ready")
+        self.notifier.ready(self._ready_status())
+
+    def _ready_status(self) -> str:
+        port = udp.local_port(self.sock) if self.sock is not None else 0
+        return f"{self.name} up: UDP port {port}, {len(self.cfg.peers)} configured peer(s)"
+
+    async def _reload_notified(self) -> None:
+        """SIGHUP, told to the service manager: RELOADING=1 (+ MONOTONIC_USEC), the reload, READY=1."""
+        self.notifier.reloading(f"{self.name}: reloading {self.cfg.path}")
+        try:
+            await self.reload()
+        finally:
+            self.notifier.ready(self._ready_status())
 
     def _link_deleted(self) -> None:
         """From the data plane's thread: the TUN fd was detached (EBADFD); the control plane shuts down."""

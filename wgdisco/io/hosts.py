@@ -110,7 +110,15 @@ class HostsFile:
 
     def _replace(self, text: str, mode: int) -> None:
         data = text.encode("utf-8", errors="surrogateescape")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.wgdisco-", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.wgdisco-", dir=self.path.parent)
+        except OSError as e:
+            # a read-only directory with the file itself writable: the systemd unit's sandbox
+            # (ProtectSystem=strict, ReadWritePaths=/etc/hosts bind-mounts the file alone)
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            self._rewrite(data)
+            return
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
@@ -123,11 +131,15 @@ class HostsFile:
             except OSError as e:
                 if e.errno not in (errno.EBUSY, errno.EXDEV, errno.EPERM):
                     raise
-            with open(self.path, "r+b") as f:  # a mount point: rewrite in place
-                f.write(data)
-                f.truncate()
-                f.flush()
-                os.fsync(f.fileno())
+            self._rewrite(data)  # a mount point
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def _rewrite(self, data: bytes) -> None:
+        """In place (not atomic: a reader may see half of it, the price of a bind-mounted file)."""
+        with open(self.path, "r+b") as f:
+            f.write(data)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())

@@ -167,6 +167,30 @@ class UapiServer:
         return None
 
 
+async def answers_get(path: str | os.PathLike[str], timeout: float = 2.0) -> bool:
+    """True if the server at ``path`` answers ``get=1`` with ``errno=0``, as it does for ``wg show``
+    (the daemon's own check before it reports ready; the reply is read, never kept or shown)."""
+    async def ask() -> bool:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            writer.write(b"get=1\n\n")
+            await writer.drain()
+            tail = b""  # only the end is kept: a reply with many peers is megabytes
+            while not tail.endswith(b"\n\n"):
+                chunk = await reader.read(65536)
+                if not chunk:
+                    return False
+                tail = (tail + chunk)[-16:]
+        finally:
+            writer.close()
+        return (b"\n" + tail).endswith(b"\nerrno=0\n\n")  # the whole reply may be that line alone
+
+    try:
+        return await asyncio.wait_for(ask(), timeout)
+    except (OSError, asyncio.TimeoutError):
+        return False
+
+
 def _listen(path: Path) -> socket.socket:
     """A listening Unix socket at ``path``, made with umask 077; stale sockets replaced."""
     try:
