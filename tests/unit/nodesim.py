@@ -129,7 +129,7 @@ class SimNode:
 
     def __init__(self, net: Net, name: str, addr: Addr, tunnel_ip: str | None, seed: int, *,
                  stun: list[Addr] = (), traversal: bool = True, lan_prefix: str | None = None,
-                 mesh: Any = None, mesh_name: str | None = None) -> None:
+                 mesh: Any = None, mesh_name: str | None = None, unicast: bool = True) -> None:
         self.net, self.name, self.addr, self.fixed_ip = net, name, addr, tunnel_ip
         rng = Rng(seed)
         self.device = Device(keys.clamp(rng(32)), rng=rng, now=net.now)
@@ -137,7 +137,7 @@ class SimNode:
                          host_of=lambda a: a[0], format_addr=lambda a: f"{a[0]}:{a[1]}", port=addr[1],
                          traversal=traversal, stun_servers=list(stun), mesh=mesh, mesh_name=mesh_name,
                          via=lambda a, sid: (a[0], a[1], sid), via_socket=lambda a: a[2] if len(a) == 3 else None,
-                         unicast=True,
+                         unicast=unicast,  # LookupWanted events for unicast DNS-SD (the directory pushes anyway)
                          allowed=[ipaddress.ip_interface(f"{tunnel_ip}/32")] if tunnel_ip else [])
         self.lan_prefix = lan_prefix or f"{addr[0]}/24"
         self.received: list[bytes] = []

@@ -285,7 +285,8 @@ class Node:
             return self.strangers.discard(public)
         self._count("goodbyes")
         if m is None or not m.is_member(public):
-            return self.paths.goodbye(public, source, now)
+            self.paths.goodbye(public, source, now)
+            return self._collect(now)
         selector = self.paths.selector
         current = selector.current(public) if self.traversal else None
         if current is None or not selector.is_live(public, now) or public not in self.prober.peers:
@@ -400,6 +401,7 @@ class Node:
         event = self.paths.receive_probe(data, addr, now)
         self.birthdays.probe_seen(event, now)
         self.paths.probe_event(event, now)
+        self._collect(now)  # the answer goes out now, not at the next timer
 
     # --- time -----------------------------------------------------------------------
 
@@ -519,6 +521,9 @@ class Node:
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         """Everything to send now, as (payload, address): the device's queue, then ours."""
         out = self.device.datagrams_to_send() if self.device.outbox else []
+        self._outbox += self.paths.datagrams_to_send() + self.birthdays.datagrams_to_send()  # none left behind
+        if self.nat is not None:
+            self._outbox += self.nat.datagrams_to_send()
         if self._outbox:
             out += self._outbox
             self._outbox = []
