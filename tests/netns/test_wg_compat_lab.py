@@ -11,7 +11,7 @@ import time
 import pytest
 
 from wgdisco.lab import Lab, require_tool
-from wgdisco.lab.wg import Node, pair
+from wgdisco.lab.wg import Node, keypair, pair
 
 pytestmark = pytest.mark.netns
 
@@ -118,3 +118,57 @@ def test_private_key_dev_null_removes_the_key(lab: Lab, kind: str) -> None:
     wg(a, "set", a.iface, "private-key", str(keyfile))
     assert wg(a, "show", a.iface, "private-key") == a.private
     a.host.ping(b.inner4, count=2, wait=6)  # a new handshake with the key back
+
+
+# The low-order points of wireguard-linux's netns.sh (RFC 7748 §6.1; u = 0, 1, two of order 8,
+# p-1, p, p+1): its "send nothing" section adds them all with keepalive 1 and an endpoint.
+LOW_ORDER_POINTS = [
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=", "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
+    "7P///////////////////////////////////////38=", "7f///////////////////////////////////////38=",
+    "7v///////////////////////////////////////38=",
+]
+LOOPBACK_COUNTERS = """table inet lowcheck {
+    chain out {
+        type filter hook output priority 0;
+        ip daddr 127.0.0.1 udp dport 1111 counter
+        ip daddr 127.0.0.1 udp dport 1112 counter
+    }
+}
+"""
+
+
+def loopback_counts(node: Node) -> list[int]:
+    """Datagrams ``node`` sent to 127.0.0.1:1111 (the low-order peers) and :1112 (the control)."""
+    listed = node.host.run(["nft", "list", "table", "inet", "lowcheck"]).stdout
+    return [int(n) for n in re.findall(r"counter packets (\d+)", listed)]
+
+
+@pytest.mark.parametrize("kind", IMPLEMENTATIONS)
+def test_low_order_peers_are_accepted_and_sent_nothing(lab: Lab, kind: str) -> None:
+    a, b = pair(lab, kind, "wireguard-go")
+    a.host.ip("link", "set", "lo", "up")
+    a.host.run(["nft", "-f", "-"], input=LOOPBACK_COUNTERS)
+    for point in LOW_ORDER_POINTS:  # each accepted: no "Protocol error"
+        wg(a, "set", a.iface, "peer", point, "persistent-keepalive", "1", "endpoint", "127.0.0.1:1111")
+    shown = wg(a, "show", a.iface, "peers").split()
+    dump = a.dump()
+    assert set(LOW_ORDER_POINTS) <= set(shown)
+    assert all(dump[p]["endpoint"] == "127.0.0.1:1111" and dump[p]["keepalive"] == "1" for p in LOW_ORDER_POINTS)
+    # the control: an ordinary key set the same way gets handshake initiations (one per
+    # REKEY_TIMEOUT, whitepaper §6.1), so two of them prove the timers ran for five seconds
+    control = keypair()[1]
+    wg(a, "set", a.iface, "peer", control, "persistent-keepalive", "1", "endpoint", "127.0.0.1:1112")
+    deadline = time.monotonic() + 20
+    while loopback_counts(a)[1] < 2:
+        assert time.monotonic() < deadline, loopback_counts(a)
+        time.sleep(0.2)
+    low, ctl = loopback_counts(a)
+    note("low-order peers: datagrams to them (control)", kind, (low, ctl))
+    assert low == 0
+    a.host.ping(b.inner4, count=1, wait=3)  # the interface still works
+    if kind == "wgdisco":
+        assert a.proc is not None and "Traceback" not in a.proc.stderr(), a.proc.stderr()
+    for point in LOW_ORDER_POINTS:
+        wg(a, "set", a.iface, "peer", point, "remove")
+    assert not set(LOW_ORDER_POINTS) & set(wg(a, "show", a.iface, "peers").split())
