@@ -222,3 +222,34 @@ def test_allowed_ip_minus_removes_one_prefix_of_that_peer(lab: Lab, kind: str) -
     uapi(a, f"set=1\npublic_key={hex_key(b.public)}\nallowed_ip=-{b.inner4}/32\n\n")
     assert a.dump()[b.public]["allowed_ips"] == "(none)"
     assert a.host.run(["ping", "-c", "1", "-W", "1", b.inner4], check=False).returncode != 0
+
+
+def ping_once(node: Node, target: str) -> tuple[float, str]:
+    """``ping -c1 -W2``: (seconds it took, its output)."""
+    start = time.monotonic()
+    done = node.host.run(["ping", "-n", "-c", "1", "-W", "2", target], check=False)
+    return time.monotonic() - start, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("kind", ["wgdisco/c", "wgdisco/python", "wireguard-go"])
+def test_a_packet_no_peer_takes_gets_icmp_unreachable(lab: Lab, kind: str) -> None:
+    """The kernel module answers a packet that matches no peer's AllowedIPs, or whose peer has
+    no endpoint, with ICMP host unreachable (IPv6: address unreachable; wireguard-linux device.c
+    wg_xmit), so ``ping`` fails at once instead of after its timeout. wireguard-go sends nothing.
+    wgdisco on both data paths (the compiled one hands such packets back to Python)."""
+    implementation, _, datapath = kind.partition("/")
+    a, b = pair(lab, implementation, "wireguard-go", env={"WGDISCO_DATAPATH": datapath} if datapath else None)
+    for net in ("10.77.0.0/24", "fd00:77::/64", "10.77.1.0/24"):  # routed into the tunnel
+        a.host.ip("-6" if ":" in net else "-4", "route", "add", net, "dev", a.iface)
+    wg(a, "set", a.iface, "peer", keypair()[1], "allowed-ips", "10.77.1.0/24")  # no endpoint
+    shown = {}
+    for target, says in (("10.77.0.5", "Destination Host Unreachable"),
+                         ("fd00:77::5", "Address unreachable"),
+                         ("10.77.1.5", "Destination Host Unreachable")):
+        took, out = ping_once(a, target)
+        shown[target] = (round(took, 2), says in out)
+        if implementation == "wgdisco":
+            assert says in out and f"From {target}" in out, out
+            assert took < 1.0, out  # at once, not after -W 2
+    note("ping with no peer / no endpoint: s, ICMP", kind, shown)
+    a.host.ping(b.inner4, count=1, wait=3)  # a routed packet still goes through

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from wgdisco.proto import keys, noise
 from wgdisco.proto.device import Device, GaveUp, HandshakeCompleted, Keypair
+from wgdisco.proto.icmp import Unreachable
 from wgdisco.proto.timers import Timing
 
 A_ADDR = ("198.51.100.1", 51820)
@@ -170,6 +171,33 @@ def test_no_route_is_dropped_and_counted() -> None:
     p = Pair()
     assert p.a.send_packet(ipv4_packet("10.0.0.1", "10.9.9.9"), p.now) is None
     assert p.a.drops == {"no-route": 1} and p.a.outbox == []
+
+
+def test_no_route_is_answered_with_icmp_when_the_shell_asks() -> None:
+    """wireguard-linux device.c wg_xmit: no peer (-ENOKEY) or no endpoint (-EDESTADDRREQ) is
+    answered with ICMP host / address unreachable, written back into TUN (proto/icmp.py)."""
+    p = Pair(endpoint_b=False)
+    p.a.unreachable = Unreachable()
+    lost4 = ipv4_packet("10.0.0.1", "10.9.9.9")
+    assert p.a.send_packet(lost4, p.now) is None
+    assert p.a.send_packet(ipv6_packet("fd00::1", "fd00::99"), p.now) is None
+    assert [(m[0] >> 4, m[20] if m[0] >> 4 == 4 else m[40]) for m in p.a.tun_out] == [(4, 3), (6, 1)]
+    assert p.a.tun_out[0][28:] == lost4
+    p.a.tun_out.clear()
+    # B has no endpoint: answered too (the kernel), not staged, no handshake tried
+    assert p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now) is None
+    assert len(p.a.tun_out) == 1 and p.pa.staged == [] and p.a.outbox == []
+    assert p.a.drops == {"no-route": 2, "no-endpoint": 1}
+    # where discovery may still find the endpoint the packet waits for the handshake instead
+    p.a.tun_out.clear()
+    p.a.unreachable = Unreachable(no_endpoint=False)
+    assert p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now) is None
+    assert p.a.tun_out == [] and len(p.pa.staged) == 1
+    p.a.set_endpoint(p.pa, B_ADDR)  # with an endpoint nothing changes: a handshake, then data
+    p.a.unreachable = Unreachable()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"after"))
+    p.advance(6)  # the first initiation went nowhere (no endpoint then): its retry, REKEY_TIMEOUT later
+    assert p.a.tun_out == [] and p.delivered["b"][-1] == ipv4_packet("10.0.0.1", "10.0.0.2", b"after")
 
 
 def test_roaming_endpoint_follows_latest_authenticated_packet() -> None:

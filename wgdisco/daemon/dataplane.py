@@ -239,6 +239,8 @@ class DataPlane:
             if out is not None:
                 send(*out)
                 self.sent_data = True
+        if self.device.tun_out:
+            self._write_answers()
 
     def on_udp_readable_fast(self, now: float) -> None:
         """Drain the socket and then TUN through the compiled path (one call: the kernel's immediate
@@ -316,6 +318,8 @@ class DataPlane:
         self._tun_lone = count <= 1  # a full drain leaves count at READ_BATCH - 1
         if batch:
             sender.send_batch(batch, segment, batch_addr)
+        if device.tun_out:
+            self._write_answers()
 
     def on_udp_readable(self, now: float, extra: socket.socket | None = None, sid: int | None = None) -> None:
         """Drain the socket (UDP GRO hands over runs of datagrams) and demultiplex (§ARCHITECTURE).
@@ -382,6 +386,11 @@ class DataPlane:
         # the device's handshake and cookie budgets (proto/device.py).
         for datagram, addr, local in handshakes:
             receive(datagram, addr, now, local)
+
+    def _write_answers(self) -> None:
+        """The device's own packets for TUN: ICMP unreachable for what no peer took (proto/icmp.py)."""
+        self._write_tun(self.tun, self.device.tun_out)
+        self.device.tun_out.clear()
 
     def _write_tun(self, tun: Tun, packets: Any) -> None:
         """Hand decrypted packets to the kernel; TCP runs coalesced into GSO packets (proto/gro.py)."""

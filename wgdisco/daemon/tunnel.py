@@ -42,6 +42,7 @@ from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
+from wgdisco.proto.icmp import Unreachable
 from wgdisco.proto.node import Node, SocketsClosed, SocketsWanted
 from wgdisco.proto.timers import Timing
 
@@ -156,6 +157,9 @@ class Tunnel:
                 via=udp.via, via_socket=udp.via_socket,
                 mesh_name=self._mesh_name() if mesh is not None else None,
             )
+            # ICMP unreachable for what no peer takes (the kernel module's wg_xmit); a peer without
+            # an endpoint too, unless discovery may still find one (then its packets wait)
+            self.device.unreachable = Unreachable(no_endpoint=not self.node.traversal)
             own = self.node.own_mesh_interfaces()
             addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]
             routed += self.node.mesh_prefixes()
