@@ -898,3 +898,34 @@ def test_a_low_order_peer_is_added_and_sent_nothing_ever() -> None:
     assert len([t for t, dst in a.sent if dst[0] == "198.51.100.20"]) > 200  # keepalives to b
     a.node.remove_peer(bytes(32))
     assert bytes(32) not in a.node.peers
+
+
+# --- the clock across a suspend (daemon/clock.py) ------------------------------------------------
+
+
+@pytest.mark.parametrize("asleep", [200.0, 3 * 3600.0, 30 * 86400.0])
+def test_a_forward_jump_of_the_clock_costs_one_round_not_a_storm(asleep: float) -> None:
+    """The protocol clock (CLOCK_BOOTTIME) jumps by the length of a suspend. The first wake-up
+    after it fires each due timer once (no catch-up of missed intervals: lookups, probes, STUN,
+    keepalives), expired keys are gone, and the path is back within a handshake's time."""
+    net = Net()
+    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
+    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1")
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    b = net.node("b", ("198.51.100.20", 51820), "100.64.0.2", stun=[s1, s2])
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    a.device.set_persistent_keepalive(a.device.peers[b.public], 25, net.now)
+    net.ping_until(a, b, limit=10)
+    net.run(30)
+    old = a.device.peers[b.public].current
+    net.now += asleep  # nothing ran: the machine slept, the clock counted it
+    woke_at = net.now
+    net.run(0.5)
+    burst = {n.name: len([t for t, _ in n.sent if t >= woke_at]) for n in (a, b)}
+    assert max(burst.values()) <= 12, burst  # a round of STUN, probes and one handshake each
+    took = net.ping_until(a, b, limit=15)
+    assert a.device.peers[b.public].current is not old
+    assert took < 7.0, took  # at worst one REKEY_TIMEOUT (5 s + jitter) after a crossed handshake

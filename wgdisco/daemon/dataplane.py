@@ -22,10 +22,9 @@ import os
 import select
 import socket
 import threading
-import time
 from typing import Any, Callable
 
-from wgdisco.daemon import fastpath
+from wgdisco.daemon import clock, fastpath
 from wgdisco.io import udp
 from wgdisco.io.tun import Tun, link_gone
 from wgdisco.proto import gro
@@ -142,7 +141,7 @@ class DataPlane:
     def run(self) -> None:
         node, lock = self.node, self.lock
         tun_fd, wake_r = self.tun.fileno(), self.wake_r
-        monotonic, poll, sched_yield = time.monotonic, self.epoll.poll, os.sched_yield
+        monotonic, poll, sched_yield = clock.now, self.epoll.poll, os.sched_yield  # daemon/clock.py
         busy = self.busy
         if self.fast is not None:
             on_tun, on_udp = self.on_tun_readable_fast, self.on_udp_readable_fast

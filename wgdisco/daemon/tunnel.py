@@ -31,7 +31,7 @@ import time
 from typing import Any, Callable
 
 from wgdisco import config as configmod
-from wgdisco.daemon import memtrace, sticky
+from wgdisco.daemon import clock, memtrace, sticky
 from wgdisco.daemon.dataplane import DataPlane
 from wgdisco.daemon.routing import Routing
 from wgdisco.daemon.surface import Surface, fmt_addr, short, short_key
@@ -129,7 +129,7 @@ class Tunnel:
         udp.enable_pktinfo(self.sock)  # sticky sources: replies leave from the address a peer wrote to
         try:
             self.tun = Tun(self.name, vnet_hdr=self.gro)
-            now = time.monotonic()
+            now = clock.now()
             kw = {} if self.load_threshold is None else {"handshake_load_threshold": self.load_threshold}
             # no key yet (over UAPI): a throwaway one that is never shown, sent or published
             private_key = iface.private_key or keys.generate_private_key(os.urandom(keys.KEY_LEN))
@@ -276,7 +276,7 @@ class Tunnel:
             return
         assert self.node is not None
         self.has_key = False
-        self.node.set_identity(keys.generate_private_key(os.urandom(keys.KEY_LEN)), time.monotonic())
+        self.node.set_identity(keys.generate_private_key(os.urandom(keys.KEY_LEN)), clock.now())
         log.info("interface %s: private key removed; sending nothing until one is set", self.name)
         self._then(self._stop_discovery())
 
@@ -318,7 +318,7 @@ class Tunnel:
         with self.lock:
             if self.node is None:
                 return None
-            result = fn(self.node, time.monotonic())
+            result = fn(self.node, clock.now())
             self.flush()
         if self.dataplane is not None:
             self.dataplane.wake()
@@ -455,7 +455,7 @@ class Tunnel:
         old = {pc.public_key: pc for pc in self.cfg.peers}
         new = {pc.public_key: pc for pc in cfg.peers}
         with self.lock:
-            now = time.monotonic()
+            now = clock.now()
             for public in old.keys() - new.keys():
                 node.remove_peer(public)
                 log.info("reload: peer %s removed", short_key(public))

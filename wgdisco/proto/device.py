@@ -302,6 +302,11 @@ class Device:
 
     def handle_timer(self, now: float) -> None:
         for peer in list(self.peers.values()):
+            # first: after a jump of the clock (a suspend, daemon/clock.py) the old keys go before a
+            # timer below starts a handshake, which zeroing would otherwise clear mid-flight
+            if peer.t_zero_key is not None and peer.t_zero_key <= now:
+                peer.t_zero_key = None
+                self._zero_and_flush(peer)
             if peer.t_retransmit is not None and peer.t_retransmit <= now:
                 peer.t_retransmit = None
                 self._expired_retransmit_handshake(peer, now)
@@ -315,9 +320,6 @@ class Device:
                 peer.t_new_handshake = None
                 self.unstick(peer)  # wireguard-go expiredNewHandshake: the source may be the trouble
                 self.send_handshake_initiation(peer, now, is_retry=False)
-            if peer.t_zero_key is not None and peer.t_zero_key <= now:
-                peer.t_zero_key = None
-                self._zero_and_flush(peer)
             if peer.t_persistent is not None and peer.t_persistent <= now:
                 peer.t_persistent = None
                 if peer.persistent_keepalive:
