@@ -28,6 +28,7 @@ Feed = Callable[[Callable[[Node, float], Any]], Any]  # fn(node, now) under the 
 log = logging.getLogger("wgdisco")
 
 DNS_TTL = 60  # seconds, for our unicast records; re-published at 2/3 of it
+MAX_PARALLEL_LOOKUPS = 16  # DNS-SD lookups in flight at once (each is 2 to 4 queries)
 
 
 class Discovery:
@@ -240,10 +241,8 @@ class Discovery:
         while True:
             self.lookup_kick.clear()
             failed = False
-            for public in self.feed(lambda node, now: node.lookups_due(now)) or ():
-                if await self._look_up(retry, public):
-                    failed = True  # Retry logged the outage once; back off, then a new round
-                    break
+            due = self.feed(lambda node, now: node.lookups_due(now)) or ()
+            failed = await self.look_up_all(retry, due)  # Retry logs an outage once; back off after
             if not failed and self.feed(lambda node, now: node.browse_due(now)):
                 failed = await self._mesh_browse(retry)
             if failed:
@@ -254,6 +253,21 @@ class Discovery:
                 await asyncio.wait_for(self.lookup_kick.wait(), max(wait or 0.0, 0.0))
             except asyncio.TimeoutError:
                 pass
+
+    async def look_up_all(self, retry: dnssd.Retry, publics: Any) -> bool:
+        """Look the keys up in parallel (at most MAX_PARALLEL_LOOKUPS at once), each handed to
+        the node as it comes: a lost answer delays its own name by one retransmission
+        (io/dnssd.py), not every name after it. True when the nameserver failed for any."""
+        publics = list(publics)
+        if len(publics) <= 1:
+            return any([await self._look_up(retry, p) for p in publics])
+        slots = asyncio.Semaphore(MAX_PARALLEL_LOOKUPS)
+
+        async def one(public: bytes) -> bool:
+            async with slots:
+                return await self._look_up(retry, public)
+
+        return any(await asyncio.gather(*(one(p) for p in publics)))
 
     async def _look_up(self, retry: dnssd.Retry, public: bytes) -> bool:
         """Look up one key's instance and hand its record to the node; True when the
@@ -291,10 +305,7 @@ class Discovery:
                 found.append(records.key_of_label(label))
             except DecodeError:
                 self._count("records-malformed")
-        for public in self.feed(lambda node, now: node.mesh_lookups(found, now)) or ():
-            if await self._look_up(retry, public):
-                return True
-        return False
+        return await self.look_up_all(retry, self.feed(lambda node, now: node.mesh_lookups(found, now)) or ())
 
     def _dns_srv(self) -> tuple[int, list[Any]]:
         """Beyond the LAN, SRV/A point at the best reachable candidate: the reflexive address
