@@ -28,6 +28,7 @@ Feed = Callable[[Callable[[Node, float], Any]], Any]  # fn(node, now) under the 
 log = logging.getLogger("wgdisco")
 
 DNS_TTL = 60  # seconds, for our unicast records; re-published at 2/3 of it
+MAX_PARALLEL_LOOKUPS = 16  # DNS-SD lookups in flight at once (each is 2 to 4 queries)
 
 
 class Discovery:
@@ -255,14 +256,29 @@ class Discovery:
             await self.lookup_kick.wait()
             self.lookup_kick.clear()
             failed = False
-            while self.pending and not failed:
-                failed = await self._look_up(retry, self.pending.pop(0))
+            due, self.pending = self.pending, []
+            failed = await self.look_up_all(retry, due)  # in parallel; Retry logs an outage once
             if not failed and self.browse_pending:
                 self.browse_pending = False
                 failed = await self._mesh_browse(retry)
             if failed:  # Retry logged the outage once; the node's schedule asks again
                 self.pending.clear()
                 await asyncio.sleep(retry.delay(retry.failures - 1))  # exponential backoff, with jitter
+
+    async def look_up_all(self, retry: dnssd.Retry, publics: Any) -> bool:
+        """Look the keys up in parallel (at most MAX_PARALLEL_LOOKUPS at once), each handed to
+        the node as it comes: a lost answer delays its own name by one retransmission
+        (io/dnssd.py), not every name after it. True when the nameserver failed for any."""
+        publics = list(publics)
+        if len(publics) <= 1:
+            return any([await self._look_up(retry, p) for p in publics])
+        slots = asyncio.Semaphore(MAX_PARALLEL_LOOKUPS)
+
+        async def one(public: bytes) -> bool:
+            async with slots:
+                return await self._look_up(retry, public)
+
+        return any(await asyncio.gather(*(one(p) for p in publics)))
 
     async def _look_up(self, retry: dnssd.Retry, public: bytes) -> bool:
         """Look up one key's instance and hand its record to the node; True when the

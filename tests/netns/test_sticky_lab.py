@@ -99,3 +99,41 @@ def test_replies_leave_from_the_address_the_peer_sent_to(lab: Lab, family: str, 
     assert a.proc is not None and a.proc.alive()
     # the first send from the removed address failed and was retried from the kernel's choice
     assert f"from {sticky} (interface " in a.proc.stderr(), a.proc.stderr()
+
+
+@pytest.mark.parametrize("kind_a", ["wgdisco", "wireguard-go"])
+def test_a_new_route_through_another_interface_takes_its_source(lab: Lab, kind_a: str) -> None:
+    """wireguard-linux netns.sh ("sticky sockets and route changes"): ``a`` reaches ``b``'s
+    10.0.0.2 through its first link from 10.0.0.1; a better route through a second link with
+    ``src 10.0.0.3`` is added. The kernel module forgets the remembered source when the route
+    to the endpoint now leaves through another interface (socket.c send4), wireguard-go when a
+    route change says so (device/sticky_linux.go), so ``b`` sees ``a`` come from 10.0.0.3.
+    Replies still come back over the first link (``b`` routes 10.0.0.0/24 there; rp_filter 0)."""
+    require_tool("wireguard-go")
+    require_tool("wg")
+    ha, hb = lab.host("a"), lab.host("b")
+    ia1, _ib2 = lab.link(ha, hb, "10.0.0.1/24", "10.0.0.2/24")
+    ia3, _ib4 = lab.link(ha, hb, "10.0.0.3/24", None)  # b's end has no address, as veth4
+    ha.ip("route", "flush", "dev", ia1)
+    ha.ip("route", "flush", "dev", ia3)
+    ha.ip("route", "add", "10.0.0.0/24", "dev", ia1, "src", "10.0.0.1", "metric", "2")
+    tag = lab.prefix[3:9]
+    a = Node(ha, kind_a, f"wa{tag}", *keypair(), ["10.9.0.1/24", "fd00:9::1/64"])
+    b = Node(hb, "wireguard-go", f"wb{tag}", *keypair(), ["10.9.0.2/24", "fd00:9::2/64"])
+    a.peers = [b.peer_spec("10.0.0.2:51820")]
+    b.peers = [a.peer_spec()]
+    b.start()
+    a.start()
+    a.host.ping(b.inner4, count=1, wait=3)
+    assert endpoint_seen_by(b, a) == "10.0.0.1:51820"
+
+    ha.ip("route", "add", "10.0.0.0/24", "dev", ia3, "src", "10.0.0.3", "metric", "1")
+    start = time.monotonic()
+    while True:  # a ping a second: the change is noticed within one (a route event, then a lookup)
+        a.host.ping(b.inner4, count=1, wait=1, check=False)
+        if endpoint_seen_by(b, a) == "10.0.0.3:51820":
+            break
+        assert time.monotonic() < start + 5, f"b still sees a at {endpoint_seen_by(b, a)}"
+    print(f"{kind_a}: b saw the new source {time.monotonic() - start:.2f} s after the route change")
+    a.host.ping(b.inner4, count=2, wait=2)
+    assert endpoint_seen_by(b, a) == "10.0.0.3:51820"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -27,11 +28,12 @@ from wgdisco.proto.crypto import (
     aead_encrypt,
     aead_nonce,
     hchacha20,
+    is_low_order,
     tai64n,
     xaead_decrypt,
     xaead_encrypt,
 )
-from wgdisco.proto.keys import public_key
+from wgdisco.proto.keys import clamp, public_key
 
 XCHACHA = json.loads((Path(__file__).resolve().parents[1] / "vectors" / "xchacha.json").read_text())
 h = bytes.fromhex
@@ -155,6 +157,30 @@ LOW_ORDER = [
 def test_dh_low_order_point_is_auth_error(point: bytes) -> None:
     with pytest.raises(AuthError):
         DH(h("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a"), point)
+
+
+# The low-order points of wireguard-linux's netns.sh ("send nothing" section), in wg's base64:
+# u = 0, 1, two of order 8, and p-1, p, p+1 (non-canonical encodings, RFC 7748 §5).
+NETNS_LOW_ORDER = [
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    "4Ot6fDtBuK4WVuP68Z/EatoJjeucMrH9hmIFFl9JuAA=", "X5yVvKNQjCSx0LFVnIPvWwREXMRYHI6G2CJO3dCfEVc=",
+    "7P///////////////////////////////////////38=", "7f///////////////////////////////////////38=",
+    "7v///////////////////////////////////////38=",
+]
+
+
+@pytest.mark.parametrize("text", NETNS_LOW_ORDER)
+def test_is_low_order_knows_the_netns_sh_points(text: str) -> None:
+    point = base64.b64decode(text)
+    assert is_low_order(point)
+    with pytest.raises(AuthError):  # whatever the private key
+        DH(h("5dab087e624a8a4b79e17f8b83800ee66f3bb1292618b6fd1c2f8b27ff88e0eb"), point)
+
+
+def test_is_low_order_is_false_for_ordinary_keys() -> None:
+    assert not is_low_order(h("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"))
+    for i in range(50):
+        assert not is_low_order(public_key(clamp(hashlib.blake2s(bytes([i])).digest())))
 
 
 # --- AEAD: whitepaper §5.4 nonce layout ---

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from wgdisco.proto import keys, noise
 from wgdisco.proto.device import Device, GaveUp, HandshakeCompleted, Keypair
+from wgdisco.proto.icmp import Unreachable
 from wgdisco.proto.timers import Timing
 
 A_ADDR = ("198.51.100.1", 51820)
@@ -172,6 +173,33 @@ def test_no_route_is_dropped_and_counted() -> None:
     assert p.a.drops == {"no-route": 1} and p.a.outbox == []
 
 
+def test_no_route_is_answered_with_icmp_when_the_shell_asks() -> None:
+    """wireguard-linux device.c wg_xmit: no peer (-ENOKEY) or no endpoint (-EDESTADDRREQ) is
+    answered with ICMP host / address unreachable, written back into TUN (proto/icmp.py)."""
+    p = Pair(endpoint_b=False)
+    p.a.unreachable = Unreachable()
+    lost4 = ipv4_packet("10.0.0.1", "10.9.9.9")
+    assert p.a.send_packet(lost4, p.now) is None
+    assert p.a.send_packet(ipv6_packet("fd00::1", "fd00::99"), p.now) is None
+    assert [(m[0] >> 4, m[20] if m[0] >> 4 == 4 else m[40]) for m in p.a.tun_out] == [(4, 3), (6, 1)]
+    assert p.a.tun_out[0][28:] == lost4
+    p.a.tun_out.clear()
+    # B has no endpoint: answered too (the kernel), not staged, no handshake tried
+    assert p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now) is None
+    assert len(p.a.tun_out) == 1 and p.pa.staged == [] and p.a.outbox == []
+    assert p.a.drops == {"no-route": 2, "no-endpoint": 1}
+    # where discovery may still find the endpoint the packet waits for the handshake instead
+    p.a.tun_out.clear()
+    p.a.unreachable = Unreachable(no_endpoint=False)
+    assert p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2"), p.now) is None
+    assert p.a.tun_out == [] and len(p.pa.staged) == 1
+    p.a.set_endpoint(p.pa, B_ADDR)  # with an endpoint nothing changes: a handshake, then data
+    p.a.unreachable = Unreachable()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"after"))
+    p.advance(6)  # the first initiation went nowhere (no endpoint then): its retry, REKEY_TIMEOUT later
+    assert p.a.tun_out == [] and p.delivered["b"][-1] == ipv4_packet("10.0.0.1", "10.0.0.2", b"after")
+
+
 def test_roaming_endpoint_follows_latest_authenticated_packet() -> None:
     p = Pair()
     p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
@@ -223,6 +251,60 @@ def test_retransmit_then_give_up_then_zero() -> None:
     assert p.pa.staged == []
     # then the keys are zeroed 3 × REJECT_AFTER_TIME later, and no initiation is sent meanwhile
     assert p.pa.t_zero_key is not None and p.pa.t_retransmit is None
+
+
+# --- the clock across a suspend (daemon/clock.py: CLOCK_BOOTTIME, as the kernel module) ---------
+
+
+def test_a_suspend_seen_by_the_clock_expires_the_session_and_the_next_packet_rekeys() -> None:
+    """The protocol clock counts a suspend, so the first wake-up after one sees the jump: after
+    more than REJECT_AFTER_TIME the old keypair carries nothing; after 3 × REJECT_AFTER_TIME the
+    keys are zeroed (§6.1, §6.3); each timer fires once, never once per interval missed."""
+    t = Timing()
+    for asleep in (t.reject_after_time + 20, 3 * 3600.0):
+        p = Pair(t)
+        p.a.set_persistent_keepalive(p.pa, 25, p.now)
+        p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"before"))
+        old = p.pa.current
+        assert old is not None and p.delivered["b"][-1].endswith(b"before")
+        end = p.now + asleep  # a sleeps: none of its timers runs; b's do, and what b sends is lost
+        while (due := p.b.get_timer()) is not None and due <= end:
+            p.b.handle_timer(due)
+            p.b.datagrams_to_send()
+        p.now = end
+        p.a.handle_timer(p.now)  # a's first wake-up: its clock (boottime) shows the whole sleep
+        woke = p.a.datagrams_to_send()
+        assert len(woke) <= 1  # one keepalive / initiation, not ~asleep/25 of them
+        if asleep > 3 * t.reject_after_time:
+            assert p.pa.current is None  # zeroed by the timer (§6.3)
+        for data, to in woke:  # carry it (and what it starts) to b
+            inner = p.b.receive_datagram(data, A_ADDR, p.now)
+            assert inner is None or inner == b""
+        p.flush()
+        out = p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"after"), p.now)
+        if out is not None:
+            p.a.outbox.append(out)
+        p.flush()
+        assert p.pa.current is not old and p.pa.current is not None
+        assert p.delivered["b"][-1] == ipv4_packet("10.0.0.1", "10.0.0.2", b"after")
+        assert p.b.drops.get("expired-keypair", 0) == 0
+
+
+def test_a_clock_that_stops_in_suspend_sends_what_the_peer_drops() -> None:
+    """Why not CLOCK_MONOTONIC: it stops while the machine sleeps, the peer's clock does not.
+    The sleeper still holds its keypair young and sends with it; the peer, REJECT_AFTER_TIME
+    later in its own time, drops every such packet (wireguard-go receive.go) until a keepalive
+    timeout makes the sleeper initiate."""
+    t = Timing()
+    p = Pair(t)
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2", b"before"))
+    stopped = p.now + 1  # a's clock after its sleep, had it stopped
+    b_now = p.now + 3600  # b's clock, which went on
+    out = p.a.send_packet(ipv4_packet("10.0.0.1", "10.0.0.2", b"after"), stopped)
+    assert out is not None  # a believes its keypair 1 s old
+    p.b.handle_timer(b_now)
+    assert p.b.receive_datagram(out[0], A_ADDR, b_now) is None
+    assert p.b.drops.get("expired-keypair", 0) + p.b.drops.get("unknown-index", 0) == 1
 
 
 def test_rekey_after_time_keeps_traffic_flowing() -> None:

@@ -28,6 +28,7 @@ import dns.rrset
 import pytest
 
 from wgdisco.errors import ConfigError, LocalError
+from wgdisco.io import dnssd
 from wgdisco.io.dnssd import (
     DnssdClient,
     DnssdPublisher,
@@ -379,6 +380,56 @@ async def test_stray_datagrams_are_ignored_and_lost_ones_resent() -> None:
         assert raw is not None and raw.addresses == [ip("203.0.113.1")]
         assert copies["SRV"] == 3 and copies["TXT"] == 1
         assert time.monotonic() - started < 2.0  # resent after 0.4 s and 0.8 s more
+
+
+@pytest.mark.asyncio
+async def test_a_lost_query_is_sent_again_after_0_4_s_then_at_doubling_intervals() -> None:
+    """As STUN (RFC 8489 §6.2.1): a short first timeout, doubling, within the lookup's bound."""
+    inner = wgsd(PEERS)
+    arrivals: list[float] = []
+
+    def handler(query: dns.message.Message):
+        if dns.rdatatype.to_text(query.question[0].rdtype) != "SRV":
+            return inner(query)
+        arrivals.append(time.monotonic())
+        return inner(query) if len(arrivals) == 3 else None
+
+    async with FakeDNS(handler) as server:
+        raw = await DnssdClient(server.address, DOMAIN, timeout=2.0).lookup(LABEL1)
+    assert raw is not None and raw.srv_port == 7777
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert len(gaps) == 2
+    assert dnssd.FIRST_RTO - 0.05 < gaps[0] < dnssd.FIRST_RTO + 0.25, gaps
+    assert 2 * dnssd.FIRST_RTO - 0.05 < gaps[1] < 2 * dnssd.FIRST_RTO + 0.25, gaps
+
+
+@pytest.mark.asyncio
+async def test_the_system_resolver_path_also_survives_one_lost_datagram() -> None:
+    """dnspython's own per-try timeout (resolv.conf's, 2 s) is the whole lookup: one lost query
+    failed it. stub_resolver tries again after FIRST_RTO."""
+    inner = wgsd(PEERS)
+    copies: dict[tuple[str, int], int] = {}
+
+    def lossy(query: dns.message.Message):
+        key = (query.question[0].name.to_text().lower(), query.question[0].rdtype)
+        copies[key] = copies.get(key, 0) + 1
+        return None if copies[key] == 1 else inner(query)  # every first copy is lost
+
+    async with FakeDNS(lossy) as server:
+        for resolver, survives in ((dnssd.stub_resolver(configure=False), True),
+                                   (dns.asyncresolver.Resolver(configure=False), False)):
+            copies.clear()
+            resolver.nameservers = ["127.0.0.1"]
+            resolver.port = server.port
+            client = DnssdClient(None, DOMAIN, resolver=resolver, timeout=2.0)
+            started = time.monotonic()
+            if survives:
+                raw = await client.lookup(LABEL1)
+                assert raw is not None and raw.srv_port == 7777
+                assert time.monotonic() - started < 1.2
+            else:
+                with pytest.raises(NameserverTimeout):
+                    await client.lookup(LABEL1)
 
 
 @pytest.mark.asyncio

@@ -10,7 +10,7 @@ import ipaddress
 
 import pytest
 
-from tests.unit.nodesim import Net, SimNode
+from tests.unit.nodesim import Net, SimNode, ipv4_packet
 from wgdisco.proto import records
 from wgdisco.proto.node import (
     CandidateProbed, EndpointChanged, HandshakeCompleted, LookupWanted, NatClassified, PathReasonChanged,
@@ -902,3 +902,69 @@ def test_a_probe_is_answered_at_once_not_at_the_next_timer() -> None:
     net, (a, b) = mesh_lan(2)
     took = net.run_until(lambda: a.node.has_path(b.public, net.now) and b.node.has_path(a.public, net.now), limit=5)
     assert took <= 2 * net.latency + 1e-9, took
+
+
+# --- low-order public keys (wireguard-linux netns.sh, "send nothing") ---------------------
+
+
+def test_a_low_order_peer_is_added_and_sent_nothing_ever() -> None:
+    """``wg set … peer <low-order point> persistent-keepalive 1 endpoint 127.0.0.1:1111``: the
+    kernel and wireguard-go accept the peer and never send to it (RFC 7748 §6.1: no shared
+    secret). Neither a handshake, a probe, a keepalive, nor data from the TUN goes out."""
+    net = Net()
+    a = net.node("a", ("192.0.2.10", 51820), "100.64.0.1")
+    b = net.node("b", ("198.51.100.20", 51820), "100.64.0.2")
+    a.add(b)  # an ordinary peer beside it: the control that a's timers run and it sends
+    b.add(a)
+    a.start()
+    b.start()
+    endpoint = ("127.0.0.1", 1111)
+    for n, low in enumerate([bytes(32), (1).to_bytes(32, "little"), bytes.fromhex(
+            "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")]):
+        peer = a.node.add_peer(low, net.now)  # no LocalError
+        a.device.set_persistent_keepalive(peer, 1, net.now)
+        a.node.set_endpoint(low, (endpoint[0], endpoint[1] + n), "uapi")
+        a.device.allowed_ips.insert(ipaddress.ip_network(f"100.64.9.{n}/32"), peer)
+        assert a.device.peers[low].endpoint == (endpoint[0], endpoint[1] + n)
+        assert low not in a.node.prober.peers
+        out = a.device.send_packet(ipv4_packet("100.64.0.1", f"100.64.9.{n}"), net.now)
+        assert out is None
+        a.pump()
+    a.device.set_persistent_keepalive(a.device.peers[b.public], 1, net.now)
+    net.ping_until(a, b, limit=10)
+    net.run(300)
+    assert [t for t, dst in a.sent if dst[0] == "127.0.0.1"] == []
+    assert len([t for t, dst in a.sent if dst[0] == "198.51.100.20"]) > 200  # keepalives to b
+    a.node.remove_peer(bytes(32))
+    assert bytes(32) not in a.node.peers
+
+
+# --- the clock across a suspend (daemon/clock.py) ------------------------------------------------
+
+
+@pytest.mark.parametrize("asleep", [200.0, 3 * 3600.0, 30 * 86400.0])
+def test_a_forward_jump_of_the_clock_costs_one_round_not_a_storm(asleep: float) -> None:
+    """The protocol clock (CLOCK_BOOTTIME) jumps by the length of a suspend. The first wake-up
+    after it fires each due timer once (no catch-up of missed intervals: lookups, probes, STUN,
+    keepalives), expired keys are gone, and the path is back within a handshake's time."""
+    net = Net()
+    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
+    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1")
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    b = net.node("b", ("198.51.100.20", 51820), "100.64.0.2", stun=[s1, s2])
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    a.device.set_persistent_keepalive(a.device.peers[b.public], 25, net.now)
+    net.ping_until(a, b, limit=10)
+    net.run(30)
+    old = a.device.peers[b.public].current
+    net.now += asleep  # nothing ran: the machine slept, the clock counted it
+    woke_at = net.now
+    net.run(0.5)
+    burst = {n.name: len([t for t, _ in n.sent if t >= woke_at]) for n in (a, b)}
+    assert max(burst.values()) <= 12, burst  # a round of STUN, probes and one handshake each
+    took = net.ping_until(a, b, limit=15)
+    assert a.device.peers[b.public].current is not old
+    assert took < 7.0, took  # at worst one REKEY_TIMEOUT (5 s + jitter) after a crossed handshake

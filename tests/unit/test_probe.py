@@ -79,6 +79,21 @@ def test_key_misuse_is_a_local_error() -> None:
         a.request(B_PUB, B_ADDR, 0.0, size=MIN_REQUEST_SIZE - 1)
 
 
+def test_a_low_order_peer_is_accepted_and_muted() -> None:
+    """The kernel and wireguard-go accept a low-order public key as a peer and send it nothing
+    (wireguard-linux netns.sh); the prober takes it without raising and never probes it."""
+    low = (1).to_bytes(32, "little")
+    a = Prober(A_PRIV, A_PUB, [B_PUB, low], rng=counting_rng(0), wall=WALL)
+    assert a.peers == {B_PUB} and a.muted == {low}
+    a.add_peer(low)  # idempotent
+    with pytest.raises(LocalError):
+        a.request(low, B_ADDR, 0.0)
+    a.remove_peer(low)
+    assert a.muted == frozenset()
+    with pytest.raises(LocalError):  # our own key is still a misuse
+        a.add_peer(A_PUB)
+
+
 # ------------------------------------------------------------------ round trip
 
 

@@ -401,6 +401,24 @@ def test_accepted_like_go() -> None:
     )
 
 
+def test_allowed_ip_minus_is_the_remove_form_in_order() -> None:
+    """``allowed_ip=-<prefix>`` (wireguard-tools / wireguard-go 2025: ``wg set … allowed-ips
+    -10.0.0.1/32``) removes one prefix; it is masked like an added one, kept in line order
+    with the additions, and written back with its ``-`` (what a newer wg sends)."""
+    op = parse_request(peer_req("allowed_ip=10.0.0.1/32", "allowed_ip=-10.0.0.7/24", "allowed_ip=-fd00::1/128",
+                                "allowed_ip=10.0.0.9/32"))
+    assert isinstance(op, SetRequest)
+    ops = op.peers[0].allowed_ips
+    assert ops == (AllowedIpOp(net("10.0.0.1/32")), AllowedIpOp(net("10.0.0.0/24"), remove=True),
+                   AllowedIpOp(net("fd00::1/128"), remove=True), AllowedIpOp(net("10.0.0.9/32")))
+    assert b"allowed_ip=-10.0.0.0/24\nallowed_ip=-fd00::1/128\n" in format_set_request(op)
+    assert parse_request(format_set_request(op)) == op
+    for bad in ("allowed_ip=-", "allowed_ip=-10.0.0.1", "allowed_ip=- 10.0.0.1/32", "allowed_ip=+10.0.0.1/32"):
+        with pytest.raises(UapiError) as ei:
+            parse_request(peer_req(bad))
+        assert ei.value.errno == EINVAL
+
+
 def test_replace_allowed_ips_drops_the_lines_before_it() -> None:
     op = parse_request(peer_req("allowed_ip=10.0.0.1/32", "replace_allowed_ips=true", "allowed_ip=10.0.0.2/32"))
     assert isinstance(op, SetRequest)

@@ -11,8 +11,10 @@ Two threads share the Device, under one lock:
   signals, and the discovery work to come. It takes the lock to read or change
   the device, then wakes the data plane so a new deadline is seen at once.
 
-Clocks: ``now`` is ``time.monotonic()`` in both threads (asyncio's clock too);
-wall time for TAI64N and for ``latest handshake`` is ``now + wall_offset``.
+Clocks: ``now`` is ``clock.now()`` (CLOCK_BOOTTIME, which counts a suspend, as the kernel
+module's clock; see daemon/clock.py) in both threads and in the compiled data path; asyncio's
+own clock (monotonic) only times I/O. Wall time for TAI64N and for ``latest handshake`` is
+``now + wall_offset``.
 
 Modules: ``tunnel`` (lifecycle: start, SIGHUP reload, network changes, teardown,
 hooks, rebind), ``routing`` (AllowedIPs routes, wg-quick's policy routing and nft),

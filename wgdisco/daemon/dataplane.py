@@ -22,10 +22,9 @@ import os
 import select
 import socket
 import threading
-import time
 from typing import Any, Callable
 
-from wgdisco.daemon import fastpath
+from wgdisco.daemon import clock, fastpath
 from wgdisco.io import udp
 from wgdisco.io.tun import Tun, link_gone
 from wgdisco.proto import gro
@@ -141,7 +140,7 @@ class DataPlane:
     def run(self) -> None:
         node, lock = self.node, self.lock
         tun_fd, wake_r = self.tun.fileno(), self.wake_r
-        monotonic, poll, sched_yield = time.monotonic, self.epoll.poll, os.sched_yield
+        monotonic, poll, sched_yield = clock.now, self.epoll.poll, os.sched_yield  # daemon/clock.py
         busy = self.busy
         if self.fast is not None:
             on_tun, on_udp = self.on_tun_readable_fast, self.on_udp_readable_fast
@@ -235,6 +234,8 @@ class DataPlane:
             if out is not None:
                 send(*out)
                 self.sent_data = True
+        if self.device.tun_out:
+            self._write_answers()
 
     def on_udp_readable_fast(self, now: float) -> None:
         """Drain the socket and then TUN through the compiled path (one call: the kernel's immediate
@@ -300,6 +301,8 @@ class DataPlane:
         self._tun_lone = count <= 1  # a full drain leaves count at READ_BATCH - 1
         if batch:
             sender.send_batch(batch, segment, batch_addr)
+        if device.tun_out:
+            self._write_answers()
 
     def on_udp_readable(self, now: float, extra: socket.socket | None = None, sid: int | None = None) -> None:
         """Drain the socket (UDP GRO hands over runs of datagrams) and demultiplex (§ARCHITECTURE).
@@ -354,6 +357,11 @@ class DataPlane:
         # the device's handshake and cookie budgets (proto/device.py).
         for datagram, addr, local in handshakes:
             device.receive_datagram(datagram, addr, now, local)
+
+    def _write_answers(self) -> None:
+        """The device's own packets for TUN: ICMP unreachable for what no peer took (proto/icmp.py)."""
+        self._write_tun(self.tun, self.device.tun_out)
+        self.device.tun_out.clear()
 
     def _write_tun(self, tun: Tun, packets: Any) -> None:
         """Hand decrypted packets to the kernel; TCP runs coalesced into GSO packets (proto/gro.py)."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import queue
 import threading
 from typing import Any, Callable
 
+from wgdisco.daemon import clock
 from wgdisco.io import netlink
 from wgdisco.io import portmap as shell
 from wgdisco.io.udp import errno_name, format_hostport
@@ -57,7 +57,7 @@ class PortMapping:
             return
         self.gateway = await self._find_gateway()
         self._open()
-        self.core.start(self._gw_addr(), self._source(), time.monotonic())
+        self.core.start(self._gw_addr(), self._source(), clock.now())
         self._pump()
 
     async def network_changed(self) -> None:
@@ -68,24 +68,24 @@ class PortMapping:
             self.gateway = gateway
             self._open()
             self._pending.add(self._worker.submit(self._loop, self._upnp.forget))
-        self.core.network_changed(self._gw_addr(), self._source(), time.monotonic())
+        self.core.network_changed(self._gw_addr(), self._source(), clock.now())
         self._pump()
 
     def port_changed(self, port: int) -> None:
         """The tunnel listens on ``port`` now (``wg set listen-port``)."""
         if self._loop is None:
             return
-        self.core.set_internal_port(port, time.monotonic())
+        self.core.set_internal_port(port, clock.now())
         self._pump()
 
     async def close(self) -> None:
         """Delete the mapping (clean shutdown) and release the socket and the worker."""
         if self._loop is None:
             return
-        self.core.stop(time.monotonic())
+        self.core.stop(clock.now())
         self._pump()
-        deadline = time.monotonic() + CLOSE_WAIT
-        while time.monotonic() < deadline and (not self.core.stopped or self._pending):
+        deadline = clock.now() + CLOSE_WAIT
+        while clock.now() < deadline and (not self.core.stopped or self._pending):
             await asyncio.sleep(0.02)
         if self._timer is not None:
             self._timer.cancel()
@@ -135,7 +135,7 @@ class PortMapping:
             except OSError as e:  # ICMP port unreachable from a gateway without a server, etc.
                 self.send_errors[errno_name(e)] = self.send_errors.get(errno_name(e), 0) + 1
                 break
-            self.core.receive(data, addr[:2], time.monotonic())
+            self.core.receive(data, addr[:2], clock.now())
         self._pump()
 
     def _pump(self) -> None:
@@ -156,11 +156,11 @@ class PortMapping:
             self._timer = None
         when = self.core.get_timer()
         if when is not None:
-            self._timer = loop.call_later(max(0.0, when - time.monotonic()), self._on_timer)
+            self._timer = loop.call_later(max(0.0, when - clock.now()), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.core.handle_timer(time.monotonic())
+        self.core.handle_timer(clock.now())
         self._pump()
 
     def _on_event(self, event: Any) -> None:
@@ -195,7 +195,7 @@ class PortMapping:
             if f.exception() is not None:
                 log.warning("port mapping: UPnP IGD %s failed: %s", want.action, f.exception())
                 if want.action == "add":
-                    self.core.upnp_done(want.token, time.monotonic(), found=False, error="internal error")
+                    self.core.upnp_done(want.token, clock.now(), found=False, error="internal error")
                     self._pump()
                 return
             if want.action == "delete":
@@ -204,7 +204,7 @@ class PortMapping:
                     log.info("port mapping: UPnP IGD delete: %s", error)
                 return
             answer: shell.UpnpAnswer = f.result()
-            self.core.upnp_done(want.token, time.monotonic(), found=answer.found, external=answer.external,
+            self.core.upnp_done(want.token, clock.now(), found=answer.found, external=answer.external,
                                 lifetime=answer.lifetime, error=answer.error)
             self._pump()
 
@@ -215,7 +215,7 @@ class PortMapping:
 
     def status(self) -> dict[str, Any]:
         """``port_mapping`` in ``wgdisco status --json`` (docs/status.schema.json)."""
-        v = view(self.core, time.monotonic())
+        v = view(self.core, clock.now())
         return {
             "mode": v.mode,
             "state": v.state,

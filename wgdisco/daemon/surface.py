@@ -10,9 +10,9 @@ peers only through the node core (proto/node.py).
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable
 
+from wgdisco.daemon import clock
 from wgdisco.errors import LocalError
 from wgdisco.io import udp
 from wgdisco.proto import keys, uapi
@@ -79,7 +79,7 @@ class Surface:
         t = self.tunnel
         device, node, sock = t.device, t.node, t.sock
         assert device is not None and node is not None and sock is not None
-        now = time.monotonic()
+        now = clock.now()
         m = node.membership
         peers = []
         for public, peer in device.peers.items():
@@ -231,7 +231,7 @@ class Surface:
         t = self.tunnel
         device, node = t.device, t.node
         assert device is not None and node is not None and t.sock is not None
-        now = time.monotonic()
+        now = clock.now()
         d = req.device
         if d.private_key == bytes(32):  # `wg set IF private-key /dev/null`: no key (wireguard-go)
             t.key_removed()

@@ -31,7 +31,7 @@ import time
 from typing import Any, Callable
 
 from wgdisco import config as configmod
-from wgdisco.daemon import memtrace
+from wgdisco.daemon import clock, memtrace, sticky
 from wgdisco.daemon.dataplane import DataPlane
 from wgdisco.daemon.routing import Routing
 from wgdisco.daemon.surface import Surface, fmt_addr, short, short_key
@@ -42,6 +42,7 @@ from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer, answers_get
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
+from wgdisco.proto.icmp import Unreachable
 from wgdisco.proto.lookups import Timing as LookupTiming
 from wgdisco.proto.node import Node
 from wgdisco.proto.nodetiming import Timing as NodeTiming
@@ -92,9 +93,10 @@ class Tunnel:
         self.node: Node | None = None  # peers, identity, discovery and path policy (proto/node.py)
         self.hosts: Any = None  # wgdisco.daemon.names.HostsSync in mesh mode: names in the hosts file
         self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
-        self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor, with NAT traversal
+        self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor
         self.portmapping: Any = None  # daemon/portmapping.PortMapping, with NAT traversal (PortMapping != off)
         self.change_task: asyncio.Task[None] | None = None
+        self.sticky_task: asyncio.Task[None] | None = None  # _recheck_sticky after a network change
         self.loop: asyncio.AbstractEventLoop | None = None
         self.metrics: Any = None
         self.routing = Routing(cfg.name, cfg.interface)  # AllowedIPs routes, policy routing, the fwmark
@@ -132,7 +134,7 @@ class Tunnel:
         udp.enable_pktinfo(self.sock)  # sticky sources: replies leave from the address a peer wrote to
         try:
             self.tun = Tun(self.name, vnet_hdr=self.gro)
-            now = time.monotonic()
+            now = clock.now()
             kw = {} if self.load_threshold is None else {"handshake_load_threshold": self.load_threshold}
             # no key yet (over UAPI): a throwaway one that is never shown, sent or published
             private_key = iface.private_key or keys.generate_private_key(os.urandom(keys.KEY_LEN))
@@ -163,6 +165,9 @@ class Tunnel:
                 mesh_name=self._mesh_name() if mesh is not None else None,
                 unicast=cfg.discovery["Domain"] is not None,
             )
+            # ICMP unreachable for what no peer takes (the kernel module's wg_xmit); a peer without
+            # an endpoint too, unless discovery may still find one (then its packets wait)
+            self.device.unreachable = Unreachable(no_endpoint=not self.node.traversal)
             own = self.node.own_mesh_interfaces()
             addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]
             routed += self.node.mesh_prefixes()
@@ -190,15 +195,15 @@ class Tunnel:
             except BaseException:
                 await self._teardown()
                 raise
-        if node.traversal:
-            from wgdisco.io.netmon import NetworkMonitor
+        # network changes: sticky sources follow routes (daemon/sticky.py); NAT traversal gathers again
+        from wgdisco.io.netmon import NetworkMonitor
 
-            self.netmon = NetworkMonitor(self._network_changed, ignore_ifnames={self.name})
-            try:
-                await self.netmon.start()
-            except LocalError as e:
-                log.warning("network changes will not be noticed: %s", e)
-                self.netmon = None
+        self.netmon = NetworkMonitor(self._network_changed, ignore_ifnames={self.name})
+        try:
+            await self.netmon.start()
+        except LocalError as e:
+            log.warning("network changes will not be noticed: %s", e)
+            self.netmon = None
         if cfg.discovery["Metrics"] is not None:
             from wgdisco.io.metrics import MetricsServer
 
@@ -278,7 +283,7 @@ class Tunnel:
             return
         assert self.node is not None
         self.has_key = False
-        self.node.set_identity(keys.generate_private_key(os.urandom(keys.KEY_LEN)), time.monotonic())
+        self.node.set_identity(keys.generate_private_key(os.urandom(keys.KEY_LEN)), clock.now())
         log.info("interface %s: private key removed; sending nothing until one is set", self.name)
         self._then(self._stop_discovery())
 
@@ -320,7 +325,7 @@ class Tunnel:
         with self.lock:
             if self.node is None:
                 return None
-            result = fn(self.node, time.monotonic())
+            result = fn(self.node, clock.now())
             self.flush()
         if self.dataplane is not None:
             self.dataplane.wake()
@@ -481,7 +486,7 @@ class Tunnel:
         old = {pc.public_key: pc for pc in self.cfg.peers}
         new = {pc.public_key: pc for pc in cfg.peers}
         with self.lock:
-            now = time.monotonic()
+            now = clock.now()
             for public in old.keys() - new.keys():
                 node.remove_peer(public)
                 log.info("reload: peer %s removed", short_key(public))
@@ -505,9 +510,35 @@ class Tunnel:
         log.info("reload: %d peer(s)", len(cfg.peers))
 
     def _network_changed(self, kinds: set[str]) -> None:
-        """NetworkMonitor (debounced): re-gather, STUN again, re-publish, re-probe, within a second."""
+        """NetworkMonitor (debounced): sticky sources checked against their routes; with NAT
+        traversal, re-gather, STUN again, re-publish, re-probe, within a second."""
+        if self.sticky_task is None or self.sticky_task.done():
+            self.sticky_task = asyncio.create_task(self._recheck_sticky())
+        if self.node is None or not self.node.traversal:
+            return
         if self.change_task is None or self.change_task.done():
             self.change_task = asyncio.create_task(self._regather(sorted(kinds)))
+
+    async def _recheck_sticky(self) -> None:
+        """Drop the sticky sources whose route now leaves through another interface (daemon/sticky.py)."""
+        if self.device is None:
+            return
+        with self.lock:
+            checks = sticky.to_check(self.device.sources)
+        if not checks:
+            return
+        try:
+            oifs = await asyncio.to_thread(netlink.route_interfaces, [(c.src, c.dst) for c in checks],
+                                           self.routing.fwmark)
+        except LocalError as e:
+            log.warning("sticky sources: route lookup failed: %s", e)
+            return
+        with self.lock:
+            for c in sticky.stale(checks, oifs):
+                if self.device.sources.get(c.endpoint) is c.source:
+                    del self.device.sources[c.endpoint]
+                    log.info("sending to %s: the route leaves through another interface now; %s (interface %d) "
+                             "is no longer the source", udp.format_sockaddr(c.endpoint), c.src, c.ifindex)
 
     async def _regather(self, kinds: list[str]) -> None:
         lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
@@ -538,6 +569,8 @@ class Tunnel:
         if self.netmon is not None:
             await self.netmon.close()
             self.netmon = None
+        if self.sticky_task is not None:
+            self.sticky_task.cancel()
         if self.change_task is not None:
             self.change_task.cancel()
         if self.live_task is not None:

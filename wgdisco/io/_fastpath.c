@@ -97,7 +97,7 @@ typedef struct {
     uint64_t send_counter;
     uint64_t send_limit; /* REJECT_AFTER_MESSAGES: at it, sending goes back to Python */
     uint64_t recv_limit;
-    double expires;      /* CLOCK_MONOTONIC seconds: REJECT_AFTER_TIME */
+    double expires;      /* CLOCK_BOOTTIME seconds (wgdisco/daemon/clock.py): REJECT_AFTER_TIME */
     int can_send;
     EVP_CIPHER_CTX *enc, *dec;
     uint64_t replay_last;
@@ -175,10 +175,12 @@ typedef struct {
     int gso_off_logged;
 } DataPath;
 
+/* the daemon's protocol clock (wgdisco/daemon/clock.py): boottime, which counts a suspend, as the
+   kernel module's; a keypair's expires is in it */
 static double monotonic_now(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_BOOTTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 

@@ -20,8 +20,11 @@ the target's A/AAAA.  ``withdraw`` sends the deletes alone.  Both are idempotent
 retransmitted UPDATE is harmless.
 
 Transport: UDP on a connected socket (so an ICMP port-unreachable is seen at once),
-retransmitted with a doubling interval until the operation's deadline; TCP when an
-UPDATE exceeds 512 bytes or an answer comes back truncated (RFC 1035 §4.2.1, RFC 7766).
+retransmitted after 0.4 s and then at a doubling interval until the operation's deadline (as
+STUN, RFC 8489 §6.2.1: a lost datagram costs one short wait, not the lookup); TCP when an
+UPDATE exceeds 512 bytes or an answer comes back truncated (RFC 1035 §4.2.1, RFC 7766). With
+the system resolver (no nameserver named) dnspython's per-try timeout is set to the same 0.4 s,
+so it tries again within the lookup's bound instead of spending all of it on one datagram.
 Datagrams that are not a response to our message are ignored, never fatal.
 
 Errors: ``NameserverError`` (and ``NameserverTimeout``) for the transient kind —
@@ -73,6 +76,7 @@ __all__ = [
     "Retry",
     "TsigKey",
     "parse_update_key",
+    "stub_resolver",
 ]
 
 log = logging.getLogger(__name__)
@@ -288,6 +292,15 @@ async def _all(*coros: Awaitable[T]) -> list[T]:
             task.cancel()
 
 
+def stub_resolver(configure: bool = True) -> dns.asyncresolver.Resolver:
+    """The system resolver (``/etc/resolv.conf``; ``configure=False``: none, for tests), trying
+    again after FIRST_RTO: dnspython's per-try timeout is resolv.conf's, 2 s by default, the
+    whole of a lookup's bound, so one lost datagram would fail the lookup."""
+    resolver = dns.asyncresolver.Resolver(configure=configure)
+    resolver.timeout = FIRST_RTO
+    return resolver
+
+
 def _label_name(label: str, service: dns.name.Name) -> dns.name.Name:
     if not label or "." in label or len(label) > 63 or not label.isascii():
         raise LocalError(f"instance label {label!r} must be one ASCII DNS label")
@@ -423,7 +436,7 @@ class DnssdClient:
 
     async def _resolve(self, qname: dns.name.Name, rdtype: int, deadline: float) -> dns.message.Message:
         if self._resolver is None:
-            self._resolver = dns.asyncresolver.Resolver()
+            self._resolver = stub_resolver()
         remaining = max(0.01, deadline - asyncio.get_running_loop().time())
         try:
             answer = await self._resolver.resolve(qname, rdtype, raise_on_no_answer=False, lifetime=remaining,

@@ -277,6 +277,23 @@ def default_gateway() -> tuple[str, str] | None:
         return None if source is None else (best[1], source)
 
 
+def route_interfaces(lookups: Iterable[tuple[str, str]], fwmark: int = 0) -> list[int | None]:
+    """The output interface index of the route from each ``(source, destination)``, as ``ip route
+    get DST from SRC mark FWMARK`` resolves it (the lookup the kernel module's send4 makes with a
+    remembered source); None where there is no route or the source is no longer ours."""
+    out: list[int | None] = []
+    with _iproute() as ipr:
+        for src, dst in lookups:
+            kw = {"mark": fwmark} if fwmark else {}
+            try:
+                found = ipr.route("get", dst=dst, src=src, **kw)
+            except NetlinkError:
+                out.append(None)
+                continue
+            out.append(found[0].get_attr("RTA_OIF") if found else None)
+    return out
+
+
 # --- policy routing for default routes (wg-quick's add_default) ------------------------------
 
 

@@ -105,6 +105,20 @@ def DH(private: bytes, public: bytes) -> bytes:
     return shared
 
 
+def is_low_order(public: bytes) -> bool:
+    """True when X25519 with ``public`` is all zeros whatever our key: a point of small order
+    (RFC 7748 §6.1; clamping makes every private scalar a multiple of the cofactor 8, so one
+    clamped scalar decides for all)."""
+    try:
+        DH(_ANY_CLAMPED_SCALAR, public)
+    except AuthError:
+        return True
+    return False
+
+
+_ANY_CLAMPED_SCALAR = bytes([8]) + bytes(30) + bytes([64])
+
+
 def aead_nonce(counter: int) -> bytes:
     """The 96-bit ChaCha20-Poly1305 nonce: 4 zero bytes || 64-bit LE counter (whitepaper §5.4)."""
     return struct.pack("<4xQ", counter)

@@ -13,6 +13,9 @@ The shell feeds the device three things and drains one:
   Malformed or unauthenticated input is dropped and counted in ``drops``;
   this method never raises for anything the network sends.
 - ``handle_timer(now)`` when ``get_timer()`` is due.
+- ``tun_out``: packets for TUN from the device itself: with ``unreachable`` set, the ICMP
+  "unreachable" answering a packet no peer takes (or whose peer has no endpoint), as the
+  kernel module does (proto/icmp.py). The shell writes and clears it.
 - ``datagrams_to_send()``: the datagrams ``(bytes, addr)`` the device wants sent
   (handshakes, keepalives, staged packets, cookie replies), handed over; ``events``
   (typed: HandshakeCompleted, EndpointChanged, GaveUp) are drained by the node core.
@@ -49,6 +52,7 @@ from wgdisco.errors import AuthError, DecodeError, LocalError
 from wgdisco.proto import noise
 from wgdisco.proto.allowedips import AllowedIPs
 from wgdisco.proto.cookie import CookieChecker, CookieGenerator
+from wgdisco.proto.icmp import Unreachable
 from wgdisco.proto.indextable import IndexTable
 from wgdisco.proto.keys import clamp
 from wgdisco.proto.ratelimiter import RateLimiter, TokenBucket
@@ -200,6 +204,8 @@ class Device:
         self.handshake_budget = TokenBucket(HANDSHAKE_BUDGET, HANDSHAKE_BURST)
         self.cookie_budget = TokenBucket(COOKIE_REPLY_BUDGET, COOKIE_REPLY_BURST)
         self.outbox: list[tuple[bytes, Addr]] = []
+        self.unreachable: Unreachable | None = None  # ICMP answers to unsendable packets (proto/icmp.py)
+        self.tun_out: list[bytes] = []  # packets the device itself writes to TUN (those answers)
         self.sources: dict[Addr, Hashable] = {}  # endpoint -> local source of its latest authenticated packet
         self.events: list[DeviceEvent] = []
         # (deadline, seq, peer): at most one live entry per peer, the earliest of its timers or
@@ -320,6 +326,11 @@ class Device:
                 self._arm(peer, min(due))
 
     def _peer_timers(self, peer: Peer, now: float) -> None:
+        # first: after a jump of the clock (a suspend, daemon/clock.py) the old keys go before a
+        # timer below starts a handshake, which zeroing would otherwise clear mid-flight
+        if peer.t_zero_key is not None and peer.t_zero_key <= now:
+            peer.t_zero_key = None
+            self._zero_and_flush(peer)
         if peer.t_retransmit is not None and peer.t_retransmit <= now:
             peer.t_retransmit = None
             self._expired_retransmit_handshake(peer, now)
@@ -335,9 +346,6 @@ class Device:
             peer.t_new_handshake = peer.unanswered_since = None
             self.unstick(peer)  # wireguard-go expiredNewHandshake: the source may be the trouble
             self.send_handshake_initiation(peer, now, is_retry=False)
-        if peer.t_zero_key is not None and peer.t_zero_key <= now:
-            peer.t_zero_key = None
-            self._zero_and_flush(peer)
         if peer.t_persistent is not None and peer.t_persistent <= now:
             peer.t_persistent = None
             if peer.persistent_keepalive:
@@ -486,13 +494,26 @@ class Device:
             return None
         if peer is None:
             self._drop("no-route")
+            if self.unreachable is not None:
+                self._answer_unreachable(packet, now)
             return None
         kp = peer.current
         if kp is None or peer.endpoint is None or kp.send_counter >= self._reject_messages or now >= kp.expires:
+            if peer.endpoint is None and self.unreachable is not None and self.unreachable.no_endpoint:
+                self._drop("no-endpoint")  # the kernel's -EDESTADDRREQ: answered, not staged
+                self._answer_unreachable(packet, now)
+                return None
             self._stage(peer, packet)
             self.send_handshake_initiation(peer, now, is_retry=False)
             return None
         return self._encrypt(peer, kp, packet, now)
+
+    def _answer_unreachable(self, packet: bytes, now: float) -> None:
+        """ICMP host / address unreachable back into TUN (wireguard-linux device.c wg_xmit)."""
+        assert self.unreachable is not None
+        message = self.unreachable.reply(packet, now)
+        if message is not None:
+            self.tun_out.append(message)
 
     def _stage(self, peer: Peer, packet: bytes) -> None:
         if len(peer.staged) >= QUEUE_STAGED_SIZE:

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from wgdisco.errors import AuthError, DecodeError, LocalError, WgdiscoError
-from wgdisco.proto.crypto import DH, HASH, KDF2, KEY_LEN, MAC, MAC_LEN
+from wgdisco.proto.crypto import DH, HASH, KDF2, KEY_LEN, MAC, MAC_LEN, is_low_order
 from wgdisco.proto.keys import public_key
 from wgdisco.proto.ratelimiter import RateLimiter
 from wgdisco.proto.replay import ReplayFilter
@@ -285,6 +285,7 @@ class Prober:
         self._max_outstanding = max_outstanding
         self._peers: dict[bytes, _Peer] = {}
         self._by_hint: dict[bytes, bytes] = {}
+        self._muted: set[bytes] = set()  # low-order keys (add_peer)
         self._outstanding: dict[bytes, _Outstanding] = {}  # id -> request, in send order
         self._evicted: list[ProbeTimeout] = []
         self._evicted_at = 0.0
@@ -296,8 +297,16 @@ class Prober:
     # --- peers
 
     def add_peer(self, pub: bytes) -> None:
-        """Accept probes from `pub` (idempotent). LocalError for an unusable key."""
-        if pub in self._peers:
+        """Accept probes from `pub` (idempotent). LocalError for our own key or a wrong length.
+
+        A low-order point (RFC 7748 §6.1: the shared secret is zero) is accepted but muted: it is
+        not in `peers`, so nothing is ever probed or answered. The kernel module and wireguard-go
+        accept such a peer too, and send it nothing (its handshakes fail, noise.create_initiation).
+        """
+        if pub in self._peers or pub in self._muted:
+            return
+        if len(pub) == KEY_LEN and pub != self.keys.public and is_low_order(pub):
+            self._muted.add(pub)
             return
         keys = self.keys.for_peer(pub)
         other = self._by_hint.get(keys.hint)
@@ -308,6 +317,7 @@ class Prober:
 
     def remove_peer(self, pub: bytes) -> None:
         """Forget `pub`, its replay window and its outstanding requests (no timeouts reported)."""
+        self._muted.discard(pub)
         peer = self._peers.pop(pub, None)
         if peer is None:
             return
@@ -317,7 +327,13 @@ class Prober:
 
     @property
     def peers(self) -> frozenset[bytes]:
+        """The peers probes go to and are accepted from (a muted low-order key is not one)."""
         return frozenset(self._peers)
+
+    @property
+    def muted(self) -> frozenset[bytes]:
+        """Added peers whose key is a low-order point: never probed, never answered."""
+        return frozenset(self._muted)
 
     @property
     def outstanding(self) -> int:

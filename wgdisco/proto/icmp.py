@@ -1,0 +1,172 @@
+"""ICMP "destination unreachable" for packets the tunnel cannot send (sans-I/O).
+
+The kernel module answers a packet from its interface that no peer's AllowedIPs match
+(``-ENOKEY``), or whose peer has no endpoint (``-EDESTADDRREQ``), with
+``icmp_ndo_send(ICMP_DEST_UNREACH, ICMP_HOST_UNREACH)`` or
+``icmpv6_ndo_send(ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH)`` (wireguard-linux device.c,
+``wg_xmit``), so that a sender fails at once instead of waiting for a timeout. wireguard-go
+sends nothing. wgdisco writes the same messages back into its TUN device:
+
+- IPv4: type 3 code 1 (host unreachable, RFC 792), the original header and as much of its data
+  as keeps the message within 576 bytes (RFC 1812 §4.3.2.3).
+- IPv6: type 1 code 3 (address unreachable, RFC 4443 §3.1), as much of the original as keeps the
+  message within the minimum MTU of 1,280 bytes (RFC 4443 §2.4 (c)); its checksum covers the
+  pseudo-header (RFC 8200 §8.1).
+- Never about an ICMP error, a packet to a multicast or broadcast address, a packet whose source
+  is not one host, or a later IPv4 fragment (RFC 1122 §3.2.2, RFC 1812 §4.3.2.7, RFC 4443 §2.4 (e)).
+- The source is the unreachable destination itself. The kernel module makes its message inside
+  the stack and takes the route back to the sender's source (the sender's own address for a
+  local sender), but a packet written into TUN is received: one whose source is a local address
+  (the interface's own, say) is a martian and dropped (``fib_validate_source``, unless
+  ``accept_local``). The destination is routed through this interface, so even a strict
+  ``rp_filter`` lets the message in, and ``ping`` reports ``From <destination> … Destination
+  Host Unreachable``.
+- Rate-limited by one token bucket, the kernel's global ICMP limit by default
+  (``net.ipv4.icmp_msgs_per_sec`` = 1000, ``icmp_msgs_burst`` = 50).
+
+``host_unreachable(packet)`` builds; ``Unreachable.reply(packet, now)`` adds the rate limit. Both
+return the bytes to write to TUN, or None.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Any
+
+from wgdisco.proto.ratelimiter import TokenBucket
+
+__all__ = [
+    "V4_MAX", "V6_MAX", "RATE", "BURST", "checksum", "host_unreachable", "Unreachable",
+]
+
+V4_MAX = 576  # RFC 1812 §4.3.2.3
+V6_MAX = 1280  # RFC 4443 §2.4 (c)
+RATE = 1000.0  # messages a second (net.ipv4.icmp_msgs_per_sec)
+BURST = 50  # net.ipv4.icmp_msgs_burst
+HOP_LIMIT = 64  # the kernel's default TTL / hop limit
+
+ICMP_DEST_UNREACH, ICMP_HOST_UNREACH = 3, 1
+ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH = 1, 3
+_ICMP4_ERRORS = frozenset({3, 4, 5, 11, 12})  # RFC 792 / RFC 1122 §3.2.2: the error types
+_V6_EXTENSIONS = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options (RFC 8200 §4)
+_V6_FRAGMENT, _V6_AH, _ICMPV6 = 44, 51, 58
+_MAX_EXTENSIONS = 8
+
+
+def checksum(data: bytes, start: int = 0) -> int:
+    """The Internet checksum (RFC 1071): ones' complement of the ones' complement sum of the
+    16-bit words of ``data`` (an odd byte padded with zero), ``start`` a partial sum to add."""
+    if len(data) & 1:
+        data += b"\x00"
+    total = start + sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def _single_host(ip: Any) -> bool:
+    return not (ip.is_multicast or ip.is_unspecified or ip.is_reserved and ip.version == 4
+                or ip == ipaddress.IPv4Address("255.255.255.255"))
+
+
+def _ipv4(packet: bytes, source: bytes) -> bytes | None:
+    if len(packet) < 20 or packet[0] >> 4 != 4:
+        return None
+    ihl = (packet[0] & 0x0F) * 4
+    if ihl < 20 or len(packet) < ihl:
+        return None
+    if struct.unpack_from("!H", packet, 6)[0] & 0x1FFF:
+        return None  # a later fragment (RFC 1812 §4.3.2.7)
+    src, dst = ipaddress.IPv4Address(packet[12:16]), ipaddress.IPv4Address(packet[16:20])
+    if not _single_host(src) or not _single_host(dst) or src.is_loopback:
+        return None
+    if packet[9] == 1 and (len(packet) < ihl + 1 or packet[ihl] in _ICMP4_ERRORS):
+        return None  # never an error about an error (RFC 1122 §3.2.2)
+    quoted = packet[: V4_MAX - 28]
+    body = struct.pack("!BBHI", ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, 0, 0) + quoted
+    body = body[:2] + checksum(body).to_bytes(2, "big") + body[4:]
+    tos = (packet[1] & 0x1E) | 0xC0  # IPTOS_PREC_INTERNETCONTROL, as icmp_send
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(body), 0, 0, HOP_LIMIT, 1, 0,
+                         source, packet[12:16])
+    header = header[:10] + checksum(header).to_bytes(2, "big") + header[12:]
+    return header + body
+
+
+def _v6_upper(packet: bytes) -> tuple[int, int] | None:
+    """(next header, offset) of the upper layer past the extension headers; None if it cannot
+    be told (truncated, too many headers, or an ICMPv6 message in a later fragment)."""
+    nxt, off = packet[6], 40
+    for _ in range(_MAX_EXTENSIONS):
+        if nxt in _V6_EXTENSIONS or nxt == _V6_AH:
+            if len(packet) < off + 2:
+                return None
+            size = (packet[off + 1] + 2) * 4 if nxt == _V6_AH else (packet[off + 1] + 1) * 8
+            nxt, off = packet[off], off + size
+        elif nxt == _V6_FRAGMENT:
+            if len(packet) < off + 8:
+                return None
+            later = struct.unpack_from("!H", packet, off + 2)[0] & 0xFFF8
+            nxt, off = packet[off], off + 8
+            if later:
+                return None if nxt == _ICMPV6 else (nxt, -1)
+        else:
+            return nxt, off
+    return None
+
+
+def _ipv6(packet: bytes, source: bytes) -> bytes | None:
+    if len(packet) < 40 or packet[0] >> 4 != 6:
+        return None
+    src, dst = ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40])
+    if not _single_host(src) or not _single_host(dst):
+        return None  # RFC 4443 §2.4 (e)
+    upper = _v6_upper(packet)
+    if upper is None:
+        return None
+    nxt, off = upper
+    if nxt == _ICMPV6 and off >= 0 and (len(packet) <= off or packet[off] < 128 or packet[off] == 137):
+        return None  # an ICMPv6 error or redirect (RFC 4443 §2.4 (e.1), (e.2))
+    quoted = packet[: V6_MAX - 48]
+    body = struct.pack("!BBHI", ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH, 0, 0) + quoted
+    # RFC 8200 §8.1: source, destination, upper-layer length (32 bits), 3 zero bytes, next header
+    pseudo = source + packet[8:24] + struct.pack("!I3xB", len(body), _ICMPV6)
+    body = body[:2] + checksum(pseudo + body).to_bytes(2, "big") + body[4:]
+    header = struct.pack("!IHBB16s16s", 6 << 28, len(body), _ICMPV6, HOP_LIMIT, source, packet[8:24])
+    return header + body
+
+
+def host_unreachable(packet: bytes) -> bytes | None:
+    """The ICMP or ICMPv6 "unreachable" answering ``packet`` (an IP packet read from TUN), or None
+    when none may be sent (see the module docstring)."""
+    packet = bytes(packet)
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= 20:
+        return _ipv4(packet, packet[16:20])
+    if version == 6 and len(packet) >= 40:
+        return _ipv6(packet, packet[24:40])
+    return None
+
+
+class Unreachable:
+    """The rate limit, and whether a packet for a peer without an endpoint is answered too
+    (the kernel's ``-EDESTADDRREQ``; off where discovery may still find the endpoint, so the
+    packet waits for the handshake instead). ``reply(packet, now)`` is the one call."""
+
+    __slots__ = ("no_endpoint", "_bucket", "sent", "limited")
+
+    def __init__(self, *, no_endpoint: bool = True, rate: float = RATE, burst: int = BURST) -> None:
+        self.no_endpoint = no_endpoint
+        self._bucket = TokenBucket(rate, burst)
+        self.sent = 0
+        self.limited = 0  # eligible, but over the rate
+
+    def reply(self, packet: bytes, now: float) -> bytes | None:
+        message = host_unreachable(packet)
+        if message is None:
+            return None
+        if not self._bucket.take(now):
+            self.limited += 1
+            return None
+        self.sent += 1
+        return message
