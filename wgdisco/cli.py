@@ -226,7 +226,7 @@ def format_port_mapping(pm: dict) -> str:
 def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     import json
 
-    from wgdisco import netcheck
+    from wgdisco.tools import netcheck
     from wgdisco.errors import LocalError
 
     try:
@@ -248,8 +248,8 @@ def cmd_netcheck(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_rendezvous(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """A fresh TSIG key and the Knot / BIND / node snippets for ZONE (wgdisco/rendezvous.py)."""
-    from wgdisco import rendezvous
+    """A fresh TSIG key and the Knot / BIND / node snippets for ZONE (wgdisco/tools/rendezvous.py)."""
+    from wgdisco.tools import rendezvous
 
     try:
         zone = rendezvous.check_zone(args.zone)

@@ -415,7 +415,7 @@ def test_lost_queries_cost_one_short_retransmission_and_names_go_in_parallel(net
     """A router in front of Knot loses the first queries: each lost one is sent again after
     dnssd.FIRST_RTO (0.4 s), and the lookups of several names run at once (discovery.py
     look_up_all), so the whole round costs one retransmission wait, not one per name."""
-    from wgdisco.discovery import Discovery
+    from wgdisco.daemon.discovery import Discovery
 
     pubs = [PUB1, PUB2]
     for n, pub in enumerate(pubs):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns.test_nat_lab import KNOT, STUN_A, first_ping, internet
-from wgdisco import rendezvous
+from wgdisco.tools import rendezvous
 from wgdisco.lab import Lab, LabError, require_tool
 from wgdisco.lab.knot import Knot
 from wgdisco.lab.wg import Node, keypair

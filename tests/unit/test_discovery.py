@@ -1,4 +1,4 @@
-"""wgdisco.discovery: unicast DNS-SD lookups run in parallel, against the loopback DNS server of
+"""wgdisco.daemon.discovery: unicast DNS-SD lookups run in parallel, against the loopback DNS server of
 test_dnssd.py (answering like wgsd). mDNS and publishing: tests/netns/test_dnssd_lab.py,
 test_mdns_lab.py."""
 
@@ -14,8 +14,8 @@ import dns.rdatatype
 import pytest
 
 from tests.unit.test_dnssd import DOMAIN, FakeDNS, WgsdPeer, wgsd
-from wgdisco import discovery
-from wgdisco.discovery import Discovery
+from wgdisco.daemon import discovery
+from wgdisco.daemon.discovery import Discovery
 from wgdisco.io import dnssd
 from wgdisco.proto import keys
 

@@ -212,3 +212,42 @@ def test_only_the_demo_imports_the_lab() -> None:
 def test_the_lab_uses_only_the_daemons_tunnel() -> None:
     used = {m for p in files("lab") for m in imported_modules(p) if m.split(".")[:2] == ["wgdisco", "daemon"]}
     assert used <= {"wgdisco.daemon", "wgdisco.daemon.Tunnel"}, f"the lab imports daemon internals: {sorted(used)}"
+
+
+# Every module of the package sits in one layer with its rule above (issue 22): a new top-level
+# module must be placed (and given a rule) before it can land.
+LAYERS = {
+    "proto": "pure cores (test_proto_is_pure, test_node_core_imports_only_proto)",
+    "io": "one shell per real thing (test_shells_import_no_other_shell)",
+    "daemon": "wires cores to shells (test_no_import_cycle_in_the_package)",
+    "lab": "the namespace lab (only the demo and the tests import it)",
+    "tools": "commands without a daemon (netcheck, rendezvous): run by the CLI only",
+}
+ENTRY_POINTS = {"__init__.py", "__main__.py", "cli.py", "userspace.py", "demo.py", "config.py", "errors.py"}
+
+
+def layer_of(rel: str) -> str | None:
+    top = rel.split("/")[0]
+    if "/" in rel:
+        return top if top in LAYERS else None
+    return "entry" if rel in ENTRY_POINTS else None
+
+
+def test_every_module_has_a_layer() -> None:
+    unplaced = [p.relative_to(PACKAGE).as_posix() for p in sorted(PACKAGE.rglob("*.py"))
+                if layer_of(p.relative_to(PACKAGE).as_posix()) is None]
+    assert not unplaced, f"modules in no layer (place them, with a rule): {unplaced}"
+    assert layer_of("discovery.py") is None and layer_of("daemon/discovery.py") == "daemon"  # the check can fail
+
+
+def test_tools_are_run_by_the_cli_only() -> None:
+    users = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+                   if not p.relative_to(PACKAGE).as_posix().startswith("tools/")
+                   and any(m.startswith("wgdisco.tools") for m in imported_modules(p)))
+    assert users == ["cli.py"], users
+
+
+def test_config_and_errors_import_no_daemon_and_no_shell() -> None:
+    for name in ("config.py", "errors.py"):
+        bad = {m for m in own_imports(PACKAGE / name) if m.startswith(("wgdisco.io", "wgdisco.daemon"))}
+        assert not bad, f"{name} imports {sorted(bad)}"

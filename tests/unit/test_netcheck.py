@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from wgdisco import netcheck
+from wgdisco.tools import netcheck
 from wgdisco.lab import Host
-from wgdisco.netcheck import InterfaceAddress, Report, ServerResult
+from wgdisco.tools.netcheck import InterfaceAddress, Report, ServerResult
 
 REPO = str(Path(__file__).resolve().parents[2])
 

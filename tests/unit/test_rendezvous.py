@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from wgdisco import cli, config, rendezvous
+from wgdisco import cli, config
+from wgdisco.tools import rendezvous
 from wgdisco.proto import tsig
 
 

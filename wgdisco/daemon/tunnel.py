@@ -92,7 +92,7 @@ class Tunnel:
         self.dataplane: DataPlane | None = None
         self.node: Node | None = None  # peers, identity, discovery and path policy (proto/node.py)
         self.hosts: Any = None  # wgdisco.daemon.names.HostsSync in mesh mode: names in the hosts file
-        self.discovery: Any = None  # wgdisco.discovery.Discovery when [Discovery] asks for it
+        self.discovery: Any = None  # wgdisco.daemon.discovery.Discovery when [Discovery] asks for it
         self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor
         self.portmapping: Any = None  # daemon/portmapping.PortMapping, with NAT traversal (PortMapping != off)
         self.change_task: asyncio.Task[None] | None = None
@@ -244,7 +244,7 @@ class Tunnel:
         assert node is not None
         lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
         if cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None:
-            from wgdisco.discovery import Discovery  # zeroconf/dnspython only when used
+            from wgdisco.daemon.discovery import Discovery  # zeroconf/dnspython only when used
 
             with self.lock:
                 record = node.record()

@@ -32,7 +32,7 @@ addresses that go into A/AAAA records are not derived from the interfaces:
 the caller passes them to ``publish``; ``interface_addresses`` lists the
 usable ones.  zeroconf joins its multicast groups once, when it starts: to follow
 the network, a caller compares ``bind_choice(names)`` with ``bound`` after each
-change and starts a new service when they differ (wgdisco/discovery.py does).
+change and starts a new service when they differ (wgdisco/daemon/discovery.py does).
 
 Browsing: zeroconf's browser callbacks are synchronous, so each Added/Updated
 schedules one resolve task per instance (``AsyncServiceInfo.async_request``,
