@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from wgdisco.errors import ConfigError, DecodeError, LocalError
-from wgdisco.proto import keys, tsig
+from wgdisco.proto import keys, portmap, tsig
 from wgdisco.proto.names import KEY_NAME_PREFIX, MAX_NAME, check_name
 
 _KEY_NAME = re.compile(r"[A-Za-z][A-Za-z0-9]*")  # what a key may be called: never a secret
@@ -85,7 +85,7 @@ class Config:
     name: str  # interface name: the file stem, as wg-quick
     interface: InterfaceConfig
     peers: list[PeerConfig]
-    discovery: dict[str, Any]
+    discovery: DiscoveryConfig
     warnings: list[str] = field(default_factory=list)
 
 
@@ -338,7 +338,7 @@ def parse_max_peers(value: str) -> int:
     return n
 
 
-PORT_MAPPING_MODES = ("auto", "pcp", "natpmp", "upnp", "off")  # proto/portmap.py MODES
+PORT_MAPPING_MODES = portmap.MODES  # one list (proto/portmap.py)
 
 
 def parse_port_mapping(value: str) -> str:
@@ -370,6 +370,44 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "name": ("Name", parse_mesh_name, None),
 }
 SECRET_DISCOVERY_KEYS = {"UpdateKey", "MeshKey"}
+# canonical key -> DiscoveryConfig field
+DISCOVERY_FIELDS = {
+    "mDNS": "mdns", "mDNSInterfaces": "mdns_interfaces", "Domain": "domain", "Nameserver": "nameserver",
+    "PollInterval": "poll_interval", "UpdateKey": "update_key", "UpdateKeyFile": "update_key_file", "Zone": "zone",
+    "STUN": "stun", "PortMapping": "port_mapping", "Metrics": "metrics", "MeshKey": "mesh_key",
+    "MeshKeyFile": "mesh_key_file", "MeshIPv4": "mesh_ipv4", "MeshMaxPeers": "mesh_max_peers", "Name": "name",
+}
+
+
+@dataclass
+class DiscoveryConfig:
+    """The ``[Discovery]`` section, parsed and checked (docs/configuration.md has every key; the
+    defaults are DISCOVERY_KEYS's). Field names are the keys' in snake case."""
+
+    mdns: bool = True
+    mdns_interfaces: list[str] = field(default_factory=list)
+    domain: str | None = None
+    nameserver: Any = None
+    poll_interval: float = 10.0
+    update_key: Any = None  # a TSIG key (secret: never shown)
+    update_key_file: str | None = None
+    zone: str | None = None
+    stun: list[Any] = field(default_factory=list)
+    port_mapping: str = "auto"
+    metrics: Any = None
+    mesh_key: Any = None  # secret: never shown
+    mesh_key_file: str | None = None
+    mesh_ipv4: Any = None
+    mesh_max_peers: int = 256
+    name: str | None = None
+
+    def by_key(self) -> dict[str, Any]:
+        """{canonical key: value}, in DISCOVERY_KEYS's order (showconf)."""
+        return {key: getattr(self, attr) for key, attr in DISCOVERY_FIELDS.items()}
+
+    @classmethod
+    def from_keys(cls, values: dict[str, Any]) -> DiscoveryConfig:
+        return cls(**{DISCOVERY_FIELDS[k]: v for k, v in values.items()})
 
 # Keys wg-quick honours that wgdisco accepts but does not act on (yet): a warning, not an error.
 UNSUPPORTED_INTERFACE_KEYS = {
@@ -499,11 +537,11 @@ class _Parser:
                 )
         return self.interface, self.peers, self.finish_discovery()
 
-    def finish_discovery(self) -> dict[str, Any]:
+    def finish_discovery(self) -> DiscoveryConfig:
         discovery = {canonical: default for canonical, _p, default in DISCOVERY_KEYS.values()}
         discovery.update(self.discovery or {})
         self.check_discovery(discovery)
-        return discovery
+        return DiscoveryConfig.from_keys(discovery)
 
     def check_discovery(self, d: dict[str, Any]) -> None:
         lines = self.discovery_key_lines
@@ -571,13 +609,13 @@ def load_discovery(name: str, environ: Mapping[str, str] = os.environ) -> Config
     except UnicodeDecodeError:
         raise ConfigError("not UTF-8 text", file=spath) from None
     config = parse_discovery(text, spath, name)
-    if config.discovery["UpdateKey"] is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if config.discovery.update_key is not None and mode & (stat.S_IRWXG | stat.S_IRWXO):
         config.warnings.append(f"{spath}: holds a TSIG secret but is accessible by others "
                                f"(mode {mode & 0o777:03o}; chmod 600)")
-    keyfile = config.discovery.get("UpdateKeyFile")
+    keyfile = config.discovery.update_key_file
     if keyfile is not None:
         load_update_key_file(config, keyfile, text)
-    if config.discovery["UpdateKey"] is not None and config.discovery["Nameserver"] is None:
+    if config.discovery.update_key is not None and config.discovery.nameserver is None:
         # checked by `wgdisco up` when discovery starts; here that is after wg setconf, too late to refuse
         raise ConfigError("publishing with UpdateKey needs a Nameserver", file=spath, key="Nameserver")
     return config
@@ -609,15 +647,15 @@ def load(path: str | os.PathLike[str]) -> Config:
         raise ConfigError("not UTF-8 text", file=spath) from None
     config = parse(text, spath, interface_name(spath))
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        what = "a private key" if config.interface.private_key is not None or not config.discovery["MeshKey"] \
+        what = "a private key" if config.interface.private_key is not None or not config.discovery.mesh_key \
             else "the mesh key"
         config.warnings.insert(
             0, f"{spath}: holds {what} but is accessible by others (mode {mode & 0o777:03o}; chmod 600)"
         )
-    keyfile = config.discovery.get("UpdateKeyFile")
+    keyfile = config.discovery.update_key_file
     if keyfile is not None:
         load_update_key_file(config, keyfile, text)
-    meshfile = config.discovery.get("MeshKeyFile")
+    meshfile = config.discovery.mesh_key_file
     if meshfile is not None:
         load_mesh_key_file(config, meshfile, text)
     return config
@@ -636,7 +674,7 @@ def load_mesh_key_file(config: Config, keyfile: str, text: str) -> None:
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise ConfigError(f"cannot read {path}: {why}", file=config.path, line=line, key="MeshKeyFile") from None
     try:
-        config.discovery["MeshKey"] = parse_mesh_key(content.strip())
+        config.discovery.mesh_key = parse_mesh_key(content.strip())
     except ValueError as e:
         raise ConfigError(f"{path}: {e}", file=config.path, line=line, key="MeshKeyFile") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -705,7 +743,7 @@ def load_update_key_file(config: Config, keyfile: str, text: str) -> None:
         why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise ConfigError(f"cannot read {path}: {why}", file=config.path, line=line, key="UpdateKeyFile") from None
     try:
-        config.discovery["UpdateKey"] = parse_update_key(content)
+        config.discovery.update_key = parse_update_key(content)
     except ValueError as e:
         raise ConfigError(f"{path}: {e}", file=config.path, line=line, key="UpdateKeyFile") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -747,9 +785,9 @@ def format_config(config: Config, show_secrets: bool = False) -> str:
         out.append("SaveConfig = true")
     defaults = {canonical: default for canonical, _p, default in DISCOVERY_KEYS.values()}
     changed = {
-        k: v for k, v in config.discovery.items()
-        if v != defaults.get(k) and not (k == "UpdateKey" and config.discovery.get("UpdateKeyFile"))
-        and not (k == "MeshKey" and config.discovery.get("MeshKeyFile"))
+        k: v for k, v in config.discovery.by_key().items()
+        if v != defaults.get(k) and not (k == "UpdateKey" and config.discovery.update_key_file)
+        and not (k == "MeshKey" and config.discovery.mesh_key_file)
     }
     if changed:
         out += ["", "[Discovery]"]

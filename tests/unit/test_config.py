@@ -236,13 +236,13 @@ def test_discovery_keys_parse_and_showconf_hides_the_tsig_secret() -> None:
                 f"Domain = WG.Example.Net.\nNameserver = [2001:db8::53]:5353\nPollInterval = 5\n"
                 f"UpdateKey = hmac-sha256:wgdisco.:{secret}\n")
     d = cfg.discovery
-    assert (d["mDNS"], d["mDNSInterfaces"], d["Domain"]) == (False, ["eth0", "eth1"], "wg.example.net")
-    assert d["Nameserver"] == ("2001:db8::53", 5353) and d["PollInterval"] == 5.0
-    assert d["UpdateKey"].name == "wgdisco."
+    assert (d.mdns, d.mdns_interfaces, d.domain) == (False, ["eth0", "eth1"], "wg.example.net")
+    assert d.nameserver == ("2001:db8::53", 5353) and d.poll_interval == 5.0
+    assert d.update_key.name == "wgdisco."
     text = config.format_config(cfg)
     assert secret not in text and "UpdateKey = (hidden)" in text and "Nameserver = [2001:db8::53]:5353" in text
     assert parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nNameserver = 198.51.100.53\nDomain = x.test\n"
-                 ).discovery["Nameserver"] == ("198.51.100.53", 53)
+                 ).discovery.nameserver == ("198.51.100.53", 53)
 
 
 def test_update_key_file_is_read_and_checked(tmp_path: Path) -> None:
@@ -253,7 +253,7 @@ def test_update_key_file_is_read_and_checked(tmp_path: Path) -> None:
     conf.write_text(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKeyFile = tsig.key\n")
     conf.chmod(0o600)
     cfg = config.load(conf)
-    assert cfg.discovery["UpdateKey"].name == "wgdisco."
+    assert cfg.discovery.update_key.name == "wgdisco."
     assert any("TSIG secret but is accessible by others" in w for w in cfg.warnings)
     key.write_text("garbage")
     with pytest.raises(ConfigError) as info:
@@ -267,9 +267,9 @@ def test_update_key_file_is_read_and_checked(tmp_path: Path) -> None:
 def test_stun_servers() -> None:
     cfg = parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\n"
                 f"STUN = 203.0.113.10:3478, stun.example.net, [2001:db8::10]:3479, 2001:db8::11\n")
-    assert [str(e) for e in cfg.discovery["STUN"]] == [
+    assert [str(e) for e in cfg.discovery.stun] == [
         "203.0.113.10:3478", "stun.example.net:3478", "[2001:db8::10]:3479", "[2001:db8::11]:3478"]
-    assert parse(f"[Interface]\nPrivateKey = {PRIV}\n").discovery["STUN"] == []  # no default servers
+    assert parse(f"[Interface]\nPrivateKey = {PRIV}\n").discovery.stun == []  # no default servers
     with pytest.raises(ConfigError, match="STUN server"):
         parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nSTUN = host:0\n")
 
@@ -282,15 +282,15 @@ MESH = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = correct horse 
 def test_mesh_config_needs_no_private_key_or_address_and_hides_the_key() -> None:
     c = parse(MESH)
     assert c.interface.private_key is None and c.interface.addresses == []
-    assert c.discovery["MeshKey"] == "correct horse battery staple"
-    assert c.discovery["MeshMaxPeers"] == 256 and c.discovery["MeshIPv4"] is None
+    assert c.discovery.mesh_key == "correct horse battery staple"
+    assert c.discovery.mesh_max_peers == 256 and c.discovery.mesh_ipv4 is None
     shown = config.format_config(c)
     assert "MeshKey = (hidden)" in shown and "horse" not in shown
 
 
 def test_mesh_keys_checked() -> None:
     c = parse(MESH + "MeshIPv4 = 10.77.0.0/16\nMeshMaxPeers = 40\n")
-    assert c.discovery["MeshIPv4"] == ipaddress.ip_network("10.77.0.0/16") and c.discovery["MeshMaxPeers"] == 40
+    assert c.discovery.mesh_ipv4 == ipaddress.ip_network("10.77.0.0/16") and c.discovery.mesh_max_peers == 40
     e = error_of(MESH + "MeshIPv4 = 10.77.0.1/16\n")
     assert (e.line, e.key) == (6, "MeshIPv4")
     e = error_of(MESH + "MeshMaxPeers = 0\n")
@@ -306,8 +306,8 @@ def test_mesh_keys_checked() -> None:
 
 
 def test_mesh_name_checked() -> None:
-    assert parse(MESH + "Name = build-7\n").discovery["Name"] == "build-7"
-    assert parse(MESH).discovery["Name"] is None  # the host name, at start
+    assert parse(MESH + "Name = build-7\n").discovery.name == "build-7"
+    assert parse(MESH).discovery.name is None  # the host name, at start
     for bad in ("Build 7", "-x", "wg-x", "x" * 64, "a.b", "123"):
         e = error_of(MESH + f"Name = {bad}\n")
         assert (e.line, e.key) == (6, "Name") and "not a usable name" in str(e)
@@ -322,7 +322,7 @@ def test_mesh_key_file_is_read_and_mode_checked(tmp_path: Path) -> None:
     path.write_text("[Interface]\nListenPort = 51820\n[Discovery]\nMeshKeyFile = mesh.key\n")
     os.chmod(path, 0o600)
     c = config.load(path)
-    assert c.discovery["MeshKey"] == "s3cret-mesh"
+    assert c.discovery.mesh_key == "s3cret-mesh"
     assert any("mesh key but is accessible" in w for w in c.warnings)
     assert not any("s3cret" in w for w in c.warnings)
     shown = config.format_config(c)
@@ -349,4 +349,13 @@ def test_mesh_identity_is_generated_once_0600(tmp_path: Path) -> None:
 @pytest.mark.parametrize("value,mode", [("", "auto"), ("PortMapping = PCP\n", "pcp"), ("PortMapping = off\n", "off"),
                                         ("PortMapping = natpmp\n", "natpmp"), ("PortMapping = upnp\n", "upnp")])
 def test_port_mapping_key(value: str, mode: str) -> None:
-    assert parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\n{value}").discovery["PortMapping"] == mode
+    assert parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\n{value}").discovery.port_mapping == mode
+
+
+def test_the_discovery_dataclass_and_the_key_table_agree() -> None:
+    """[Discovery] is a typed DiscoveryConfig (issue 22); its defaults are DISCOVERY_KEYS's and every
+    key has a field, so the two cannot drift apart."""
+    table = {canonical: default for canonical, _p, default in config.DISCOVERY_KEYS.values()}
+    assert set(table) == set(config.DISCOVERY_FIELDS)
+    assert config.DiscoveryConfig() == config.DiscoveryConfig.from_keys(table)
+    assert config.DiscoveryConfig().by_key() == table

@@ -42,8 +42,8 @@ def test_a_fresh_key_each_time_and_every_snippet() -> None:
     assert "ns  A 198.51.100.53" in rendezvous.cut(out, rendezvous.ZONE_FILE)
     # the [Discovery] lines are a valid config as printed
     cfg = config.parse("[Interface]\nPrivateKey = " + "A" * 43 + "=\n\n" + node, "wg0.conf")
-    assert cfg.discovery["Domain"] == "wg.example.net"
-    assert str(cfg.discovery["STUN"][0]) == "198.51.100.53:3478"
+    assert cfg.discovery.domain == "wg.example.net"
+    assert str(cfg.discovery.stun[0]) == "198.51.100.53:3478"
 
 
 def test_key_file_is_written_once_with_mode_0600(tmp_path: Path) -> None:

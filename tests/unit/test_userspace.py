@@ -6,6 +6,8 @@ daemon starts (the lab test tests/netns/test_wgquick_lab.py runs the real thing 
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import os
 import subprocess
@@ -93,7 +95,7 @@ def test_daemon_keeps_output_only_when_log_level_asks(environ: dict[str, str], k
 # --- the side file: /etc/wgdisco/<iface>.conf, [Discovery] only ----------------------
 
 
-def defaults() -> dict:
+def defaults() -> config.DiscoveryConfig:
     """What `wgdisco up` uses for a config without a [Discovery] section."""
     return config.parse(f"[Interface]\nPrivateKey = {PRIV}\n", "wg0.conf").discovery
 
@@ -101,7 +103,7 @@ def defaults() -> dict:
 def test_no_side_file_means_the_defaults_of_a_config_without_discovery(tmp_path: Path) -> None:
     cfg = config.load_discovery("wg0", {config.CONFIG_DIR_ENV: str(tmp_path)})
     assert cfg.discovery == defaults()
-    assert cfg.discovery["mDNS"] is True  # as documented in docs/configuration.md
+    assert cfg.discovery.mdns is True  # as documented in docs/configuration.md
     assert cfg.name == "wg0" and cfg.path == str(tmp_path / "wg0.conf")
     assert cfg.interface.private_key is None and cfg.peers == [] and cfg.warnings == []
 
@@ -118,8 +120,10 @@ def test_side_file_is_read(tmp_path: Path) -> None:
     (tmp_path / "wg0.conf").write_text("# discovery for wg0\n[discovery]\nmDNS = off\n"
                                        "STUN = 192.0.2.1:3478\nMetrics = 127.0.0.1:9586\n")
     cfg = config.load_discovery("wg0", {config.CONFIG_DIR_ENV: str(tmp_path)})
-    assert cfg.discovery == {**defaults(), "mDNS": False, "STUN": [config.Endpoint("192.0.2.1", 3478)],
-                             "Metrics": config.Endpoint("127.0.0.1", 9586)}
+    assert cfg.discovery == dataclasses.replace(defaults(), mdns=False, stun=[config.Endpoint("192.0.2.1", 3478)],
+                                                metrics=config.Endpoint("127.0.0.1", 9586))
+    assert cfg.discovery == config.DiscoveryConfig(mdns=False, stun=[config.Endpoint("192.0.2.1", 3478)],
+                                                   metrics=config.Endpoint("127.0.0.1", 9586))
 
 
 def test_empty_side_file_is_the_defaults() -> None:
@@ -153,7 +157,7 @@ def test_side_file_update_key(tmp_path: Path) -> None:
     side.write_text("[Discovery]\nDomain = wg.example.net\nNameserver = 192.0.2.53\nUpdateKeyFile = tsig.key\n")
     side.chmod(0o644)
     cfg = config.load_discovery("wg0", env)
-    assert cfg.discovery["UpdateKey"].name == "wgdisco." and cfg.warnings == []  # no secret in the file
+    assert cfg.discovery.update_key.name == "wgdisco." and cfg.warnings == []  # no secret in the file
     side.write_text("[Discovery]\nDomain = wg.example.net\nNameserver = 192.0.2.53\n"
                     "UpdateKey = hmac-sha256:wgdisco.:c2VjcmV0\n")
     cfg = config.load_discovery("wg0", env)

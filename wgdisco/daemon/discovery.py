@@ -17,6 +17,7 @@ import asyncio
 import logging
 from typing import Any, Callable
 
+from wgdisco.config import DiscoveryConfig
 from wgdisco.errors import AuthError, ConfigError, DecodeError, LocalError
 from wgdisco.io import dnssd, mdns
 from wgdisco.proto import keys, records
@@ -32,7 +33,7 @@ MAX_PARALLEL_LOOKUPS = 16  # DNS-SD lookups in flight at once (each is 2 to 4 qu
 
 
 class Discovery:
-    def __init__(self, settings: dict[str, Any], config_path: str, record: records.ServiceRecord, *,
+    def __init__(self, settings: DiscoveryConfig, config_path: str, record: records.ServiceRecord, *,
                  feed: Feed, peer_keys: Callable[[], frozenset[bytes]]) -> None:
         self.settings = settings  # the config's [Discovery]
         self.config_path = config_path
@@ -88,7 +89,7 @@ class Discovery:
     def _mdns_wanted(self, lan: list[tuple[str, Any]]) -> None:
         """Interfaces (configured, else every one with an address but lo and the tunnel)
         and the addresses their A/AAAA records carry."""
-        names = self.settings["mDNSInterfaces"] or sorted({name for name, _ in lan})
+        names = self.settings.mdns_interfaces or sorted({name for name, _ in lan})
         self.mdns_names = names
         self.mdns_addresses = [str(a.ip) for name, a in lan if name in names and not a.ip.is_link_local]
 
@@ -203,7 +204,7 @@ class Discovery:
 
     def host_addresses_changed(self, lan: list[tuple[str, Any]]) -> None:
         """The network changed: mDNS may bind elsewhere (the record itself comes from the node)."""
-        if self.settings["mDNS"]:
+        if self.settings.mdns:
             self._mdns_wanted(lan)
             self.mdns_dirty.set()  # interfaces may have come or gone even if no candidate changed
 
@@ -337,7 +338,7 @@ class Discovery:
             r = self.record
             while self.dns_withdraw:
                 old = self.dns_withdraw.pop()
-                target = srv_target(records.key_of_label(old), self.settings["Domain"])
+                target = srv_target(records.key_of_label(old), self.settings.domain)
                 try:
                     await self.publisher.withdraw(old, target)
                 except (dnssd.NameserverError, AuthError, OSError) as e:
@@ -355,7 +356,7 @@ class Discovery:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
-            log.info("DNS: published %s in %s", r.instance_label[:16] + "…", self.settings["Domain"])
+            log.info("DNS: published %s in %s", r.instance_label[:16] + "…", self.settings.domain)
             delay = 1.0
             try:  # again before the TTL runs out, or at once when the candidates change
                 await asyncio.wait_for(self.republish.wait(), DNS_TTL * 2 / 3)

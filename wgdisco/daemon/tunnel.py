@@ -72,7 +72,7 @@ class Tunnel:
         # the service manager (Type=notify): READY/RELOADING/STOPPING; $NOTIFY_SOCKET unless given
         self.notifier = notifier if notifier is not None else systemd.Notifier.from_environ()
         self.over_uapi = over_uapi  # no config file: key, port and peers come with wg setconf
-        self.mesh_on = cfg.discovery.get("MeshKey") is not None  # zero-config mesh (docs/mesh.md)
+        self.mesh_on = cfg.discovery.mesh_key is not None  # zero-config mesh (docs/mesh.md)
         if self.mesh_on and over_uapi:  # the key comes later over UAPI: addresses would follow a throwaway key
             log.warning("MeshKey is ignored under wgdisco-userspace; run the mesh with wgdisco up")
             self.mesh_on = False
@@ -144,7 +144,7 @@ class Tunnel:
                 mtu=iface.mtu or DEFAULT_MTU, timing=self.timing, addr_key=udp.sockaddr_bytes, **kw,
             )
             self.sender.sources = self.device.sources  # endpoint -> sticky source, recorded by the device
-            discovering = cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None
+            discovering = cfg.discovery.mdns or cfg.discovery.domain is not None
             mesh = None
             if self.mesh_on:
                 from wgdisco.proto.mesh import Mesh
@@ -157,13 +157,13 @@ class Tunnel:
                 self.device, rng=os.urandom, wall=time.time(),
                 addr_of=lambda ip, port: udp.to_sockaddr(self.sock, ip, port),  # type: ignore[arg-type]
                 host_of=lambda addr: udp.from_sockaddr(addr)[0], format_addr=fmt_addr,
-                port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery["STUN"]),
-                stun_servers=await self._stun_servers(), domain=cfg.discovery["Domain"] or "local",
+                port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery.stun),
+                stun_servers=await self._stun_servers(), domain=cfg.discovery.domain or "local",
                 allowed=iface.addresses, mesh=mesh,
-                timing=NodeTiming(lookups=LookupTiming(poll_interval=cfg.discovery["PollInterval"])),
+                timing=NodeTiming(lookups=LookupTiming(poll_interval=cfg.discovery.poll_interval)),
                 via=udp.via, via_socket=udp.via_socket,
                 mesh_name=self._mesh_name() if mesh is not None else None,
-                unicast=cfg.discovery["Domain"] is not None,
+                unicast=cfg.discovery.domain is not None,
             )
             # ICMP unreachable for what no peer takes (the kernel module's wg_xmit); a peer without
             # an endpoint too, unless discovery may still find one (then its packets wait)
@@ -204,11 +204,11 @@ class Tunnel:
         except LocalError as e:
             log.warning("network changes will not be noticed: %s", e)
             self.netmon = None
-        if cfg.discovery["Metrics"] is not None:
+        if cfg.discovery.metrics is not None:
             from wgdisco.io.metrics import MetricsServer
 
             self.metrics = MetricsServer(self.surface.render_metrics)
-            where = cfg.discovery["Metrics"]
+            where = cfg.discovery.metrics
             if not is_loopback(where.host):
                 log.warning("Metrics = %s is reachable from other hosts: it shows peer public keys, endpoints "
                             "and traffic to anyone who connects (bind it to 127.0.0.1 or ::1)", where)
@@ -243,7 +243,7 @@ class Tunnel:
         cfg, node = self.cfg, self.node
         assert node is not None
         lan = await asyncio.to_thread(netlink.interface_addresses, {self.name, "lo"})
-        if cfg.discovery["mDNS"] or cfg.discovery["Domain"] is not None:
+        if cfg.discovery.mdns or cfg.discovery.domain is not None:
             from wgdisco.daemon.discovery import Discovery  # zeroconf/dnspython only when used
 
             with self.lock:
@@ -252,7 +252,7 @@ class Tunnel:
         self.feed(lambda node, now: node.start(lan, now))
         if self.discovery is not None:
             await self.discovery.start(lan)
-        if node.traversal and self.portmapping is None and cfg.discovery["PortMapping"] != "off":
+        if node.traversal and self.portmapping is None and cfg.discovery.port_mapping != "off":
             await self._start_port_mapping()
 
     async def _start_port_mapping(self) -> None:
@@ -261,7 +261,7 @@ class Tunnel:
 
         assert self.sock is not None
         self.portmapping = PortMapping(
-            self.cfg.discovery["PortMapping"], internal_port=udp.local_port(self.sock),
+            self.cfg.discovery.port_mapping, internal_port=udp.local_port(self.sock),
             set_mapping=lambda external: self.feed(lambda node, now: node.set_mapping(external, now)))
         await self.portmapping.start()
 
@@ -312,7 +312,7 @@ class Tunnel:
     async def _stun_servers(self) -> list[Any]:
         """STUN servers from ``[Discovery] STUN``, resolved once (none is ever assumed)."""
         servers = []
-        for endpoint in self.cfg.discovery["STUN"]:
+        for endpoint in self.cfg.discovery.stun:
             try:
                 servers.append(await asyncio.to_thread(udp.to_sockaddr, self.sock, endpoint.host, endpoint.port))
             except (LocalError, OSError) as e:
@@ -554,7 +554,7 @@ class Tunnel:
         """``[Discovery] Name``, else this host's name (its first label) when that is a valid name."""
         from wgdisco.proto.names import name_from_hostname
 
-        name = self.cfg.discovery.get("Name")
+        name = self.cfg.discovery.name
         if name is None:
             name = name_from_hostname(socket.gethostname())
             if name is None:
