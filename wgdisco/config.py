@@ -436,7 +436,7 @@ class _Parser:
     def error(self, message: str, line: int | None = None, key: str | None = None) -> ConfigError:
         return ConfigError(message, file=self.path, line=line, key=key)
 
-    def parse(self) -> tuple[InterfaceConfig, list[PeerConfig], dict[str, Any]]:
+    def parse(self) -> tuple[InterfaceConfig, list[PeerConfig], DiscoveryConfig]:
         section: str | None = None
         for lineno, raw in enumerate(config_lines(self.text), start=1):
             line = raw.split("#", 1)[0].strip()
@@ -508,7 +508,7 @@ class _Parser:
         except ValueError as e:
             raise self.error(str(e), lineno, key) from None
 
-    def finish(self) -> tuple[InterfaceConfig, list[PeerConfig], dict[str, Any]]:
+    def finish(self) -> tuple[InterfaceConfig, list[PeerConfig], DiscoveryConfig]:
         if self.discovery_only:
             return InterfaceConfig(), [], self.finish_discovery()
         if self.interface is None:

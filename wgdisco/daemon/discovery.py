@@ -62,18 +62,18 @@ class Discovery:
 
     async def start(self, lan: list[tuple[str, Any]]) -> None:
         s = self.settings
-        if s["mDNS"]:
+        if s.mdns:
             self._mdns_wanted(lan)
             await self._mdns_bind()  # browsing before start() returns; publishing (~1 s) in the loop
             self.tasks.append(asyncio.create_task(self._mdns_loop(), name="mdns"))
             self.mdns_dirty.set()
-        if s["Domain"] is not None:
-            self.client = dnssd.DnssdClient(s["Nameserver"], s["Domain"])
-            if s["UpdateKey"] is not None:
-                if s["Nameserver"] is None:
+        if s.domain is not None:
+            self.client = dnssd.DnssdClient(s.nameserver, s.domain)
+            if s.update_key is not None:
+                if s.nameserver is None:
                     raise ConfigError("publishing with UpdateKey needs a Nameserver", file=self.config_path, key="Nameserver")
-                self.publisher = dnssd.DnssdPublisher(s["Nameserver"], s["Domain"], s["Zone"] or s["Domain"],
-                                                      s["UpdateKey"])
+                self.publisher = dnssd.DnssdPublisher(s.nameserver, s.domain, s.zone or s.domain,
+                                                      s.update_key)
                 self.tasks.append(asyncio.create_task(self._publish_loop(), name="dns-publish"))
             self.tasks.append(asyncio.create_task(self._poll_loop(), name="dns-poll"))
 

@@ -150,7 +150,7 @@ class Tunnel:
                 from wgdisco.proto.mesh import Mesh
 
                 d = cfg.discovery
-                mesh = await asyncio.to_thread(Mesh, d["MeshKey"], d["MeshIPv4"], max_peers=d["MeshMaxPeers"])
+                mesh = await asyncio.to_thread(Mesh, d.mesh_key, d.mesh_ipv4, max_peers=d.mesh_max_peers)
                 if not discovering:
                     log.warning("mesh mode without discovery (mDNS off and no Domain): no member can be found")
             self.node = Node(
