@@ -145,7 +145,7 @@ def first_ping(node: Node, target: str, timeout: float) -> float:
 
 def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
     net, a, b = two_sites(lab)
-    a.discovery.metrics = "127.0.0.1:9586"
+    a.discovery["Metrics"] = "127.0.0.1:9586"
     start = time.monotonic()
     a.start()
     b.start()
@@ -319,7 +319,7 @@ def udp_sockets(node: Node) -> list[str]:
 
 def test_hard_nat_to_hard_nat_says_why_and_does_not_flood(lab: Lab) -> None:
     net, a, b = two_sites(lab, "hard", "hard")
-    a.discovery.metrics = "127.0.0.1:9586"
+    a.discovery["Metrics"] = "127.0.0.1:9586"
     a.start()
     b.start()
     # the verdict comes when the hard x hard probe budget is spent or the punching phase (30 s) ends
@@ -420,7 +420,7 @@ def test_forged_record_and_forged_probe_answers_never_disturb_a_live_tunnel(lab:
     update = (f"server {KNOT}\nzone {DOMAIN}.\nupdate delete {owner} TXT\nupdate delete {owner} SRV\n"
               f'update add {owner} 60 TXT "txtvers=1" "pub={b.public}" "cand=203.0.113.66:51820" "probe=1"\n'
               f"update add {owner} 60 SRV 0 0 51820 evil.{DOMAIN}.\nupdate add evil.{DOMAIN}. 60 A 203.0.113.66\nsend\n")
-    key = a.discovery.update_key
+    key = a.discovery["UpdateKey"]
     evil.run(["nsupdate", "-y", key], input=update)
     pinger = a.host.popen(["ping", "-i", "0.1", "-c", "80", "-W", "1", b.inner4], name="ping-under-attack")
     pinger.wait(timeout=30)

@@ -33,3 +33,13 @@ def test_an_unknown_event_is_an_error_not_silence() -> None:
     except KeyError:
         return
     raise AssertionError("an event with no handler must not vanish")
+
+
+def test_every_port_mapping_event_has_a_handler() -> None:
+    import typing
+
+    from wgdisco.daemon.portmapping import PortMapping
+    from wgdisco.proto import portmap
+
+    table = PortMapping.handlers.fget(object.__new__(PortMapping))  # type: ignore[attr-defined]
+    assert set(table) == set(typing.get_args(portmap.Event))

@@ -164,20 +164,27 @@ class PortMapping:
         self._pump()
 
     def _on_event(self, event: Any) -> None:
-        if isinstance(event, MappingChanged):
-            m = event.mapping
-            if m is None:
-                log.info("port mapping: gone (%s)", event.reason)
-                self._set_mapping(None)
-                return
-            lease = "permanent" if m.lifetime == 0 else f"for {m.lifetime} s"
-            log.info("port mapping: %s maps %s to our port %d (%s)", NAMES[m.protocol],
-                     format_hostport(*m.external), m.internal_port, lease)
-            self._set_mapping(m.external)
-        elif isinstance(event, PortMapFailed):
-            log.info("port mapping: %s: %s", NAMES[event.protocol], event.reason.replace("-", " "))
-        elif isinstance(event, UpnpWanted):
-            self._upnp_call(event)
+        """One of the port-mapping core's events, through its table (a test keeps it exhaustive)."""
+        self.handlers[type(event)](event)
+
+    @property
+    def handlers(self) -> dict[type, Callable[[Any], None]]:
+        """{event type: handler}, one per member of proto/portmap.Event."""
+        return {MappingChanged: self._on_mapping, PortMapFailed: self._on_failed, UpnpWanted: self._upnp_call}
+
+    def _on_mapping(self, event: MappingChanged) -> None:
+        m = event.mapping
+        if m is None:
+            log.info("port mapping: gone (%s)", event.reason)
+            self._set_mapping(None)
+            return
+        lease = "permanent" if m.lifetime == 0 else f"for {m.lifetime} s"
+        log.info("port mapping: %s maps %s to our port %d (%s)", NAMES[m.protocol],
+                 format_hostport(*m.external), m.internal_port, lease)
+        self._set_mapping(m.external)
+
+    def _on_failed(self, event: PortMapFailed) -> None:
+        log.info("port mapping: %s: %s", NAMES[event.protocol], event.reason.replace("-", " "))
 
     def _upnp_call(self, want: UpnpWanted) -> None:
         assert self._loop is not None

@@ -34,7 +34,7 @@ from wgdisco import config as configmod
 from wgdisco.daemon import clock, memtrace, sticky
 from wgdisco.daemon.dataplane import DataPlane
 from wgdisco.daemon.routing import Routing
-from wgdisco.daemon.surface import Surface, fmt_addr, short, short_key
+from wgdisco.daemon.surface import Surface, fmt_addr, short_key
 from wgdisco.errors import ConfigError, LocalError
 from wgdisco.io import netlink, systemd, udp
 from wgdisco.io.tun import Tun

@@ -11,12 +11,13 @@ events by ``pop_events()``.
 
 from __future__ import annotations
 
-from collections import deque
+
 from typing import Any, Callable, Collection, Hashable
 
 from wgdisco.errors import LocalError
 from wgdisco.proto.birthday import EASY, HARD, AttemptFailed, BirthdayPuncher, SocketsClosed, public_ipv4
 from wgdisco.proto.birthday import Timing
+from wgdisco.proto.core import Core
 from wgdisco.proto.events import BirthdayChanged
 from wgdisco.proto.nat import HARD_MAPPINGS, Mapping
 from wgdisco.proto.paths import Candidate, PathSelector
@@ -28,7 +29,7 @@ Addr = Hashable
 Key = bytes
 
 
-class BirthdayDriver:
+class BirthdayDriver(Core):
     """One node's birthday punching: the puncher plus the policy around it."""
 
     def __init__(
@@ -43,6 +44,7 @@ class BirthdayDriver:
         via: Callable[[Addr, int], Addr] | None = None,
         via_socket: Callable[[Addr], int | None] = lambda addr: None,
     ) -> None:
+        super().__init__()
         self.selector = selector
         self.puncher = BirthdayPuncher(rng=rng, timing=timing)
         # ``via(addr, id)`` is ``addr`` reached from our extra socket ``id``, ``via_socket(addr)``
@@ -55,9 +57,6 @@ class BirthdayDriver:
         self._format_addr = format_addr
         self.found: dict[Key, Addr] = {}  # peer -> the address a birthday probe's answer proved
         self._sent: dict[Key, set[Addr]] = {}  # easy role: this attempt's probed addresses
-        self._outbox: list[tuple[bytes, Addr]] = []
-        self._events: deque[Any] = deque()
-        self.counters: dict[str, int] = {}
 
     def role(self, ours: str, public: Key) -> str | None:
         """HARD when our NAT is hard and the peer's easy, EASY the other way round; None when
@@ -191,14 +190,4 @@ class BirthdayDriver:
     def next_deadline(self, now: float) -> float | None:
         return self.puncher.next_time(now)
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
-        out, self._outbox = self._outbox, []
-        return out
 
-    def pop_events(self) -> list[Any]:
-        out = list(self._events)
-        self._events.clear()
-        return out
-
-    def _count(self, what: str, n: int = 1) -> None:
-        self.counters[what] = self.counters.get(what, 0) + n

@@ -18,10 +18,11 @@ keys that are due, and events out through ``pop_events()``: ``LookupWanted(peers
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Container, Iterable, Mapping
 
+from wgdisco.proto.core import Core
 from wgdisco.proto.events import BrowseWanted, LookupWanted
 from wgdisco.proto.membership import put_newest
 
@@ -39,11 +40,12 @@ class Timing:
     browse_lookups: int = 32  # keys a browse may look up per round
 
 
-class LookupSchedule:
+class LookupSchedule(Core):
     """Per-peer lookup times and the mesh's browse schedule (sans-I/O)."""
 
     def __init__(self, *, rng: Callable[[int], bytes], timing: Timing = Timing(), mesh: bool = False,
                  enabled: bool = True) -> None:
+        super().__init__()
         self.timing = timing
         self.enabled = enabled  # unicast DNS-SD configured (a Domain): without it, nothing is scheduled
         self.mesh = mesh and enabled
@@ -57,7 +59,6 @@ class LookupSchedule:
         self._browse_step = timing.first
         self.rejected: OrderedDict[Key, float] = OrderedDict()  # key -> when its DNS record failed
         self.deferred = 0  # browse lookups left for a later round (over browse_lookups)
-        self._events: deque[LookupWanted | BrowseWanted] = deque()
 
     # --- peers ------------------------------------------------------------------------
 
@@ -163,11 +164,6 @@ class LookupSchedule:
             if self._at.get(public) == when or self._check.get(public) == when:
                 return
             heapq.heappop(heap)
-
-    def pop_events(self) -> list[LookupWanted | BrowseWanted]:
-        out = list(self._events)
-        self._events.clear()
-        return out
 
     # --- the mesh's PTR set ---------------------------------------------------------------
 

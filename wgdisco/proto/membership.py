@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from wgdisco.errors import DecodeError
 from wgdisco.proto import keys, records
 from wgdisco.proto import names as namesmod
+from wgdisco.proto.core import Core
 from wgdisco.proto.events import AnnounceWanted, MeshAddressChanged, MeshNamesChanged, PeerAdmitted, PeerRemoved
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.ratelimiter import TokenBucket
@@ -88,11 +89,12 @@ def put_newest(table: OrderedDict[Any, Any], key: Any, value: Any, cap: int) -> 
         table.popitem(last=False)
 
 
-class MeshMembership:
+class MeshMembership(Core):
     """The mesh's members, their addresses and names (sans-I/O; ``now`` passed in)."""
 
     def __init__(self, mesh: Mesh, own: Key, *, wall: float, name: str | None = None,
                  timing: Timing = Timing()) -> None:
+        super().__init__()
         self.mesh = mesh
         self.timing = timing
         self.own = own
@@ -102,7 +104,6 @@ class MeshMembership:
         self.counter = int(wall * 1000)  # mc= of our record: Unix ms, strictly increasing
         self.name = namesmod.check_name(name)  # ours, in name= (None: no name claimed)
         self.names: dict[Key, str] = {}  # member -> the name its last valid record claims
-        self.counters: dict[str, int] = {}
         self.waiting: OrderedDict[Key, tuple[records.Sighting, str]] = OrderedDict()
         self.leaving: dict[Key, float] = {}  # member -> when its goodbye came (being checked)
         self._hosts: MeshNamesChanged | None = None
@@ -110,7 +111,6 @@ class MeshMembership:
         self._announce_step = timing.announce_after
         self._next_announce = 0.0
         self._next_check = 0.0
-        self._events: deque[Any] = deque()
 
     # --- records ----------------------------------------------------------------------
 
@@ -362,10 +362,4 @@ class MeshMembership:
                 if public in self.members:
                     self._events.append(GoodbyeDue(public, since))
 
-    def pop_events(self) -> list[Any]:
-        out = list(self._events)
-        self._events.clear()
-        return out
 
-    def _count(self, what: str, n: int = 1) -> None:
-        self.counters[what] = self.counters.get(what, 0) + n

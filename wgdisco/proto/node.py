@@ -31,10 +31,11 @@ from wgdisco.proto import ownrecord, records, views
 from wgdisco.proto.birthdaydriver import BirthdayDriver
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, Peer
-from wgdisco.proto.events import *  # noqa: F403 - the node's events are part of its interface
+from wgdisco.proto import events
+from wgdisco.proto.events import *  # noqa: F401,F403 - the node's events are part of its interface (events.__all__)
 from wgdisco.proto.events import (
     Event, HandshakeCompleted, MeshAddressChanged, NatSuspected, NodeStats, PathStatus, PortMappingChanged,
-    RecordChanged, ReflexiveChanged,
+    ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
 from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership
@@ -48,8 +49,8 @@ from wgdisco.proto.reflexive import RESTUN_MIN_INTERVAL, NatObserver
 from wgdisco.proto.strangers import Strangers
 from wgdisco.proto.views import REASON_TEXT
 
-__all__ = ["Node", "NodeStats", "PathStatus", "Event", "Timing", "NAT_TXT", "NAT_MAPPING", "REASON_TEXT",
-           "srv_target", "STRANGER_TTL", "MAX_STRANGERS", "RESTUN_MIN_INTERVAL"]
+__all__ = ["Node", "Timing", "NAT_TXT", "NAT_MAPPING", "REASON_TEXT", "srv_target", "STRANGER_TTL",
+           "MAX_STRANGERS", "RESTUN_MIN_INTERVAL", *events.__all__]
 
 Addr = Hashable
 Key = bytes

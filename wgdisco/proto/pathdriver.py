@@ -19,11 +19,12 @@ and our NAT mapping is checked (``NatSuspected``, when the node allows a STUN ro
 
 from __future__ import annotations
 
-from collections import deque
+
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable
 
 from wgdisco.proto.device import Device
+from wgdisco.proto.core import Core
 from wgdisco.proto.events import CandidateProbed, HandshakeTried, NatSuspected, PathReasonChanged
 from wgdisco.proto.hints import HintTrier
 from wgdisco.proto.paths import Candidate, PathSelector, host_kind
@@ -49,7 +50,7 @@ class Suspected:
     peer: Key
 
 
-class PathDriver:
+class PathDriver(Core):
     """Probes, the path selector and hint handshakes for one node's peers (sans-I/O)."""
 
     def __init__(
@@ -62,6 +63,7 @@ class PathDriver:
         explain: Callable[[Key, str], str],
         timing: Timing = Timing(),
     ) -> None:
+        super().__init__()
         self.device = device
         self._rng = rng
         self._wall = wall
@@ -78,9 +80,6 @@ class PathDriver:
         self._deferred: dict[Key, tuple[float, Addr]] = {}  # peer -> (when, addr) to initiate
         self._fresh_probes: dict[Key, tuple[float, int]] = {}  # peer -> (window start, probes in it)
         self._next_sync = 0.0
-        self._outbox: list[tuple[bytes, Addr]] = []
-        self._events: deque[Any] = deque()
-        self.counters: dict[str, int] = {}
 
     def _new_prober(self) -> Prober:
         identity = self.device.identity
@@ -281,17 +280,7 @@ class PathDriver:
 
     # --- output --------------------------------------------------------------------------
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
-        out, self._outbox = self._outbox, []
-        return out
-
-    def pop_events(self) -> list[Any]:
-        out = list(self._events)
-        self._events.clear()
-        return out
 
     def peers_in(self, peers: Iterable[Key]) -> list[Key]:
         return [p for p in peers if p in self.prober.peers]
 
-    def _count(self, what: str, n: int = 1) -> None:
-        self.counters[what] = self.counters.get(what, 0) + n

@@ -11,10 +11,11 @@ behaviour changed), ``StunFailed``/``StunChanged`` and ``NatClassified``. Pure: 
 
 from __future__ import annotations
 
-from collections import deque
-from typing import Any, Callable, Hashable, Iterable
+
+from typing import Callable, Hashable, Iterable
 
 from wgdisco.proto.nat import Filtering, Mapping
+from wgdisco.proto.core import Core
 from wgdisco.proto.events import NatClassified, ReflexiveChanged, StunChanged, StunFailed
 from wgdisco.proto.natclass import NatClassifier
 from wgdisco.proto.stun import REFRESH, StunClient
@@ -25,11 +26,12 @@ Addr = Hashable
 RESTUN_MIN_INTERVAL = 10.0  # at most one early STUN round (data unanswered) per this many seconds
 
 
-class NatObserver:
+class NatObserver(Core):
     """STUN and NAT classification for one socket (sans-I/O)."""
 
     def __init__(self, servers: Iterable[Addr], *, rng: Callable[[int], bytes], refresh: float = REFRESH,
                  host_of: Callable[[Addr], str], addr_of: Callable[[str, int], Addr]) -> None:
+        super().__init__()
         self.stun = StunClient(list(servers), rng=rng, refresh=refresh, host_of=host_of)
         self.classifier = NatClassifier(rng=rng, addr_of=addr_of)
         self._host_of = host_of
@@ -37,8 +39,6 @@ class NatObserver:
         self._last_restun = -RESTUN_MIN_INTERVAL
         self.reflexive: list[tuple[str, int]] = []
         self.behaviour: str = Mapping.UNKNOWN
-        self._outbox: list[tuple[bytes, Addr]] = []
-        self._events: deque[Any] = deque()
 
     def start(self, now: float) -> None:
         self.stun.start(now)
@@ -125,11 +125,3 @@ class NatObserver:
             self.reflexive, self.behaviour = reflexive, behaviour
             self._events.append(ReflexiveChanged(tuple(reflexive), behaviour))
 
-    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
-        out, self._outbox = self._outbox, []
-        return out
-
-    def pop_events(self) -> list[Any]:
-        out = list(self._events)
-        self._events.clear()
-        return out
