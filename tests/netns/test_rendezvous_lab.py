@@ -21,7 +21,7 @@ import pytest
 from tests.netns.test_nat_lab import KNOT, STUN_A, first_ping, internet
 from wgdisco.tools import rendezvous
 from wgdisco.lab import Lab, LabError, require_tool
-from wgdisco.lab.knot import Knot
+from wgdisco.lab.knot import Knot, server_conf
 from wgdisco.lab.wg import Node, keypair
 from wgdisco.proto import keys
 
@@ -53,17 +53,7 @@ def start_knot_from(output: str, host, d: Path) -> Knot:
     for sub in ("run", "db", "zones"):
         (d / sub).mkdir(parents=True)
     # what /etc/knot/knot.conf has around the snippet: the server part, storage, logging
-    (d / "knot.conf").write_text(f"""\
-server:
-    rundir: "{d / 'run'}"
-    listen: [ {KNOT}@53 ]
-control:
-    listen: "{d / 'run' / 'knot.sock'}"
-log:
-  - target: stdout
-    any: info
-database:
-    storage: "{d / 'db'}"
+    (d / "knot.conf").write_text(server_conf(d, f"{KNOT}@53") + f"""
 template:
   - id: default
     storage: "{d / 'zones'}"
@@ -105,7 +95,7 @@ controls {{ }};
     assert check.returncode == 0, check.stdout + check.stderr
     # the zone at the printed path, /var/lib/bind, seen only by this named (a private mount namespace)
     proc = host.popen(["unshare", "-m", "sh", "-c",
-                       f'mount --bind "$0" /var/lib/bind && exec "$1" -g -c "$2"', str(zones), named,
+                       'mount --bind "$0" /var/lib/bind && exec "$1" -g -c "$2"', str(zones), named,
                        str(d / "named.conf")], name="named")
     proc.wait_for(r"all zones loaded", timeout=20, stream="stderr")
     deadline = time.monotonic() + 10

@@ -145,9 +145,9 @@ def test_browse_lookups_skip_known_and_rejected_keys_and_are_capped() -> None:
     s = schedule(mesh=True, browse_lookups=2)
     s.browse_found([A, A, B, C, b"D" * 32, b"E" * 32], {A}, T0)
     assert looked(s.pop_events()) == [B, C]  # not a known key, not twice, at most 2
-    assert s.deferred == 1
+    assert s.counters == {"mesh-browse-lookups-deferred": 1}
     s.browse_found([B], set(), T0)
-    assert looked(s.pop_events()) == [B] and s.deferred == 1
+    assert looked(s.pop_events()) == [B] and s.counters == {"mesh-browse-lookups-deferred": 1}
 
 
 def test_rejected_keys_are_not_looked_up_for_stranger_ttl() -> None:

@@ -421,7 +421,7 @@ def test_a_flood_of_forged_candidates_stays_bounded() -> None:
     # quiet again: the node sleeps between timers instead of spinning
     wakes, quiet_end = 0, net.now + 10
     while net.now < quiet_end:
-        t = a.node.get_timer(net.now)
+        t = a.node.next_deadline(net.now)
         assert t is None or t > net.now - 1e-9
         net.step(quiet_end)
         wakes += 1

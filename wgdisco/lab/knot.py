@@ -104,6 +104,28 @@ class Knot:
         return client.run(argv).stdout
 
 
+def server_conf(d: Path, listens: str) -> str:
+    """The part of a lab knot.conf around the zone: server (``listens``: "addr@port, …"), control
+    socket, logging to stdout, storage, all under ``d``."""
+    return f"""\
+server:
+    rundir: "{d / 'run'}"
+    listen: [ {listens} ]
+    identity: ""
+    version: ""
+
+control:
+    listen: "{d / 'run' / 'knot.sock'}"
+
+log:
+  - target: stdout
+    any: info
+
+database:
+    storage: "{d / 'db'}"
+"""
+
+
 def start_knot(
     host: Host,
     listen: list[str],
@@ -130,23 +152,7 @@ def start_knot(
     listens = ", ".join(f"{a}@{port}" for a in listen)
     keys = "".join(f"  - id: {name}\n    algorithm: hmac-sha256\n    secret: {value}\n"
                    for name, value in {key_name: secret, **(other_keys or {})}.items())
-    knot.conf.write_text(f"""\
-server:
-    rundir: "{d / 'run'}"
-    listen: [ {listens} ]
-    identity: ""
-    version: ""
-
-control:
-    listen: "{d / 'run' / 'knot.sock'}"
-
-log:
-  - target: stdout
-    any: info
-
-database:
-    storage: "{d / 'db'}"
-
+    knot.conf.write_text(server_conf(d, listens) + f"""
 key:
 {keys}
 acl:

@@ -58,7 +58,6 @@ class LookupSchedule(Core):
         self._browse_at = 0.0
         self._browse_step = timing.first
         self.rejected: OrderedDict[Key, float] = OrderedDict()  # key -> when its DNS record failed
-        self.deferred = 0  # browse lookups left for a later round (over browse_lookups)
 
     # --- peers ------------------------------------------------------------------------
 
@@ -182,7 +181,7 @@ class LookupSchedule(Core):
             if public in known or public in rejected or public in out:
                 continue
             if len(out) >= self.timing.browse_lookups:
-                self.deferred += 1
+                self._count("mesh-browse-lookups-deferred")  # left for a later round
                 break
             out.append(public)
         if out:

@@ -359,10 +359,7 @@ class Node:
     def browse_found(self, found: Iterable[Key], now: float) -> None:
         """A browse of the mesh's PTR set (BrowseWanted) found ``found``: the keys to look up come
         back as LookupWanted (proto/lookups.py)."""
-        before = self.lookups.deferred
         self.lookups.browse_found(found, {self.public_key, *self.device.peers}, now)
-        if self.lookups.deferred > before:
-            self._count("mesh-browse-lookups-deferred")
         self._collect(now)
 
     # --- datagrams ------------------------------------------------------------------
@@ -419,8 +416,6 @@ class Node:
             times.append(self.paths.trier.next_time())
         due = [t for t in times if t is not None]
         return min(due) if due else None
-
-    get_timer = next_deadline
 
     def run_timers(self, now: float) -> float | None:
         """The one drive step every shell uses (the data plane, the simulator): the timers that are

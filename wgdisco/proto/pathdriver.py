@@ -21,7 +21,7 @@ from __future__ import annotations
 
 
 from dataclasses import dataclass
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable
 
 from wgdisco.proto.device import Device
 from wgdisco.proto.core import Core
@@ -99,12 +99,10 @@ class PathDriver(Core):
             table.pop(public, None)
 
     def identity_changed(self) -> list[Key]:
-        """New static keys: new probe keys; returns the peers the device dropped (one had our key)."""
-        gone = list(self.selector.peers - self.device.peers.keys())
-        for public in gone:
-            self.remove_peer(public)
-        self.prober = self._new_prober()  # probe keys come from the static keys
-        return gone
+        """New static keys: new probe keys; returns the peers the device dropped (one had our key),
+        for the node to forget everywhere (``remove_peer`` here among the rest)."""
+        self.prober = self._new_prober()  # probe keys come from the static keys (the device's peers)
+        return list(self.selector.peers - self.device.peers.keys())
 
     # --- hints and candidates -------------------------------------------------------------
 
@@ -280,7 +278,4 @@ class PathDriver(Core):
 
     # --- output --------------------------------------------------------------------------
 
-
-    def peers_in(self, peers: Iterable[Key]) -> list[Key]:
-        return [p for p in peers if p in self.prober.peers]
 
