@@ -53,14 +53,39 @@ class Nat:
     forwards: dict[int, Addr] = field(default_factory=dict)
     forwarded: set[tuple[Addr, Addr]] = field(default_factory=set)  # (inside, remote) seen through one
     seed: int = 0  # edm: the random ports' seed
+    # conntrack's UDP timeout (nf_conntrack_udp_timeout): a flow (public port, remote) no packet
+    # used for this long is forgotten, and a mapping with no flow left goes (None: never);
+    # ``clock`` gives the time (the Net sets it)
+    udp_timeout: float | None = None
+    clock: Any = None
+    used: dict[tuple[int, Any], float] = field(default_factory=dict)  # (port, remote) -> last packet
 
     def __post_init__(self) -> None:
         self._random = random.Random(self.seed or self.name)
+
+    def _expire(self) -> None:
+        if self.udp_timeout is None or self.clock is None:
+            return
+        now = self.clock()
+        for (port, remote), last in list(self.used.items()):
+            if now - last < self.udp_timeout:
+                continue
+            del self.used[(port, remote)]
+            self.permits.get(port, set()).discard(remote)
+            self.forgotten += 1
+            if not self.permits.get(port):
+                self.back.pop(port, None)
+                self.permits.pop(port, None)
+                for key in [k for k, v in self.out.items() if v == port]:
+                    del self.out[key]
+
+    forgotten: int = 0  # mappings that timed out
 
     def contains(self, ip: str) -> bool:
         return ipaddress.ip_address(ip) in self.inside
 
     def translate_out(self, src: Addr, dst: Addr) -> Addr:
+        self._expire()
         if (src, dst) in self.forwarded:
             return (self.public_ip, next(p for p, inside in self.forwards.items() if inside == src))
         key = src if self.mapping == "eim" else (src, dst)
@@ -76,12 +101,15 @@ class Nat:
             self.out[key] = port
             self.back[port] = src
         self.permits.setdefault(port, set()).add(dst)
+        if self.clock is not None:
+            self.used[(port, dst)] = self.clock()
         return (self.public_ip, port)
 
     def translate_in(self, src: Addr, dst: Addr) -> Addr | None:
         if dst[1] in self.forwards:
             self.forwarded.add((self.forwards[dst[1]], src))
             return self.forwards[dst[1]]
+        self._expire()
         inside = self.back.get(dst[1])
         if inside is None:
             return None
@@ -89,6 +117,8 @@ class Nat:
             return None
         if self.filtering in ("apdf", "stun-only") and src not in self.permits.get(dst[1], set()):
             return None
+        if self.clock is not None and (dst[1], src) in self.used:
+            self.used[(dst[1], src)] = self.clock()
         return inside
 
     def renumber(self, public_ip: str) -> None:
@@ -249,6 +279,7 @@ class Net:
 
     def nat(self, name: str, inside: str, public_ip: str, **kw: Any) -> Nat:
         nat = Nat(name, ipaddress.ip_network(inside), public_ip, **kw)
+        nat.clock = lambda: self.now
         self.nats.append(nat)
         return nat
 

@@ -11,7 +11,7 @@ import pytest
 from wgdisco.proto import keys, records
 from wgdisco.proto import names as namesmod
 from wgdisco.proto.events import AnnounceWanted, MeshAddressChanged, MeshNamesChanged, PeerAdmitted, PeerRemoved
-from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership, Timing
+from wgdisco.proto.membership import CheckWanted, GoodbyeDue, MemberExpired, MeshMembership, Timing
 from wgdisco.proto.mesh import Mesh
 
 MESH = Mesh("", master=bytes(32))  # a fixed master: no scrypt, the same plan every run
@@ -273,28 +273,51 @@ def expired_at(events: list[tuple[float, object]], public: bytes) -> float | Non
     return next((t for t, e in events if e == MemberExpired(public)), None)
 
 
-@pytest.mark.parametrize("record_at, handshake_at, expiry", [
-    (None, None, T0 + 300),  # nothing since it was admitted
-    (None, T0 + 250, T0 + 550),  # a handshake keeps it
-    (T0 + 100, None, T0 + 400),  # a newer record keeps it
-    (T0 + 100, T0 + 200, T0 + 500),  # both must be old
-    (T0 + 200, T0 + 100, T0 + 500),
+E = Timing.expire  # 600 s
+
+
+@pytest.mark.parametrize("record_at, heard_at, expiry", [
+    (None, None, T0 + E),  # nothing since it was admitted
+    (None, T0 + 250, T0 + 250 + E),  # heard of on its path (a packet, a probe) keeps it
+    (T0 + 100, None, T0 + 100 + E),  # a newer record keeps it
+    (T0 + 100, T0 + 200, T0 + 200 + E),  # both must be old
+    (T0 + 200, T0 + 100, T0 + 200 + E),
 ])
-def test_a_member_expires_when_its_record_and_its_handshakes_are_expire_old(
-        record_at: float | None, handshake_at: float | None, expiry: float) -> None:
-    m = membership()  # expire 300 s, checked every 10 s
+def test_a_member_expires_when_its_record_and_its_path_are_expire_old(
+        record_at: float | None, heard_at: float | None, expiry: float) -> None:
+    m = membership()  # expire 600 s, checked every 10 s
     m.admit(key(1), T0)
-    handshakes: dict[bytes, float | None] = {key(1): None}
-    events = run(m, T0 + 90, handshakes)
+    heard: dict[bytes, float | None] = {key(1): None}
+    events = run(m, T0 + 90, heard)
     if record_at is not None:
-        events += run(m, record_at, handshakes)
+        events += run(m, record_at, heard)
         m.seen(key(1), record_at)
-    if handshake_at is not None:
-        events += run(m, handshake_at, handshakes)
-        handshakes[key(1)] = handshake_at
-    events += run(m, T0 + 1000, handshakes)
+    if heard_at is not None:
+        events += run(m, heard_at, heard)
+        heard[key(1)] = heard_at
+    events += run(m, T0 + 2000, heard)
     assert expired_at(events, key(1)) == expiry
     assert not m.is_member(key(1))
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_a_quiet_member_gets_one_check_probe_the_lower_key_first(lower: bool) -> None:
+    # issue 26: no persistent keepalive; a member not heard of for check_after (lower key of the
+    # pair; the higher waits check_after_higher, the lower one's probe refreshes both) is probed once
+    own = b"\x00" * 31 + b"\x01" if lower else b"\xff" * 32
+    m = membership(own=own)
+    m.admit(key(1), T0)
+    heard: dict[bytes, float | None] = {key(1): T0}
+    events = run(m, T0 + 2000, heard)
+    checks = [t for t, e in events if e == CheckWanted(key(1))]
+    after = Timing.check_after if lower else Timing.check_after_higher
+    assert checks == [T0 + after]  # once per silence, not every check_interval
+    assert expired_at(events, key(1)) == T0 + E
+    # heard of again (the probe was answered): a new silence, a new check
+    m.admit(key(1), T0 + 2000)
+    heard[key(1)] = T0 + 2000
+    events = run(m, T0 + 2000 + after + 10, heard, now=T0 + 2000)
+    assert [t for t, e in events if e == CheckWanted(key(1))] == [T0 + 2000 + after]
 
 
 def test_announce_again_doubling_up_to_announce_max_then_reset_once_reached() -> None:

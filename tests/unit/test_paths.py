@@ -43,9 +43,13 @@ class Net:
     """Probes answered after `rtt` from reachable addresses (from `open_at` on), else time out.
 
     Steps the clock from event to event, with next_time() choosing when the selector wakes up.
+    With ``traffic`` data flows to every peer all the time (``on_data`` at every step): the
+    selector's rules while a path is in use; without it the peers are idle (issue 26).
     """
 
-    def __init__(self, sel: PathSelector, rtts: dict, *, timeout: float = 3.0, open_at: dict | None = None):
+    def __init__(self, sel: PathSelector, rtts: dict, *, timeout: float = 3.0, open_at: dict | None = None,
+                 traffic: bool = True):
+        self.traffic = traffic
         self.sel, self.rtts, self.timeout = sel, dict(rtts), timeout
         self.open_at = open_at or {}
         self.now = 0.0
@@ -55,6 +59,9 @@ class Net:
 
     def run(self, until: float) -> None:
         for _ in range(200_000):
+            if self.traffic:
+                for peer in self.sel.peers:
+                    self.sel.on_data(peer, self.now, self.now)
             for peer, addr in self.sel.probe_plan(self.now):
                 self.sent.append((self.now, peer, addr))
                 rtt = self.rtts.get(addr)
@@ -364,6 +371,7 @@ def test_silent_fallback_keeps_punching_then_gives_it_up() -> None:
 
 def test_dead_path_without_fallback_reports_probing() -> None:
     sel = established(PUB)
+    sel.on_data(P, 14.0, 14.0)  # data flows (unanswered): silence is death
     assert sel.decision(P, 14.9) == (PUB, "direct")
     assert sel.decision(P, 15.0) == (None, "probing")
     assert (P, PUB) in sel.probe_plan(15.0)
@@ -371,9 +379,11 @@ def test_dead_path_without_fallback_reports_probing() -> None:
 
 def test_next_time_wakes_for_death() -> None:
     sel = established(PUB)
+    sel.on_data(P, 0.0, 0.0)
     sel.probe_plan(0.0)
     assert sel.next_time(0.0) == 5.0  # the keepalive probe
     sel.probe_plan(5.0)
+    sel.on_data(P, 10.0, 10.0)  # data flows (unanswered): silence is death
     sel.probe_plan(10.0)
     assert sel.next_time(10.0) == 15.0  # keepalive and death coincide
     assert sel.decision(P, 15.0) == (None, "probing")

@@ -119,6 +119,7 @@ class Peer:
         self.tx_bytes = 0
         self.last_handshake: float | None = None  # `now` of the last completed handshake
         self.last_authenticated: float | None = None  # `now` of the last authenticated packet
+        self.last_data: float | None = None  # `now` of the last data packet sent, staged or received (not keepalives)
         # timers (whitepaper §6; wireguard-go timers.go): deadlines, None = not pending
         self.t_retransmit: float | None = None
         self.t_send_keepalive: float | None = None
@@ -504,6 +505,7 @@ class Device:
                 self._answer_unreachable(packet, now)
                 return None
             self._stage(peer, packet)
+            peer.last_data = now
             self.send_handshake_initiation(peer, now, is_retry=False)
             return None
         return self._encrypt(peer, kp, packet, now)
@@ -731,6 +733,7 @@ class Device:
         n = len(plaintext)
         if not n:
             return None  # a keepalive
+        peer.last_data = now
         # timersDataReceived
         if peer.t_send_keepalive is None:
             peer.t_send_keepalive = now + timing.keepalive_timeout
@@ -791,6 +794,8 @@ class Device:
             if peer.t_persistent < peer.armed_at:  # an earlier deadline: into the timer heap
                 self._arm(peer, peer.t_persistent)
         peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
+        if data_packets:
+            peer.last_data = now
         if data_packets and peer.t_new_handshake is None:  # timersDataSent
             peer.t_new_handshake = now + self.timing.keepalive_timeout + self.timing.rekey_timeout + self._jitter()
             if peer.t_new_handshake < peer.armed_at:  # an earlier deadline: into the timer heap
@@ -822,6 +827,7 @@ class Device:
         peer.t_new_handshake = peer.unanswered_since = None  # timersAnyAuthenticatedPacketReceived
         peer.rx_bytes += nbytes
         if data_packets:  # timersDataReceived, once per data packet
+            peer.last_data = now
             if peer.t_send_keepalive is None:
                 peer.t_send_keepalive = now + timing.keepalive_timeout
                 if peer.t_send_keepalive < peer.armed_at:  # an earlier deadline: into the timer heap

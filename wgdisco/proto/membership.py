@@ -9,11 +9,18 @@ worked on) and ``check`` (mesh id, MAC, replay); the node then admits a new key 
 refreshes a member (``seen``) or removes one (``remove``). Every change to the member set re-runs
 the IPv4 collision rule (proto/mesh.py): a member whose address moved is announced as
 ``MeshAddressChanged`` (the node moves its AllowedIPs), and a changed names plan as
-``MeshNamesChanged``. ``handle_timer(now, last_handshakes)`` expires members, asks for
-re-announcements (``AnnounceWanted``) and hands goodbyes whose check is due back to the node
-(``GoodbyeDue``; only the node knows whether the member was heard of since), as events drained
-by ``pop_events()``; ``MemberExpired`` and ``GoodbyeDue`` are the node's to act on, the rest go on
-to the daemon.
+``MeshNamesChanged``. ``handle_timer(now, last_heard)`` asks the node to check on members
+heard of too long ago (``CheckWanted``: one probe), expires members, asks for re-announcements
+(``AnnounceWanted``) and hands goodbyes whose check is due back to the node (``GoodbyeDue``; only
+the node knows whether the member was heard of since), as events drained by ``pop_events()``;
+``MemberExpired``, ``CheckWanted`` and ``GoodbyeDue`` are the node's to act on, the rest go on to
+the daemon.
+
+Idle members are quiet (issue 26): no persistent keepalive. A member is *heard of* by a record,
+a WireGuard packet or a probe answer (or request) on its path; one heard of ``check_after`` ago
+gets one probe from the lower key of the pair (the higher key waits ``check_after_higher``: the
+lower key's probe refreshes both), and one heard of ``expire`` ago is removed. A 40-member LAN
+mesh costs 40·39/2 probe pairs per ``check_after``: 3.5 datagrams a second in all.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from wgdisco.proto.events import AnnounceWanted, MeshAddressChanged, MeshNamesCh
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.ratelimiter import TokenBucket
 
-__all__ = ["MeshMembership", "Timing", "MemberExpired", "GoodbyeDue", "put_newest"]
+__all__ = ["MeshMembership", "Timing", "MemberExpired", "CheckWanted", "GoodbyeDue", "put_newest"]
 
 Key = bytes
 
@@ -41,12 +48,12 @@ Key = bytes
 class Timing:
     """The mesh's times and budgets (docs/mesh.md "Limits")."""
 
-    # a member whose record was last seen this long ago and who has had no handshake for as long
-    # is removed; members get a persistent keepalive, so a live one handshakes at least every ~2
-    # minutes (REJECT_AFTER_TIME) and is never removed
-    expire: float = 300.0
+    # a member not heard of (record, WireGuard packet, probe) for this long is removed; one not
+    # heard of for check_after (lower key of the pair) or check_after_higher gets one probe first
+    expire: float = 600.0
+    check_after: float = 450.0
+    check_after_higher: float = 510.0
     check_interval: float = 10.0
-    keepalive: int = 25
     counters_kept: int = 1024  # last accepted record counter per key, kept after removal (replays)
     # at most records_per_second records (bursts of records_burst) are worked on; past the budget
     # the newest record of each key waits (at most max(MeshMaxPeers, 64) keys)
@@ -67,6 +74,13 @@ class Timing:
 @dataclass(frozen=True)
 class MemberExpired:
     """(For the node.) ``peer``'s record is old and it has had no handshake for ``Timing.expire``."""
+
+    peer: Key
+
+
+@dataclass(frozen=True)
+class CheckWanted:
+    """(For the node.) ``peer`` was not heard of for ``Timing.check_after``: probe its path once."""
 
     peer: Key
 
@@ -106,6 +120,7 @@ class MeshMembership(Core):
         self.names: dict[Key, str] = {}  # member -> the name its last valid record claims
         self.waiting: OrderedDict[Key, tuple[records.Sighting, str]] = OrderedDict()
         self.leaving: dict[Key, float] = {}  # member -> when its goodbye came (being checked)
+        self._checked: dict[Key, float] = {}  # member -> the last-heard time its check probe was for
         self._hosts: MeshNamesChanged | None = None
         self._budget = TokenBucket(timing.records_per_second, timing.records_burst)
         self._announce_step = timing.announce_after
@@ -227,6 +242,7 @@ class MeshMembership(Core):
     def remove(self, public: Key, reason: str) -> None:
         """``public`` is no member any more (the node removed the peer)."""
         self.leaving.pop(public, None)
+        self._checked.pop(public, None)
         del self.members[public]
         self.v4.pop(public, None)
         self.names.pop(public, None)
@@ -335,19 +351,23 @@ class MeshMembership(Core):
             times.append(min(self.leaving.values()) + self.timing.goodbye_confirm)
         return min(times) if times else None
 
-    def handle_timer(self, now: float, last_handshakes: Mapping[Key, float | None]) -> None:
-        """Expiry, re-announcements and goodbye checks that are due; ``last_handshakes``: each
-        member's latest handshake (None: none yet)."""
+    def handle_timer(self, now: float, last_heard: Mapping[Key, float | None]) -> None:
+        """Checks, expiry, re-announcements and goodbye checks that are due; ``last_heard``: when
+        each member was last heard of on its path (a WireGuard packet, a probe; None: never)."""
         t = self.timing
         if self.members and now >= self._next_check:
             self._next_check = now + t.check_interval
             for public, (seen, admitted) in self.members.items():
-                last = max(admitted, last_handshakes.get(public) or 0.0)
-                if now - seen >= t.expire and now - last >= t.expire:
+                last = max(seen, admitted, last_heard.get(public) or 0.0)
+                if now - last >= t.expire:
                     self._events.append(MemberExpired(public))
+                elif now - last >= (t.check_after if self.own < public else t.check_after_higher) \
+                        and self._checked.get(public) != last:
+                    self._checked[public] = last  # one probe per silence
+                    self._events.append(CheckWanted(public))
         if self.members and now >= self._next_announce:
             unreached = sum(1 for public, (_seen, admitted) in self.members.items()
-                            if last_handshakes.get(public) is None and now - admitted >= t.announce_after)
+                            if last_heard.get(public) is None and now - admitted >= t.announce_after)
             if unreached:
                 self._count("mesh-announcements")
                 self._events.append(AnnounceWanted(unreached))

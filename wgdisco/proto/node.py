@@ -29,6 +29,7 @@ from typing import Any, Callable, Hashable, Iterable
 from wgdisco.errors import LocalError
 from wgdisco.proto import ownrecord, records, views
 from wgdisco.proto.birthdaydriver import BirthdayDriver
+from wgdisco.proto.calls import Calls
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
 from wgdisco.proto.device import Device, Peer
 from wgdisco.proto import events
@@ -38,12 +39,12 @@ from wgdisco.proto.events import (
     ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
-from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership
+from wgdisco.proto.membership import CheckWanted, GoodbyeDue, MemberExpired, MeshMembership
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.nat import Filtering, Mapping
 from wgdisco.proto.nodetiming import Timing
 from wgdisco.proto.ownrecord import NAT_MAPPING, NAT_TXT, srv_target
-from wgdisco.proto.pathdriver import PathDriver, Suspected
+from wgdisco.proto.pathdriver import CallWanted, PathDriver, Suspected
 from wgdisco.proto.paths import PathInfo
 from wgdisco.proto.reflexive import RESTUN_MIN_INTERVAL, NatObserver
 from wgdisco.proto.strangers import Strangers
@@ -87,6 +88,7 @@ class Node:
         for public in device.peers:
             self.lookups.add_peer(public, 0.0)
         self.history = views.PeerHistory()
+        self.calls = Calls(device.identity.public)  # peers asked to open their side (issue 26)
         self.counters: dict[str, int] = {}
         self.drops: dict[str, int] = {}  # datagrams of no kind we take (receive_datagram)
         self.started = False
@@ -151,6 +153,7 @@ class Node:
         self.birthdays.remove_peer(public)
         self.lookups.forget(public)
         self.history.forget(public)
+        self.calls.forget(public)
         self._events.extend(self.birthdays.pop_events())  # its punched sockets close (SocketsClosed)
 
     def set_allowed_ips(self, public: Key, changes: Iterable[tuple[Any, bool]] = (), replace: bool = False) -> None:
@@ -180,6 +183,7 @@ class Node:
         if self.membership is not None:
             self.membership.set_own_key(self.public_key)
             self._collect(now)
+        self.calls.set_own_key(self.public_key)
         self._update_record(now)
 
     def set_port(self, port: int, now: float) -> None:
@@ -199,6 +203,7 @@ class Node:
 
     def set_persistent_keepalive(self, public: Key, interval: int, now: float) -> None:
         self.device.set_persistent_keepalive(self.device.peers[public], interval, now)
+        self.paths.selector.set_pinned(public, interval > 0)  # in use for good: its NAT path is kept
 
     def set_preshared_key(self, public: Key, psk: bytes | None) -> None:
         self.device.set_preshared_key(self.device.peers[public], psk)
@@ -212,6 +217,7 @@ class Node:
             return self.network_changed(lan, now)
         self.started = True
         self.own.set_lan(lan)
+        self.paths.networks_changed(self.local_networks, now)
         if self.nat is not None:
             self.nat.start(now)
             self._collect(now)
@@ -220,6 +226,7 @@ class Node:
     def network_changed(self, lan: Iterable[tuple[str, Any]], now: float) -> None:
         """Addresses came or went: new local networks, STUN again, probe every current path."""
         self.own.set_lan(lan)
+        self.paths.networks_changed(self.local_networks, now)
         if self.nat is not None:
             self.nat.restart(now, reclassify=True)  # another network, maybe another NAT
             self._collect(now)
@@ -273,6 +280,8 @@ class Node:
         mapping = NAT_MAPPING.get(nat.decode("ascii", "replace")) if isinstance(nat, bytes) else None
         self.paths.sighting(public, addrs, source, now, traversal=self.traversal, local_networks=self.local_networks,
                             mapping=mapping, probes=sighting.txt.get("probe") == b"1")
+        if self.traversal and self.calls.answers(public, sighting.txt.get("call"), now):
+            self.paths.selector.on_call(public, now)  # it has data for us: open our side now
         self._collect(now)
 
     def receive_goodbye(self, public: Key, source: str, now: float) -> None:
@@ -307,7 +316,6 @@ class Node:
         self.strangers.discard(public)  # this sighting is newer
         peer = self.add_peer(public, now)
         m.admit(public, now, name)
-        self.device.set_persistent_keepalive(peer, m.timing.keepalive, now)
         for net in m.addresses(public):  # its derived /32 and /128
             self.device.allowed_ips.insert(net, peer)
         return peer
@@ -317,6 +325,15 @@ class Node:
         self.remove_peer(public)
         self.membership.remove(public, reason)
         self._collect(now)
+
+    def _last_heard(self, public: Key) -> float | None:
+        """When a member was last heard of on its path: a WireGuard packet, or a probe answer or
+        request (None: never)."""
+        peer = self.device.peers.get(public)
+        times = [p.last_ok for p in self.paths.selector.paths(public) if p.last_ok is not None]
+        if peer is not None and peer.last_authenticated is not None:
+            times.append(peer.last_authenticated)
+        return max(times) if times else None
 
     def _heard_since(self, public: Key, since: float) -> bool:
         """Was a member heard of after ``since``: a newer valid record, a WireGuard packet, or a
@@ -405,7 +422,8 @@ class Node:
 
     def next_deadline(self, now: float) -> float | None:
         """The earliest time ``handle_timer`` has work, the device's timers included."""
-        times = [self.device.get_timer(), self.lookups.next_deadline(), self.strangers.next_deadline()]
+        times = [self.device.get_timer(), self.lookups.next_deadline(), self.strangers.next_deadline(),
+                 self.calls.next_deadline()]
         if self.membership is not None:
             times.append(self.membership.next_deadline())
         if self.nat is not None:
@@ -434,10 +452,12 @@ class Node:
             self.nat.handle_timer(now)
         self.paths.hints_due(now)
         self.strangers.handle_timer(now)
+        if (due := self.calls.next_deadline()) is not None and due <= now and self.calls.handle_timer(now):
+            self._update_record(now)
         self._collect(now)
         m = self.membership
         if m is not None and (due := m.next_deadline()) is not None and due <= now:
-            m.handle_timer(now, {p: device.peers[p].last_handshake for p in m.members if p in device.peers})
+            m.handle_timer(now, {p: self._last_heard(p) for p in m.members})
             self._collect(now)
             self._draining = True
             try:
@@ -468,6 +488,13 @@ class Node:
                 self._mesh_remove(event.peer, "expired", now)
             elif isinstance(event, Suspected):
                 self.lookups.look_now(event.peer, now, lost=True)
+            elif isinstance(event, CheckWanted):
+                if (current := self.paths.selector.current(event.peer)) is not None:
+                    self.paths.probe(event.peer, current, now)  # is it still there? (quiet when idle)
+                    self._collect(now)
+            elif isinstance(event, CallWanted):
+                if self.calls.call(event.peer, now):
+                    self._update_record(now)
             elif isinstance(event, GoodbyeDue):
                 if self._heard_since(event.peer, event.since):
                     self._count("mesh-goodbyes-refuted")  # it is still there: a rebind, or a forgery
@@ -503,7 +530,8 @@ class Node:
         return ownrecord.signed(self._body(), self.membership)
 
     def _body(self) -> records.ServiceRecord:
-        return self.own.body(self.public_key, self.reflexive, self.behaviour, self.mesh_addresses(self.public_key))
+        return self.own.body(self.public_key, self.reflexive, self.behaviour, self.mesh_addresses(self.public_key),
+                             self.calls.hints())
 
     def _update_record(self, now: float) -> None:
         changed = self.own.update(self._body(), self.membership, self.device.wall_offset + now)

@@ -28,7 +28,7 @@ def srv_target(public: bytes, domain: str) -> str:
 def record_body(
     public: bytes, *, port: int, domain: str, host_addresses: Iterable[Any],
     mapped: tuple[str, int] | None, reflexive: Iterable[tuple[str, int]], traversal: bool,
-    behaviour: str, allowed: Iterable[Any], mesh_addresses: Iterable[Any],
+    behaviour: str, allowed: Iterable[Any], mesh_addresses: Iterable[Any], calls: Iterable[str] = (),
 ) -> records.ServiceRecord:
     hosts = list(host_addresses)
     candidates: list[Any] = [(ip, port) for ip in hosts]
@@ -44,6 +44,9 @@ def record_body(
     nat = NAT_TXT.get(behaviour)
     if nat is not None:
         extra["nat"] = nat
+    calls = list(calls)
+    if calls:
+        extra["call"] = ",".join(calls)  # peers asked to call us (proto/calls.py)
     nets = [ipaddress.ip_network(f"{a.ip}/{a.max_prefixlen}") for a in allowed]
     nets += [n for n in mesh_addresses if n not in nets]
     return records.ServiceRecord(
@@ -88,10 +91,10 @@ class OwnRecord:
         self.host_addresses = [a.ip for _, a in lan if not a.ip.is_link_local]
 
     def body(self, public: bytes, reflexive: Iterable[tuple[str, int]], behaviour: str,
-             mesh_addresses: Iterable[Any]) -> records.ServiceRecord:
+             mesh_addresses: Iterable[Any], calls: Iterable[str] = ()) -> records.ServiceRecord:
         return record_body(public, port=self.port, domain=self.domain, host_addresses=self.host_addresses,
                            mapped=self.mapped, reflexive=reflexive, traversal=self.traversal, behaviour=behaviour,
-                           allowed=self.allowed, mesh_addresses=mesh_addresses)
+                           allowed=self.allowed, mesh_addresses=mesh_addresses, calls=calls)
 
     def update(self, body: records.ServiceRecord, membership: MeshMembership | None,
                wall_now: float) -> RecordChanged | None:

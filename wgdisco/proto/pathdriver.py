@@ -32,7 +32,7 @@ from wgdisco.proto.paths import Timing
 from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
 from wgdisco.proto.timers import LIVE_TIME
 
-__all__ = ["PathDriver", "Timing", "Suspected", "SYNC_INTERVAL", "SUSPECT_AFTER", "DEFER_INITIATION"]
+__all__ = ["PathDriver", "Timing", "Suspected", "CallWanted", "SYNC_INTERVAL", "SUSPECT_AFTER", "DEFER_INITIATION"]
 
 Addr = Hashable
 Key = bytes
@@ -40,12 +40,21 @@ Key = bytes
 SYNC_INTERVAL = 0.5  # how often unanswered traffic is checked for (see _suspect_dead_paths)
 SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
 DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly verified path
+KICK_INTERVAL = 1.0  # a staged peer's handshake restarted on a proven path at most this often
 FRESH_PROBES, FRESH_WINDOW = 4, 10.0  # a live peer's new candidates probed at once: 4 per 10 s
 
 
 @dataclass(frozen=True)
 class Suspected:
     """(For the node.) Data to ``peer`` went unanswered for SUSPECT_AFTER: look it up again."""
+
+    peer: Key
+
+
+@dataclass(frozen=True)
+class CallWanted:
+    """(For the node.) Data for ``peer`` after its NATed path was let go, or data that went
+    unanswered: our holes towards it may have closed, ask it to call (our record's ``call=``)."""
 
     peer: Key
 
@@ -77,6 +86,8 @@ class PathDriver(Core):
         self.reasons: dict[Key, str] = {}
         self.suspected: dict[Key, float] = {}  # peer -> start of the silence that made us look again
         self._synced: dict[Key, float] = {}
+        self._data_synced: dict[Key, float] = {}
+        self._kicked: dict[Key, float] = {}
         self._deferred: dict[Key, tuple[float, Addr]] = {}  # peer -> (when, addr) to initiate
         self._fresh_probes: dict[Key, tuple[float, int]] = {}  # peer -> (window start, probes in it)
         self._next_sync = 0.0
@@ -95,7 +106,8 @@ class PathDriver(Core):
         self.prober.remove_peer(public)
         self.selector.remove_peer(public)
         self.trier.forget(public)
-        for table in (self.reasons, self.suspected, self._synced, self._deferred, self._fresh_probes):
+        for table in (self.reasons, self.suspected, self._synced, self._data_synced, self._deferred,
+                      self._fresh_probes, self._kicked):
             table.pop(public, None)
 
     def identity_changed(self) -> list[Key]:
@@ -151,6 +163,15 @@ class PathDriver(Core):
                 self.probe(public, cand.addr, now)
             self._fresh_probes[public] = (start, used)
 
+    def networks_changed(self, local_networks: list[Any], now: float) -> None:
+        """Our connected networks changed: a host candidate now on a shared subnet is a LAN one
+        (a record seen before our own addresses were known; LAN paths need no NAT keepalive)."""
+        for public in self.selector.peers:
+            lan = [Candidate(p.addr, "lan", p.source) for p in self.selector.paths(public)
+                   if p.kind == "host" and host_kind(self._host_of(p.addr), local_networks) == "lan"]
+            if lan:
+                self.selector.add_candidates(public, lan, now)
+
     # --- probes --------------------------------------------------------------------------
 
     def probe(self, public: Key, addr: Addr, now: float) -> None:
@@ -173,10 +194,24 @@ class PathDriver(Core):
     def probe_event(self, event: ProbeResult | ProbeRequested | None, now: float) -> None:
         if isinstance(event, ProbeResult):
             self.selector.on_probe_result(event.peer, event.addr, event.rtt, now)
+            self._kick_handshake(event.peer, event.addr, now)
         elif isinstance(event, ProbeRequested):
             self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
             # its keepalive stands for ours: the higher key waits for the lower key's
             self.selector.on_probe_request(event.peer, event.addr, now, defer=self.device.identity.public > event.peer)
+            self._kick_handshake(event.peer, event.addr, now)
+
+    def _kick_handshake(self, public: Key, addr: Addr, now: float) -> None:
+        """Data waits for a handshake and an authenticated probe just proved the path to the peer's
+        endpoint (its call re-opened a closed path): initiate now, not at the 5 s retransmission
+        (at most once a second)."""
+        peer = self.device.peers.get(public)
+        if peer is None or not peer.staged or peer.endpoint != addr or self.device.fast_sendable(peer, now):
+            return
+        if now - self._kicked.get(public, -KICK_INTERVAL) >= KICK_INTERVAL:
+            self._kicked[public] = now
+            self._count("handshakes-after-probe")
+            self.device.try_endpoint(peer, addr, now, cause="probe")
 
     # --- time ----------------------------------------------------------------------------
 
@@ -213,6 +248,7 @@ class PathDriver(Core):
         # before any decision: WireGuard's roaming rule (§2.1) has the last word, so the selector
         # must know where authenticated packets came from, or it would undo a roam
         self._sync_authenticated()
+        self._sync_data(now)
         if now >= self._next_sync:
             self._suspect_dead_paths(now, restun_allowed)
             self._next_sync = now + SYNC_INTERVAL
@@ -237,6 +273,21 @@ class PathDriver(Core):
                 if public in self.prober.peers:
                     self.selector.on_authenticated(public, peer.endpoint, last)
 
+    def _sync_data(self, now: float) -> None:
+        """Tell the selector when data flowed (issue 26: keepalives and re-probing follow use);
+        data for a peer whose NATed path was let go asks it to call us (CallWanted)."""
+        selector = self.selector
+        for public, peer in self.device.peers.items():
+            last = peer.last_data
+            if last is None or last == self._data_synced.get(public) or public not in self.prober.peers:
+                continue
+            self._data_synced[public] = last
+            let_go = not selector.is_in_use(public, now) and selector.needs_nat(public)
+            selector.on_data(public, last, now)
+            if let_go:
+                self._count("calls-after-idle")
+                self._events.append(CallWanted(public))
+
     def _suspect_dead_paths(self, now: float, restun: bool) -> None:
         """Data went out but nothing authenticated came back for SUSPECT_AFTER seconds. Our NAT
         may have a new address (a router got a new WAN address): STUN again at once, so the new
@@ -250,6 +301,7 @@ class PathDriver(Core):
                 self.suspected[public] = since
                 self.selector.on_unanswered(public, now)  # a verified alternative may take over now
                 self._events.append(Suspected(public))
+                self._events.append(CallWanted(public))  # the peer may need to open its side again
             if restun:
                 restun = False
                 self._events.append(NatSuspected(public, now - since))

@@ -15,7 +15,20 @@ from it (`on_authenticated`). Each candidate walks
 
 The peer's *current* path is the one `decision` returns. It is *live* while something
 authenticated came from it within `live_time` (15 s; WireGuard's Keepalive-Timeout + Rekey-Timeout,
-whitepaper §6.1). Keepalive probes go to it every `keepalive_interval` (5 s), so silence means death.
+whitepaper §6.1), or while it is *dormant* (below).
+
+- Quiet when idle (issue 26; docs/nat-traversal.md "Idle peers"). While data flows (`on_data`:
+  a data packet within `active_time`, 15 s) keepalive probes go to the current path every
+  `keepalive_interval` (5 s), so silence means death, and the other candidates are re-probed.
+  Without data nothing is re-probed, and the current path gets keepalive probes only where
+  something needs keeping: one per `nat_keepalive` (25 s, below the 30 s UDP timeouts of common
+  NATs, RFC 4787 REQ-5 asks for ≥ 2 min but Linux conntrack defaults to 30 s) on a path through a
+  NAT while the peer is *in use* (data within `in_use_time`, 3 min; a first path counts as use;
+  or pinned: a PersistentKeepalive), none on a LAN or un-NATed public path. A verified current
+  path that goes quiet this way is not dead: after `live_time` without an answer it becomes
+  *dormant* (kept, trusted, no punching) until data wakes it (`on_data`: it must prove itself
+  within `live_time` again and is probed at once) or a call from the peer does (`on_call`: a
+  punching round at once, the peer's record asked for it), or its keepalive probes fail.
 
 - No live path: hole punching (the idea of RFC 5128 §3.3 and ICE, RFC 8445 §6.1.4): every
   candidate is probed at once (LAN first, then IPv6) at `punch_schedule` offsets 0, 0.2, 0.5, 1,
@@ -99,6 +112,9 @@ class Timing:
     switch_after: int = 3  # consecutive clearly-better answers
     rtt_gain_ratio: float = 0.30
     rtt_gain_min: float = 0.005
+    active_time: float = LIVE_TIME  # data within this: keepalives every keepalive_interval, re-probing
+    in_use_time: float = 180.0  # data within this (or a first path): NAT mappings are kept
+    nat_keepalive: float = 25.0  # one keepalive probe per this on a NATed path in use ([Discovery] NatKeepalive)
     hard_nat_probe_budget: int = 100  # probes per peer and outage when both NATs are hard
     max_paths: int = 64  # candidates kept per peer (records are hints a stranger can forge)
     max_per_source: int = 32  # of them from one source (mdns, dns, probe, …): one record's worth
@@ -146,6 +162,11 @@ class _Peer:
     next_round: float | None = None  # None while punching: gave up (hard NAT on both sides)
     hard_probes: int = 0
     budget: TokenBucket | None = None  # its probes (made at the first one)
+    active_until: float = -math.inf  # data (or a call) recently: full keepalives and re-probing
+    used_until: float = -math.inf  # in use: a NATed current path is kept open
+    pinned: bool = False  # always in use (a PersistentKeepalive)
+    dormant: bool = False  # the current path went quiet while idle: kept, not dead
+    probation_until: float = -math.inf  # woken from dormancy: trusted until then unless it fails
 
 
 def address_family(addr: Any) -> int:
@@ -210,6 +231,7 @@ class PathSelector:
         self.probes_sent = 0
         self.candidates_dropped = 0  # new candidates refused: both caps full of protected paths
         self.probes_over_budget = 0  # probes not sent: the peer's budget was spent
+        self._own_public = False  # our address is not NATed (STUN saw our own address)
 
     # --- configuration
 
@@ -229,6 +251,15 @@ class PathSelector:
         self._own_mapping = _check_mapping(mapping)
         for p in self._peers.values():
             self._mapping_changed(p, now)
+
+    def set_own_public(self, public: bool) -> None:
+        """Our address is public (STUN saw one of our own addresses): a host path needs no
+        NAT keepalive."""
+        self._own_public = public
+
+    def set_pinned(self, peer: Key, pinned: bool) -> None:
+        """Always in use (the peer has a PersistentKeepalive): its NATed path is kept open."""
+        self._peer(peer).pinned = pinned
 
     def set_peer_mapping(self, peer: Key, mapping: str, now: float) -> None:
         """The peer's NAT mapping behaviour (as it publishes it)."""
@@ -382,7 +413,10 @@ class PathSelector:
             return
         path.misses += 1
         path.wins = 0
-        if addr == p.current:
+        if addr == p.current and now >= p.active_until:
+            # idle: one lost keepalive is not a dead path (nor a closed NAT mapping yet): ask
+            # again soon, not a whole nat_keepalive later
+            path.next_probe = min(path.next_probe, now + self.timing.confirm_interval)
             # the current path stopped answering: a candidate that answered lately takes over now
             # (the same rule as in on_probe_result, from the other side)
             alive = [x for x in p.paths.values() if x is not path and x.state == VERIFIED and self._fresh(x, now)
@@ -421,7 +455,9 @@ class PathSelector:
         path.last_ok = path.last_seen = now
         path.misses = 0
         if defer:
-            path.next_probe = max(path.next_probe, now + 1.5 * self.timing.keepalive_interval)
+            interval = self._keepalive(p, path, now)
+            if interval != math.inf:
+                path.next_probe = max(path.next_probe, now + 1.5 * interval)
 
     def on_authenticated(self, peer: Key, addr: Addr, now: float, *, kind: str = "prflx") -> None:
         """An authenticated WireGuard packet came from `addr`: verified, live, and the current
@@ -442,6 +478,79 @@ class PathSelector:
         p.punch_start = p.next_round = None
         p.hard_probes = 0
 
+    def on_data(self, peer: Key, when: float, now: float) -> None:
+        """A data packet to or from ``peer`` at ``when`` (the device's ``last_data``). Data after
+        a quiet spell wakes the path: a dormant current path must prove itself within
+        ``live_time`` again and is probed at once; the other candidates are re-probed again."""
+        p = self._peers.get(peer)
+        if p is None:
+            return
+        t = self.timing
+        woke = when >= p.active_until
+        p.active_until = max(p.active_until, when + t.active_time)
+        p.used_until = max(p.used_until, when + t.in_use_time)
+        if woke:
+            self._wake(p, now)
+
+    def on_call(self, peer: Key, now: float) -> None:
+        """The peer's record asks us to call (it has data for us, and our holes may have closed):
+        every candidate is probed at once, as in a new punching round."""
+        p = self._peers.get(peer)
+        if p is None:
+            return
+        t = self.timing
+        p.active_until = max(p.active_until, now + t.active_time)
+        p.used_until = max(p.used_until, now + t.in_use_time)
+        self._wake(p, now)
+        for path in p.paths.values():
+            path.next_probe = now
+        if not self._live(p, now):
+            self._start_punch(p, now)
+
+    def _wake(self, p: _Peer, now: float) -> None:
+        for path in p.paths.values():
+            if path.addr != p.current and path.next_probe == math.inf:
+                path.next_probe = now + self.timing.upgrade_interval
+        if p.current is None:
+            return
+        cur = p.paths[p.current]
+        if p.dormant or not self._fresh(cur, now):
+            p.dormant = False
+            p.current_since = now  # prove yourself within live_time (trusted meanwhile: no punching)
+            p.probation_until = now + self.timing.live_time
+        cur.next_probe = min(cur.next_probe, now)
+
+    def is_active(self, peer: Key, now: float) -> bool:
+        """Data (or a call) within ``active_time``."""
+        p = self._peers.get(peer)
+        return p is not None and now < p.active_until
+
+    def is_in_use(self, peer: Key, now: float) -> bool:
+        p = self._peers.get(peer)
+        return p is not None and (p.pinned or now < p.used_until)
+
+    def is_dormant(self, peer: Key) -> bool:
+        p = self._peers.get(peer)
+        return p is not None and p.dormant
+
+    def needs_nat(self, peer: Key) -> bool:
+        """The current path goes through a NAT as far as we know (not a LAN path, not a host
+        path from a public address): letting it go quiet closes holes."""
+        p = self._peers.get(peer)
+        return p is not None and p.current is not None and self._natted(p.paths[p.current])
+
+    def _natted(self, path: PathInfo) -> bool:
+        return path.kind != "lan" and not (path.kind == "host" and self._own_public)
+
+    def _keepalive(self, p: _Peer, cur: PathInfo, now: float) -> float:
+        """The current path's keepalive interval now (inf: none)."""
+        t = self.timing
+        if now < p.active_until:
+            return t.keepalive_interval
+        if (p.pinned or now < p.used_until) and self._natted(cur):
+            return t.nat_keepalive
+        return math.inf
+
     # --- output
 
     def probe_plan(self, now: float) -> list[tuple[Key, Addr]]:
@@ -453,16 +562,25 @@ class PathSelector:
             self._update(p, now)
             if self._live(p, now):
                 cur = p.paths[p.current]
+                active = now < p.active_until
                 # the live path's keepalive first: no flood of candidates may spend its budget
                 for path in sorted(p.paths.values(), key=lambda x: (x is not cur, *_probe_order(x))):
                     if path.next_probe > now:
+                        continue
+                    if path is cur:
+                        interval = self._keepalive(p, cur, now)
+                        if interval == math.inf and path.misses == 0:
+                            path.next_probe = math.inf  # idle, nothing to keep: quiet (on_data wakes it)
+                            continue
+                    elif not active:
+                        path.next_probe = math.inf  # idle: no re-probing (on_data, on_call wake it)
                         continue
                     if not self.take_probe(peer, now):
                         break  # due again at the next call
                     out.append((peer, path.addr))
                     self._sent(path, now)
                     if path is cur:
-                        path.next_probe = now + t.keepalive_interval
+                        path.next_probe = now + min(interval, t.keepalive_interval if path.misses else interval)
                     elif path.wins:
                         path.next_probe = now + t.confirm_interval
                     elif path.state == FAILED or _class(path) > _class(cur):
@@ -520,13 +638,14 @@ class PathSelector:
             if self._transition_due(p, now):
                 return now  # _update has work (probe_plan, at the next handle_timer, does it)
             probes: list[float] = []
-            if p.current is not None:
+            if p.current is not None and not p.dormant:
                 cur = p.paths[p.current]
-                times.append(self._anchor(p, cur) + self.timing.live_time)  # death
+                times.append(self._anchor(p, cur) + self.timing.live_time)  # death (or dormancy)
                 if self._live(p, now):
                     assert cur.last_ok is not None
                     times.append(cur.last_ok + self.timing.live_time)  # no longer live: punching
-                    probes.extend(path.next_probe for path in p.paths.values())
+            if p.current is not None and self._live(p, now):
+                probes.extend(path.next_probe for path in p.paths.values())
             if p.next_round is not None:
                 probes.append(p.next_round)
             if probes:
@@ -567,14 +686,18 @@ class PathSelector:
         return path.last_ok is not None and now - path.last_ok < self.timing.live_time
 
     def current_until(self, peer: Key) -> float | None:
-        """When the current path dies unless something answers on it (None: no current path)."""
+        """When the current path dies unless something answers on it (None: no current path,
+        or a dormant one: it does not die of silence)."""
         p = self._peers.get(peer)
-        if p is None or p.current is None:
+        if p is None or p.current is None or p.dormant:
             return None
         return self._anchor(p, p.paths[p.current]) + self.timing.live_time
 
     def _live(self, p: _Peer, now: float) -> bool:
-        return p.current is not None and self._fresh(p.paths[p.current], now)
+        if p.current is None:
+            return False
+        cur = p.paths[p.current]
+        return p.dormant or self._fresh(cur, now) or (now < p.probation_until and cur.state != FAILED)
 
     def _anchor(self, p: _Peer, cur: PathInfo) -> float:
         """The start of the current path's silence: its last answer, or when it was chosen."""
@@ -589,8 +712,12 @@ class PathSelector:
         return sample < cur.rtt * (1 - t.rtt_gain_ratio) and cur.rtt - sample > t.rtt_gain_min
 
     def _switch(self, p: _Peer, path: PathInfo, now: float) -> None:
+        if p.current is None and not p.established:
+            p.used_until = max(p.used_until, now + self.timing.in_use_time)  # a first path counts as use
         p.current = path.addr
         p.current_since = now
+        p.dormant = False
+        p.probation_until = -math.inf
         path.next_probe = now + self.timing.keepalive_interval
         for other in p.paths.values():
             other.wins = 0
@@ -607,12 +734,19 @@ class PathSelector:
             return bool(p.paths) and (p.punch_start is None
                                       or any(x.state == VERIFIED for x in p.paths.values()))
         live = self._live(p, now)
-        return (live and p.punch_start is not None) or (not live and p.punch_start is None)
+        return (live and p.punch_start is not None) or (not live and p.punch_start is None) or \
+            (p.dormant and p.paths[p.current].state == FAILED)
 
     def _update(self, p: _Peer, now: float) -> None:
         """Apply the passage of time: path death, fallback, the start or end of punching."""
         cur = p.paths.get(p.current) if p.current is not None else None
-        if cur is not None:
+        if cur is not None and p.dormant and cur.state == FAILED:
+            p.dormant = False  # its keepalive probes failed: dead after all
+            p.current, p.established, cur = None, False, None
+        elif cur is not None and not p.dormant and now >= p.active_until and cur.state == VERIFIED \
+                and cur.misses == 0 and now - self._anchor(p, cur) >= self.timing.live_time:
+            p.dormant = True  # quiet because idle, not because dead: kept (issue 26)
+        elif cur is not None and not p.dormant:
             if now - self._anchor(p, cur) >= self.timing.live_time:
                 cur.state = FAILED  # died: silent despite keepalives
                 cur.wins = 0

@@ -112,6 +112,8 @@ class PathView(Mapping[bytes, tuple[bool, "float | None"]]):
         if peer is None:
             return False, None
         path = node.has_path(public, now) and public not in node.paths.suspected
+        if node.traversal and node.paths.selector.is_dormant(public):
+            return path, None  # quiet because idle (issue 26): trusted, no boundary to check at
         ends = [t for t in (None if peer.last_authenticated is None else peer.last_authenticated + LIVE_TIME,
                             node.paths.selector.current_until(public) if node.traversal else None) if t is not None]
         return path, max(ends) if ends else None

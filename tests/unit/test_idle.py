@@ -1,0 +1,122 @@
+"""Quiet when idle (issue 26), in memory on the fake clock: nodes, simulated NATs whose UDP
+mappings time out after 30 s (Linux conntrack's default), the documented defaults otherwise."""
+
+from __future__ import annotations
+
+from tests.unit.nodesim import Net, SimNode
+from tests.unit.test_node import STUN1, STUN2, mesh_lan
+from wgdisco.proto.calls import CALL_TIME, call_hint
+from wgdisco.proto.paths import Timing
+
+NAT_KEEPALIVE = Timing.nat_keepalive  # 25 s
+IN_USE = Timing.in_use_time  # 180 s
+
+
+def nat_pair(udp_timeout: float | None = 30.0) -> tuple[Net, SimNode, SimNode]:
+    net = Net()
+    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
+    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", udp_timeout=udp_timeout)
+    net.nat("nat-b", "10.2.0.0/24", "198.51.100.1", udp_timeout=udp_timeout)
+    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
+    b = net.node("b", ("10.2.0.2", 51820), "100.64.0.2", stun=[s1, s2])
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    return net, a, b
+
+
+def lan_pair() -> tuple[Net, SimNode, SimNode]:
+    net = Net()
+    net.source = "mdns"
+    a = net.node("a", ("10.7.0.2", 51820), "100.64.0.1")
+    b = net.node("b", ("10.7.0.3", 51820), "100.64.0.2")
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    return net, a, b
+
+
+def between(net: Net, seconds: float) -> int:
+    """Datagrams delivered in the next ``seconds`` (STUN refreshes to the servers included)."""
+    before = net.delivered
+    net.run(seconds)
+    return net.delivered - before
+
+
+def test_an_idle_lan_path_is_silent_and_the_first_packet_after_gets_through_at_once() -> None:
+    net, a, b = lan_pair()
+    net.ping_until(a, b, limit=10)
+    net.run(60)  # WireGuard's passive keepalive, the last keepalive probes
+    assert between(net, 600) == 0  # ten minutes: not one datagram between the two
+    assert a.node.paths.selector.is_dormant(b.public) and a.node.has_path(b.public, net.now)
+    # the path was kept: the first ping after the quiet goes straight there (a handshake, 1 RTT)
+    took = net.ping_until(b, a, limit=5)
+    assert took < 0.2, took
+    assert not [c for c in a.node.counters if c.startswith("calls")]  # a LAN path needs no call
+
+
+def test_a_nat_path_in_use_gets_one_keepalive_per_25_s_and_its_mappings_survive() -> None:
+    net, a, b = nat_pair()
+    net.ping_until(a, b, limit=15)
+    net.run(40)  # the traffic's own tail (passive keepalive, keepalive probes while active)
+    sel = a.node.paths.selector
+    sent_before = sel.probes_sent + b.node.paths.selector.probes_sent
+    net.run(100 - 40)  # 100 s without traffic in all
+    probes = sel.probes_sent + b.node.paths.selector.probes_sent - sent_before
+    # one side keeps the pair's mappings: one probe (and its answer) per ≤ 25 s, not one per 5 s
+    assert 2 <= probes <= 60 / NAT_KEEPALIVE + 1, probes
+    # the flows between the two are still in both NATs' tables (a STUN flow may have timed out)
+    nat_a, nat_b = net.nats
+    assert any(remote == a.device.peers[b.public].endpoint for _, remote in nat_a.used)
+    assert any(remote == b.device.peers[a.public].endpoint for _, remote in nat_b.used)
+    # either side pings first: through at once, the holes are open
+    assert net.ping_until(b, a, limit=5) < 0.5
+    net.run(100)
+    assert net.ping_until(a, b, limit=5) < 0.5
+
+
+def test_after_15_minutes_idle_the_holes_are_gone_and_a_call_reopens_them() -> None:
+    net, a, b = nat_pair()
+    net.ping_until(a, b, limit=15)
+    net.run(IN_USE + 60)  # no longer in use: the NATed path is let go
+    quiet = between(net, 900 - IN_USE - 60)
+    # what is left is the STUN refresh of each node's reflexive address (issue 26: records must
+    # stay true), no probes and no keepalives between the two
+    assert quiet <= 2 * (900 / 60) * 4, quiet
+    assert all(nat.forgotten > 0 for nat in net.nats)  # the mappings timed out
+    # a pings b: its first packets die at b's NAT; a calls (call= in its record), b answers by
+    # probing all of a's candidates, the punch meets in the middle, the handshake follows
+    took = net.ping_until(a, b, limit=20)
+    assert took < 3.0, took
+    assert a.node.calls.counters.get("calls", 0) >= 1
+    assert b.node.calls.counters.get("calls-answered", 0) >= 1
+    assert "call" in a.node.record().txt_extra
+    net.run(CALL_TIME + 1)
+    assert "call" not in a.node.record().txt_extra  # the call leaves the record
+
+
+def test_a_call_names_a_peer_by_a_short_hint_and_a_stranger_cannot_make_us_probe_more() -> None:
+    net, a, b = nat_pair()
+    net.ping_until(a, b, limit=15)
+    assert len(call_hint(b.public)) == 8
+    assert not b.node.calls.answers(a.public, b"zzzz," * 60, net.now)  # not us: no call
+    assert not b.node.calls.answers(a.public, "text", net.now)  # malformed: no call
+    hint = call_hint(b.public).encode()
+    assert b.node.calls.answers(a.public, hint, net.now)
+    assert not b.node.calls.answers(a.public, hint, net.now + 1)  # answered at most every 5 s
+
+
+def test_an_idle_mesh_is_quiet_and_keeps_its_members() -> None:
+    net, nodes = mesh_lan(4)
+    a, b = nodes[0], nodes[1]
+    net.ping_until(a, b, limit=10)
+    net.run(60)
+    quiet = between(net, 1200)
+    # one check probe per pair (request and answer) per check_after (450 s) or less often
+    pairs = 4 * 3 // 2
+    assert quiet <= pairs * 2 * (1200 / 450 + 1), quiet
+    for x in nodes:
+        assert len(x.node.peers) == 3  # nobody expired: the checks prove them
+    assert net.ping_until(b, nodes[3], limit=5) < 0.5
