@@ -280,7 +280,8 @@ class Node:
         mapping = NAT_MAPPING.get(nat.decode("ascii", "replace")) if isinstance(nat, bytes) else None
         self.paths.sighting(public, addrs, source, now, traversal=self.traversal, local_networks=self.local_networks,
                             mapping=mapping, probes=sighting.txt.get("probe") == b"1")
-        if self.traversal and self.calls.answers(public, sighting.txt.get("call"), now):
+        if self.traversal and not self.paths.selector.is_fresh(public, now) \
+                and self.calls.answers(public, sighting.txt.get("call"), now):
             self.paths.selector.on_call(public, now)  # it has data for us: open our side now
         self._collect(now)
 

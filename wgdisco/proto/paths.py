@@ -167,6 +167,7 @@ class _Peer:
     pinned: bool = False  # always in use (a PersistentKeepalive)
     dormant: bool = False  # the current path went quiet while idle: kept, not dead
     probation_until: float = -math.inf  # woken from dormancy: trusted until then unless it fails
+    round_now: bool = False  # a call: every candidate is probed once at the next probe_plan
 
 
 def address_family(addr: Any) -> int:
@@ -417,6 +418,7 @@ class PathSelector:
             # idle: one lost keepalive is not a dead path (nor a closed NAT mapping yet): ask
             # again soon, not a whole nat_keepalive later
             path.next_probe = min(path.next_probe, now + self.timing.confirm_interval)
+        if addr == p.current:
             # the current path stopped answering: a candidate that answered lately takes over now
             # (the same rule as in on_probe_result, from the other side)
             alive = [x for x in p.paths.values() if x is not path and x.state == VERIFIED and self._fresh(x, now)
@@ -498,14 +500,18 @@ class PathSelector:
         p = self._peers.get(peer)
         if p is None:
             return
-        t = self.timing
-        p.active_until = max(p.active_until, now + t.active_time)
-        p.used_until = max(p.used_until, now + t.in_use_time)
+        p.used_until = max(p.used_until, now + self.timing.in_use_time)
         self._wake(p, now)
         for path in p.paths.values():
             path.next_probe = now
+        p.round_now = True
         if not self._live(p, now):
             self._start_punch(p, now)
+
+    def is_fresh(self, peer: Key, now: float) -> bool:
+        """The current path answered within ``live_time`` (a call for it would be stale)."""
+        p = self._peers.get(peer)
+        return p is not None and p.current is not None and self._fresh(p.paths[p.current], now)
 
     def _wake(self, p: _Peer, now: float) -> None:
         for path in p.paths.values():
@@ -562,7 +568,7 @@ class PathSelector:
             self._update(p, now)
             if self._live(p, now):
                 cur = p.paths[p.current]
-                active = now < p.active_until
+                active, p.round_now = now < p.active_until or p.round_now, False
                 # the live path's keepalive first: no flood of candidates may spend its budget
                 for path in sorted(p.paths.values(), key=lambda x: (x is not cur, *_probe_order(x))):
                     if path.next_probe > now:

@@ -1,0 +1,89 @@
+"""Reaching an idle peer again (issue 26), with real parts (as root).
+
+    .venv/bin/python bench/idle_wake.py [--idle 100 900] [--runs 1] [--out FILE]
+
+Two wgdisco nodes behind nftables NAT routers (the NAT matrix's "easy" cell: stund, Knot, the
+documented defaults, no PersistentKeepalive) whose conntrack forgets UDP flows after 30 s
+(``nf_conntrack_udp_timeout`` and ``_stream`` = 30). Per run and per ``--idle`` value: a pings
+b once (the path is made), nothing is sent for ``idle`` seconds, then the side given by the run's
+turn (a, then b, alternating) pings the other once a second; the time until the first answer is
+reported, and the datagrams the routers forwarded between the two (not DNS, not STUN) while idle.
+
+After 100 s the peer is still *in use* (data within 3 min): one keepalive probe per 25 s keeps
+both NATs' flows, the first ping should get through at once. After 15 minutes the flows are gone;
+the first ping's packets die at the far NAT until the far side reads our record's ``call=`` at its
+next lookup (PollInterval, 10 s) and probes us: the bound is PollInterval + 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wgdisco.lab import Lab  # noqa: E402
+from wgdisco.lab.natcells import first_ping, pair  # noqa: E402
+
+COUNT_TABLE = """
+table inet idlecount {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        meta l4proto udp udp sport != { 53, 3478, 3479 } udp dport != { 53, 3478, 3479 } counter
+    }
+}
+"""
+
+
+def forwarded(router) -> int:  # type: ignore[no-untyped-def]
+    rules = json.loads(router.run(["nft", "-j", "list", "table", "inet", "idlecount"]).stdout)["nftables"]
+    return sum(r["rule"]["expr"][-1]["counter"]["packets"] for r in rules if "rule" in r)
+
+
+def one(idle: float, first: str) -> dict:
+    with Lab() as lab:
+        _net, a, b = pair(lab, "easy", "easy")
+        a.peers = [b.peer_spec()]
+        b.peers = [a.peer_spec()]
+        routers = [lab.nodes["ra"], lab.nodes["rb"]]
+        for router in routers:
+            router.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=30",
+                        "net.netfilter.nf_conntrack_udp_timeout_stream=30"])
+            router.run(["nft", "-f", "-"], input=COUNT_TABLE)
+        a.start()
+        b.start()
+        made = first_ping(a, "10.9.0.2", 30)
+        before = [forwarded(r) for r in routers]
+        time.sleep(idle)
+        during = [forwarded(r) - n for r, n in zip(routers, before)]
+        src, dst = (a, "10.9.0.2") if first == "a" else (b, "10.9.0.1")
+        took = first_ping(src, dst, 60)
+        for n in (a, b):
+            n.stop()
+        tracebacks = sum("Traceback" in n.proc.stderr() for n in (a, b))  # type: ignore[union-attr]
+        return {"idle": idle, "from": first, "first_path": made, "first_ping_after_idle": took,
+                "forwarded_while_idle": during, "tracebacks": tracebacks}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--idle", type=float, nargs="+", default=[100.0, 900.0])
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    rows = []
+    for idle in args.idle:
+        for i in range(args.runs):
+            row = one(idle, "a" if i % 2 == 0 else "b")
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
