@@ -273,6 +273,15 @@ def parse_seconds(value: str) -> float:
     return seconds
 
 
+def parse_nat_keepalive(value: str) -> float:
+    """Seconds between keepalive probes on an idle NATed path in use (issue 26): 5-300, below the
+    NAT's UDP timeout (30 s on Linux conntrack, hence the default 25)."""
+    seconds = parse_seconds(value)
+    if not 5 <= seconds <= 300:
+        raise ValueError(f"{value!r} is out of range (5-300 seconds)")
+    return seconds
+
+
 def parse_update_key(value: str) -> Any:
     """``hmac-sha256:<keyname>:<base64 secret>`` (as ``nsupdate -y``) -> a TSIG key."""
     return tsig.parse_update_key(value)
@@ -368,6 +377,7 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "meshipv4": ("MeshIPv4", parse_mesh_ipv4, None),
     "meshmaxpeers": ("MeshMaxPeers", parse_max_peers, 256),
     "name": ("Name", parse_mesh_name, None),
+    "natkeepalive": ("NatKeepalive", parse_nat_keepalive, 25.0),
 }
 SECRET_DISCOVERY_KEYS = {"UpdateKey", "MeshKey"}
 # canonical key -> DiscoveryConfig field
@@ -376,6 +386,7 @@ DISCOVERY_FIELDS = {
     "PollInterval": "poll_interval", "UpdateKey": "update_key", "UpdateKeyFile": "update_key_file", "Zone": "zone",
     "STUN": "stun", "PortMapping": "port_mapping", "Metrics": "metrics", "MeshKey": "mesh_key",
     "MeshKeyFile": "mesh_key_file", "MeshIPv4": "mesh_ipv4", "MeshMaxPeers": "mesh_max_peers", "Name": "name",
+    "NatKeepalive": "nat_keepalive",
 }
 
 
@@ -400,6 +411,7 @@ class DiscoveryConfig:
     mesh_ipv4: Any = None
     mesh_max_peers: int = 256
     name: str | None = None
+    nat_keepalive: float = 25.0
 
     def by_key(self) -> dict[str, Any]:
         """{canonical key: value}, in DISCOVERY_KEYS's order (showconf)."""

@@ -118,6 +118,7 @@ BAD = [
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nNameserver = ns1\n", 5, "Nameserver", "not a nameserver"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nPollInterval = 0\n", 5, "PollInterval", "out of range"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nPortMapping = igd\n", 4, "PortMapping", "want one of auto, pcp, natpmp, upnp, off"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nNatKeepalive = 2\n", 4, "NatKeepalive", "out of range (5-300"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nNameserver = 192.0.2.53\n", 4, "Nameserver", "needs Domain"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = md5:k:AAAA\n", 5, "UpdateKey", "not one of"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = hmac-sha256:k:!!\n", 5, "UpdateKey", "not valid base64"),

@@ -44,6 +44,7 @@ from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
 from wgdisco.proto.icmp import Unreachable
 from wgdisco.proto.lookups import Timing as LookupTiming
+from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.node import Node
 from wgdisco.proto.nodetiming import Timing as NodeTiming
 from wgdisco.proto.timers import Timing
@@ -160,7 +161,8 @@ class Tunnel:
                 port=udp.local_port(self.sock), traversal=bool(discovering or cfg.discovery.stun),
                 stun_servers=await self._stun_servers(), domain=cfg.discovery.domain or "local",
                 allowed=iface.addresses, mesh=mesh,
-                timing=NodeTiming(lookups=LookupTiming(poll_interval=cfg.discovery.poll_interval)),
+                timing=NodeTiming(lookups=LookupTiming(poll_interval=cfg.discovery.poll_interval),
+                                  paths=PathTiming(nat_keepalive=cfg.discovery.nat_keepalive)),
                 via=udp.via, via_socket=udp.via_socket,
                 mesh_name=self._mesh_name() if mesh is not None else None,
                 unicast=cfg.discovery.domain is not None,
