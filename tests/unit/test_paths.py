@@ -409,6 +409,9 @@ def test_hard_nat_on_both_sides_stops_after_a_bounded_phase() -> None:
         net.run(minute * 60.0 + 59.0)
     assert len(net.sent) == timing.hard_nat_probe_budget
     assert sel.decision(P, net.now) == (None, "hard-nat-both-sides")
+    # what is left to do is forgetting the hinted candidates (unverified_ttl), never a probe
+    net.run(net.now + 7200.0)
+    assert len(net.sent) == timing.hard_nat_probe_budget and sel.paths(P) == []
     assert sel.next_time(net.now) is None
 
 

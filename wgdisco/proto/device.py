@@ -205,6 +205,9 @@ class Device:
         self.handshake_budget = TokenBucket(HANDSHAKE_BUDGET, HANDSHAKE_BURST)
         self.cookie_budget = TokenBucket(COOKIE_REPLY_BUDGET, COOKIE_REPLY_BURST)
         self.outbox: list[tuple[bytes, Addr]] = []
+        # peers whose last_authenticated, last_data or unanswered_since changed since pop_touched():
+        # the node's cores look at these only, not at every peer (issue 26)
+        self.touched: set[Peer] = set()
         self.unreachable: Unreachable | None = None  # ICMP answers to unsendable packets (proto/icmp.py)
         self.tun_out: list[bytes] = []  # packets the device itself writes to TUN (those answers)
         self.sources: dict[Addr, Hashable] = {}  # endpoint -> local source of its latest authenticated packet
@@ -345,6 +348,7 @@ class Device:
                     self._arm(peer, peer.t_send_keepalive)
         if peer.t_new_handshake is not None and peer.t_new_handshake <= now:
             peer.t_new_handshake = peer.unanswered_since = None
+            self.touched.add(peer)
             self.unstick(peer)  # wireguard-go expiredNewHandshake: the source may be the trouble
             self.send_handshake_initiation(peer, now, is_retry=False)
         if peer.t_persistent is not None and peer.t_persistent <= now:
@@ -506,6 +510,7 @@ class Device:
                 return None
             self._stage(peer, packet)
             peer.last_data = now
+            self.touched.add(peer)
             self.send_handshake_initiation(peer, now, is_retry=False)
             return None
         return self._encrypt(peer, kp, packet, now)
@@ -675,6 +680,7 @@ class Device:
     def _authenticated(self, peer: Peer, now: float) -> None:
         """timersAnyAuthenticatedPacketTraversal + timersAnyAuthenticatedPacketReceived."""
         peer.last_authenticated = now
+        self.touched.add(peer)
         self._traversal(peer, now)
         peer.t_new_handshake = peer.unanswered_since = None  # timersAnyAuthenticatedPacketReceived
 
@@ -724,6 +730,7 @@ class Device:
         elif local is not None and self.sources.get(addr) != local:
             self.sources[addr] = local  # the peer wrote to another of our addresses (or again after an unstick)
         peer.last_authenticated = now
+        self.touched.add(peer)
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
             if peer.t_persistent < peer.armed_at:  # an earlier deadline: into the timer heap
@@ -796,6 +803,7 @@ class Device:
         peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
         if data_packets:
             peer.last_data = now
+            self.touched.add(peer)
         if data_packets and peer.t_new_handshake is None:  # timersDataSent
             peer.t_new_handshake = now + self.timing.keepalive_timeout + self.timing.rekey_timeout + self._jitter()
             if peer.t_new_handshake < peer.armed_at:  # an earlier deadline: into the timer heap
@@ -820,6 +828,7 @@ class Device:
             elif local is not None and self.sources.get(endpoint) != local:
                 self.sources[endpoint] = local
         peer.last_authenticated = now
+        self.touched.add(peer)
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
             if peer.t_persistent < peer.armed_at:  # an earlier deadline: into the timer heap
@@ -852,4 +861,10 @@ class Device:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         out, self.outbox = self.outbox, []
+        return out
+
+    def pop_touched(self) -> set[Peer]:
+        """The peers whose last_authenticated, last_data or unanswered_since changed since the
+        last call (removed peers included: check ``peers``)."""
+        out, self.touched = self.touched, set()
         return out

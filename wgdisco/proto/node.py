@@ -203,7 +203,7 @@ class Node:
 
     def set_persistent_keepalive(self, public: Key, interval: int, now: float) -> None:
         self.device.set_persistent_keepalive(self.device.peers[public], interval, now)
-        self.paths.selector.set_pinned(public, interval > 0)  # in use for good: its NAT path is kept
+        self.paths.selector.set_pinned(public, interval > 0, now)  # in use for good: its NAT path is kept
 
     def set_preshared_key(self, public: Key, psk: bytes | None) -> None:
         self.device.set_preshared_key(self.device.peers[public], psk)

@@ -20,6 +20,7 @@ and our NAT mapping is checked (``NatSuspected``, when the node allows a STUN ro
 from __future__ import annotations
 
 
+import heapq
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable
 
@@ -37,7 +38,7 @@ __all__ = ["PathDriver", "Timing", "Suspected", "CallWanted", "SYNC_INTERVAL", "
 Addr = Hashable
 Key = bytes
 
-SYNC_INTERVAL = 0.5  # how often unanswered traffic is checked for (see _suspect_dead_paths)
+SYNC_INTERVAL = 0.5  # while data stays unanswered: how often our NAT may be checked (NatSuspected)
 SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
 DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly verified path
 KICK_INTERVAL = 1.0  # a staged peer's handshake restarted on a proven path at most this often
@@ -90,7 +91,9 @@ class PathDriver(Core):
         self._kicked: dict[Key, float] = {}
         self._deferred: dict[Key, tuple[float, Addr]] = {}  # peer -> (when, addr) to initiate
         self._fresh_probes: dict[Key, tuple[float, int]] = {}  # peer -> (window start, probes in it)
-        self._next_sync = 0.0
+        self._watch: list[tuple[float, Key, float]] = []  # (check at, peer, unanswered since): a heap
+        self._watching: dict[Key, float] = {}  # peer -> the unanswered_since it is watched for
+        self._next_sync: float | None = None  # while a suspected peer stays unanswered
 
     def _new_prober(self) -> Prober:
         identity = self.device.identity
@@ -107,7 +110,7 @@ class PathDriver(Core):
         self.selector.remove_peer(public)
         self.trier.forget(public)
         for table in (self.reasons, self.suspected, self._synced, self._data_synced, self._deferred,
-                      self._fresh_probes, self._kicked):
+                      self._fresh_probes, self._kicked, self._watching):
             table.pop(public, None)
 
     def identity_changed(self) -> list[Key]:
@@ -218,6 +221,10 @@ class PathDriver(Core):
     def next_deadline(self, now: float) -> float | None:
         times = [self.trier.next_time(), self.prober.get_timer(), self.selector.next_time(now), self._next_sync]
         times += [when for when, _ in self._deferred.values()]
+        if self._watch:
+            times.append(self._watch[0][0])
+        if self.device.touched or self.selector.changed:
+            times.append(now)  # packets came or went, a path changed: decisions are due
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
@@ -241,17 +248,16 @@ class PathDriver(Core):
 
     def handle_timer(self, now: float, restun_allowed: bool) -> None:
         """Probe timeouts, unanswered data, deferred initiations, punching rounds and endpoint
-        decisions; ``restun_allowed``: a NatSuspected may ask for a STUN round now."""
+        decisions; ``restun_allowed``: a NatSuspected may ask for a STUN round now. The work is
+        for the peers that changed or are due (the device's touched peers, the selector's heap,
+        the watch on unanswered data): O(log n) per wake-up, not a scan of every peer (issue 26)."""
         device = self.device
         for timeout in self.prober.handle_timer(now):
             self.selector.on_probe_timeout(timeout.peer, timeout.addr, now)
         # before any decision: WireGuard's roaming rule (§2.1) has the last word, so the selector
         # must know where authenticated packets came from, or it would undo a roam
-        self._sync_authenticated()
-        self._sync_data(now)
-        if now >= self._next_sync:
-            self._suspect_dead_paths(now, restun_allowed)
-            self._next_sync = now + SYNC_INTERVAL
+        touched = self._sync(now)
+        self._suspect_dead_paths(now, restun_allowed)
         for public, (when, addr) in list(self._deferred.items()):
             if when <= now:
                 del self._deferred[public]
@@ -261,55 +267,73 @@ class PathDriver(Core):
         for public, addr in self.selector.probe_plan(now):
             if public in self.prober.peers:
                 self.probe(public, addr, now)
-        self._apply_decisions(now)
+        self._apply_decisions(now, touched)
 
-    def _sync_authenticated(self) -> None:
-        """Tell the selector which paths carried authenticated WireGuard packets (§2.1)."""
-        for public, peer in self.device.peers.items():
+    def _sync(self, now: float) -> set[Key]:
+        """The device's touched peers: tell the selector which paths carried authenticated
+        WireGuard packets (§2.1) and when data flowed (issue 26: keepalives and re-probing follow
+        use; data for a peer whose NATed path was let go asks it to call us, CallWanted), and
+        watch data that goes unanswered. Returns the touched peers' keys."""
+        selector, keys = self.selector, set()
+        for peer in self.device.pop_touched():
+            public = peer.public_key
+            if self.device.peers.get(public) is not peer:
+                continue  # removed meanwhile
+            keys.add(public)
+            probes = public in self.prober.peers
             last = peer.last_authenticated
             if last is not None and peer.endpoint is not None and last != self._synced.get(public):
                 self._synced[public] = last
                 self.suspected.pop(public, None)  # it answered: the silence is over
-                if public in self.prober.peers:
-                    self.selector.on_authenticated(public, peer.endpoint, last)
-
-    def _sync_data(self, now: float) -> None:
-        """Tell the selector when data flowed (issue 26: keepalives and re-probing follow use);
-        data for a peer whose NATed path was let go asks it to call us (CallWanted)."""
-        selector = self.selector
-        for public, peer in self.device.peers.items():
+                if probes:
+                    selector.on_authenticated(public, peer.endpoint, last)
             last = peer.last_data
-            if last is None or last == self._data_synced.get(public) or public not in self.prober.peers:
-                continue
-            self._data_synced[public] = last
-            let_go = not selector.is_in_use(public, now) and selector.needs_nat(public)
-            selector.on_data(public, last, now)
-            if let_go:
-                self._count("calls-after-idle")
-                self._events.append(CallWanted(public))
+            if last is not None and last != self._data_synced.get(public) and probes:
+                self._data_synced[public] = last
+                let_go = not selector.is_in_use(public, now) and selector.needs_nat(public)
+                selector.on_data(public, last, now)
+                if let_go:
+                    self._count("calls-after-idle")
+                    self._events.append(CallWanted(public))
+            since = peer.unanswered_since  # proto/timers.py data_sent / authenticated_received
+            if since is not None and self._watching.get(public) != since:
+                self._watching[public] = since
+                heapq.heappush(self._watch, (since + SUSPECT_AFTER + 0.001, public, since))  # "longer than"
+        return keys
 
     def _suspect_dead_paths(self, now: float, restun: bool) -> None:
         """Data went out but nothing authenticated came back for SUSPECT_AFTER seconds. Our NAT
         may have a new address (a router got a new WAN address): STUN again at once, so the new
         reflexive address is re-published and the peer's probe to it re-opens the path. Or the
         peer moved: look its record up again at once, then on the growing schedule."""
-        for public, peer in self.device.peers.items():
-            since = peer.unanswered_since  # proto/timers.py data_sent / authenticated_received
-            if since is None or peer.current is None or now - since <= SUSPECT_AFTER:
+        device, watch = self.device, self._watch
+        while watch and watch[0][0] <= now:
+            _, public, since = heapq.heappop(watch)
+            peer = device.peers.get(public)
+            if peer is None or peer.unanswered_since != since:
+                continue  # answered meanwhile (or gone)
+            if peer.current is None:  # no session yet: look again in a moment
+                heapq.heappush(watch, (now + SYNC_INTERVAL, public, since))
                 continue
             if self.suspected.get(public) != since:  # once per silence
                 self.suspected[public] = since
                 self.selector.on_unanswered(public, now)  # a verified alternative may take over now
                 self._events.append(Suspected(public))
                 self._events.append(CallWanted(public))  # the peer may need to open its side again
-            if restun:
-                restun = False
-                self._events.append(NatSuspected(public, now - since))
+        # while a suspected peer stays unanswered, our NAT is checked whenever the node allows
+        silent = [(public, since) for public, since in self.suspected.items()
+                  if (peer := device.peers.get(public)) is not None and peer.unanswered_since == since
+                  and peer.current is not None]
+        if silent and restun:
+            public, since = silent[0]
+            self._events.append(NatSuspected(public, now - since))
+        self._next_sync = now + SYNC_INTERVAL if silent else None
 
-    def _apply_decisions(self, now: float) -> None:
+    def _apply_decisions(self, now: float, touched: set[Key]) -> None:
         device = self.device
-        for public, peer in device.peers.items():
-            if public not in self.prober.peers:
+        for public in self.selector.pop_changed() | touched:
+            peer = device.peers.get(public)
+            if peer is None or public not in self.prober.peers:
                 continue
             addr, reason = self.selector.decision(public, now)
             if reason != self.reasons.get(public):

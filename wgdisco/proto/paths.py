@@ -67,6 +67,8 @@ whitepaper §6.1), or while it is *dormant* (below).
 
 from __future__ import annotations
 
+import functools
+import heapq
 import ipaddress
 import math
 from collections.abc import Callable, Hashable, Iterable
@@ -208,8 +210,27 @@ def _probe_order(p: PathInfo) -> tuple[bool, bool, int]:
     return (p.kind != "lan", p.family != 6, p.order)
 
 
+def _touches(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A method ``(self, peer, …, now)`` that may change ``peer``: its wake-up time is computed
+    again afterwards (the heap behind next_time and probe_plan)."""
+
+    @functools.wraps(method)
+    def wrapper(self: "PathSelector", peer: Key, *args: Any, **kw: Any) -> Any:
+        try:
+            return method(self, peer, *args, **kw)
+        finally:
+            self._touch(peer, args[-1])
+
+    return wrapper
+
+
 class PathSelector:
-    """Candidates, probe schedule and the chosen endpoint of every peer (sans-I/O)."""
+    """Candidates, probe schedule and the chosen endpoint of every peer (sans-I/O).
+
+    Work per wake-up is O(log n) in the number of peers (issue 26): each peer's next wake-up
+    time is computed when it changes and kept in a heap; ``next_time`` reads the heap's top,
+    ``probe_plan`` works on the peers that are due, and ``pop_changed`` tells the caller which
+    peers' decisions may have changed."""
 
     def __init__(
         self,
@@ -233,6 +254,10 @@ class PathSelector:
         self.candidates_dropped = 0  # new candidates refused: both caps full of protected paths
         self.probes_over_budget = 0  # probes not sent: the peer's budget was spent
         self._own_public = False  # our address is not NATed (STUN saw our own address)
+        self._heap: list[tuple[float, int, Key]] = []  # (wake-up time, seq, peer), stale entries too
+        self._wake_at: dict[Key, float] = {}  # peer -> its live entry's time
+        self._seq = 0
+        self._changed: set[Key] = set()  # peers changed since pop_changed
 
     # --- configuration
 
@@ -243,25 +268,36 @@ class PathSelector:
         p = self._peer(peer)
         if mapping is not None:
             p.mapping = mapping
+        self._changed.add(peer)  # its first decision (no candidates yet) is reported
 
     def remove_peer(self, peer: Key) -> None:
         self._peers.pop(peer, None)
+        self._wake_at.pop(peer, None)
+        self._changed.discard(peer)
 
     def set_own_mapping(self, mapping: str, now: float) -> None:
         """Our NAT's mapping behaviour (from STUN, RFC 5780 §4.3)."""
         self._own_mapping = _check_mapping(mapping)
-        for p in self._peers.values():
+        for peer, p in self._peers.items():
             self._mapping_changed(p, now)
+            self._touch(peer, now)
 
     def set_own_public(self, public: bool) -> None:
         """Our address is public (STUN saw one of our own addresses): a host path needs no
         NAT keepalive."""
         self._own_public = public
 
-    def set_pinned(self, peer: Key, pinned: bool) -> None:
+    @_touches
+    def set_pinned(self, peer: Key, pinned: bool, now: float) -> None:
         """Always in use (the peer has a PersistentKeepalive): its NATed path is kept open."""
-        self._peer(peer).pinned = pinned
+        p = self._peer(peer)
+        p.pinned = pinned
+        if pinned and p.current is not None:
+            cur = p.paths[p.current]
+            if cur.next_probe == math.inf:
+                cur.next_probe = now
 
+    @_touches
     def set_peer_mapping(self, peer: Key, mapping: str, now: float) -> None:
         """The peer's NAT mapping behaviour (as it publishes it)."""
         p = self._peer(peer)
@@ -285,6 +321,7 @@ class PathSelector:
 
     # --- input
 
+    @_touches
     def add_candidates(self, peer: Key, cands: Iterable[Candidate], now: float) -> None:
         """A sighting: new candidates are untested until verified; known ones keep their state.
         If the peer has no live path, new candidates are probed at once."""
@@ -316,6 +353,7 @@ class PathSelector:
                 elif p.next_round is not None:
                     p.next_round = now  # in the fast phase: one extra round now
 
+    @_touches
     def remove_candidates(self, peer: Key, addrs: Iterable[Addr], now: float) -> None:
         """Hints withdrawn (e.g. an mDNS goodbye). The live path stays: it is proven, not a hint."""
         p = self._peers.get(peer)
@@ -351,16 +389,18 @@ class PathSelector:
     def _expire(self, p: _Peer, now: float) -> None:
         """Unverified candidates that no sighting named for ``unverified_ttl`` are forgotten."""
         ttl = self.timing.unverified_ttl
-        stale = [a for a, x in p.paths.items() if x.state != VERIFIED and a != p.current and now - x.last_seen > ttl]
+        stale = [a for a, x in p.paths.items() if x.state != VERIFIED and a != p.current and now - x.last_seen >= ttl]
         for addr in stale:
             del p.paths[addr]
 
+    @_touches
     def take_probe(self, peer: Key, now: float) -> bool:
         """One probe from ``peer``'s budget (``probe_rate`` a second, ``probe_burst``): False when
         it is spent. probe_plan charges its own probes; callers that probe on their own do too."""
         p = self._peers.get(peer)
-        if p is None:
-            return False
+        return p is not None and self._take(p, now)
+
+    def _take(self, p: _Peer, now: float) -> bool:
         if p.budget is None:
             p.budget = TokenBucket(self.timing.probe_rate, self.timing.probe_burst)
         if not p.budget.take(now):
@@ -374,6 +414,7 @@ class PathSelector:
         p.paths[addr] = path
         return path
 
+    @_touches
     def on_probe_result(self, peer: Key, addr: Addr, rtt: float, now: float) -> None:
         """An authenticated answer from `addr` (probe.ProbeResult)."""
         p = self._peers.get(peer)
@@ -406,6 +447,7 @@ class PathSelector:
         else:
             path.wins = 0
 
+    @_touches
     def on_probe_timeout(self, peer: Key, addr: Addr, now: float) -> None:
         """No valid answer from `addr` in time (probe.ProbeTimeout)."""
         p = self._peers.get(peer)
@@ -440,6 +482,7 @@ class PathSelector:
         if p is not None and p.current is not None:
             self.on_probe_timeout(peer, p.current, now)
 
+    @_touches
     def on_probe_request(self, peer: Key, addr: Addr, now: float, *, defer: bool) -> None:
         """An authenticated probe request came from `addr` (probe.ProbeRequested). On the verified
         current path it is the peer's keepalive: the path is proven (as by a WireGuard packet,
@@ -461,6 +504,7 @@ class PathSelector:
             if interval != math.inf:
                 path.next_probe = max(path.next_probe, now + 1.5 * interval)
 
+    @_touches
     def on_authenticated(self, peer: Key, addr: Addr, now: float, *, kind: str = "prflx") -> None:
         """An authenticated WireGuard packet came from `addr`: verified, live, and the current
         path (WireGuard's roaming rule, whitepaper §2.1). `kind` names a new address."""
@@ -480,6 +524,7 @@ class PathSelector:
         p.punch_start = p.next_round = None
         p.hard_probes = 0
 
+    @_touches
     def on_data(self, peer: Key, when: float, now: float) -> None:
         """A data packet to or from ``peer`` at ``when`` (the device's ``last_data``). Data after
         a quiet spell wakes the path: a dormant current path must prove itself within
@@ -494,6 +539,7 @@ class PathSelector:
         if woke:
             self._wake(p, now)
 
+    @_touches
     def on_call(self, peer: Key, now: float) -> None:
         """The peer's record asks us to call (it has data for us, and our holes may have closed):
         every candidate is probed at once, as in a new punching round."""
@@ -562,61 +608,82 @@ class PathSelector:
     def probe_plan(self, now: float) -> list[tuple[Key, Addr]]:
         """The probes to send now, as (peer, address); each is counted as sent."""
         out: list[tuple[Key, Addr]] = []
-        t = self.timing
-        for peer, p in self._peers.items():
-            self._expire(p, now)
-            self._update(p, now)
-            if self._live(p, now):
-                cur = p.paths[p.current]
-                active, p.round_now = now < p.active_until or p.round_now, False
-                # the live path's keepalive first: no flood of candidates may spend its budget
-                for path in sorted(p.paths.values(), key=lambda x: (x is not cur, *_probe_order(x))):
-                    if path.next_probe > now:
-                        continue
-                    if path is cur:
-                        interval = self._keepalive(p, cur, now)
-                        if interval == math.inf and path.misses == 0:
-                            path.next_probe = math.inf  # idle, nothing to keep: quiet (on_data wakes it)
-                            continue
-                    elif not active:
-                        path.next_probe = math.inf  # idle: no re-probing (on_data, on_call wake it)
-                        continue
-                    if not self.take_probe(peer, now):
-                        break  # due again at the next call
-                    out.append((peer, path.addr))
-                    self._sent(path, now)
-                    if path is cur:
-                        path.next_probe = now + min(interval, t.keepalive_interval if path.misses else interval)
-                    elif path.wins:
-                        path.next_probe = now + t.confirm_interval
-                    elif path.state == FAILED or _class(path) > _class(cur):
-                        path.next_probe = now + t.slow_interval
-                    else:
-                        path.next_probe = now + t.upgrade_interval
-            elif p.next_round is not None and p.next_round <= now:
-                hard = self._hard(p)
-                for path in sorted(p.paths.values(), key=_probe_order):
-                    if hard:
-                        if p.hard_probes >= t.hard_nat_probe_budget:
-                            break
-                        p.hard_probes += 1
-                    if not self.take_probe(peer, now):
-                        break  # the rest waits for the next round
-                    out.append((peer, path.addr))
-                    self._sent(path, now)
-                    path.next_probe = now + t.upgrade_interval
-                self._next_round(p, now)
-                if hard and p.hard_probes >= t.hard_nat_probe_budget:
-                    p.next_round = None  # budget spent: nothing more this outage
+        for peer in self._due(now):
+            p = self._peers.get(peer)
+            if p is None:
+                continue
+            self._plan_peer(peer, p, now, out)
+            self._touch(peer, now)
         self.probes_sent += len(out)
         return out
+
+    def _due(self, now: float) -> list[Key]:
+        """The peers whose wake-up time has come (taken off the heap)."""
+        heap, due = self._heap, []
+        while heap and heap[0][0] <= now:
+            when, _, peer = heapq.heappop(heap)
+            if self._wake_at.get(peer) == when:
+                del self._wake_at[peer]
+                due.append(peer)
+        return due
+
+    def _plan_peer(self, peer: Key, p: _Peer, now: float, out: list[tuple[Key, Addr]]) -> None:
+        """One due peer's probes (probe_plan)."""
+        t = self.timing
+        self._expire(p, now)
+        self._update(p, now)
+        if self._live(p, now):
+            cur = p.paths[p.current]
+            active, p.round_now = now < p.active_until or p.round_now, False
+            # the live path's keepalive first: no flood of candidates may spend its budget
+            for path in sorted(p.paths.values(), key=lambda x: (x is not cur, *_probe_order(x))):
+                if path.next_probe > now:
+                    continue
+                if path is cur:
+                    interval = self._keepalive(p, cur, now)
+                    if interval == math.inf and path.misses == 0:
+                        path.next_probe = math.inf  # idle, nothing to keep: quiet (on_data wakes it)
+                        continue
+                elif not active:
+                    path.next_probe = math.inf  # idle: no re-probing (on_data, on_call wake it)
+                    continue
+                if not self._take(p, now):
+                    break  # due again at the next call
+                out.append((peer, path.addr))
+                self._sent(path, now)
+                if path is cur:
+                    path.next_probe = now + min(interval, t.keepalive_interval if path.misses else interval)
+                elif path.wins:
+                    path.next_probe = now + t.confirm_interval
+                elif path.state == FAILED or _class(path) > _class(cur):
+                    path.next_probe = now + t.slow_interval
+                else:
+                    path.next_probe = now + t.upgrade_interval
+        elif p.next_round is not None and p.next_round <= now:
+            hard = self._hard(p)
+            for path in sorted(p.paths.values(), key=_probe_order):
+                if hard:
+                    if p.hard_probes >= t.hard_nat_probe_budget:
+                        break
+                    p.hard_probes += 1
+                if not self._take(p, now):
+                    break  # the rest waits for the next round
+                out.append((peer, path.addr))
+                self._sent(path, now)
+                path.next_probe = now + t.upgrade_interval
+            self._next_round(p, now)
+            if hard and p.hard_probes >= t.hard_nat_probe_budget:
+                p.next_round = None  # budget spent: nothing more this outage
 
     def decision(self, peer: Key, now: float) -> tuple[Addr | None, str]:
         """The endpoint to use for `peer` (None: keep what you have) and why, one of REASONS."""
         p = self._peers.get(peer)
         if p is None or not p.paths:
             return None, "no-candidates"
+        before = (p.current, p.punch_start, p.dormant)
         self._update(p, now)
+        if (p.current, p.punch_start, p.dormant) != before:
+            self._touch(peer, now)
         if p.current is not None:
             return p.current, "lan" if p.paths[p.current].kind == "lan" else "direct"
         punching = p.punch_start is not None and now - p.punch_start < self.timing.punch_time
@@ -637,26 +704,65 @@ class PathSelector:
 
     def next_time(self, now: float) -> float | None:
         """When probe_plan next has work, or a path may die or go stale (>= now); None if never.
-        Probe work waits for the peer's budget: a spent bucket never makes this `now`. Pure: it
-        changes nothing (time is applied by probe_plan and decision)."""
+        Probe work waits for the peer's budget: a spent bucket never makes this `now`. Pure but
+        for dropping stale heap entries (time is applied by probe_plan and decision): the top of
+        a heap of every peer's wake-up time, computed when the peer changed."""
+        heap = self._heap
+        while heap and self._wake_at.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        return max(now, heap[0][0]) if heap else None
+
+    @property
+    def changed(self) -> bool:
+        """Some peer changed since pop_changed (its decision is due)."""
+        return bool(self._changed)
+
+    def pop_changed(self) -> set[Key]:
+        """The peers changed since the last call (their decisions may have changed)."""
+        out, self._changed = self._changed, set()
+        return out
+
+    def _touch(self, peer: Key, now: float) -> None:
+        """``peer`` may have changed: its wake-up time again, and it joins ``pop_changed``."""
+        p = self._peers.get(peer)
+        if p is None:
+            return
+        self._changed.add(peer)
+        when = self._peer_time(p, now)
+        if when is None:
+            self._wake_at.pop(peer, None)
+        elif self._wake_at.get(peer) != when:
+            self._wake_at[peer] = when
+            self._seq += 1
+            heapq.heappush(self._heap, (when, self._seq, peer))
+
+    def _peer_time(self, p: _Peer, now: float) -> float | None:
+        """When ``p`` next needs probe_plan: a transition, a death, the end of liveness, a probe
+        or punching round (waiting for the budget), an unverified candidate's expiry."""
+        if self._transition_due(p, now):
+            return now  # _update has work (probe_plan, at the next handle_timer, does it)
+        t = self.timing
         times: list[float] = []
-        for p in self._peers.values():
-            if self._transition_due(p, now):
-                return now  # _update has work (probe_plan, at the next handle_timer, does it)
-            probes: list[float] = []
-            if p.current is not None and not p.dormant:
-                cur = p.paths[p.current]
-                times.append(self._anchor(p, cur) + self.timing.live_time)  # death (or dormancy)
-                if self._live(p, now):
-                    assert cur.last_ok is not None
-                    times.append(cur.last_ok + self.timing.live_time)  # no longer live: punching
-            if p.current is not None and self._live(p, now):
-                probes.extend(path.next_probe for path in p.paths.values())
-            if p.next_round is not None:
-                probes.append(p.next_round)
-            if probes:
-                times.append(max(min(probes), p.budget.ready_at() if p.budget is not None else -math.inf))
-        return max(now, min(times)) if times else None
+        probes: list[float] = []
+        live = self._live(p, now)
+        if p.current is not None and not p.dormant:
+            cur = p.paths[p.current]
+            times.append(self._anchor(p, cur) + t.live_time)  # death (or dormancy)
+            if live and cur.last_ok is not None:
+                times.append(cur.last_ok + t.live_time)  # no longer fresh
+            if live and p.probation_until > now:
+                times.append(p.probation_until)
+        if p.current is not None and live:
+            probes.extend(path.next_probe for path in p.paths.values())
+        if p.next_round is not None:
+            probes.append(p.next_round)
+        if probes:
+            times.append(max(min(probes), p.budget.ready_at() if p.budget is not None else -math.inf))
+        unverified = [x.last_seen for a, x in p.paths.items() if x.state != VERIFIED and a != p.current]
+        if unverified:
+            times.append(min(unverified) + t.unverified_ttl)
+        times = [x for x in times if x != math.inf]
+        return min(times) if times else None
 
     def addresses(self, peer: Key) -> frozenset[Addr]:
         """The peer's candidate addresses (no copies)."""
