@@ -119,7 +119,7 @@ def test_counters_kept_after_removal_are_bounded() -> None:
     m = membership(counters_kept=2)
     for i in (1, 2, 3):
         assert m.check(sighting(key(i), 10))[0] == "valid"
-    assert list(m.accepted) == [key(2), key(3)]  # the oldest went
+    assert list(m.accepted) == [(MESH.id, key(2)), (MESH.id, key(3))]  # the oldest went
     assert m.check(sighting(key(3), 9))[0] == "replay"
 
 

@@ -69,10 +69,21 @@ class Surface:
         return uapi.format_set_result(0)
 
     def handle_control(self, command: str) -> Any:
-        if command != "status":
-            raise LocalError(f"unknown command {command!r} (try: status)")
+        """``status``, ``members`` (wgdisco mesh members), ``reload`` (as SIGHUP; wgdisco mesh ban)."""
+        if command == "reload":
+            return self._reload()
+        if command not in ("status", "members"):
+            raise LocalError(f"unknown command {command!r} (try: status, members, reload)")
         with self.tunnel.lock:
+            if command == "members":
+                from wgdisco.daemon import meshlife
+
+                return meshlife.members(self.tunnel)
             return self.status()
+
+    async def _reload(self) -> dict[str, Any]:
+        error = await self.tunnel.reload()
+        return {"reloaded": error is None} if error is None else {"reloaded": False, "error": error}
 
     def status(self) -> dict[str, Any]:
         """What ``wgdisco status --json`` prints (schema: docs/status.schema.json). Lock held."""
@@ -109,6 +120,7 @@ class Surface:
                 if node.is_mesh_peer(public) else [],
                 "mesh_name": m.name_of(public)[0] if m is not None and m.is_member(public) else None,
                 "mesh_names": m.names_of(public) if m is not None else [],
+                "mesh_generation": m.generation_label(public) if m is not None else None,
             })
         return {
             "interface": t.name,
@@ -132,6 +144,9 @@ class Surface:
                 "names": m.names_of(node.public_key),
                 "contested_names": list(m.hosts().contested),
                 "hosts_file": None if t.hosts is None else str(t.hosts.file.path),
+                "previous_id": None if m.previous is None else m.previous.id,
+                "previous_until": None if m.window_end is None else int(m.window_end + device.wall_offset),
+                "banned": len(m.deny),
             },
             "dropped": self.drop_counts(),
             "handshakes": {  # under a flood: cookies answered, work refused (docs/troubleshooting.md)

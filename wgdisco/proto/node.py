@@ -327,6 +327,22 @@ class Node:
                 or (peer is not None and peer.last_authenticated is not None and peer.last_authenticated > since)
                 or any(p.last_ok is not None and p.last_ok > since for p in self.paths.selector.paths(public)))
 
+    def set_mesh(self, current: Mesh, previous: Mesh | None, until: float | None, deny: Iterable[Key],
+                 now: float) -> None:
+        """The mesh keys and MeshDeny (config, SIGHUP; proto/membership.py "Lifecycle"): ``until``
+        is the previous key's end, wall-clock seconds. A new current key signs our record anew."""
+        m = self.membership
+        if m is None:
+            raise LocalError("not a mesh node")
+        end = None if until is None else until - self.device.wall_offset
+        if m.set_keys(current, previous, end, now):
+            self.mesh = current
+            self.lookups.rejected.clear()  # records refused under the old key may be valid now
+            self._update_record(now, force=True)
+        for public in m.set_deny(frozenset(deny)):
+            self.strangers.discard(public)
+        self._collect(now)
+
     def is_mesh_peer(self, public: Key) -> bool:
         return self.membership is not None and self.membership.is_member(public)
 
@@ -465,7 +481,7 @@ class Node:
             events += self.membership.pop_events()
         for event in events:
             if isinstance(event, MemberExpired):
-                self._mesh_remove(event.peer, "expired", now)
+                self._mesh_remove(event.peer, event.reason, now)
             elif isinstance(event, Suspected):
                 self.lookups.look_now(event.peer, now, lost=True)
             elif isinstance(event, GoodbyeDue):
@@ -505,8 +521,8 @@ class Node:
     def _body(self) -> records.ServiceRecord:
         return self.own.body(self.public_key, self.reflexive, self.behaviour, self.mesh_addresses(self.public_key))
 
-    def _update_record(self, now: float) -> None:
-        changed = self.own.update(self._body(), self.membership, self.device.wall_offset + now)
+    def _update_record(self, now: float, force: bool = False) -> None:
+        changed = self.own.update(self._body(), self.membership, self.device.wall_offset + now, force=force)
         if changed is not None:
             # both sides have published now: look again at once
             self.lookups.record_changed([p for p in self.device.peers if not self.has_path(p, now)], now)
