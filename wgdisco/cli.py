@@ -163,8 +163,10 @@ def format_members(r: dict) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"interface: {r['interface']}, mesh id {r['id']}"]
     if r.get("previous_id"):
-        lines.append(f"rotation: the previous key (id {r['previous_id']}) is accepted until "
-                     f"{config.format_until(r['previous_until'])}")
+        import time
+
+        verb = "is accepted until" if r["previous_until"] > time.time() else "was accepted until"
+        lines.append(f"rotation: the previous key (id {r['previous_id']}) {verb} {config.format_until(r['previous_until'])}")
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.append(f"banned keys: {', '.join(r['banned']) if r['banned'] else 'none'}")
     return "\n".join(lines) + "\n"

@@ -26,6 +26,13 @@ from wgdisco.proto.events import (
 
 log = logging.getLogger("wgdisco")
 
+REMOVED_WHY = {  # PeerRemoved.reason, for the log (docs/mesh.md "Admission and removal")
+    "goodbye": "goodbye",
+    "expired": "record expired, no handshake for 5 min",
+    "banned": "banned: MeshDeny; its sessions, name and addresses are gone",
+    "old-key": "old-key: known only under a mesh key whose window ended",
+}
+
 
 def short(peer: Peer) -> str:
     return short_key(peer.public_key)
@@ -327,8 +334,7 @@ class Surface:
                 PeerAdmitted: lambda e: log.info("peer %s: admitted to the mesh, %s", short_key(e.peer),
                                                  ", ".join(str(a) for a in e.addresses)),
                 PeerRemoved: lambda e: log.info("peer %s: removed from the mesh (%s)", short_key(e.peer),
-                                                "goodbye" if e.reason == "goodbye"
-                                                else "record expired, no handshake for 5 min"),
+                                                REMOVED_WHY.get(e.reason, e.reason)),
                 MeshAddressChanged: self._on_mesh_address,
                 PortMappingChanged: lambda e: log.info("record: the gateway's port mapping %s is a candidate",
                                                        "(none)" if e.external is None

@@ -51,7 +51,7 @@ from wgdisco.proto.events import AnnounceWanted, MeshAddressChanged, MeshNamesCh
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.ratelimiter import TokenBucket
 
-__all__ = ["MeshMembership", "Timing", "MemberExpired", "GoodbyeDue", "put_newest"]
+__all__ = ["MeshMembership", "Timing", "MemberExpired", "GoodbyeDue", "RelookWanted", "put_newest"]
 
 Key = bytes
 
@@ -86,6 +86,10 @@ class Timing:
     # after a key change, members known only under a key we no longer hold are removed this
     # much later (their cached records are checked again meanwhile: discovery re-reads them)
     rekey_grace: float = 2.0
+    # during a window, members not yet seen on the current key are looked up (unicast DNS-SD)
+    # this often: a member polls a peer with a path only every PollInterval, and one that
+    # rotated after us would otherwise be seen on the new key only then
+    relook: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,14 @@ class MemberExpired:
 
     peer: Key
     reason: str = "expired"
+
+
+@dataclass(frozen=True)
+class RelookWanted:
+    """(For the node.) During a rotation: look these members up again (unicast DNS-SD), their
+    records under the current key may be out."""
+
+    peers: tuple[Key, ...]
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,7 @@ class MeshMembership(Core):
         self._announce_step = timing.announce_after
         self._next_announce = 0.0
         self._next_check = 0.0
+        self._next_relook = 0.0
 
     # --- records ----------------------------------------------------------------------
 
@@ -449,6 +462,8 @@ class MeshMembership(Core):
             times.append(min(self.leaving.values()) + self.timing.goodbye_confirm)
         if self.cutoff is not None:
             times.append(self.cutoff)
+            if self.members:
+                times.append(self._next_relook)
         return min(times) if times else None
 
     def handle_timer(self, now: float, last_handshakes: Mapping[Key, float | None]) -> None:
@@ -472,6 +487,11 @@ class MeshMembership(Core):
             else:
                 self._announce_step = t.announce_after
                 self._next_announce = now + 1.0
+        if self.cutoff is not None and self.members and now >= self._next_relook:
+            self._next_relook = now + t.relook
+            behind = tuple(p for p in self.members if self.generation.get(p) != self.mesh.id)
+            if behind:
+                self._events.append(RelookWanted(behind))
         if self.cutoff is not None and now >= self.cutoff:
             self.cutoff = None  # the window is over: only the current key's members stay
             for public in self.members:

@@ -38,7 +38,7 @@ from wgdisco.proto.events import (
     ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
-from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership
+from wgdisco.proto.membership import GoodbyeDue, MemberExpired, MeshMembership, RelookWanted
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.nat import Filtering, Mapping
 from wgdisco.proto.nodetiming import Timing
@@ -484,6 +484,9 @@ class Node:
                 self._mesh_remove(event.peer, event.reason, now)
             elif isinstance(event, Suspected):
                 self.lookups.look_now(event.peer, now, lost=True)
+            elif isinstance(event, RelookWanted):  # a rotation: members not seen on the new key yet
+                for public in event.peers:
+                    self.lookups.look_now(public, now)
             elif isinstance(event, GoodbyeDue):
                 if self._heard_since(event.peer, event.since):
                     self._count("mesh-goodbyes-refuted")  # it is still there: a rebind, or a forgery
