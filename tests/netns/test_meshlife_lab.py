@@ -223,3 +223,47 @@ def test_drill_ban_then_rotate_six_members_one_stolen(lab: Lab) -> None:
         text = m.log()
         assert "Traceback" not in text and "horse" not in text
         assert "MeshId" not in text or "m1." not in text
+
+
+def test_rotation_over_unicast_dns_sd_two_sites_behind_nats(lab: Lab) -> None:
+    """The same rotation over unicast DNS-SD (Knot, RFC 2136 + TSIG) through two easy nftables
+    NATs (test_nat_lab's topology): both sites keep their session, addresses and names; a 10/s
+    ping loses nothing beyond one second; after the window both are on the new key."""
+    from tests.netns.test_nat_lab import DOMAIN, KNOT, STUN_A, STUN_B, internet
+    from wgdisco.lab.knot import start_knot
+
+    net = internet(lab)
+    knot = start_knot(net.server, [KNOT])
+    ha, hb = net.site("a", 1, "easy"), net.site("b", 2, "easy")
+    tag = lab.prefix[3:9]
+    text = CONFIG + (f"Domain = {DOMAIN}\nNameserver = {KNOT}\nUpdateKey = {knot.update_key}\n"
+                     f"STUN = {STUN_A}:3478, {STUN_B}:3478\n")
+    a, b = Member(lab, ha, f"a{tag}", "site-a", text), Member(lab, hb, f"b{tag}", "site-b", text)
+    for m in (a, b):
+        m.launch()
+    for m in (a, b):
+        m.ready()
+    wait(lambda: ping_ok(ha, b.addrs[0]) and ping_ok(hb, a.addrs[0]), 30, lambda: a.log() + b.log())
+    before = {m.iface: (m.peers(), m.addrs) for m in (a, b)}
+    pinger = Pinger(ha, b.addrs[0])
+    a.cli("genmesh", "--rotate", str(a.conf), "--window", f"{WINDOW:g}s", "--write")
+    rotated_at = time.monotonic()
+    b.conf.write_text(a.conf.read_text())
+    for m in (a, b):
+        assert m.proc is not None
+        os.kill(m.proc.pid, signal.SIGHUP)
+        m.proc.wait_for(r"mesh: new mesh key, published id", timeout=5, stream="stderr")
+    took = wait(lambda: all([x["generation"] for x in m.members()["members"]] == ["current"] * 2 for m in (a, b)),
+                WINDOW, lambda: (a.members(), b.members()))
+    print(f"\nover Knot: both sites on the new key {took:.2f} s after the second reload")
+    wait(lambda: time.monotonic() - rotated_at > WINDOW + 1, WINDOW + 5, lambda: "window")
+    sent, gap = pinger.stop()
+    print(f"ping a -> b at 10/s: {sent} sent, longest gap {gap:.1f} s")
+    assert gap <= 1.0, gap
+    for m, o in ((a, b), (b, a)):
+        peers, addrs = before[m.iface]
+        assert m.addrs == addrs and m.peers()[o.key][0] == peers[o.key][0]
+        r = m.members()
+        assert [x["generation"] for x in r["members"]] == ["current"] * 2 and r["previous_id"], r
+        assert resolved(lab, m.host, m.iface, o.hostname) == set(o.addrs)
+        assert "Traceback" not in m.log() and "horse" not in m.log() and "removed from the mesh" not in m.log()
