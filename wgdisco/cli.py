@@ -329,6 +329,11 @@ def format_status(r: dict) -> str:
                      f"and {mesh['ipv6']}; {mesh['peers']} of at most {mesh['max_peers']} mesh peers")
         if mesh.get("names"):
             lines.append(f"  mesh names: {', '.join(mesh['names'])} (in {mesh.get('hosts_file') or 'no hosts file'})")
+        if mesh.get("previous_until"):
+            lines.append(f"  mesh key rotation: the previous key (id {mesh['previous_id']}) accepted until "
+                         f"{config.format_until(mesh['previous_until'])}")
+        if mesh.get("banned"):
+            lines.append(f"  banned keys: {mesh['banned']} (wgdisco mesh members lists them)")
         if mesh.get("contested_names"):
             lines.append(f"  contested names (claimed by two or more members, resolve to none): "
                          f"{', '.join(mesh['contested_names'])}")

@@ -48,7 +48,7 @@ async def reload(tunnel: Any, cfg: Config) -> str | None:
     their sessions and addresses). None, or why nothing changed (logged by the caller)."""
     node, d, old = tunnel.node, cfg.discovery, tunnel.cfg.discovery
     if node is None or node.membership is None:
-        return None
+        return "MeshKey: turning the mesh on needs a restart" if d.mesh_key is not None and not tunnel.over_uapi else None
     if d.mesh_key is None:
         return "MeshKey: the running mesh cannot be turned off by a reload (restart)"
     current, previous = await asyncio.to_thread(meshes, d)
