@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from wgdisco.config import Config, DiscoveryConfig, format_until
@@ -19,6 +20,9 @@ from wgdisco.proto import keys
 from wgdisco.proto.mesh import Mesh
 
 log = logging.getLogger("wgdisco")
+
+# the DiscoveryConfig fields a SIGHUP applies to a running mesh
+RELOADED = ("mesh_key", "previous_mesh_key", "previous_mesh_key_until", "mesh_deny", "mesh_id")
 
 
 def meshes(d: DiscoveryConfig) -> tuple[Mesh, Mesh | None]:
@@ -55,16 +59,12 @@ async def reload(tunnel: Any, cfg: Config) -> str | None:
     if not current.same_addresses(node.membership.mesh):
         return ("MeshId: the new mesh key would renumber every member (add the MeshId that "
                 "wgdisco genmesh --rotate prints, or restart to renumber); keeping the running mesh keys")
-    import time
-
     with tunnel.lock:
         before = node.membership.mesh.id
         node.set_mesh(current, previous, d.previous_mesh_key_until, d.mesh_deny, clock.now())
         tunnel.flush()
         rotated = node.membership.mesh.id != before
-    for key in ("MeshKey", "PreviousMeshKey", "PreviousMeshKeyUntil", "MeshDeny", "MeshId"):
-        attr = {"MeshKey": "mesh_key", "PreviousMeshKey": "previous_mesh_key",
-                "PreviousMeshKeyUntil": "previous_mesh_key_until", "MeshDeny": "mesh_deny", "MeshId": "mesh_id"}[key]
+    for attr in RELOADED:  # what runs now (the other [Discovery] keys wait for a restart)
         setattr(old, attr, getattr(d, attr))
     if rotated:
         log.info("mesh: new mesh key, published id %s (addresses and names unchanged)", current.id)

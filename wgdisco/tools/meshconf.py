@@ -7,6 +7,7 @@ order, other sections); ``write`` replaces the file atomically with its mode kep
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -103,7 +104,7 @@ def write(path: str | os.PathLike[str], text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        with __import__("contextlib").suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
