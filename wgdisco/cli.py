@@ -544,7 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", metavar="FILE", help="also write the key to FILE (mode 0600, never overwritten) "
                    "and have the nodes read it (UpdateKeyFile)")
     p.add_argument("--key-name", default="wgdisco.", metavar="NAME", help="the TSIG key's name (default wgdisco.)")
-    mesh = add("mesh", lambda args, out, err: EXIT_USAGE, "see and change a running mesh's members (docs/mesh.md)")
+    mesh = add("mesh", lambda args, out, err: EXIT_USAGE, "see and change a running mesh's members (docs/mesh.md): "
+               "'wgdisco mesh members [IFACE] [--json]' lists them (name, key, addresses, first and last seen, "
+               "mesh key, path) and the banned keys; 'wgdisco mesh ban KEY-OR-NAME [IFACE]' adds the key to "
+               "MeshDeny in the daemon's config and reloads it")
     msub = mesh.add_subparsers(dest="mesh_command", metavar="COMMAND")
     msub.required = True
     p = msub.add_parser("members", help="list the members: names, keys, addresses, first and last seen, "

@@ -1,4 +1,4 @@
-"""The mesh's lifecycle without a server (issue 27, docs/mesh.md "Lost or stolen device",
+"""The mesh's lifecycle without a server (issue 27, docs/mesh.md "A lost or stolen device",
 "Rotating the mesh key"): real daemons, real mDNS (one LAN) and real Knot (two NATs).
 
 The drill: 6 members on one LAN from byte-identical files; one ("stolen") keeps the old key and

@@ -1,4 +1,4 @@
-"""The mesh's lifecycle in the daemon (docs/mesh.md "Rotating the mesh key", "Banning a member"):
+"""The mesh's lifecycle in the daemon (docs/mesh.md "Rotating the mesh key", "A lost or stolen device"):
 the mesh keys and MeshDeny from the config, at start and on SIGHUP, handed to the node core
 (``Node.set_mesh``; the policy is proto/membership.py's), and what ``wgdisco mesh members`` shows.
 

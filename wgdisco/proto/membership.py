@@ -15,8 +15,8 @@ re-announcements (``AnnounceWanted``) and hands goodbyes whose check is due back
 by ``pop_events()``; ``MemberExpired`` and ``GoodbyeDue`` are the node's to act on, the rest go on
 to the daemon.
 
-Lifecycle (docs/mesh.md "Rotating the mesh key", "Banning a member")
---------------------------------------------------------------------
+Lifecycle (docs/mesh.md "Rotating the mesh key", "A lost or stolen device")
+---------------------------------------------------------------------------
 A mesh key is a *generation*: its records carry its own id in ``mesh=`` and a MAC with its own
 record key; the address plan (``Mesh.plan``, ``MeshId``) is the same for every generation, so a
 member keeps its addresses and names whatever key it is on. ``set_keys`` gives the current key
@@ -81,8 +81,6 @@ class Timing:
     # this long (one probe) before the member is removed
     goodbye_confirm: float = 2.0
     waiting_min: int = 64  # keys whose records may wait for the budget: max(MeshMaxPeers, this)
-
-
     # after a key change, members known only under a key we no longer hold are removed this
     # much later (their cached records are checked again meanwhile: discovery re-reads them)
     rekey_grace: float = 2.0

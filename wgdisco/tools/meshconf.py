@@ -1,5 +1,5 @@
 """Edits of a config file's [Discovery] section for ``wgdisco genmesh --rotate`` and
-``wgdisco mesh ban`` (docs/mesh.md "Rotating the mesh key", "Banning a member").
+``wgdisco mesh ban`` (docs/mesh.md "Rotating the mesh key", "A lost or stolen device").
 
 Pure text in, text out: every line outside the keys being set is kept byte for byte (comments,
 order, other sections); ``write`` replaces the file atomically with its mode kept.
