@@ -45,11 +45,181 @@ def cmd_genpsk(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def cmd_genmesh(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+def new_mesh_key() -> str:
     """A strong random mesh key: 256 random bits, URL-safe base64 (no '#', which starts a comment)."""
-    warn_if_world_accessible(out, err)
-    print(base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("="), file=out)
+    return base64.urlsafe_b64encode(os.urandom(32)).decode("ascii").rstrip("=")
+
+
+def cmd_genmesh(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.rotate is None and args.finish is None:
+        warn_if_world_accessible(out, err)
+        print(new_mesh_key(), file=out)
+        return EXIT_OK
+    try:
+        text = _rotate(args) if args.rotate is not None else _finish(args)
+    except (ConfigError, ValueError, OSError) as e:
+        print(f"wgdisco genmesh: {e}", file=err)
+        return EXIT_ERROR
+    path = args.rotate if args.rotate is not None else args.finish
+    if args.write:
+        from wgdisco.tools import meshconf
+
+        meshconf.write(path, text)
+        what = "rotated" if args.rotate is not None else "rotation finished"
+        print(f"{path}: {what}; copy it to every member, then reload each (systemctl reload, or kill -HUP)", file=err)
+    else:
+        warn_if_world_accessible(out, err)
+        out.write(text)
     return EXIT_OK
+
+
+def _rotate(args: argparse.Namespace) -> str:
+    """The config at ``args.rotate`` with a new MeshKey, the old one as PreviousMeshKey until now
+    + ``args.window``, and MeshId (the address plan the mesh keeps: docs/mesh.md)."""
+    import time
+
+    from wgdisco.tools import meshconf
+    from wgdisco.proto.mesh import MeshId, derive_master
+
+    cfg = config.load(args.rotate)
+    d = cfg.discovery
+    if d.mesh_key is None:
+        raise ValueError(f"{args.rotate}: no MeshKey in [Discovery]: not a mesh")
+    if d.mesh_key_file is not None:
+        raise ValueError(f"{args.rotate}: the mesh key is in MeshKeyFile; put MeshKey in the config to rotate it "
+                         "(docs/mesh.md \"Rotating the mesh key\")")
+    now = time.time()
+    if d.previous_mesh_key_until is not None and d.previous_mesh_key_until > now:
+        raise ValueError(f"{args.rotate}: a rotation is under way until {config.format_until(d.previous_mesh_key_until)}; "
+                         "wait for its end (members still on the older key would be cut off)")
+    window = meshconf.parse_duration(args.window)
+    plan = d.mesh_id if d.mesh_id is not None else MeshId.from_master(derive_master(d.mesh_key))
+    with open(args.rotate, encoding="utf-8") as f:
+        text = f.read()
+    return meshconf.set_keys(text, {
+        "MeshKey": new_mesh_key(), "PreviousMeshKey": d.mesh_key,
+        "PreviousMeshKeyUntil": config.format_until(now + window), "MeshId": plan.text,
+    })
+
+
+def _finish(args: argparse.Namespace) -> str:
+    """The config at ``args.finish`` without PreviousMeshKey and PreviousMeshKeyUntil (after the end)."""
+    import time
+
+    from wgdisco.tools import meshconf
+
+    d = config.load(args.finish).discovery
+    if d.previous_mesh_key_until is not None and d.previous_mesh_key_until > time.time():
+        raise ValueError(f"{args.finish}: the previous key is accepted until "
+                         f"{config.format_until(d.previous_mesh_key_until)}; finish after that")
+    with open(args.finish, encoding="utf-8") as f:
+        text = f.read()
+    return meshconf.set_keys(text, {"PreviousMeshKey": None, "PreviousMeshKeyUntil": None})
+
+
+def _one_interface(name: str | None) -> str:
+    from wgdisco.errors import LocalError
+    from wgdisco.io import control
+
+    if name:
+        return name
+    names = control.interfaces()
+    if len(names) != 1:
+        raise LocalError("no wgdisco interface is running" if not names
+                         else f"several interfaces run ({', '.join(names)}): name one")
+    return names[0]
+
+
+def cmd_mesh_members(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from wgdisco.errors import LocalError
+    from wgdisco.io import control
+
+    try:
+        report = control.request(_one_interface(args.iface), "members")
+    except LocalError as e:
+        print(f"wgdisco mesh members: {e}", file=err)
+        return EXIT_ERROR
+    if "error" in report:
+        print(f"wgdisco mesh members: {report['error']}", file=err)
+        return EXIT_ERROR
+    if args.json:
+        import json
+
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.write(format_members(report))
+    return EXIT_OK
+
+
+def format_members(r: dict) -> str:
+    """``wgdisco mesh members``: one line per member, then the window and the banned keys."""
+    rows = [("NAME", "PUBLIC KEY", "ADDRESSES", "FIRST SEEN", "LAST SEEN", "KEY", "PATH")]
+    for m in r["members"]:
+        name = (m["name"] or "-") + (" (this host)" if m["self"] else "")
+        rows.append((name, m["public_key"], " ".join(m["addresses"]),
+                     "-" if m["first_seen"] is None else _ago(m["first_seen"]),
+                     "-" if m["last_seen"] is None else _ago(m["last_seen"]),
+                     m["generation"] or "-", m["path"] or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"interface: {r['interface']}, mesh id {r['id']}"]
+    if r.get("previous_id"):
+        import time
+
+        verb = "is accepted until" if r["previous_until"] > time.time() else "was accepted until"
+        lines.append(f"rotation: the previous key (id {r['previous_id']}) {verb} {config.format_until(r['previous_until'])}")
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.append(f"banned keys: {', '.join(r['banned']) if r['banned'] else 'none'}")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_mesh_ban(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """Add a member's key to MeshDeny in the running daemon's config, then reload it."""
+    from wgdisco.tools import meshconf
+    from wgdisco.errors import LocalError
+    from wgdisco.io import control
+
+    try:
+        iface = _one_interface(args.iface)
+        report = control.request(iface, "members")
+        if "error" in report:
+            raise LocalError(report["error"])
+        public, shown = _ban_target(args.target, report)
+        path = report["config"]
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        meshconf.write(path, meshconf.add_deny(text, public))
+        answer = control.request(iface, "reload", timeout=30.0)
+    except (LocalError, OSError) as e:
+        print(f"wgdisco mesh ban: {e}", file=err)
+        return EXIT_ERROR
+    if not answer.get("reloaded"):
+        print(f"wgdisco mesh ban: {path}: MeshDeny written, but the reload failed: {answer.get('error')}", file=err)
+        return EXIT_ERROR
+    print(f"banned {shown} (MeshDeny in {path}); {iface} reloaded", file=out)
+    return EXIT_OK
+
+
+def _ban_target(target: str, report: dict) -> tuple[str, str]:
+    """(base64 key, how to show it) for a key or a member's name; LocalError if neither fits."""
+    from wgdisco.errors import LocalError
+
+    members = report["members"]
+    try:
+        public = keys.key_to_base64(keys.key_from_base64(target.strip()))
+    except DecodeError:
+        wanted = target.strip().lower()
+        found = [m for m in members if wanted in m["names"] or m["name"] == wanted]
+        if not found:
+            raise LocalError(f"{target[:64]!r} is neither a public key nor a member's name "
+                             "(wgdisco mesh members lists them)") from None
+        if len(found) > 1:
+            raise LocalError(f"{target[:64]!r} names several members: give the public key")
+        public = found[0]["public_key"]
+    own = next(m for m in members if m["self"])
+    if public == own["public_key"]:
+        raise LocalError("that is this host's own key")
+    name = next((m["name"] for m in members if m["public_key"] == public and m["name"]), None)
+    return public, f"{public} ({name})" if name else public
 
 
 def cmd_pubkey(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -159,6 +329,11 @@ def format_status(r: dict) -> str:
                      f"and {mesh['ipv6']}; {mesh['peers']} of at most {mesh['max_peers']} mesh peers")
         if mesh.get("names"):
             lines.append(f"  mesh names: {', '.join(mesh['names'])} (in {mesh.get('hosts_file') or 'no hosts file'})")
+        if mesh.get("previous_until"):
+            lines.append(f"  mesh key rotation: the previous key (id {mesh['previous_id']}) accepted until "
+                         f"{config.format_until(mesh['previous_until'])}")
+        if mesh.get("banned"):
+            lines.append(f"  banned keys: {mesh['banned']} (wgdisco mesh members lists them)")
         if mesh.get("contested_names"):
             lines.append(f"  contested names (claimed by two or more members, resolve to none): "
                          f"{', '.join(mesh['contested_names'])}")
@@ -330,7 +505,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("genkey", cmd_genkey, "print a new private key (base64), like wg genkey")
     add("genpsk", cmd_genpsk, "print a new preshared key (base64), like wg genpsk")
-    add("genmesh", cmd_genmesh, "print a new random mesh key for [Discovery] MeshKey (docs/mesh.md)")
+    p = add("genmesh", cmd_genmesh, "print a new random mesh key for [Discovery] MeshKey; with --rotate, the "
+            "config with a new key and the old one accepted for a while (docs/mesh.md)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--rotate", metavar="CONFIG", help="print CONFIG with a new MeshKey, the old one as "
+                       "PreviousMeshKey until now + --window, and MeshId (addresses stay)")
+    group.add_argument("--finish", metavar="CONFIG", help="print CONFIG without PreviousMeshKey and "
+                       "PreviousMeshKeyUntil (after the window's end)")
+    p.add_argument("--window", default="1d", metavar="DURATION",
+                   help="how long the old key is still accepted: 30s, 10m, 2h, 7d (default 1d)")
+    p.add_argument("--write", action="store_true", help="rewrite CONFIG in place (atomically, mode kept) "
+                   "instead of printing it")
     add("pubkey", cmd_pubkey, "read a private key on stdin, print its public key, like wg pubkey")
     add("showconf", cmd_showconf, "print a config file normalized, secrets hidden").add_argument(
         "config", help="path to a wg-quick style config (e.g. /etc/wireguard/wg0.conf)"
@@ -359,6 +544,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key-file", metavar="FILE", help="also write the key to FILE (mode 0600, never overwritten) "
                    "and have the nodes read it (UpdateKeyFile)")
     p.add_argument("--key-name", default="wgdisco.", metavar="NAME", help="the TSIG key's name (default wgdisco.)")
+    mesh = add("mesh", lambda args, out, err: EXIT_USAGE, "see and change a running mesh's members (docs/mesh.md): "
+               "'wgdisco mesh members [IFACE] [--json]' lists them (name, key, addresses, first and last seen, "
+               "mesh key, path) and the banned keys; 'wgdisco mesh ban KEY-OR-NAME [IFACE]' adds the key to "
+               "MeshDeny in the daemon's config and reloads it")
+    msub = mesh.add_subparsers(dest="mesh_command", metavar="COMMAND")
+    msub.required = True
+    p = msub.add_parser("members", help="list the members: names, keys, addresses, first and last seen, "
+                        "mesh key, path; and the banned keys", description="list the mesh's members")
+    p.set_defaults(func=cmd_mesh_members)
+    p.add_argument("iface", nargs="?", help="the interface (default: the only one running)")
+    p.add_argument("--json", action="store_true", help="print JSON (docs/cli.md)")
+    p = msub.add_parser("ban", help="add a member's key to MeshDeny in the daemon's config and reload it",
+                        description="ban a key at once: its sessions end, its name and addresses go")
+    p.set_defaults(func=cmd_mesh_ban)
+    p.add_argument("target", help="the member's public key (base64) or name")
+    p.add_argument("iface", nargs="?", help="the interface (default: the only one running)")
     add("demo", cmd_demo, "build a lab of namespaces and show discovery and NAT traversal")
     return parser
 

@@ -337,6 +337,45 @@ def parse_mesh_name(value: str) -> str:
     return name
 
 
+def parse_mesh_id(value: str) -> Any:
+    """``MeshId =``: the address plan a mesh keeps across key rotations (proto/mesh.py MeshId)."""
+    from wgdisco.proto.mesh import MeshId
+
+    return MeshId.parse(value)
+
+
+def parse_until(value: str) -> float:
+    """An ISO 8601 date and time with a time zone (``2026-12-08T12:00:00Z``), as Unix seconds."""
+    import datetime
+
+    text = value.strip()
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text[:40]!r} is not a date and time such as 2026-12-08T12:00:00Z") from None
+    if when.tzinfo is None:
+        raise ValueError(f"{text[:40]!r} has no time zone (end it with Z for UTC)")
+    return when.timestamp()
+
+
+def format_until(when: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(when, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_deny(value: str) -> list[bytes]:
+    """``MeshDeny =``: public keys (base64), comma separated; the key repeats and adds up.
+    Errors name the entry's position only: a private key pasted here by mistake is never echoed."""
+    out = []
+    for n, item in enumerate(split_list(value), 1):
+        try:
+            out.append(keys.key_from_base64(item))
+        except DecodeError:
+            raise ValueError(f"entry {n} is not a public key (base64 of 32 bytes)") from None
+    return out
+
+
 def parse_max_peers(value: str) -> int:
     try:
         n = int(value.strip())
@@ -378,8 +417,13 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "meshmaxpeers": ("MeshMaxPeers", parse_max_peers, 256),
     "name": ("Name", parse_mesh_name, None),
     "natkeepalive": ("NatKeepalive", parse_nat_keepalive, 25.0),
+    "meshid": ("MeshId", parse_mesh_id, None),
+    "previousmeshkey": ("PreviousMeshKey", parse_mesh_key, None),
+    "previousmeshkeyuntil": ("PreviousMeshKeyUntil", parse_until, None),
+    "meshdeny": ("MeshDeny", parse_deny, []),
 }
-SECRET_DISCOVERY_KEYS = {"UpdateKey", "MeshKey"}
+SECRET_DISCOVERY_KEYS = {"UpdateKey", "MeshKey", "PreviousMeshKey"}
+MESH_ONLY_KEYS = ("MeshIPv4", "MeshMaxPeers", "Name", "MeshId", "PreviousMeshKey", "PreviousMeshKeyUntil", "MeshDeny")
 # canonical key -> DiscoveryConfig field
 DISCOVERY_FIELDS = {
     "mDNS": "mdns", "mDNSInterfaces": "mdns_interfaces", "Domain": "domain", "Nameserver": "nameserver",
@@ -387,6 +431,8 @@ DISCOVERY_FIELDS = {
     "STUN": "stun", "PortMapping": "port_mapping", "Metrics": "metrics", "MeshKey": "mesh_key",
     "MeshKeyFile": "mesh_key_file", "MeshIPv4": "mesh_ipv4", "MeshMaxPeers": "mesh_max_peers", "Name": "name",
     "NatKeepalive": "nat_keepalive",
+    "MeshId": "mesh_id", "PreviousMeshKey": "previous_mesh_key", "PreviousMeshKeyUntil": "previous_mesh_key_until",
+    "MeshDeny": "mesh_deny",
 }
 
 
@@ -412,6 +458,10 @@ class DiscoveryConfig:
     mesh_max_peers: int = 256
     name: str | None = None
     nat_keepalive: float = 25.0
+    mesh_id: Any = None  # proto/mesh.py MeshId: the address plan (None: from MeshKey)
+    previous_mesh_key: Any = None  # secret: never shown
+    previous_mesh_key_until: float | None = None  # Unix seconds
+    mesh_deny: list[bytes] = field(default_factory=list)
 
     def by_key(self) -> dict[str, Any]:
         """{canonical key: value}, in DISCOVERY_KEYS's order (showconf)."""
@@ -498,7 +548,10 @@ class _Parser:
             if low not in DISCOVERY_KEYS:
                 raise self.error("unknown key in [Discovery]", lineno, key)
             canonical, parser, _default = DISCOVERY_KEYS[low]
-            self.discovery[canonical] = self.convert(parser, value, lineno, canonical)
+            converted = self.convert(parser, value, lineno, canonical)
+            if canonical == "MeshDeny":  # repeats add up (wgdisco mesh ban appends)
+                converted = self.discovery.get(canonical, []) + converted
+            self.discovery[canonical] = converted
             self.discovery_key_lines[canonical] = lineno
             return
         table = INTERFACE_KEYS if section == "interface" else PEER_KEYS
@@ -559,9 +612,19 @@ class _Parser:
         lines = self.discovery_key_lines
         if d["MeshKey"] is not None and d["MeshKeyFile"] is not None:
             raise self.error("give MeshKey or MeshKeyFile, not both", lines["MeshKeyFile"], "MeshKeyFile")
-        for key in ("MeshIPv4", "MeshMaxPeers", "Name"):
+        for key in MESH_ONLY_KEYS:
             if key in lines and d["MeshKey"] is None and d["MeshKeyFile"] is None:
                 raise self.error("needs MeshKey or MeshKeyFile in [Discovery]", lines[key], key)
+        if (d["PreviousMeshKey"] is None) != (d["PreviousMeshKeyUntil"] is None):
+            have, need = ("PreviousMeshKey", "PreviousMeshKeyUntil") if d["PreviousMeshKey"] is not None \
+                else ("PreviousMeshKeyUntil", "PreviousMeshKey")
+            raise self.error(f"needs {need} in [Discovery] (a rotation's old key and its end)", lines[have], have)
+        if d["PreviousMeshKey"] is not None:
+            if d["MeshId"] is None:  # without it the new key would renumber the mesh
+                raise self.error("needs MeshId in [Discovery] (the address plan the rotation keeps; "
+                                 "wgdisco genmesh --rotate writes it)", lines["PreviousMeshKey"], "PreviousMeshKey")
+            if d["PreviousMeshKey"] == d["MeshKey"]:
+                raise self.error("is the same as MeshKey", lines["PreviousMeshKey"], "PreviousMeshKey")
         if d["UpdateKey"] is not None and d["UpdateKeyFile"] is not None:
             raise self.error("give UpdateKey or UpdateKeyFile, not both", lines["UpdateKeyFile"], "UpdateKeyFile")
         for key in ("UpdateKey", "UpdateKeyFile", "Nameserver", "Zone", "PollInterval"):
@@ -804,7 +867,7 @@ def format_config(config: Config, show_secrets: bool = False) -> str:
     if changed:
         out += ["", "[Discovery]"]
         out.extend(
-            f"{k} = {'(hidden)' if k in SECRET_DISCOVERY_KEYS else format_discovery_value(v)}"
+            f"{k} = {'(hidden)' if k in SECRET_DISCOVERY_KEYS else format_until(v) if k == 'PreviousMeshKeyUntil' else format_discovery_value(v)}"
             for k, v in changed.items()
         )
     for p in config.peers:
@@ -821,6 +884,12 @@ def format_config(config: Config, show_secrets: bool = False) -> str:
 
 
 def format_discovery_value(value: Any) -> str:
+    from wgdisco.proto.mesh import MeshId
+
+    if isinstance(value, MeshId):
+        return value.text
+    if isinstance(value, list) and value and all(isinstance(v, bytes) for v in value):  # MeshDeny
+        return ", ".join(keys.key_to_base64(v) for v in value)
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):  # (ip, port)

@@ -130,3 +130,81 @@ def test_genmesh_is_random_strong_and_usable_as_mesh_key(tmp_path: Path) -> None
     conf.chmod(0o600)
     shown = wgdisco("showconf", str(conf))
     assert shown.returncode == 0 and key not in shown.stdout and "MeshKey = (hidden)" in shown.stdout
+
+
+# --- the mesh's lifecycle (issue 27): genmesh --rotate/--finish, the config edits ---------------
+
+MESH_CONF = ("# the mesh\n[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = correct horse battery staple\n"
+             "Name = alpha  # this host\n\n[Peer]\nPublicKey = " + keys.key_to_base64(bytes([7]) * 32) + "\n")
+
+
+def test_genmesh_rotate_keeps_the_addresses_and_every_other_line(tmp_path: Path) -> None:
+    from wgdisco import config
+    from wgdisco.proto.mesh import Mesh
+
+    conf = tmp_path / "mesh0.conf"
+    conf.write_text(MESH_CONF)
+    conf.chmod(0o600)
+    r = wgdisco("genmesh", "--rotate", str(conf), "--window", "2h")
+    assert r.returncode == 0, r.stderr
+    new = config.parse(r.stdout, "x.conf").discovery
+    assert new.previous_mesh_key == "correct horse battery staple" and new.mesh_key not in (None, new.previous_mesh_key)
+    assert 7190 < new.previous_mesh_key_until - __import__("time").time() <= 7200
+    old, rotated = Mesh("correct horse battery staple"), Mesh(new.mesh_key, plan=new.mesh_id)
+    assert rotated.same_addresses(old) and rotated.id != old.id
+    for i in range(1, 10):  # every key keeps its addresses
+        assert rotated.ipv6_of(bytes([i]) * 32) == old.ipv6_of(bytes([i]) * 32)
+    for line in ("# the mesh", "Name = alpha  # this host", "[Peer]", "ListenPort = 51820"):
+        assert line in r.stdout
+    assert conf.read_text() == MESH_CONF  # printed, not written
+    # --write: in place, mode kept; a second rotation waits for the first one's end
+    assert wgdisco("genmesh", "--rotate", str(conf), "--window", "30s", "--write").returncode == 0
+    assert conf.stat().st_mode & 0o777 == 0o600 and "PreviousMeshKey = correct horse" in conf.read_text()
+    again = wgdisco("genmesh", "--rotate", str(conf))
+    assert again.returncode == 1 and "under way until" in again.stderr and "horse" not in again.stderr
+    early = wgdisco("genmesh", "--finish", str(conf))
+    assert early.returncode == 1 and "finish after that" in early.stderr
+
+
+def test_genmesh_finish_drops_the_previous_key_after_the_end(tmp_path: Path) -> None:
+    conf = tmp_path / "mesh0.conf"
+    conf.write_text(MESH_CONF.replace("Name = alpha", "PreviousMeshKey = old one\nPreviousMeshKeyUntil = "
+                                      "2020-01-01T00:00:00Z\nMeshId = m1." + "A" * 51 + "\nName = alpha"))
+    r = wgdisco("genmesh", "--finish", str(conf))
+    assert r.returncode == 0, r.stderr
+    assert "PreviousMeshKey" not in r.stdout and "MeshId = m1." in r.stdout and "Name = alpha" in r.stdout
+
+
+def test_genmesh_rotate_refuses_a_mesh_key_file_and_a_non_mesh(tmp_path: Path) -> None:
+    (tmp_path / "k").write_text("s3cret key\n")
+    (tmp_path / "k").chmod(0o600)
+    conf = tmp_path / "m.conf"
+    conf.write_text("[Interface]\nListenPort = 1\n[Discovery]\nMeshKeyFile = k\n")
+    r = wgdisco("genmesh", "--rotate", str(conf))
+    assert r.returncode == 1 and "MeshKeyFile" in r.stderr and "s3cret" not in r.stderr
+    conf.write_text("[Interface]\nPrivateKey = " + keys.key_to_base64(bytes([9]) * 32) + "\n")
+    r = wgdisco("genmesh", "--rotate", str(conf))
+    assert r.returncode == 1 and "not a mesh" in r.stderr
+
+
+def test_config_edits_keep_every_other_byte() -> None:
+    from wgdisco.tools import meshconf
+
+    k1, k2 = keys.key_to_base64(bytes([1]) * 32), keys.key_to_base64(bytes([2]) * 32)
+    once = meshconf.add_deny(MESH_CONF, k1)
+    assert once == MESH_CONF.replace("Name = alpha  # this host\n", f"Name = alpha  # this host\nMeshDeny = {k1}\n")
+    twice = meshconf.add_deny(meshconf.add_deny(once, k2), k2)
+    assert f"MeshDeny = {k1}, {k2}\n" in twice and twice.count("MeshDeny") == 1
+    assert meshconf.set_keys(twice, {"MeshDeny": None}) == MESH_CONF
+    bare = meshconf.set_keys("[Interface]\nListenPort = 1", {"MeshKey": "x"})
+    assert bare == "[Interface]\nListenPort = 1\n\n[Discovery]\nMeshKey = x\n"
+    assert [meshconf.parse_duration(t) for t in ("90", "30s", "10m", "2h", "7d")] == [90, 30, 600, 7200, 604800]
+    with pytest.raises(ValueError):
+        meshconf.parse_duration("soon")
+
+
+def test_mesh_members_and_ban_without_a_daemon_fail_in_one_line() -> None:
+    r = wgdisco("mesh", "members", "nosuch0")
+    assert r.returncode == 1 and r.stderr.startswith("wgdisco mesh members: ") and r.stderr.count("\n") == 1
+    r = wgdisco("mesh", "ban", "somebody", "nosuch0")
+    assert r.returncode == 1 and r.stderr.startswith("wgdisco mesh ban: ")

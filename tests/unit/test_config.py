@@ -360,3 +360,51 @@ def test_the_discovery_dataclass_and_the_key_table_agree() -> None:
     assert set(table) == set(config.DISCOVERY_FIELDS)
     assert config.DiscoveryConfig() == config.DiscoveryConfig.from_keys(table)
     assert config.DiscoveryConfig().by_key() == table
+
+
+# --- the mesh's lifecycle keys (issue 27, docs/mesh.md "Rotating the mesh key") ----------------
+
+ROTATING = MESH.replace("correct horse battery staple", "a brand new key") + (
+    "PreviousMeshKey = correct horse battery staple\nPreviousMeshKeyUntil = 2026-12-08T12:00:00Z\n"
+    "MeshId = m1." + "A" * 51 + "\n")
+
+
+def test_rotation_keys_parse_and_the_previous_key_is_hidden() -> None:
+    import datetime
+
+    d = parse(ROTATING).discovery
+    assert d.previous_mesh_key == "correct horse battery staple" and d.mesh_key == "a brand new key"
+    assert d.previous_mesh_key_until == datetime.datetime(2026, 12, 8, 12, tzinfo=datetime.timezone.utc).timestamp()
+    assert d.mesh_id.text == "m1." + "A" * 51
+    shown = config.format_config(parse(ROTATING))
+    assert "PreviousMeshKey = (hidden)" in shown and "horse" not in shown and "brand" not in shown
+    assert "PreviousMeshKeyUntil = 2026-12-08T12:00:00Z" in shown and "MeshId = m1.AAAA" in shown
+
+
+@pytest.mark.parametrize("drop, add, key, words", [
+    ("PreviousMeshKeyUntil", "", "PreviousMeshKey", "PreviousMeshKeyUntil"),
+    ("PreviousMeshKey =", "", "PreviousMeshKeyUntil", "PreviousMeshKey"),
+    ("MeshId", "", "PreviousMeshKey", "MeshId"),
+    ("", "PreviousMeshKeyUntil = 2026-12-08 12:00\n", "PreviousMeshKeyUntil", "time zone"),
+    ("", "PreviousMeshKeyUntil = tomorrow\n", "PreviousMeshKeyUntil", "date and time"),
+    ("", "MeshId = 0123456789abcdef\n", "MeshId", "m1."),
+    ("", "MeshId = m1.AAAA\n", "MeshId", "length"),
+])
+def test_rotation_keys_checked(drop: str, add: str, key: str, words: str) -> None:
+    text = "".join(line + "\n" for line in ROTATING.splitlines() if not drop or not line.startswith(drop)) + add
+    e = error_of(text)
+    assert e.key == key and words in str(e) and "horse" not in str(e) and e.line
+    e = error_of(MESH + "PreviousMeshKey = correct horse battery staple\n"
+                 "PreviousMeshKeyUntil = 2026-12-08T12:00:00Z\nMeshId = m1." + "A" * 51 + "\n")
+    assert e.key == "PreviousMeshKey" and "same as MeshKey" in str(e) and "horse" not in str(e)
+
+
+def test_mesh_deny_adds_up_and_never_echoes_a_bad_entry() -> None:
+    k1, k2 = keys.key_to_base64(bytes([1]) * 32), keys.key_to_base64(bytes([2]) * 32)
+    d = parse(MESH + f"MeshDeny = {k1}\nMeshDeny = {k2}, {k1}\n").discovery
+    assert d.mesh_deny == [bytes([1]) * 32, bytes([2]) * 32, bytes([1]) * 32]
+    assert f"MeshDeny = {k1}, {k2}, {k1}" in config.format_config(parse(MESH + f"MeshDeny = {k1}\nMeshDeny = {k2}, {k1}\n"))
+    e = error_of(MESH + f"MeshDeny = {k1}, not-a-key-s3cret\n")
+    assert (e.key, e.line) == ("MeshDeny", 6) and "entry 2" in str(e) and "s3cret" not in str(e)
+    e = error_of("[Interface]\nPrivateKey = " + PRIV + f"\n[Discovery]\nMeshDeny = {k1}\n")
+    assert e.key == "MeshDeny" and "MeshKey" in str(e)

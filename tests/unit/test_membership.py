@@ -11,7 +11,8 @@ import pytest
 from wgdisco.proto import keys, records
 from wgdisco.proto import names as namesmod
 from wgdisco.proto.events import AnnounceWanted, MeshAddressChanged, MeshNamesChanged, PeerAdmitted, PeerRemoved
-from wgdisco.proto.membership import CheckWanted, GoodbyeDue, MemberExpired, MeshMembership, Timing
+from wgdisco.errors import LocalError
+from wgdisco.proto.membership import CheckWanted, GoodbyeDue, MemberExpired, MeshMembership, RelookWanted, Timing
 from wgdisco.proto.mesh import Mesh
 
 MESH = Mesh("", master=bytes(32))  # a fixed master: no scrypt, the same plan every run
@@ -119,7 +120,7 @@ def test_counters_kept_after_removal_are_bounded() -> None:
     m = membership(counters_kept=2)
     for i in (1, 2, 3):
         assert m.check(sighting(key(i), 10))[0] == "valid"
-    assert list(m.accepted) == [key(2), key(3)]  # the oldest went
+    assert list(m.accepted) == [(MESH.id, key(2)), (MESH.id, key(3))]  # the oldest went
     assert m.check(sighting(key(3), 9))[0] == "replay"
 
 
@@ -392,3 +393,157 @@ def test_next_deadline_is_pure_and_handle_timer_before_it_does_nothing() -> None
     # without members, goodbyes or waiting records there is nothing to wake up for
     empty = membership()
     assert empty.next_deadline() is None
+
+
+# --- lifecycle: rotation windows, bans, stale generations (docs/mesh.md, issue 27) --------------
+
+NEW = Mesh("", master=bytes([2]) * 32, plan=MESH.plan)  # the next mesh key, the same address plan
+END = T0 + 60.0  # the previous key's window ends here
+
+
+def rotated(**kw: object) -> MeshMembership:
+    """A member that rotated at T0: NEW is current, MESH accepted until END."""
+    m = membership(**kw)
+    m.set_keys(NEW, MESH, END, T0)
+    assert m.counters.pop("mesh-keys-changed") == 1
+    return m
+
+
+def removals(m: MeshMembership) -> list[tuple[bytes, str]]:
+    return [(e.peer, e.reason) for e in m.pop_events() if isinstance(e, MemberExpired)]
+
+
+def test_a_new_key_with_the_same_plan_keeps_every_address_and_the_id_changes() -> None:
+    assert NEW.id != MESH.id and NEW.same_addresses(MESH)
+    for i in range(1, 20):
+        assert NEW.ipv6_of(key(i)) == MESH.ipv6_of(key(i))
+    assert NEW.assign_ipv4([key(i) for i in range(1, 20)]) == MESH.assign_ipv4([key(i) for i in range(1, 20)])
+    m = membership()
+    m.admit(key(1), T0)
+    before = m.hosts()
+    assert m.set_keys(NEW, MESH, END, T0) is True
+    assert m.hosts() == before and not [e for e in m.pop_events() if isinstance(e, MeshAddressChanged)]
+    with pytest.raises(LocalError):  # another plan would renumber every member
+        m.set_keys(OTHER, MESH, END, T0)
+    with pytest.raises(LocalError):
+        m.set_keys(NEW, NEW, END, T0)
+
+
+def test_admit_under_either_key_during_the_window() -> None:
+    m = rotated()
+    for i, mesh in ((1, NEW), (2, MESH)):
+        action, _s, _n = m.screen(sighting(key(i), 5, mesh=mesh), "mdns", T0 + 1, False)
+        assert action == "admit"
+        m.admit(key(i), T0 + 1)
+    assert (m.generation_label(key(1)), m.generation_label(key(2))) == ("current", "previous")
+    assert m.generation_label(key(3)) is None
+
+
+def test_window_end_removes_members_known_only_under_the_old_key() -> None:
+    m = rotated()
+    for i, mesh in ((1, NEW), (2, MESH), (3, MESH)):
+        m.check(sighting(key(i), 5, mesh=mesh), T0 + 1)
+        m.admit(key(i), T0 + 1)
+    m.screen(sighting(key(3), 6, mesh=NEW), "mdns", T0 + 2, True)  # 3 moved on to the new key
+    assert m.generation_label(key(3)) == "current"
+    assert m.next_deadline() <= END
+    run(m, END - 0.1, {})
+    assert key(2) in m.members  # not before the end
+    events = run(m, END + 1, {})
+    assert [(e.peer, e.reason) for _t, e in events if isinstance(e, MemberExpired)] == [(key(2), "old-key")]
+    assert m.counters["mesh-peers-old-key"] == 1 and set(m.members) == {key(1), key(3)}
+
+
+def test_after_the_end_an_old_key_record_is_refused_before_its_mac() -> None:
+    m = rotated()
+    good = sighting(key(4), 5, mesh=MESH)  # a fresh identity made with the old key
+    assert m.screen(good, "mdns", END, False)[0] == "drop"
+    bad = sighting(key(5), 5, mesh=MESH)
+    bad.txt["mac"] = b"A" * 24  # not even checked: it costs less than an invalid record
+    assert m.check(bad, END + 1)[0] == "old"
+    assert m.screen(sighting(key(6), 5, mesh=MESH), "dns", END + 2, False)[0] == "reject"
+    assert m.counters == {"mesh-records-old-key": 3} and not m.accepted
+
+
+def test_nothing_a_member_sends_moves_the_end_of_the_window() -> None:
+    m = rotated()
+    for i in range(1, 30):
+        s = sighting(key(i), 10**12 + i, mesh=MESH)
+        s.txt["until"] = b"99999999999"  # whatever it claims
+        m.screen(s, "mdns", T0 + i, i % 2 == 0)
+    assert m.window_end == END and m.cutoff == END
+    assert m.check(sighting(key(40), 5, mesh=MESH), END)[0] == "old"
+
+
+def test_a_stale_generation_record_is_dropped_without_a_mac_check() -> None:
+    m = rotated()
+    m.check(sighting(key(1), 5, mesh=NEW), T0)
+    m.admit(key(1), T0)
+    forged = sighting(key(1), 10**15, mesh=MESH)  # the old key's holder forges a much newer record
+    assert m.check(forged, T0 + 1)[0] == "stale"
+    forged.txt["mac"] = b"A" * 24
+    assert m.check(forged, T0 + 1)[0] == "stale"
+    assert m.generation_label(key(1)) == "current"
+    assert m.check(sighting(key(1), 6, mesh=NEW), T0 + 2)[0] == "valid"  # its real records still count
+    assert m.counters == {"mesh-peers-admitted": 1, "mesh-records-stale-key": 2}
+
+
+def test_replayed_old_records_and_counters_kept_per_key() -> None:
+    m = rotated()
+    assert m.check(sighting(key(1), 100, mesh=MESH), T0)[0] == "valid"
+    assert m.check(sighting(key(1), 99, mesh=MESH), T0)[0] == "replay"  # an older record of the old key
+    # a high counter under the old key does not make the new key's records replays
+    assert m.check(sighting(key(1), 50, mesh=NEW), T0)[0] == "valid"
+    assert m.check(sighting(key(1), 49, mesh=NEW), T0)[0] == "replay"
+    assert m.counters == {"mesh-records-replayed": 2}
+
+
+def test_ban_removes_a_member_at_once_and_refuses_its_records_before_the_mac() -> None:
+    m = membership()
+    for i in (1, 2):
+        m.admit(key(i), T0)
+    m.take_budget(sighting(key(3), 5), "mdns", T0)  # a waiting record of a key about to be banned
+    m.pop_events()
+    assert m.set_deny({key(2), key(3), key(9)}) == [key(2)]
+    assert removals(m) == [(key(2), "banned")] and m.counters["mesh-peers-banned"] == 1
+    assert key(3) not in m.waiting
+    m.remove(key(2), "banned")
+    assert key(2) not in m.v4 and key(2) not in m.members and m.names_of(key(2)) == []
+    s = sighting(key(2), 10**13)
+    assert m.screen(s, "mdns", T0 + 1, False)[0] == "drop"
+    s.txt["mac"] = b"A" * 24
+    assert m.check(s, T0 + 1)[0] == "banned"
+    assert m.screen(sighting(key(9), 5), "dns", T0 + 1, False)[0] == "reject"
+    assert m.counters["mesh-records-banned"] == 3 and m.counters.get("mesh-records-invalid", 0) == 0
+    assert m.set_deny(set()) == [] and m.check(sighting(key(2), 10**13 + 1), T0 + 2)[0] == "valid"  # lifted
+
+
+def test_a_cut_without_a_previous_key_removes_the_rest_after_the_grace() -> None:
+    m = membership()
+    for i in (1, 2):
+        m.admit(key(i), T0)
+    assert m.set_keys(NEW, None, None, T0) is True
+    assert m.generation_label(key(1)) == "old"
+    m.screen(sighting(key(1), 5, mesh=NEW), "mdns", T0 + 1, True)  # its cached record, checked again
+    events = run(m, T0 + Timing.rekey_grace + 1, {})
+    assert [(e.peer, e.reason) for _t, e in events if isinstance(e, MemberExpired)] == [(key(2), "old-key")]
+
+
+def test_members_behind_are_looked_up_again_during_the_window() -> None:
+    m = rotated()
+    for i, mesh in ((1, NEW), (2, MESH)):
+        m.check(sighting(key(i), 5, mesh=mesh), T0)
+        m.admit(key(i), T0)
+    m.pop_events()
+    events = run(m, T0 + 5, {})
+    relooks = [(t, e.peers) for t, e in events if isinstance(e, RelookWanted)]
+    assert relooks and all(peers == (key(2),) for _t, peers in relooks)
+    assert [t for t, _ in relooks] == sorted(t for t, _ in relooks) and len(relooks) <= 4
+    m.screen(sighting(key(2), 6, mesh=NEW), "mdns", T0 + 5, True)
+    assert not [e for _t, e in run(m, T0 + 20, {}) if isinstance(e, RelookWanted)]
+
+
+def test_set_keys_unchanged_sets_no_cutoff() -> None:
+    m = membership()
+    assert m.set_keys(Mesh("", master=bytes(32)), None, None, T0) is False
+    assert m.cutoff is None and "mesh-keys-changed" not in m.counters

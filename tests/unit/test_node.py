@@ -968,3 +968,43 @@ def test_a_forward_jump_of_the_clock_costs_one_round_not_a_storm(asleep: float) 
     took = net.ping_until(a, b, limit=15)
     assert a.device.peers[b.public].current is not old
     assert took < 7.0, took  # at worst one REKEY_TIMEOUT (5 s + jitter) after a crossed handshake
+
+
+def test_mesh_ban_then_rotation_keeps_the_others_their_sessions_and_addresses() -> None:
+    """Issue 27 on the fake clock: c is banned on a and b (gone at once), then a and b rotate the
+    mesh key one after the other with a window; they keep each other, their addresses and their
+    session; after the window a fresh identity made with the old key is admitted by nobody."""
+    from wgdisco.proto.mesh import Mesh
+    from wgdisco.proto.node import PeerRemoved
+
+    old = a_mesh()
+    net, (a, b, c) = mesh_lan(3)
+    net.ping_until(a, b, limit=10)
+    addrs = {x.public: (x.tunnel_ip, set(x.device.allowed_ips.entries_for_peer(x.device.peers[y.public])))
+             for x, y in ((a, b), (b, a))}
+    for x in (a, b):
+        x.node.set_mesh(old, None, None, {c.public}, net.now)
+        x.pump()
+        assert c.public not in x.node.peers and PeerRemoved(c.public, "banned") in x.events
+    handshakes = a.device.peers[b.public].last_handshake
+    new = Mesh("a new key", plan=old.plan)
+    end = a.device.wall_offset + net.now + 20
+    for x in (a, b):
+        x.node.set_mesh(new, old, end, {c.public}, net.now)
+        x.pump()
+        assert x.node.record().txt_extra["mesh"] == new.id
+        net.run(1)
+    net.publish(a, a.node.record())  # what the daemon's rescan does: b checks a's record again
+    for x, y in ((a, b), (b, a)):
+        assert x.node.membership.generation_label(y.public) == "current"
+    net.run(30)  # past the end
+    for x, y in ((a, b), (b, a)):
+        assert x.node.peers == {y.public}
+        assert (x.tunnel_ip, set(x.device.allowed_ips.entries_for_peer(x.device.peers[y.public]))) == addrs[x.public]
+    assert a.device.peers[b.public].last_handshake is not None and handshakes is not None
+    net.ping_until(a, b, limit=2)
+    thief = net.node("c2", ("10.1.0.9", 51820), None, mesh=old, lan_prefix="10.1.0.0/24")
+    thief.start()
+    net.run(5)
+    assert thief.public not in a.node.peers | b.node.peers
+    assert a.node.membership.counters.get("mesh-records-old-key", 0) > 0

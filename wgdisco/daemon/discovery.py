@@ -188,6 +188,15 @@ class Discovery:
             self.mdns_dirty.set()
             self._count("mdns-announced-again")
 
+    def rescan(self) -> None:
+        """The mesh key changed: every record seen is handed to the node again (mDNS from what
+        the browser last resolved, unicast DNS-SD looked up at once), since some that were
+        refused under the old key may be valid now."""
+        if self.mdns is not None:
+            self._count("mdns-replayed", self.mdns.replay())
+        if self.client is not None:
+            self.feed(lambda node, now: node.lookup_all(now))
+
     def lookup(self, peers: tuple[bytes, ...]) -> None:
         """The node's LookupWanted (asyncio loop): look these keys up (the poll loop)."""
         if self.client is None:

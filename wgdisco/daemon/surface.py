@@ -26,6 +26,13 @@ from wgdisco.proto.events import (
 
 log = logging.getLogger("wgdisco")
 
+REMOVED_WHY = {  # PeerRemoved.reason, for the log (docs/mesh.md "Admission and removal")
+    "goodbye": "goodbye",
+    "expired": "record expired, no handshake for 5 min",
+    "banned": "banned: MeshDeny; its sessions, name and addresses are gone",
+    "old-key": "old-key: known only under a mesh key whose window ended",
+}
+
 
 def short(peer: Peer) -> str:
     return short_key(peer.public_key)
@@ -69,10 +76,21 @@ class Surface:
         return uapi.format_set_result(0)
 
     def handle_control(self, command: str) -> Any:
-        if command != "status":
-            raise LocalError(f"unknown command {command!r} (try: status)")
+        """``status``, ``members`` (wgdisco mesh members), ``reload`` (as SIGHUP; wgdisco mesh ban)."""
+        if command == "reload":
+            return self._reload()
+        if command not in ("status", "members"):
+            raise LocalError(f"unknown command {command!r} (try: status, members, reload)")
         with self.tunnel.lock:
+            if command == "members":
+                from wgdisco.daemon import meshlife
+
+                return meshlife.members(self.tunnel)
             return self.status()
+
+    async def _reload(self) -> dict[str, Any]:
+        error = await self.tunnel.reload()
+        return {"reloaded": error is None} if error is None else {"reloaded": False, "error": error}
 
     def status(self) -> dict[str, Any]:
         """What ``wgdisco status --json`` prints (schema: docs/status.schema.json). Lock held."""
@@ -109,6 +127,7 @@ class Surface:
                 if node.is_mesh_peer(public) else [],
                 "mesh_name": m.name_of(public)[0] if m is not None and m.is_member(public) else None,
                 "mesh_names": m.names_of(public) if m is not None else [],
+                "mesh_generation": m.generation_label(public) if m is not None else None,
             })
         return {
             "interface": t.name,
@@ -132,6 +151,9 @@ class Surface:
                 "names": m.names_of(node.public_key),
                 "contested_names": list(m.hosts().contested),
                 "hosts_file": None if t.hosts is None else str(t.hosts.file.path),
+                "previous_id": None if m.previous is None else m.previous.id,
+                "previous_until": None if m.window_end is None else int(m.window_end + device.wall_offset),
+                "banned": len(m.deny),
             },
             "dropped": self.drop_counts(),
             "handshakes": {  # under a flood: cookies answered, work refused (docs/troubleshooting.md)
@@ -312,8 +334,7 @@ class Surface:
                 PeerAdmitted: lambda e: log.info("peer %s: admitted to the mesh, %s", short_key(e.peer),
                                                  ", ".join(str(a) for a in e.addresses)),
                 PeerRemoved: lambda e: log.info("peer %s: removed from the mesh (%s)", short_key(e.peer),
-                                                "goodbye" if e.reason == "goodbye"
-                                                else "record expired, no handshake for 5 min"),
+                                                REMOVED_WHY.get(e.reason, e.reason)),
                 MeshAddressChanged: self._on_mesh_address,
                 PortMappingChanged: lambda e: log.info("record: the gateway's port mapping %s is a candidate",
                                                        "(none)" if e.external is None

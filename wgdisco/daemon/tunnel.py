@@ -146,12 +146,12 @@ class Tunnel:
             )
             self.sender.sources = self.device.sources  # endpoint -> sticky source, recorded by the device
             discovering = cfg.discovery.mdns or cfg.discovery.domain is not None
-            mesh = None
+            mesh = previous = None
             if self.mesh_on:
-                from wgdisco.proto.mesh import Mesh
+                from wgdisco.daemon import meshlife
 
                 d = cfg.discovery
-                mesh = await asyncio.to_thread(Mesh, d.mesh_key, d.mesh_ipv4, max_peers=d.mesh_max_peers)
+                mesh, previous = await asyncio.to_thread(meshlife.meshes, d)
                 if not discovering:
                     log.warning("mesh mode without discovery (mDNS off and no Domain): no member can be found")
             self.node = Node(
@@ -167,6 +167,8 @@ class Tunnel:
                 mesh_name=self._mesh_name() if mesh is not None else None,
                 unicast=cfg.discovery.domain is not None,
             )
+            if mesh is not None and (previous is not None or cfg.discovery.mesh_deny):
+                self.node.set_mesh(mesh, previous, cfg.discovery.previous_mesh_key_until, cfg.discovery.mesh_deny, now)
             # ICMP unreachable for what no peer takes (the kernel module's wg_xmit); a peer without
             # an endpoint too, unless discovery may still find one (then its packets wait)
             self.device.unreachable = Unreachable(no_endpoint=not self.node.traversal)
@@ -234,6 +236,8 @@ class Tunnel:
                      self.hosts.file.path)
             log.info("mesh %s: our addresses %s; prefixes %s and %s through %s", mesh.id,
                      ", ".join(str(a) for a in own), mesh.ipv4, mesh.ipv6, self.name)
+            if (line := meshlife.describe(cfg.discovery, time.time())):
+                log.info("mesh: %s", line)
         shown = keys.key_to_base64(self.device.identity.public) if self.has_key else "(none: set it with wg setconf)"
         log.info(
             "interface %s up: public key %s, listening on UDP port %d, %d peer(s)",
@@ -472,17 +476,22 @@ class Tunnel:
         with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing left to stop
             self.loop.call_soon_threadsafe(self.stopped.set)
 
-    async def reload(self) -> None:
+    async def reload(self) -> str | None:
         """SIGHUP: read the config again; add, update and remove peers without touching live
-        sessions (like ``wg syncconf``). [Interface] and [Discovery] changes need a restart."""
+        sessions (like ``wg syncconf``); the mesh keys and MeshDeny too (daemon/meshlife.py).
+        Other [Interface] and [Discovery] changes need a restart. Returns what went wrong, if anything."""
         if self.over_uapi:
             log.info("reload: nothing to read (configured over UAPI: use wg syncconf)")
-            return
+            return None
         try:
             cfg = await asyncio.to_thread(configmod.load, self.cfg.path)
         except ConfigError as e:
             log.error("reload: %s (keeping the running configuration)", e)
-            return
+            return str(e)
+        from wgdisco.daemon import meshlife
+
+        if (mesh_error := await meshlife.reload(self, cfg)) is not None:
+            log.error("reload: %s", mesh_error)
         device, node = self.device, self.node
         assert device is not None and node is not None and self.sock is not None
         old = {pc.public_key: pc for pc in self.cfg.peers}
@@ -510,6 +519,7 @@ class Tunnel:
         if self.dataplane is not None:
             self.dataplane.wake()
         log.info("reload: %d peer(s)", len(cfg.peers))
+        return mesh_error
 
     def _network_changed(self, kinds: set[str]) -> None:
         """NetworkMonitor (debounced): sticky sources checked against their routes; with NAT

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import socket
@@ -52,6 +53,8 @@ class ControlServer:
             command = line[:MAX_REQUEST].decode("ascii", "replace").strip()
             try:
                 answer: Any = self.handler(command)
+                if inspect.isawaitable(answer):  # a command that takes time (reload)
+                    answer = await answer
             except LocalError as e:
                 answer = {"error": str(e)}
             writer.write(json.dumps(answer, indent=2).encode() + b"\n")

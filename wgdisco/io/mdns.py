@@ -541,6 +541,16 @@ class MdnsService:
                 del self._sighted[next(iter(self._sighted))]
             self._deliver(sighting)
 
+    def replay(self) -> int:
+        """Hand every instance's last ``Seen`` to the callback again (the caller's view of them
+        changed, e.g. a new mesh key); how many."""
+        if self._callback is None:
+            return 0
+        seen = list(self._sighted.values())
+        for sighting in seen:
+            self._deliver(sighting)
+        return len(seen)
+
     def _deliver(self, event: Seen | Removal) -> None:
         assert self._callback is not None
         try:

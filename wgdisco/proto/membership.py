@@ -21,6 +21,25 @@ a WireGuard packet or a probe answer (or request) on its path; one heard of ``ch
 gets one probe from the lower key of the pair (the higher key waits ``check_after_higher``: the
 lower key's probe refreshes both), and one heard of ``expire`` ago is removed. A 40-member LAN
 mesh costs 40·39/2 probe pairs per ``check_after``: 3.5 datagrams a second in all.
+
+Lifecycle (docs/mesh.md "Rotating the mesh key", "A lost or stolen device")
+---------------------------------------------------------------------------
+A mesh key is a *generation*: its records carry its own id in ``mesh=`` and a MAC with its own
+record key; the address plan (``Mesh.plan``, ``MeshId``) is the same for every generation, so a
+member keeps its addresses and names whatever key it is on. ``set_keys`` gives the current key
+and, during a rotation, the previous one with the end of its window (only configuration sets
+it; nothing a member sends moves it). Each member is known by the generation of its last valid
+record ("current", "previous", or "old": a key we no longer hold). Transitions::
+
+    stranger --valid record, current or previous (before the end)--> member
+    member   --valid record of the current key------------------------> member, "current"
+    member   --record of the previous key, once known on the current--> (dropped: stale, no MAC)
+    member   --window end (members not "current")---------------------> MemberExpired("old-key")
+    any key  --set_deny--> MemberExpired("banned") and every later record dropped before the MAC
+
+A record of the previous key after the end, or of a banned key, is dropped before its MAC is
+checked, so it costs less than an invalid record. Replay counters are kept per generation: a
+holder of the old key cannot stop a member's new records by forging old ones with a high ``mc=``.
 """
 
 from __future__ import annotations
@@ -31,7 +50,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from wgdisco.errors import DecodeError
+from wgdisco.errors import DecodeError, LocalError
 from wgdisco.proto import keys, records
 from wgdisco.proto import names as namesmod
 from wgdisco.proto.core import Core
@@ -39,7 +58,8 @@ from wgdisco.proto.events import AnnounceWanted, MeshAddressChanged, MeshNamesCh
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.ratelimiter import TokenBucket
 
-__all__ = ["MeshMembership", "Timing", "MemberExpired", "CheckWanted", "GoodbyeDue", "put_newest"]
+__all__ = ["MeshMembership", "Timing", "MemberExpired", "CheckWanted", "GoodbyeDue", "RelookWanted",
+           "put_newest"]
 
 Key = bytes
 
@@ -69,13 +89,31 @@ class Timing:
     # this long (one probe) before the member is removed
     goodbye_confirm: float = 2.0
     waiting_min: int = 64  # keys whose records may wait for the budget: max(MeshMaxPeers, this)
+    # after a key change, members known only under a key we no longer hold are removed this
+    # much later (their cached records are checked again meanwhile: discovery re-reads them)
+    rekey_grace: float = 2.0
+    # during a window, members not yet seen on the current key are looked up (unicast DNS-SD)
+    # this often: a member polls a peer with a path only every PollInterval, and one that
+    # rotated after us would otherwise be seen on the new key only then
+    relook: float = 2.0
 
 
 @dataclass(frozen=True)
 class MemberExpired:
-    """(For the node.) ``peer``'s record is old and it has had no handshake for ``Timing.expire``."""
+    """(For the node.) Remove ``peer``: "expired" (its record is old and it has had no handshake
+    for ``Timing.expire``), "banned" (MeshDeny) or "old-key" (known only under a key whose
+    window ended)."""
 
     peer: Key
+    reason: str = "expired"
+
+
+@dataclass(frozen=True)
+class RelookWanted:
+    """(For the node.) During a rotation: look these members up again (unicast DNS-SD), their
+    records under the current key may be out."""
+
+    peers: tuple[Key, ...]
 
 
 @dataclass(frozen=True)
@@ -113,33 +151,65 @@ class MeshMembership(Core):
         self.timing = timing
         self.own = own
         self.members: dict[Key, list[float]] = {}  # key -> [last valid record, admitted at]
-        self.accepted: OrderedDict[Key, int] = OrderedDict()  # key -> last accepted mc=
+        # (generation id, key) -> last accepted mc= (per generation: see "Lifecycle")
+        self.accepted: OrderedDict[tuple[str, Key], int] = OrderedDict()
+        self.previous: Mesh | None = None  # the previous mesh key during a rotation
+        self.window_end: float | None = None  # its records are accepted until then (monotonic)
+        self.cutoff: float | None = None  # then members not on the current key are removed
+        self.generation: dict[Key, str] = {}  # member -> mesh= id of its last valid record
+        self.deny: frozenset[Key] = frozenset()  # MeshDeny: never admitted
+        self._checked: tuple[Key, str] | None = None  # the key and generation check() last found valid
         self.v4: dict[Key, Any] = mesh.assign_ipv4([own])
         self.counter = int(wall * 1000)  # mc= of our record: Unix ms, strictly increasing
         self.name = namesmod.check_name(name)  # ours, in name= (None: no name claimed)
         self.names: dict[Key, str] = {}  # member -> the name its last valid record claims
         self.waiting: OrderedDict[Key, tuple[records.Sighting, str]] = OrderedDict()
         self.leaving: dict[Key, float] = {}  # member -> when its goodbye came (being checked)
-        self._checked: dict[Key, float] = {}  # member -> the last-heard time its check probe was for
+        self._probed_at: dict[Key, float] = {}  # member -> the last-heard time its check probe was for
         self._hosts: MeshNamesChanged | None = None
         self._budget = TokenBucket(timing.records_per_second, timing.records_burst)
         self._announce_step = timing.announce_after
         self._next_announce = 0.0
         self._next_check = 0.0
+        self._next_relook = 0.0
 
     # --- records ----------------------------------------------------------------------
 
-    def check(self, sighting: records.Sighting) -> tuple[str, records.Sighting, str | None]:
-        """"valid" (our mesh id, a good MAC, not older than the last accepted: the sighting comes
-        back with only the candidates the MAC covers, and the name it claims if that is a valid
-        name), "invalid", "replay", "other" (another mesh) or "none" (no mesh= key)."""
+    def _generation_of(self, mesh_id: bytes, now: float) -> Mesh | str:
+        """The mesh key a record's ``mesh=`` names, or why none: "other" or "old" (the previous
+        key after its window)."""
+        if mesh_id == self.mesh.id.encode():
+            return self.mesh
+        previous = self.previous
+        if previous is not None and mesh_id == previous.id.encode():
+            return previous if self.window_end is not None and now < self.window_end else "old"
+        return "other"
+
+    def check(self, sighting: records.Sighting, now: float = 0.0) -> tuple[str, records.Sighting, str | None]:
+        """"valid" (a mesh id of ours, a good MAC, not older than the last accepted: the sighting
+        comes back with only the candidates the MAC covers, and the name it claims if that is a
+        valid name), "invalid", "replay", "other" (another mesh), "none" (no mesh= key), and,
+        before any MAC is checked, "banned" (MeshDeny), "old" (the previous key after its window)
+        or "stale" (the previous key, for a member known on the current one)."""
         txt = sighting.txt
         mesh_id = txt.get("mesh")
         if mesh_id is None:
             return "none", sighting, None
-        if mesh_id != self.mesh.id.encode():
+        public = sighting.public_key
+        if public in self.deny:
+            self._count("mesh-records-banned")
+            return "banned", sighting, None
+        generation = self._generation_of(mesh_id, now)
+        if generation == "other":
             self._count("records-other-mesh")
             return "other", sighting, None
+        if generation == "old":
+            self._count("mesh-records-old-key")
+            return "old", sighting, None
+        assert isinstance(generation, Mesh)
+        if generation is not self.mesh and self.generation.get(public) == self.mesh.id:
+            self._count("mesh-records-stale-key")  # it has moved on: an old record, or a forgery
+            return "stale", sighting, None
         counter_text, mac = txt.get("mc"), txt.get("mac")
         raw_name = txt.get("name") or b""
         if counter_text is None or mac is None or not counter_text.isdigit() or len(counter_text) > 19 \
@@ -149,17 +219,18 @@ class MeshMembership(Core):
         counter = int(counter_text)
         items = records.list_items(txt, "cand")
         claimed = raw_name.decode("utf-8", "replace")
-        if not self.mesh.verify(sighting.public_key, ",".join(items), counter, mac, claimed):
+        if not generation.verify(public, ",".join(items), counter, mac, claimed):
             self._count("mesh-records-invalid")
             return "invalid", sighting, None
-        last = self.accepted.get(sighting.public_key)
+        last = self.accepted.get((generation.id, public))
         if last is not None and counter < last:
             self._count("mesh-records-replayed")
             return "replay", sighting, None
         name = namesmod.check_name(raw_name) if raw_name else None
         if raw_name and name is None:
             self._count("mesh-names-invalid")  # authenticated, but not a name we would write anywhere
-        put_newest(self.accepted, sighting.public_key, counter, self.timing.counters_kept)
+        put_newest(self.accepted, (generation.id, public), counter, self.timing.counters_kept)
+        self._checked = (public, generation.id)
         covered = set()
         for item in items:
             try:
@@ -176,14 +247,14 @@ class MeshMembership(Core):
         stranger; ("drop", …) ignore it (no proof, old, or a member's record without the MAC);
         ("reject", …) ignore it and do not look the key up over DNS for a while."""
         public = sighting.public_key
-        verdict, sighting, name = self.check(sighting)
+        verdict, sighting, name = self.check(sighting, now)
         member = public in self.members
         if verdict == "valid":
             if member:
                 self.seen(public, now)
                 self.set_name(public, name)
             return ("hint" if member or is_peer else "admit"), sighting, name
-        if verdict in ("invalid", "replay"):  # claims our mesh without proof, or an old record
+        if verdict in ("invalid", "replay", "banned", "old", "stale"):  # no proof, or not any more
             return ("reject" if source == "dns" and not member else "drop"), sighting, None
         if member:
             self._count("mesh-records-unauthenticated")  # a member's records need the MAC
@@ -224,8 +295,11 @@ class MeshMembership(Core):
         return True
 
     def admit(self, public: Key, now: float, name: str | None = None) -> None:
-        """``public`` is a member now (the node made it a peer): it gets a place in the plan."""
+        """``public`` is a member now (the node made it a peer): it gets a place in the plan, on
+        the generation of the record ``check`` found valid for it (else the current one)."""
         self.members[public] = [now, now]
+        checked = self._checked
+        self.generation[public] = checked[1] if checked is not None and checked[0] == public else self.mesh.id
         if name is not None:
             self.names[public] = name
         self._reassign()
@@ -233,8 +307,11 @@ class MeshMembership(Core):
         self._events.append(PeerAdmitted(public, tuple(self.addresses(public))))
 
     def seen(self, public: Key, now: float) -> None:
-        """A valid record of member ``public`` arrived."""
+        """A valid record of member ``public`` arrived (``check`` found it valid just before)."""
         self.members[public][0] = now
+        checked = self._checked
+        if checked is not None and checked[0] == public:
+            self.generation[public] = checked[1]
 
     def last_record(self, public: Key) -> float:
         return self.members[public][0]
@@ -242,13 +319,62 @@ class MeshMembership(Core):
     def remove(self, public: Key, reason: str) -> None:
         """``public`` is no member any more (the node removed the peer)."""
         self.leaving.pop(public, None)
-        self._checked.pop(public, None)
+        self._probed_at.pop(public, None)
         del self.members[public]
+        self.generation.pop(public, None)
         self.v4.pop(public, None)
         self.names.pop(public, None)
         self._reassign()
         self._count("mesh-peers-removed")
         self._events.append(PeerRemoved(public, reason))
+
+    def generation_label(self, public: Key) -> str | None:
+        """The key member ``public`` is on: "current", "previous" (during the window) or "old"
+        (a key we no longer hold: removed at the cutoff); None: not a member."""
+        tag = self.generation.get(public)
+        if tag is None:
+            return None
+        if tag == self.mesh.id:
+            return "current"
+        previous = self.previous
+        return "previous" if previous is not None and tag == previous.id and self.cutoff is not None else "old"
+
+    def first_seen(self, public: Key) -> float:
+        return self.members[public][1]
+
+    # --- rotation and bans (see "Lifecycle") ----------------------------------------------
+
+    def set_keys(self, current: Mesh, previous: Mesh | None, window_end: float | None, now: float) -> bool:
+        """The mesh keys (config, SIGHUP): ``current`` (records are published and accepted under
+        it) and, during a rotation, ``previous``, accepted until ``window_end`` (monotonic).
+        Members not on ``current`` are removed at the end of the window (at least
+        ``rekey_grace`` from now). True: the current key changed (our record must be signed anew).
+        LocalError when ``current`` would renumber the mesh (another MeshId or MeshIPv4)."""
+        if not current.same_addresses(self.mesh):
+            raise LocalError("a new mesh key must keep the address plan (MeshId, MeshIPv4)")
+        changed = current.id != self.mesh.id
+        if previous is not None and (previous.id == current.id or window_end is None):
+            raise LocalError("the previous mesh key needs an end and must differ from the current one")
+        was = (self.previous.id if self.previous is not None else None, self.window_end)
+        self.mesh, self.previous = current, previous
+        self.window_end = window_end if previous is not None else None
+        if changed or was != (None if previous is None else previous.id, self.window_end):
+            self._count("mesh-keys-changed")
+            end = self.window_end if self.window_end is not None else now
+            self.cutoff = max(end, now + self.timing.rekey_grace)
+        return changed
+
+    def set_deny(self, deny: frozenset[Key] | set[Key]) -> list[Key]:
+        """MeshDeny (config, SIGHUP): these keys are never admitted; the members among them are
+        removed (``MemberExpired(…, "banned")``, the node tears their sessions down). Returns them."""
+        self.deny = frozenset(deny)
+        banned = [p for p in self.members if p in self.deny]
+        for public in banned:
+            self._count("mesh-peers-banned")
+            self._events.append(MemberExpired(public, "banned"))
+        for public in [p for p in self.waiting if p in self.deny]:
+            del self.waiting[public]
+        return banned
 
     def set_own_key(self, public: Key) -> None:
         """Our identity changed: our place in the plan follows."""
@@ -349,6 +475,10 @@ class MeshMembership(Core):
             times.append(self._budget.ready_at())
         if self.leaving:
             times.append(min(self.leaving.values()) + self.timing.goodbye_confirm)
+        if self.cutoff is not None:
+            times.append(self.cutoff)
+            if self.members:
+                times.append(self._next_relook)
         return min(times) if times else None
 
     def handle_timer(self, now: float, last_heard: Mapping[Key, float | None]) -> None:
@@ -362,8 +492,8 @@ class MeshMembership(Core):
                 if now - last >= t.expire:
                     self._events.append(MemberExpired(public))
                 elif now - last >= (t.check_after if self.own < public else t.check_after_higher) \
-                        and self._checked.get(public) != last:
-                    self._checked[public] = last  # one probe per silence
+                        and self._probed_at.get(public) != last:
+                    self._probed_at[public] = last  # one probe per silence
                     self._events.append(CheckWanted(public))
         if self.members and now >= self._next_announce:
             unreached = sum(1 for public, (_seen, admitted) in self.members.items()
@@ -376,6 +506,17 @@ class MeshMembership(Core):
             else:
                 self._announce_step = t.announce_after
                 self._next_announce = now + 1.0
+        if self.cutoff is not None and self.members and now >= self._next_relook:
+            self._next_relook = now + t.relook
+            behind = tuple(p for p in self.members if self.generation.get(p) != self.mesh.id)
+            if behind:
+                self._events.append(RelookWanted(behind))
+        if self.cutoff is not None and now >= self.cutoff:
+            self.cutoff = None  # the window is over: only the current key's members stay
+            for public in self.members:
+                if self.generation.get(public) != self.mesh.id:
+                    self._count("mesh-peers-old-key")
+                    self._events.append(MemberExpired(public, "old-key"))
         for public, since in list(self.leaving.items()):
             if since + t.goodbye_confirm <= now:
                 del self.leaving[public]

@@ -22,6 +22,17 @@ keyed mode is a PRF, RFC 7693 §2.5), one label each:
 - ``ULA``: 40 bits after ``fd`` (RFC 4193 §3.1): the IPv6 /48.
 - ``IPv4 /16``: one of the 64 /16s in 10.64.0.0/10, unless ``MeshIPv4`` names the block.
 
+The address plan (``MeshId``)
+-----------------------------
+The address key, the ULA and the IPv4 /16 index form the mesh's **address plan**. By default it
+is derived from the mesh key as above, so a mesh configured with only ``MeshKey`` keeps the
+addresses it always had. A rotation (docs/mesh.md "Rotating the mesh key") gives members a new
+mesh key but must not renumber them: ``MeshId`` carries the plan across in the config, as text
+(``MeshId.text``: ``m1.`` + unpadded URL-safe base64 of address key ‖ ULA ‖ IPv4 index, 38
+bytes). It is not a secret: it lets nobody make or check a record (the record key and the
+published id still come from the current mesh key), it only says which address a public key
+gets, which every record's ``allowed=`` shows anyway.
+
 Addresses
 ---------
 IPv6: the /48, subnet id 0, interface id = 64 bits of BLAKE2b(address key, "v6" || public key)
@@ -43,7 +54,7 @@ import hmac
 import ipaddress
 from typing import Iterable, Iterator
 
-__all__ = ["Mesh", "SCRYPT_N", "SCRYPT_R", "SCRYPT_P", "SALT", "IPV4_POOL", "HASH_CANDIDATES",
+__all__ = ["Mesh", "MeshId", "SCRYPT_N", "SCRYPT_R", "SCRYPT_P", "SALT", "IPV4_POOL", "HASH_CANDIDATES",
            "MAC_LEN", "derive_master"]
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -71,19 +82,68 @@ def _usable_v4(network: ipaddress.IPv4Network, offset: int) -> bool:
     return last not in (0, 255)
 
 
+class MeshId:
+    """The address plan a mesh keeps across key rotations: the address key, the ULA and the
+    IPv4 /16 index (module docstring). ``text`` is the ``MeshId =`` value; not a secret."""
+
+    PREFIX = "m1."
+    SIZE = 38  # address key 32 + ULA 5 + IPv4 index 1
+
+    def __init__(self, address_key: bytes, ula: bytes, ipv4_index: int) -> None:
+        if len(address_key) != 32 or len(ula) != 5 or not 0 <= ipv4_index < 1 << (16 - IPV4_POOL.prefixlen):
+            raise ValueError("not a mesh id")
+        self.address_key, self.ula, self.ipv4_index = bytes(address_key), bytes(ula), ipv4_index
+
+    @classmethod
+    def from_master(cls, master: bytes) -> MeshId:
+        """The plan a mesh key gives by default (the derivation every mesh had before MeshId)."""
+        index = _prf(master, b"wgdisco ipv4", 1)[0] % (1 << (16 - IPV4_POOL.prefixlen))
+        return cls(_prf(master, b"wgdisco address key"), _prf(master, b"wgdisco ula", 5), index)
+
+    @classmethod
+    def parse(cls, text: str) -> MeshId:
+        """``m1.<base64url>`` (ValueError, naming no part of it, when it is not one)."""
+        text = text.strip()
+        if not text.startswith(cls.PREFIX):
+            raise ValueError(f"a mesh id starts with {cls.PREFIX!r} (wgdisco genmesh --rotate prints one)")
+        body = text[len(cls.PREFIX):]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except (ValueError, TypeError):
+            raise ValueError("the mesh id is not base64") from None
+        if len(raw) != cls.SIZE:
+            raise ValueError("the mesh id has the wrong length")
+        return cls(raw[:32], raw[32:37], raw[37])
+
+    @property
+    def text(self) -> str:
+        raw = self.address_key + self.ula + bytes([self.ipv4_index])
+        return self.PREFIX + base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MeshId) and self.text == other.text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __repr__(self) -> str:
+        return f"MeshId({self.text})"
+
+
 class Mesh:
-    """One mesh: its id, record key and address plan. ``repr`` shows the id only."""
+    """One mesh key's view of a mesh: its published id and record key (from the key), and the
+    address plan (``plan``: from ``MeshId``, else from the key). ``repr`` shows the id only."""
 
     def __init__(self, mesh_key: str | bytes, ipv4: ipaddress.IPv4Network | str | None = None, *,
-                 max_peers: int = 256, master: bytes | None = None) -> None:
+                 max_peers: int = 256, master: bytes | None = None, plan: MeshId | None = None) -> None:
         master = derive_master(mesh_key) if master is None else master
         self.id = _prf(master, b"wgdisco mesh id", 8).hex()
         self._record_key = _prf(master, b"wgdisco record key")
-        self._address_key = _prf(master, b"wgdisco address key")
-        ula = _prf(master, b"wgdisco ula", 5)
-        self.ipv6 = ipaddress.IPv6Network((b"\xfd" + ula + bytes(10), 48))
+        self.plan = MeshId.from_master(master) if plan is None else plan
+        self._address_key = self.plan.address_key
+        self.ipv6 = ipaddress.IPv6Network((b"\xfd" + self.plan.ula + bytes(10), 48))
         if ipv4 is None:
-            index = _prf(master, b"wgdisco ipv4", 1)[0] % (1 << (16 - IPV4_POOL.prefixlen))
+            index = self.plan.ipv4_index
             ipv4 = ipaddress.IPv4Network((int(IPV4_POOL.network_address) + (index << 16), 16))
         self.ipv4 = ipaddress.IPv4Network(ipv4)
         if not any(_usable_v4(self.ipv4, o) for o in range(min(self.ipv4.num_addresses, 512))):
@@ -92,6 +152,10 @@ class Mesh:
 
     def __repr__(self) -> str:
         return f"Mesh(id={self.id}, ipv4={self.ipv4}, ipv6={self.ipv6})"
+
+    def same_addresses(self, other: Mesh) -> bool:
+        """Would ``other`` give every key the address this mesh gives it (a rotation keeps them)?"""
+        return self.plan == other.plan and self.ipv4 == other.ipv4
 
     # --- records ------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from wgdisco.proto.events import (
     ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
-from wgdisco.proto.membership import CheckWanted, GoodbyeDue, MemberExpired, MeshMembership
+from wgdisco.proto.membership import CheckWanted, GoodbyeDue, MemberExpired, MeshMembership, RelookWanted
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.nat import Filtering, Mapping
 from wgdisco.proto.nodetiming import Timing
@@ -345,6 +345,22 @@ class Node:
                 or (peer is not None and peer.last_authenticated is not None and peer.last_authenticated > since)
                 or any(p.last_ok is not None and p.last_ok > since for p in self.paths.selector.paths(public)))
 
+    def set_mesh(self, current: Mesh, previous: Mesh | None, until: float | None, deny: Iterable[Key],
+                 now: float) -> None:
+        """The mesh keys and MeshDeny (config, SIGHUP; proto/membership.py "Lifecycle"): ``until``
+        is the previous key's end, wall-clock seconds. A new current key signs our record anew."""
+        m = self.membership
+        if m is None:
+            raise LocalError("not a mesh node")
+        end = None if until is None else until - self.device.wall_offset
+        if m.set_keys(current, previous, end, now):
+            self.mesh = current
+            self.lookups.rejected.clear()  # records refused under the old key may be valid now
+            self._update_record(now, force=True)
+        for public in m.set_deny(frozenset(deny)):
+            self.strangers.discard(public)
+        self._collect(now)
+
     def is_mesh_peer(self, public: Key) -> bool:
         return self.membership is not None and self.membership.is_member(public)
 
@@ -486,7 +502,7 @@ class Node:
             events += self.membership.pop_events()
         for event in events:
             if isinstance(event, MemberExpired):
-                self._mesh_remove(event.peer, "expired", now)
+                self._mesh_remove(event.peer, event.reason, now)
             elif isinstance(event, Suspected):
                 self.lookups.look_now(event.peer, now, lost=True)
             elif isinstance(event, CheckWanted):
@@ -496,6 +512,9 @@ class Node:
             elif isinstance(event, CallWanted):
                 if self.calls.call(event.peer, now):
                     self._update_record(now)
+            elif isinstance(event, RelookWanted):  # a rotation: members not seen on the new key yet
+                for public in event.peers:
+                    self.lookups.look_now(public, now)
             elif isinstance(event, GoodbyeDue):
                 if self._heard_since(event.peer, event.since):
                     self._count("mesh-goodbyes-refuted")  # it is still there: a rebind, or a forgery
@@ -534,8 +553,8 @@ class Node:
         return self.own.body(self.public_key, self.reflexive, self.behaviour, self.mesh_addresses(self.public_key),
                              self.calls.hints())
 
-    def _update_record(self, now: float) -> None:
-        changed = self.own.update(self._body(), self.membership, self.device.wall_offset + now)
+    def _update_record(self, now: float, force: bool = False) -> None:
+        changed = self.own.update(self._body(), self.membership, self.device.wall_offset + now, force=force)
         if changed is not None:
             # both sides have published now: look again at once
             self.lookups.record_changed([p for p in self.device.peers if not self.has_path(p, now)], now)

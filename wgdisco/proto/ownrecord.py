@@ -97,9 +97,10 @@ class OwnRecord:
                            allowed=self.allowed, mesh_addresses=mesh_addresses, calls=calls)
 
     def update(self, body: records.ServiceRecord, membership: MeshMembership | None,
-               wall_now: float) -> RecordChanged | None:
+               wall_now: float, force: bool = False) -> RecordChanged | None:
+        """``force``: sign it anew even if the body is the same (a new mesh key)."""
         old = self.published
-        if old is not None and body == self._body:
+        if old is not None and body == self._body and not force:
             return None
         self._body = body
         if membership is not None:
