@@ -41,7 +41,7 @@ def main() -> int:
     ap.add_argument("--limit", type=float, default=30.0)
     ap.add_argument("--binary", default="wireguard-go")
     args = ap.parse_args()
-    version = subprocess.run([args.binary, "--version"], capture_output=True, text=True).stdout.strip()
+    version = subprocess.run([args.binary, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[0]
     print(f"{args.mb} MB each way, link MTU 1400, ICMP too big filtered; {version}")
     with Lab() as lab:
         net = NarrowPath(lab)

@@ -218,9 +218,10 @@ def packet_too_big(packet: bytes, mtu: int) -> bytes | None:
 
 def fragment_ipv4(packet: bytes, mtu: int) -> list[bytes]:
     """An IPv4 packet without DF cut into fragments of at most ``mtu`` bytes (RFC 791 §3.2:
-    offsets in 8-byte units, MF on all but the last; options copied only if their copy flag is
-    set, RFC 791 §3.1 — a fragment after the first carries none, which is allowed). [] if it
-    cannot be cut (DF, malformed, or ``mtu`` too small for the header and 8 bytes)."""
+    offsets in 8-byte units, MF on all but the last, the identification kept). The first fragment
+    keeps the options; later ones carry none (a simplification: options with the copy flag, RFC
+    791 §3.1, are rare in tunnelled traffic). [] if it cannot be cut (DF, malformed, or ``mtu``
+    too small for the header and 8 bytes)."""
     packet = bytes(packet)
     if len(packet) < 20 or packet[0] >> 4 != 4 or _dont_fragment(packet):
         return []
@@ -238,7 +239,7 @@ def fragment_ipv4(packet: bytes, mtu: int) -> list[bytes]:
     out = []
     off = 0
     while off < len(data):
-        hdr = header if not out else header[:20]  # options not copied past the first (simplified)
+        hdr = header if not out else header[:20]
         room = (mtu - len(hdr)) & ~7
         if room <= 0:
             return []
