@@ -362,6 +362,13 @@ def format_status(r: dict) -> str:
             if p.get("path_basis"):
                 extra = f" from local port {p['local_port']}" if p.get("path_basis") == "birthday" and p.get("local_port") else ""
                 lines.append(f"  based on: {BASIS_TEXT.get(p['path_basis'], p['path_basis'])}{extra}")
+        m = p.get("path_mtu")
+        if m and m.get("state") not in (None, "off", "none"):
+            how = {"probe": "confirmed by probes", "black-hole": "black hole found, fell back",
+                   "error": "the path is below the minimum", "interface": "the interface MTU"}.get(m["how"], m["how"])
+            outer = f", outer {m['path']}" if m.get("path") else ""
+            holes = f", {m['black_holes']} black hole(s) so far" if m.get("black_holes") else ""
+            lines.append(f"  path MTU: inner packets up to {m['inner']} bytes{outer} ({how}; {m['state']}{holes})")
         b = p.get("birthday") or {}
         if b.get("role"):
             lines.append(f"  birthday punching: attempt {b['attempts']} running ({HARD_SIDE[b['role']]} NAT is the hard one), {b['sockets']} extra sockets")

@@ -573,3 +573,33 @@ def test_timers_come_from_a_heap_not_a_scan_of_the_peers() -> None:
     dev.handle_timer(100.0)
     sent = [addr for _, addr in dev.datagrams_to_send()]
     assert sent and gone_addr not in sent  # the others retransmitted; nothing for the removed one
+
+
+def test_packets_over_the_path_limit_get_too_big_or_go_in_fragments() -> None:
+    """Issue 25: a peer's path MTU (proto/pmtu.py) makes the device answer larger packets with
+    ICMP "too big" into TUN (IPv4 with DF, IPv6), or send IPv4 without DF in fragments."""
+    from wgdisco.proto.icmp import TooBig
+
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))  # a session
+    p.a.too_big = TooBig()
+    p.a.set_path_limit(p.pa, 1312)
+    small = ipv4_packet("10.0.0.1", "10.0.0.2", b"s" * 1292)  # exactly 1312: goes
+    p.send("a", small)
+    assert p.delivered["b"][-1] == small and p.a.tun_out == []
+    big = bytearray(ipv4_packet("10.0.0.1", "10.0.0.2", b"b" * 1380))
+    big[6] = 0x40  # DF
+    assert p.a.send_packet(bytes(big), p.now) is None
+    assert len(p.a.tun_out) == 1 and p.a.tun_out[0][20:22] == bytes([3, 4]) and p.a.drops["too-big"] == 1
+    v6 = ipv6_packet("fd00::1", "fd00::2", b"6" * 1300)
+    assert p.a.send_packet(v6, p.now) is None and p.a.tun_out[1][40] == 2  # packet too big
+    nodf = ipv4_packet("10.0.0.1", "10.0.0.2", b"f" * 1380)
+    before = len(p.delivered["b"])
+    assert p.a.send_packet(nodf, p.now) is None
+    p.flush()
+    pieces = p.delivered["b"][before:]
+    assert len(pieces) == 2 and all(len(x) <= 1312 for x in pieces)
+    assert b"".join(x[20:] for x in pieces) == nodf[20:]
+    p.a.set_path_limit(p.pa, None)  # no limit: as before
+    p.send("a", bytes(big))
+    assert p.delivered["b"][-1] == bytes(big)

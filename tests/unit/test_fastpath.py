@@ -383,3 +383,40 @@ def test_bad_arguments_are_refused_not_crashes() -> None:
     finally:
         tun.close()
         s.close()
+
+
+@needs_c
+@pytest.mark.parametrize("v6", [False, True])
+def test_packets_over_the_peer_path_mtu_go_to_python_the_rest_stay_in_c(v6: bool, loop_socks) -> None:
+    """Issue 25: Peer.max_inner (proto/pmtu.py) reaches C; a packet over it, or a TSO super-packet
+    whose segments would be, comes back to Python (which answers "too big"); smaller ones are sealed."""
+    a_sock, b_sock = loop_socks
+    _ref, dut = worlds(a_sock, b_sock)
+    dut.b.set_endpoint(dut.pb, a_sock.getsockname())
+    dut.b.allowed_ips.insert(ipaddress.ip_network("10.9.0.2/32"), dut.pb)
+    dut.b.allowed_ips.insert(ipaddress.ip_network("fd00:9::2/128"), dut.pb)
+    dst, src = ("fd00::1", "fd00::2") if v6 else ("10.0.0.1", "10.0.0.2")
+    make = ipv6 if v6 else ipv4
+    head = 40 if v6 else 20
+    fits, over = make(src, dst, b"f" * (1312 - head - 8)), make(src, dst, b"o" * (1400 - head - 8))
+    segments = flow(4, 1368, v6=v6, last=700)  # segments of 1368 bytes of payload: over 1312
+    (vnet, super_packet), = gro.coalesce(segments)
+    tun = FakeTun()
+    try:
+        fp = make_fast(dut, tun, b_sock)
+        dut.b.set_path_limit(dut.pb, 1312)
+        for p in (fits, over):
+            tun.inject(p)
+        fp.sync(dut.now)
+        assert fp.tun_read(dut.now, 256) == [over]
+        assert len(received_until_mark(a_sock, b_sock)) == 1  # the one that fits went out from C
+        tun.inject(super_packet, vnet)
+        fp.sync(dut.now)
+        assert fp.tun_read(dut.now, 256) == segments[:-1]  # the last segment (700 bytes) fits: C's
+        assert len(received_until_mark(a_sock, b_sock)) == 1
+        dut.b.set_path_limit(dut.pb, None)
+        tun.inject(over)
+        fp.sync(dut.now)
+        assert fp.tun_read(dut.now, 256) == []
+    finally:
+        tun.close()

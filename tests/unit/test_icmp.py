@@ -176,3 +176,61 @@ def test_rate_limited_like_the_kernel_global_icmp_limit() -> None:
     assert u.reply(packet, 100.0005) is None  # half a token
     assert u.reply(packet, 100.001) is not None  # 1,000 a second
     assert u.reply(ipv4("10.9.0.1", "224.0.0.1"), 200.0) is None and u.sent == icmp.BURST + 1  # ineligible: no token
+
+
+# --- too big (issue 25): frag-needed, packet too big, fragments -----------------------------
+
+DF = 0x4000
+
+
+def test_ipv4_with_df_gets_fragmentation_needed_with_the_next_hop_mtu() -> None:
+    original = ipv4("10.9.0.1", "10.9.0.2", proto=6, payload=b"t" * 1400, frag=DF)
+    msg = icmp.frag_needed(original, 1312)
+    assert msg is not None
+    assert msg[20:22] == bytes([3, 4])  # RFC 1191 §4
+    assert struct.unpack("!HH", msg[24:28]) == (0, 1312)  # unused, next-hop MTU
+    assert msg[12:16] == original[16:20] and msg[16:20] == original[12:16]
+    assert verifies(msg[:20]) and verifies(msg[20:])
+    assert msg[28:48] == original[:20]
+    assert icmp.frag_needed(ipv4("10.9.0.1", "10.9.0.2", payload=b"t" * 1400), 1312) is None  # no DF
+
+
+def test_ipv6_gets_packet_too_big_never_below_1280() -> None:
+    original = ipv6("fd00:9::1", "fd00:9::2", nxt=6, payload=b"u" * 1400)
+    msg = icmp.packet_too_big(original, 1312)
+    assert msg is not None
+    assert msg[40:42] == bytes([2, 0]) and struct.unpack("!I", msg[44:48])[0] == 1312  # RFC 4443 §3.2
+    assert verifies(pseudo(msg[8:24], msg[24:40], msg[40:]) + msg[40:])
+    assert len(msg) <= 1280
+    low = icmp.packet_too_big(original, 600)
+    assert low is not None and struct.unpack("!I", low[44:48])[0] == 1280
+    assert icmp.packet_too_big(ipv6("fd00:9::1", "fd00:9::2", nxt=58, payload=bytes([1, 0]) + b"e" * 1400), 1312) is None
+
+
+@given(st.integers(min_value=21, max_value=4000), st.integers(min_value=68, max_value=1500))
+def test_fragments_reassemble_to_the_original(size: int, mtu: int) -> None:
+    original = ipv4("10.9.0.1", "10.9.0.2", payload=bytes(i & 0xFF for i in range(size - 20)))
+    pieces = icmp.fragment_ipv4(original, mtu)
+    assert pieces
+    data = bytearray()
+    for i, piece in enumerate(pieces):
+        assert len(piece) <= mtu and (len(pieces) == 1 or verifies(piece[:20]))
+        total, ident, fo = struct.unpack("!HHH", piece[2:8])
+        assert total == len(piece) and ident == 7
+        assert (fo & 0x1FFF) * 8 == len(data)
+        assert bool(fo & 0x2000) == (i < len(pieces) - 1)  # MF on all but the last
+        assert i == len(pieces) - 1 or (len(piece) - 20) % 8 == 0
+        data += piece[20:]
+    assert bytes(data) == original[20:]
+
+
+def test_too_big_handles_each_kind_and_is_rate_limited() -> None:
+    tb = icmp.TooBig(rate=1.0, burst=2)
+    v4df = ipv4("10.9.0.1", "10.9.0.2", payload=b"a" * 1400, frag=DF)
+    v4 = ipv4("10.9.0.1", "10.9.0.2", payload=b"a" * 1400)
+    v6 = ipv6("fd00:9::1", "fd00:9::2", payload=b"b" * 1400)
+    pieces, msg = tb.handle(v4, 1312, 0.0)
+    assert msg is None and len(pieces) == 2 and tb.fragmented == 1
+    assert tb.handle(v4df, 1312, 0.0)[1] is not None
+    assert tb.handle(v6, 1312, 0.0)[1] is not None
+    assert tb.handle(v6, 1312, 0.0) == ([], None) and tb.limited == 1 and tb.sent == 2

@@ -101,11 +101,12 @@ def test_hard_to_port_restricted_connects_by_birthday_punching(seed: int) -> Non
     won = [e for e in a.events if getattr(e, "state", None) == "won"]
     assert won and won[0].role == "hard"
     # bounds: b sent at most 2048 birthday probes, never more than 100 in any second (plus the
-    # selector's own probes, keepalives and handshakes, which are few)
+    # selector's own probes, keepalives, handshakes and the first path MTU search round, which
+    # sends its sizes at once: issue 25, proto/pmtu.py)
     sends = birthday_sends(b, "203.0.113.1")
     assert b.node.birthday.probes_sent <= 2048
     per_second = max(sum(1 for t in sends if s <= t < s + 1) for s in sends)
-    assert per_second <= 100 + 20, per_second
+    assert per_second <= 100 + 40, per_second
     assert a.node.birthday.probes_sent <= 256 * 2 * 2
     net.run(60)  # it stays up, over the kept socket, with keepalives
     net.ping_until(a, b, limit=2)

@@ -10,7 +10,9 @@ tuple per peer:
 
 - per peer a slot number, its endpoint and sticky source (``Device.sources``), the local
   index of the keypair to send with (``Device.fast_sendable``), and whether it may send at
-  all (``eligible``: a peer whose send path is unusual stays with Python);
+  all (``eligible``: a peer whose send path is unusual stays with Python), and the largest
+  inner packet its path carries (``Peer.max_inner``, proto/pmtu.py: a larger one is handed back,
+  and the Device answers it with ICMP "too big");
 - the keypairs in ``current`` and ``previous`` with their keys, counters and replay window
   (``ReplayFilter.state``). A keypair held by C is C's to receive on: its replay window
   lives there until it is released (then ``ReplayFilter.load`` takes it back). ``next`` (a
@@ -147,14 +149,14 @@ class FastPath:
             kp = device.fast_sendable(peer, now) if eligible else None
             endpoint = peer.endpoint
             state = (endpoint, sources.get(endpoint) if endpoint is not None else None,
-                     -1 if kp is None else kp.local_index, eligible, current, previous)
+                     -1 if kp is None else kp.local_index, eligible, current, previous, peer.max_inner)
             if state != self.pushed.get(slot):
                 old = self.pushed.get(slot)
                 if old is not None:
                     for gone in (old[4], old[5]):
                         if gone is not None and gone is not current and gone is not previous:
                             self._release(gone)
-                dp.set_peer(slot, endpoint, state[1], state[2], state[3])
+                dp.set_peer(slot, endpoint, state[1], state[2], state[3], peer.max_inner)
                 self.pushed[slot] = state
         generation = device.allowed_ips.generation
         if generation != self.routes_generation:

@@ -21,7 +21,7 @@ from wgdisco.proto.events import (
     AnnounceWanted, BirthdayChanged, BrowseWanted, CandidateProbed, EndpointChanged, GaveUp, HandshakeCompleted, HandshakeTried,
     LookupWanted, MeshAddressChanged, MeshNamesChanged, NatClassified, NatSuspected, PathReasonChanged, PeerAdmitted,
     PeerRemoved, PortMappingChanged, RecordChanged, ReflexiveChanged, SocketsClosed, SocketsWanted, StunChanged,
-    StunFailed,
+    PmtuChanged, StunFailed,
 )
 
 log = logging.getLogger("wgdisco")
@@ -111,6 +111,7 @@ class Surface:
                 "reason": st.reason,
                 "reason_text": st.reason_text,
                 "path_basis": st.basis,
+                "path_mtu": self._path_mtu(public),
                 "local_port": self._local_port(peer.endpoint),
                 "birthday": self._birthday(public),
                 "candidates": [{
@@ -164,6 +165,18 @@ class Surface:
             },
         }
 
+    def _path_mtu(self, public: bytes) -> dict[str, Any]:
+        """The peer's path MTU (proto/pmtu.py): the largest inner packet sent to it, the outer IP
+        packet that makes, and how it was learnt (docs/troubleshooting.md "Path MTU")."""
+        t = self.tunnel
+        view = t.node.pmtu_view(public)
+        mtu = t.device.mtu
+        if view is None:
+            return {"inner": mtu, "path": None, "state": "off" if not t.node.traversal else "none",
+                    "how": "interface", "black_holes": 0}
+        return {"inner": mtu if view.inner is None else view.inner, "path": view.path, "state": view.state,
+                "how": "interface" if view.inner is None else view.how, "black_holes": view.black_holes}
+
     def _local_port(self, endpoint: Any) -> int | None:
         """The port a peer's packets leave from: an extra (birthday) socket's, else the listen port."""
         t = self.tunnel
@@ -205,6 +218,12 @@ class Surface:
                     for lbl, _, p in peers])
             metric("path_changes_total", "counter", "Endpoint changes (roaming, probes, hints).",
                    [(lbl, node.path_changes(pub)) for lbl, pub, _ in peers])
+            metric("path_mtu_bytes", "gauge", "Largest inner packet sent to the peer (path MTU discovery; "
+                   "the interface MTU when no smaller path was found).",
+                   [(lbl, min(p.max_inner, device.mtu)) for lbl, _, p in peers])
+            metric("path_mtu_black_holes_total", "counter", "Path MTU black holes detected (large packets lost "
+                   "while small ones arrived).",
+                   [(lbl, getattr(node.pmtu_view(pub), "black_holes", 0)) for lbl, pub, _ in peers])
             st = node.stats()
             metric("probes_sent_total", "counter", "Path probes sent.", [(f"{{{iface}}}", st.probes_sent)])
             metric("probe_replies_total", "counter", "Path probes answered for peers.",
@@ -320,6 +339,8 @@ class Surface:
                 GaveUp: lambda e: log.info("peer %s: no handshake after %d attempts, giving up until new traffic",
                                            short_key(e.peer), e.attempts),
                 PathReasonChanged: lambda e: log.info("peer %s: path: %s", short_key(e.peer), e.text),
+                PmtuChanged: lambda e: (log.warning if e.how == "black-hole" else log.info)(
+                    "peer %s: path MTU: %s", short_key(e.peer), e.text),
                 CandidateProbed: lambda e: log.info("peer %s: new candidate %s (%s); probing it once",
                                                     short_key(e.peer), fmt_addr(e.addr), e.source),
                 HandshakeTried: lambda e: log.debug("peer %s: handshake tried at hinted %s (%s)",

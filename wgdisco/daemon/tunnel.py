@@ -42,7 +42,7 @@ from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer, answers_get
 from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
-from wgdisco.proto.icmp import Unreachable
+from wgdisco.proto.icmp import TooBig, Unreachable
 from wgdisco.proto.lookups import Timing as LookupTiming
 from wgdisco.proto.paths import Timing as PathTiming
 from wgdisco.proto.node import Node
@@ -172,6 +172,8 @@ class Tunnel:
             # ICMP unreachable for what no peer takes (the kernel module's wg_xmit); a peer without
             # an endpoint too, unless discovery may still find one (then its packets wait)
             self.device.unreachable = Unreachable(no_endpoint=not self.node.traversal)
+            # over a peer's discovered path MTU: ICMP "too big" back, or IPv4 fragments (issue 25)
+            self.device.too_big = TooBig()
             own = self.node.own_mesh_interfaces()
             addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]
             routed += self.node.mesh_prefixes()

@@ -114,6 +114,7 @@ typedef struct {
     uint8_t src[32];
     Keypair *send_kp;
     int fast_send; /* Python lets this module send to the peer */
+    size_t max_inner; /* the peer's path MTU (proto/pmtu.py): larger packets are Python's */
     /* since the last report */
     int dirty;
     uint64_t rx_bytes, tx_bytes;
@@ -654,8 +655,9 @@ static int seal_into(DataPath *self, Batch *b, int slot, Keypair *kp, const uint
     return seal_finish(self, b, slot, kp, n, padded);
 }
 
-/* the peer and keypair to send an IP packet with, or -1 (Python's) */
-static int route_packet(DataPath *self, const uint8_t *pkt, size_t n, double now, Keypair **out)
+/* the peer and keypair to send an IP packet with, or -1 (Python's); `len` is the size of the
+   packet(s) to send: one over the peer's path MTU is Python's (ICMP too big, proto/icmp.py) */
+static int route_packet(DataPath *self, const uint8_t *pkt, size_t n, size_t len, double now, Keypair **out)
 {
     int version = n ? pkt[0] >> 4 : 0;
     int slot;
@@ -670,7 +672,7 @@ static int route_packet(DataPath *self, const uint8_t *pkt, size_t n, double now
     Peer *p = &self->peers[slot];
     Keypair *kp = p->send_kp;
     if (!p->active || !p->fast_send || !p->has_endpoint || !kp || !kp->can_send
-        || kp->send_counter >= kp->send_limit || now >= kp->expires)
+        || kp->send_counter >= kp->send_limit || now >= kp->expires || len > p->max_inner)
         return -1;
     *out = kp;
     return slot;
@@ -680,7 +682,7 @@ static int route_packet(DataPath *self, const uint8_t *pkt, size_t n, double now
 static int handle_plain(DataPath *self, Batch *b, uint8_t *pkt, size_t n, double now)
 {
     Keypair *kp = NULL;
-    int slot = route_packet(self, pkt, n, now, &kp);
+    int slot = route_packet(self, pkt, n, n, now, &kp);
     if (slot < 0) {
         flush_batch(self, b); /* keep the order of what we send and what Python sends later */
         return punt(self, pkt, n) ? 0 : -1;
@@ -716,7 +718,8 @@ static int split_tso(DataPath *self, Batch *b, uint8_t *pkt, size_t n, int v6, s
     id = ntohs(id);
     uint8_t flags = pkt[ip_len + 13];
     Keypair *kp = NULL;
-    int slot = route_packet(self, pkt, n, now, &kp); /* every segment has the super-packet's addresses */
+    /* every segment has the super-packet's addresses; the largest is hdr + gso_size bytes */
+    int slot = route_packet(self, pkt, n, hdr + gso_size, now, &kp);
     size_t i = 0;
     for (size_t off = 0; off < payload || (payload == 0 && off == 0); off += gso_size, i++) {
         size_t len = payload - off < gso_size ? payload - off : gso_size;
@@ -1457,14 +1460,19 @@ static int ensure_peer(DataPath *self, int slot)
     return 0;
 }
 
-/* set_peer(slot, endpoint tuple or None, pktinfo item or None, send_index or -1, fast_send) */
+/* set_peer(slot, endpoint tuple or None, pktinfo item or None, send_index or -1, fast_send[, max_inner]) */
 static PyObject *DataPath_set_peer(DataPath *self, PyObject *args)
 {
     int slot, fast;
     long long send_index;
+    Py_ssize_t max_inner = 65535;
     PyObject *ep, *src;
-    if (!PyArg_ParseTuple(args, "iOOLp", &slot, &ep, &src, &send_index, &fast))
+    if (!PyArg_ParseTuple(args, "iOOLp|n", &slot, &ep, &src, &send_index, &fast, &max_inner))
         return NULL;
+    if (max_inner < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_inner < 0");
+        return NULL;
+    }
     if (ensure_peer(self, slot) < 0)
         return NULL;
     Peer *p = &self->peers[slot];
@@ -1478,6 +1486,7 @@ static PyObject *DataPath_set_peer(DataPath *self, PyObject *args)
             p->send_kp = kp;
     }
     p->fast_send = fast && p->has_endpoint; /* an endpoint this module cannot parse: Python sends */
+    p->max_inner = (size_t)max_inner;
     return PyBool_FromLong(p->has_endpoint);
 }
 
@@ -1854,7 +1863,7 @@ static PyMethodDef DataPath_methods[] = {
     {"udp_read", (PyCFunction)DataPath_udp_read, METH_VARARGS,
      "udp_read(max_reads=256) -> ([(datagram, address, pktinfo)] for Python, peer events, drops changed)"},
     {"set_peer", (PyCFunction)DataPath_set_peer, METH_VARARGS,
-     "set_peer(slot, endpoint, pktinfo, send_index, fast_send) -> whether the endpoint parsed"},
+     "set_peer(slot, endpoint, pktinfo, send_index, fast_send[, max_inner]) -> whether the endpoint parsed"},
     {"remove_peer", (PyCFunction)DataPath_remove_peer, METH_VARARGS, "remove_peer(slot)"},
     {"add_keypair", (PyCFunction)DataPath_add_keypair, METH_VARARGS,
      "add_keypair(local_index, slot, send_key, receive_key, remote_index, send_counter, send_limit, "

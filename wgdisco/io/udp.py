@@ -30,6 +30,25 @@ it per endpoint from authenticated packets (``Device.sources``); ``Sender.source
 dict. A send the kernel refuses because of the source (the address was removed: EINVAL,
 EADDRNOTAVAIL, ENETUNREACH, ...) drops the endpoint's entry and is retried once without
 it, so the kernel chooses again.
+
+Fragmentation, chosen per socket (issue 25; nothing rests on the kernel's defaults,
+``set_fragmentation``):
+
+- IPv4 (and IPv4-mapped on the dual-stack socket): ``IP_PMTUDISC_DONT``, no DF on the outer
+  packets, as the kernel module sends them (``udp_tunnel_xmit_skb`` with ``df`` 0): a datagram
+  larger than a hop is fragmented there (or here, by the kernel, past the device MTU or a path
+  MTU it learnt from ICMP). So a peer without path MTU discovery (wireguard-go, the kernel
+  module) works wherever fragments pass; between wgdisco peers, proto/pmtu.py keeps datagrams
+  within the path so that nothing needs fragmenting, and an inner IPv4 packet without DF over
+  the limit is sent in (inner) fragments.
+- IPv6: ``IPV6_PMTUDISC_WANT``: the kernel fragments at the source down to a path MTU it learnt
+  from ICMPv6 "packet too big" (routers never fragment IPv6, RFC 8200 §5); that honours what
+  ICMPv6 does arrive, for every peer.
+- Path MTU probes (``is_mtu_probe``: wgdisco probe requests over the minimum size) go out with
+  ``IP_PMTUDISC_PROBE`` / ``IPV6_PMTUDISC_PROBE`` for that one ``sendto``: DF set, never
+  fragmented, the kernel's learnt path MTU ignored (RFC 8899 §3: a probe must not be
+  fragmented, and what answers it is the path itself). All sends happen under the tunnel's
+  lock, so the switch never catches a data packet.
 """
 
 from __future__ import annotations
@@ -52,6 +71,11 @@ SO_SNDBUFFORCE = 32  # Linux <asm-generic/socket.h>; not in Python's socket modu
 SO_RCVBUFFORCE = 33
 SO_MARK = getattr(socket, "SO_MARK", 36)
 _MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:0:0/96, RFC 4291 §2.5.5.2
+# <linux/in.h>, <linux/in6.h>: not all in Python's socket module
+IP_MTU_DISCOVER, IPV6_MTU_DISCOVER = 10, 23
+IP_PMTUDISC_DONT, IP_PMTUDISC_PROBE = 0, 3
+IPV6_PMTUDISC_WANT, IPV6_PMTUDISC_PROBE = 1, 3
+PROBE_REQUEST, PROBE_MIN = 0xF1, 64  # proto/probe.py REQUEST_TYPE, MIN_REQUEST_SIZE (io imports no proto)
 
 
 def open_udp(port: int, *, fwmark: int = 0) -> socket.socket:
@@ -92,6 +116,7 @@ def _bind(family: int, host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.setblocking(False)
+        set_fragmentation(sock)
         sock.bind((host, port))
     except OSError as e:
         sock.close()
@@ -101,6 +126,19 @@ def _bind(family: int, host: str, port: int) -> socket.socket:
             raise LocalError(f"UDP port {port} is not permitted (privileged port?)") from None
         raise
     return sock
+
+
+def set_fragmentation(sock: socket.socket, probe: bool = False) -> None:
+    """The socket's outer fragmentation (module docstring); ``probe``: DF and no fragmenting."""
+    v4 = IP_PMTUDISC_PROBE if probe else IP_PMTUDISC_DONT
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, v4)  # on AF_INET6 too: its IPv4-mapped peers
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_PROBE if probe else IPV6_PMTUDISC_WANT)
+
+
+def is_mtu_probe(data: bytes) -> bool:
+    """A path MTU probe (proto/pmtu.py): a probe request larger than the smallest."""
+    return len(data) > PROBE_MIN and data[0] == PROBE_REQUEST
 
 
 def _raise_buffers(sock: socket.socket) -> None:
@@ -279,10 +317,17 @@ class Sender:
                 self._count(f"send-{errno_name(e)}")
 
     def send_all(self, datagrams: Iterable[tuple[bytes, Sockaddr]]) -> None:
-        """``(data, addr)`` pairs, one datagram each."""
+        """``(data, addr)`` pairs, one datagram each; path MTU probes unfragmented (module docstring)."""
         send = self.send
         for data, addr in datagrams:
-            send(data, addr)
+            if is_mtu_probe(data) and self.sock is not None and not len(addr) & 1:
+                set_fragmentation(self.sock, probe=True)
+                try:
+                    send(data, addr)
+                finally:
+                    set_fragmentation(self.sock)
+            else:
+                send(data, addr)
 
     def send_batch(self, batch: list[bytes], segment: int, addr: Sockaddr) -> None:
         """Datagrams of ``segment`` bytes (the last may be shorter) to ``addr``, in one GSO

@@ -5,7 +5,8 @@
 
 The client sends NBYTES of seeded pseudo-random data and then its SHA-256; the
 server hashes what it received, answers with its own hash, then sends NBYTES
-back followed by their hash. Each side checks the other's data.
+back followed by their hash. Each side checks the other's data. The client also
+reports the longest time one chunk took to go or come (``max_gap_s``): a stall.
 """
 
 from __future__ import annotations
@@ -30,18 +31,25 @@ def stream(seed: int, n: int):
         yield piece
 
 
+GAPS = [0.0]  # the longest time one sendall or recv took (the client's stall measure)
+
+
 def send_stream(conn: socket.socket, seed: int, n: int) -> bytes:
     h = hashlib.sha256()
     for piece in stream(seed, n):
         h.update(piece)
+        t = time.monotonic()
         conn.sendall(piece)
+        GAPS[0] = max(GAPS[0], time.monotonic() - t)
     return h.digest()
 
 
 def recv_exact(conn: socket.socket, n: int, h=None) -> bytes:
     out = bytearray()
     while n:
+        t = time.monotonic()
         data = conn.recv(min(CHUNK, n))
+        GAPS[0] = max(GAPS[0], time.monotonic() - t)
         if not data:
             raise EOFError("connection closed early")
         if h is not None:
@@ -90,6 +98,8 @@ def send(host: str, port: int, n: int) -> None:
         "down_ok": their == h.digest(),
         "up_mbit_s": round(n * 8 / (t1 - t0) / 1e6, 1),
         "down_mbit_s": round(n * 8 / (t2 - t1) / 1e6, 1),
+        "seconds": round(t2 - t0, 3),
+        "max_gap_s": round(GAPS[0], 3),
     }), flush=True)
 
 

@@ -15,7 +15,9 @@ The shell feeds the device three things and drains one:
 - ``handle_timer(now)`` when ``get_timer()`` is due.
 - ``tun_out``: packets for TUN from the device itself: with ``unreachable`` set, the ICMP
   "unreachable" answering a packet no peer takes (or whose peer has no endpoint), as the
-  kernel module does (proto/icmp.py). The shell writes and clears it.
+  kernel module does (proto/icmp.py); with ``too_big`` set, the ICMP "too big" answering a
+  packet larger than its peer's ``max_inner`` (the path MTU found by proto/pmtu.py; an IPv4
+  packet without DF goes in fragments instead). The shell writes and clears it.
 - ``datagrams_to_send()``: the datagrams ``(bytes, addr)`` the device wants sent
   (handshakes, keepalives, staged packets, cookie replies), handed over; ``events``
   (typed: HandshakeCompleted, EndpointChanged, GaveUp) are drained by the node core.
@@ -52,7 +54,7 @@ from wgdisco.errors import AuthError, DecodeError, LocalError
 from wgdisco.proto import noise
 from wgdisco.proto.allowedips import AllowedIPs
 from wgdisco.proto.cookie import CookieChecker, CookieGenerator
-from wgdisco.proto.icmp import Unreachable
+from wgdisco.proto.icmp import TooBig, Unreachable
 from wgdisco.proto.indextable import IndexTable
 from wgdisco.proto.keys import clamp
 from wgdisco.proto.ratelimiter import RateLimiter, TokenBucket
@@ -65,6 +67,7 @@ Rng = Callable[[int], bytes]
 _HEADER = struct.Struct("<IIQ")  # type, receiver, counter (whitepaper §5.4.6)
 _NONCE_PREFIX = bytes(4)
 _PADDING = bytes(16)
+MAX_INNER = 65535  # Peer.max_inner without a limit: larger than any IP packet
 _NEVER = float("inf")
 TRANSPORT_TYPE_WORD = noise.MESSAGE_TRANSPORT_TYPE  # little-endian u32 with 3 zero bytes
 HANDSHAKE_LOAD_THRESHOLD = 128  # handshake messages a second that mean "under load"
@@ -109,6 +112,7 @@ class Peer:
         self.cookie_generator = CookieGenerator(public_key)
         self.endpoint: Addr | None = None
         self.persistent_keepalive = 0  # seconds, 0 = off
+        self.max_inner = MAX_INNER  # the largest inner packet its path carries (proto/pmtu.py, set_path_limit)
         # keypairs (whitepaper §5.4.5; responder promotes `next` on first data)
         self.current: Keypair | None = None
         self.previous: Keypair | None = None
@@ -210,6 +214,7 @@ class Device:
         self.touched: set[Peer] = set()
         self.unreachable: Unreachable | None = None  # ICMP answers to unsendable packets (proto/icmp.py)
         self.tun_out: list[bytes] = []  # packets the device itself writes to TUN (those answers)
+        self.too_big: TooBig | None = None  # over a peer's path limit: ICMP "too big" or fragments (icmp.py)
         self.sources: dict[Addr, Hashable] = {}  # endpoint -> local source of its latest authenticated packet
         self.events: list[DeviceEvent] = []
         # (deadline, seq, peer): at most one live entry per peer, the earliest of its timers or
@@ -513,7 +518,27 @@ class Device:
             self.touched.add(peer)
             self.send_handshake_initiation(peer, now, is_retry=False)
             return None
+        if n > peer.max_inner and self.too_big is not None:
+            return self._over_limit(peer, kp, packet, now)
         return self._encrypt(peer, kp, packet, now)
+
+    def _over_limit(self, peer: Peer, kp: Keypair, packet: bytes, now: float) -> None:
+        """A packet larger than the peer's discovered path carries (issue 25, proto/icmp.py TooBig):
+        "too big" back into TUN (dropped), or an IPv4 packet without DF sent in fragments."""
+        assert self.too_big is not None
+        pieces, message = self.too_big.handle(packet, peer.max_inner, now)
+        if message is not None:
+            self.tun_out.append(message)
+        if not pieces:
+            self._drop("too-big")
+            return None
+        for piece in pieces:
+            self.outbox.append(self._encrypt(peer, kp, piece, now))
+        return None
+
+    def set_path_limit(self, peer: Peer, inner: int | None) -> None:
+        """The largest inner packet ``peer``'s path carries (None: no limit); proto/pmtu.py finds it."""
+        peer.max_inner = MAX_INNER if inner is None else inner
 
     def _answer_unreachable(self, packet: bytes, now: float) -> None:
         """ICMP host / address unreachable back into TUN (wireguard-linux device.c wg_xmit)."""

@@ -10,6 +10,7 @@ from typing import Any, Hashable
 from wgdisco.proto import records
 from wgdisco.proto.birthday import SocketsClosed, SocketsWanted
 from wgdisco.proto.device import EndpointChanged, GaveUp, HandshakeCompleted
+from wgdisco.proto.pmtu import PmtuChanged
 from wgdisco.proto.stun import StunChanged, StunFailed
 
 __all__ = [
@@ -19,7 +20,7 @@ __all__ = [
     "CandidateProbed", "HandshakeTried", "NatSuspected", "LookupWanted", "BrowseWanted",
     "PeerAdmitted", "PeerRemoved", "MeshAddressChanged", "PortMappingChanged",
     "BirthdayChanged", "NatClassified", "SocketsWanted", "SocketsClosed",
-    "MeshNamesChanged", "AnnounceWanted",
+    "MeshNamesChanged", "AnnounceWanted", "PmtuChanged",
 ]
 
 Addr = Hashable
@@ -166,7 +167,8 @@ class AnnounceWanted:
 Event = (HandshakeCompleted | EndpointChanged | GaveUp | PathReasonChanged | RecordChanged
          | ReflexiveChanged | StunFailed | StunChanged | CandidateProbed | HandshakeTried | NatSuspected
          | LookupWanted | BrowseWanted | PeerAdmitted | PeerRemoved | MeshAddressChanged | PortMappingChanged
-         | BirthdayChanged | NatClassified | SocketsWanted | SocketsClosed | MeshNamesChanged | AnnounceWanted)
+         | BirthdayChanged | NatClassified | SocketsWanted | SocketsClosed | MeshNamesChanged | AnnounceWanted
+         | PmtuChanged)
 EVENT_TYPES: tuple[type, ...] = Event.__args__  # every member of the union, for the dispatch table
 
 

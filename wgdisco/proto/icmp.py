@@ -26,6 +26,22 @@ sends nothing. wgdisco writes the same messages back into its TUN device:
 
 ``host_unreachable(packet)`` builds; ``Unreachable.reply(packet, now)`` adds the rate limit. Both
 return the bytes to write to TUN, or None.
+
+"Too big" (issue 25, proto/pmtu.py). A packet larger than a peer's discovered path allows is
+answered the way a router with a narrower next hop answers it, so that TCP and QUIC adapt per
+destination while the interface MTU stays where it is for peers with a full-size path:
+
+- IPv4 with DF: type 3 code 4 "fragmentation needed and DF set" with the next-hop MTU in the
+  low 16 bits of the second word (RFC 1191 §4), and the packet is dropped.
+- IPv6: type 2 code 0 "packet too big" with the MTU (RFC 4443 §3.2), never below 1280; dropped.
+- IPv4 without DF: not an error: it is sent in fragments (RFC 791 §3.2, as a router forwards it,
+  RFC 1812 §5.2.6) that each fit; the destination reassembles them.
+
+Their source is the packet's destination, for the reason given above for "unreachable": a
+packet written into TUN whose source is one of our own addresses (the tunnel interface's, as
+the kernel module's ``icmp_ndo_send`` would use) is a martian and dropped. The kernel takes a
+"too big" from any source: TCP matches it by the quoted header (``tcp_v4_err``,
+``tcp_v6_err``). One token bucket limits them as above. ``TooBig.handle(packet, limit, now)``.
 """
 
 from __future__ import annotations
@@ -38,6 +54,7 @@ from wgdisco.proto.ratelimiter import TokenBucket
 
 __all__ = [
     "V4_MAX", "V6_MAX", "RATE", "BURST", "checksum", "host_unreachable", "Unreachable",
+    "frag_needed", "packet_too_big", "fragment_ipv4", "TooBig",
 ]
 
 V4_MAX = 576  # RFC 1812 §4.3.2.3
@@ -48,6 +65,9 @@ HOP_LIMIT = 64  # the kernel's default TTL / hop limit
 
 ICMP_DEST_UNREACH, ICMP_HOST_UNREACH = 3, 1
 ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH = 1, 3
+ICMP_FRAG_NEEDED = 4  # RFC 792 / RFC 1191 §4, with ICMP_DEST_UNREACH
+ICMPV6_PKT_TOOBIG = 2  # RFC 4443 §3.2
+IPV6_MIN_MTU = 1280
 _ICMP4_ERRORS = frozenset({3, 4, 5, 11, 12})  # RFC 792 / RFC 1122 §3.2.2: the error types
 _V6_EXTENSIONS = frozenset({0, 43, 60})  # hop-by-hop, routing, destination options (RFC 8200 §4)
 _V6_FRAGMENT, _V6_AH, _ICMPV6 = 44, 51, 58
@@ -70,7 +90,7 @@ def _single_host(ip: Any) -> bool:
                 or ip == ipaddress.IPv4Address("255.255.255.255"))
 
 
-def _ipv4(packet: bytes, source: bytes) -> bytes | None:
+def _ipv4(packet: bytes, source: bytes, code: int = ICMP_HOST_UNREACH, rest: int = 0) -> bytes | None:
     if len(packet) < 20 or packet[0] >> 4 != 4:
         return None
     ihl = (packet[0] & 0x0F) * 4
@@ -84,7 +104,7 @@ def _ipv4(packet: bytes, source: bytes) -> bytes | None:
     if packet[9] == 1 and (len(packet) < ihl + 1 or packet[ihl] in _ICMP4_ERRORS):
         return None  # never an error about an error (RFC 1122 §3.2.2)
     quoted = packet[: V4_MAX - 28]
-    body = struct.pack("!BBHI", ICMP_DEST_UNREACH, ICMP_HOST_UNREACH, 0, 0) + quoted
+    body = struct.pack("!BBHI", ICMP_DEST_UNREACH, code, 0, rest) + quoted
     body = body[:2] + checksum(body).to_bytes(2, "big") + body[4:]
     tos = (packet[1] & 0x1E) | 0xC0  # IPTOS_PREC_INTERNETCONTROL, as icmp_send
     header = struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(body), 0, 0, HOP_LIMIT, 1, 0,
@@ -115,7 +135,8 @@ def _v6_upper(packet: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _ipv6(packet: bytes, source: bytes) -> bytes | None:
+def _ipv6(packet: bytes, source: bytes, kind: tuple[int, int] = (ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH),
+          rest: int = 0) -> bytes | None:
     if len(packet) < 40 or packet[0] >> 4 != 6:
         return None
     src, dst = ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40])
@@ -128,7 +149,7 @@ def _ipv6(packet: bytes, source: bytes) -> bytes | None:
     if nxt == _ICMPV6 and off >= 0 and (len(packet) <= off or packet[off] < 128 or packet[off] == 137):
         return None  # an ICMPv6 error or redirect (RFC 4443 §2.4 (e.1), (e.2))
     quoted = packet[: V6_MAX - 48]
-    body = struct.pack("!BBHI", ICMPV6_DEST_UNREACH, ICMPV6_ADDR_UNREACH, 0, 0) + quoted
+    body = struct.pack("!BBHI", *kind, 0, rest) + quoted
     # RFC 8200 §8.1: source, destination, upper-layer length (32 bits), 3 zero bytes, next header
     pseudo = source + packet[8:24] + struct.pack("!I3xB", len(body), _ICMPV6)
     body = body[:2] + checksum(pseudo + body).to_bytes(2, "big") + body[4:]
@@ -170,3 +191,94 @@ class Unreachable:
             return None
         self.sent += 1
         return message
+
+
+# --- too big (issue 25) ---------------------------------------------------------
+
+
+def _dont_fragment(packet: bytes) -> bool:
+    return bool(packet[6] & 0x40)
+
+
+def frag_needed(packet: bytes, mtu: int) -> bytes | None:
+    """ICMP "fragmentation needed" (RFC 1191 §4) for an IPv4 packet with DF, next-hop ``mtu``."""
+    packet = bytes(packet)
+    if len(packet) < 20 or packet[0] >> 4 != 4 or not _dont_fragment(packet):
+        return None
+    return _ipv4(packet, packet[16:20], ICMP_FRAG_NEEDED, min(mtu, 0xFFFF))
+
+
+def packet_too_big(packet: bytes, mtu: int) -> bytes | None:
+    """ICMPv6 "packet too big" (RFC 4443 §3.2) for an IPv6 packet; ``mtu`` at least 1280."""
+    packet = bytes(packet)
+    if len(packet) < 40 or packet[0] >> 4 != 6:
+        return None
+    return _ipv6(packet, packet[24:40], (ICMPV6_PKT_TOOBIG, 0), max(mtu, IPV6_MIN_MTU))
+
+
+def fragment_ipv4(packet: bytes, mtu: int) -> list[bytes]:
+    """An IPv4 packet without DF cut into fragments of at most ``mtu`` bytes (RFC 791 §3.2:
+    offsets in 8-byte units, MF on all but the last, the identification kept). The first fragment
+    keeps the options; later ones carry none (a simplification: options with the copy flag, RFC
+    791 §3.1, are rare in tunnelled traffic). [] if it cannot be cut (DF, malformed, or ``mtu``
+    too small for the header and 8 bytes)."""
+    packet = bytes(packet)
+    if len(packet) < 20 or packet[0] >> 4 != 4 or _dont_fragment(packet):
+        return []
+    ihl = (packet[0] & 0x0F) * 4
+    total = struct.unpack_from("!H", packet, 2)[0]
+    if ihl < 20 or total > len(packet) or total <= ihl:
+        return []
+    packet = packet[:total]
+    if total <= mtu:
+        return [packet]
+    flags_offset = struct.unpack_from("!H", packet, 6)[0]
+    base, more = flags_offset & 0x1FFF, flags_offset & 0x2000
+    data = packet[ihl:]
+    header = packet[:ihl]
+    out = []
+    off = 0
+    while off < len(data):
+        hdr = header if not out else header[:20]
+        room = (mtu - len(hdr)) & ~7
+        if room <= 0:
+            return []
+        piece = data[off:off + room]
+        last = off + len(piece) >= len(data)
+        fo = (base + off // 8) | (0 if last and not more else 0x2000)
+        h = bytearray(hdr)
+        h[0] = 0x40 | (len(hdr) // 4)
+        struct.pack_into("!HHH", h, 2, len(hdr) + len(piece), struct.unpack_from("!H", packet, 4)[0], fo)
+        h[10:12] = b"\0\0"
+        h[10:12] = checksum(bytes(h)).to_bytes(2, "big")
+        out.append(bytes(h) + piece)
+        off += len(piece)
+    return out
+
+
+class TooBig:
+    """Packets over a peer's path limit: ``handle(packet, limit, now)`` returns (the packets to
+    send instead: fragments of an IPv4 packet without DF, else none; the ICMP message for TUN or
+    None). Counted: ``sent`` (ICMP messages), ``limited`` (over the rate), ``fragmented``."""
+
+    __slots__ = ("_bucket", "sent", "limited", "fragmented")
+
+    def __init__(self, *, rate: float = RATE, burst: int = BURST) -> None:
+        self._bucket = TokenBucket(rate, burst)
+        self.sent = self.limited = self.fragmented = 0
+
+    def handle(self, packet: bytes, limit: int, now: float) -> tuple[list[bytes], bytes | None]:
+        version = packet[0] >> 4 if packet else 0
+        if version == 4 and len(packet) >= 20 and not _dont_fragment(packet):
+            pieces = fragment_ipv4(packet, limit)
+            if pieces:
+                self.fragmented += 1
+            return pieces, None
+        message = frag_needed(packet, limit) if version == 4 else packet_too_big(packet, limit)
+        if message is None:
+            return [], None
+        if not self._bucket.take(now):
+            self.limited += 1
+            return [], None
+        self.sent += 1
+        return [], message

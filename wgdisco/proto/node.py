@@ -605,6 +605,10 @@ class Node:
         peer = self.device.peers.get(public)
         return self.history.endpoint_source.get(public) if peer is not None and peer.endpoint is not None else None
 
+    def pmtu_view(self, public: Key) -> Any:
+        """The peer's path MTU for status (proto/pmtu.py PmtuView), None when not searched."""
+        return self.paths.pmtu.view(public)
+
     def candidates(self, public: Key) -> list[PathInfo]:
         return self.paths.selector.paths(public)
 

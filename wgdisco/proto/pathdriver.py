@@ -30,7 +30,8 @@ from wgdisco.proto.events import CandidateProbed, HandshakeTried, NatSuspected, 
 from wgdisco.proto.hints import HintTrier
 from wgdisco.proto.paths import Candidate, PathSelector, host_kind
 from wgdisco.proto.paths import Timing
-from wgdisco.proto.probe import ProbeRequested, ProbeResult, Prober
+from wgdisco.proto.pmtu import PathMtu
+from wgdisco.proto.probe import MIN_REQUEST_SIZE, ProbeRequested, ProbeResult, Prober
 from wgdisco.proto.timers import LIVE_TIME
 
 __all__ = ["PathDriver", "Timing", "Suspected", "CallWanted", "SYNC_INTERVAL", "SUSPECT_AFTER", "DEFER_INITIATION"]
@@ -82,6 +83,7 @@ class PathDriver(Core):
         self.selector = PathSelector(timing=timing)
         self.prober = self._new_prober()
         self.trier = HintTrier(live_time=LIVE_TIME)
+        self.pmtu = PathMtu(device.mtu)  # path MTU discovery on each peer's current path (issue 25)
         for public in device.peers:
             self.selector.add_peer(public)
         self.reasons: dict[Key, str] = {}
@@ -109,6 +111,7 @@ class PathDriver(Core):
         self.prober.remove_peer(public)
         self.selector.remove_peer(public)
         self.trier.forget(public)
+        self.pmtu.remove_peer(public)
         for table in (self.reasons, self.suspected, self._synced, self._data_synced, self._deferred,
                       self._fresh_probes, self._kicked, self._watching):
             table.pop(public, None)
@@ -195,7 +198,10 @@ class PathDriver(Core):
         return received.event
 
     def probe_event(self, event: ProbeResult | ProbeRequested | None, now: float) -> None:
-        if isinstance(event, ProbeResult):
+        if isinstance(event, ProbeResult) and event.size != MIN_REQUEST_SIZE:  # a path MTU probe's
+            self.pmtu.answered(event.peer, event.addr, event.size, event.rtt, now)
+            self._pmtu_flush(now)
+        elif isinstance(event, ProbeResult):
             self.selector.on_probe_result(event.peer, event.addr, event.rtt, now)
             self._kick_handshake(event.peer, event.addr, now)
         elif isinstance(event, ProbeRequested):
@@ -219,7 +225,8 @@ class PathDriver(Core):
     # --- time ----------------------------------------------------------------------------
 
     def next_deadline(self, now: float) -> float | None:
-        times = [self.trier.next_time(), self.prober.get_timer(), self.selector.next_time(now), self._next_sync]
+        times = [self.trier.next_time(), self.prober.get_timer(), self.selector.next_time(now), self._next_sync,
+                 self.pmtu.next_deadline()]
         times += [when for when, _ in self._deferred.values()]
         if self._watch:
             times.append(self._watch[0][0])
@@ -253,7 +260,8 @@ class PathDriver(Core):
         the watch on unanswered data): O(log n) per wake-up, not a scan of every peer (issue 26)."""
         device = self.device
         for timeout in self.prober.handle_timer(now):
-            self.selector.on_probe_timeout(timeout.peer, timeout.addr, now)
+            if timeout.size == MIN_REQUEST_SIZE:  # path MTU probes time out in proto/pmtu.py
+                self.selector.on_probe_timeout(timeout.peer, timeout.addr, now)
         # before any decision: WireGuard's roaming rule (§2.1) has the last word, so the selector
         # must know where authenticated packets came from, or it would undo a roam
         touched = self._sync(now)
@@ -267,7 +275,8 @@ class PathDriver(Core):
         for public, addr in self.selector.probe_plan(now):
             if public in self.prober.peers:
                 self.probe(public, addr, now)
-        self._apply_decisions(now, touched)
+        decided = self._apply_decisions(now, touched)
+        self._pmtu_step(now, decided)
 
     def _sync(self, now: float) -> set[Key]:
         """The device's touched peers: tell the selector which paths carried authenticated
@@ -329,9 +338,11 @@ class PathDriver(Core):
             self._events.append(NatSuspected(public, now - since))
         self._next_sync = now + SYNC_INTERVAL if silent else None
 
-    def _apply_decisions(self, now: float, touched: set[Key]) -> None:
+    def _apply_decisions(self, now: float, touched: set[Key]) -> set[Key]:
+        """Endpoint decisions for the peers that changed; returns them."""
         device = self.device
-        for public in self.selector.pop_changed() | touched:
+        decided = self.selector.pop_changed() | touched
+        for public in decided:
             peer = device.peers.get(public)
             if peer is None or public not in self.prober.peers:
                 continue
@@ -351,7 +362,35 @@ class PathDriver(Core):
                 device.try_endpoint(peer, addr, now, cause="probe")
             else:
                 device.set_endpoint(peer, addr, "probe")
+        return decided
 
     # --- output --------------------------------------------------------------------------
 
+    # --- path MTU (proto/pmtu.py) ------------------------------------------------------------
 
+    def _pmtu_step(self, now: float, changed: set[Key]) -> None:
+        """Each peer's path MTU search runs on the endpoint its session uses; unanswered data
+        (proto/timers.py) is what a black hole looks like from here. ``changed``: the peers whose
+        packets, path or endpoint changed (the others' searches need nothing new)."""
+        pmtu = self.pmtu
+        for public in changed:
+            peer = self.device.peers.get(public)
+            if peer is None or peer.endpoint is None or peer.current is None or public not in self.prober.peers:
+                continue
+            if pmtu.path_of(public) != peer.endpoint:
+                pmtu.set_path(public, peer.endpoint, ":" in self._host_of(peer.endpoint), now)
+            pmtu.silence(public, peer.unanswered_since, now)
+        if (due := pmtu.next_deadline()) is not None and due <= now:
+            pmtu.handle_timer(now)
+        self._pmtu_flush(now)
+
+    def _pmtu_flush(self, now: float) -> None:
+        """The search's probes out; a new limit goes to the device (packets over it: "too big")."""
+        for want in self.pmtu.pop_probes():
+            if want.peer in self.prober.peers:
+                self._outbox.append((self.prober.request(want.peer, want.addr, now, size=want.size), want.addr))
+        for event in self.pmtu.pop_events():
+            peer = self.device.peers.get(event.peer)
+            if peer is not None:
+                self.device.set_path_limit(peer, event.inner)
+            self._events.append(event)

@@ -205,6 +205,7 @@ class ProbeResult:
     addr: Addr
     rtt: float
     observed: Any
+    size: int = MIN_REQUEST_SIZE  # of our request (path MTU probes are larger, proto/pmtu.py)
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ class ProbeTimeout:
 
     peer: bytes
     addr: Addr
+    size: int = MIN_REQUEST_SIZE
 
 
 class Received(NamedTuple):
@@ -240,6 +242,7 @@ class _Outstanding:
     addr: Addr
     sent: float
     counter: int
+    size: int = MIN_REQUEST_SIZE
 
 
 @dataclass
@@ -358,9 +361,9 @@ class Prober:
         if len(self._outstanding) >= self._max_outstanding:
             oldest = next(iter(self._outstanding))
             o = self._outstanding.pop(oldest)
-            self._evicted.append(ProbeTimeout(o.peer, o.addr))
+            self._evicted.append(ProbeTimeout(o.peer, o.addr, o.size))
             self._evicted_at = now
-        self._outstanding[rid] = _Outstanding(peer_pub, addr, now, counter)
+        self._outstanding[rid] = _Outstanding(peer_pub, addr, now, counter, size)
         return body + MAC(peer.keys.send, body)
 
     def _new_id(self) -> bytes:
@@ -382,7 +385,7 @@ class Prober:
             if now - o.sent < self._timeout:
                 break
             del out[rid]
-            expired.append(ProbeTimeout(o.peer, o.addr))
+            expired.append(ProbeTimeout(o.peer, o.addr, o.size))
         return expired
 
     def get_timer(self) -> float | None:
@@ -481,7 +484,7 @@ class Prober:
         except (WgdiscoError, ValueError):
             return self._drop("bad-address")
         del self._outstanding[rid]
-        return Received(None, ProbeResult(o.peer, o.addr, now - o.sent, observed))
+        return Received(None, ProbeResult(o.peer, o.addr, now - o.sent, observed, o.size))
 
 
 def _mac_ok(key: bytes, data: bytes) -> bool:
