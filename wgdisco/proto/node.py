@@ -5,7 +5,8 @@ The node wraps the WireGuard ``Device`` (proto/device.py) and joins cores of one
 with ``now``; ``next_deadline()``; ``handle_timer(now)``; events drained by ``pop_events()``):
 ``PathDriver`` (probes, path choice, endpoints), ``BirthdayDriver`` (hard NATs),
 ``MeshMembership`` (admission, IPv4 plan, names), ``LookupSchedule`` (unicast DNS-SD) and
-``NatObserver`` (STUN, NAT classification); ``ownrecord`` and ``views`` are pure functions.
+``NatObserver`` (STUN, NAT classification), ``Calls``; ``ownrecord`` and ``views`` are pure
+functions. The mesh's side (proto/nodemesh.py) and the views (proto/nodeviews.py) are mixed in.
 
 Every change to the peer set or the identity goes through the node's setters, whoever asks
 (config, SIGHUP reload, ``wg set``, the mesh), so the cores never disagree about who is a peer.
@@ -35,17 +36,17 @@ from wgdisco.proto.device import Device, Peer
 from wgdisco.proto import events
 from wgdisco.proto.events import *  # noqa: F401,F403 - the node's events are part of its interface (events.__all__)
 from wgdisco.proto.events import (
-    Event, HandshakeCompleted, MeshAddressChanged, NatSuspected, NodeStats, PathStatus, PortMappingChanged,
-    ReflexiveChanged,
+    Event, HandshakeCompleted, MeshAddressChanged, NatSuspected, PortMappingChanged, ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
 from wgdisco.proto.membership import CheckWanted, GoodbyeDue, MemberExpired, MeshMembership, RelookWanted
 from wgdisco.proto.mesh import Mesh
-from wgdisco.proto.nat import Filtering, Mapping
+from wgdisco.proto.nodemesh import NodeMesh
+from wgdisco.proto.nodeviews import NodeViews
+from wgdisco.proto.nat import Mapping
 from wgdisco.proto.nodetiming import Timing
 from wgdisco.proto.ownrecord import NAT_MAPPING, NAT_TXT, srv_target
 from wgdisco.proto.pathdriver import CallWanted, PathDriver, Suspected
-from wgdisco.proto.paths import PathInfo
 from wgdisco.proto.reflexive import RESTUN_MIN_INTERVAL, NatObserver
 from wgdisco.proto.strangers import Strangers
 from wgdisco.proto.views import REASON_TEXT
@@ -58,7 +59,7 @@ Key = bytes
 STRANGER_TTL, MAX_STRANGERS = Timing.stranger_ttl, Timing.max_strangers
 
 
-class Node:
+class Node(NodeMesh, NodeViews):
     """One node's peers and identity, and the hub of the cores that find paths to them (sans-I/O)."""
 
     def __init__(
@@ -85,7 +86,7 @@ class Node:
         self.membership = None if mesh is None else \
             MeshMembership(mesh, device.identity.public, wall=wall, name=mesh_name, timing=timing.mesh)
         self.lookups = LookupSchedule(rng=rng, timing=timing.lookups, mesh=mesh is not None, enabled=unicast)
-        for public in device.peers:
+        for public in device.peers:  # (configured before the node was made)
             self.lookups.add_peer(public, 0.0)
         self.history = views.PeerHistory()
         self.calls = Calls(device.identity.public)  # peers asked to open their side (issue 26)
@@ -107,31 +108,6 @@ class Node:
     @property
     def public_key(self) -> bytes:
         return self.device.identity.public
-
-    @property
-    def prober(self) -> Any:
-        return self.paths.prober
-
-    @property
-    def birthday(self) -> Any:
-        return self.birthdays.puncher
-
-    @property
-    def reflexive(self) -> list[tuple[str, int]]:
-        return self.nat.reflexive if self.nat is not None else []
-
-    @property
-    def behaviour(self) -> str:
-        """Our NAT's mapping (RFC 4787 §4.1) as STUN sees it, "unknown" without STUN."""
-        return self.nat.behaviour if self.nat is not None else Mapping.UNKNOWN
-
-    @property
-    def filtering(self) -> str:
-        return self.nat.filtering if self.nat is not None else Filtering.UNKNOWN
-
-    @property
-    def mapping_detail(self) -> str:
-        return self.nat.mapping_detail if self.nat is not None else Mapping.UNKNOWN
 
     def add_peer(self, public: Key, now: float, preshared_key: bytes | None = None) -> Peer:
         """A new peer (LocalError: it exists, or it is our own key): probed and tried at once
@@ -235,10 +211,6 @@ class Node:
             self._collect(now)
         self._update_record(now)
 
-    @property
-    def local_networks(self) -> list[Any]:
-        return self.own.local_networks
-
     def set_mapping(self, external: tuple[str, int] | None, now: float) -> None:
         """The gateway maps ``external`` (ip, port) to our listen port (PCP, NAT-PMP or UPnP IGD,
         proto/portmap.py): published as a candidate (kind "mapped"); None: it went."""
@@ -305,77 +277,6 @@ class Node:
         if m.goodbye(public, now):  # is it still there? (a rebind, or forged): one probe
             self.paths.probe(public, current, now)
             self._collect(now)
-
-    # --- the mesh (proto/membership.py) ------------------------------------------------
-
-    def _admit(self, public: Key, name: str | None, now: float) -> Peer | None:
-        """A valid mesh record of a stranger: a peer, AllowedIPs from its key (never the record)."""
-        m = self.membership
-        assert m is not None
-        if not m.has_room():
-            return None
-        self.strangers.discard(public)  # this sighting is newer
-        peer = self.add_peer(public, now)
-        m.admit(public, now, name)
-        for net in m.addresses(public):  # its derived /32 and /128
-            self.device.allowed_ips.insert(net, peer)
-        return peer
-
-    def _mesh_remove(self, public: Key, reason: str, now: float) -> None:
-        assert self.membership is not None
-        self.remove_peer(public)
-        self.membership.remove(public, reason)
-        self._collect(now)
-
-    def _last_heard(self, public: Key) -> float | None:
-        """When a member was last heard of on its path: a WireGuard packet, or a probe answer or
-        request (None: never)."""
-        peer = self.device.peers.get(public)
-        times = [p.last_ok for p in self.paths.selector.paths(public) if p.last_ok is not None]
-        if peer is not None and peer.last_authenticated is not None:
-            times.append(peer.last_authenticated)
-        return max(times) if times else None
-
-    def _heard_since(self, public: Key, since: float) -> bool:
-        """Was a member heard of after ``since``: a newer valid record, a WireGuard packet, or a
-        path that answered (from any of its addresses: a member that moved announces anew)."""
-        assert self.membership is not None
-        peer = self.device.peers.get(public)
-        return (self.membership.last_record(public) > since
-                or (peer is not None and peer.last_authenticated is not None and peer.last_authenticated > since)
-                or any(p.last_ok is not None and p.last_ok > since for p in self.paths.selector.paths(public)))
-
-    def set_mesh(self, current: Mesh, previous: Mesh | None, until: float | None, deny: Iterable[Key],
-                 now: float) -> None:
-        """The mesh keys and MeshDeny (config, SIGHUP; proto/membership.py "Lifecycle"): ``until``
-        is the previous key's end, wall-clock seconds. A new current key signs our record anew."""
-        m = self.membership
-        if m is None:
-            raise LocalError("not a mesh node")
-        end = None if until is None else until - self.device.wall_offset
-        if m.set_keys(current, previous, end, now):
-            self.mesh = current
-            self.lookups.rejected.clear()  # records refused under the old key may be valid now
-            self._update_record(now, force=True)
-        for public in m.set_deny(frozenset(deny)):
-            self.strangers.discard(public)
-        self._collect(now)
-
-    def is_mesh_peer(self, public: Key) -> bool:
-        return self.membership is not None and self.membership.is_member(public)
-
-    def mesh_addresses(self, public: Key) -> list[Any]:
-        """A key's derived addresses as host networks (/32, /128): [] without a mesh."""
-        return [] if self.membership is None else self.membership.addresses(public)
-
-    def own_mesh_interfaces(self) -> list[Any]:
-        """Our derived addresses as /32 and /128 interfaces (the mesh prefixes get routes of their
-        own, so an address can move without taking the prefix route along): [] without a mesh."""
-        return [ipaddress.ip_interface(str(n)) for n in self.mesh_addresses(self.public_key)]
-
-    def mesh_prefixes(self) -> list[Any]:
-        """The mesh's IPv4 block and IPv6 /48 (routes through the interface): [] without a mesh."""
-        return [] if self.mesh is None else [self.mesh.ipv4, self.mesh.ipv6]
 
     # --- unicast lookups (proto/lookups.py) ---------------------------------------------
 
@@ -589,37 +490,6 @@ class Node:
         while (event := self.next_event()) is not None:
             out.append(event)
         return out
-
-    # --- views (status, metrics; proto/views.py) -----------------------------------------
-
-    def explain(self, public: Key, reason: str) -> str:
-        return views.explain(reason, self.behaviour, self.paths.selector.peer_mapping(public))
-
-    def path_status(self, public: Key, now: float) -> PathStatus:
-        return views.path_status(self, public, now)
-
-    def path_basis(self, public: Key) -> str | None:
-        return views.path_basis(self, public)
-
-    def endpoint_source(self, public: Key) -> str | None:
-        peer = self.device.peers.get(public)
-        return self.history.endpoint_source.get(public) if peer is not None and peer.endpoint is not None else None
-
-    def pmtu_view(self, public: Key) -> Any:
-        """The peer's path MTU for status (proto/pmtu.py PmtuView), None when not searched."""
-        return self.paths.pmtu.view(public)
-
-    def candidates(self, public: Key) -> list[PathInfo]:
-        return self.paths.selector.paths(public)
-
-    def handshakes(self, public: Key) -> int:
-        return self.history.handshakes.get(public, 0)
-
-    def path_changes(self, public: Key) -> int:
-        return self.history.path_changes.get(public, 0)
-
-    def stats(self) -> NodeStats:
-        return views.stats(self)
 
     def _count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n

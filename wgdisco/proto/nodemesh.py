@@ -1,0 +1,101 @@
+"""The zero-config mesh's side of the node (docs/mesh.md), as a part of ``Node``.
+
+``Node`` (proto/node.py) inherits these: admitting a key a valid mesh record names (AllowedIPs
+from the key, never from the record), removing a member, what a member was last heard of, the
+mesh keys and MeshDeny from the config, and the mesh's addresses and prefixes. The policy itself
+is ``MeshMembership``'s (proto/membership.py); this is where its decisions meet the peer set.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Iterable
+
+from wgdisco.errors import LocalError
+from wgdisco.proto.device import Peer
+from wgdisco.proto.mesh import Mesh
+
+__all__ = ["NodeMesh"]
+
+Key = bytes
+
+
+class NodeMesh:
+    """Mesh membership meeting the peer set (mixed into ``Node``)."""
+
+    device: Any
+    membership: Any
+    mesh: Any
+    paths: Any
+    lookups: Any
+    strangers: Any
+
+
+    def _admit(self, public: Key, name: str | None, now: float) -> Peer | None:
+        """A valid mesh record of a stranger: a peer, AllowedIPs from its key (never the record)."""
+        m = self.membership
+        assert m is not None
+        if not m.has_room():
+            return None
+        self.strangers.discard(public)  # this sighting is newer
+        peer = self.add_peer(public, now)
+        m.admit(public, now, name)
+        for net in m.addresses(public):  # its derived /32 and /128
+            self.device.allowed_ips.insert(net, peer)
+        return peer
+
+    def _mesh_remove(self, public: Key, reason: str, now: float) -> None:
+        assert self.membership is not None
+        self.remove_peer(public)
+        self.membership.remove(public, reason)
+        self._collect(now)
+
+    def _last_heard(self, public: Key) -> float | None:
+        """When a member was last heard of on its path: a WireGuard packet, or a probe answer or
+        request (None: never)."""
+        peer = self.device.peers.get(public)
+        times = [p.last_ok for p in self.paths.selector.paths(public) if p.last_ok is not None]
+        if peer is not None and peer.last_authenticated is not None:
+            times.append(peer.last_authenticated)
+        return max(times) if times else None
+
+    def _heard_since(self, public: Key, since: float) -> bool:
+        """Was a member heard of after ``since``: a newer valid record, a WireGuard packet, or a
+        path that answered (from any of its addresses: a member that moved announces anew)."""
+        assert self.membership is not None
+        peer = self.device.peers.get(public)
+        return (self.membership.last_record(public) > since
+                or (peer is not None and peer.last_authenticated is not None and peer.last_authenticated > since)
+                or any(p.last_ok is not None and p.last_ok > since for p in self.paths.selector.paths(public)))
+
+    def set_mesh(self, current: Mesh, previous: Mesh | None, until: float | None, deny: Iterable[Key],
+                 now: float) -> None:
+        """The mesh keys and MeshDeny (config, SIGHUP; proto/membership.py "Lifecycle"): ``until``
+        is the previous key's end, wall-clock seconds. A new current key signs our record anew."""
+        m = self.membership
+        if m is None:
+            raise LocalError("not a mesh node")
+        end = None if until is None else until - self.device.wall_offset
+        if m.set_keys(current, previous, end, now):
+            self.mesh = current
+            self.lookups.rejected.clear()  # records refused under the old key may be valid now
+            self._update_record(now, force=True)
+        for public in m.set_deny(frozenset(deny)):
+            self.strangers.discard(public)
+        self._collect(now)
+
+    def is_mesh_peer(self, public: Key) -> bool:
+        return self.membership is not None and self.membership.is_member(public)
+
+    def mesh_addresses(self, public: Key) -> list[Any]:
+        """A key's derived addresses as host networks (/32, /128): [] without a mesh."""
+        return [] if self.membership is None else self.membership.addresses(public)
+
+    def own_mesh_interfaces(self) -> list[Any]:
+        """Our derived addresses as /32 and /128 interfaces (the mesh prefixes get routes of their
+        own, so an address can move without taking the prefix route along): [] without a mesh."""
+        return [ipaddress.ip_interface(str(n)) for n in self.mesh_addresses(self.public_key)]
+
+    def mesh_prefixes(self) -> list[Any]:
+        """The mesh's IPv4 block and IPv6 /48 (routes through the interface): [] without a mesh."""
+        return [] if self.mesh is None else [self.mesh.ipv4, self.mesh.ipv6]
