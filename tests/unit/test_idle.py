@@ -120,3 +120,22 @@ def test_an_idle_mesh_is_quiet_and_keeps_its_members() -> None:
     for x in nodes:
         assert len(x.node.peers) == 3  # nobody expired: the checks prove them
     assert net.ping_until(b, nodes[3], limit=5) < 0.5
+
+
+def test_a_kept_path_whose_far_side_stopped_first_is_let_go_not_failed_and_a_call_still_wakes_it() -> None:
+    # the two sides' "in use" windows end apart (each counts from its own packets): the side that
+    # keeps the pair's mappings stops first, the other one's next keepalive meets a NAT that has
+    # forgotten the flow. Idle, that is no failure: the path stays (dormant) and data wakes it.
+    net, a, b = nat_pair()
+    net.ping_until(a, b, limit=15)
+    net.run(IN_USE - 30)
+    b.ping(a, b"late")  # b's last data is later: b stays in use 30 s longer than a
+    net.run(30)
+    net.run(900)
+    for x, y in ((a, b), (b, a)):
+        assert x.node.paths.selector.current(y.public) is not None  # kept, not failed
+        assert x.node.paths.selector.is_dormant(y.public)
+    lost_flows = sum(nat.forgotten for nat in net.nats)
+    assert lost_flows > 0
+    took = net.ping_until(b, a, limit=20)
+    assert took < 3.0, took

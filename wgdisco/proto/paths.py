@@ -253,6 +253,7 @@ class PathSelector:
         self.probes_sent = 0
         self.candidates_dropped = 0  # new candidates refused: both caps full of protected paths
         self.probes_over_budget = 0  # probes not sent: the peer's budget was spent
+        self.paths_let_go = 0  # idle paths whose keepalives went unanswered: let go, not failed
         self._own_public = False  # our address is not NATed (STUN saw our own address)
         self._heap: list[tuple[float, int, Key]] = []  # (wake-up time, seq, peer), stale entries too
         self._wake_at: dict[Key, float] = {}  # peer -> its live entry's time
@@ -456,7 +457,17 @@ class PathSelector:
             return
         path.misses += 1
         path.wins = 0
-        if addr == p.current and now >= p.active_until:
+        if addr == p.current and now >= p.active_until and path.state == VERIFIED:
+            if path.misses >= self.timing.fail_after:
+                # idle and no answer: the NATs let the flow go (the other side stopped keeping it
+                # first), or the peer is away. Nothing flows and there is nothing to fail over
+                # to: the path stays, dormant and no longer kept; data wakes it and must prove it
+                # (then a call re-opens the far side, issue 26)
+                path.misses = 0
+                path.next_probe = math.inf
+                p.used_until = min(p.used_until, now)
+                self.paths_let_go += 1
+                return
             # idle: one lost keepalive is not a dead path (nor a closed NAT mapping yet): ask
             # again soon, not a whole nat_keepalive later
             path.next_probe = min(path.next_probe, now + self.timing.confirm_interval)
@@ -580,6 +591,11 @@ class PathSelector:
     def is_in_use(self, peer: Key, now: float) -> bool:
         p = self._peers.get(peer)
         return p is not None and (p.pinned or now < p.used_until)
+
+    def was_reached(self, peer: Key) -> bool:
+        """Some candidate of ``peer`` ever answered (a probe or a WireGuard packet)."""
+        p = self._peers.get(peer)
+        return p is not None and any(x.last_ok is not None for x in p.paths.values())
 
     def is_dormant(self, peer: Key) -> bool:
         p = self._peers.get(peer)

@@ -93,6 +93,7 @@ def stats(node: Any) -> NodeStats:
     counters.update({k: v for k, v in (
         ("candidates-dropped", selector.candidates_dropped),
         ("probes-over-budget", selector.probes_over_budget),
+        ("idle-paths-let-go", selector.paths_let_go),
         ("birthday-probes", node.birthday.probes_sent)) if v})
     return NodeStats(
         probes_sent=selector.probes_sent, probe_replies=node.prober.replies, probe_drops=dict(node.prober.drops),
