@@ -44,6 +44,7 @@ from wgdisco.proto import keys, uapi
 from wgdisco.proto.device import Device
 from wgdisco.proto.icmp import Unreachable
 from wgdisco.proto.lookups import Timing as LookupTiming
+from wgdisco.proto.multicast import Multicast
 from wgdisco.proto.node import Node
 from wgdisco.proto.nodetiming import Timing as NodeTiming
 from wgdisco.proto.timers import Timing
@@ -168,6 +169,7 @@ class Tunnel:
             # ICMP unreachable for what no peer takes (the kernel module's wg_xmit); a peer without
             # an endpoint too, unless discovery may still find one (then its packets wait)
             self.device.unreachable = Unreachable(no_endpoint=not self.node.traversal)
+            self.device.multicast = self._multicast()
             own = self.node.own_mesh_interfaces()
             addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]
             routed += self.node.mesh_prefixes()
@@ -254,6 +256,17 @@ class Tunnel:
             await self.discovery.start(lan)
         if node.traversal and self.portmapping is None and cfg.discovery.port_mapping != "off":
             await self._start_port_mapping()
+
+    def _multicast(self) -> Multicast | None:
+        """Link-local multicast over the tunnel (proto/multicast.py, docs/mesh.md): to and from
+        peers that run wgdisco, and the peers ``MulticastPeers`` names."""
+        groups = self.cfg.discovery.multicast_groups()
+        if not groups:
+            return None
+        node, named = self.node, frozenset(self.cfg.discovery.multicast_peers)
+        assert node is not None
+        log.info("multicast over the tunnel: %s", ", ".join(groups))
+        return Multicast(groups, eligible=lambda public: public in named or node.runs_wgdisco(public))
 
     async def _start_port_mapping(self) -> None:
         """The gateway maps our listen port (PCP, NAT-PMP, UPnP IGD); the node publishes it."""

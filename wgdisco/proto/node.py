@@ -95,6 +95,7 @@ class Node:
         self._events: deque[Event] = deque()
         self.strangers = Strangers(cap=timing.max_strangers, ttl=timing.stranger_ttl)
         self._draining = False  # mesh records that waited for the budget are being worked on
+        self.probing: set[Key] = set()  # peers whose latest record says probe=1: they run wgdisco
 
     # --- peers and identity ---------------------------------------------------------
 
@@ -151,6 +152,7 @@ class Node:
         self.birthdays.remove_peer(public)
         self.lookups.forget(public)
         self.history.forget(public)
+        self.probing.discard(public)
         self._events.extend(self.birthdays.pop_events())  # its punched sockets close (SocketsClosed)
 
     def set_allowed_ips(self, public: Key, changes: Iterable[tuple[Any, bool]] = (), replace: bool = False) -> None:
@@ -270,6 +272,7 @@ class Node:
             except (LocalError, OSError, ValueError):
                 self._count("candidates-unusable")
         nat = sighting.txt.get("nat")
+        (self.probing.add if sighting.txt.get("probe") == b"1" else self.probing.discard)(public)
         mapping = NAT_MAPPING.get(nat.decode("ascii", "replace")) if isinstance(nat, bytes) else None
         self.paths.sighting(public, addrs, source, now, traversal=self.traversal, local_networks=self.local_networks,
                             mapping=mapping, probes=sighting.txt.get("probe") == b"1")
@@ -329,6 +332,10 @@ class Node:
 
     def is_mesh_peer(self, public: Key) -> bool:
         return self.membership is not None and self.membership.is_member(public)
+
+    def runs_wgdisco(self, public: Key) -> bool:
+        """A mesh member, or a peer whose record says probe=1 (never a wireguard-go peer)."""
+        return public in self.probing or self.is_mesh_peer(public)
 
     def mesh_addresses(self, public: Key) -> list[Any]:
         """A key's derived addresses as host networks (/32, /128): [] without a mesh."""
