@@ -134,6 +134,10 @@ class Surface:
                 "hosts_file": None if t.hosts is None else str(t.hosts.file.path),
             },
             "dropped": self.drop_counts(),
+            "multicast": None if device.multicast is None else {  # proto/multicast.py
+                "groups": [str(g) for g in device.multicast.groups],
+                "counters": dict(sorted(device.multicast.counters.items())),
+            },
             "handshakes": {  # under a flood: cookies answered, work refused (docs/troubleshooting.md)
                 "under_load": device.is_loaded(now),
                 "cookie_replies_sent": device.counters.get("cookie-replies-sent", 0),
