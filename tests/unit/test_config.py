@@ -359,3 +359,25 @@ def test_the_discovery_dataclass_and_the_key_table_agree() -> None:
     assert set(table) == set(config.DISCOVERY_FIELDS)
     assert config.DiscoveryConfig() == config.DiscoveryConfig.from_keys(table)
     assert config.DiscoveryConfig().by_key() == table
+
+
+def test_multicast_groups_and_peers() -> None:
+    plain = "[Interface]\nPrivateKey = " + PRIV + "\n[Discovery]\n"
+    assert parse(MESH).discovery.multicast_groups() == ("224.0.0.251", "ff02::fb")  # on in mesh mode
+    assert parse(plain).discovery.multicast_groups() == ()  # off otherwise
+    assert parse(MESH + "Multicast = off\n").discovery.multicast_groups() == ()
+    c = parse(plain + "Multicast = mdns, 239.255.255.250, MDNS\n")
+    assert c.discovery.multicast_groups() == ("224.0.0.251", "ff02::fb", "239.255.255.250")
+    peer = keys.key_to_base64(keys.public_key(bytes(range(32))))
+    c = parse(plain + f"MulticastPeers = {peer}\n")
+    assert c.discovery.multicast_peers == [keys.key_from_base64(peer)]
+    shown = config.format_config(parse(plain + f"Multicast = ff02::fb\nMulticastPeers = {peer}\n"))
+    assert "Multicast = ff02::fb\n" in shown and f"MulticastPeers = {peer}\n" in shown
+    assert "Multicast = off\n" in config.format_config(parse(MESH + "Multicast = off\n"))
+    assert parse(config.format_config(c, show_secrets=True)).discovery.multicast_peers == c.discovery.multicast_peers
+    for bad, words in (("10.0.0.1", "not a multicast group"), ("mdns, off", "cannot be combined"),
+                       ("printers", "not off, mdns or a multicast group"), ("", "empty")):
+        e = error_of(plain + f"Multicast = {bad}\n")
+        assert (e.line, e.key) == (4, "Multicast") and words in str(e), str(e)
+    e = error_of(plain + "MulticastPeers = not-a-key\n")
+    assert e.key == "MulticastPeers"
