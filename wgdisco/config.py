@@ -612,6 +612,10 @@ def parse(text: str, path: str = "<config>", name: str = "wg0") -> Config:
     """Parse config text. Raises ConfigError naming path, line and key."""
     parser = _Parser(text, path)
     interface, peers, discovery = parser.parse()
+    if name in discovery.mdns_interfaces:  # wgdisco's discovery never runs on the tunnel (docs/mesh.md)
+        raise parser.error(f"{name} is this tunnel: wgdisco's own discovery never runs on it "
+                           "(for services across the mesh, see Multicast)",
+                           parser.discovery_key_lines.get("mDNSInterfaces"), "mDNSInterfaces")
     warnings = [
         f"{path}:{line}: {key}: {UNSUPPORTED_INTERFACE_KEYS[key]}"
         for key, line in parser.seen_unsupported.items()

@@ -381,3 +381,11 @@ def test_multicast_groups_and_peers() -> None:
         assert (e.line, e.key) == (4, "Multicast") and words in str(e), str(e)
     e = error_of(plain + "MulticastPeers = not-a-key\n")
     assert e.key == "MulticastPeers"
+
+
+def test_mdns_never_on_the_tunnel_itself() -> None:
+    text = "[Interface]\nPrivateKey = " + PRIV + "\n[Discovery]\nmDNSInterfaces = eth0, mesh0\n"
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "mesh0.conf", name="mesh0")
+    assert (e.value.line, e.value.key) == (4, "mDNSInterfaces") and "mesh0 is this tunnel" in str(e.value)
+    assert config.parse(text, "wg0.conf", name="wg0").discovery.mdns_interfaces == ["eth0", "mesh0"]
