@@ -139,5 +139,6 @@ def test_a_flooding_member_costs_the_others_bounded_cpu_and_no_memory(mesh: Mult
     for n in "ab":  # what c passed on reached a and b; their budget for c let little of it into TUN
         now = mesh.members[n].counters()
         got = {k: now.get(k, 0) - counted0[n].get(k, 0) for k in ("multicast-received", "multicast-received-over-budget")}
+        print(f"{n}: {got}")
         assert got["multicast-received-over-budget"] >= 0.5 * sent, (n, got)
         assert got["multicast-received"] <= PEER_BURST + PEER_RATE * (took + 1), (n, got)
