@@ -110,6 +110,9 @@ def test_each_packet_arrives_once_per_receiver_and_never_at_a_wireguard_go_peer(
     after = mesh.members["a"].counters()
     assert after.get("multicast-received-not-member", 0) - before.get("multicast-received-not-member", 0) == 5
     assert after["multicast-sent"] - before.get("multicast-sent", 0) >= 2 * 41  # to b and c, not d
+    metrics = mesh.members["a"].metrics()
+    line = f'wgdisco_multicast_total{{interface="{mesh.members["a"].iface}",what="multicast-received-not-member"}} '
+    assert line + str(after["multicast-received-not-member"]) in metrics, metrics[-2000:]
 
 
 def test_a_flooding_member_costs_the_others_bounded_cpu_and_no_memory(mesh: MulticastMesh) -> None:

@@ -24,6 +24,7 @@ from .wg import PACKAGE_ROOT, Node, PeerSpec, keypair
 MESH_CONFIG = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = multicast over the tunnel lab\n"
 D_INNER = "192.0.2.4"  # the wireguard-go peer's tunnel address (outside the mesh's 10.64.0.0/10)
 MCAST = str(Path(__file__).with_name("mcast.py"))
+METRICS_PORT = 9109  # a's Prometheus metrics, on loopback in its namespace
 
 
 @dataclass
@@ -37,6 +38,11 @@ class Member:
     def status(self) -> dict:
         out = self.host.run([sys.executable, "-m", "wgdisco", "status", self.iface, "--json"]).stdout
         return json.loads(out)
+
+    def metrics(self) -> str:
+        """a's Prometheus text (only a has Metrics)."""
+        code = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{METRICS_PORT}/metrics').read().decode())"
+        return self.host.run([sys.executable, "-c", code]).stdout
 
     def counters(self) -> dict[str, int]:
         return (self.status().get("multicast") or {}).get("counters", {})
@@ -117,7 +123,7 @@ def build(lab: Lab, *, limit: float = 30.0, flooder_rate: float | None = None) -
     for i, name in enumerate("abcd"):
         lab.attach(hosts[name], lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
     d_private, d_public = keypair()
-    d_peer = f"\n[Peer]\nPublicKey = {d_public}\nAllowedIPs = {D_INNER}/32\nEndpoint = 10.1.0.4:51820\n"
+    d_peer = f"Metrics = 127.0.0.1:{METRICS_PORT}\n\n[Peer]\nPublicKey = {d_public}\nAllowedIPs = {D_INNER}/32\nEndpoint = 10.1.0.4:51820\n"
     flood = () if flooder_rate is None else ("--multicast-group-rate", str(flooder_rate))
     members = {name: _start_member(lab, hosts[name], f"{name}m{tag}", d_peer if name == "a" else "",
                                    flood if name == "c" else ()) for name in "abc"}
