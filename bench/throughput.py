@@ -18,7 +18,8 @@ each side (``wgdisco.lab.wg.pair``, inner addresses 10.9.0.1 and 10.9.0.2, MTU 1
 * ``wireguard-go``     — the installed wireguard-go (Debian 12: 0.0.20220316, no offloads),
 * ``mixed``            — wgdisco in ``a``, the new wireguard-go in ``b`` (one session, after the rounds),
 * ``wgdisco-base``     — ``--base-tree DIR``: the wgdisco source tree in DIR (e.g. ``git archive`` of an
-  older commit) with ``WGDISCO_DATAPATH=python``, to show the pure-Python path did not get slower.
+  older commit) with ``WGDISCO_DATAPATH=python``, to show the pure-Python path did not get slower
+  (``--base-datapath c``: its compiled path, built in place in DIR, against ``wgdisco``).
 
 Round i runs one session of each configuration in turn (A B C A B C ...), so slow drifts of
 the machine hit all alike; ratios are taken pair by pair (round i of A over round i of B)
@@ -565,8 +566,9 @@ def ratios(results: Results, ours_key: str = WGDISCO, theirs_key: str = WGGO_NEW
 def all_ratios(results: Results) -> dict:
     """"wgdisco/wireguard-go-new" -> ratios(...), for each of ours against each wireguard-go."""
     out = {f"{o}/{t}": r for o in OURS for t in BASELINES if (r := ratios(results, o, t))}
-    if (r := ratios(results, WGDISCO_PY, WGDISCO_BASE)):
-        out[f"{WGDISCO_PY}/{WGDISCO_BASE}"] = r
+    for ours in (WGDISCO_PY, WGDISCO):  # the base tree's path is the one --base-datapath names
+        if (r := ratios(results, ours, WGDISCO_BASE)):
+            out[f"{ours}/{WGDISCO_BASE}"] = r
     return out
 
 
@@ -703,6 +705,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-mixed", action="store_true", help="leave out the mixed pair")
     p.add_argument("--base-tree", type=Path, default=None,
                    help="also run the pure-Python path of the wgdisco source tree in this directory (wgdisco-base)")
+    p.add_argument("--base-datapath", choices=("python", "c"), default="python",
+                   help="the base tree's data path (c: its compiled module must be built in place; "
+                        "compared with wgdisco instead of wgdisco-python)")
     args = p.parse_args(argv)
     if args.smoke:
         args.rounds, args.seconds = 1, 2.0
@@ -726,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--base-tree {args.base_tree}: no wgdisco source tree there", file=sys.stderr)
             return 2
         CONFIGS[WGDISCO_BASE] = Config(WGDISCO_BASE, WGDISCO, WGDISCO, env=(
-            ("PYTHONPATH", str(args.base_tree.resolve())), ("WGDISCO_DATAPATH", "python")))
+            ("PYTHONPATH", str(args.base_tree.resolve())), ("WGDISCO_DATAPATH", args.base_datapath)))
         if WGDISCO_BASE not in configs:
             configs.append(WGDISCO_BASE)
     if (args.python_path or args.smoke) and WGDISCO_PY not in configs:

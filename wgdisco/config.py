@@ -386,6 +386,46 @@ def parse_max_peers(value: str) -> int:
     return n
 
 
+MULTICAST_AUTO = "auto"  # the default: mDNS in mesh mode, off otherwise (docs/mesh.md)
+
+
+def parse_multicast(value: str) -> tuple[str, ...]:
+    """``Multicast =``: ``off``, ``mdns`` (224.0.0.251 and ff02::fb) and/or multicast group
+    addresses, comma-separated (``mdns, 239.255.255.250``). The groups, as address strings."""
+    items = [item.lower() for item in split_list(value)]
+    if items == ["off"]:
+        return ()
+    if not items:
+        raise ValueError("empty: give off, mdns or multicast group addresses")
+    groups: list[str] = []
+    for item in items:
+        if item == "mdns":
+            new = ["224.0.0.251", "ff02::fb"]
+        elif item in ("off", "auto"):
+            raise ValueError(f"{item!r} cannot be combined with groups")
+        else:
+            try:
+                ip = ipaddress.ip_address(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not off, mdns or a multicast group address") from None
+            if not ip.is_multicast:
+                raise ValueError(f"{item} is not a multicast group (224.0.0.0/4, ff00::/8)")
+            new = [str(ip)]
+        groups += [g for g in new if g not in groups]
+    return tuple(groups)
+
+
+def parse_keys(value: str) -> list[bytes]:
+    """A comma-separated list of base64 public keys."""
+    out = []
+    for item in split_list(value):
+        try:
+            out.append(keys.key_from_base64(item))
+        except DecodeError:
+            raise ValueError(f"{item[:60]!r} is not a base64 public key") from None
+    return out
+
+
 PORT_MAPPING_MODES = portmap.MODES  # one list (proto/portmap.py)
 
 
@@ -421,6 +461,8 @@ DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "previousmeshkey": ("PreviousMeshKey", parse_mesh_key, None),
     "previousmeshkeyuntil": ("PreviousMeshKeyUntil", parse_until, None),
     "meshdeny": ("MeshDeny", parse_deny, []),
+    "multicast": ("Multicast", parse_multicast, MULTICAST_AUTO),
+    "multicastpeers": ("MulticastPeers", parse_keys, []),
 }
 SECRET_DISCOVERY_KEYS = {"UpdateKey", "MeshKey", "PreviousMeshKey"}
 MESH_ONLY_KEYS = ("MeshIPv4", "MeshMaxPeers", "Name", "MeshId", "PreviousMeshKey", "PreviousMeshKeyUntil", "MeshDeny")
@@ -433,6 +475,7 @@ DISCOVERY_FIELDS = {
     "NatKeepalive": "nat_keepalive",
     "MeshId": "mesh_id", "PreviousMeshKey": "previous_mesh_key", "PreviousMeshKeyUntil": "previous_mesh_key_until",
     "MeshDeny": "mesh_deny",
+    "Multicast": "multicast", "MulticastPeers": "multicast_peers",
 }
 
 
@@ -462,6 +505,14 @@ class DiscoveryConfig:
     previous_mesh_key: Any = None  # secret: never shown
     previous_mesh_key_until: float | None = None  # Unix seconds
     mesh_deny: list[bytes] = field(default_factory=list)
+    multicast: Any = MULTICAST_AUTO  # "auto" or the enabled groups (() = off)
+    multicast_peers: list[bytes] = field(default_factory=list)  # non-mesh peers that get multicast
+
+    def multicast_groups(self) -> tuple[str, ...]:
+        """The groups carried over the tunnel: ``auto`` is mDNS in mesh mode, nothing otherwise."""
+        if self.multicast == MULTICAST_AUTO:
+            return ("224.0.0.251", "ff02::fb") if self.mesh_key is not None or self.mesh_key_file else ()
+        return tuple(self.multicast)
 
     def by_key(self) -> dict[str, Any]:
         """{canonical key: value}, in DISCOVERY_KEYS's order (showconf)."""
@@ -636,6 +687,10 @@ def parse(text: str, path: str = "<config>", name: str = "wg0") -> Config:
     """Parse config text. Raises ConfigError naming path, line and key."""
     parser = _Parser(text, path)
     interface, peers, discovery = parser.parse()
+    if name in discovery.mdns_interfaces:  # wgdisco's discovery never runs on the tunnel (docs/mesh.md)
+        raise parser.error(f"{name} is this tunnel: wgdisco's own discovery never runs on it "
+                           "(for services across the mesh, see Multicast)",
+                           parser.discovery_key_lines.get("mDNSInterfaces"), "mDNSInterfaces")
     warnings = [
         f"{path}:{line}: {key}: {UNSUPPORTED_INTERFACE_KEYS[key]}"
         for key, line in parser.seen_unsupported.items()
@@ -895,6 +950,10 @@ def format_discovery_value(value: Any) -> str:
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], int):  # (ip, port)
         host, port = value
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if value == ():  # Multicast = off (the groups: none)
+        return "off"
+    if isinstance(value, bytes):  # a public key (MulticastPeers)
+        return keys.key_to_base64(value)
     if isinstance(value, (list, tuple)):
-        return ", ".join(str(v) for v in value)
+        return ", ".join(format_discovery_value(v) for v in value)
     return str(value)

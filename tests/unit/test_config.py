@@ -408,3 +408,33 @@ def test_mesh_deny_adds_up_and_never_echoes_a_bad_entry() -> None:
     assert (e.key, e.line) == ("MeshDeny", 6) and "entry 2" in str(e) and "s3cret" not in str(e)
     e = error_of("[Interface]\nPrivateKey = " + PRIV + f"\n[Discovery]\nMeshDeny = {k1}\n")
     assert e.key == "MeshDeny" and "MeshKey" in str(e)
+
+
+def test_multicast_groups_and_peers() -> None:
+    plain = "[Interface]\nPrivateKey = " + PRIV + "\n[Discovery]\n"
+    assert parse(MESH).discovery.multicast_groups() == ("224.0.0.251", "ff02::fb")  # on in mesh mode
+    assert parse(plain).discovery.multicast_groups() == ()  # off otherwise
+    assert parse(MESH + "Multicast = off\n").discovery.multicast_groups() == ()
+    c = parse(plain + "Multicast = mdns, 239.255.255.250, MDNS\n")
+    assert c.discovery.multicast_groups() == ("224.0.0.251", "ff02::fb", "239.255.255.250")
+    peer = keys.key_to_base64(keys.public_key(bytes(range(32))))
+    c = parse(plain + f"MulticastPeers = {peer}\n")
+    assert c.discovery.multicast_peers == [keys.key_from_base64(peer)]
+    shown = config.format_config(parse(plain + f"Multicast = ff02::fb\nMulticastPeers = {peer}\n"))
+    assert "Multicast = ff02::fb\n" in shown and f"MulticastPeers = {peer}\n" in shown
+    assert "Multicast = off\n" in config.format_config(parse(MESH + "Multicast = off\n"))
+    assert parse(config.format_config(c, show_secrets=True)).discovery.multicast_peers == c.discovery.multicast_peers
+    for bad, words in (("10.0.0.1", "not a multicast group"), ("mdns, off", "cannot be combined"),
+                       ("printers", "not off, mdns or a multicast group"), ("", "empty")):
+        e = error_of(plain + f"Multicast = {bad}\n")
+        assert (e.line, e.key) == (4, "Multicast") and words in str(e), str(e)
+    e = error_of(plain + "MulticastPeers = not-a-key\n")
+    assert e.key == "MulticastPeers"
+
+
+def test_mdns_never_on_the_tunnel_itself() -> None:
+    text = "[Interface]\nPrivateKey = " + PRIV + "\n[Discovery]\nmDNSInterfaces = eth0, mesh0\n"
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "mesh0.conf", name="mesh0")
+    assert (e.value.line, e.value.key) == (4, "mDNSInterfaces") and "mesh0 is this tunnel" in str(e.value)
+    assert config.parse(text, "wg0.conf", name="wg0").discovery.mdns_interfaces == ["eth0", "mesh0"]

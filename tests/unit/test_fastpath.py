@@ -420,3 +420,49 @@ def test_packets_over_the_peer_path_mtu_go_to_python_the_rest_stay_in_c(v6: bool
         assert fp.tun_read(dut.now, 256) == []
     finally:
         tun.close()
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_multicast_from_a_peer_goes_through_the_same_rules_on_both_paths(enabled: bool, loop_socks) -> None:
+    """C decrypts and checks a packet to a multicast group and hands it back as (packet, slot, None);
+    proto/multicast.py decides (group, member, budget) as on the pure path, and a group's packet
+    from TUN comes back to Python for the fan-out (no peer's AllowedIPs hold a group)."""
+    from wgdisco.proto.multicast import MDNS_GROUPS, Multicast
+
+    a_sock, b_sock = loop_socks
+    ref, dut = worlds(a_sock, b_sock)
+    for w in (ref, dut):
+        w.b.multicast = Multicast(MDNS_GROUPS, eligible=lambda k: True, peer_burst=5) if enabled else None
+
+    def sequence(w: World) -> list[bytes]:
+        out = []
+        for i in range(8):
+            out.append(w.seal(ipv4("10.0.0.1", "224.0.0.251", bytes([i]) * 20)))
+            out.append(w.seal(ipv4("10.0.0.1", "10.0.0.2", bytes([i]) * 20)))
+            out.append(w.seal(ipv6("fd00::1", "ff02::fb", bytes([i]) * 7)))
+        out.append(w.seal(ipv4("10.0.0.1", "239.255.255.250")))  # a group not enabled
+        out.append(w.seal(ipv4("10.66.0.9", "224.0.0.251")))  # a forged source: cryptokey routing drops it
+        return out
+
+    src = a_sock.getsockname()
+    expected = demux(ref, [(d, src, None) for d in sequence(ref)], {})
+    tun = FakeTun()
+    try:
+        fp = make_fast(dut, tun, b_sock)
+        written, punted = c_receive(fp, tun, dut, sequence(dut), a_sock, b_sock.getsockname())
+        assert all(addr.__class__ is int and local is None for _d, addr, local in punted)
+        assert len(punted) == 8 * 2 + 1  # every multicast packet that passed the checks
+        late = [p for d, slot, _l in punted if (p := fp.multicast_received(slot, d, dut.now)) is not None]
+        # packet for packet, the same ones reach TUN (C delivers unicast first, then Python the groups')
+        got = [w[len(VNET):] for w in written] + late
+        # group packets to TUN from B's side: handed back by C for the fan-out
+        tun.inject(ipv4("10.0.0.2", "224.0.0.251"))
+        fp.sync(dut.now)
+        assert fp.tun_read(dut.now, 256) == [ipv4("10.0.0.2", "224.0.0.251")]
+    finally:
+        tun.close()
+    assert sorted(got) == sorted(expected)
+    assert len(late) == (5 if enabled else 17)
+    assert peer_state(dut) == peer_state(ref)
+    if enabled:
+        assert dut.b.multicast.counters == ref.b.multicast.counters  # type: ignore[union-attr]

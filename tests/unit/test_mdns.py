@@ -150,3 +150,24 @@ async def test_a_closed_service_leaves_no_zeroconf_behind() -> None:
     finally:
         gc.enable()
     assert left == 0, f"{left} closed zeroconf instances still in memory after 10 rebinds"
+
+
+def test_zeroconf_sockets_hear_only_their_own_groups() -> None:
+    """IP_MULTICAST_ALL (on by default) would hand zeroconf's wildcard socket the mDNS of every
+    interface where anything joined the group, the tunnel with Avahi on it included (issue 28)."""
+    import socket
+    from types import SimpleNamespace
+
+    v4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        assert v4.getsockopt(socket.IPPROTO_IP, mdns.IP_MULTICAST_ALL) == 1  # the kernel's default
+        zc = SimpleNamespace(engine=SimpleNamespace(readers=[SimpleNamespace(sock=v4), SimpleNamespace(sock=v6)]))
+        mdns.only_own_groups(zc)  # type: ignore[arg-type]
+        assert v4.getsockopt(socket.IPPROTO_IP, mdns.IP_MULTICAST_ALL) == 0
+        assert v6.getsockopt(socket.IPPROTO_IP, mdns.IP_MULTICAST_ALL) == 0  # IPv4 on a dual-stack socket
+        assert v6.getsockopt(socket.IPPROTO_IPV6, mdns.IPV6_MULTICAST_ALL) == 0
+    finally:
+        v4.close()
+        v6.close()

@@ -316,6 +316,19 @@ def test_a_peer_without_probes_gets_handshake_tries() -> None:
     net.ping_until(a, b, limit=5)
     assert a.node.stats().counters.get("handshake-tries", 0) >= 1
     assert a.node.endpoint_source(b.public) == "dns"
+    assert not a.node.runs_wgdisco(b.public)  # no multicast for it (proto/multicast.py)
+
+
+def test_a_peer_whose_record_says_probe_runs_wgdisco_until_a_record_says_otherwise() -> None:
+    net, a, b = lan_pair(peers=True)
+    net.run(2)
+    assert a.node.runs_wgdisco(b.public)  # wgdisco's records carry probe=1
+    a.node.receive_sighting(records.Sighting(b.public, [(ipaddress.ip_address("10.7.0.3"), 51820)]), "dns", net.now)
+    assert not a.node.runs_wgdisco(b.public)
+    a.node.receive_sighting(records.Sighting(b.public, [], txt={"probe": b"1"}), "dns", net.now)
+    assert a.node.runs_wgdisco(b.public)
+    a.node.remove_peer(b.public)
+    assert not a.node.runs_wgdisco(b.public)
 
 
 # --- unicast lookups: fast first contact with the default PollInterval ------------------

@@ -251,7 +251,10 @@ class DataPlane:
         inner_packets: list[Any] = []
         handshakes: list[Any] = []  # handshake messages wait for the data of the drain
         for datagram, addr, local in datagrams:
-            inner = receive(datagram, addr, now, local, handshakes)
+            if addr.__class__ is int:  # a multicast packet C decrypted, from the peer in slot addr
+                inner = fast.multicast_received(addr, datagram, now)
+            else:
+                inner = receive(datagram, addr, now, local, handshakes)
             if inner is not None:
                 inner_packets.append(inner)
         if packets:

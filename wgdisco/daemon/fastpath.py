@@ -24,7 +24,8 @@ After each batch ``apply`` feeds what C reports back into the Device: send count
 ``transport_sent`` / ``transport_received`` (timers, wg show counters, roaming, rekeying)
 and the drop counters. What C hands back unchanged (handshakes, cookies, STUN, probes,
 strangers, packets for peers without a usable keypair) the data plane treats as on the
-pure-Python path.
+pure-Python path; a decrypted packet to a multicast group comes back as ``(packet, slot, None)``
+for ``multicast_received`` (proto/multicast.py decides).
 
 ``WGDISCO_DATAPATH`` chooses: ``auto`` (default: compiled if built, else Python), ``c``
 (compiled or refuse to start), ``python``.
@@ -234,6 +235,12 @@ class FastPath:
         datagrams, packets, events, drops = self.dp.udp_tun_read(batch)
         self.apply(events, drops, now)
         return datagrams, packets
+
+    def multicast_received(self, slot: int, packet: bytes, now: float) -> bytes | None:
+        """A packet to a multicast group that C decrypted and checked for the peer in ``slot`` (handed
+        back as ``(packet, slot, None)``): the packet for TUN or None (Device.multicast_received)."""
+        peer = self.peer_at.get(slot)
+        return None if peer is None else self.device.multicast_received(peer, packet, now)
 
     def apply(self, events: list[tuple], drops: bool, now: float) -> None:
         """What C reports after a drain, into the Device; ``sent``: whether it sent data."""

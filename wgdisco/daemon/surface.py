@@ -157,6 +157,10 @@ class Surface:
                 "banned": len(m.deny),
             },
             "dropped": self.drop_counts(),
+            "multicast": None if device.multicast is None else {  # proto/multicast.py
+                "groups": [str(g) for g in device.multicast.groups],
+                "counters": dict(sorted(device.multicast.counters.items())),
+            },
             "handshakes": {  # under a flood: cookies answered, work refused (docs/troubleshooting.md)
                 "under_load": device.is_loaded(now),
                 "cookie_replies_sent": device.counters.get("cookie-replies-sent", 0),
@@ -244,6 +248,10 @@ class Surface:
             metric("dropped_total", "counter", "Input dropped, by reason (cookie-reply-limited and "
                    "handshake-over-budget: a handshake flood met its budget).",
                    [(f'{{{iface},reason="{reason}"}}', n) for reason, n in sorted(self.drop_counts().items())])
+            mc = device.multicast
+            metric("multicast_total", "counter", "Multicast over the tunnel (proto/multicast.py), by what happened "
+                   "(multicast-sent, multicast-received, multicast-received-over-budget, ...).",
+                   [(f'{{{iface},what="{what}"}}', n) for what, n in sorted(mc.counters.items())] if mc else [])
         return "\n".join(out) + "\n"
 
     def snapshot(self) -> uapi.DeviceSnapshot:

@@ -45,6 +45,9 @@ from wgdisco.proto.device import Device
 from wgdisco.proto.icmp import TooBig, Unreachable
 from wgdisco.proto.lookups import Timing as LookupTiming
 from wgdisco.proto.paths import Timing as PathTiming
+from wgdisco.proto.multicast import GROUP_BURST as MULTICAST_GROUP_BURST
+from wgdisco.proto.multicast import GROUP_RATE as MULTICAST_GROUP_RATE
+from wgdisco.proto.multicast import Multicast
 from wgdisco.proto.node import Node
 from wgdisco.proto.nodetiming import Timing as NodeTiming
 from wgdisco.proto.timers import Timing
@@ -68,8 +71,10 @@ class Tunnel:
         control_dir: str = CONTROL_DIR,
         over_uapi: bool = False,
         notifier: systemd.Notifier | None = None,
+        multicast_group_rate: float = MULTICAST_GROUP_RATE,
     ) -> None:
         self.cfg = cfg
+        self.multicast_group_rate = multicast_group_rate  # proto/multicast.py (a lab flooder raises it)
         # the service manager (Type=notify): READY/RELOADING/STOPPING; $NOTIFY_SOCKET unless given
         self.notifier = notifier if notifier is not None else systemd.Notifier.from_environ()
         self.over_uapi = over_uapi  # no config file: key, port and peers come with wg setconf
@@ -174,6 +179,7 @@ class Tunnel:
             self.device.unreachable = Unreachable(no_endpoint=not self.node.traversal)
             # over a peer's discovered path MTU: ICMP "too big" back, or IPv4 fragments (issue 25)
             self.device.too_big = TooBig()
+            self.device.multicast = self._multicast()
             own = self.node.own_mesh_interfaces()
             addresses = list(iface.addresses) + [a for a in own if a not in iface.addresses]
             routed += self.node.mesh_prefixes()
@@ -182,6 +188,9 @@ class Tunnel:
             await asyncio.to_thread(
                 netlink.configure_link, self.name, addresses=addresses, mtu=iface.mtu or DEFAULT_MTU,
                 up=not self.over_uapi,  # over UAPI the link stays down until `ip link set up` (wg-quick)
+                # multicast over the tunnel: mDNS over IPv6 leaves from our tunnel address, which the
+                # peers' cryptokey routing admits, not from a link-local one, which it drops
+                link_local=self.device.multicast is None,
             )
             await self.routing.add_routes(routed, self.sock)
             await self.uapi.start(self.name, self.surface.handle_uapi)
@@ -262,6 +271,19 @@ class Tunnel:
             await self.discovery.start(lan)
         if node.traversal and self.portmapping is None and cfg.discovery.port_mapping != "off":
             await self._start_port_mapping()
+
+    def _multicast(self) -> Multicast | None:
+        """Link-local multicast over the tunnel (proto/multicast.py, docs/mesh.md): to and from
+        peers that run wgdisco, and the peers ``MulticastPeers`` names."""
+        groups = self.cfg.discovery.multicast_groups()
+        if not groups:
+            return None
+        node, named = self.node, frozenset(self.cfg.discovery.multicast_peers)
+        assert node is not None
+        log.info("multicast over the tunnel: %s", ", ".join(groups))
+        rate = self.multicast_group_rate
+        return Multicast(groups, eligible=lambda public: public in named or node.runs_wgdisco(public),
+                         group_rate=rate, group_burst=max(MULTICAST_GROUP_BURST, int(rate * 2)))
 
     async def _start_port_mapping(self) -> None:
         """The gateway maps our listen port (PCP, NAT-PMP, UPnP IGD); the node publishes it."""

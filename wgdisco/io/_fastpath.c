@@ -21,7 +21,8 @@
  *                  proto/device.py _receive_transport), and writes the packets to TUN, TCP runs
  *                  coalesced into GSO super-packets (as proto/gro.py). Everything else (handshake
  *                  messages, cookies, STUN, probes, unknown indices, expired keypairs) goes back to
- *                  Python unchanged: (datagram, address, pktinfo).
+ *                  Python unchanged: (datagram, address, pktinfo). A decrypted packet to a multicast
+ *                  group goes back as (packet, peer slot, None): proto/multicast.py decides.
  *
  * Both return what happened per peer (bytes, data packets, the latest endpoint and source when
  * they changed, the keypair's send counter), so Python keeps its timers, wg show and roaming
@@ -147,6 +148,7 @@ typedef struct {
     int has_local;
     int local_level, local_type, local_len;
     uint8_t local[32];
+    int inner_slot; /* > 0: a decrypted multicast packet from peer slot inner_slot - 1 */
 } Punt;
 
 typedef struct {
@@ -999,9 +1001,12 @@ typedef struct {
     uint8_t data[32];
 } Local;
 
-/* one transport datagram for a held keypair: 1 handled (delivered or dropped), 0 for Python */
+/* one transport datagram for a held keypair: 1 handled (delivered or dropped), 0 for Python.
+   A packet to a multicast group that passed the checks is not delivered: it is left in *mc
+   (and the peer's slot in *mc_slot) for Python (proto/multicast.py: groups, budgets). */
 static int open_transport(DataPath *self, uint8_t *d, size_t n, const struct sockaddr_storage *from,
-                          socklen_t fromlen, const Local *local, double now, Pkt *out, int *nout)
+                          socklen_t fromlen, const Local *local, double now, Pkt *out, int *nout,
+                          Pkt *mc, int *mc_slot)
 {
     uint32_t ridx;
     memcpy(&ridx, d + 4, 4);
@@ -1080,6 +1085,12 @@ static int open_transport(DataPath *self, uint8_t *d, size_t n, const struct soc
     }
     if (route_lookup(t, source) != slot) {
         device_drop(self, D_INNER_SOURCE);
+        return 1;
+    }
+    if (version == 4 ? (pt[16] & 0xF0) == 0xE0 : pt[24] == 0xFF) { /* 224.0.0.0/4, ff00::/8 */
+        mc->p = pt;
+        mc->n = length;
+        *mc_slot = slot;
         return 1;
     }
     out[*nout].p = pt;
@@ -1221,7 +1232,10 @@ static PyObject *punt_list(DataPath *self, size_t from, size_t to, int udp)
     for (size_t i = from; i < to; i++) {
         Punt *p = &self->punts[i];
         PyObject *item;
-        if (udp) {
+        if (udp && p->inner_slot) {
+            item = Py_BuildValue("(y#iO)", (const char *)self->arena + p->off, (Py_ssize_t)p->len,
+                                 p->inner_slot - 1, Py_None);
+        } else if (udp) {
             PyObject *addr = sockaddr_to_tuple(&p->from);
             PyObject *loc = p->has_local ? local_tuple(p->local_level, p->local_type, p->local, p->local_len)
                                          : (Py_INCREF(Py_None), Py_None);
@@ -1359,9 +1373,20 @@ static int drain_udp(DataPath *self, int max_reads, double now)
                 write_packets(self, out, nout);
                 nout = 0;
             }
+            Pkt mc = {NULL, 0};
+            int mc_slot = -1;
             if (len >= MIN_TRANSPORT && d[0] == 4 && !d[1] && !d[2] && !d[3]
-                && open_transport(self, d, len, &from, msg.msg_namelen, &local, now, out, &nout))
+                && open_transport(self, d, len, &from, msg.msg_namelen, &local, now, out, &nout, &mc, &mc_slot)) {
+                if (mc.p) { /* multicast: Python's, as (packet, slot, None) */
+                    Punt *p = punt(self, mc.p, mc.n);
+                    if (!p) {
+                        oom = 1;
+                        break;
+                    }
+                    p->inner_slot = mc_slot + 1;
+                }
                 continue;
+            }
             /* Python's: handshakes, cookies, STUN, probes, strangers. Data delivered so far goes
                first, so that what Python delivers later stays in order behind it. */
             if (nout) {

@@ -221,6 +221,25 @@ def _usable_addresses(addresses: Sequence[str]) -> tuple[str, ...]:
 
 # --- interfaces -------------------------------------------------------------
 
+IP_MULTICAST_ALL, IPV6_MULTICAST_ALL = 49, 29  # linux/in.h, linux/in6.h (not in Python's socket module)
+
+
+def only_own_groups(zc: Zeroconf) -> None:
+    """Hear only the groups zeroconf joined itself, on its own interfaces. Linux hands a socket bound
+    to the wildcard address every multicast packet for a group that *any* socket of the host joined
+    on *any* interface (``IP_MULTICAST_ALL``, on by default): with a responder such as Avahi on the
+    tunnel (docs/mesh.md, "Services across the mesh"), zeroconf would hear the tunnel's mDNS, and
+    wgdisco's discovery never runs there. For IPv4 this is enough (the kernel matches group and
+    interface). For IPv6 it is not: ``inet6_mc_check`` matches the group only, so ff02::fb from the
+    tunnel still reaches a socket that joined it on a LAN interface; those records are hints like
+    any other (counted, capped), and only what members sent comes through the tunnel."""
+    for reader in zc.engine.readers:
+        for level, option in ((socket.IPPROTO_IP, IP_MULTICAST_ALL), (socket.IPPROTO_IPV6, IPV6_MULTICAST_ALL)):
+            try:
+                reader.sock.setsockopt(level, option, 0)
+            except OSError:
+                pass  # not this socket's family (an IPv6 option on an IPv4 socket), or an older kernel
+
 
 def _adapter(name: str, adapters: list[ifaddr.Adapter]) -> ifaddr.Adapter:
     for adapter in adapters:
@@ -343,6 +362,7 @@ class MdnsService:
         except BaseException:
             await aiozc.async_close()
             raise
+        only_own_groups(zc)
         self._aiozc = aiozc
         self._trim = asyncio.get_running_loop().call_later(TRIM_INTERVAL, self._trim_cache)
 

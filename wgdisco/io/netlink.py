@@ -84,14 +84,24 @@ def link_exists(name: str) -> bool:
         return _index(ipr, name) is not None
 
 
-def configure_link(name: str, *, addresses: Iterable[IPInterface], mtu: int, up: bool = True) -> None:
+def configure_link(name: str, *, addresses: Iterable[IPInterface], mtu: int, up: bool = True,
+                   link_local: bool = True) -> None:
     """Set the MTU, add ``addresses`` (already present ones are kept) and bring the link up.
 
     Additive: addresses not in the list are left alone.  Note that an MTU below
     1280 disables IPv6 on the link, so IPv6 addresses then fail to add.
+    ``link_local=False``: no IPv6 link-local address is made when the link comes up
+    (``addr_gen_mode`` 1, "none"), and one made already goes.
     """
+    if not link_local:
+        _no_link_local(name)
     with _iproute() as ipr:
         index = _require_index(ipr, name)
+        if not link_local:
+            for msg in ipr.get_addr(index=index, family=AF_INET6):
+                address = msg.get_attr("IFA_ADDRESS")
+                if address and ipaddress.ip_address(address).is_link_local:
+                    ipr.addr("del", index=index, address=address, prefixlen=msg["prefixlen"])
         try:
             ipr.link("set", index=index, mtu=mtu)
         except NetlinkError as e:
@@ -107,6 +117,18 @@ def configure_link(name: str, *, addresses: Iterable[IPInterface], mtu: int, up:
                 ipr.link("set", index=index, state="up")
             except NetlinkError as e:
                 raise LocalError(f"cannot bring {name} up: {e.args[1]}") from e
+
+
+def _no_link_local(name: str) -> None:
+    """net.ipv6.conf.<name>.addr_gen_mode = 1 (none) in this network namespace; nothing without IPv6."""
+    path = f"/proc/sys/net/ipv6/conf/{name}/addr_gen_mode"
+    try:
+        with open(path, "w") as f:
+            f.write("1\n")
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise LocalError(f"cannot turn off IPv6 link-local addresses on {name}: {e.strerror}") from e
 
 
 def remove_address(name: str, address: IPInterface) -> None:

@@ -34,6 +34,7 @@ host-name={host_name}
 use-ipv4=yes
 use-ipv6=yes
 allow-interfaces={ifname}
+allow-point-to-point=yes
 enable-dbus=yes
 disallow-other-stacks=no
 ratelimit-interval-usec=1000000
@@ -65,6 +66,7 @@ class Avahi:
     """``avahi-daemon`` + ``dbus-daemon --system`` in ``host``, bound to ``ifname`` only."""
 
     def __init__(self, host: Host, ifname: str, *, host_name: str | None = None) -> None:
+        """``ifname`` may be a tunnel (point to point: allowed, as docs/mesh.md tells users to)."""
         self.host = host
         self.ifname = ifname
         self.host_name = host_name or f"{host.lab.prefix}{host.name}".replace("_", "-")

@@ -24,10 +24,14 @@ def main() -> int:
     p.add_argument("config")
     p.add_argument("--timing", default="{}")
     p.add_argument("--load-threshold", type=int, default=None)
+    p.add_argument("--multicast-group-rate", type=float, default=None,
+                   help="packets a second per multicast group sent on (a flooding member in the lab)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     cfg = config.load(args.config)
-    tunnel = Tunnel(cfg, timing=Timing(**json.loads(args.timing)), handshake_load_threshold=args.load_threshold)
+    extra = {} if args.multicast_group_rate is None else {"multicast_group_rate": args.multicast_group_rate}
+    tunnel = Tunnel(cfg, timing=Timing(**json.loads(args.timing)), handshake_load_threshold=args.load_threshold,
+                    **extra)
     asyncio.run(tunnel.run())
     return 0
 

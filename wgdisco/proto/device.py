@@ -57,6 +57,7 @@ from wgdisco.proto.cookie import CookieChecker, CookieGenerator
 from wgdisco.proto.icmp import TooBig, Unreachable
 from wgdisco.proto.indextable import IndexTable
 from wgdisco.proto.keys import clamp
+from wgdisco.proto.multicast import Multicast
 from wgdisco.proto.ratelimiter import RateLimiter, TokenBucket
 from wgdisco.proto.replay import ReplayFilter
 from wgdisco.proto.timers import LIVE_TIME, QUEUE_STAGED_SIZE, UNDER_LOAD_AFTER_TIME, Timing
@@ -215,6 +216,7 @@ class Device:
         self.unreachable: Unreachable | None = None  # ICMP answers to unsendable packets (proto/icmp.py)
         self.tun_out: list[bytes] = []  # packets the device itself writes to TUN (those answers)
         self.too_big: TooBig | None = None  # over a peer's path limit: ICMP "too big" or fragments (icmp.py)
+        self.multicast: Multicast | None = None  # link-local multicast over the tunnel (proto/multicast.py)
         self.sources: dict[Addr, Hashable] = {}  # endpoint -> local source of its latest authenticated packet
         self.events: list[DeviceEvent] = []
         # (deadline, seq, peer): at most one live entry per peer, the earliest of its timers or
@@ -260,6 +262,8 @@ class Device:
         self._zero_and_flush(peer)
         peer.staged.clear()
         self.unstick(peer)
+        if self.multicast is not None:
+            self.multicast.forget(public_key)
 
     def set_preshared_key(self, peer: Peer, psk: bytes | None) -> None:
         peer.handshake.preshared_key = psk or bytes(32)
@@ -503,6 +507,10 @@ class Device:
             self._drop("tun-not-ip")
             return None
         if peer is None:
+            if self.multicast is not None and (admitted := self.multicast.admit_send(packet, now)) is not None:
+                if admitted:
+                    self._fan_out(packet, now)
+                return None
             self._drop("no-route")
             if self.unreachable is not None:
                 self._answer_unreachable(packet, now)
@@ -539,6 +547,28 @@ class Device:
     def set_path_limit(self, peer: Peer, inner: int | None) -> None:
         """The largest inner packet ``peer``'s path carries (None: no limit); proto/pmtu.py finds it."""
         peer.max_inner = MAX_INNER if inner is None else inner
+
+    def _fan_out(self, packet: bytes, now: float) -> None:
+        """One copy of a multicast packet to every eligible peer with a session (proto/multicast.py):
+        no handshake is started for it, and nothing is staged."""
+        mc = self.multicast
+        assert mc is not None
+        sent = 0
+        for peer in list(self.peers.values()):
+            kp = self.fast_sendable(peer, now)
+            if kp is not None and mc.eligible(peer.public_key):
+                self.outbox.append(self._encrypt(peer, kp, packet, now))
+                sent += 1
+        mc.sent(sent)
+
+    def multicast_received(self, peer: Peer, packet: bytes, now: float) -> bytes | None:
+        """A packet from ``peer`` to a multicast group that passed the checks of cryptokey routing:
+        the packet for TUN, or None. Without multicast over the tunnel it is delivered as any packet
+        (as the kernel module does); with it, only within the rules of proto/multicast.py."""
+        mc = self.multicast
+        if mc is None or mc.admit_received(peer.public_key, packet, now):
+            return packet
+        return None
 
     def _answer_unreachable(self, packet: bytes, now: float) -> None:
         """ICMP host / address unreachable back into TUN (wireguard-linux device.c wg_xmit)."""
@@ -790,6 +820,8 @@ class Device:
         if self.allowed_ips.lookup(source) is not peer:
             self._drop("inner-source-not-allowed")
             return None
+        if (plaintext[16] & 0xF0 == 0xE0) if version == 4 else (plaintext[24] == 0xFF):  # multicast
+            return self.multicast_received(peer, plaintext[:length], now)
         return plaintext[:length] if length < n else plaintext
 
     # --- a compiled data path (daemon/fastpath.py, io/_fastpath.c) -------------------

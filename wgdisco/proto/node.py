@@ -98,6 +98,7 @@ class Node(NodeMesh, NodeViews):
         self._events: deque[Event] = deque()
         self.strangers = Strangers(cap=timing.max_strangers, ttl=timing.stranger_ttl)
         self._draining = False  # mesh records that waited for the budget are being worked on
+        self.probing: set[Key] = set()  # peers whose latest record says probe=1: they run wgdisco
 
     # --- peers and identity ---------------------------------------------------------
 
@@ -130,6 +131,7 @@ class Node(NodeMesh, NodeViews):
         self.lookups.forget(public)
         self.history.forget(public)
         self.calls.forget(public)
+        self.probing.discard(public)
         self._events.extend(self.birthdays.pop_events())  # its punched sockets close (SocketsClosed)
 
     def set_allowed_ips(self, public: Key, changes: Iterable[tuple[Any, bool]] = (), replace: bool = False) -> None:
@@ -249,6 +251,7 @@ class Node(NodeMesh, NodeViews):
             except (LocalError, OSError, ValueError):
                 self._count("candidates-unusable")
         nat = sighting.txt.get("nat")
+        (self.probing.add if sighting.txt.get("probe") == b"1" else self.probing.discard)(public)
         mapping = NAT_MAPPING.get(nat.decode("ascii", "replace")) if isinstance(nat, bytes) else None
         self.paths.sighting(public, addrs, source, now, traversal=self.traversal, local_networks=self.local_networks,
                             mapping=mapping, probes=sighting.txt.get("probe") == b"1")
@@ -282,8 +285,7 @@ class Node(NodeMesh, NodeViews):
 
     def has_path(self, public: Key, now: float) -> bool:
         """A live session, or a verified path the selector would use."""
-        peer = self.device.peers.get(public)
-        if peer is None:
+        if (peer := self.device.peers.get(public)) is None:
             return False
         return self.device.is_live(peer, now) or (self.traversal and self.paths.selector.best(public, now) is not None)
 

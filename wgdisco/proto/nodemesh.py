@@ -29,6 +29,7 @@ class NodeMesh:
     paths: Any
     lookups: Any
     strangers: Any
+    probing: set[bytes]
 
 
     def _admit(self, public: Key, name: str | None, now: float) -> Peer | None:
@@ -86,6 +87,10 @@ class NodeMesh:
 
     def is_mesh_peer(self, public: Key) -> bool:
         return self.membership is not None and self.membership.is_member(public)
+
+    def runs_wgdisco(self, public: Key) -> bool:
+        """A mesh member, or a peer whose record says probe=1 (never a wireguard-go peer)."""
+        return public in self.probing or self.is_mesh_peer(public)
 
     def mesh_addresses(self, public: Key) -> list[Any]:
         """A key's derived addresses as host networks (/32, /128): [] without a mesh."""
