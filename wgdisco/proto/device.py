@@ -549,15 +549,23 @@ class Device:
         peer.max_inner = MAX_INNER if inner is None else inner
 
     def _fan_out(self, packet: bytes, now: float) -> None:
-        """One copy of a multicast packet to every eligible peer with a session (proto/multicast.py):
-        no handshake is started for it, and nothing is staged."""
+        """One copy of a multicast packet to every eligible peer (proto/multicast.py). A peer with an
+        endpoint but no session gets it as a unicast packet would: staged, and a handshake starts
+        (at most one per REKEY_TIMEOUT, whitepaper §6.1). Idle peers have no session (issue 26:
+        nothing keeps one), and mDNS over the tunnel must still reach them."""
         mc = self.multicast
         assert mc is not None
         sent = 0
         for peer in list(self.peers.values()):
+            if not mc.eligible(peer.public_key):
+                continue
             kp = self.fast_sendable(peer, now)
-            if kp is not None and mc.eligible(peer.public_key):
+            if kp is not None:
                 self.outbox.append(self._encrypt(peer, kp, packet, now))
+                sent += 1
+            elif peer.endpoint is not None:
+                self._stage(peer, packet)
+                self.send_handshake_initiation(peer, now, is_retry=False)
                 sent += 1
         mc.sent(sent)
 
