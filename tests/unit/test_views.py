@@ -87,7 +87,7 @@ def status_node(pair: Pair, reason: str | None = None) -> Any:
         local_networks=[ipaddress.ip_network("198.51.100.0/24")], host_of=lambda a: a[0],
         format_addr=lambda a: f"{a[0]}:{a[1]}", explain=lambda public, r: f"words for {r}",
         socket_of=lambda a: None, birthdays=SimpleNamespace(found={}),
-        candidates=lambda public: [], endpoint_source=lambda public: "config")
+        candidates=lambda public: [], endpoint_source=lambda public: "config", traversal=False)
 
 
 def test_path_status() -> None:
@@ -110,3 +110,10 @@ def test_path_status() -> None:
     later = pair.now + pair.a.timing.reject_after_time
     assert path_status(status_node(pair, "probes-timed-out"), b, later) == PathStatus(
         "none", "probes-timed-out", "words for probes-timed-out")
+    # … unless the path selector keeps the path while idle (issue 26: dormant, trusted)
+    kept = status_node(pair, "lan")
+    kept.traversal = True
+    kept.paths.selector = SimpleNamespace(current=lambda public: B_ADDR, is_live=lambda public, now: True)
+    assert path_status(kept, b, later) == PathStatus("lan", None, None, "lan")
+    kept.paths.selector = SimpleNamespace(current=lambda public: B_ADDR, is_live=lambda public, now: False)
+    assert path_status(kept, b, later).path == "none"

@@ -45,6 +45,9 @@ def path_status(node: Any, public: Key, now: float) -> PathStatus:
     device = node.device
     peer = device.peers[public]
     live = device.is_live(peer, now, device.timing.reject_after_time) and peer.current is not None
+    if not live and node.traversal and peer.endpoint is not None:  # a path kept while idle (issue 26)
+        selector = node.paths.selector
+        live = selector.current(public) == peer.endpoint and selector.is_live(public, now)
     reason = node.paths.reasons.get(public)
     if live and peer.endpoint is not None:
         lan = host_kind(node.host_of(peer.endpoint), node.local_networks) == "lan"
