@@ -59,13 +59,26 @@ def one(idle: float, first: str) -> dict:
         before = [forwarded(r) for r in routers]
         time.sleep(idle)
         during = [forwarded(r) - n for r, n in zip(routers, before)]
+        before_ping = {n.iface[:2]: _peer_state(n) for n in (a, b)}
         src, dst = (a, "10.9.0.2") if first == "a" else (b, "10.9.0.1")
         took = first_ping(src, dst, 60)
         for n in (a, b):
             n.stop()
         tracebacks = sum("Traceback" in n.proc.stderr() for n in (a, b))  # type: ignore[union-attr]
-        return {"idle": idle, "from": first, "first_path": made, "first_ping_after_idle": took,
-                "forwarded_while_idle": during, "tracebacks": tracebacks}
+        row = {"idle": idle, "from": first, "first_path": made, "first_ping_after_idle": took,
+               "forwarded_while_idle": during, "tracebacks": tracebacks, "before_ping": before_ping}
+        if took is None:  # what happened: the last log lines of both
+            row["logs"] = {n.iface[:2]: n.proc.stderr()[-4000:] for n in (a, b)}  # type: ignore[union-attr]
+        return row
+
+
+def _peer_state(node) -> dict:  # type: ignore[no-untyped-def]
+    from tests.observe import status
+    st = status(node)
+    p = st["peers"][0]
+    return {"path": p["path"], "reason": p.get("reason"), "endpoint": p.get("endpoint"),
+            "candidates": [(c.get("address"), c.get("state")) for c in p["candidates"]],
+            "counters": {k: v for k, v in st.get("counters", {}).items() if "call" in k or "idle" in k}}
 
 
 def main() -> int:
