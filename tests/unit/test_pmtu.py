@@ -26,6 +26,7 @@ class FakePath:
         self.dead = False  # nothing gets through
         self.now = 0.0
         self.events: list[PmtuChanged] = []
+        self.traffic = True
 
     def deliver(self) -> None:
         for want in self.core.pop_probes():
@@ -48,6 +49,8 @@ class FakePath:
                 self.now = until
                 return
             self.now = max(self.now, due)
+            if self.traffic:
+                self.core.used(PEER, self.now)  # data flows (an idle peer is not re-searched)
             self.core.handle_timer(self.now)
             self.deliver()
 
@@ -238,3 +241,21 @@ def test_answers_from_elsewhere_or_for_unknown_peers_count_for_nothing() -> None
     assert net.core.limit(PEER) == 1312
     net.core.remove_peer(PEER)
     assert net.core.limit(PEER) is None and net.core.view(PEER) is None and net.core.next_deadline() is None
+
+
+def test_no_revalidation_while_the_peer_is_idle() -> None:
+    # issue 26: a peer that carried no data for IDLE_AFTER gets no search round at REVALIDATE (its
+    # NATs may have let the flow go); data makes it due again
+    from wgdisco.proto.pmtu import IDLE_AFTER, REVALIDATE
+
+    net = start(1400)  # narrow: a search has sizes above the confirmed one to try again
+    net.run(10.0)
+    searched = len(net.sent)
+    assert searched and IDLE_AFTER < REVALIDATE
+    net.traffic = False
+    net.run(3 * REVALIDATE)
+    assert len(net.sent) == searched  # idle: not one probe
+    net.core.used(PEER, net.now)
+    net.traffic = True
+    net.run(5 * REVALIDATE)
+    assert len(net.sent) > searched  # in use again: searched again

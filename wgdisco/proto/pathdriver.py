@@ -299,6 +299,7 @@ class PathDriver(Core):
             last = peer.last_data
             if last is not None and last != self._data_synced.get(public) and probes:
                 self._data_synced[public] = last
+                self.pmtu.used(public, last)
                 # (or no current path any more: it was lost while idle, the far side may be closed)
                 let_go = not selector.is_in_use(public, now) and (selector.needs_nat(public) or (
                     selector.current(public) is None and selector.was_reached(public)))

@@ -52,6 +52,8 @@ enforced are ``PmtuChanged`` events in ``pop_events()``.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Hashable
 
@@ -75,6 +77,7 @@ MIN_TIMEOUT, MAX_TIMEOUT = 0.25, 1.0  # a round's probe timeout, 3 × RTT within
 SILENCE = 0.5  # data unanswered this long: is it a black hole? (RFC 8899 §4.3)
 RECHECK = 2.0  # while the silence lasts, check again at most this often
 REVALIDATE = 600.0  # RFC 8899 §5.1.1 PMTU_RAISE_TIMER: search again after this long
+IDLE_AFTER = 180.0  # … but not for a peer that carried no data this long (issue 26: quiet when idle)
 RETRY_UNANSWERED = 600.0  # a peer that answered no probe: try again after this long
 CONTROL_SIZE = 65  # the small probe: probe.MIN_REQUEST_SIZE + 1, so its answer is told from paths.py's
 
@@ -158,6 +161,7 @@ class _Peer:
     how: str = "none"
     rtt: float | None = None
     black_holes: int = 0
+    last_data: float = -math.inf  # the latest data to or from the peer (used)
 
 
 class PathMtu(Core):
@@ -183,6 +187,10 @@ class PathMtu(Core):
 
     def remove_peer(self, peer: Key) -> None:
         self._peers.pop(peer, None)
+
+    def used(self, peer: Key, when: float) -> None:
+        """Data went to or came from ``peer`` at ``when``: its path is worth re-validating."""
+        self._peers.setdefault(peer, _Peer()).last_data = when
 
     def path_of(self, peer: Key) -> Addr | None:
         p = self._peers.get(peer)
@@ -252,7 +260,10 @@ class PathMtu(Core):
                 continue
             if path.round_end is not None and path.round_end <= now:
                 self._end_round(peer, p, now)
-            if path.round_end is None and path.next_search is not None and path.next_search <= now:
+            if path.round_end is None and path.next_search is not None and path.next_search <= now \
+                    and now - p.last_data > IDLE_AFTER:
+                path.next_search = now + REVALIDATE  # idle: no probes through NATs that let go
+            elif path.round_end is None and path.next_search is not None and path.next_search <= now:
                 # RFC 8899 §5.1.1 PMTU_RAISE_TIMER: the path may carry more now (and a peer that
                 # did not answer may have been upgraded); what is confirmed stays in use meanwhile
                 path.next_search, path.hi, path.rounds = None, len(path.sizes), 0
