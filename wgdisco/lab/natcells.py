@@ -27,6 +27,7 @@ the STUN servers and the DNS-SD domain, nameserver and update key, and Persisten
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -208,3 +209,33 @@ def first_ping(node: Node, target: str, timeout: float) -> float | None:
             return None
         time.sleep(0.1)
     return time.monotonic() - start
+
+
+def reboot(router: Host, old_wan: str, new_wan: str) -> None:
+    """``router`` "reboots" (issue 24): a new WAN address (``old_wan`` goes, ``new_wan`` with its
+    prefix length comes; the same LAN) and its conntrack table flushed, so every NAT mapping and
+    every filter state is gone at once."""
+    router.sysctl("net.ipv4.conf.wan0.promote_secondaries=1")
+    router.ip("addr", "add", new_wan, "dev", "wan0")
+    router.ip("addr", "del", old_wan, "dev", "wan0")
+    router.run([sys.executable, "-c", "from pyroute2 import Conntrack\nConntrack().flush()"])
+
+
+def ping_replies(proc: object) -> list[float]:
+    """The wall-clock times (``ping -D``) of the replies a background ping has printed."""
+    import re
+
+    return [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", proc.stdout(), re.M)]  # type: ignore[attr-defined]
+
+
+def recovery(pinger: object, rebooted_at: float, timeout: float, in_flight: float = 0.4) -> float | None:
+    """Seconds from ``rebooted_at`` (wall clock) to the first reply of ``pinger`` (a ``ping -D``
+    through the tunnel) sent after the reboot; replies within ``in_flight`` of it crossed the
+    router before it. None if none came within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        after = [t for t in ping_replies(pinger) if t > rebooted_at + in_flight]
+        if after:
+            return after[0] - rebooted_at
+        time.sleep(0.05)
+    return None
