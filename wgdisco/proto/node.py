@@ -483,6 +483,10 @@ class Node:
                         self._own_mapping = event.behaviour
                         self.paths.selector.set_own_mapping(event.behaviour, now)
                     self._update_record(now)
+                    if event.moved and self.traversal:
+                        # our NAT's address changed (a router reboot): a probe to every current path
+                        # opens the new mapping towards the peer, whose probe to our new record then gets in
+                        self.paths.probe_current(now)
                 elif isinstance(event, MeshAddressChanged):
                     self._moved(event, now)
 

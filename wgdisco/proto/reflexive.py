@@ -122,6 +122,7 @@ class NatObserver(Core):
         self._classify(now)
         reflexive, behaviour = self.stun.reflexive(), self.stun.mapping_behaviour()
         if reflexive != self.reflexive or behaviour != self.behaviour:
+            moved = bool(self.reflexive) and bool(reflexive) and reflexive != self.reflexive
             self.reflexive, self.behaviour = reflexive, behaviour
-            self._events.append(ReflexiveChanged(tuple(reflexive), behaviour))
+            self._events.append(ReflexiveChanged(tuple(reflexive), behaviour, moved))
 
