@@ -1025,3 +1025,12 @@ def test_a_new_reflexive_address_probes_every_current_path_at_once() -> None:
     net.run_until(lambda: any(getattr(e, "moved", False) for _t, e in b.timed_events[seen:]), limit=3)
     moved_at = next(t for t, e in b.timed_events[seen:] if getattr(e, "moved", False))
     assert [t for t, dst in b.sent if dst == a_at and moved_at <= t <= moved_at + 0.001], b.sent[-5:]
+
+
+def test_a_second_servers_answer_is_not_a_move() -> None:
+    """Behind a hard NAT each STUN server sees another port: the second answer adds an address,
+    it does not replace one (no probe round to the current paths for it)."""
+    net, a, b = two_behind_nats(map_a="edm")
+    net.run(3)
+    changes = [e for _t, e in a.timed_events if type(e).__name__ == "ReflexiveChanged"]
+    assert any(len(e.reflexive) == 2 for e in changes) and not any(e.moved for e in changes), changes

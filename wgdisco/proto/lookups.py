@@ -5,8 +5,8 @@ A peer with a path is looked up every PollInterval (±10 %, no lockstep); one wi
 at once, then after 0.5, 1, 2, 4 … s up to PollInterval, and at once again after our own record
 changed (the peer that looked first found nothing; now both have published), when data to it went
 unanswered (then after 0.25, 0.5, 1 … s: a peer whose router rebooted noticed at about the same
-time and publishes within a few round trips), or when a peer on the regular schedule lost its path. The mesh's PTR set is browsed
-on the same growing schedule. Keys whose record was not a valid one of our mesh are not looked up
+time and publishes within a few round trips), or when a peer on the regular schedule lost its
+path. The mesh's PTR set is browsed on the same growing schedule. Keys whose record was not a valid one of our mesh are not looked up
 again for ``stranger_ttl`` (at most ``rejected_kept`` remembered: strangers create these).
 
 The core's shape: ``next_deadline()`` (pure, O(1): the top of a heap of lookup times and of the
