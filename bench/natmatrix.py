@@ -3,7 +3,7 @@ starting both daemons to the first ping through the tunnel, and what the path wa
 
     sudo .venv/bin/python bench/natmatrix.py [--runs 10] [--cells easy,hard,...] [--pairs hard:easy,...]
                                              [--timeout 40] [--out bench/results/natmatrix.json] [--write-docs]
-                                             [--render-only]
+                                             [--render-only] [--wan off|home|mobile]
 
 Each run is a fresh lab: a WAN with stund and Knot, node a in one cell and node b in the other,
 each knowing only the other's key (no Endpoint), documented defaults (natcells.py says what a user
@@ -19,6 +19,11 @@ the matrix can be measured in chunks of under 10 minutes each under the quiet lo
     flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs hard:easy,hard:hard
     flock /tmp/wgdisco-quiet.lock .venv/bin/python bench/natmatrix.py --pairs easy:easy
     .venv/bin/python bench/natmatrix.py --render-only --write-docs
+
+``--wan home|mobile`` impairs every site's line to the internet (wgdisco/lab/wan.py's profiles:
+home broadband 20 ms ± 5 ms each way and 1 % loss, mobile 60 ms ± 20 ms, 3 % loss, 1 %
+reordering); results then go to ``bench/results/natmatrix-<profile>.json`` and the table between
+the ``natmatrix-<profile>`` markers (docs/nat-traversal.md).
 
 ``--write-docs`` renders every pair in ``--out`` into docs/nat-traversal.md and
 docs/performance.md between the ``natmatrix`` markers, with the commit and date of the runs; a
@@ -44,24 +49,33 @@ sys.path.insert(0, str(ROOT))
 
 from wgdisco.lab import Lab  # noqa: E402
 from wgdisco.lab.natcells import CELLS, CELLS_PENDING, V4_ONLY, applicable, first_ping, pair  # noqa: E402
+from wgdisco.lab.wan import PROFILES, Profile, profile  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "natmatrix.json"
-BEGIN, END = "<!-- natmatrix:begin -->", "<!-- natmatrix:end -->"
+
+
+def markers(wan: str | None) -> tuple[str, str]:
+    tag = "natmatrix" if wan is None else f"natmatrix-{wan}"
+    return f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
+
+
+BEGIN, END = markers(None)
 LABELS = {
     "easy": "easy NAT", "hard": "hard NAT", "mapped": "port-mapped hard NAT", "cgnat": "CGNAT (double NAT)",
     "v6fw": "IPv6, stateful firewall", "same": "same NAT, no hairpin", "wan": "WAN host",
 }
 
 
-def one_run(kind_a: str, kind_b: str, timeout: float) -> dict:
+def one_run(kind_a: str, kind_b: str, timeout: float, wan: Profile | None = None) -> dict:
     with Lab() as lab:
-        _net, a, b = pair(lab, kind_a, kind_b)
+        _net, a, b = pair(lab, kind_a, kind_b, wan)
         start = time.monotonic()
         a.start()
         b.start()
         took = first_ping(a, b.inner4, timeout=timeout)
         elapsed = time.monotonic() - start  # from before the first daemon was launched
-        result: dict = {"ok": took is not None, "seconds": round(elapsed, 3) if took is not None else None}
+        result: dict = {"ok": took is not None, "seconds": round(elapsed, 3) if took is not None else None,
+                        "after_up": round(took, 3) if took is not None else None}  # from both daemons up
         status = json.loads(a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface, "--json"]).stdout)
         peer = status["peers"][0]
         result.update(path=peer["path"], basis=peer.get("path_basis"), reason=peer["reason"],
@@ -132,6 +146,10 @@ def render(results: dict, kept: dict[str, str] | None = None) -> str:
         bases = sorted({x["basis"] for x in runs if x["ok"] and x["basis"]})
         med = f"{statistics.median(ok):.1f} s" if ok else "—"
         mx = f"{max(ok):.1f} s" if ok else "—"
+        up = [x["after_up"] for x in runs if x["ok"] and x.get("after_up") is not None]
+        if up and len(up) == len(ok):  # the same runs from both daemons up (older rows lack it)
+            med += f" ({statistics.median(up):.1f} s)"
+            mx += f" ({max(up):.1f} s)"
         if not ok:
             reasons = sorted({x["reason"] or "none" for x in runs})
             based = "no path: " + ", ".join(reasons)
@@ -153,17 +171,25 @@ def render(results: dict, kept: dict[str, str] | None = None) -> str:
     return text
 
 
-def write_docs(results: dict) -> None:
+def write_docs(results: dict, wan: str | None = None) -> None:
+    """Into both docs for the unimpaired matrix; a profile's table only where its markers are."""
+    begin, end = markers(wan)
+    written = 0
     for name in ("nat-traversal.md", "performance.md"):
         path = ROOT / "docs" / name
         text = path.read_text()
-        if BEGIN not in text:
-            raise SystemExit(f"{path}: no {BEGIN} … {END} markers")
-        head, rest = text.split(BEGIN, 1)
-        old, tail = rest.split(END, 1)
+        if begin not in text:
+            if wan is not None:
+                continue
+            raise SystemExit(f"{path}: no {begin} … {end} markers")
+        head, rest = text.split(begin, 1)
+        old, tail = rest.split(end, 1)
         table = render(results, kept_rows(old))
-        path.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+        path.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
+        written += 1
         print(f"wrote {path}")
+    if not written:
+        raise SystemExit(f"no {begin} … {end} markers in docs/nat-traversal.md or docs/performance.md")
 
 
 def main() -> int:
@@ -173,19 +199,24 @@ def main() -> int:
                     help="cells to pair, comma-separated (default: every cell that can be built)")
     ap.add_argument("--pairs", default="", help="only these pairs, e.g. hard:easy,hard:hard")
     ap.add_argument("--timeout", type=float, default=40.0, help="seconds to the first ping before a run fails")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, help="default bench/results/natmatrix[-<wan>].json")
+    ap.add_argument("--wan", choices=("off", *PROFILES), default="off",
+                    help="impair every site's line to the internet (wgdisco/lab/wan.py's profiles)")
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--render-only", action="store_true", help="run nothing: print (and --write-docs) what --out holds")
     args = ap.parse_args()
     if args.runs < 1:
         ap.error("--runs must be at least 1 (use --render-only to print what is measured)")
+    wan = None if args.wan == "off" else args.wan
+    if args.out is None:
+        args.out = DEFAULT_OUT if wan is None else DEFAULT_OUT.with_name(f"natmatrix-{wan}.json")
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     todo = ([tuple(p.split(":", 1)) for p in args.pairs.split(",") if p.strip()] if args.pairs
             else [p for p in pairs_of(cells) if applicable(*p) is None])
     if args.render_only:
         todo = []
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    stamp = {"commit": commit(), "date": datetime.date.today().isoformat()}
+    stamp = {"commit": commit(), "date": datetime.date.today().isoformat(), "wan": args.wan}
     for a, b in todo:
         why = applicable(a, b)
         if why is not None:
@@ -194,7 +225,7 @@ def main() -> int:
         runs = []
         for i in range(args.runs):
             try:
-                r = one_run(a, b, args.timeout)
+                r = one_run(a, b, args.timeout, profile(wan))
             except Exception as e:  # noqa: BLE001 - a broken run is a failed run, reported
                 r = {"ok": False, "seconds": None, "error": f"{type(e).__name__}: {e}"[:300],
                      "basis": None, "reason": "error"}
@@ -208,7 +239,7 @@ def main() -> int:
         args.out.write_text(json.dumps(results, indent=1))
     print(render(results))
     if args.write_docs:
-        write_docs(results)
+        write_docs(results, wan)
     return 0
 
 

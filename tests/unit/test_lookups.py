@@ -104,7 +104,9 @@ def test_look_now_and_a_lost_path() -> None:
     s.look_now(B, T0 + 2, lost=True)  # data to it went unanswered: its path is in doubt
     assert not s.is_regular(B)
     assert looked(step(s, T0 + 2, {A: (True, None), B: (False, None)})) == [B]
-    assert s.next_deadline() == T0 + 2.5
+    assert s.next_deadline() == T0 + 2.25  # sooner than a new peer's 0.5 s: it may be publishing now
+    assert looked(step(s, T0 + 2.25, {A: (True, None), B: (False, None)})) == [B]
+    assert s.next_deadline() == T0 + 2.75
 
 
 def test_our_record_changing_looks_peers_without_a_path_at_once_and_resets_browsing() -> None:

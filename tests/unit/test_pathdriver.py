@@ -176,6 +176,30 @@ def test_a_deferred_initiation_is_dropped_when_the_peer_initiated_first() -> Non
     assert hi.device.peers[lo.public].last_handshake is not None
 
 
+def test_a_probe_request_on_an_unverified_path_gets_a_triggered_probe_back() -> None:
+    """hi punches towards lo from T0, but lo's NAT lets nothing in until lo probes hi itself (lo
+    saw hi's record only at T0 + 2.1). hi probes back at once on lo's request (RFC 8445
+    §7.3.1.4), so hi has the path then, not at its next punching round (T0 + 4)."""
+    wire, lo, hi = pair()
+    opened = False
+
+    def closed(src: Any, dst: Any, data: bytes) -> bool:
+        nonlocal opened
+        opened = opened or src == lo.addr
+        return src == hi.addr and not opened  # lo's NAT: nothing in before lo sent out
+
+    wire.drop = closed
+    hi.record_of(lo, wire.now)
+    wire.run(2.1)
+    assert hi.of(EndpointChanged) == []  # its rounds at 0, 0.2, 0.5, 1, 2 s: all dropped
+    lo.record_of(hi, wire.now)
+    wire.step()
+    assert [t for t, _ in hi.of(EndpointChanged)] == [T0 + 2.1]
+    assert hi.driver.counters["triggered-probes"] == 1
+    wire.run(2)
+    assert hi.driver.counters["triggered-probes"] == 1  # none once the path is verified
+
+
 def test_every_peers_probe_is_answered_and_a_strangers_is_not() -> None:
     wire, lo, hi = pair()
     stranger = Side(9, ("192.0.2.9", 51820), "10.0.0.9")

@@ -15,6 +15,11 @@ unicast DNS-SD. A site is one host behind one of:
   hairpin (a cell only against itself);
 - ``wan``: a host on the internet itself, 203.0.113.3<i> and 2001:db8::3<i>, no NAT.
 
+``pair(..., wan=PROFILES["home"])`` impairs every site's own link to the internet (the router's WAN
+side, or the WAN host's link) with lab/wan.py's forwarder, as a home line would be: each way
+on each site's line, so a path between two sites crosses two impaired lines (twice the delay
+and about twice the loss), and one to the servers crosses one.
+
 Every node runs with the documented defaults but for what a user must write: keys, addresses,
 the STUN servers and the DNS-SD domain, nameserver and update key, and PersistentKeepalive = 25
 (as for any peer behind NAT). Addresses only inside the lab (BRIEF: documentation ranges).
@@ -22,12 +27,14 @@ the STUN servers and the DNS-SD domain, nameserver and update key, and Persisten
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 
 from .knot import start_knot
 from .netns import Host, Lab, Router
 from .skips import require_tool
+from .wan import Impaired, Profile, impair
 from .wg import Node, keypair
 
 DOMAIN = "wg.example.net"
@@ -57,14 +64,22 @@ class Internet:
     server: Host
     knot: object
     v6_routers: dict[int, Router] = field(default_factory=dict)
+    wan_profile: Profile | None = None  # every site's line to the internet impaired with it
+    impaired: dict[str, Impaired] = field(default_factory=dict)  # by the host whose line it is
+
+    def _line(self, host: Host, ifname: str) -> None:
+        """Impair ``host``'s link ``ifname`` to the WAN switch with ``wan_profile``, if any."""
+        if self.wan_profile is not None:
+            self.impaired[host.name] = impair(self.lab, host, ifname, self.wan, self.wan_profile)
 
     def nat_site(self, name: str, index: int, kind: str, *, upnp: bool = False) -> Host:
         """A host at 10.<index>.0.2 behind its own router (WAN 203.0.113.<index>); ``upnp``: the
         router runs miniupnpd, whose STUN check asks the lab's stund."""
         lan = self.lab.lan(f"l{name}")
-        self.lab.nat_router(f"r{name}", lan=lan, wan=self.wan, lan_addr=f"10.{index}.0.1/24",
-                            wan_addr=f"203.0.113.{index}/24", kind=kind,  # type: ignore[arg-type]
-                            upnp=[STUN_A, STUN_B] if upnp else None)
+        router = self.lab.nat_router(f"r{name}", lan=lan, wan=self.wan, lan_addr=f"10.{index}.0.1/24",
+                                     wan_addr=f"203.0.113.{index}/24", kind=kind,  # type: ignore[arg-type]
+                                     upnp=[STUN_A, STUN_B] if upnp else None)
+        self._line(router, router.wan_if)
         host = self.lab.host(name)
         self.lab.attach(host, lan, f"10.{index}.0.2/24")
         host.add_route("default", via=f"10.{index}.0.1")
@@ -76,6 +91,7 @@ class Internet:
         carrier_lan = self.lab.lan(f"c{name}")
         self.lab.nat_router(f"cr{name}", lan=carrier_lan, wan=self.wan, lan_addr=f"100.64.{index}.1/24",
                             wan_addr=f"203.0.113.{index}/24", kind="carrier")
+        self._line(self.lab.nodes[f"cr{name}"], "wan0")
         lan = self.lab.lan(f"l{name}")
         home = self.lab.nat_router(f"r{name}", lan=lan, wan=carrier_lan, lan_addr=f"10.{index}.0.1/24",
                                    wan_addr=f"100.64.{index}.2/24", kind="easy")
@@ -92,6 +108,7 @@ class Internet:
         router = self.lab.nat_router(f"r{name}", lan=lan, wan=self.wan, lan_addr=f"10.{index}.0.1/24",
                                      wan_addr=f"203.0.113.{index}/24", lan_addr6=f"2001:db8:{index}::1/64",
                                      wan_addr6=f"2001:db8::{index}/64", kind="firewall")
+        self._line(router, router.wan_if)
         for j, other in self.v6_routers.items():
             router.add_route(f"2001:db8:{j}::/64", via=f"2001:db8::{j}")
             other.add_route(f"2001:db8:{index}::/64", via=f"2001:db8::{index}")
@@ -104,14 +121,16 @@ class Internet:
 
     def wan_host(self, name: str, index: int) -> Host:
         host = self.lab.host(name)
-        self.lab.attach(host, self.wan, f"203.0.113.3{index}/24", f"2001:db8::3{index}/64")
+        ifname = self.lab.attach(host, self.wan, f"203.0.113.3{index}/24", f"2001:db8::3{index}/64")
+        self._line(host, ifname)
         for j in self.v6_routers:
             host.add_route(f"2001:db8:{j}::/64", via=f"2001:db8::{j}")
         return host
 
 
-def internet(lab: Lab) -> Internet:
-    """The WAN bridge, stund on two addresses, Knot on IPv4 and IPv6."""
+def internet(lab: Lab, wan_profile: Profile | None = None) -> Internet:
+    """The WAN bridge, stund on two addresses, Knot on IPv4 and IPv6 (``wan_profile``: the sites'
+    lines are impaired, the servers' own link is not)."""
     require_tool("stund")
     wan = lab.lan("wan")
     server = lab.host("srv")
@@ -125,7 +144,7 @@ def internet(lab: Lab) -> Internet:
             raise RuntimeError("stund did not start: " + stund.stdout() + stund.stderr())
         time.sleep(0.05)
     knot = start_knot(server, [KNOT, KNOT6])
-    return Internet(lab, wan, server, knot)
+    return Internet(lab, wan, server, knot, wan_profile=wan_profile)
 
 
 def site(net: Internet, kind: str, name: str, index: int, first: Host | None = None) -> Host:
@@ -164,13 +183,13 @@ def discovery(kind: str, net: Internet) -> dict[str, str]:
     return d
 
 
-def pair(lab: Lab, kind_a: str, kind_b: str) -> tuple[Internet, Node, Node]:
+def pair(lab: Lab, kind_a: str, kind_b: str, wan: Profile | None = None) -> tuple[Internet, Node, Node]:
     """Two nodes, a in a cell of ``kind_a`` and b in one of ``kind_b``, peers of each other
-    without an Endpoint (found through Knot), not started."""
+    without an Endpoint (found through Knot), not started; ``wan``: every site's line impaired."""
     why = applicable(kind_a, kind_b)
     if why is not None:
         raise ValueError(f"{kind_a} x {kind_b}: {why}")
-    net = internet(lab)
+    net = internet(lab, wan)
     ha = site(net, kind_a, "a", 1)
     hb = site(net, kind_b, "b", 2, first=ha if kind_b == "same" else None)
     tag = lab.prefix[3:9]
@@ -190,3 +209,33 @@ def first_ping(node: Node, target: str, timeout: float) -> float | None:
             return None
         time.sleep(0.1)
     return time.monotonic() - start
+
+
+def reboot(router: Host, old_wan: str, new_wan: str) -> None:
+    """``router`` "reboots" (issue 24): a new WAN address (``old_wan`` goes, ``new_wan`` with its
+    prefix length comes; the same LAN) and its conntrack table flushed, so every NAT mapping and
+    every filter state is gone at once."""
+    router.sysctl("net.ipv4.conf.wan0.promote_secondaries=1")
+    router.ip("addr", "add", new_wan, "dev", "wan0")
+    router.ip("addr", "del", old_wan, "dev", "wan0")
+    router.run([sys.executable, "-c", "from pyroute2 import Conntrack\nConntrack().flush()"])
+
+
+def ping_replies(proc: object) -> list[float]:
+    """The wall-clock times (``ping -D``) of the replies a background ping has printed."""
+    import re
+
+    return [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", proc.stdout(), re.M)]  # type: ignore[attr-defined]
+
+
+def recovery(pinger: object, rebooted_at: float, timeout: float, in_flight: float = 0.4) -> float | None:
+    """Seconds from ``rebooted_at`` (wall clock) to the first reply of ``pinger`` (a ``ping -D``
+    through the tunnel) sent after the reboot; replies within ``in_flight`` of it crossed the
+    router before it. None if none came within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        after = [t for t in ping_replies(pinger) if t > rebooted_at + in_flight]
+        if after:
+            return after[0] - rebooted_at
+        time.sleep(0.05)
+    return None

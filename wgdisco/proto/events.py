@@ -51,6 +51,7 @@ class ReflexiveChanged:
 
     reflexive: tuple[tuple[str, int], ...]
     behaviour: str
+    moved: bool = False  # the addresses changed from known ones (a router rebooted, renumbered)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,9 @@ the PTR set and which of the keys found there to look up. Pure; ``now`` and ``rn
 A peer with a path is looked up every PollInterval (±10 %, no lockstep); one without is looked up
 at once, then after 0.5, 1, 2, 4 … s up to PollInterval, and at once again after our own record
 changed (the peer that looked first found nothing; now both have published), when data to it went
-unanswered, or when a peer on the regular schedule lost its path. The mesh's PTR set is browsed
-on the same growing schedule. Keys whose record was not a valid one of our mesh are not looked up
+unanswered (then after 0.25, 0.5, 1 … s: a peer whose router rebooted noticed at about the same
+time and publishes within a few round trips), or when a peer on the regular schedule lost its
+path. The mesh's PTR set is browsed on the same growing schedule. Keys whose record was not a valid one of our mesh are not looked up
 again for ``stranger_ttl`` (at most ``rejected_kept`` remembered: strangers create these).
 
 The core's shape: ``next_deadline()`` (pure, O(1): the top of a heap of lookup times and of the
@@ -34,6 +35,8 @@ Key = bytes
 @dataclass(frozen=True)
 class Timing:
     first: float = 0.5  # the first wait of a peer without a path (then doubling)
+    lost_first: float = 0.25  # … of a peer whose data went unanswered: it may have seen its own move
+    # (a router reboot) in the same instant and publish within a few round trips (issue 24)
     poll_interval: float = 10.0  # PollInterval ([Discovery])
     stranger_ttl: float = 600.0
     rejected_kept: int = 1024
@@ -80,6 +83,8 @@ class LookupSchedule(Core):
             self._regular.discard(public)
             self._check.pop(public, None)
         self._step.pop(public, None)
+        if lost:
+            self._step[public] = self.timing.lost_first
         self._schedule(public, now)
 
     def record_changed(self, without_path: Iterable[Key], now: float) -> None:

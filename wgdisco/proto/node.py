@@ -409,9 +409,7 @@ class Node(NodeMesh, NodeViews):
             elif isinstance(event, Suspected):
                 self.lookups.look_now(event.peer, now, lost=True)
             elif isinstance(event, CheckWanted):
-                if (current := self.paths.selector.current(event.peer)) is not None:
-                    self.paths.probe(event.peer, current, now)  # is it still there? (quiet when idle)
-                    self._collect(now)
+                self._check_member(event.peer, now)
             elif isinstance(event, CallWanted):
                 if self.calls.call(event.peer, now):
                     self._update_record(now)
@@ -433,6 +431,8 @@ class Node(NodeMesh, NodeViews):
                         self._own_mapping = event.behaviour
                         self.paths.selector.set_own_mapping(event.behaviour, now)
                     self._update_record(now)
+                    if event.moved and self.traversal:  # a router reboot: open the new mapping to each peer
+                        self.paths.probe_current(now)  # (whose probe to our new record then gets in)
                 elif isinstance(event, MeshAddressChanged):
                     self._moved(event, now)
 

@@ -85,6 +85,13 @@ class NodeMesh:
             self.strangers.discard(public)
         self._collect(now)
 
+    def _check_member(self, public: Key, now: float) -> None:
+        """A member not heard of for a while (CheckWanted): is it still there? One probe on its
+        current path (quiet when idle: no keepalive does this for us)."""
+        if (current := self.paths.selector.current(public)) is not None:
+            self.paths.probe(public, current, now)
+            self._collect(now)  # type: ignore[attr-defined]
+
     def is_mesh_peer(self, public: Key) -> bool:
         return self.membership is not None and self.membership.is_member(public)
 

@@ -28,7 +28,7 @@ from wgdisco.proto.device import Device
 from wgdisco.proto.core import Core
 from wgdisco.proto.events import CandidateProbed, HandshakeTried, NatSuspected, PathReasonChanged
 from wgdisco.proto.hints import HintTrier
-from wgdisco.proto.paths import Candidate, PathSelector, host_kind
+from wgdisco.proto.paths import VERIFIED, Candidate, PathSelector, host_kind
 from wgdisco.proto.paths import Timing
 from wgdisco.proto.pmtu import PathMtu
 from wgdisco.proto.probe import MIN_REQUEST_SIZE, ProbeRequested, ProbeResult, Prober
@@ -208,6 +208,14 @@ class PathDriver(Core):
             self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
             # its keepalive stands for ours: the higher key waits for the lower key's
             self.selector.on_probe_request(event.peer, event.addr, now, defer=self.device.identity.public > event.peer)
+            if self.selector.current(event.peer) is None and not any(
+                    p.addr == event.addr and p.state == VERIFIED for p in self.selector.paths(event.peer)):
+                # ICE's triggered check (RFC 8445 §7.3.1.4): its request came through, so our NAT lets
+                # it in now; a probe back verifies the path here within a round trip, not at our next
+                # punching round (up to 4 s away). Paid from the peer's probe budget.
+                if self.selector.take_probe(event.peer, now):
+                    self._count("triggered-probes")
+                    self.probe(event.peer, event.addr, now)
             self._kick_handshake(event.peer, event.addr, now)
 
     def _kick_handshake(self, public: Key, addr: Addr, now: float) -> None:

@@ -122,6 +122,8 @@ class NatObserver(Core):
         self._classify(now)
         reflexive, behaviour = self.stun.reflexive(), self.stun.mapping_behaviour()
         if reflexive != self.reflexive or behaviour != self.behaviour:
+            # an address we had is gone (a router rebooted or was renumbered), not one more server's answer
+            moved = bool(reflexive) and bool(set(self.reflexive) - set(reflexive))
             self.reflexive, self.behaviour = reflexive, behaviour
-            self._events.append(ReflexiveChanged(tuple(reflexive), behaviour))
+            self._events.append(ReflexiveChanged(tuple(reflexive), behaviour, moved))
 
