@@ -90,7 +90,7 @@ class NodeMesh:
         current path (quiet when idle: no keepalive does this for us)."""
         if (current := self.paths.selector.current(public)) is not None:
             self.paths.probe(public, current, now)
-            self._collect(now)  # type: ignore[attr-defined]
+            self._collect(now)
 
     def is_mesh_peer(self, public: Key) -> bool:
         return self.membership is not None and self.membership.is_member(public)
