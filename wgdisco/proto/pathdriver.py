@@ -39,7 +39,8 @@ __all__ = ["PathDriver", "Timing", "Suspected", "CallWanted", "SYNC_INTERVAL", "
 Addr = Hashable
 Key = bytes
 
-SYNC_INTERVAL = 0.5  # while data stays unanswered: how often our NAT may be checked (NatSuspected)
+SYNC_INTERVAL = 0.5  # how often packets are synced into the selector; while data stays unanswered, how
+# often our NAT may be checked (NatSuspected)
 SUSPECT_AFTER = 2.0  # data sent, nothing authenticated back for this long: is our NAT mapping still ours?
 DEFER_INITIATION = 1.0  # the higher key's wait before it initiates on a newly verified path
 KICK_INTERVAL = 1.0  # a staged peer's handshake restarted on a proven path at most this often
@@ -96,6 +97,7 @@ class PathDriver(Core):
         self._watch: list[tuple[float, Key, float]] = []  # (check at, peer, unanswered since): a heap
         self._watching: dict[Key, float] = {}  # peer -> the unanswered_since it is watched for
         self._next_sync: float | None = None  # while a suspected peer stays unanswered
+        self._synced_at = -SYNC_INTERVAL  # the last _sync
 
     def _new_prober(self) -> Prober:
         identity = self.device.identity
@@ -238,8 +240,10 @@ class PathDriver(Core):
         times += [when for when, _ in self._deferred.values()]
         if self._watch:
             times.append(self._watch[0][0])
-        if self.device.touched or self.selector.changed:
-            times.append(now)  # packets came or went, a path changed: decisions are due
+        if self.selector.changed:
+            times.append(now)  # a path changed (a probe answer, a record): decisions are due
+        if self.device.touched:  # packets came or went: synced at most every SYNC_INTERVAL, so bulk
+            times.append(max(now, self._synced_at + SYNC_INTERVAL))  # data wakes no timer per batch
         times = [t for t in times if t is not None]
         return min(times) if times else None
 
@@ -292,6 +296,7 @@ class PathDriver(Core):
         use; data for a peer whose NATed path was let go asks it to call us, CallWanted), and
         watch data that goes unanswered. Returns the touched peers' keys."""
         selector, keys = self.selector, set()
+        self._synced_at = now
         for peer in self.device.pop_touched():
             public = peer.public_key
             if self.device.peers.get(public) is not peer:
