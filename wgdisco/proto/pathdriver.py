@@ -227,6 +227,8 @@ class PathDriver(Core):
         peer = self.device.peers.get(public)
         if peer is None or not peer.staged or peer.endpoint != addr or self.device.fast_sendable(peer, now):
             return
+        if peer.last_handshake is None:
+            return  # a first path: the endpoint decision's tie-break initiates (both at once would cross)
         if now - self._kicked.get(public, -KICK_INTERVAL) >= KICK_INTERVAL:
             self._kicked[public] = now
             self._count("handshakes-after-probe")
