@@ -170,6 +170,7 @@ class MeshMembership(Core):
         self._budget = TokenBucket(timing.records_per_second, timing.records_burst)
         self._announce_step = timing.announce_after
         self._next_announce = 0.0
+        self._unheard: set[Key] = set()  # members admitted and not heard of on a path yet
         self._next_check = 0.0
         self._next_relook = 0.0
 
@@ -298,6 +299,7 @@ class MeshMembership(Core):
         """``public`` is a member now (the node made it a peer): it gets a place in the plan, on
         the generation of the record ``check`` found valid for it (else the current one)."""
         self.members[public] = [now, now]
+        self._unheard.add(public)
         checked = self._checked
         self.generation[public] = checked[1] if checked is not None and checked[0] == public else self.mesh.id
         if name is not None:
@@ -320,6 +322,7 @@ class MeshMembership(Core):
         """``public`` is no member any more (the node removed the peer)."""
         self.leaving.pop(public, None)
         self._probed_at.pop(public, None)
+        self._unheard.discard(public)
         del self.members[public]
         self.generation.pop(public, None)
         self.v4.pop(public, None)
@@ -470,7 +473,9 @@ class MeshMembership(Core):
     def next_deadline(self) -> float | None:
         times = []
         if self.members:
-            times += [self._next_check, self._next_announce]
+            times.append(self._next_check)
+        if self._unheard:  # nothing to announce for once every member was heard of
+            times.append(self._next_announce)
         if self.waiting:
             times.append(self._budget.ready_at())
         if self.leaving:
@@ -495,9 +500,9 @@ class MeshMembership(Core):
                         and self._probed_at.get(public) != last:
                     self._probed_at[public] = last  # one probe per silence
                     self._events.append(CheckWanted(public))
-        if self.members and now >= self._next_announce:
-            unreached = sum(1 for public, (_seen, admitted) in self.members.items()
-                            if last_heard.get(public) is None and now - admitted >= t.announce_after)
+        if self._unheard and now >= self._next_announce:
+            self._unheard = {p for p in self._unheard if p in self.members and last_heard.get(p) is None}
+            unreached = sum(1 for p in self._unheard if now - self.members[p][1] >= t.announce_after)
             if unreached:
                 self._count("mesh-announcements")
                 self._events.append(AnnounceWanted(unreached))

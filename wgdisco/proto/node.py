@@ -377,7 +377,7 @@ class Node(NodeMesh, NodeViews):
         self._collect(now)
         m = self.membership
         if m is not None and (due := m.next_deadline()) is not None and due <= now:
-            m.handle_timer(now, {p: self._last_heard(p) for p in m.members})
+            m.handle_timer(now, self._heard())
             self._collect(now)
             self._draining = True
             try:

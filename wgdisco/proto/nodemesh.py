@@ -9,6 +9,7 @@ is ``MeshMembership``'s (proto/membership.py); this is where its decisions meet 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator, Mapping
 from typing import Any, Iterable
 
 from wgdisco.errors import LocalError
@@ -51,14 +52,16 @@ class NodeMesh:
         self.membership.remove(public, reason)
         self._collect(now)
 
-    def _last_heard(self, public: Key) -> float | None:
+    def last_heard(self, public: Key) -> float | None:
         """When a member was last heard of on its path: a WireGuard packet, or a probe answer or
         request (None: never)."""
         peer = self.device.peers.get(public)
-        times = [p.last_ok for p in self.paths.selector.paths(public) if p.last_ok is not None]
-        if peer is not None and peer.last_authenticated is not None:
-            times.append(peer.last_authenticated)
+        times = [t for t in (self.paths.selector.last_ok(public), peer and peer.last_authenticated) if t is not None]
         return max(times) if times else None
+
+    def _heard(self) -> "Heard":
+        """Members' last-heard times, computed when read (MeshMembership reads few of them)."""
+        return Heard(self)
 
     def _heard_since(self, public: Key, since: float) -> bool:
         """Was a member heard of after ``since``: a newer valid record, a WireGuard packet, or a
@@ -111,3 +114,21 @@ class NodeMesh:
     def mesh_prefixes(self) -> list[Any]:
         """The mesh's IPv4 block and IPv6 /48 (routes through the interface): [] without a mesh."""
         return [] if self.mesh is None else [self.mesh.ipv4, self.mesh.ipv6]
+
+
+class Heard(Mapping[bytes, "float | None"]):
+    """member -> when it was last heard of on its path (NodeMesh.last_heard), read lazily."""
+
+    def __init__(self, node: NodeMesh) -> None:
+        self.node = node
+
+    def __getitem__(self, public: bytes) -> float | None:
+        if not self.node.membership.is_member(public):
+            raise KeyError(public)
+        return self.node.last_heard(public)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.node.membership.members)
+
+    def __len__(self) -> int:
+        return len(self.node.membership.members)

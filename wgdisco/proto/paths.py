@@ -592,6 +592,12 @@ class PathSelector:
         p = self._peers.get(peer)
         return p is not None and (p.pinned or now < p.used_until)
 
+    def last_ok(self, peer: Key) -> float | None:
+        """The latest authenticated answer or packet from any of ``peer``'s candidates."""
+        p = self._peers.get(peer)
+        times = [x.last_ok for x in p.paths.values() if x.last_ok is not None] if p is not None else []
+        return max(times) if times else None
+
     def was_reached(self, peer: Key) -> bool:
         """Some candidate of ``peer`` ever answered (a probe or a WireGuard packet)."""
         p = self._peers.get(peer)
