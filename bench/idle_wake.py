@@ -26,33 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wgdisco.lab import Lab  # noqa: E402
-from wgdisco.lab.natcells import first_ping, pair  # noqa: E402
-
-COUNT_TABLE = """
-table inet idlecount {
-    chain forward {
-        type filter hook forward priority -10; policy accept;
-        meta l4proto udp udp sport != { 53, 3478, 3479 } udp dport != { 53, 3478, 3479 } counter
-    }
-}
-"""
-
-
-def forwarded(router) -> int:  # type: ignore[no-untyped-def]
-    rules = json.loads(router.run(["nft", "-j", "list", "table", "inet", "idlecount"]).stdout)["nftables"]
-    return sum(r["rule"]["expr"][-1]["counter"]["packets"] for r in rules if "rule" in r)
-
+from wgdisco.lab.natcells import first_ping, forwarded, idle_pair  # noqa: E402
 
 def one(idle: float, first: str) -> dict:
     with Lab() as lab:
-        _net, a, b = pair(lab, "easy", "easy")
-        a.peers = [b.peer_spec()]
-        b.peers = [a.peer_spec()]
-        routers = [lab.nodes["ra"], lab.nodes["rb"]]
-        for router in routers:
-            router.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=30",
-                        "net.netfilter.nf_conntrack_udp_timeout_stream=30"])
-            router.run(["nft", "-f", "-"], input=COUNT_TABLE)
+        a, b, routers = idle_pair(lab)
         a.start()
         b.start()
         made = first_ping(a, "10.9.0.2", 30)

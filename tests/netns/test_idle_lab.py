@@ -9,43 +9,19 @@ tested on the fake clock (tests/unit/test_idle.py).
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from tests.observe import status as status_of
 from wgdisco.lab import Lab
-from wgdisco.lab.natcells import first_ping, pair
+from wgdisco.lab.natcells import first_ping, forwarded, idle_pair
 from wgdisco.proto.paths import Timing
 
 pytestmark = pytest.mark.netns
 IDLE = 100.0
-COUNT_TABLE = """
-table inet idlecount {
-    chain forward {
-        type filter hook forward priority -10; policy accept;
-        meta l4proto udp udp sport != { 53, 3478, 3479 } udp dport != { 53, 3478, 3479 } counter
-    }
-}
-"""
-
-
-def forwarded(router) -> int:  # type: ignore[no-untyped-def]
-    """UDP datagrams the router forwarded (not DNS, not STUN) since the counter was made."""
-    rules = json.loads(router.run(["nft", "-j", "list", "table", "inet", "idlecount"]).stdout)["nftables"]
-    return sum(r["rule"]["expr"][-1]["counter"]["packets"] for r in rules if "rule" in r)
-
-
 def test_an_idle_nat_pair_is_quiet_and_either_side_gets_through_after_100_s(lab: Lab) -> None:
-    net, a, b = pair(lab, "easy", "easy")
-    a.peers = [b.peer_spec()]  # the defaults: no PersistentKeepalive
-    b.peers = [a.peer_spec()]
-    routers = [lab.nodes["ra"], lab.nodes["rb"]]
-    for router in routers:
-        router.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=30",
-                    "net.netfilter.nf_conntrack_udp_timeout_stream=30"])
-        router.run(["nft", "-f", "-"], input=COUNT_TABLE)
+    a, b, routers = idle_pair(lab)  # the defaults: no PersistentKeepalive
     a.start()
     b.start()
     assert first_ping(a, "10.9.0.2", 20) is not None, a.proc.stderr()  # type: ignore[union-attr]

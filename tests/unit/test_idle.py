@@ -4,7 +4,7 @@ mappings time out after 30 s (Linux conntrack's default), the documented default
 from __future__ import annotations
 
 from tests.unit.nodesim import Net, SimNode
-from tests.unit.test_node import STUN1, STUN2, mesh_lan
+from tests.unit.test_node import mesh_lan, two_behind_nats
 from wgdisco.proto.calls import CALL_TIME, call_hint
 from wgdisco.proto.paths import Timing
 
@@ -12,18 +12,9 @@ NAT_KEEPALIVE = Timing.nat_keepalive  # 25 s
 IN_USE = Timing.in_use_time  # 180 s
 
 
-def nat_pair(udp_timeout: float | None = 30.0) -> tuple[Net, SimNode, SimNode]:
-    net = Net()
-    s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
-    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", udp_timeout=udp_timeout)
-    net.nat("nat-b", "10.2.0.0/24", "198.51.100.1", udp_timeout=udp_timeout)
-    a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
-    b = net.node("b", ("10.2.0.2", 51820), "100.64.0.2", stun=[s1, s2])
-    a.add(b)
-    b.add(a)
-    a.start()
-    b.start()
-    return net, a, b
+def nat_pair() -> tuple[Net, SimNode, SimNode]:
+    """Two easy NATs that forget a UDP flow after 30 s (Linux conntrack's default)."""
+    return two_behind_nats(udp_timeout=30.0)
 
 
 def lan_pair() -> tuple[Net, SimNode, SimNode]:

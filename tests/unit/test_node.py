@@ -23,11 +23,11 @@ STUN2 = ("192.0.2.2", 3478)
 
 
 def two_behind_nats(map_a: str = "eim", filt_a: str = "apdf", map_b: str = "eim", filt_b: str = "apdf",
-                    ) -> tuple[Net, SimNode, SimNode]:
+                    udp_timeout: float | None = None) -> tuple[Net, SimNode, SimNode]:
     net = Net()
     s1, s2 = net.stun_server(STUN1), net.stun_server(STUN2)
-    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", mapping=map_a, filtering=filt_a)
-    net.nat("nat-b", "10.2.0.0/24", "198.51.100.1", mapping=map_b, filtering=filt_b)
+    net.nat("nat-a", "10.1.0.0/24", "203.0.113.1", mapping=map_a, filtering=filt_a, udp_timeout=udp_timeout)
+    net.nat("nat-b", "10.2.0.0/24", "198.51.100.1", mapping=map_b, filtering=filt_b, udp_timeout=udp_timeout)
     a = net.node("a", ("10.1.0.2", 51820), "100.64.0.1", stun=[s1, s2])
     b = net.node("b", ("10.2.0.2", 51820), "100.64.0.2", stun=[s1, s2])
     a.add(b)

@@ -27,6 +27,7 @@ the STUN servers and the DNS-SD domain, nameserver and update key, and Persisten
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -239,3 +240,36 @@ def recovery(pinger: object, rebooted_at: float, timeout: float, in_flight: floa
             return after[0] - rebooted_at
         time.sleep(0.05)
     return None
+
+
+# --- idle pairs (issue 26): NATs that forget UDP flows after 30 s, forwarded datagrams counted ----
+
+COUNT_TABLE = """
+table inet idlecount {
+    chain forward {
+        type filter hook forward priority -10; policy accept;
+        meta l4proto udp udp sport != { 53, 3478, 3479 } udp dport != { 53, 3478, 3479 } counter
+    }
+}
+"""
+
+
+def idle_pair(lab: Lab) -> tuple[Node, Node, list[Router]]:
+    """The easy <-> easy cell with the defaults and no PersistentKeepalive, its routers' conntrack
+    forgetting UDP flows after 30 s (``nf_conntrack_udp_timeout`` and ``_stream``), and a counter of
+    the UDP datagrams each router forwards that are not DNS or STUN (``forwarded``). Not started."""
+    _net, a, b = pair(lab, "easy", "easy")
+    a.peers = [b.peer_spec()]
+    b.peers = [a.peer_spec()]
+    routers = [lab.nodes["ra"], lab.nodes["rb"]]
+    for router in routers:
+        router.run(["sysctl", "-qw", "net.netfilter.nf_conntrack_udp_timeout=30",
+                    "net.netfilter.nf_conntrack_udp_timeout_stream=30"])
+        router.run(["nft", "-f", "-"], input=COUNT_TABLE)
+    return a, b, routers  # type: ignore[return-value]
+
+
+def forwarded(router: Host) -> int:
+    """UDP datagrams ``router`` forwarded (not DNS, not STUN) since idle_pair made the counter."""
+    rules = json.loads(router.run(["nft", "-j", "list", "table", "inet", "idlecount"]).stdout)["nftables"]
+    return sum(r["rule"]["expr"][-1]["counter"]["packets"] for r in rules if "rule" in r)
