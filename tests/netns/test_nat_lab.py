@@ -283,7 +283,10 @@ def test_hard_nat_to_easy_nat_connects_by_birthday_punching(lab: Lab) -> None:
     assert peer["endpoint"] == "203.0.113.2:51820", peer
     status_b = json.loads(b.host.run([sys.executable, "-m", "wgdisco", "status", b.iface, "--json"]).stdout)
     check(status_b, SCHEMA)
-    assert status_b["peers"][0]["path_basis"] == "birthday" and status_b["peers"][0]["endpoint"].startswith("203.0.113.1:")
+    # b learns a's punched port from its own birthday probe's answer, or (ICE's triggered check,
+    # RFC 8445 §7.3.1.4) from a's request it answers with a probe back: peer-reflexive then
+    assert status_b["peers"][0]["path_basis"] in ("birthday", "peer-reflexive"), status_b["peers"][0]
+    assert status_b["peers"][0]["endpoint"].startswith("203.0.113.1:")
     human = a.host.run([sys.executable, "-m", "wgdisco", "status", a.iface]).stdout
     assert "based on: a birthday-punched port from local port" in human, human
     # the 255 sockets not chosen are closed: a holds its listen socket and one extra (both bound
@@ -309,7 +312,7 @@ def test_hard_nat_to_easy_nat_connects_by_birthday_punching(lab: Lab) -> None:
         assert sent <= limit, err
         total, peak = rates[node.host.name].stop()
         print(f"{node.host.name}: {sent} birthday probes; {total} UDP datagrams sent, at most {peak} in one second")
-        assert peak <= rate + 30, peak
+        assert peak <= rate + 50, peak  # (+ a path MTU search round's sizes at once, issue 25)
 
 
 def udp_sockets(node: Node) -> list[str]:
