@@ -17,8 +17,6 @@ record naming us is answered at most once per ``ANSWER_INTERVAL``, so a record r
 
 from __future__ import annotations
 
-from typing import Iterable
-
 from wgdisco.proto.core import Core
 from wgdisco.proto.probe import key_hint
 
@@ -90,6 +88,3 @@ class Calls(Core):
         for k in stale:
             del self._answered[k]
         return bool(gone)
-
-    def peers(self) -> Iterable[Key]:
-        return tuple(self._until)

@@ -67,10 +67,8 @@ class NodeMesh:
         """Was a member heard of after ``since``: a newer valid record, a WireGuard packet, or a
         path that answered (from any of its addresses: a member that moved announces anew)."""
         assert self.membership is not None
-        peer = self.device.peers.get(public)
-        return (self.membership.last_record(public) > since
-                or (peer is not None and peer.last_authenticated is not None and peer.last_authenticated > since)
-                or any(p.last_ok is not None and p.last_ok > since for p in self.paths.selector.paths(public)))
+        heard = self.last_heard(public)
+        return self.membership.last_record(public) > since or (heard is not None and heard > since)
 
     def set_mesh(self, current: Mesh, previous: Mesh | None, until: float | None, deny: Iterable[Key],
                  now: float) -> None:

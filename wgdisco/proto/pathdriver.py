@@ -317,7 +317,7 @@ class PathDriver(Core):
                 self.pmtu.used(public, last)
                 # (or no current path any more: it was lost while idle, the far side may be closed)
                 let_go = not selector.is_in_use(public, now) and (selector.needs_nat(public) or (
-                    selector.current(public) is None and selector.was_reached(public)))
+                    selector.current(public) is None and selector.last_ok(public) is not None))
                 selector.on_data(public, last, now)
                 if let_go:
                     self._count("calls-after-idle")

@@ -24,7 +24,7 @@ whitepaper §6.1), or while it is *dormant* (below).
   something needs keeping: one per `nat_keepalive` (25 s, below the 30 s UDP timeouts of common
   NATs, RFC 4787 REQ-5 asks for ≥ 2 min but Linux conntrack defaults to 30 s) on a path through a
   NAT while the peer is *in use* (data within `in_use_time`, 3 min; a first path counts as use;
-  or pinned: a PersistentKeepalive), none on a LAN or un-NATed public path. A verified current
+  or pinned: a PersistentKeepalive), none on a LAN path (any other path is taken to cross a NAT). A verified current
   path that goes quiet this way is not dead: after `live_time` without an answer it becomes
   *dormant* (kept, trusted, no punching) until data wakes it (`on_data`: it must prove itself
   within `live_time` again and is probed at once) or a call from the peer does (`on_call`: a
@@ -254,7 +254,6 @@ class PathSelector:
         self.candidates_dropped = 0  # new candidates refused: both caps full of protected paths
         self.probes_over_budget = 0  # probes not sent: the peer's budget was spent
         self.paths_let_go = 0  # idle paths whose keepalives went unanswered: let go, not failed
-        self._own_public = False  # our address is not NATed (STUN saw our own address)
         self._heap: list[tuple[float, int, Key]] = []  # (wake-up time, seq, peer), stale entries too
         self._wake_at: dict[Key, float] = {}  # peer -> its live entry's time
         self._seq = 0
@@ -282,11 +281,6 @@ class PathSelector:
         for peer, p in self._peers.items():
             self._mapping_changed(p, now)
             self._touch(peer, now)
-
-    def set_own_public(self, public: bool) -> None:
-        """Our address is public (STUN saw one of our own addresses): a host path needs no
-        NAT keepalive."""
-        self._own_public = public
 
     @_touches
     def set_pinned(self, peer: Key, pinned: bool, now: float) -> None:
@@ -583,11 +577,6 @@ class PathSelector:
             p.probation_until = now + self.timing.live_time
         cur.next_probe = min(cur.next_probe, now)
 
-    def is_active(self, peer: Key, now: float) -> bool:
-        """Data (or a call) within ``active_time``."""
-        p = self._peers.get(peer)
-        return p is not None and now < p.active_until
-
     def is_in_use(self, peer: Key, now: float) -> bool:
         p = self._peers.get(peer)
         return p is not None and (p.pinned or now < p.used_until)
@@ -598,23 +587,18 @@ class PathSelector:
         times = [x.last_ok for x in p.paths.values() if x.last_ok is not None] if p is not None else []
         return max(times) if times else None
 
-    def was_reached(self, peer: Key) -> bool:
-        """Some candidate of ``peer`` ever answered (a probe or a WireGuard packet)."""
-        p = self._peers.get(peer)
-        return p is not None and any(x.last_ok is not None for x in p.paths.values())
-
     def is_dormant(self, peer: Key) -> bool:
         p = self._peers.get(peer)
         return p is not None and p.dormant
 
     def needs_nat(self, peer: Key) -> bool:
-        """The current path goes through a NAT as far as we know (not a LAN path, not a host
-        path from a public address): letting it go quiet closes holes."""
+        """The current path may go through a NAT (it is not a LAN path): letting it go quiet may
+        close holes."""
         p = self._peers.get(peer)
         return p is not None and p.current is not None and self._natted(p.paths[p.current])
 
     def _natted(self, path: PathInfo) -> bool:
-        return path.kind != "lan" and not (path.kind == "host" and self._own_public)
+        return path.kind != "lan"  # (a public address of our own is not told apart yet)
 
     def _keepalive(self, p: _Peer, cur: PathInfo, now: float) -> float:
         """The current path's keepalive interval now (inf: none)."""
@@ -674,7 +658,8 @@ class PathSelector:
                 out.append((peer, path.addr))
                 self._sent(path, now)
                 if path is cur:
-                    path.next_probe = now + min(interval, t.keepalive_interval if path.misses else interval)
+                    # after a miss, ask again within keepalive_interval even when idle
+                    path.next_probe = now + (min(interval, t.keepalive_interval) if path.misses else interval)
                 elif path.wins:
                     path.next_probe = now + t.confirm_interval
                 elif path.state == FAILED or _class(path) > _class(cur):
