@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from wgdisco.lab import Lab  # noqa: E402
 from wgdisco.lab.natcells import first_ping, pair, reboot, recovery  # noqa: E402
 from wgdisco.lab.wan import PROFILES, profile  # noqa: E402
+from bench.natmatrix import commit  # noqa: E402  (one way to name the checkout)
 
 
 def status(node) -> dict:  # type: ignore[no-untyped-def]
@@ -58,17 +58,6 @@ def one_run(moved: str, wan: str, timeout: float) -> dict:
         endpoint = status(other)["peers"][0]["endpoint"]
         return {"ok": took is not None, "seconds": round(took, 3) if took is not None else None,
                 "other_endpoint": endpoint, "followed": endpoint == f"{new}:51820"}
-
-
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ tests/netns/ the ``netns`` ones.  A test in the wrong folder is a collection err
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,9 +53,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture
 def lab() -> Iterator[Lab]:
-    """A fresh namespace lab, always torn down (also after failures)."""
+    """A fresh namespace lab, always torn down (also after failures); its logs are kept when
+    ``WGDISCO_KEEP_LOGS`` is set."""
     require_netns()
-    lab = Lab()
+    lab = Lab(keep_logs=bool(os.environ.get("WGDISCO_KEEP_LOGS")))
     try:
         yield lab
     finally:

@@ -80,15 +80,6 @@ def resolved(lab: Lab, host: Host, iface: str, name: str) -> set[str]:
     return {line.split()[0] for line in out.splitlines() if line.strip()}
 
 
-@pytest.fixture
-def lab() -> "Lab":  # type: ignore[misc]
-    keep = Lab(keep_logs=bool(os.environ.get("WGDISCO_KEEP_LOGS")))
-    try:
-        yield keep
-    finally:
-        keep.close()
-
-
 def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
     lan = lab.lan("lan")
     tag = lab.prefix[3:9]

@@ -36,15 +36,6 @@ WINDOW = float(os.environ.get("WGDISCO_MESH_WINDOW", "6"))  # seconds the old ke
 ENV = {"PYTHONPATH": str(PACKAGE_ROOT)}
 
 
-@pytest.fixture
-def lab() -> "Lab":  # type: ignore[misc]
-    keep = Lab(keep_logs=bool(os.environ.get("WGDISCO_KEEP_LOGS")))
-    try:
-        yield keep
-    finally:
-        keep.close()
-
-
 class Member:
     """One daemon: its host, interface, config file, process, key and derived addresses."""
 
