@@ -250,11 +250,11 @@ class Node(NodeMesh, NodeViews):
                 addrs.append(self.addr_of(str(ip), port))
             except (LocalError, OSError, ValueError):
                 self._count("candidates-unusable")
-        nat = sighting.txt.get("nat")
-        (self.probing.add if sighting.txt.get("probe") == b"1" else self.probing.discard)(public)
+        nat, probes = sighting.txt.get("nat"), sighting.txt.get("probe") == b"1"
+        (self.probing.add if probes else self.probing.discard)(public)
         mapping = NAT_MAPPING.get(nat.decode("ascii", "replace")) if isinstance(nat, bytes) else None
         self.paths.sighting(public, addrs, source, now, traversal=self.traversal, local_networks=self.local_networks,
-                            mapping=mapping, probes=sighting.txt.get("probe") == b"1")
+                            mapping=mapping, probes=probes)
         if self.traversal and not self.paths.selector.is_fresh(public, now) \
                 and self.calls.answers(public, sighting.txt.get("call"), now):
             self.paths.selector.on_call(public, now)  # it has data for us: open our side now
