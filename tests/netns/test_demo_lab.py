@@ -5,6 +5,7 @@ The table logic on its own: tests/unit/test_demo.py.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import re
@@ -62,12 +63,18 @@ def test_demo_connects_every_pair_and_leaves_nothing_behind() -> None:
 
 
 @pytest.mark.netns
-def test_demo_failure_names_the_pair_and_cleans_up(capsys: pytest.CaptureFixture[str]) -> None:
-    # no pair can be up 0.5 s after the nodes start: every pair is named, exit 1, namespaces gone
+def test_demo_failure_names_the_pair_and_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # d's mDNS is off, so c and d can never find each other: that pair is always named. With no time
+    # at all, the other pairs may or may not be up at the first look (a <-> c was, 0.5 s in, in one CI
+    # run); every pair not up is named, and only those: exit 1, namespaces gone, logs kept
+    deaf = dataclasses.replace(demo.SPEC["d"], mdns=False)
+    monkeypatch.setattr(demo, "NODES", tuple(deaf if n.name == "d" else n for n in demo.NODES))
+    monkeypatch.setitem(demo.SPEC, "d", deaf)
     out, err = io.StringIO(), io.StringIO()
-    assert demo.main(out, err, timeout=0.5) == 1
+    assert demo.main(out, err, timeout=0) == 1
     failures = re.findall(r"^wgdisco demo: FAILED: (\w) -> (\w): no handshake within 0 s", err.getvalue(), re.M)
-    assert set(failures) == set(demo.PAIRS), err.getvalue()
+    assert ("c", "d") in failures and set(failures) <= set(demo.PAIRS), err.getvalue()
+    assert len(failures) == len(set(failures)), err.getvalue()
     prefix = prefix_of(out.getvalue())
     assert not [ns for ns in list_netns() if ns.startswith(prefix)]
     logs = re.search(r"logs are in (\S+)", err.getvalue())
