@@ -102,8 +102,11 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float) -> tuple[float | None, int]:
-    """Until every (i, j, family) pair echoed, or ``limit`` seconds: (seconds, pairs left)."""
+def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
+              done_at: list[float] | None = None, left_out: list | None = None) -> tuple[float | None, int]:
+    """Until every (i, j, family) pair echoed, or ``limit`` seconds: (seconds, pairs left).
+    ``done_at`` collects the seconds at which each pair-family echoed (their spread shows
+    whether a few pairs wait for a retry, or all arrive late)."""
     n = len(socks)
     mapped = [[a if ":" in a else f"::ffff:{a}" for a in pair] for pair in addrs]
     pending = {(i, j, f) for i in range(n) for j in range(n) if i != j for f in (0, 1)}
@@ -115,6 +118,8 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float) 
     while pending:
         now = time.monotonic()
         if now - start > limit:
+            if left_out is not None:
+                left_out.extend(sorted(pending))
             return None, len(pending)
         if now >= next_round:
             for i, j, f in pending:
@@ -138,8 +143,10 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float) 
                         sock.sendto(b"R" + data[1:], src)  # type: ignore[union-attr]
                     except OSError:
                         pass  # no route back yet: the requester asks again
-                elif kind == b"R":
+                elif kind == b"R" and (i, j, f) in pending:
                     pending.discard((i, j, f))
+                    if done_at is not None:
+                        done_at.append(time.monotonic() - start)
     return time.monotonic() - start, 0
 
 
@@ -258,19 +265,30 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
             m = p.wait_for(r"mesh \w+: our addresses (\S+), (\S+);", timeout=120, stream="stderr")
             p.wait_for(r"interface \S+ up: public key", timeout=120, stream="stderr")
             addrs.append([m.group(1).split("/")[0], m.group(2).split("/")[0]])
+            if os.environ.get("WGDISCO_MESH_DIAG"):
+                print(f"  seen up: m{k} at {time.monotonic() - launched:.2f} s", flush=True)
             if k == 0 and profile and not PROFILE_IDLE:  # from daemon 0's "up": its part in the convergence
                 spy = start_spy(procs[0].pid, profile, out_dir / f"mesh-{n}-profile.txt")
         up = time.monotonic()
-        took, left = reach_all(socks, addrs, limit)
+        done_at: list[float] = []
+        left_out: list[tuple[int, int, int]] = []
+        took, left = reach_all(socks, addrs, limit, done_at, left_out)
+        done_at.sort()
+        spread_at = {f"p{q}": round(done_at[min(len(done_at) - 1, len(done_at) * q // 100)], 2)
+                     for q in (10, 50, 90, 99)} if done_at else {}
         result: dict[str, object] = {
             "nodes": n, "pairs": n * (n - 1), "all_up_after_launch_s": round(up - launched, 2),
             "full_mesh_from_up_s": None if took is None else round(took, 2),
             "full_mesh_from_launch_s": None if took is None else round(up - launched + took, 2),
-            "pairs_left": left, "loadavg_at_full": os.getloadavg()[0],
+            "pairs_left": left, "loadavg_at_full": os.getloadavg()[0], "pair_done_s": spread_at,
+            "pairs_done_per_s": collections.Counter(int(t) for t in done_at),
+            "pairs_left_list": [(i, j, ("ipv4", "ipv6")[f]) for i, j, f in left_out[:50]],
         }
         print(f"{n} nodes: all up {up - launched:.1f} s after launch; "
               + (f"full mesh {took:.2f} s after the last was up" if took is not None else
-                 f"NOT a full mesh after {limit:.0f} s ({left} of {2 * n * (n - 1)} pair-families left)"), flush=True)
+                 f"NOT a full mesh after {limit:.0f} s ({left} of {2 * n * (n - 1)} pair-families left)")
+              + f"; pair-families done at {spread_at}"
+              + (f"; left (from, to, family): {left_out[:10]}" if left_out else ""), flush=True)
         if took is None or os.environ.get("WGDISCO_MESH_DIAG"):
             diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json")
         pids = [p.pid for p in procs]

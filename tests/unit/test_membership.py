@@ -547,3 +547,22 @@ def test_set_keys_unchanged_sets_no_cutoff() -> None:
     m = membership()
     assert m.set_keys(Mesh("", master=bytes(32)), None, None, T0) is False
     assert m.cutoff is None and "mesh-keys-changed" not in m.counters
+
+
+@pytest.mark.parametrize("block", ["10.7.0.0/27", "10.7.0.0/24", None])
+def test_admitting_one_by_one_gives_the_plan_of_planning_all_at_once(block: str | None) -> None:
+    # admit places a new key without planning again when nothing moves; a /27 full of members
+    # (collisions, a full block) and a /24 check that the shortcut never gives another plan
+    import random
+    rng = random.Random(7)
+    mesh = Mesh("", block, master=bytes(32))
+    m = membership(mesh)
+    publics = [bytes(rng.getrandbits(8) for _ in range(32)) for _ in range(40)]
+    for i, public in enumerate(publics):
+        m.admit(public, T0)
+        if i % 7 == 3:
+            m.remove(publics[i // 2], "test")
+        assert m.v4 == mesh.assign_ipv4([OWN, *m.members]), i
+    names = [e for e in m.pop_events() if isinstance(e, MeshNamesChanged)]
+    assert len(names) == 1  # one names plan per drain, however many came and went
+    assert names[0] == m.hosts() and len(names[0].hosts) == sum(len(m.addresses(p)) for p in [OWN, *m.members])

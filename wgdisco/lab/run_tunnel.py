@@ -16,6 +16,7 @@ import sys
 
 from wgdisco import config
 from wgdisco.daemon import Tunnel
+from wgdisco.io.systemd import quiet_log_records
 from wgdisco.proto.timers import Timing
 
 
@@ -28,6 +29,7 @@ def main() -> int:
                    help="packets a second per multicast group sent on (a flooding member in the lab)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    quiet_log_records()
     cfg = config.load(args.config)
     extra = {} if args.multicast_group_rate is None else {"multicast_group_rate": args.multicast_group_rate}
     tunnel = Tunnel(cfg, timing=Timing(**json.loads(args.timing)), handshake_load_threshold=args.load_threshold,

@@ -167,6 +167,11 @@ class MeshMembership(Core):
         self.leaving: dict[Key, float] = {}  # member -> when its goodbye came (being checked)
         self._probed_at: dict[Key, float] = {}  # member -> the last-heard time its check probe was for
         self._hosts: MeshNamesChanged | None = None
+        self._names_dirty = False  # the names plan is worked out once per drain (pop_events)
+        # per key, what the names plan needs (its addresses as text, its key name): worked out once
+        # per key and address, not once per member per admission (40 members starting at once
+        # admit 39 each: the plan over all members at every admission cost O(n²))
+        self._nets: dict[Key, tuple[Any, tuple[Any, ...], str, tuple[str, ...]]] = {}
         self._budget = TokenBucket(timing.records_per_second, timing.records_burst)
         self._announce_step = timing.announce_after
         self._next_announce = 0.0
@@ -304,7 +309,9 @@ class MeshMembership(Core):
         self.generation[public] = checked[1] if checked is not None and checked[0] == public else self.mesh.id
         if name is not None:
             self.names[public] = name
-        self._reassign()
+        if not self._place(public):
+            self._reassign()
+        self._names_dirty = True
         self._count("mesh-peers-admitted")
         self._events.append(PeerAdmitted(public, tuple(self.addresses(public))))
 
@@ -327,6 +334,7 @@ class MeshMembership(Core):
         self.generation.pop(public, None)
         self.v4.pop(public, None)
         self.names.pop(public, None)
+        self._nets.pop(public, None)
         self._reassign()
         self._count("mesh-peers-removed")
         self._events.append(PeerRemoved(public, reason))
@@ -381,6 +389,7 @@ class MeshMembership(Core):
 
     def set_own_key(self, public: Key) -> None:
         """Our identity changed: our place in the plan follows."""
+        self._nets.pop(self.own, None)
         self.own = public
         self._reassign()
 
@@ -407,16 +416,44 @@ class MeshMembership(Core):
         for public, addr in new.items():
             if public in old and old[public] != addr:
                 self._events.append(MeshAddressChanged(public, old[public], addr))
-        self._names_update()
+        self._names_dirty = True
+
+    def _place(self, public: Key) -> bool:
+        """A newly admitted key's IPv4 address without planning again, when that gives the plan
+        ``assign_ipv4`` would (True). Keys are placed lowest first, each on its first candidate
+        that no lower key holds: if ours is an offset that nobody holds, every other key keeps
+        its place (a higher key skipped only offsets that lower keys hold, and still does). If
+        a higher key holds it (a collision), or the block is short of room: False, plan again."""
+        base = int(self.mesh.ipv4.network_address)
+        held = {int(a) - base: k for k, a in self.v4.items() if a is not None}
+        if len(held) < len(self.v4):
+            return False
+        for tried, offset in enumerate(self.mesh.ipv4_candidates(public)):
+            holder = held.get(offset)
+            if holder is None:
+                self.v4[public] = ipaddress.IPv4Address(base + offset)
+                return True
+            if holder > public or tried >= 64:
+                return False
+        return False
 
     def addresses(self, public: Key) -> list[Any]:
         """A key's derived addresses as host networks (/32, /128)."""
-        out = []
+        return list(self._net_entry(public)[1])
+
+    def _net_entry(self, public: Key) -> tuple[Any, tuple[Any, ...], str, tuple[str, ...]]:
+        """(its IPv4 address, its host networks, its key name, its addresses as text), kept while
+        its IPv4 address holds."""
         v4 = self.v4.get(public)
-        if v4 is not None:
-            out.append(ipaddress.ip_network(f"{v4}/32"))
-        out.append(ipaddress.ip_network(f"{self.mesh.ipv6_of(public)}/128"))
-        return out
+        entry = self._nets.get(public)
+        if entry is None or entry[0] != v4:
+            nets = ([ipaddress.IPv4Network((int(v4), 32))] if v4 is not None else []) + \
+                [ipaddress.IPv6Network((int(self.mesh.ipv6_of(public)), 128))]
+            key_name = entry[2] if entry is not None else namesmod.key_name(keys.key_to_base32(public))
+            entry = (v4, tuple(nets), key_name, tuple(str(n.network_address) for n in nets))
+            if public == self.own or public in self.members:
+                self._nets[public] = entry
+        return entry
 
     def set_name(self, public: Key, name: str | None) -> None:
         if self.names.get(public) == name:
@@ -425,16 +462,19 @@ class MeshMembership(Core):
             self.names.pop(public, None)
         else:
             self.names[public] = name
-        self._names_update()
+        self._names_dirty = True
 
     def _claims(self) -> dict[Key, str | None]:
         return {self.own: self.name, **self.names}
 
-    def _names_update(self) -> None:
-        plan = self.hosts()
-        if plan != self._hosts:
-            self._hosts = plan
-            self._events.append(plan)
+    def pop_events(self) -> list[Any]:
+        if self._names_dirty:  # once per drain, however many members came or went meanwhile
+            self._names_dirty = False
+            plan = self.hosts()
+            if plan != self._hosts:
+                self._hosts = plan
+                self._events.append(plan)
+        return super().pop_events()
 
     def hosts(self) -> MeshNamesChanged:
         """Every member's addresses and names (ours first, then by key): its key name always, its
@@ -443,12 +483,11 @@ class MeshMembership(Core):
         owned, contested = namesmod.resolve(claims)
         lines = []
         for public in [self.own, *sorted(self.members)]:
-            names = [namesmod.key_name(keys.key_to_base32(public))]
+            _, _, key_name, texts = self._net_entry(public)
             claimed = claims.get(public)
-            if claimed is not None and owned.get(claimed) == public:
-                names.insert(0, claimed)
-            for net in self.addresses(public):
-                lines.append((str(net.network_address), tuple(names)))
+            names = (claimed, key_name) if claimed is not None and owned.get(claimed) == public else (key_name,)
+            for text in texts:
+                lines.append((text, names))
         return MeshNamesChanged(tuple(lines), tuple(sorted(contested)))
 
     def names_of(self, public: Key) -> list[str]:
