@@ -258,7 +258,10 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
                     sys.executable, "-m", "wgdisco.lab.run_tunnel", str(c)]
             procs.append(h.popen(argv, name=f"wgdisco-m{i}", env={
                 "PYTHONPATH": str(PACKAGE_ROOT), "WGDISCO_STATE_DIR": str(lab.logdir / f"state-{i}"),
-                "WGDISCO_HOSTS_FILE": str(lab.logdir / f"hosts-{i}")}))
+                "WGDISCO_HOSTS_FILE": str(lab.logdir / f"hosts-{i}"),
+                # WGDISCO_CPROFILE=/tmp/x: daemon 0's threads under cProfile (/tmp/x.loop, /tmp/x.dataplane)
+                **({"WGDISCO_CPROFILE": os.environ["WGDISCO_CPROFILE"]}
+                   if i == 0 and os.environ.get("WGDISCO_CPROFILE") else {})}))
         spy = None
         addrs = []
         for k, p in enumerate(procs):
@@ -270,9 +273,14 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
             if k == 0 and profile and not PROFILE_IDLE:  # from daemon 0's "up": its part in the convergence
                 spy = start_spy(procs[0].pid, profile, out_dir / f"mesh-{n}-profile.txt")
         up = time.monotonic()
+        pids = [p.pid for p in procs]
+        cpu_up = [cpu_seconds(pid) for pid in pids]
+        main_up = [cpu_seconds_main(pid) for pid in pids]
         done_at: list[float] = []
         left_out: list[tuple[int, int, int]] = []
         took, left = reach_all(socks, addrs, limit, done_at, left_out)
+        cpu_full = [cpu_seconds(pid) for pid in pids]
+        main_full = [cpu_seconds_main(pid) for pid in pids]
         done_at.sort()
         spread_at = {f"p{q}": round(done_at[min(len(done_at) - 1, len(done_at) * q // 100)], 2)
                      for q in (10, 50, 90, 99)} if done_at else {}
@@ -281,17 +289,21 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
             "full_mesh_from_up_s": None if took is None else round(took, 2),
             "full_mesh_from_launch_s": None if took is None else round(up - launched + took, 2),
             "pairs_left": left, "loadavg_at_full": os.getloadavg()[0], "pair_done_s": spread_at,
+            # CPU seconds per daemon: to get up (imports, keys, TUN) and from up to full mesh
+            "cpu_to_up_s": spread([round(c, 2) for c in cpu_up]),
+            "cpu_up_to_full_s": spread([round(b - a, 2) for a, b in zip(cpu_up, cpu_full)]),
+            "main_thread_cpu_up_to_full_s": spread([round(b - a, 2) for a, b in zip(main_up, main_full)]),
             "pairs_done_per_s": collections.Counter(int(t) for t in done_at),
             "pairs_left_list": [(i, j, ("ipv4", "ipv6")[f]) for i, j, f in left_out[:50]],
         }
         print(f"{n} nodes: all up {up - launched:.1f} s after launch; "
               + (f"full mesh {took:.2f} s after the last was up" if took is not None else
                  f"NOT a full mesh after {limit:.0f} s ({left} of {2 * n * (n - 1)} pair-families left)")
-              + f"; pair-families done at {spread_at}"
+              + f"; pair-families done at {spread_at}; CPU s per daemon to up {result['cpu_to_up_s']}, "
+              f"up to full {result['cpu_up_to_full_s']} (event-loop thread {result['main_thread_cpu_up_to_full_s']})"
               + (f"; left (from, to, family): {left_out[:10]}" if left_out else ""), flush=True)
         if took is None or os.environ.get("WGDISCO_MESH_DIAG"):
             diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json")
-        pids = [p.pid for p in procs]
         if idle:
             time.sleep(max(0.0, idle - window))
             before = [cpu_seconds(pid) for pid in pids]

@@ -78,7 +78,8 @@ def test_full_path_keeps_the_interface_mtu_after_one_round() -> None:
     assert net.core.limit(PEER) == 1420
     view = net.core.view(PEER)
     assert view is not None and (view.inner, view.path, view.state, view.how) == (1420, 1500, "complete", "probe")
-    assert net.core.counters["pmtu-probes"] == len(net.sent) <= 6  # one round
+    assert net.core.counters["pmtu-probes"] == len(net.sent) == 2  # the largest size and the control probe
+    assert sorted(net.sent) == [pmtu.CONTROL_SIZE, 1452]
 
 
 @pytest.mark.parametrize("ipv6,path_mtu,inner", [(True, 1400, 1312), (False, 1400, 1328), (True, 1492, 1408),

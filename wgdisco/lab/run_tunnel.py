@@ -12,7 +12,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
+import time
 
 from wgdisco import config
 from wgdisco.daemon import Tunnel
@@ -34,7 +36,31 @@ def main() -> int:
     extra = {} if args.multicast_group_rate is None else {"multicast_group_rate": args.multicast_group_rate}
     tunnel = Tunnel(cfg, timing=Timing(**json.loads(args.timing)), handshake_load_threshold=args.load_threshold,
                     **extra)
-    asyncio.run(tunnel.run())
+    profile_to = os.environ.get("WGDISCO_CPROFILE")  # lab only: a cProfile of each thread, on exit
+    if not profile_to:
+        asyncio.run(tunnel.run())
+        return 0
+    import cProfile
+    from wgdisco.daemon.dataplane import DataPlane
+    real_run = DataPlane.run
+
+    def profiled_run(self: DataPlane) -> None:
+        prof = cProfile.Profile(time.thread_time)  # CPU, not waits
+        prof.enable()
+        try:
+            real_run(self)
+        finally:
+            prof.disable()
+            prof.dump_stats(f"{profile_to}.dataplane")
+
+    DataPlane.run = profiled_run  # type: ignore[method-assign]
+    prof = cProfile.Profile(time.thread_time)  # CPU, not waits
+    prof.enable()
+    try:
+        asyncio.run(tunnel.run())
+    finally:
+        prof.disable()
+        prof.dump_stats(f"{profile_to}.loop")
     return 0
 
 

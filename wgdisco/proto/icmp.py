@@ -46,9 +46,7 @@ the kernel module's ``icmp_ndo_send`` would use) is a martian and dropped. The k
 
 from __future__ import annotations
 
-import ipaddress
 import struct
-from typing import Any
 
 from wgdisco.proto.ratelimiter import TokenBucket
 
@@ -85,9 +83,19 @@ def checksum(data: bytes, start: int = 0) -> int:
     return ~total & 0xFFFF
 
 
-def _single_host(ip: Any) -> bool:
-    return not (ip.is_multicast or ip.is_unspecified or ip.is_reserved and ip.version == 4
-                or ip == ipaddress.IPv4Address("255.255.255.255"))
+_V4_ANY, _V6_ANY = bytes(4), bytes(16)
+
+
+def _single_host4(ip: bytes) -> bool:
+    """Not 0.0.0.0, multicast (224/4), reserved (240/4) or the broadcast (in 240/4): on the raw
+    bytes, as ipaddress's is_unspecified/is_multicast/is_reserved (an answer costs no parsing:
+    a ping to every member not yet found is answered many times a second)."""
+    return ip[0] < 224 and ip != _V4_ANY
+
+
+def _single_host6(ip: bytes) -> bool:
+    """Not :: and not multicast (ff00::/8)."""
+    return ip[0] != 0xFF and ip != _V6_ANY
 
 
 def _ipv4(packet: bytes, source: bytes, code: int = ICMP_HOST_UNREACH, rest: int = 0) -> bytes | None:
@@ -98,8 +106,8 @@ def _ipv4(packet: bytes, source: bytes, code: int = ICMP_HOST_UNREACH, rest: int
         return None
     if struct.unpack_from("!H", packet, 6)[0] & 0x1FFF:
         return None  # a later fragment (RFC 1812 §4.3.2.7)
-    src, dst = ipaddress.IPv4Address(packet[12:16]), ipaddress.IPv4Address(packet[16:20])
-    if not _single_host(src) or not _single_host(dst) or src.is_loopback:
+    src, dst = packet[12:16], packet[16:20]
+    if not _single_host4(src) or not _single_host4(dst) or src[0] == 127:
         return None
     if packet[9] == 1 and (len(packet) < ihl + 1 or packet[ihl] in _ICMP4_ERRORS):
         return None  # never an error about an error (RFC 1122 §3.2.2)
@@ -139,8 +147,7 @@ def _ipv6(packet: bytes, source: bytes, kind: tuple[int, int] = (ICMPV6_DEST_UNR
           rest: int = 0) -> bytes | None:
     if len(packet) < 40 or packet[0] >> 4 != 6:
         return None
-    src, dst = ipaddress.IPv6Address(packet[8:24]), ipaddress.IPv6Address(packet[24:40])
-    if not _single_host(src) or not _single_host(dst):
+    if not _single_host6(packet[8:24]) or not _single_host6(packet[24:40]):
         return None  # RFC 4443 §2.4 (e)
     upper = _v6_upper(packet)
     if upper is None:
