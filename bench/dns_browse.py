@@ -14,7 +14,7 @@ the client host:
 - ``changed``: one member published (a real RFC 2136 UPDATE), then a browse (what a poll costs
   after any change anywhere in the zone).
 
-Reported per browse: wall time, how it read (plain / shards / unchanged), queries the client
+Reported per browse: wall time, the client's CPU time, how it read (plain / shards / unchanged), queries the client
 sent, UDP datagrams and TCP connections that reached Knot, bytes Knot sent back, and the largest
 answer. The client runs in a child process inside the namespace (``--child``), so the figures
 hold no lab overhead.
@@ -84,11 +84,11 @@ async def child(update_key: str, seed: int) -> dict:
     out = {}
 
     async def browse(what: str) -> None:
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         labels = await client.browse()
-        took = time.monotonic() - started
+        took, cpu = time.monotonic() - started, time.process_time() - cpu
         cost = client.last_browse
-        out[what] = {"s": took, "found": len(labels), "how": cost.how, "queries": cost.queries,
+        out[what] = {"s": took, "cpu": cpu, "found": len(labels), "how": cost.how, "queries": cost.queries,
                      "largest": cost.largest}
         print(what, flush=True)
         sys.stdin.readline()  # the parent reads the router's counters
@@ -162,14 +162,16 @@ def main() -> None:
     table = {}
     for n in args.members:
         table[n] = one_size(n, args.runs)
-    print("\n| members | browse | how | time (median) | queries | UDP / TCP at Knot | bytes from Knot | largest answer |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| members | browse | how | time (median) | client CPU (median) | queries | UDP / TCP at Knot | bytes from Knot "
+          "| largest answer |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for n, runs in table.items():
         for what in ("cold", "unchanged", "changed"):
             rows = [r[what] for r in runs]
             med = statistics.median(r["s"] for r in rows)
+            cpu = statistics.median(r["cpu"] for r in rows)
             r0 = rows[0]
-            print(f"| {n:,} | {what} | {r0['how']} | {med:.3f} s | {r0['queries']} | {r0['udp_at_knot']} / "
+            print(f"| {n:,} | {what} | {r0['how']} | {med:.3f} s | {cpu:.3f} s | {r0['queries']} | {r0['udp_at_knot']} / "
                   f"{r0['tcp_at_knot']} | {r0['bytes_from_knot']:,} | {r0['largest']:,} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"commit": commit(), "results": {str(k): v for k, v in table.items()}},

@@ -30,7 +30,7 @@ log = logging.getLogger("wgdisco")
 
 DNS_TTL = 60  # seconds, for our unicast records; re-published at 2/3 of it
 MAX_PARALLEL_LOOKUPS = 16  # DNS-SD lookups in flight at once (each is 2 to 4 queries)
-BROWSE_TIMEOUT = 5.0  # one browse, all its queries: 256 shards on a big mesh (docs/records.md "Shards")
+BROWSE_TIMEOUT = 8.0  # one browse, all its queries (257 on a big mesh), below the default PollInterval
 
 
 class Discovery:
