@@ -536,7 +536,8 @@ class Directory:
         self.serial += 1
 
     def soa(self) -> dns.rrset.RRset:
-        return dns.rrset.from_text(self.origin, 60, "IN", "SOA", f"ns.{DOMAIN} hostmaster.{DOMAIN} {self.serial} 3600 600 86400 60")
+        return dns.rrset.from_text(self.origin, 60, "IN", "SOA",
+                                   f"ns.{DOMAIN} hostmaster.{DOMAIN} {self.serial} 3600 600 86400 60")
 
     def __call__(self, query: dns.message.Message) -> dns.message.Message:
         q = query.question[0]

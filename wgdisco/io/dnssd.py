@@ -17,17 +17,19 @@ and, when it is the serial seen before the last full read, the last read's label
 without reading again (``last_browse.how == "unchanged"``). Otherwise the plain set is read over
 TCP while it holds at most ``PLAIN_BROWSE_MAX`` instances, else (or when the server cannot
 answer it: SERVFAIL or TC over TCP, past 65,535 bytes) the ``SHARDS`` RFC 6763 §7.1 subtypes,
-in parallel, each over UDP (TCP for a shard whose last answer was truncated).  Answers are read leniently because wgsd and hand-written zones differ
-from textbook DNS-SD: TTL 0 everywhere, names echoed in upper case (name comparisons
-are case-insensitive), the target's address in the additional section of the SRV
-answer (used when present, so no extra query), and an A record in the answer to an
-AAAA query (any A/AAAA at the target is taken, whatever was asked).  What comes back
+in parallel, each over UDP (TCP for a shard whose last answer was truncated).
+
+Answers are read leniently because wgsd and hand-written zones differ from textbook
+DNS-SD: TTL 0 everywhere, names echoed in upper case (name comparisons are
+case-insensitive), the target's address in the additional section of the SRV answer
+(used when present, so no extra query), and an A record in the answer to an AAAA
+query (any A/AAAA at the target is taken, whatever was asked).  What comes back
 is raw (``RawInstance``); wgdisco.proto.records judges it.
 
 ``DnssdPublisher`` sends one UPDATE per ``publish``: delete-then-add of the node's own
-PTR value (other nodes' PTRs untouched), under the service name and under its shard, and delete-rrset-then-add of its SRV, TXT and
-the target's A/AAAA.  ``withdraw`` sends the deletes alone.  Both are idempotent, so a
-retransmitted UPDATE is harmless.
+PTR value (other nodes' PTRs untouched), under the service name and under its shard, and
+delete-rrset-then-add of its SRV, TXT and the target's A/AAAA.  ``withdraw`` sends the
+deletes alone.  Both are idempotent, so a retransmitted UPDATE is harmless.
 
 Transport: UDP on a connected socket (so an ICMP port-unreachable is seen at once),
 retransmitted after 0.4 s and then at a doubling interval until the operation's deadline (as

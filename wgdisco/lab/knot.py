@@ -120,7 +120,8 @@ def member_zone(recs: list[records.ServiceRecord], domain: str = ZONE, ttl: int 
         instance = zone_name(f"{label}.{service}")
         target = zone_name(rec.target)
         txt = " ".join('"' + s.decode() + '"' for s in records.build_txt(rec))
-        lines += [f"{service} {ttl} PTR {instance}", f"{records.shard_label(label)}._sub.{service} {ttl} PTR {instance}",
+        shard = f"{records.shard_label(label)}._sub.{service}"
+        lines += [f"{service} {ttl} PTR {instance}", f"{shard} {ttl} PTR {instance}",
                   f"{instance} {ttl} SRV 0 0 {rec.port} {target}", f"{instance} {ttl} TXT {txt}"]
         lines += [f"{target} {ttl} {'AAAA' if a.version == 6 else 'A'} {a}" for a in rec.addresses]
     return "\n".join(lines) + "\n"
