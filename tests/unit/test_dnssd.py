@@ -560,10 +560,12 @@ class Directory:
 
 
 def asked(server: FakeDNS, since: int = 0) -> list[tuple[str, str, str]]:
-    """(transport, plain|shard|zone, type) of the queries since ``since``."""
+    """(transport, plain|shard|zone, type) of the queries since ``since``, each once: a UDP query
+    sent again after 0.4 s (this process's server is slow on a loaded machine) is not another
+    query; within one browse no name and type is asked twice over one transport."""
     def kind(name: str) -> str:
         return "plain" if name == SERVICE else "shard" if name.endswith("._sub." + SERVICE) else name
-    return [(t, kind(n), q) for t, n, q in server.seen[since:]]
+    return [(t, kind(n), q) for t, n, q in dict.fromkeys(server.seen[since:])]
 
 
 @pytest.mark.asyncio
@@ -572,10 +574,11 @@ async def test_a_small_mesh_is_browsed_with_one_ptr_query_as_before() -> None:
     async with FakeDNS(zone, udp_limit=dnssd.EDNS_PAYLOAD) as server:
         client = DnssdClient(server.address, DOMAIN)
         for _ in range(2):
+            n = len(server.seen)
             assert sorted(await client.browse()) == sorted(zone.labels)
             assert client.last_browse == dnssd.BrowseCost("plain", 1, client.last_browse.largest)
-        # no SOA check: it would cost as much as the read it could spare
-        assert asked(server) == [("udp", "plain", "PTR")] * 2
+            # no SOA check: it would cost as much as the read it could spare
+            assert asked(server, n) == [("udp", "plain", "PTR")]
 
 
 @pytest.mark.asyncio
@@ -652,5 +655,6 @@ async def test_lookups_are_not_held_by_the_soa_check() -> None:
     async with FakeDNS(handler) as server:
         client = DnssdClient(server.address, DOMAIN)
         for _ in range(2):
+            n = len(server.seen)
             assert (await client.lookup(LABEL1)).srv_port == 7777
-        assert sorted(q for _, _, q in server.seen) == ["SRV", "SRV", "TXT", "TXT"]
+            assert sorted(q for _, _, q in asked(server, n)) == ["SRV", "TXT"]
