@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import ipaddress
 import logging
 import os
@@ -35,7 +36,7 @@ from wgdisco.io.dnssd import (
     parse_update_key,
 )
 from wgdisco.lab import Host, Lab
-from wgdisco.lab.knot import Knot, start_knot, zone_name
+from wgdisco.lab.knot import Knot, member_zone, start_knot, zone_name
 from wgdisco.proto import keys, records
 
 ip = ipaddress.ip_address
@@ -444,3 +445,78 @@ def test_lost_queries_cost_one_short_retransmission_and_names_go_in_parallel(net
     assert not failed and sorted(seen) == sorted(pubs)
     assert dropped >= 1
     assert took < 2 * dnssd.FIRST_RTO + 0.4, took
+
+
+DNS_COUNTERS = """table inet dnscount {
+    chain count {
+        type filter hook forward priority 0;
+        ip daddr 198.51.100.53 udp dport 53 counter
+        ip daddr 198.51.100.53 tcp dport 53 tcp flags & (syn | ack) == syn counter
+    }
+}
+"""  # queries that reach Knot: UDP datagrams, and TCP connections
+
+
+def knot_saw(router: Host) -> tuple[int, int]:
+    """(UDP queries, TCP connections) towards Knot so far, counted at the router."""
+    out = router.run(["nft", "list", "table", "inet", "dnscount"]).stdout
+    udp, tcp = (int(part.split()[0]) for part in out.split("packets ")[1:3])
+    return udp, tcp
+
+
+@pytest.mark.netns
+def test_a_browse_of_1500_members_within_one_poll_interval(lab: Lab) -> None:
+    """Issue 26: 1,500 members in Knot's zone, each record set as DnssdPublisher.publish leaves it
+    (written before Knot starts: fast). The plain PTR set (106 kB) cannot be one DNS message (Knot
+    answers SERVFAIL); a DnssdClient with the daemon's settings reads the 256 shards and has every
+    member within one PollInterval. Nothing changed: the next browse is one SOA query at Knot. A
+    member publishes (a real RFC 2136 UPDATE, its shard PTR too): the next browse finds it."""
+    from wgdisco.config import DiscoveryConfig
+    from wgdisco.daemon.discovery import BROWSE_TIMEOUT
+
+    members = [node_record(keys.public_key(keys.clamp(hashlib.sha256(i.to_bytes(4, "big")).digest())), 51820,
+                           [f"203.0.113.{1 + i % 250}"], []) for i in range(1500)]
+    net = build_net(lab, extra_records=member_zone(members, DOMAIN))
+    router = net.router
+    assert router is not None
+    try:
+        router.run(["nft", "-f", "-"], input=DNS_COUNTERS)
+        client = DnssdClient(net.knot.address, DOMAIN, browse_timeout=BROWSE_TIMEOUT)
+
+        async def timed(fn, *args):
+            started = time.monotonic()
+            result = await fn(*args)
+            return result, time.monotonic() - started
+
+        want = {m.instance_label for m in members}
+        labels, took = net.bob.run(timed, client.browse)
+        first, seen = client.last_browse, knot_saw(router)
+        print(f"browse of 1,500 members: {took:.2f} s, {first.queries} queries ({seen[0]} UDP, "
+              f"{seen[1]} TCP at Knot), largest answer {first.largest} bytes")
+        assert len(labels) == 1500 and set(labels) == want
+        assert first.how == "shards" and first.queries >= 3 + records.SHARDS
+        assert took < DiscoveryConfig().poll_interval
+
+        # A member's own lookup of a known peer works as before.
+        raw = net.bob.run(client.lookup, members[7].instance_label)
+        sighting = records.record_from_dns(members[7].instance_label, *raw[:4])
+        assert sighting.public_key == members[7].public_key and sighting.candidates == [(ip("203.0.113.8"), 51820)]
+
+        before = knot_saw(router)
+        assert set(net.bob.run(client.browse)) == want
+        assert client.last_browse.how == "unchanged" and client.last_browse.queries == 1
+        assert knot_saw(router) == (before[0] + 1, before[1])  # one SOA datagram, nothing else
+
+        new = node_record(PUB1, 51820, ["203.0.113.251"], [])
+        net.alice.run(publish, net.publisher(), new)
+        shard = f"{records.shard_label(LABEL1)}._sub.{SERVICE}"
+        assert LABEL1 in net.knot.dig(net.bob.host, shard, "PTR")  # the UPDATE listed it in its shard
+        labels, took = net.bob.run(timed, client.browse)
+        print(f"after one publish: {took:.2f} s, {client.last_browse.queries} queries")
+        assert client.last_browse.how == "shards" and len(labels) == 1501 and LABEL1 in labels
+
+        net.alice.run(net.publisher().withdraw, LABEL1)
+        assert LABEL1 not in net.knot.dig(net.bob.host, shard, "PTR")
+    finally:
+        net.alice.close()
+        net.bob.close()

@@ -102,3 +102,27 @@ async def test_at_most_max_parallel_lookups_in_flight(monkeypatch: pytest.Monkey
         took = time.monotonic() - started
     assert len(node.sightings) == len(PEERS)
     assert took > 3 * dnssd.FIRST_RTO - 0.05  # five names, two at a time: three waits
+
+
+@pytest.mark.asyncio
+async def test_mesh_browse_counts_what_each_read_cost() -> None:
+    """dns-browse-plain / -shards / -unchanged and dns-browse-queries, in the status counters."""
+    from tests.unit.test_dnssd import Directory, member_label
+
+    zone = Directory([member_label(i) for i in range(40)])  # beyond one datagram: the SOA check pays
+    found: list[list[bytes]] = []
+
+    class Node:
+        def browse_found(self, keys_found: list[bytes], now: float) -> None:
+            found.append(keys_found)
+
+    node = Node()
+    async with FakeDNS(zone, udp_limit=dnssd.EDNS_PAYLOAD) as server:
+        d = Discovery({}, "test.conf", None, feed=lambda fn: fn(node, 0.0), peer_keys=frozenset)  # type: ignore[arg-type]
+        d.client = dnssd.DnssdClient(server.address, DOMAIN, browse_timeout=discovery.BROWSE_TIMEOUT)
+        retry = dnssd.Retry("test")
+        assert not await d._mesh_browse(retry)
+        assert not await d._mesh_browse(retry)  # unchanged: the same keys handed over again
+    assert [len(f) for f in found] == [40, 40] and found[0] == found[1]
+    assert {k: v for k, v in d.counters.items() if k.startswith("dns-browse")} == {
+        "dns-browse-plain": 1, "dns-browse-unchanged": 1, "dns-browse-queries": 3 + 1}

@@ -11,6 +11,8 @@ Against a real Knot in the namespace lab: tests/netns/test_dnssd_lab.py.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import ipaddress
 import logging
 import struct
@@ -19,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.asyncresolver
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -181,7 +184,8 @@ Handler = Callable[[dns.message.Message], "dns.message.Message | bytes | list[by
 class FakeDNS:
     """UDP + TCP DNS on 127.0.0.1 (one port); ``handler(query)`` returns the answer, raw
     bytes (sent as they are), a list of datagrams, or None (silence).  ``udp_limit``
-    truncates UDP answers that are longer (TC set, sections emptied)."""
+    truncates UDP answers that are longer (TC set, sections emptied); an answer beyond one
+    message (65,535 bytes) is truncated over UDP and SERVFAIL over TCP, as Knot 3.2 does."""
 
     def __init__(self, handler: Handler, udp_limit: int = 65535) -> None:
         self.handler = handler
@@ -220,7 +224,15 @@ class FakeDNS:
             return [out]
         if isinstance(out, list):
             return out
-        raw = out.to_wire(max_size=65535)
+        try:
+            raw = out.to_wire(max_size=65535)
+        except dns.exception.TooBig:  # as Knot 3.2: truncated over UDP, SERVFAIL over TCP
+            out.answer, out.authority, out.additional = [], [], []
+            if transport == "tcp":
+                out.set_rcode(dns.rcode.SERVFAIL)
+            else:
+                out.flags |= dns.flags.TC
+            raw = out.to_wire()
         if transport == "udp" and len(raw) > self.udp_limit:
             out.answer, out.authority, out.additional = [], [], []
             out.flags |= dns.flags.TC
@@ -356,7 +368,9 @@ async def test_truncated_answers_are_asked_again_over_tcp() -> None:
     async with FakeDNS(wgsd(peers), udp_limit=512) as server:
         labels = await DnssdClient(server.address, DOMAIN).browse()
         assert labels == [keys.key_to_base32(p.public) for p in peers]
-        assert [t for t, _, _ in server.seen] == ["udp", "tcp"]
+        # The set does not fit one datagram: the zone's SOA serial is asked before the TCP read,
+        # so the next browse can skip it when nothing changed (test_browse_*, below).
+        assert [(t, q) for t, _, q in server.seen] == [("udp", "PTR"), ("udp", "SOA"), ("tcp", "PTR")]
 
 
 @pytest.mark.asyncio
@@ -477,3 +491,170 @@ async def test_resolver_path() -> None:
 
 def lines(text: str) -> list[str]:
     return sorted(" ".join(line.split()) for line in text.splitlines() if line.strip())
+
+
+# ==================================================================== browse beyond one message (issue 26)
+
+
+def member_label(i: int) -> str:
+    return keys.key_to_base32(hashlib.blake2s(i.to_bytes(4, "big")).digest())
+
+
+shard_of = functools.lru_cache(maxsize=None)(records.shard_label)
+
+
+def labels_in_shard(shard: str, count: int) -> list[str]:
+    """``count`` instance labels that all fall into ``shard`` (ground, as a vanity key would be)."""
+    out, i = [], 1 << 20
+    while len(out) < count:
+        if records.shard_label(label := member_label(i)) == shard:
+            out.append(label)
+        i += 1
+    return out
+
+
+class Directory:
+    """A zone as Knot serves it after members published with RFC 2136: the plain PTR set and the
+    shards (RFC 6763 §7.1 subtypes), the SOA serial bumped by every change (FakeDNS answers what does
+    not fit 65,535 bytes as Knot 3.2 does: TC over UDP, SERVFAIL over TCP). ``sharded=False``: the
+    members are only in the plain set (publishers from before the shards)."""
+
+    def __init__(self, labels: list[str], *, sharded: bool = True) -> None:
+        self.origin = dns.name.from_text(DOMAIN)
+        self.service = dns.name.from_text(SERVICE)
+        self.serial = 1
+        self.sharded = sharded
+        self.labels: list[str] = []
+        self.add(*labels)
+
+    def add(self, *labels: str) -> None:
+        self.labels += labels
+        self.serial += 1
+
+    def remove(self, *labels: str) -> None:
+        self.labels = [x for x in self.labels if x not in labels]
+        self.serial += 1
+
+    def soa(self) -> dns.rrset.RRset:
+        return dns.rrset.from_text(self.origin, 60, "IN", "SOA",
+                                   f"ns.{DOMAIN} hostmaster.{DOMAIN} {self.serial} 3600 600 86400 60")
+
+    def __call__(self, query: dns.message.Message) -> dns.message.Message:
+        q = query.question[0]
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        members = None
+        if q.rdtype == dns.rdatatype.PTR and q.name == self.service:
+            members = self.labels
+        elif q.rdtype == dns.rdatatype.PTR and q.name.parent().parent() == self.service and self.sharded:
+            shard = q.name.labels[0].decode()
+            members = [x for x in self.labels if shard_of(x) == shard]
+        if members:
+            response.answer.append(dns.rrset.from_text_list(
+                q.name, 60, "IN", "PTR", [f"{x}.{SERVICE}" for x in members]))
+        elif q.rdtype == dns.rdatatype.SOA and q.name == self.origin:
+            response.answer.append(self.soa())
+        else:  # NODATA or a name without records: the SOA in the authority section (RFC 2308 §3)
+            response.authority.append(self.soa())
+        return response
+
+
+def asked(server: FakeDNS, since: int = 0) -> list[tuple[str, str, str]]:
+    """(transport, plain|shard|zone, type) of the queries since ``since``, each once: a UDP query
+    sent again after 0.4 s (this process's server is slow on a loaded machine) is not another
+    query; within one browse no name and type is asked twice over one transport."""
+    def kind(name: str) -> str:
+        return "plain" if name == SERVICE else "shard" if name.endswith("._sub." + SERVICE) else name
+    return [(t, kind(n), q) for t, n, q in dict.fromkeys(server.seen[since:])]
+
+
+@pytest.mark.asyncio
+async def test_a_small_mesh_is_browsed_with_one_ptr_query_as_before() -> None:
+    zone = Directory([member_label(i) for i in range(3)])
+    async with FakeDNS(zone, udp_limit=dnssd.EDNS_PAYLOAD) as server:
+        client = DnssdClient(server.address, DOMAIN)
+        for _ in range(2):
+            n = len(server.seen)
+            assert sorted(await client.browse()) == sorted(zone.labels)
+            assert client.last_browse == dnssd.BrowseCost("plain", 1, client.last_browse.largest)
+            # no SOA check: it would cost as much as the read it could spare
+            assert asked(server, n) == [("udp", "plain", "PTR")]
+
+
+@pytest.mark.asyncio
+async def test_a_set_beyond_one_datagram_is_read_again_only_when_the_soa_serial_moved() -> None:
+    zone = Directory([member_label(i) for i in range(100)])
+    async with FakeDNS(zone, udp_limit=dnssd.EDNS_PAYLOAD) as server:
+        client = DnssdClient(server.address, DOMAIN)
+        assert sorted(await client.browse()) == sorted(zone.labels)
+        assert asked(server) == [("udp", "plain", "PTR"), ("udp", "plain", "SOA"), ("tcp", "plain", "PTR")]
+        assert client.last_browse.how == "plain" and client.last_browse.queries == 3
+        assert client.last_browse.largest > 71 * 100
+
+        n = len(server.seen)
+        assert sorted(await client.browse()) == sorted(zone.labels)  # nothing changed: the labels of the last read
+        assert asked(server, n) == [("udp", "plain", "SOA")]
+        assert client.last_browse == dnssd.BrowseCost("unchanged", 1, client.last_browse.largest)
+        assert client.last_browse.largest < 200
+
+        zone.add(new := member_label(1000))
+        n = len(server.seen)
+        labels = await client.browse()
+        assert new in labels and len(labels) == 101
+        assert asked(server, n) == [("udp", "plain", "SOA"), ("tcp", "plain", "PTR")]  # known big: TCP at once
+
+
+@pytest.mark.asyncio
+async def test_beyond_one_message_the_shards_are_read() -> None:
+    # 1,000 members (71 kB of PTRs: Knot cannot answer the plain set), 20 of them in shard _00,
+    # which then does not fit one datagram.
+    crowded = labels_in_shard("_00", 20)
+    zone = Directory([member_label(i) for i in range(980)] + crowded)
+    async with FakeDNS(zone, udp_limit=dnssd.EDNS_PAYLOAD) as server:
+        client = DnssdClient(server.address, DOMAIN, browse_timeout=60.0)  # not a timing test
+        labels = await client.browse()
+        assert sorted(labels) == sorted(zone.labels) and len(labels) == 1000
+        first = asked(server)
+        assert first[:3] == [("udp", "plain", "PTR"), ("udp", "plain", "SOA"), ("tcp", "plain", "PTR")]
+        shard_udp = [q for t, k, q in first if (t, k) == ("udp", "shard")]
+        assert len(shard_udp) == records.SHARDS and first.count(("tcp", "shard", "PTR")) == 1  # _00
+        cost = client.last_browse
+        assert cost.how == "shards" and cost.queries == 3 + records.SHARDS + 1 and cost.largest < 65535
+
+        n = len(server.seen)
+        assert sorted(await client.browse()) == sorted(zone.labels)
+        assert asked(server, n) == [("udp", "plain", "SOA")] and client.last_browse.how == "unchanged"
+
+        zone.add(new := member_label(5000))
+        n = len(server.seen)
+        assert new in await client.browse()
+        again = asked(server, n)
+        # SOA, then every shard (no plain query); _00 over TCP at once, as it was truncated last time
+        assert again[0] == ("udp", "plain", "SOA") and len(again) == 1 + records.SHARDS
+        assert ("tcp", "shard", "PTR") in again and not [x for x in again if x[1] == "plain" and x[2] == "PTR"]
+
+        # Down to 300 members: one more read through the shards, then the plain set again.
+        zone.remove(*zone.labels[300:])
+        assert len(await client.browse()) == 300 and client.last_browse.how == "shards"
+        zone.add(member_label(6000))
+        assert len(await client.browse()) == 301 and client.last_browse.how == "plain"
+
+
+@pytest.mark.asyncio
+async def test_a_big_plain_set_nobody_sharded_is_an_error_not_an_empty_mesh() -> None:
+    zone = Directory([member_label(i) for i in range(1000)], sharded=False)
+    async with FakeDNS(zone, udp_limit=dnssd.EDNS_PAYLOAD) as server:
+        with pytest.raises(NameserverError, match="SERVFAIL"):
+            await DnssdClient(server.address, DOMAIN, browse_timeout=60.0).browse()
+
+
+@pytest.mark.asyncio
+async def test_lookups_are_not_held_by_the_soa_check() -> None:
+    # A known peer's SRV/TXT are asked every time, whatever the serial (a member's own lookups).
+    handler = wgsd(PEERS)
+    async with FakeDNS(handler) as server:
+        client = DnssdClient(server.address, DOMAIN)
+        for _ in range(2):
+            n = len(server.seen)
+            assert (await client.lookup(LABEL1)).srv_port == 7777
+            assert sorted(q for _, _, q in asked(server, n)) == ["SRV", "TXT"]

@@ -354,3 +354,43 @@ def test_docs_example_is_what_build_txt_writes() -> None:
     strings = [s.encode() for s in re.findall(r'"([^"]*)"', m.group(1))]
     assert strings == build_txt(example())
     assert f"{LABEL}._wireguard._udp.wg.example.net." in text
+
+
+# --- shards (issue 26) --------------------------------------------------------------------
+
+
+def test_shard_label_is_two_hex_digits_of_sha256_of_the_lowercase_label() -> None:
+    import hashlib
+
+    assert records.shard_label(LABEL) == "_" + hashlib.sha256(LABEL.encode()).hexdigest()[:2]
+    assert records.shard_label(LABEL) == "_94"  # the vector docs/records.md shows
+    assert records.shard_label(LABEL.upper()) == records.shard_label(f" {LABEL} ") == "_94"
+    names = records.shard_names("wg.example.net")
+    assert len(names) == records.SHARDS == 256 and len(set(names)) == 256
+    assert names[0] == "_00._sub._wireguard._udp.wg.example.net."
+    assert names[-1] == "_ff._sub._wireguard._udp.wg.example.net."
+    assert {n.split(".")[0] for n in names} == {f"_{i:02x}" for i in range(256)}
+
+
+def test_shards_spread_keys_even_when_their_labels_share_a_prefix() -> None:
+    import base64
+    import hashlib
+
+    def label(seed: bytes) -> str:  # keys.key_to_base32 of a random 32-byte key, without its checks
+        return base64.b32encode(hashlib.sha256(seed).digest()).decode().lower()
+
+    def spread(labels: list[str]) -> list[int]:
+        counts = [0] * records.SHARDS
+        for x in labels:
+            counts[int(records.shard_label(x)[1:], 16)] += 1
+        return counts
+
+    assert label(b"x") == keys.key_to_base32(hashlib.sha256(b"x").digest())
+    # 12,800 keys: 50 a shard on average; 6 standard deviations of a binomial are 42.
+    plain = spread([label(i.to_bytes(4, "big")) for i in range(12800)])
+    assert max(plain) < 50 + 42 and min(plain) > 50 - 42
+    # Vanity keys (ground for a common prefix) land everywhere too: the label is hashed.
+    vanity = spread(["mesh" + label(i.to_bytes(4, "big"))[4:] for i in range(2560)])
+    assert sum(1 for c in vanity if c) > 240
+    # At 1,500 members (the lab's browse) the fullest shard still fits one 1232-byte UDP answer.
+    assert max(spread([label(b"m" + i.to_bytes(4, "big")) for i in range(1500)])) <= records.PTR_UDP_MAX

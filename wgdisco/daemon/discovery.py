@@ -30,6 +30,7 @@ log = logging.getLogger("wgdisco")
 
 DNS_TTL = 60  # seconds, for our unicast records; re-published at 2/3 of it
 MAX_PARALLEL_LOOKUPS = 16  # DNS-SD lookups in flight at once (each is 2 to 4 queries)
+BROWSE_TIMEOUT = 8.0  # one browse, all its queries (257 on a big mesh), below the default PollInterval
 
 
 class Discovery:
@@ -68,7 +69,7 @@ class Discovery:
             self.tasks.append(asyncio.create_task(self._mdns_loop(), name="mdns"))
             self.mdns_dirty.set()
         if s.domain is not None:
-            self.client = dnssd.DnssdClient(s.nameserver, s.domain)
+            self.client = dnssd.DnssdClient(s.nameserver, s.domain, browse_timeout=BROWSE_TIMEOUT)
             if s.update_key is not None:
                 if s.nameserver is None:
                     raise ConfigError("publishing with UpdateKey needs a Nameserver", file=self.config_path, key="Nameserver")
@@ -320,6 +321,10 @@ class Discovery:
         except (dnssd.NameserverError, ConfigError, AuthError):
             self._count("dns-lookup-errors")
             return True
+        cost = self.client.last_browse
+        if cost is not None:  # dns-browse-plain, -shards, -unchanged (a re-read the SOA serial spared)
+            self._count(f"dns-browse-{cost.how}")
+            self._count("dns-browse-queries", cost.queries)
         found = []
         for label in labels:
             try:

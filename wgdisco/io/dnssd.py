@@ -7,17 +7,29 @@ Theory of operation
 ``DnssdClient`` asks one nameserver (or, with ``nameserver=None``, the system
 resolver through ``dns.asyncresolver``) for the PTR set of ``_wireguard._udp.<domain>``
 (``browse``) and, per instance, for its SRV and TXT, then A/AAAA of the SRV target
-(``lookup``).  Answers are read leniently because wgsd and hand-written zones differ
-from textbook DNS-SD: TTL 0 everywhere, names echoed in upper case (name comparisons
-are case-insensitive), the target's address in the additional section of the SRV
-answer (used when present, so no extra query), and an A record in the answer to an
-AAAA query (any A/AAAA at the target is taken, whatever was asked).  What comes back
+(``lookup``).
+
+A browse beyond one message (issue 26, docs/records.md "Shards"): while the plain PTR set
+fits one UDP answer (≤ ``PTR_UDP_MAX`` instances) a browse is the one PTR query it always was.
+When it does not, the zone's SOA serial is asked first (one small query; RFC 1035 §3.3.13, the
+SOA comes in the answer or, for a name below the apex, in the authority section, RFC 2308 §3)
+and, when it is the serial seen before the last full read, the last read's labels are returned
+without reading again (``last_browse.how == "unchanged"``). Otherwise the plain set is read over
+TCP while it holds at most ``PLAIN_BROWSE_MAX`` instances, else (or when the server cannot
+answer it: SERVFAIL or TC over TCP, past 65,535 bytes) the ``SHARDS`` RFC 6763 §7.1 subtypes,
+in parallel, each over UDP (TCP for a shard whose last answer was truncated).
+
+Answers are read leniently because wgsd and hand-written zones differ from textbook
+DNS-SD: TTL 0 everywhere, names echoed in upper case (name comparisons are
+case-insensitive), the target's address in the additional section of the SRV answer
+(used when present, so no extra query), and an A record in the answer to an AAAA
+query (any A/AAAA at the target is taken, whatever was asked).  What comes back
 is raw (``RawInstance``); wgdisco.proto.records judges it.
 
 ``DnssdPublisher`` sends one UPDATE per ``publish``: delete-then-add of the node's own
-PTR value (other nodes' PTRs untouched), and delete-rrset-then-add of its SRV, TXT and
-the target's A/AAAA.  ``withdraw`` sends the deletes alone.  Both are idempotent, so a
-retransmitted UPDATE is harmless.
+PTR value (other nodes' PTRs untouched), under the service name and under its shard, and
+delete-rrset-then-add of its SRV, TXT and the target's A/AAAA.  ``withdraw`` sends the
+deletes alone.  Both are idempotent, so a retransmitted UPDATE is harmless.
 
 Transport: UDP on a connected socket (so an ICMP port-unreachable is seen at once),
 retransmitted after 0.4 s and then at a doubling interval until the operation's deadline (as
@@ -64,10 +76,11 @@ import dns.tsig
 import dns.update
 
 from wgdisco.errors import AuthError, ConfigError, LocalError, WgdiscoError
-from wgdisco.proto.records import service_name
+from wgdisco.proto.records import PLAIN_BROWSE_MAX, PTR_UDP_MAX, service_name, shard_label, shard_names
 from wgdisco.proto.tsig import TsigKey, parse_update_key
 
 __all__ = [
+    "BrowseCost",
     "DnssdClient",
     "DnssdPublisher",
     "NameserverError",
@@ -89,6 +102,7 @@ EDNS_PAYLOAD = 1232  # the DNS flag day 2020 size: no IP fragmentation
 UDP_LIMIT = 512  # RFC 1035 §4.2.1: larger UPDATEs go over TCP
 FIRST_RTO = 0.4  # first UDP retransmission, doubling after (RFC 1536 §1 spirit)
 MAX_CNAME = 8
+SHARD_READS_IN_FLIGHT = 16  # shard queries of one browse in flight at once
 
 TSIG_ALGORITHMS = {
     "hmac-sha1": dns.tsig.HMAC_SHA1,
@@ -166,13 +180,16 @@ class _Transport:
         parse: Callable[[bytes], dns.message.Message],
         *,
         tcp: bool = False,
+        udp_only: bool = False,
     ) -> dns.message.Message:
-        """Send ``wire`` (the rendered ``request``); the parsed response, or NameserverError."""
+        """Send ``wire`` (the rendered ``request``); the parsed response, or NameserverError.
+        ``udp_only``: a truncated answer raises ``_Truncated`` instead of asking over TCP."""
         if not tcp:
             try:
                 return await self._udp(request, wire, deadline, parse)
             except _Truncated:
-                pass
+                if udp_only:
+                    raise
         return await self._tcp(request, wire, deadline, parse)
 
     def _accept(self, request: dns.message.Message, raw: bytes, parse: Callable) -> dns.message.Message | None:
@@ -235,8 +252,8 @@ class _Transport:
                     raw = await reader.readexactly(length)
                     try:
                         response = self._accept(request, raw, parse)
-                    except _Truncated:
-                        response = None  # TC over TCP is nonsense: ignore it
+                    except _Truncated:  # the answer does not fit even 65,535 bytes
+                        raise NameserverError(f"nameserver {self.where} truncated its answer over TCP") from None
                     if response is not None:
                         return response
         except TimeoutError:
@@ -265,6 +282,28 @@ class RawInstance(NamedTuple):
     addresses: list[IPAddress]
     txt: list[bytes]
     ttl: int
+
+
+class BrowseCost(NamedTuple):
+    """What one ``browse`` did: ``how`` it read ("plain", "shards", or "unchanged": the SOA serial
+    had not moved and the last labels were returned), the ``queries`` it sent (a truncated UDP
+    answer asked again over TCP counts twice), and the size of its ``largest`` answer in bytes."""
+
+    how: str
+    queries: int
+    largest: int
+
+
+class _Tally:
+    """Queries sent and the largest answer seen, within one browse."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.largest = 0
+
+    def parse(self, raw: bytes) -> dns.message.Message:
+        self.largest = max(self.largest, len(raw))
+        return dns.message.from_wire(raw)
 
 
 def _chase(msg: dns.message.Message, name: dns.name.Name, rdtypes: Iterable[int], section: str = "answer"):
@@ -321,10 +360,20 @@ class DnssdClient:
         domain: str,
         *,
         timeout: float = 2.0,
+        browse_timeout: float | None = None,
         resolver: dns.asyncresolver.Resolver | None = None,
     ) -> None:
         self.service = dns.name.from_text(service_name(domain))
+        self.shards = [dns.name.from_text(n) for n in shard_names(domain)]
         self.timeout = timeout
+        self.browse_timeout = timeout if browse_timeout is None else browse_timeout
+        # What the last full read saw (the SOA check and the plain/shards choice; issue 26):
+        self._serial: int | None = None  # the zone's SOA serial asked before it, if it was asked
+        self._labels: list[str] = []
+        self._big = False  # it took more than one UDP answer: the SOA check pays off
+        self._sharded = False  # read the shards, not the plain set
+        self._tcp_shards: set[int] = set()  # shards whose last UDP answer was truncated
+        self.last_browse: BrowseCost | None = None
         self._transport = _Transport(nameserver) if nameserver is not None else None
         self._resolver = resolver
         self.where = self._transport.where if self._transport else "the system resolver"
@@ -333,8 +382,9 @@ class DnssdClient:
         return f"<DnssdClient {self.service} via {self.where}>"
 
     async def browse(self) -> list[str]:
-        """Instance labels under the service name (lowercase, deduplicated, in answer order)."""
-        return await self._bounded(self._browse)
+        """Instance labels under the service name (lowercase, deduplicated, in answer order; from
+        the shards, in shard order, on a big mesh). ``last_browse`` says what it cost."""
+        return await self._bounded(self._browse, self.browse_timeout)
 
     async def lookup(self, instance_label: str) -> RawInstance | None:
         """SRV, TXT and target addresses of one instance; None if the name does not exist."""
@@ -342,9 +392,58 @@ class DnssdClient:
         return await self._bounded(lambda deadline: self._lookup(name, deadline))
 
     async def _browse(self, deadline: float) -> list[str]:
-        msg = await self._query(self.service, dns.rdatatype.PTR, deadline)
-        labels: list[str] = []
-        for rrset in _chase(msg, self.service, [dns.rdatatype.PTR]):
+        tally = _Tally()
+        serial = None
+        big = self._big
+        if big:  # the last read cost more than one datagram: one SOA query may spare this one
+            serial = await self._zone_serial(deadline, tally)
+            if serial is not None and serial == self._serial:
+                self.last_browse = BrowseCost("unchanged", tally.queries, tally.largest)
+                return list(self._labels)
+        labels: list[str] | None = None
+        plain_error: NameserverError | None = None
+        if not self._sharded:
+            msg = None
+            try:
+                msg = await self._ask(self.service, dns.rdatatype.PTR, deadline, tally, tcp=big)
+            except _Truncated:
+                big = True
+                if serial is None:  # asked before the read, so no change after it is missed
+                    serial = await self._zone_serial(deadline, tally)
+                try:
+                    msg = await self._ask(self.service, dns.rdatatype.PTR, deadline, tally, tcp=True)
+                except NameserverTimeout:
+                    raise
+                except NameserverError as e:  # past 65,535 bytes: Knot says SERVFAIL
+                    plain_error = e
+            except NameserverTimeout:
+                raise
+            except NameserverError as e:
+                if not big:
+                    raise
+                plain_error = e
+            if msg is not None:
+                labels = self._instances(msg, self.service)
+                big = big or len(labels) > PTR_UDP_MAX
+        how = "plain"
+        if labels is None:
+            how, big = "shards", True
+            if serial is None:
+                serial = await self._zone_serial(deadline, tally)
+            labels = await self._read_shards(deadline, tally)
+            if plain_error is not None and not labels:
+                raise plain_error  # nothing in the shards either: the plain set's error stands
+        # Plain while it is answerable with room to spare; back from the shards with hysteresis.
+        self._sharded = len(labels) > (PLAIN_BROWSE_MAX if how == "plain" else PLAIN_BROWSE_MAX // 2)
+        self._serial, self._labels, self._big = serial, labels, big
+        self.last_browse = BrowseCost(how, tally.queries, tally.largest)
+        return list(labels)
+
+    def _instances(self, msg: dns.message.Message, owner: dns.name.Name, into: list[str] | None = None) -> list[str]:
+        """Instance labels a PTR answer at ``owner`` names: one label under the service name
+        (RFC 6763 §7.1: a subtype's PTRs name the same instances as the plain set's)."""
+        labels = [] if into is None else into
+        for rrset in _chase(msg, owner, [dns.rdatatype.PTR]):
             for rdata in rrset:
                 target = rdata.target
                 if len(target) != len(self.service) + 1 or not target.is_subdomain(self.service):
@@ -356,6 +455,44 @@ class DnssdClient:
                 if label not in labels:
                     labels.append(label)
         return labels
+
+    async def _read_shards(self, deadline: float, tally: _Tally) -> list[str]:
+        """Every shard's PTR set, SHARD_READS_IN_FLIGHT at a time; labels in shard order."""
+        slots = asyncio.Semaphore(SHARD_READS_IN_FLIGHT)
+
+        async def one(n: int) -> dns.message.Message:
+            async with slots:
+                name = self.shards[n]
+                try:
+                    msg = await self._ask(name, dns.rdatatype.PTR, deadline, tally, tcp=n in self._tcp_shards)
+                    if n in self._tcp_shards and len(self._instances(msg, name)) <= PTR_UDP_MAX // 2:
+                        self._tcp_shards.discard(n)  # it shrank: UDP again next time
+                    return msg
+                except _Truncated:
+                    self._tcp_shards.add(n)
+                    return await self._ask(name, dns.rdatatype.PTR, deadline, tally, tcp=True)
+
+        labels: list[str] = []
+        for n, msg in enumerate(await _all(*(one(n) for n in range(len(self.shards))))):
+            self._instances(msg, self.shards[n], labels)
+        return labels
+
+    async def _zone_serial(self, deadline: float, tally: _Tally) -> int | None:
+        """The SOA serial of the zone holding the service name (RFC 1035 §3.3.13): in the answer
+        at a zone apex, else in the authority section (RFC 2308 §3); None when there is none."""
+        msg = await self._ask(self.service, dns.rdatatype.SOA, deadline, tally)
+        for section in (msg.answer, msg.authority):
+            for rrset in section:
+                if rrset.rdtype == dns.rdatatype.SOA and self.service.is_subdomain(rrset.name):
+                    return rrset[0].serial
+        return None
+
+    async def _ask(self, qname: dns.name.Name, rdtype: int, deadline: float, tally: _Tally, *,
+                   tcp: bool = False) -> dns.message.Message:
+        """One query of a browse, counted: over TCP, or over UDP raising ``_Truncated`` (the
+        browse decides what a truncated answer means)."""
+        tally.queries += 1
+        return await self._query(qname, rdtype, deadline, via="tcp" if tcp else "udp", parse=tally.parse)
 
     async def _lookup(self, name: dns.name.Name, deadline: float) -> RawInstance | None:
         srv_msg, txt_msg = await _all(
@@ -401,27 +538,32 @@ class DnssdClient:
 
     # -- plumbing
 
-    async def _bounded(self, fn: Callable[[float], Awaitable[T]]) -> T:
-        """``fn(deadline)`` within ``self.timeout``; NameserverTimeout when it runs out."""
-        deadline = asyncio.get_running_loop().time() + self.timeout
+    async def _bounded(self, fn: Callable[[float], Awaitable[T]], timeout: float | None = None) -> T:
+        """``fn(deadline)`` within ``timeout`` (``self.timeout``); NameserverTimeout when it runs out."""
+        timeout = self.timeout if timeout is None else timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
             async with asyncio.timeout_at(deadline):
                 return await fn(deadline)
         except NameserverTimeout:
             raise
         except TimeoutError:
-            raise NameserverTimeout(f"no answer from {self.where} within {self.timeout:g} s") from None
+            raise NameserverTimeout(f"no answer from {self.where} within {timeout:g} s") from None
 
-    async def _query(self, qname: dns.name.Name, rdtype: int, deadline: float) -> dns.message.Message:
-        """One question; the response (NOERROR or NXDOMAIN) or an error for any other rcode."""
+    async def _query(self, qname: dns.name.Name, rdtype: int, deadline: float, *, via: str | None = None,
+                     parse: Callable[[bytes], dns.message.Message] = dns.message.from_wire) -> dns.message.Message:
+        """One question; the response (NOERROR or NXDOMAIN) or an error for any other rcode.
+        ``via``: None (UDP, then TCP when truncated), "udp" (``_Truncated`` when truncated), "tcp"."""
         if self._transport is None:
             return await self._resolve(qname, rdtype, deadline)
+        tcp, udp_only = via == "tcp", via == "udp"
         query = dns.message.make_query(qname, rdtype, use_edns=0, payload=EDNS_PAYLOAD)
-        response = await self._transport.exchange(query, query.to_wire(), deadline, dns.message.from_wire)
+        response = await self._transport.exchange(query, query.to_wire(), deadline, parse, tcp=tcp, udp_only=udp_only)
         if response.rcode() == dns.rcode.FORMERR and query.edns >= 0:
             # An old server that does not speak EDNS (RFC 6891 §7): ask again without it.
             query = dns.message.make_query(qname, rdtype, use_edns=False)
-            response = await self._transport.exchange(query, query.to_wire(), deadline, dns.message.from_wire)
+            response = await self._transport.exchange(query, query.to_wire(), deadline, parse, tcp=tcp,
+                                                      udp_only=udp_only)
         return self._check_rcode(response, qname, rdtype)
 
     def _check_rcode(self, response: dns.message.Message, qname: dns.name.Name, rdtype: int) -> dns.message.Message:
@@ -501,8 +643,9 @@ class DnssdPublisher:
         IN = dns.rdataclass.IN
         update = self._update()
         ptr = dns.rdtypes.ANY.PTR.PTR(IN, dns.rdatatype.PTR, instance)
-        update.delete(self.service, ptr)
-        update.add(self.service, ttl, ptr)
+        for owner in (self.service, self._shard(instance_label)):  # plain set and shard (RFC 6763 §7.1)
+            update.delete(owner, ptr)
+            update.add(owner, ttl, ptr)
         update.delete(instance, dns.rdatatype.SRV)
         update.add(instance, ttl, dns.rdtypes.IN.SRV.SRV(IN, dns.rdatatype.SRV, 0, 0, port, target_name))
         update.delete(instance, dns.rdatatype.TXT)
@@ -526,7 +669,9 @@ class DnssdPublisher:
         instance = _label_name(instance_label, self.service)
         target_name = dns.name.from_text(target) if target else instance
         update = self._update()
-        update.delete(self.service, dns.rdtypes.ANY.PTR.PTR(dns.rdataclass.IN, dns.rdatatype.PTR, instance))
+        ptr = dns.rdtypes.ANY.PTR.PTR(dns.rdataclass.IN, dns.rdatatype.PTR, instance)
+        update.delete(self.service, ptr)
+        update.delete(self._shard(instance_label), ptr)
         update.delete(instance, dns.rdatatype.SRV)
         update.delete(instance, dns.rdatatype.TXT)
         if target_name.is_subdomain(self.zone):
@@ -535,6 +680,9 @@ class DnssdPublisher:
         await self._send(update, f"withdraw {instance}")
 
     # -- plumbing
+
+    def _shard(self, instance_label: str) -> dns.name.Name:
+        return dns.name.from_text(f"{shard_label(instance_label)}._sub", self.service)
 
     def _update(self) -> dns.update.UpdateMessage:
         return dns.update.UpdateMessage(self.zone, keyring=dns_key(self.key))

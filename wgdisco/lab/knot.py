@@ -18,6 +18,10 @@ the zone), e.g. a hand-written wgsd layout.  Knot's zone parser rejects a bare '
 in a name: base32 padding is written ``\\=`` (``zone_name()`` does it), which is
 also how Knot itself dumps such names.  ``Knot.stop()`` / ``Knot.start()``
 take the server down and up again on the same config.
+
+``member_zone(recs)`` writes many members' record sets (what ``DnssdPublisher.publish`` would
+leave: the plain PTR, the shard PTR, SRV, TXT from ``records.build_txt``, A/AAAA) as zone-file
+lines, for a zone of thousands of members loaded before Knot starts (issue 26's browse).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from wgdisco.proto import records
 
 from .netns import Host, LabError, Proc
 from .skips import require_tool
@@ -102,6 +108,23 @@ class Knot:
         argv = ["dig", f"@{self.listen[0]}", "-p", str(self.port), "+norec", "+time=2", "+tries=1",
                 "+noall", "+answer", *options, name, rdtype]
         return client.run(argv).stdout
+
+
+def member_zone(recs: list[records.ServiceRecord], domain: str = ZONE, ttl: int = 60) -> str:
+    """Zone-file lines (absolute names) of each member's record set in ``domain``, as
+    ``DnssdPublisher.publish`` leaves it (docs/records.md, "Shards")."""
+    service = records.service_name(domain)
+    lines = []
+    for rec in recs:
+        label = rec.instance_label
+        instance = zone_name(f"{label}.{service}")
+        target = zone_name(rec.target)
+        txt = " ".join('"' + s.decode() + '"' for s in records.build_txt(rec))
+        shard = f"{records.shard_label(label)}._sub.{service}"
+        lines += [f"{service} {ttl} PTR {instance}", f"{shard} {ttl} PTR {instance}",
+                  f"{instance} {ttl} SRV 0 0 {rec.port} {target}", f"{instance} {ttl} TXT {txt}"]
+        lines += [f"{target} {ttl} {'AAAA' if a.version == 6 else 'A'} {a}" for a in rec.addresses]
+    return "\n".join(lines) + "\n"
 
 
 def server_conf(d: Path, listens: str) -> str:

@@ -11,6 +11,12 @@ One node is one service instance (RFC 6763 §4.1) under ``_wireguard._udp.<domai
 address on the instance name itself (the SRV target is the instance name); that is
 our default target too.
 
+Shards (issue 26, docs/records.md "Shards"): every instance is also listed under one of
+``SHARDS`` RFC 6763 §7.1 subtypes, ``_<xx>._sub._wireguard._udp.<domain> PTR <instance>``,
+``xx`` two hex digits of SHA-256 of the lowercase instance label (``shard_label``).  A PTR set
+of ~900 instances already fills the 65,535 bytes one DNS message can hold (RFC 1035 §4.2.2);
+the shards hold a 256th each, so a browse of tens of thousands of instances can be answered.
+
 Theory of operation.  Publishing: ``ServiceRecord`` -> ``build_txt`` gives the TXT
 strings; the I/O shell (mDNS or RFC 2136) writes the four record types.  Browsing:
 the shell hands back what the DNS said (labels, SRV port and target, addresses, TXT
@@ -25,6 +31,7 @@ Pure: no I/O, no clock, no DNS library; names are plain strings.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,7 +42,10 @@ from wgdisco.proto import keys
 
 __all__ = [
     "MAX_CANDIDATES",
+    "PLAIN_BROWSE_MAX",
+    "PTR_UDP_MAX",
     "SERVICE",
+    "SHARDS",
     "TXTVERS",
     "TXT_LIMIT",
     "TXT_STRING_MAX",
@@ -52,6 +62,8 @@ __all__ = [
     "parse_txt",
     "record_from_dns",
     "service_name",
+    "shard_label",
+    "shard_names",
     "txt_wire_size",
 ]
 
@@ -64,6 +76,13 @@ TXTVERS = b"1"  # RFC 6763 §6.7; wgsd v0.3 publishes txtvers=1
 TXT_STRING_MAX = 255  # one character-string (RFC 1035 §3.3)
 TXT_LIMIT = 1300  # RFC 6763 §6.2: TXT records above 1300 bytes are NOT RECOMMENDED; we stay below
 MAX_CANDIDATES = 32  # a sighting never carries more (DNS answers can be long)
+
+# Shards (docs/records.md "Shards"). A PTR of a wgsd instance costs 71 bytes in an answer (name
+# compressed to a pointer, 10 bytes of type/class/TTL/length, 57 of label and a pointer), so one
+# DNS message (65,535 bytes, RFC 1035 §4.2.2) holds ~920 of them; Knot answers SERVFAIL beyond.
+SHARDS = 256  # subtypes _00 … _ff: ~6 instances each at 1,500 members, one UDP answer each
+PTR_UDP_MAX = 16  # instances in one 1232-byte EDNS answer (DNS flag day 2020): ~16 x 71 bytes
+PLAIN_BROWSE_MAX = 768  # a plain set larger than this (~55 KB) is read through the shards
 
 # Keys whose value is a comma list that may continue in key1=, key2=, ... (in that order).
 _LIST_KEYS = ("allowed", "cand")
@@ -95,6 +114,20 @@ def target_name(instance_label: str, domain: str) -> str:
     """The SRV target host name of an instance: ``wg-<first 16 of the label>.<domain>.``
     (docs/records.md); the one home of that rule (mDNS and unicast DNS-SD alike)."""
     return f"wg-{instance_label[:16]}.{domain.rstrip('.')}."
+
+
+def shard_label(instance_label: str) -> str:
+    """The RFC 6763 §7.1 subtype an instance is listed under: ``_`` and two hex digits of the
+    first byte of SHA-256(lowercase label). Hashed, so keys ground for a vanity prefix (which
+    share the label's first characters) still spread over all shards."""
+    digest = hashlib.sha256(instance_label.strip().lower().encode("ascii")).digest()
+    return f"_{digest[0] % SHARDS:02x}"
+
+
+def shard_names(domain: str) -> list[str]:
+    """Every shard's PTR owner, ``_<xx>._sub._wireguard._udp.<domain>.``, in order."""
+    service = service_name(domain)
+    return [f"_{n:02x}._sub.{service}" for n in range(SHARDS)]
 
 
 def instance_name(public_key: bytes, domain: str) -> str:
