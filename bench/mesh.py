@@ -295,7 +295,7 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
             procs.append(h.popen(argv, name=f"wgdisco-m{i}", env={
                 "PYTHONPATH": str(PACKAGE_ROOT), "WGDISCO_STATE_DIR": str(lab.logdir / f"state-{i}"),
                 "WGDISCO_HOSTS_FILE": str(lab.logdir / f"hosts-{i}"),
-                # WGDISCO_CPROFILE=/tmp/x: daemon 0's threads under cProfile (/tmp/x.loop, /tmp/x.dataplane)
+                # WGDISCO_CPROFILE=/tmp/x: daemon 0 under cProfile by CPU time (/tmp/x.loop, /tmp/x.dataplane-IFACE, …)
                 **({"WGDISCO_CPROFILE": os.environ["WGDISCO_CPROFILE"]}
                    if i == 0 and os.environ.get("WGDISCO_CPROFILE") else {})}))
         spy = None

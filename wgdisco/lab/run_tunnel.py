@@ -41,19 +41,19 @@ def main() -> int:
         asyncio.run(tunnel.run())
         return 0
     import cProfile
-    from wgdisco.daemon.dataplane import DataPlane
-    real_run = DataPlane.run
+    import threading
+    real_run = threading.Thread.run
 
-    def profiled_run(self: DataPlane) -> None:
+    def profiled_run(self: threading.Thread) -> None:  # every thread (the data plane: "dataplane-IFACE")
         prof = cProfile.Profile(time.thread_time)  # CPU, not waits
         prof.enable()
         try:
             real_run(self)
         finally:
             prof.disable()
-            prof.dump_stats(f"{profile_to}.dataplane")
+            prof.dump_stats(f"{profile_to}.{self.name}")
 
-    DataPlane.run = profiled_run  # type: ignore[method-assign]
+    threading.Thread.run = profiled_run  # type: ignore[method-assign]
     prof = cProfile.Profile(time.thread_time)  # CPU, not waits
     prof.enable()
     try:
