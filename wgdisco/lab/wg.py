@@ -81,14 +81,14 @@ class Node:
 
     # --- start / stop -----------------------------------------------------------
 
-    def start(self, *, timing: dict | None = None, load_threshold: int | None = None) -> Node:
+    def start(self, *, timing: dict | None = None, load_threshold: int | None = None, up_timeout: float = 15.0) -> Node:
         if self.kind == "wgdisco":
-            self._start_wgdisco(timing, load_threshold)
+            self._start_wgdisco(timing, load_threshold, up_timeout)
         else:
             self._start_wireguard_go()
         return self
 
-    def _start_wgdisco(self, timing: dict | None, load_threshold: int | None) -> None:
+    def _start_wgdisco(self, timing: dict | None, load_threshold: int | None, up_timeout: float = 15.0) -> None:
         conf = self.host.lab.logdir / f"{self.iface}.conf"
         conf.write_text(self.config_text())
         conf.chmod(0o600)
@@ -98,7 +98,7 @@ class Node:
         if load_threshold is not None:
             argv += ["--load-threshold", str(load_threshold)]
         self.proc = self.host.popen(argv, name=f"wgdisco-{self.iface}", env={"PYTHONPATH": str(PACKAGE_ROOT), **self.env})
-        self.proc.wait_for(r"interface \S+ up:", timeout=15, stream="stderr")
+        self.proc.wait_for(r"interface \S+ up:", timeout=up_timeout, stream="stderr")
 
     def _start_wireguard_go(self) -> None:
         self.proc = self.host.popen([self.binary, "-f", self.iface], name=f"wggo-{self.iface}",
