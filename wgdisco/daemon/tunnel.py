@@ -149,7 +149,7 @@ class Tunnel:
                 rng=os.urandom, now=now, wall_offset=time.time() - now,
                 mtu=iface.mtu or DEFAULT_MTU, timing=self.timing, addr_key=udp.sockaddr_bytes, **kw,
             )
-            self.sender.sources = self.device.sources  # endpoint -> sticky source, recorded by the device
+            wire_sources(self.sender, self.device)
             discovering = cfg.discovery.mdns or cfg.discovery.domain is not None
             mesh = previous = None
             if self.mesh_on:
@@ -571,8 +571,8 @@ class Tunnel:
             return
         with self.lock:
             for c in sticky.stale(checks, oifs):
-                if self.device.sources.get(c.endpoint) is c.source:
-                    del self.device.sources[c.endpoint]
+                if self.device.source_for(c.endpoint) is c.source:
+                    self.device.forget_source(c.endpoint, c.source)
                     log.info("sending to %s: the route leaves through another interface now; %s (interface %d) "
                              "is no longer the source", udp.format_sockaddr(c.endpoint), c.src, c.ifindex)
 
@@ -690,6 +690,12 @@ async def run_config(path: str) -> None:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     await Tunnel(cfg).run()
+
+
+def wire_sources(sender: udp.Sender, device: Device) -> None:
+    """Sticky sources: the device records them, the sender asks for them and reports the ones
+    the kernel refused; the two share no container (issue 22)."""
+    sender.source_for, sender.forget_source = device.source_for, device.forget_source
 
 
 def is_loopback(host: str) -> bool:
