@@ -40,7 +40,7 @@ from wgdisco.io import netlink, systemd, udp
 from wgdisco.io.tun import Tun
 from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer, answers_get
-from wgdisco.proto import keys, uapi
+from wgdisco.proto import core, keys, uapi
 from wgdisco.proto.device import Device
 from wgdisco.proto.icmp import TooBig, Unreachable
 from wgdisco.proto.lookups import Timing as LookupTiming
@@ -382,17 +382,14 @@ class Tunnel:
 
     def flush(self) -> None:
         """Send what the node queued and act on its events (caller holds the lock)."""
-        node = self.node
-        assert node is not None and self.sock is not None
-        out = node.datagrams_to_send()
-        if out and not self.has_key:  # over UAPI, before wg setconf: the throwaway key says nothing
+        assert self.node is not None and self.sock is not None
+        core.flush(self.node, self._send_out, self.surface.on_event)  # one table (Surface.handlers)
+
+    def _send_out(self, out: list[tuple[bytes, Any]]) -> None:
+        if not self.has_key:  # over UAPI, before wg setconf: the throwaway key says nothing
             self.other_drops["no-private-key"] = self.other_drops.get("no-private-key", 0) + len(out)
-        elif out:
+        else:
             self.sender.send_all(out)
-        event = node.next_event()
-        while event is not None:
-            self.surface.on_event(event)  # one table (daemon/surface.py Surface.handlers)
-            event = node.next_event()
 
     def open_extra(self, ids: tuple[int, ...]) -> None:
         """Extra sockets for birthday punching (proto/birthday.py; caller holds the lock)."""
