@@ -284,3 +284,17 @@ def test_a_wake_up_visits_only_the_paths_that_are_due() -> None:
     assert visited == [peers[7]]
     core.handle_timer(pmtu.REVALIDATE + RTT)  # every path's re-validation is due now: each once
     assert len(visited) == 501 and len(set(visited)) == 500
+
+
+def test_silence_towards_a_peer_that_never_answered_wakes_nothing() -> None:
+    """A peer that answered no probe (UNANSWERED, nothing enforced) has no size to check: its
+    unanswered data must not leave a deadline in the past (the data plane would wake at once,
+    again and again, while the silence lasts)."""
+    net = start(1500)
+    net.dead = True
+    net.run(10.0)
+    assert net.core.view(PEER).state == pmtu.UNANSWERED
+    net.core.silence(PEER, 20.0, 20.0)
+    assert net.core.next_deadline() > 21  # the retry of the search, not now
+    net.core.handle_timer(20.6)
+    assert net.core.next_deadline() > 21 and net.core.pop_probes() == []

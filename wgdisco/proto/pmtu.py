@@ -266,7 +266,8 @@ class PathMtu(Core):
     @staticmethod
     def _wake_time(p: _Peer) -> float | None:
         """When the path next needs ``handle_timer``: its round's end, else its next search; and
-        the next black-hole check while data goes unanswered."""
+        the next black-hole check while data goes unanswered, when there is a size to check
+        (``_maybe_check``: otherwise the check time stays behind and would be due at every wake-up)."""
         path = p.path
         if path is None:
             return None
@@ -275,7 +276,7 @@ class PathMtu(Core):
             times.append(path.round_end)
         elif path.next_search is not None:
             times.append(path.next_search)
-        if path.silence is not None and path.round_end is None:
+        if path.silence is not None and path.round_end is None and (p.enforced is not None or path.state == COMPLETE):
             times.append(path.next_check)
         return min(times) if times else None
 
