@@ -26,6 +26,7 @@ import random
 from tests.unit.test_device import Rng
 from tests.unit.test_device import ipv4_packet as _ipv4_packet
 from wgdisco.proto import keys, records
+from wgdisco.proto.core import flush
 from wgdisco.proto.device import Device
 from wgdisco.proto.node import Node, RecordChanged, SocketsClosed, SocketsWanted
 
@@ -241,24 +242,26 @@ class SimNode:
         self.pump()
 
     def pump(self) -> None:
-        for data, dst in self.node.datagrams_to_send():
+        flush(self.node, self._send_all, self._on_event)  # the shells' one drive step (proto/core.py)
+
+    def _send_all(self, out: list[tuple[bytes, Any]]) -> None:
+        for data, dst in out:
             self.send(data, dst)
-        event = self.node.next_event()
-        while event is not None:
-            self.events.append(event)
-            self.timed_events.append((self.net.now, event))
-            if isinstance(event, SocketsWanted):
-                for sid in event.ids:
-                    self.sockets[sid] = 20000 + sid  # an ephemeral port
-                self.sockets_opened += len(event.ids)
-                self.max_sockets = max(self.max_sockets, len(self.sockets))
-            elif isinstance(event, SocketsClosed):
-                for sid in event.ids:
-                    self.sockets.pop(sid, None)
-            if isinstance(event, RecordChanged):
-                self.record = event.record
-                self.net.publish(self, event.record)
-            event = self.node.next_event()
+
+    def _on_event(self, event: Any) -> None:
+        self.events.append(event)
+        self.timed_events.append((self.net.now, event))
+        if isinstance(event, SocketsWanted):
+            for sid in event.ids:
+                self.sockets[sid] = 20000 + sid  # an ephemeral port
+            self.sockets_opened += len(event.ids)
+            self.max_sockets = max(self.max_sockets, len(self.sockets))
+        elif isinstance(event, SocketsClosed):
+            for sid in event.ids:
+                self.sockets.pop(sid, None)
+        if isinstance(event, RecordChanged):
+            self.record = event.record
+            self.net.publish(self, event.record)
 
 
 class Net:

@@ -137,3 +137,99 @@ def test_without_via_a_hard_nat_never_starts_an_attempt() -> None:
     for t in (2.0, 3.0, 10.0):
         d.step(T0 + t, prober(), ED, ())
     assert d.pop_events() == [] and d.datagrams_to_send() == [] and d.next_deadline(T0 + 10) is None
+
+
+# --- the step's work: the peers that changed or are due, not every peer (issue 22) ----------
+
+def test_a_step_looks_only_at_changed_and_due_peers() -> None:
+    """300 peers with probes, all live but one that lost its path: a step with the selector's
+    changes looks at that one (counted), not at all 300; without them (None) at every peer."""
+    selector = PathSelector()
+    us = identity(1)
+    peers = [identity(100 + i).public for i in range(300)]
+    p = Prober(us.private, us.public, peers, rng=random.Random(9).randbytes, wall=1.7e9)
+    d = BirthdayDriver(selector, rng=random.Random(5).randbytes, addr_of=lambda ip, port: (ip, port),
+                       host_of=lambda a: a[0], via=lambda a, sid: (a[0], a[1], sid),
+                       via_socket=lambda a: a[2] if len(a) == 3 else None)
+    for i, public in enumerate(peers):
+        selector.add_peer(public)
+        selector.set_peer_mapping(public, EI, T0)
+        selector.on_authenticated(public, (f"198.51.100.{i % 250 + 1}", 40000 + i), T0)
+    looked: list[bytes] = []
+    look = d._look
+    d._look = lambda public, now, suspected: (looked.append(public), look(public, now, suspected))[1]  # type: ignore[method-assign]
+    d.step(T0, p, ED, (), selector.pop_changed())  # the first step looks at every peer
+    assert len(looked) == 300 and d.pop_events() == []
+    looked.clear()
+    d.step(T0 + 1, p, ED, (), selector.pop_changed())  # nothing changed: nobody
+    assert looked == []
+    selector.remove_candidates(peers[7], [selector.current(peers[7])], T0 + 2)  # (a live path stays)
+    d.step(T0 + 2, p, ED, [peers[7]], set())  # its data went unanswered: suspected
+    assert looked == [peers[7]]
+    looked.clear()
+    d.step(T0 + 3, p, ED, [peers[7]], {peers[7], peers[8]})  # two paths changed
+    assert sorted(looked) == sorted([peers[7], peers[8]])
+    looked.clear()
+    d.step(T0 + 4, p, ED, [peers[7]])  # a caller that cannot tell: every peer, as before
+    assert len(looked) == 300
+
+
+@pytest.mark.parametrize("scenario", ["hard-to-restricted", "roaming", "backoff", "three"])
+def test_the_step_decides_as_a_walk_over_every_peer_would(scenario: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Differential: the in-memory simulator run twice, the node's birthday step given the path
+    driver's changes (as it is) and given None (a walk over every peer, as before issue 22): the
+    same events at the same times on every node, the same datagrams."""
+    from tests.unit.test_node import two_behind_nats
+
+    def run(full: bool) -> list[Any]:
+        if full:
+            step = BirthdayDriver.step
+            monkeypatch.setattr(BirthdayDriver, "step", lambda self, now, prober, ours, suspected, changed=None:
+                                step(self, now, prober, ours, suspected, None))
+        net, a, b = two_behind_nats(map_a="edm")
+        nodes = [a, b]
+        if scenario == "three":
+            c = net.node("c", ("10.2.0.3", 51820), "100.64.0.3", stun=list(net.stun))
+            for x, y in ((a, c), (c, a), (b, c), (c, b)):
+                x.add(y)
+            c.start()
+            nodes.append(c)
+        if scenario == "backoff":
+            net.nats[1].filtering = "stun-only"  # no attempt can work: failures, backoffs
+            net.run(200)
+        else:
+            net.ping_until(a, b, limit=40)
+            if scenario == "roaming":
+                net.run(5)
+                net.nats[1].renumber("198.51.100.99")
+                net.ping_until(a, b, limit=30, every=0.2)
+            if scenario == "three":
+                net.ping_until(a, nodes[2], limit=60)
+            net.run(20)
+        monkeypatch.undo()
+        return [(n.timed_events, n.sent, n.node.birthday.probes_sent) for n in nodes]
+
+    assert run(full=False) == run(full=True)
+
+
+def test_what_the_selector_does_not_report_comes_from_the_heap() -> None:
+    """start_after and the backoff after a failure end with no change on the path: the step
+    takes such a peer from its heap at the first step after the time."""
+    d, selector = driver(timing=Timing(attempt_time=5.0, backoff=10.0))
+    p = prober()
+    selector.set_peer_mapping(PEER.public, ED, T0)
+    selector.add_candidates(PEER.public, [Candidate(("203.0.113.5", 4000), "srflx", "mdns")], T0)
+    d.step(T0 + 1.0, p, EI, (), selector.pop_changed())
+    assert d.pop_events() == []  # ordinary punching goes first for start_after (2 s)
+    d.step(T0 + 1.9, p, EI, (), set())
+    assert d.pop_events() == []
+    d.step(T0 + 2.1, p, EI, (), set())  # nothing changed, but start_after is over
+    assert [(e.state, e.role) for e in d.pop_events()] == [("started", EASY)]
+    d.step(T0 + 7.2, p, EI, (), set())  # the attempt ran out: a failure, 10 s of backoff
+    assert [getattr(e, "state", None) for e in d.pop_events()] == ["failed"]
+    d.step(T0 + 12.0, p, EI, (), {PEER.public})  # looked at during the backoff: it still waits
+    d.step(T0 + 17.1, p, EI, (), set())
+    assert d.pop_events() == []
+    d.step(T0 + 17.3, p, EI, (), set())  # the backoff is over
+    assert [(e.state, e.role) for e in d.pop_events()] == [("started", EASY)]
+    assert d.puncher.stats(PEER.public)[:1] == (2,)

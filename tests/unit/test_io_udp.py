@@ -281,7 +281,7 @@ def test_reply_leaves_from_the_address_the_datagram_came_to(sticky_sock):
         _data, addr, _segment, source = recv_segments(sticky_sock)
         sender.send(b"plain", addr)
         assert recv(peer)[1] == ("127.0.0.1", port)  # what the kernel chooses
-        sender.sources[addr] = source
+        sender.source_for = {addr: source}.get
         sender.send(b"sticky", addr)
         assert recv(peer) == (b"sticky", ("127.0.0.2", port))
         sender.send_all([(b"all", addr)])
@@ -303,17 +303,26 @@ def test_a_source_that_is_gone_is_dropped_and_the_send_retried(sticky_sock, gone
     port = udp.local_port(sticky_sock)
     counts: dict[str, int] = {}
     sender = udp.Sender(counts, sticky_sock)
+    sources: dict = {}
+    forgotten: list = []
+
+    def forget(endpoint, source):
+        forgotten.append(endpoint)
+        if sources.get(endpoint) is source:
+            del sources[endpoint]
+
+    sender.source_for, sender.forget_source = sources.get, forget
     with socket.socket(socket.AF_INET6 if ":" in peer_ip else socket.AF_INET, socket.SOCK_DGRAM) as peer:
         peer.bind((peer_ip, 0))
         addr = udp.to_sockaddr(sticky_sock, peer_ip, peer.getsockname()[1])
-        sender.sources[addr] = udp.make_source(sticky_sock, gone)
+        sources[addr] = udp.make_source(sticky_sock, gone)
         if batch:
             sender.send_batch([b"x" * 50, b"y" * 50], 50, addr)
             assert [recv(peer)[0] for _ in range(2)] == [b"x" * 50, b"y" * 50]
         else:
             sender.send(b"retried", addr)
             assert recv(peer) == (b"retried", (peer_ip, port) if ":" not in peer_ip else (peer_ip, port, 0, 0))
-    assert sender.sources == {} and sender.unstuck == 1
+    assert sources == {} and forgotten == [addr] and sender.unstuck == 1
     assert counts == {} and sender.gso is True  # neither a drop nor "cannot segment"
 
 
@@ -333,7 +342,7 @@ def test_ipv4_only_socket_uses_ip_pktinfo():
             assert udp.source_address(source) == ("127.0.0.2", socket.if_nametoindex("lo"))
             assert udp.make_source(s, "127.0.0.2")[2][4:8] == bytes([127, 0, 0, 2])
             sender = udp.Sender({}, s)
-            sender.sources[addr] = source
+            sender.source_for = {addr: source}.get
             sender.send(b"back", addr)
             assert recv(peer) == (b"back", ("127.0.0.2", port))
     finally:

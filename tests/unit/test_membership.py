@@ -566,3 +566,45 @@ def test_admitting_one_by_one_gives_the_plan_of_planning_all_at_once(block: str 
     names = [e for e in m.pop_events() if isinstance(e, MeshNamesChanged)]
     assert len(names) == 1  # one names plan per drain, however many came and went
     assert names[0] == m.hosts() and len(names[0].hosts) == sum(len(m.addresses(p)) for p in [OWN, *m.members])
+
+
+def test_a_check_looks_only_at_the_members_whose_silence_is_due() -> None:
+    """200 members, all heard of every 10 s but one: a 10 s check reads the last-heard time of
+    the members whose entry came due (counted through the mapping the node passes), each member
+    about once per check_after, never all of them at every check."""
+
+    class Counted(dict):
+        reads = 0
+
+        def get(self, k, default=None):  # type: ignore[override]
+            Counted.reads += 1
+            return super().get(k, default)
+
+    m = membership()
+    members = [bytes([i >> 8, i & 255]) * 16 for i in range(2, 202)]
+    assert all(public < OWN for public in members)  # ours is the higher key: check_after_higher
+    for public in members:
+        m.admit(public, T0)
+    m.pop_events()
+    heard = Counted({public: T0 for public in members})  # each heard of at once (none to announce)
+    m.handle_timer(T0, heard)
+    m.pop_events()
+    reads: dict[float, int] = {}
+    events: list[tuple[float, object]] = []
+    for step in range(1, 91):  # 900 s of checks
+        now = T0 + 10 * step
+        for public in members[1:]:
+            heard[public] = now
+        before = Counted.reads
+        m.handle_timer(now, heard)
+        reads[now] = Counted.reads - before
+        for event in m.pop_events():
+            if isinstance(event, (CheckWanted, MemberExpired)):
+                events.append((now, event))
+            if isinstance(event, MemberExpired):
+                m.remove(event.peer, "expired")  # as the node does
+    assert events == [(T0 + 510, CheckWanted(members[0])), (T0 + 600, MemberExpired(members[0]))]
+    busy = {t: n for t, n in reads.items() if n}
+    # the first check after admission (every entry, once), the silent member's expiry, then
+    # the others' entries again only at T0 + 1020: 201 reads in 90 checks, where a scan made 18,000
+    assert busy == {T0 + 510: 200, T0 + 600: 1}

@@ -260,3 +260,42 @@ def test_no_revalidation_while_the_peer_is_idle() -> None:
     net.traffic = True
     net.run(5 * REVALIDATE)
     assert len(net.sent) > searched  # in use again: searched again
+
+
+def test_a_wake_up_visits_only_the_paths_that_are_due() -> None:
+    """500 completed searches and one peer's silence: the wake-up for its black-hole check looks at
+    that one path (counted), and next_deadline is the heap's top, not a walk over every peer."""
+    core = PathMtu(1420)
+    peers = [bytes([i >> 8, i & 255]) * 16 for i in range(500)]
+    for i, peer in enumerate(peers):
+        core.set_path(peer, (f"2001:db8::{i + 1:x}", 51820), True, 0.0)
+    for want in core.pop_probes():  # every path is 1500 wide: all answered at once
+        core.answered(want.peer, want.addr, want.size, RTT, RTT)
+    core.pop_events()
+    assert core.next_deadline() == pmtu.REVALIDATE + RTT  # all complete: the next re-validation
+    visited: list[bytes] = []
+    wake_up = core._wake_up
+    core._wake_up = lambda peer, p, now: (visited.append(peer), wake_up(peer, p, now))[1]  # type: ignore[method-assign]
+    core.silence(peers[7], 10.0, 10.0)
+    assert core.next_deadline() == 10.0 + pmtu.SILENCE
+    core.handle_timer(10.0 + pmtu.SILENCE)
+    assert visited == [peers[7]]
+    assert {w.peer for w in core.pop_probes()} == {peers[7]}  # its check went out
+    core.handle_timer(10.0 + pmtu.SILENCE + 0.1)  # nothing due: nothing visited
+    assert visited == [peers[7]]
+    core.handle_timer(pmtu.REVALIDATE + RTT)  # every path's re-validation is due now: each once
+    assert len(visited) == 501 and len(set(visited)) == 500
+
+
+def test_silence_towards_a_peer_that_never_answered_wakes_nothing() -> None:
+    """A peer that answered no probe (UNANSWERED, nothing enforced) has no size to check: its
+    unanswered data must not leave a deadline in the past (the data plane would wake at once,
+    again and again, while the silence lasts)."""
+    net = start(1500)
+    net.dead = True
+    net.run(10.0)
+    assert net.core.view(PEER).state == pmtu.UNANSWERED
+    net.core.silence(PEER, 20.0, 20.0)
+    assert net.core.next_deadline() > 21  # the retry of the search, not now
+    net.core.handle_timer(20.6)
+    assert net.core.next_deadline() > 21 and net.core.pop_probes() == []

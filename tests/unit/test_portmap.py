@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from wgdisco.errors import LocalError
 from wgdisco.proto import natpmp, pcp
 from wgdisco.proto.portmap import (
-    LIFETIME, RETRY_AFTER, MappingChanged, PortMapFailed, PortMapper, UpnpWanted, view,
+    LIFETIME, RETRY_AFTER, GatewayProbe, MappingChanged, PortMapFailed, PortMapper, UpnpWanted, view,
 )
 
 GW = ("10.1.0.1", 5351)
@@ -473,3 +473,47 @@ def test_a_private_external_address_is_published() -> None:
     [want] = m.pop_events()
     m.upnp_done(want.token, 0.0, found=True, external=("100.64.0.9", 51820), lifetime=3600)
     assert m.mapping is not None and m.mapping.external == ("100.64.0.9", 51820)
+
+
+# --- GatewayProbe: who answers, nothing mapped (wgdisco netcheck) ---------------------------
+
+def probe_until(p: GatewayProbe, until: float) -> list[tuple[float, bytes]]:
+    """Step the fake clock from deadline to deadline (proto/core.py run_timers); (time, datagram)."""
+    from wgdisco.proto.core import run_timers
+
+    out, now = [], 0.0
+    while True:
+        out += [(now, data) for data, addr in p.datagrams_to_send() if addr == GW]
+        deadline = run_timers(p, now)
+        out += [(now, data) for data, addr in p.datagrams_to_send() if addr == GW]
+        if deadline is None or deadline > until:
+            return out
+        now = deadline
+
+
+def test_gateway_probe_asks_three_times_then_gives_up() -> None:
+    p = GatewayProbe(GW, ME, wait=1.0)
+    p.start(0.0)
+    sent = probe_until(p, 10.0)
+    announce, external = pcp.announce_request(ME), natpmp.external_address_request()
+    assert sent == [(t, d) for t in (0.0, 0.25, 0.5) for d in (announce, external)]
+    assert p.done and (p.pcp, p.natpmp, p.natpmp_external) == (False, False, None)
+    assert p.next_deadline() is None
+
+
+def test_gateway_probe_stops_asking_who_answered_and_ignores_strangers() -> None:
+    p = GatewayProbe(GW, ME, wait=1.0)
+    p.start(0.0)
+    assert len(p.datagrams_to_send()) == 2
+    announce = struct.pack("!BBBBII", 2, 0x80, 0, 0, 0, 9) + bytes(12)
+    external = struct.pack("!BBHI", 0, 128, 0, 9) + bytes([203, 0, 113, 1])
+    p.receive(announce, ("10.1.0.9", 5351), 0.1)  # not the gateway
+    p.receive(b"", GW, 0.1)
+    p.receive(b"\x02garbage", GW, 0.1)
+    assert (p.pcp, p.natpmp) == (False, False)
+    p.receive(announce, GW, 0.1)
+    assert p.pcp and not p.done
+    p.handle_timer(0.25)
+    assert p.datagrams_to_send() == [(natpmp.external_address_request(), GW)]  # PCP answered: not asked again
+    p.receive(external, GW, 0.3)
+    assert p.done and (p.natpmp, p.natpmp_external) == (True, "203.0.113.1") and p.next_deadline() is None

@@ -40,7 +40,7 @@ from wgdisco.io import netlink, systemd, udp
 from wgdisco.io.tun import Tun
 from wgdisco.io.control import CONTROL_DIR, ControlServer
 from wgdisco.io.uapi import UapiServer, answers_get
-from wgdisco.proto import keys, uapi
+from wgdisco.proto import core, keys, uapi
 from wgdisco.proto.device import Device
 from wgdisco.proto.icmp import TooBig, Unreachable
 from wgdisco.proto.lookups import Timing as LookupTiming
@@ -149,7 +149,7 @@ class Tunnel:
                 rng=os.urandom, now=now, wall_offset=time.time() - now,
                 mtu=iface.mtu or DEFAULT_MTU, timing=self.timing, addr_key=udp.sockaddr_bytes, **kw,
             )
-            self.sender.sources = self.device.sources  # endpoint -> sticky source, recorded by the device
+            wire_sources(self.sender, self.device)
             discovering = cfg.discovery.mdns or cfg.discovery.domain is not None
             mesh = previous = None
             if self.mesh_on:
@@ -382,17 +382,14 @@ class Tunnel:
 
     def flush(self) -> None:
         """Send what the node queued and act on its events (caller holds the lock)."""
-        node = self.node
-        assert node is not None and self.sock is not None
-        out = node.datagrams_to_send()
-        if out and not self.has_key:  # over UAPI, before wg setconf: the throwaway key says nothing
+        assert self.node is not None and self.sock is not None
+        core.flush(self.node, self._send_out, self.surface.on_event)  # one table (Surface.handlers)
+
+    def _send_out(self, out: list[tuple[bytes, Any]]) -> None:
+        if not self.has_key:  # over UAPI, before wg setconf: the throwaway key says nothing
             self.other_drops["no-private-key"] = self.other_drops.get("no-private-key", 0) + len(out)
-        elif out:
+        else:
             self.sender.send_all(out)
-        event = node.next_event()
-        while event is not None:
-            self.surface.on_event(event)  # one table (daemon/surface.py Surface.handlers)
-            event = node.next_event()
 
     def open_extra(self, ids: tuple[int, ...]) -> None:
         """Extra sockets for birthday punching (proto/birthday.py; caller holds the lock)."""
@@ -571,8 +568,8 @@ class Tunnel:
             return
         with self.lock:
             for c in sticky.stale(checks, oifs):
-                if self.device.sources.get(c.endpoint) is c.source:
-                    del self.device.sources[c.endpoint]
+                if self.device.source_for(c.endpoint) is c.source:
+                    self.device.forget_source(c.endpoint, c.source)
                     log.info("sending to %s: the route leaves through another interface now; %s (interface %d) "
                              "is no longer the source", udp.format_sockaddr(c.endpoint), c.src, c.ifindex)
 
@@ -690,6 +687,12 @@ async def run_config(path: str) -> None:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     await Tunnel(cfg).run()
+
+
+def wire_sources(sender: udp.Sender, device: Device) -> None:
+    """Sticky sources: the device records them, the sender asks for them and reports the ones
+    the kernel refused; the two share no container (issue 22)."""
+    sender.source_for, sender.forget_source = device.source_for, device.forget_source
 
 
 def is_loopback(host: str) -> bool:

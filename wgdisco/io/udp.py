@@ -26,10 +26,11 @@ the ``(level, type, data)`` item ``recvmsg`` gave: on the dual-stack socket alwa
 ``IPV6_PKTINFO`` (IPv4 datagrams carry the IPv4-mapped address), on the IPv4 fallback
 ``IP_PKTINFO``. Sent back as is in ``sendmsg``'s ancillary data, the same item makes the
 kernel send from that address: nothing is parsed or packed per packet. The device records
-it per endpoint from authenticated packets (``Device.sources``); ``Sender.sources`` is that
-dict. A send the kernel refuses because of the source (the address was removed: EINVAL,
-EADDRNOTAVAIL, ENETUNREACH, ...) drops the endpoint's entry and is retried once without
-it, so the kernel chooses again.
+it per endpoint from authenticated packets (``Device.sources``); the ``Sender`` asks for it
+through a query (``Sender.source_for``, wired to ``Device.source_for``) and shares no container
+with the core. A send the kernel refuses because of the source (the address was removed: EINVAL,
+EADDRNOTAVAIL, ENETUNREACH, ...) asks the core to forget it (``Sender.forget_source``) and is
+retried once without it, so the kernel chooses again.
 
 Fragmentation, chosen per socket (issue 25; nothing rests on the kernel's defaults,
 ``set_fragmentation``):
@@ -58,7 +59,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from wgdisco.errors import LocalError
 
@@ -274,6 +275,14 @@ def open_extra(*, fwmark: int = 0) -> socket.socket:
     return sock
 
 
+def _no_source(addr: Sockaddr) -> Source | None:
+    return None
+
+
+def _forget_nothing(addr: Sockaddr, source: Source) -> None:
+    pass
+
+
 class Sender:
     """Sends on the current socket (``sock``, replaced on a rebind) and counts failures.
 
@@ -283,16 +292,18 @@ class Sender:
     source (``UNSTICK_ERRNOS``) loses the source and goes again, once, from where the kernel
     chooses.
 
-    ``sources`` maps an endpoint to the pktinfo item to send to it with (the device's
-    ``sources``, shared: the tunnel hands it over); an endpoint not in it gets a plain
-    ``sendto``.
+    ``source_for(endpoint)`` answers the pktinfo item to send to it with, or None for a plain
+    ``sendto``; ``forget_source(endpoint, item)`` is told when the kernel refused it. The tunnel
+    wires both to the device (``Device.source_for`` / ``forget_source``); by default nothing is
+    sticky.
     """
 
     def __init__(self, counts: dict[str, int], sock: socket.socket | None = None) -> None:
         self.sock = sock
         self.counts = counts  # reason -> count; the caller's dict, shared with its other drops
         self.gso = True  # False once the path refused to segment: one sendto each from then on
-        self.sources: dict[Any, Source] = {}  # endpoint -> sticky source (the device's dict)
+        self.source_for: Callable[[Sockaddr], Source | None] = _no_source  # endpoint -> sticky source
+        self.forget_source: Callable[[Sockaddr, Source], None] = _forget_nothing  # the kernel refused it
         self.unstuck = 0  # sticky sources dropped because the kernel refused them
         self.extra: dict[int, socket.socket] = {}  # extra socket id -> socket (``via`` addresses)
 
@@ -301,7 +312,7 @@ class Sender:
         if len(addr) & 1:  # from an extra socket (``via``)
             self._send_via(data, addr)
             return
-        source = self.sources.get(addr)
+        source = self.source_for(addr)
         try:
             if source is None:
                 self.sock.sendto(data, addr)  # type: ignore[union-attr]
@@ -340,7 +351,7 @@ class Sender:
             batch.clear()
             return
         if len(batch) > 1 and self.gso:
-            source = self.sources.get(addr)
+            source = self.source_for(addr)
             try:
                 send_segments(sock, batch, segment, addr, source)
                 batch.clear()
@@ -380,8 +391,7 @@ class Sender:
 
     def _unstick(self, addr: Sockaddr, source: Source, e: OSError) -> None:
         """The kernel refused the sticky source (removed, no longer routes): let it choose."""
-        if self.sources.get(addr) is source:
-            del self.sources[addr]
+        self.forget_source(addr, source)
         self.unstuck += 1
         host, ifindex = source_address(source)
         log.info("sending to %s from %s (interface %d) failed (%s); the kernel chooses the source now",

@@ -188,6 +188,15 @@ class BirthdayPuncher:
         p = self._peers.get(peer)
         return p is None or (p.attempt is None and now >= p.not_before)
 
+    def ready_at(self, peer: Key) -> float:
+        """When the backoff after the peer's last failed attempt is over (-inf: none)."""
+        p = self._peers.get(peer)
+        return p.not_before if p is not None else -math.inf
+
+    def hard_running(self) -> bool:
+        """A hard-side attempt runs (there is one at a time: ``start``)."""
+        return any(p.attempt is not None and p.attempt.role == HARD for p in self._peers.values())
+
     def sockets(self, peer: Key) -> tuple[int, ...]:
         """The peer's open extra sockets: its attempt's, and the kept one."""
         p = self._peers.get(peer)
@@ -215,7 +224,7 @@ class BirthdayPuncher:
         targets = list(dict.fromkeys(targets))[: self.timing.max_targets]
         if not targets or not self.may_start(peer, now):
             return False
-        if role == HARD and any(p.attempt is not None and p.attempt.role == HARD for p in self._peers.values()):
+        if role == HARD and self.hard_running():
             return False  # one hard-side attempt at a time: 256 sockets, not 256 per peer (file descriptors)
         p = self._peers.setdefault(peer, _Peer())
         attempt = _Attempt(role, now, targets, next_round=now)

@@ -18,6 +18,7 @@ from wgdisco.errors import LocalError
 from wgdisco.proto.birthday import EASY, HARD, AttemptFailed, BirthdayPuncher, SocketsClosed, public_ipv4
 from wgdisco.proto.birthday import Timing
 from wgdisco.proto.core import Core
+from wgdisco.proto.deadlines import Deadlines
 from wgdisco.proto.events import BirthdayChanged
 from wgdisco.proto.nat import HARD_MAPPINGS, Mapping
 from wgdisco.proto.paths import Candidate, PathSelector
@@ -57,6 +58,13 @@ class BirthdayDriver(Core):
         self._format_addr = format_addr
         self.found: dict[Key, Addr] = {}  # peer -> the address a birthday probe's answer proved
         self._sent: dict[Key, set[Addr]] = {}  # easy role: this attempt's probed addresses
+        # what step looks at besides the peers whose paths changed (issue 22): peers waiting for
+        # their backoff or ordinary punching's start_after (a heap), peers waiting for the one
+        # hard-side attempt to end, and what ``ours`` and ``suspected`` were at the last step
+        self._waits: Deadlines[Key] = Deadlines()
+        self._hard_waiting: set[Key] = set()
+        self._ours: str | None = None
+        self._suspected: frozenset[Key] = frozenset()
 
     def role(self, ours: str, public: Key) -> str | None:
         """HARD when our NAT is hard and the peer's easy, EASY the other way round; None when
@@ -94,41 +102,33 @@ class BirthdayDriver(Core):
         if event.addr not in self.selector.addresses(event.peer):
             self.selector.add_candidates(event.peer, [Candidate(event.addr, "prflx", "probe")], now)
 
-    def step(self, now: float, prober: Prober, ours: str, suspected: Collection[Key]) -> None:
+    def step(self, now: float, prober: Prober, ours: str, suspected: Collection[Key],
+             changed: Collection[Key] | None = None) -> None:
         """Wins, releases, new attempts and this moment's probes; ``ours`` is our NAT's mapping,
-        ``suspected`` the peers whose data went unanswered."""
-        b, selector = self.puncher, self.selector
-        startable = []
-        for public in prober.peers:
-            live = selector.is_live(public, now)
-            current = selector.current(public)
-            sid = self._via_socket(current) if current is not None else None
-            if b.running(public):
-                if live and public not in suspected:
-                    role = b.role(public) or ""
-                    b.won(public, sid, now)
-                    self._sent.pop(public, None)
-                    self._count("birthday-wins")
-                    self._events.append(BirthdayChanged(public, "won", role, b.probes_sent, (
-                        f"birthday punching found the path {self._format_addr(current)}")))
-                    continue
-            elif b.kept(public) is not None and (not live or sid != b.kept(public)):
-                b.release(public)  # the path moved away from (or died on) the punched socket
-                self._events.append(BirthdayChanged(public, "released", "", b.probes_sent, (
-                    "the birthday-punched socket is closed: " + (
-                        "the path died" if not live else f"the path moved to {self._format_addr(current)}"))))
-            # no live path, or data over it went unanswered (the peer or our NAT moved: a
-            # punched port does not follow, a new attempt must find one)
-            lost = not live or public in suspected
-            role = b.role(public)
-            if lost and role is not None:
-                if self.targets(public, role)[:1] != b.targets(public)[:1]:
-                    b.abort(public)  # the peer published a new address: aim there
-                    b.reset_backoff(public)
-            if lost and b.may_start(public, now):
+        ``suspected`` the peers whose data went unanswered, ``changed`` the peers whose paths
+        changed since the last step (the path driver's decisions; None: look at every peer).
+
+        With ``changed``, a step looks at those peers, the peers whose wait is over (a heap of
+        backoffs and ordinary punching's start_after, taken at the first step after they end),
+        the peers whose suspicion began or ended, and the peers waiting for the hard-side
+        attempt once it ended (every peer when ``ours`` changed): O(log n) per wake-up, not a
+        walk over every peer with probes (issue 22). A peer's liveness, current path, candidates,
+        mapping and punching phase change only through the path selector, which reports it."""
+        b = self.puncher
+        due = self._waits.pop_due(now)
+        now_suspected = frozenset(suspected)
+        if changed is None or ours != self._ours:
+            look: Collection[Key] = prober.peers
+        else:
+            look = {k for k in (*changed, *due, *(now_suspected ^ self._suspected)) if prober.has_peer(k)}
+        self._ours, self._suspected = ours, now_suspected
+        startable: list[Key] = []
+        looked = set(look)
+        for public in sorted(look):
+            if self._look(public, now, suspected):
                 startable.append(public)
         for send in b.plan(now):
-            if send.peer not in prober.peers:
+            if not prober.has_peer(send.peer):
                 continue
             if send.socket is not None:
                 assert self._via is not None
@@ -140,11 +140,70 @@ class BirthdayDriver(Core):
                     continue
                 self._sent.setdefault(send.peer, set()).add(addr)
             self._outbox.append((prober.request(send.peer, addr, now), addr))
+        if self._hard_waiting and not b.hard_running():  # the hard-side attempt ended: its waiters
+            waiting, self._hard_waiting = self._hard_waiting - looked, set()
+            for public in sorted(waiting):
+                if prober.has_peer(public):
+                    looked.add(public)
+                    if self._look(public, now, suspected):
+                        startable.append(public)
         # new attempts send from the next call on: the shell opens their sockets (SocketsWanted)
         # after sending what is queued now
         for public in startable:
             self._start(public, now, ours, public in suspected)
         self._collect(now, prober)
+        for public in looked:
+            self._wait(public, now, ours, suspected)
+
+    def _look(self, public: Key, now: float, suspected: Collection[Key]) -> bool:
+        """One peer's win, release or stale attempt; True: an attempt may start (step)."""
+        b, selector = self.puncher, self.selector
+        live = selector.is_live(public, now)
+        current = selector.current(public)
+        sid = self._via_socket(current) if current is not None else None
+        if b.running(public):
+            if live and public not in suspected:
+                role = b.role(public) or ""
+                b.won(public, sid, now)
+                self._sent.pop(public, None)
+                self._count("birthday-wins")
+                self._events.append(BirthdayChanged(public, "won", role, b.probes_sent, (
+                    f"birthday punching found the path {self._format_addr(current)}")))
+                return False
+        elif b.kept(public) is not None and (not live or sid != b.kept(public)):
+            b.release(public)  # the path moved away from (or died on) the punched socket
+            self._events.append(BirthdayChanged(public, "released", "", b.probes_sent, (
+                "the birthday-punched socket is closed: " + (
+                    "the path died" if not live else f"the path moved to {self._format_addr(current)}"))))
+        # no live path, or data over it went unanswered (the peer or our NAT moved: a
+        # punched port does not follow, a new attempt must find one)
+        lost = not live or public in suspected
+        role = b.role(public)
+        if lost and role is not None:
+            if self.targets(public, role)[:1] != b.targets(public)[:1]:
+                b.abort(public)  # the peer published a new address: aim there
+                b.reset_backoff(public)
+        return lost and b.may_start(public, now)
+
+    def _wait(self, public: Key, now: float, ours: str, suspected: Collection[Key]) -> None:
+        """After a step looked at ``public``: what it waits for that the path selector does not
+        report. Its backoff or start_after (the heap), or the hard-side attempt running for
+        another peer; anything else (a path, a candidate, a mapping, a suspicion) comes as a change."""
+        b, selector = self.puncher, self.selector
+        self._waits.discard(public)
+        if b.running(public) or (selector.is_live(public, now) and public not in suspected):
+            return
+        if not b.may_start(public, now):
+            self._waits.set(public, b.ready_at(public))
+            return
+        role = self.role(ours, public)
+        since = selector.punching_since(public)
+        if role is None or (public not in suspected and since is None):
+            return
+        if public not in suspected and now - since < b.timing.start_after:  # type: ignore[operator]
+            self._waits.set(public, since + b.timing.start_after)  # type: ignore[operator]
+        elif role == HARD and b.hard_running():
+            self._hard_waiting.add(public)
 
     def _start(self, public: Key, now: float, ours: str, suspected: bool) -> None:
         b = self.puncher
@@ -166,6 +225,8 @@ class BirthdayDriver(Core):
     def _collect(self, now: float, prober: Prober) -> None:
         b = self.puncher
         for event in b.pop_events():
+            if isinstance(event, AttemptFailed):
+                self._waits.set(event.peer, b.ready_at(event.peer))  # it may start again then
             if isinstance(event, SocketsClosed):
                 # paths over closed sockets are gone: never chosen, never probed again
                 closed = set(event.ids)
@@ -182,6 +243,8 @@ class BirthdayDriver(Core):
                 self._events.append(event)
 
     def remove_peer(self, public: Key) -> None:
+        self._waits.discard(public)
+        self._hard_waiting.discard(public)
         self.puncher.remove_peer(public)
         self.found.pop(public, None)
         self._sent.pop(public, None)

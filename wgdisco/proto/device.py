@@ -32,7 +32,8 @@ so that the shell sends to that endpoint from there, and a peer that wrote to on
 addresses hears back from that address instead of seeing us roam. An entry goes when the
 endpoint changes, when the peer is removed, and when a handshake is retried for want of an
 answer (wireguard-go markEndpointSrcForClearing: the source may be the trouble); the shell
-may drop one the kernel refuses. ``local=None`` (no report) leaves the choice to the kernel.
+asks ``forget_source`` to drop one the kernel refuses; it reads them through ``source_for``
+(never the dict itself). ``local=None`` (no report) leaves the choice to the kernel.
 
 Names and rules follow wireguard-go's device/ (send.go, receive.go, timers.go,
 keypair.go, peer.go); whitepaper sections are cited where a rule comes from.
@@ -287,6 +288,17 @@ class Device:
         authenticated packet from it (wireguard-go ClearSrc)."""
         if peer.endpoint is not None:
             self.sources.pop(peer.endpoint, None)
+
+    def source_for(self, endpoint: Addr) -> Hashable | None:
+        """The local source to send to ``endpoint`` from (None: the kernel chooses). The shell's
+        read-only view of ``sources`` (io/udp.py ``Sender.source_for``): it never holds the dict."""
+        return self.sources.get(endpoint)
+
+    def forget_source(self, endpoint: Addr, source: Hashable) -> None:
+        """The shell could not send from ``source`` (the address is gone, the route moved): forget
+        it if it is still ``endpoint``'s, so the kernel chooses until the next authenticated packet."""
+        if self.sources.get(endpoint) is source:
+            del self.sources[endpoint]
 
     def try_endpoint(self, peer: Peer, endpoint: Addr, now: float, cause: str = "hint") -> None:
         """Point ``peer`` at a hinted candidate and send an initiation there now.

@@ -54,6 +54,7 @@ from wgdisco.errors import DecodeError, LocalError
 from wgdisco.proto import keys, records
 from wgdisco.proto import names as namesmod
 from wgdisco.proto.core import Core
+from wgdisco.proto.deadlines import Deadlines
 from wgdisco.proto.events import AnnounceWanted, MeshAddressChanged, MeshNamesChanged, PeerAdmitted, PeerRemoved
 from wgdisco.proto.mesh import Mesh
 from wgdisco.proto.ratelimiter import TokenBucket
@@ -177,6 +178,7 @@ class MeshMembership(Core):
         self._next_announce = 0.0
         self._unheard: set[Key] = set()  # members admitted and not heard of on a path yet
         self._next_check = 0.0
+        self._watch: Deadlines[Key] = Deadlines()  # member -> when its check or expiry may be due
         self._next_relook = 0.0
 
     # --- records ----------------------------------------------------------------------
@@ -304,6 +306,7 @@ class MeshMembership(Core):
         """``public`` is a member now (the node made it a peer): it gets a place in the plan, on
         the generation of the record ``check`` found valid for it (else the current one)."""
         self.members[public] = [now, now]
+        self._watch.set(public, self._silence_due(public, now))
         self._unheard.add(public)
         checked = self._checked
         self.generation[public] = checked[1] if checked is not None and checked[0] == public else self.mesh.id
@@ -330,6 +333,7 @@ class MeshMembership(Core):
         self.leaving.pop(public, None)
         self._probed_at.pop(public, None)
         self._unheard.discard(public)
+        self._watch.discard(public)
         del self.members[public]
         self.generation.pop(public, None)
         self.v4.pop(public, None)
@@ -392,6 +396,8 @@ class MeshMembership(Core):
         self._nets.pop(self.own, None)
         self.own = public
         self._reassign()
+        for member in self.members:  # which key of each pair is the lower changed: all due at the next check
+            self._watch.set(member, 0.0)
 
     def goodbye(self, public: Key, now: float) -> bool:
         """A goodbye of a member with a live path: checked for ``goodbye_confirm`` (True: a new
@@ -525,13 +531,26 @@ class MeshMembership(Core):
                 times.append(self._next_relook)
         return min(times) if times else None
 
+    def _silence_due(self, public: Key, last: float) -> float:
+        """When member ``public``, last heard of at ``last``, is next due a check or expiry: never
+        later than the truth while its last-heard time only grows (a member heard of since is
+        found not due and put back). A last-heard time that goes back (the path that answered
+        was dropped) is seen when the member's entry comes due."""
+        t = self.timing
+        if self._probed_at.get(public) == last:
+            return last + t.expire
+        return last + min(t.expire, t.check_after if self.own < public else t.check_after_higher)
+
     def handle_timer(self, now: float, last_heard: Mapping[Key, float | None]) -> None:
         """Checks, expiry, re-announcements and goodbye checks that are due; ``last_heard``: when
         each member was last heard of on its path (a WireGuard packet, a probe; None: never)."""
         t = self.timing
         if self.members and now >= self._next_check:
             self._next_check = now + t.check_interval
-            for public, (seen, admitted) in self.members.items():
+            # only the members whose silence may be long enough (a heap, issue 22): a member heard
+            # of since is put back with its new time
+            for public in self._watch.pop_due(now):
+                seen, admitted = self.members[public]
                 last = max(seen, admitted, last_heard.get(public) or 0.0)
                 if now - last >= t.expire:
                     self._events.append(MemberExpired(public))
@@ -539,6 +558,7 @@ class MeshMembership(Core):
                         and self._probed_at.get(public) != last:
                     self._probed_at[public] = last  # one probe per silence
                     self._events.append(CheckWanted(public))
+                self._watch.set(public, self._silence_due(public, last))
         if self._unheard and now >= self._next_announce:
             self._unheard = {p for p in self._unheard if p in self.members and last_heard.get(p) is None}
             unreached = sum(1 for p in self._unheard if now - self.members[p][1] >= t.announce_after)

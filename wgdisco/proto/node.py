@@ -388,7 +388,7 @@ class Node(NodeMesh, NodeViews):
         if self.traversal:
             self.paths.handle_timer(now, self.nat is not None and self.nat.may_restun(now))
             self._collect(now)
-            self.birthdays.step(now, self.paths.prober, self.behaviour, self.paths.suspected)
+            self.birthdays.step(now, self.paths.prober, self.behaviour, self.paths.suspected, self.paths.decided)
             self._collect(now)
         if (due := self.lookups.next_deadline()) is not None and due <= now:
             self.lookups.handle_timer(now, views.PathView(self, now))

@@ -89,6 +89,7 @@ class PathDriver(Core):
             self.selector.add_peer(public)
         self.reasons: dict[Key, str] = {}
         self.suspected: dict[Key, float] = {}  # peer -> start of the silence that made us look again
+        self.decided: set[Key] = set()  # the peers the last handle_timer decided for
         self._synced: dict[Key, float] = {}
         self._data_synced: dict[Key, float] = {}
         self._kicked: dict[Key, float] = {}
@@ -290,6 +291,7 @@ class PathDriver(Core):
             if public in self.prober.peers:
                 self.probe(public, addr, now)
         decided = self._apply_decisions(now, touched)
+        self.decided = decided  # for the birthday driver's step (the peers whose paths changed)
         self._pmtu_step(now, decided)
 
     def _sync(self, now: float) -> set[Key]:

@@ -68,13 +68,13 @@ whitepaper §6.1), or while it is *dormant* (below).
 from __future__ import annotations
 
 import functools
-import heapq
 import ipaddress
 import math
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from wgdisco.proto.deadlines import Deadlines
 from wgdisco.proto.nat import HARD_MAPPINGS, Mapping
 from wgdisco.errors import LocalError
 from wgdisco.proto.ratelimiter import TokenBucket
@@ -254,9 +254,7 @@ class PathSelector:
         self.candidates_dropped = 0  # new candidates refused: both caps full of protected paths
         self.probes_over_budget = 0  # probes not sent: the peer's budget was spent
         self.paths_let_go = 0  # idle paths whose keepalives went unanswered: let go, not failed
-        self._heap: list[tuple[float, int, Key]] = []  # (wake-up time, seq, peer), stale entries too
-        self._wake_at: dict[Key, float] = {}  # peer -> its live entry's time
-        self._seq = 0
+        self._wake_at: Deadlines[Key] = Deadlines()  # peer -> its wake-up time (proto/deadlines.py)
         self._changed: set[Key] = set()  # peers changed since pop_changed
 
     # --- configuration
@@ -272,7 +270,7 @@ class PathSelector:
 
     def remove_peer(self, peer: Key) -> None:
         self._peers.pop(peer, None)
-        self._wake_at.pop(peer, None)
+        self._wake_at.discard(peer)
         self._changed.discard(peer)
 
     def set_own_mapping(self, mapping: str, now: float) -> None:
@@ -628,13 +626,7 @@ class PathSelector:
 
     def _due(self, now: float) -> list[Key]:
         """The peers whose wake-up time has come (taken off the heap)."""
-        heap, due = self._heap, []
-        while heap and heap[0][0] <= now:
-            when, _, peer = heapq.heappop(heap)
-            if self._wake_at.get(peer) == when:
-                del self._wake_at[peer]
-                due.append(peer)
-        return due
+        return self._wake_at.pop_due(now)
 
     def _plan_peer(self, peer: Key, p: _Peer, now: float, out: list[tuple[Key, Addr]]) -> None:
         """One due peer's probes (probe_plan)."""
@@ -714,13 +706,11 @@ class PathSelector:
 
     def next_time(self, now: float) -> float | None:
         """When probe_plan next has work, or a path may die or go stale (>= now); None if never.
-        Probe work waits for the peer's budget: a spent bucket never makes this `now`. Pure but
-        for dropping stale heap entries (time is applied by probe_plan and decision): the top of
-        a heap of every peer's wake-up time, computed when the peer changed."""
-        heap = self._heap
-        while heap and self._wake_at.get(heap[0][2]) != heap[0][0]:
-            heapq.heappop(heap)
-        return max(now, heap[0][0]) if heap else None
+        Probe work waits for the peer's budget: a spent bucket never makes this `now`. Pure
+        (time is applied by probe_plan and decision): the top of a heap of every peer's wake-up
+        time, computed when the peer changed."""
+        when = self._wake_at.next()
+        return None if when is None else max(now, when)
 
     @property
     def changed(self) -> bool:
@@ -738,13 +728,7 @@ class PathSelector:
         if p is None:
             return
         self._changed.add(peer)
-        when = self._peer_time(p, now)
-        if when is None:
-            self._wake_at.pop(peer, None)
-        elif self._wake_at.get(peer) != when:
-            self._wake_at[peer] = when
-            self._seq += 1
-            heapq.heappush(self._heap, (when, self._seq, peer))
+        self._wake_at.set(peer, self._peer_time(p, now))
 
     def _peer_time(self, p: _Peer, now: float) -> float | None:
         """When ``p`` next needs probe_plan: a transition, a death, the end of liveness, a probe

@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from typing import Hashable
 
 from wgdisco.proto.core import Core
+from wgdisco.proto.deadlines import Deadlines
 
 __all__ = [
     "WG_OVERHEAD", "UDP_HEADER", "BASE_INNER", "MAX_PROBES", "SPLIT", "MIN_TIMEOUT", "MAX_TIMEOUT",
@@ -174,6 +175,7 @@ class PathMtu(Core):
         self.mtu = mtu
         self._peers: dict[Key, _Peer] = {}
         self._probes: list[ProbeWanted] = []
+        self._due: Deadlines[Key] = Deadlines()  # peer -> its path's next wake-up (_wake_time)
 
     # --- inputs ------------------------------------------------------------------------
 
@@ -186,9 +188,11 @@ class PathMtu(Core):
         sizes = ladder(self.mtu)
         p.path = _Path(addr, ip_header(ipv6), sizes, hi=len(sizes))
         self._start_round(peer, p, now)
+        self._touch(peer, p)
 
     def remove_peer(self, peer: Key) -> None:
         self._peers.pop(peer, None)
+        self._due.discard(peer)
 
     def used(self, peer: Key, when: float) -> None:
         """Data went to or came from ``peer`` at ``when``: its path is worth re-validating."""
@@ -213,6 +217,7 @@ class PathMtu(Core):
         path.got[size] = path.got.get(size, 0) + 1
         if all(path.got.get(s, 0) >= n for s, n in path.out.items()):
             self._end_round(peer, p, now)
+            self._touch(peer, p)
 
     def silence(self, peer: Key, since: float | None, now: float) -> None:
         """Data to ``peer`` has gone unanswered since ``since`` (None: it is answered again)."""
@@ -224,6 +229,7 @@ class PathMtu(Core):
             path.silence = since
             path.next_check = 0.0 if since is None else since + SILENCE
         self._maybe_check(peer, p, now)
+        self._touch(peer, p)
 
     def hint(self, peer: Key, mtu: int, now: float) -> None:
         """The network said (ICMP "too big", RFC 1191 / RFC 4443 §3.2) that the path takes IP packets
@@ -238,40 +244,59 @@ class PathMtu(Core):
             return
         self._count("pmtu-hints")
         self._send_check(peer, p, now)
+        self._touch(peer, p)
 
     # --- time --------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        times = []
-        for p in self._peers.values():
-            path = p.path
-            if path is None:
-                continue
-            if path.round_end is not None:
-                times.append(path.round_end)
-            elif path.next_search is not None:
-                times.append(path.next_search)
-            if path.silence is not None and path.round_end is None:
-                times.append(path.next_check)
-        return min(times) if times else None
+        """The earliest wake-up of any path (the top of a heap: O(1), changes nothing)."""
+        return self._due.next()
 
     def handle_timer(self, now: float) -> None:
-        for peer, p in list(self._peers.items()):
-            path = p.path
-            if path is None:
+        """The paths whose wake-up came, and only those (O(log n) each, issue 22)."""
+        for peer in self._due.pop_due(now):
+            p = self._peers.get(peer)
+            if p is None or p.path is None:
                 continue
-            if path.round_end is not None and path.round_end <= now:
-                self._end_round(peer, p, now)
-            if path.round_end is None and path.next_search is not None and path.next_search <= now \
-                    and now - p.last_data > IDLE_AFTER:
-                path.next_search = now + REVALIDATE  # idle: no probes through NATs that let go
-            elif path.round_end is None and path.next_search is not None and path.next_search <= now:
-                # RFC 8899 §5.1.1 PMTU_RAISE_TIMER: the path may carry more now (and a peer that
-                # did not answer may have been upgraded); what is confirmed stays in use meanwhile
-                path.next_search, path.hi, path.rounds = None, len(path.sizes), 0
-                path.losses.clear()
-                self._start_round(peer, p, now)
-            self._maybe_check(peer, p, now)
+            self._wake_up(peer, p, now)
+            self._touch(peer, p)
+
+    def _touch(self, peer: Key, p: _Peer) -> None:
+        """``peer``'s path may have changed: its wake-up time again."""
+        self._due.set(peer, self._wake_time(p))
+
+    @staticmethod
+    def _wake_time(p: _Peer) -> float | None:
+        """When the path next needs ``handle_timer``: its round's end, else its next search; and
+        the next black-hole check while data goes unanswered, when there is a size to check
+        (``_maybe_check``: otherwise the check time stays behind and would be due at every wake-up)."""
+        path = p.path
+        if path is None:
+            return None
+        times = []
+        if path.round_end is not None:
+            times.append(path.round_end)
+        elif path.next_search is not None:
+            times.append(path.next_search)
+        if path.silence is not None and path.round_end is None and (p.enforced is not None or path.state == COMPLETE):
+            times.append(path.next_check)
+        return min(times) if times else None
+
+    def _wake_up(self, peer: Key, p: _Peer, now: float) -> None:
+        path = p.path
+        assert path is not None
+        if path.round_end is not None and path.round_end <= now:
+            self._end_round(peer, p, now)
+        if path.round_end is None and path.next_search is not None and path.next_search <= now \
+                and now - p.last_data > IDLE_AFTER:
+            path.next_search = now + REVALIDATE  # idle: no probes through NATs that let go
+        elif path.round_end is None and path.next_search is not None and path.next_search <= now:
+            # RFC 8899 §5.1.1 PMTU_RAISE_TIMER: the path may carry more now (and a peer that
+            # did not answer may have been upgraded); what is confirmed stays in use meanwhile
+            path.next_search, path.hi, path.rounds = None, len(path.sizes), 0
+            path.losses.clear()
+            self._start_round(peer, p, now)
+        self._maybe_check(peer, p, now)
 
     # --- outputs -----------------------------------------------------------------------
 

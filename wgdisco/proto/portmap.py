@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 from ..errors import DecodeError, LocalError
 from . import natpmp, pcp
+from .core import Core
 
 Addr = Hashable
 Rng = Callable[[int], bytes]
@@ -678,3 +679,65 @@ def view(mapper: PortMapper, now: float) -> View:
     expires = None if m is None or m.expires is None else max(0.0, m.expires - now)
     return View(mapper.mode, mapper.state, mapper.protocol, None if m is None else m.external, expires,
                 tuple(sorted(mapper.answered)), mapper.last_failure, dict(mapper.counters))
+
+
+class GatewayProbe(Core):
+    """Which port-mapping protocols ``gateway`` speaks, without mapping anything (``wgdisco
+    netcheck``): a PCP ANNOUNCE (RFC 6887 §14.1) and a NAT-PMP external address request
+    (RFC 6886 §3.2), each sent at ``SENDS`` until answered, answers awaited until ``wait`` after
+    the start. ``pcp``/``natpmp`` say who answered, ``natpmp_external`` the address NAT-PMP
+    gave; ``done`` once both answered or the wait is over. Only ``gateway`` is listened to."""
+
+    SENDS = (0.0, 0.25, 0.5)
+
+    def __init__(self, gateway: Addr, client_ip: str, *, wait: float) -> None:
+        super().__init__()
+        self.gateway, self.wait = gateway, wait
+        self._requests = {"pcp": pcp.announce_request(client_ip), "natpmp": natpmp.external_address_request()}
+        self.pcp = self.natpmp = False
+        self.natpmp_external: str | None = None
+        self._sends: list[float] = []
+        self._end: float | None = None
+
+    def start(self, now: float) -> None:
+        self._sends = [now + offset for offset in self.SENDS]
+        self._end = now + self.wait
+        self.handle_timer(now)
+
+    @property
+    def done(self) -> bool:
+        return (self.pcp and self.natpmp) or self._end is None
+
+    def next_deadline(self) -> float | None:
+        if self.done:
+            return None
+        return min(self._sends[0], self._end) if self._sends else self._end
+
+    def handle_timer(self, now: float) -> None:
+        if self.done:
+            return
+        if now >= self._end:  # type: ignore[operator]
+            self._end = None
+            return
+        while self._sends and self._sends[0] <= now:
+            self._sends.pop(0)
+            for name, data in self._requests.items():
+                if not getattr(self, name):
+                    self._outbox.append((data, self.gateway))
+
+    def receive(self, data: bytes, addr: Addr, now: float) -> None:
+        if addr != self.gateway or not data or self.done:
+            return
+        if data[0] == pcp.VERSION:
+            try:
+                self.pcp = pcp.parse_response(data).opcode == pcp.OP_ANNOUNCE or self.pcp
+            except DecodeError:
+                pass
+            return
+        try:
+            answer = natpmp.parse_response(data)
+        except DecodeError:
+            return
+        self.natpmp = True  # also its "unsupported version" to our PCP request (RFC 6887 §9)
+        if isinstance(answer, natpmp.ExternalAddressResponse) and answer.result == natpmp.SUCCESS:
+            self.natpmp_external = answer.address

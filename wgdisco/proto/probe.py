@@ -333,6 +333,10 @@ class Prober:
         """The peers probes go to and are accepted from (a muted low-order key is not one)."""
         return frozenset(self._peers)
 
+    def has_peer(self, pub: bytes) -> bool:
+        """``pub in peers`` without building the set (O(1))."""
+        return pub in self._peers
+
     @property
     def muted(self) -> frozenset[bytes]:
         """Added peers whose key is a low-order point: never probed, never answered."""

@@ -29,7 +29,7 @@ RESTUN_MIN_INTERVAL = 10.0  # at most one early STUN round (data unanswered) per
 class NatObserver(Core):
     """STUN and NAT classification for one socket (sans-I/O)."""
 
-    def __init__(self, servers: Iterable[Addr], *, rng: Callable[[int], bytes], refresh: float = REFRESH,
+    def __init__(self, servers: Iterable[Addr], *, rng: Callable[[int], bytes], refresh: float | None = REFRESH,
                  host_of: Callable[[Addr], str], addr_of: Callable[[str, int], Addr]) -> None:
         super().__init__()
         self.stun = StunClient(list(servers), rng=rng, refresh=refresh, host_of=host_of)

@@ -8,10 +8,13 @@ loop, and a one-shot report needs no loop):
 1. Local candidates: every usable interface address
    (``netlink.interface_addresses``: no loopback, no link-local).
 2. STUN: one UDP socket (``udp.open_udp(0)``, dual-stack, an ephemeral port)
-   and ``StunClient(servers, refresh=None)`` driven by a small select() loop
-   until every server answered, failed or could not be sent to, or until the
-   timeout (RFC 5389 retransmissions: 0, 0.5, 1.5 s ... within it).  Only the
-   servers the user named are contacted: with none, no datagram is sent at all.
+   and the daemon's own core, ``NatObserver(servers, refresh=None)``
+   (proto/reflexive.py: ``StunClient`` and ``NatClassifier``), until every
+   server answered, failed or could not be sent to, or until the timeout
+   (RFC 5389 retransmissions: 0, 0.5, 1.5 s ... within it).  Only the servers
+   the user named are contacted: with none, no datagram is sent at all.
+   Every part is driven by one select() loop (``_drive``) around the cores'
+   drive step (proto/core.py ``run_timers``/``flush``, as the data plane's).
 3. Hairpinning (RFC 4787 §6): a second socket sends a token to the first
    socket's IPv4 reflexive address; "yes" if the NAT turns it back to us
    within ``HAIRPIN_WAIT``.  Only tried when an IPv4 reflexive address is known.
@@ -19,7 +22,8 @@ loop, and a one-shot report needs no loop):
 4. Port mapping (on with ``--stun``, or asked for with ``--port-mapping``): the IPv4 default
    route's next hop gets a PCP ANNOUNCE (RFC 6887 §14.1) and a NAT-PMP external address
    request (RFC 6886 §3.2), neither of which creates a mapping, from a socket of its own,
-   sent at 0, 0.25 and 0.5 s and awaited for PORTMAP_WAIT; then UPnP IGD is looked for with
+   sent at 0, 0.25 and 0.5 s and awaited for PORTMAP_WAIT (proto/portmap.py ``GatewayProbe``);
+   then UPnP IGD is looked for with
    miniupnpc (SSDP: about 1 s when an IGD answers, 4 s when none does). Only the gateway is
    asked. This runs in a thread beside the STUN part.
 
@@ -28,9 +32,11 @@ The mapping behaviour is ``StunClient.mapping_behaviour()`` (RFC 4787 §4.1):
 endpoint-independent (which needs answers from two server IPs), else unknown.
 When a server names an alternate address (RFC 5780 OTHER-ADDRESS, RFC 3489
 CHANGED-ADDRESS: stund, coturn with two IPs), ``proto/natclass.py``'s tests run
-on the same socket: the filtering behaviour (RFC 4787 §5) and whether a mapping
-that varies depends on the destination's address only or its port too (at most
-``2 × natclass.WAIT`` seconds more).
+on the same socket as soon as the first such answer comes (``NatObserver``), beside
+the STUN transactions still open: the filtering behaviour (RFC 4787 §5) and
+whether a mapping that varies depends on the destination's address only or its
+port too (at most ``2 × natclass.WAIT`` seconds from that answer, which may go
+past the timeout).
 The netcheck socket is not the tunnel's: behind a NAT that varies, the
 daemon's own port is mapped differently.
 """
@@ -52,8 +58,11 @@ from wgdisco import config
 from wgdisco.errors import LocalError
 from wgdisco.io import udp
 from wgdisco.proto.classify import STUN, classify
-from wgdisco.proto.natclass import NatClassifier
-from wgdisco.proto.stun import StunClient, StunFailed
+from wgdisco.proto.core import Core, flush, run_timers
+from wgdisco.proto.nat import Mapping
+from wgdisco.proto.portmap import GatewayProbe
+from wgdisco.proto.reflexive import NatObserver
+from wgdisco.proto.stun import StunFailed
 
 DEFAULT_TIMEOUT = 3.0
 MAX_TIMEOUT = 60.0
@@ -212,9 +221,7 @@ def _stun_part(report: Report, servers: list[str], timeout: float, hairpin_wait:
         report.local_port = udp.local_port(sock)
         targets = _resolve(sock, report.servers)
         if targets:
-            report.behaviour, client = _stun(sock, targets, timeout, clock)
-            report.mapping_detail = report.behaviour
-            _classify(sock, client, report, clock)
+            _stun(sock, targets, timeout, clock, report)
         v4 = report.reflexive(4)
         if v4:
             report.hairpinning = hairpin(sock, v4[0], hairpin_wait, clock)
@@ -247,86 +254,96 @@ def _resolve(sock: socket.socket, results: list[ServerResult]) -> dict[Any, list
     return targets
 
 
-def _classify(sock: socket.socket, client: StunClient, report: Report, clock: Callable[[], float]) -> None:
-    """RFC 5780 tests against the first server that named an alternate address (natclass.py)."""
-    server = next((s for s in client.servers if s in client.alternate and s in client.mapped), None)
-    if server is None:
-        return
-    c = NatClassifier(rng=os.urandom, addr_of=lambda ip, port: udp.to_sockaddr(sock, ip, port))
-    if not c.start(server, udp.from_sockaddr(server)[0], client.mapped[server], client.alternate[server], clock()):
-        return
-    while not c.done:
-        for data, addr in c.datagrams_to_send():
-            try:
-                sock.sendto(data, addr)
-            except OSError:
-                pass
-        timer = c.get_timer()
+def _drive(sock: socket.socket, core: Any, send: Callable[[list[tuple[bytes, Any]]], None],
+           receive: Callable[[bytes, Any, float], None], finished: Callable[[float], bool],
+           clock: Callable[[], float], on_event: Callable[[Any], None] = lambda event: None,
+           until: Callable[[], float | None] = lambda: None) -> None:
+    """netcheck's one loop: ``core``'s timers and what it queued (proto/core.py ``run_timers`` and
+    ``flush``, the drive step of the data plane and the simulator), what ``sock`` receives to
+    ``receive``, until ``finished(now)``; select() sleeps until the core's next deadline or
+    ``until()``, whichever comes first."""
+    while True:
         now = clock()
-        readable, _, _ = select.select([sock], [], [], max(0.0, (timer or now) - now))
-        if readable:
-            for data, src in _drain(sock):
-                if classify(data) == STUN:
-                    c.receive(data, src, clock())
-        now = clock()
-        if (timer := c.get_timer()) is not None and timer <= now:
-            c.handle_timer(now)
-    report.filtering = c.filtering
-    if report.behaviour == "endpoint-dependent" and c.mapping is not None:
-        report.mapping_detail = c.mapping
-
-
-def _stun(sock: socket.socket, targets: dict[Any, list[ServerResult]], timeout: float,
-          clock: Callable[[], float]) -> tuple[str, StunClient]:
-    """Drive one StunClient over ``sock``; fills the results in; the mapping behaviour."""
-    client = StunClient(list(targets), rng=os.urandom, refresh=None,
-                        host_of=lambda addr: udp.from_sockaddr(addr)[0])
-    first_sent: dict[Any, float] = {}
-    done: dict[Any, str | None] = {}  # server -> None (answered) or why not
-    start = clock()
-    deadline = start + timeout
-    client.start(start)
-    while (now := clock()) < deadline:
-        for data, addr in client.datagrams_to_send():
-            first_sent.setdefault(addr, now)
-            if addr in done:
-                continue
-            try:
-                sock.sendto(data, addr)
-            except OSError as e:
-                if e.errno not in _TRANSIENT:
-                    done[addr] = f"cannot send: {e.strerror or e}"
-        if len(done) == len(targets):
-            break
-        timer = client.get_timer()
-        wake = deadline if timer is None else min(timer, deadline)
+        deadline = run_timers(core, now)
+        flush(core, send, on_event)
+        if finished(now):
+            return
+        wake = min((t for t in (deadline, until()) if t is not None), default=now + 0.05)
         readable, _, _ = select.select([sock], [], [], max(0.0, wake - now))
         if readable:
             for data, src in _drain(sock):
-                if classify(data) != STUN:
-                    continue
-                at = clock()
-                if client.receive(data, src, at):
-                    if src in client.mapped:
-                        done[src] = None
-                        for r in targets[src]:
-                            r.mapped = client.mapped[src]
-                            r.rtt_ms = round((at - first_sent[src]) * 1000, 1)
-                    else:
-                        done[src] = "error response"
-        client.pop_events()
+                receive(data, src, clock())
+                flush(core, send, on_event)
+
+
+def _stun(sock: socket.socket, targets: dict[Any, list[ServerResult]], timeout: float,
+          clock: Callable[[], float], report: Report) -> None:
+    """STUN and the RFC 5780 tests on ``sock`` with the daemon's own core (``NatObserver``:
+    ``StunClient`` without refresh, and ``NatClassifier`` against the first answer naming an
+    alternate address); fills the results and the report's NAT behaviour in."""
+    observer = NatObserver(list(targets), rng=os.urandom, refresh=None,
+                           host_of=lambda addr: udp.from_sockaddr(addr)[0],
+                           addr_of=lambda ip, port: udp.to_sockaddr(sock, ip, port))
+    stun, classifier = observer.stun, observer.classifier
+    first_sent: dict[Any, float] = {}
+    done: dict[Any, str | None] = {}  # server -> None (answered) or why not
+    unsendable: set[Any] = set()
+    start = clock()
+    deadline = start + timeout
+    over = False  # the STUN part is over (every server done, or the timeout): results are kept
+
+    def send(datagrams: list[tuple[bytes, Any]]) -> None:
         now = clock()
-        if (timer := client.get_timer()) is not None and timer <= now:
-            client.handle_timer(now)
-            for event in client.pop_events():
-                if isinstance(event, StunFailed):
-                    done.setdefault(event.server, f"no answer after {client.rc} requests")
+        for data, addr in datagrams:
+            first_sent.setdefault(addr, now)
+            if addr in unsendable or (over and addr in targets and addr not in stun.mapped):
+                continue  # (a server that never answered gets no more requests once it is over)
+            try:
+                sock.sendto(data, addr)
+            except OSError as e:
+                if addr in targets and addr not in done and e.errno not in _TRANSIENT:
+                    done[addr] = f"cannot send: {e.strerror or e}"
+                    unsendable.add(addr)
+
+    def receive(data: bytes, src: Any, at: float) -> None:
+        if classify(data) != STUN:
+            return
+        if over:  # the results are kept as they were; the RFC 5780 tests, if they run, go on
+            if classifier.get_timer() is not None:
+                observer.receive(data, src, at)
+            return
+        errors = stun.counters.error_responses
+        if not observer.receive(data, src, at) or src not in targets or src in done:
+            return
+        if src in stun.mapped:
+            done[src] = None
+            for r in targets[src]:
+                r.mapped = stun.mapped[src]
+                r.rtt_ms = round((at - first_sent[src]) * 1000, 1)
+        elif stun.counters.error_responses > errors:
+            done[src] = "error response"
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, StunFailed) and not over:
+            done.setdefault(event.server, f"no answer after {stun.rc} requests")
+
+    def finished(now: float) -> bool:
+        nonlocal over
+        if not over and (len(done) == len(targets) or now >= deadline):
+            over = True
+            report.behaviour = report.mapping_detail = observer.behaviour
+        return over and classifier.get_timer() is None  # the RFC 5780 tests, once begun, end
+
+    observer.start(start)
+    _drive(sock, observer, send, receive, finished, clock, on_event, until=lambda: None if over else deadline)
     for addr, rs in targets.items():
         why = done.get(addr, f"no answer within {timeout:g} s")
         for r in rs:
             if r.mapped is None:
                 r.error = why
-    return client.mapping_behaviour(), client
+    report.filtering = observer.filtering
+    if report.behaviour == Mapping.DEPENDENT and classifier.done and classifier.mapping is not None:
+        report.mapping_detail = classifier.mapping
 
 
 def port_mapping_check(*, wait: float = PORTMAP_WAIT, clock: Callable[[], float] = time.monotonic,
@@ -334,7 +351,7 @@ def port_mapping_check(*, wait: float = PORTMAP_WAIT, clock: Callable[[], float]
     """Ask the default gateway which port-mapping protocols it speaks (nothing is mapped)."""
     from wgdisco.io import netlink
     from wgdisco.io import portmap as shell
-    from wgdisco.proto import natpmp, pcp
+    from wgdisco.proto import pcp
 
     try:
         found = netlink.default_gateway()
@@ -363,41 +380,20 @@ def port_mapping_check(*, wait: float = PORTMAP_WAIT, clock: Callable[[], float]
 
 def _ask_gateway(sock: socket.socket, gw: tuple[str, int], source: str, report: PortMapReport, wait: float,
                  clock: Callable[[], float]) -> None:
-    from wgdisco.errors import DecodeError
-    from wgdisco.proto import natpmp, pcp
+    """PCP ANNOUNCE and NAT-PMP's external address request (proto/portmap.py ``GatewayProbe``)."""
+    probe = GatewayProbe(gw, source, wait=wait)
 
-    requests = {"pcp": pcp.announce_request(source), "natpmp": natpmp.external_address_request()}
-    start = clock()
-    sends = [start, start + 0.25, start + 0.5]
-    while (now := clock()) < start + wait and not (report.pcp and report.natpmp):
-        while sends and sends[0] <= now:
-            sends.pop(0)
-            for name, data in requests.items():
-                if not getattr(report, name):
-                    try:
-                        sock.sendto(data, gw)
-                    except OSError:
-                        pass
-        wake = min(sends[0] if sends else start + wait, start + wait)
-        readable, _, _ = select.select([sock], [], [], max(0.0, wake - now))
-        if not readable:
-            continue
-        for data, src in _drain(sock):
-            if src[:2] != gw or not data:
-                continue
-            if data[0] == pcp.VERSION:
-                try:
-                    report.pcp = pcp.parse_response(data).opcode == pcp.OP_ANNOUNCE or report.pcp
-                except DecodeError:
-                    pass
-                continue
+    def send(datagrams: list[tuple[bytes, Any]]) -> None:
+        for data, addr in datagrams:
             try:
-                answer = natpmp.parse_response(data)
-            except DecodeError:
-                continue
-            report.natpmp = True  # also its "unsupported version" to our PCP request (RFC 6887 §9)
-            if isinstance(answer, natpmp.ExternalAddressResponse) and answer.result == natpmp.SUCCESS:
-                report.natpmp_external = answer.address
+                sock.sendto(data, addr)
+            except OSError:
+                pass
+
+    probe.start(clock())
+    _drive(sock, probe, send, lambda data, src, now: probe.receive(data, src[:2], now),
+           lambda now: probe.done, clock)
+    report.pcp, report.natpmp, report.natpmp_external = probe.pcp, probe.natpmp, probe.natpmp_external
 
 
 def _drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
@@ -411,29 +407,47 @@ def _drain(sock: socket.socket) -> list[tuple[bytes, Any]]:
             continue
 
 
+class _Hairpin(Core):
+    """Send ``token`` to ``dest`` HAIRPIN_SENDS times within ``wait``; ``arrived`` when it comes back."""
+
+    def __init__(self, token: bytes, dest: Any, wait: float, now: float) -> None:
+        super().__init__()
+        self.token, self.dest = token, dest
+        self.end, self.next_send, self.sends, self.interval = now + wait, now, 0, wait / (HAIRPIN_SENDS + 1)
+        self.arrived = self.failed = False
+
+    def next_deadline(self) -> float | None:
+        return min(self.next_send, self.end) if self.sends < HAIRPIN_SENDS else self.end
+
+    def handle_timer(self, now: float) -> None:
+        if self.sends < HAIRPIN_SENDS and now >= self.next_send and now < self.end:
+            self._outbox.append((self.token, self.dest))
+            self.sends += 1
+            self.next_send = now + self.interval
+
+    def receive(self, data: bytes, addr: Any, now: float) -> None:
+        if data == self.token:
+            self.arrived = True
+
+
 def hairpin(sock: socket.socket, reflexive: Endpoint, wait: float,
             clock: Callable[[], float] = time.monotonic) -> bool:
     """Send a token from a second socket to ``sock``'s reflexive address; True if it arrives on ``sock``."""
     token = HAIRPIN_MAGIC + os.urandom(16)
     other = udp.open_udp(0)
     try:
-        dest = udp.to_sockaddr(other, *reflexive)
-        start = clock()
-        deadline = start + wait
-        sends, next_send = 0, start
-        while (now := clock()) < deadline:
-            if sends < HAIRPIN_SENDS and now >= next_send:
+        check = _Hairpin(token, udp.to_sockaddr(other, *reflexive), wait, clock())
+
+        def send(datagrams: list[tuple[bytes, Any]]) -> None:
+            for data, addr in datagrams:
                 try:
-                    other.sendto(token, dest)
+                    other.sendto(data, addr)
                 except OSError:
-                    return False
-                sends += 1
-                next_send = now + wait / (HAIRPIN_SENDS + 1)
-            wake = min(next_send, deadline) if sends < HAIRPIN_SENDS else deadline
-            readable, _, _ = select.select([sock], [], [], max(0.0, wake - now))
-            if readable and any(data == token for data, _ in _drain(sock)):
-                return True
-        return False
+                    check.failed = True
+
+        _drive(sock, check, send, check.receive,
+               lambda now: check.arrived or check.failed or now >= check.end, clock, until=lambda: check.end)
+        return check.arrived and not check.failed
     finally:
         other.close()
 
