@@ -68,7 +68,15 @@ def rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def window_report(w: Window, members: int) -> dict:
+def timed_window(sim: MeshSim, seconds: float) -> tuple[Window, float]:
+    """The window, and the CPU seconds this process spent in it (on a shared machine the wall
+    time also counts what other processes took)."""
+    cpu = time.process_time()
+    w = sim.window(seconds, time.monotonic)
+    return w, time.process_time() - cpu
+
+
+def window_report(w: Window, cpu: float, members: int) -> dict:
     minutes = w.seconds / 60
     per = w.per_member_minute(members)
     queries = sum(v for k, v in w.dns.items() if k not in ("updates", "failed"))
@@ -76,6 +84,8 @@ def window_report(w: Window, members: int) -> dict:
         "seconds": w.seconds,
         "wall_s": round(w.wall, 2),
         "wall_per_sim_minute_s": round(w.wall / minutes, 2),
+        "cpu_s": round(cpu, 2),
+        "cpu_per_sim_minute_s": round(cpu / minutes, 2),
         "datagrams_per_member_minute": {k: round(v, 2) for k, v in per.items()},
         "datagrams_per_member_second": round(sum(per.values()) / 60, 3),
         "dns_queries_per_s": round(queries / w.seconds, 1),
@@ -103,6 +113,9 @@ def main() -> None:
     ap.add_argument("--traffic", type=float, default=0.0, help="new random pairs a minute (0: no traffic phase)")
     ap.add_argument("--traffic-time", type=float, default=120.0)
     ap.add_argument("--traffic-duration", type=float, default=30.0, help="each pair pings once a second this long")
+    ap.add_argument("--wall-limit", type=float, default=0.0,
+                    help="stop the convergence after this many wall seconds (0: none) and report how far it got")
+    ap.add_argument("--profile-converge", action="store_true", help="cProfile the convergence phase")
     ap.add_argument("--profile", type=float, default=0.0, help="cProfile this many more idle simulated seconds")
     ap.add_argument("--profile-out", default=None)
     ap.add_argument("--tracemalloc", action="store_true")
@@ -126,7 +139,7 @@ def main() -> None:
     never = n * (n - 1) // 2 - expected
     say(f"{n} members on {len(set(sim.site))} sites {kinds}; {expected} pairs can meet, {never} cannot (hard ↔ hard)")
     sim.start(args.ramp)
-    t1 = time.monotonic()
+    t1, cpu1 = time.monotonic(), time.process_time()
     last = [0.0]
 
     def progress(t: float, left: int) -> None:
@@ -135,8 +148,15 @@ def main() -> None:
             say(f"  {t:6.1f} s simulated: {left} directed pairs without a path (wall {time.monotonic() - t1:.0f} s)")
 
     before = sim.counts()
-    full = sim.run_to_full_mesh(args.limit + args.ramp, progress=progress)
-    converge_wall = time.monotonic() - t1
+    prof = cProfile.Profile() if args.profile_converge else None
+    if prof is not None:
+        prof.enable()
+    stop = (lambda: time.monotonic() - t1 > args.wall_limit) if args.wall_limit > 0 else (lambda: False)
+    full = sim.run_to_full_mesh(args.limit + args.ramp, progress=progress, stop=stop)
+    if prof is not None:
+        prof.disable()
+    converge_wall, converge_cpu = time.monotonic() - t1, time.process_time() - cpu1
+    stopped = full is None and stop()
     converge_sim = sim.net.now - 1000.0
     during = sim.counts()
     dns_converge = {k: during["dns"].get(k, 0) - before["dns"].get(k, 0) for k in during["dns"]}
@@ -145,26 +165,31 @@ def main() -> None:
     missing = 0 if full is not None else sim.missing()
     rss_converged = rss_kib()
     traced = tracemalloc.get_traced_memory()[0] if args.tracemalloc else None
+    top_allocations = None
+    if args.tracemalloc:  # where the memory is, by line (the per-peer state of the cores, mostly)
+        stats = tracemalloc.take_snapshot().statistics("lineno")[:15]
+        top_allocations = [{"where": f"{s.traceback[0].filename.replace(str(ROOT) + '/', '')}:{s.traceback[0].lineno}",
+                            "kib_per_member": round(s.size / 1024 / n, 1), "blocks": s.count} for s in stats]
+    profile_text = None
+    if prof is not None:
+        profile_text = profile_report(prof, args.profile_out)
+    if stopped:  # out of wall time: what is known so far, no idle or traffic phase
+        args.settle = args.idle = args.traffic = args.profile = 0.0
 
     sim.run(args.settle)
-    idle = sim.window(args.idle, time.monotonic)
-    say(f"idle {args.idle:g} s: wall {idle.wall:.0f} s")
-    traffic = None
+    idle, idle_cpu = timed_window(sim, args.idle) if args.idle > 0 else (None, 0.0)
+    say(f"idle {args.idle:g} s: wall {idle.wall if idle else 0:.0f} s")
+    traffic, traffic_cpu = None, 0.0
     if args.traffic > 0:
         sim.traffic(args.traffic, args.traffic_time, args.traffic_duration)
-        traffic = sim.window(args.traffic_time, time.monotonic)
+        traffic, traffic_cpu = timed_window(sim, args.traffic_time)
         say(f"traffic {args.traffic_time:g} s: wall {traffic.wall:.0f} s")
-    profile_text = None
     if args.profile > 0:
         prof = cProfile.Profile()
         prof.enable()
         sim.run(args.profile)
         prof.disable()
-        if args.profile_out:
-            prof.dump_stats(args.profile_out)
-        out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
-        profile_text = out.getvalue()
+        profile_text = profile_report(prof, args.profile_out)
 
     ns = sim.nameserver
     result = {
@@ -179,17 +204,21 @@ def main() -> None:
         "full_mesh_s": None if full is None else round(full, 1),
         "directed_pairs_missing_at_limit": missing,
         "converge": {"simulated_s": round(converge_sim, 1), "wall_s": round(converge_wall, 1),
+                     "cpu_s": round(converge_cpu, 1),
                      "dns_queries_per_s": round(sum(v for k, v in dns_converge.items()
                                                     if k not in ("updates", "failed")) / max(converge_sim, 1e-9), 1),
                      "dns_queries": dns_converge},
-        "idle": window_report(idle, n),
-        "traffic": None if traffic is None else window_report(traffic, n),
+        "stopped_at_wall_limit": stopped,
+        "idle": None if idle is None else window_report(idle, idle_cpu, n),
+        "traffic": None if traffic is None else window_report(traffic, traffic_cpu, n),
         "dns_largest_answer_bytes": ns.largest,
         "dns_unanswerable": ns.failed,
         "ptr_set_members": len(ns.zone),
         "memory_per_member_kib": round((rss_converged - rss0) / n, 1),
         "tracemalloc_per_member_kib": None if traced is None else round(traced / 1024 / n, 1),
+        "tracemalloc_top": top_allocations,
         "wall_total_s": round(time.monotonic() - t0, 1),
+        "cpu_total_s": round(time.process_time(), 1),
     }
     if args.json == "-":
         print(json.dumps(result, indent=2))
@@ -202,6 +231,16 @@ def main() -> None:
         print(profile_text, file=sys.stderr)
 
 
+def profile_report(prof: cProfile.Profile, out_file: str | None) -> str:
+    if out_file:
+        prof.dump_stats(out_file)
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(25)
+    stats.sort_stats("cumulative").print_stats(40)
+    return out.getvalue()
+
+
 def print_table(r: dict) -> None:
     def row(name: str, value: object) -> None:
         print(f"  {name:<46} {value}")
@@ -210,9 +249,11 @@ def print_table(r: dict) -> None:
     row("pairs that can meet / cannot (hard ↔ hard)", f"{r['pairs_that_can_meet']} / {r['pairs_that_cannot']}")
     full = r["full_mesh_s"]
     row("full mesh after the last start (simulated)",
-        f"{full} s" if full is not None else f"not reached: {r['directed_pairs_missing_at_limit']} directed pairs missing")
+        f"{full} s" if full is not None else f"not reached in {r['converge']['simulated_s']} s: "
+        f"{r['directed_pairs_missing_at_limit']} directed pairs missing"
+        + (" (stopped at the wall-time limit)" if r["stopped_at_wall_limit"] else ""))
     c = r["converge"]
-    row("  wall time for it", f"{c['wall_s']} s; DNS {c['dns_queries_per_s']} queries/s")
+    row("  wall (CPU) time for it", f"{c['wall_s']} s ({c['cpu_s']} s); DNS {c['dns_queries_per_s']} queries/s")
     for phase in ("idle", "traffic"):
         w = r[phase]
         if w is None:
@@ -223,13 +264,15 @@ def print_table(r: dict) -> None:
         row("  per member per second", w["datagrams_per_member_second"])
         row("  nameserver queries/s (UPDATEs/s)", f"{w['dns_queries_per_s']} ({w['dns_updates_per_s']})")
         row("  mDNS messages/s", w["mdns_messages_per_s"])
-        row("  wall s per simulated minute", w["wall_per_sim_minute_s"])
+        row("  wall (CPU) s per simulated minute", f"{w['wall_per_sim_minute_s']} ({w['cpu_per_sim_minute_s']})")
     row("largest DNS answer (bytes)", ", ".join(f"{k} {v:,}" for k, v in sorted(r["dns_largest_answer_bytes"].items())))
     row("DNS answers too large for one message", r["dns_unanswerable"])
     row("memory per member (RSS growth / N)", f"{r['memory_per_member_kib']} KiB")
     if r["tracemalloc_per_member_kib"] is not None:
-        row("memory per member (tracemalloc / N)", f"{r['tracemalloc_per_member_kib']} KiB")
-    row("wall time in all", f"{r['wall_total_s']} s")
+        row("memory per member (tracemalloc / N)", f"{r['tracemalloc_per_member_kib']} KiB; by line:")
+        for a in r["tracemalloc_top"]:
+            print(f"      {a['kib_per_member']:8.1f} KiB  {a['where']}")
+    row("wall (CPU) time in all", f"{r['wall_total_s']} s ({r['cpu_total_s']} s)")
 
 
 if __name__ == "__main__":

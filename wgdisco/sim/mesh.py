@@ -185,11 +185,13 @@ class MeshSim:
                    for i in range(len(members)) for j in range(len(members)) if i != j and self.can_meet(i, j))
 
     def run_to_full_mesh(self, limit: float, every: float = 1.0,
-                         progress: Callable[[float, int], None] | None = None) -> float | None:
+                         progress: Callable[[float, int], None] | None = None,
+                         stop: Callable[[], bool] = lambda: False) -> float | None:
         """Run until every expected pair has a path (checked every ``every`` simulated seconds);
-        seconds after the last member started, or None at ``limit`` (from now)."""
+        seconds after the last member started, or None at ``limit`` (from now) or when ``stop()``
+        (the caller's wall-clock budget)."""
         end = self.net.now + limit
-        while self.net.now < end:
+        while self.net.now < end and not stop():
             self.net.run(min(every, end - self.net.now))
             if self.started_at is not None and self.net.now < self.started_at:
                 continue

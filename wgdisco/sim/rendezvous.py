@@ -65,7 +65,7 @@ class Nameserver:
         self.ptr_version = 0  # bumped when the PTR set changes
         self._ptr_size: tuple[int, int] | None = None  # (version, size)
         self._ptr_keys: list[bytes] = []
-        self._sizes: dict[bytes, tuple[records.ServiceRecord, int, int]] = {}  # key -> (record, SRV, TXT)
+        self._sizes: dict[bytes, tuple[Any, ...]] = {}  # key -> (record, SRV size, TXT size, sighting)
         self.queries: Counter[str] = Counter()  # by type: PTR, SRV, TXT, and "tcp" retries
         self.updates = 0
         self.failed = 0  # answers too large for one message
@@ -123,15 +123,16 @@ class Nameserver:
             return None
         cached = self._sizes.get(public)
         if cached is None or cached[0] is not record:
-            cached = (record, *self._render_instance(record))
+            port, addresses = self.srv(record)
+            sighting = records.record_from_dns(record.instance_label, port, self._target(record),
+                                               [str(a) for a in addresses], records.build_txt(record))
+            cached = (record, *self._render_instance(record), sighting)
             self._sizes[public] = cached
         ok = self._note("SRV", cached[1])
         ok = self._note("TXT", cached[2]) and ok
-        if not ok:
-            return None
-        port, addresses = self.srv(record)
-        return records.record_from_dns(record.instance_label, port, self._target(record), [str(a) for a in addresses],
-                                       records.build_txt(record))
+        # the same answer parses to the same sighting: parsed once per record version (the
+        # daemon parses every answer; that is the shell's cost, not the core's)
+        return cached[3] if ok else None
 
     def _target(self, record: records.ServiceRecord) -> str:
         return records.target_name(record.instance_label, self.domain)
