@@ -127,6 +127,7 @@ def main() -> None:
         if not args.quiet:
             print(text, file=sys.stderr, flush=True)
 
+    at_commit = commit()  # the code that runs (the tree may change during a long run)
     if args.tracemalloc:
         tracemalloc.start()
     rss0, t0 = rss_kib(), time.monotonic()
@@ -193,7 +194,7 @@ def main() -> None:
 
     ns = sim.nameserver
     result = {
-        "commit": commit(),
+        "commit": at_commit,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "args": {k: v for k, v in vars(args).items() if k not in ("json", "quiet")},
         "members": n,

@@ -207,7 +207,7 @@ def imports_lab(path: Path) -> bool:
 
 
 SIM_FORBIDDEN = PROTO_FORBIDDEN - {"random", "dns"}
-SIM_DNS_ALLOWED = ("dns.message", "dns.name", "dns.rdata", "dns.rdataclass", "dns.rdatatype", "dns.rdtypes",
+SIM_DNS_ALLOWED = ("dns.exception", "dns.message", "dns.name", "dns.rdata", "dns.rdataclass", "dns.rdatatype", "dns.rdtypes",
                    "dns.rrset", "dns.flags")
 
 

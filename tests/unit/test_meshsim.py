@@ -81,3 +81,14 @@ def test_the_fast_network_runs_the_same_simulation_as_the_plain_one() -> None:
         sim.run(30)
         runs.append((took, sim.net.delivered, sim.net.dropped, sim.counts()))
     assert runs[0] == runs[1]
+
+
+def test_a_ptr_set_beyond_one_message_has_its_size_and_cannot_be_given() -> None:
+    sim = tiny(NO_HARD)
+    sim.run(2)
+    ns = sim.nameserver
+    record = next(iter(ns.zone.values()))
+    for i in range(1000):  # ~71 bytes each (the estimate): ~71 KB
+        ns.update(dataclasses.replace(record, public_key=i.to_bytes(32, "big")))
+    assert ns.browse() is None and ns.failed == 1
+    assert 1004 * 70 < ns.largest["PTR"] < 1004 * 72

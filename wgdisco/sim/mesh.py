@@ -192,7 +192,11 @@ class MeshSim:
         (the caller's wall-clock budget)."""
         end = self.net.now + limit
         while self.net.now < end and not stop():
-            self.net.run(min(every, end - self.net.now))
+            target = min(self.net.now + every, end)
+            while self.net.now < target and not stop():
+                self.net.step(target)
+            if stop():
+                break
             if self.started_at is not None and self.net.now < self.started_at:
                 continue
             left = self.missing()

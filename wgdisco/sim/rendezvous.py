@@ -31,6 +31,7 @@ import ipaddress
 from collections import Counter
 from typing import Any
 
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -143,13 +144,18 @@ class Nameserver:
         response.flags |= dns.flags.AA
         return response
 
-    def _render_ptr(self) -> int:
+    def _render_ptr(self, zone: list[records.ServiceRecord] | None = None) -> int:
+        zone = list(self.zone.values()) if zone is None else zone
         response = self._response(self.service, dns.rdatatype.PTR)
         rrset = response.find_rrset(response.answer, self.service, IN, dns.rdatatype.PTR, create=True)
-        for record in self.zone.values():
+        for record in zone:
             target = dns.name.from_text(record.instance_label, self.service)
             rrset.add(dns.rdtypes.ANY.PTR.PTR(IN, dns.rdatatype.PTR, target), DNS_TTL)
-        return len(response.to_wire(max_size=1 << 20))
+        try:
+            return len(response.to_wire(max_size=MAX_MESSAGE))
+        except dns.exception.TooBig:  # what it would take: every further PTR costs the same bytes
+            one, two = self._render_ptr(zone[:1]), self._render_ptr(zone[:2])
+            return one + (two - one) * (len(zone) - 1)
 
     def _render_instance(self, record: records.ServiceRecord) -> tuple[int, int]:
         instance = dns.name.from_text(record.instance_label, self.service)
