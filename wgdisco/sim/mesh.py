@@ -100,6 +100,7 @@ class MeshSim:
         self._build()
         self.started_at: float | None = None  # when the last member started
         self._pending: dict[int, set[int]] = {}  # member -> members it has no path to yet (expected pairs)
+        self._index = {m.public: i for i, m in enumerate(self.members)}
 
     # --- building
 
@@ -171,10 +172,13 @@ class MeshSim:
     def missing(self) -> int:
         """Directed pairs (expected to meet) without a path now, checking only those that had
         none at the last check: a pair found is not looked at again (see ``full_mesh``)."""
-        now, members = self.net.now, self.members
+        now, members, index = self.net.now, self.members, self._index
         for i, others in self._pending.items():
             node = members[i].node
-            done = [j for j in others if node.has_path(members[j].public, now)]
+            if not others:
+                continue
+            # only its peers can have a path: O(peers), not O(members), while few are admitted
+            done = [j for public in node.peers if (j := index[public]) in others and node.has_path(public, now)]
             others.difference_update(done)
         return sum(len(o) for o in self._pending.values())
 
