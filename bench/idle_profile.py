@@ -1,5 +1,5 @@
 """Where an idle mesh member's wake-ups go, in memory (issue 22): N members on one simulated LAN
-(tests/unit/nodesim.py, the fake clock), run until every pair has a live path, then profile
+(wgdisco/sim/network.py, the fake clock), run until every pair has a live path, then profile
 member 0's ``run_timers`` + ``next_deadline`` over ``--idle`` simulated seconds of no traffic.
 
     .venv/bin/python bench/idle_profile.py --nodes 40 --idle 60
@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.unit.nodesim import Net, SimNode  # noqa: E402
+from wgdisco.sim.network import Net, SimNode  # noqa: E402
 from wgdisco.proto.mesh import Mesh  # noqa: E402
 
 

@@ -10,6 +10,9 @@
 - wgdisco/lab/*: the namespace lab, shipped for `wgdisco demo`. Only the demo
   imports it (and the tests); it reaches the daemon only through its public
   ``Tunnel`` (run_tunnel.py, an entry point like the CLI).
+- wgdisco/sim/*: the in-memory internet (issue 26). Pure like proto (no sockets, event loops,
+  threads or clocks; seeded ``random`` is allowed, dnspython only to build messages), drives
+  proto cores only, and nothing in the package imports it (the tests and bench/ do).
 """
 
 from __future__ import annotations
@@ -203,6 +206,45 @@ def imports_lab(path: Path) -> bool:
     return any(m == "wgdisco.lab" or m.startswith("wgdisco.lab.") for m in imported_modules(path))
 
 
+SIM_FORBIDDEN = PROTO_FORBIDDEN - {"random", "dns"}
+SIM_DNS_ALLOWED = ("dns.exception", "dns.message", "dns.name", "dns.rdata", "dns.rdataclass", "dns.rdatatype", "dns.rdtypes",
+                   "dns.rrset", "dns.flags")
+
+
+def sim_violations(path: Path, root: Path = PACKAGE.parent) -> set[str]:
+    """What a simulator module may not import: I/O, clocks, dnspython's resolvers, the shells,
+    the daemon, the CLI, the lab, the tools."""
+    out = set()
+    for m in imported_modules(path, root):
+        top = m.split(".")[0]
+        if top in SIM_FORBIDDEN or (top == "dns" and m != "dns" and not m.startswith(SIM_DNS_ALLOWED)):
+            out.add(m)
+        if m.startswith(("wgdisco.io", "wgdisco.daemon", "wgdisco.cli", "wgdisco.lab", "wgdisco.tools")):
+            out.add(m)
+    return out
+
+
+@pytest.mark.parametrize("path", files("sim"), ids=lambda p: p.name)
+def test_the_simulator_is_pure(path: Path) -> None:
+    bad = sim_violations(path)
+    assert not bad, f"sim/{path.name} imports {sorted(bad)}: the simulator runs cores on a fake clock"
+
+
+def test_the_simulator_check_can_fail(tmp_path: Path) -> None:
+    (tmp_path / "wgdisco" / "sim").mkdir(parents=True)
+    planted = tmp_path / "wgdisco" / "sim" / "_planted_for_test.py"
+    planted.write_text("import random\nimport dns.message\nimport dns.asyncresolver\nimport socket\n"
+                       "from wgdisco.io import udp\nfrom wgdisco.proto import node\n")
+    assert sim_violations(planted, tmp_path) == {"dns.asyncresolver", "socket", "wgdisco.io", "wgdisco.io.udp"}
+
+
+def test_nothing_in_the_package_imports_the_simulator() -> None:
+    users = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+                   if p.relative_to(PACKAGE).parts[0] != "sim"
+                   and any(m == "wgdisco.sim" or m.startswith("wgdisco.sim.") for m in imported_modules(p)))
+    assert not users, f"only the tests and bench/ run the simulator: {users}"
+
+
 def test_only_the_demo_imports_the_lab() -> None:
     users = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
              if p.relative_to(PACKAGE).parts[0] != "lab" and imports_lab(p)}
@@ -222,6 +264,7 @@ LAYERS = {
     "daemon": "wires cores to shells (test_no_import_cycle_in_the_package)",
     "lab": "the namespace lab (only the demo and the tests import it)",
     "tools": "commands without a daemon (netcheck, rendezvous): run by the CLI only",
+    "sim": "the in-memory internet (test_the_simulator_is_pure): run by the tests and bench/ only",
 }
 ENTRY_POINTS = {"__init__.py", "__main__.py", "cli.py", "userspace.py", "demo.py", "config.py", "errors.py"}
 
