@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.natmatrix import commit  # noqa: E402  (one way to name the checkout)
 from wgdisco.lab import Lab  # noqa: E402
 from wgdisco.lab.knot import member_zone, start_knot  # noqa: E402
 from wgdisco.proto import keys, records  # noqa: E402
@@ -51,17 +52,6 @@ COUNTERS = f"""table inet dnscount {{
     }}
 }}
 """
-
-
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def member(i: int) -> records.ServiceRecord:

@@ -569,22 +569,22 @@ def test_a_peers_keepalive_request_stands_for_ours_on_the_deferring_side() -> No
     assert sel.decision(P, 30.0) == (PUB, "direct")
 
 
+def currents_after(first: tuple, second: tuple) -> list:
+    """A new peer with these two candidates: the current path after each one's answer (addr, rtt)."""
+    sel = PathSelector()
+    sel.add_candidates(P, [Candidate(a, "lan" if a in (LAN, LAN6) else "srflx", "mdns") for a, _ in (first, second)], 0.0)
+    sel.probe_plan(0.0)
+    seen = []
+    for addr, rtt in (first, second):
+        sel.on_probe_result(P, addr, rtt, rtt + 0.01)
+        seen.append(sel.current(P))
+    return seen
+
+
 def test_one_faster_answer_on_the_other_lan_address_does_not_switch_before_traffic() -> None:
     # a member's IPv6 and IPv4 on one LAN: which answers first is noise (tens of ms of it on a
     # busy host). One faster answer on the other one must not switch: the peer picks for itself
     # and both would roam back and forth, each change a new path MTU search
-    sel = PathSelector()
-    sel.add_candidates(P, [lan(LAN6), lan(LAN)], 0.0)
-    sel.probe_plan(0.0)
-    sel.on_probe_result(P, LAN6, 0.060, 0.06)
-    assert sel.current(P) == LAN6
-    sel.on_probe_result(P, LAN, 0.002, 0.07)
-    assert sel.current(P) == LAN6
+    assert currents_after((LAN6, 0.060), (LAN, 0.002)) == [LAN6, LAN6]
     # … while a LAN path still replaces a path through a NAT at once
-    sel = PathSelector()
-    sel.add_candidates(P, [srflx(PUB), lan(LAN)], 0.0)
-    sel.probe_plan(0.0)
-    sel.on_probe_result(P, PUB, 0.010, 0.01)
-    assert sel.current(P) == PUB
-    sel.on_probe_result(P, LAN, 0.030, 0.03)
-    assert sel.current(P) == LAN
+    assert currents_after((PUB, 0.010), (LAN, 0.030)) == [PUB, LAN]
