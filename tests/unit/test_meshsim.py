@@ -1,6 +1,7 @@
 """The mesh simulator (wgdisco/sim/, bench/meshsim.py; issue 26): a tiny mesh behind mixed NATs
-converges and is quiet when idle; the nameserver counts what the members ask and refuses an
-answer larger than one DNS message; the fast network gives the same run as the plain one."""
+converges and is quiet when idle; the nameserver counts what the members ask, answers a set
+larger than one DNS message through the shards (and an unchanged zone with its SOA serial) as
+io/dnssd.py asks; the fast network gives the same run as the plain one."""
 
 from __future__ import annotations
 
@@ -49,12 +50,11 @@ def test_traffic_is_counted_as_data_and_gets_through() -> None:
     assert sum(m.counts["data"] for m in sim.members) - sum(before) == busy.sent["data"]
 
 
-def test_an_answer_larger_than_one_message_cannot_be_given_and_the_sites_stay_apart() -> None:
-    sim = tiny(max_message=300)  # a PTR set of six (~480 bytes) no longer fits
-    assert sim.run_to_full_mesh(limit=20) is None
-    assert sim.nameserver.failed > 0 and sim.nameserver.largest["PTR"] > 300
-    lan = sim.members[0].node
-    assert lan.peers == {sim.members[1].public}  # the LAN pair met over mDNS alone
+def test_a_ptr_set_larger_than_one_message_is_read_through_the_shards_and_the_sites_meet() -> None:
+    sim = tiny(max_message=450)  # a PTR set of six (~480 bytes) no longer fits; SRV and TXT (≤ 389) do
+    assert sim.run_to_full_mesh(limit=20) is not None
+    ns = sim.nameserver
+    assert ns.failed == 0 and ns.queries["PTR-shard"] >= 256 and ns.largest["PTR-shard"] <= 450
 
 
 def test_the_nameserver_counts_queries_and_tcp_retries() -> None:
@@ -83,12 +83,17 @@ def test_the_fast_network_runs_the_same_simulation_as_the_plain_one() -> None:
     assert runs[0] == runs[1]
 
 
-def test_a_ptr_set_beyond_one_message_has_its_size_and_cannot_be_given() -> None:
+def test_a_ptr_set_beyond_one_message_is_read_in_shards_and_an_unchanged_zone_costs_one_query() -> None:
     sim = tiny(NO_HARD)
     sim.run(2)
     ns = sim.nameserver
     record = next(iter(ns.zone.values()))
-    for i in range(1000):  # ~71 bytes each (the issue's estimate): ~71 KB
+    for i in range(1000):  # ~71 bytes each (the issue's estimate): ~71 KB, over one message
         ns.update(dataclasses.replace(record, public_key=i.to_bytes(32, "big")))
-    assert ns.browse() is None and ns.failed == 1
-    assert 1004 * 70 < ns.largest["PTR"] < 1004 * 72
+    before = dict(ns.queries)
+    assert len(ns.browse("reader")) == 1004 and ns.failed == 0
+    assert ns.queries["PTR-shard"] - before.get("PTR-shard", 0) == 256 and ns.largest["PTR-shard"] < 1232
+    assert 1004 * 70 < ns._ptr_size[1] < 1004 * 72  # what the plain set would take
+    assert len(ns.browse("reader")) == 1004  # nothing changed: the SOA serial says so
+    assert ns.queries["PTR-shard"] - before.get("PTR-shard", 0) == 256 and ns.unchanged == 1
+    assert ns.queries["SOA"] - before.get("SOA", 0) == 1  # asked before reading again

@@ -14,8 +14,10 @@ does (daemon/discovery.py, io/dnssd.py):
 - ``LookupWanted(keys)``: per key one SRV and one TXT query (the target's A comes in the SRV
   answer's additional section, as Knot sends it), at most ``parallel`` keys in flight, each
   batch one round trip; the answer becomes ``receive_sighting(.., "dns", ..)``;
-- ``BrowseWanted``: one PTR query of ``_wireguard._udp.<domain>``; the labels go to
-  ``browse_found``.
+- ``BrowseWanted``: the browse io/dnssd.py makes (``Nameserver.browse``): one PTR query of
+  ``_wireguard._udp.<domain>`` while the set fits one UDP answer; beyond, an SOA query first (an
+  unchanged serial: nothing read again), then the plain set or its 256 shard subtypes; the
+  labels go to ``browse_found``.
 
 Answer sizes are the wire sizes of the real messages (dnspython, name compression), cached per
 record version. An answer larger than the EDNS payload the client offers (1232, io/dnssd.py) is
@@ -50,6 +52,8 @@ __all__ = ["LanDirectory", "Nameserver", "Rendezvous", "EDNS_PAYLOAD", "MAX_MESS
 
 EDNS_PAYLOAD = 1232  # io/dnssd.py: the DNS flag day 2020 size
 MAX_MESSAGE = 65535  # RFC 1035 §4.2.2: a message over TCP has a 16-bit length
+SOA_ANSWER = 140  # bytes: the SOA serial check's answer (bench/dns_browse.py: 137–189 at Knot)
+SHARD_NAME_EXTRA = 18  # a shard's PTR answer over the plain one's: "_xx._sub." in question and owner
 DNS_TTL = 60  # daemon/discovery.py: our unicast records' TTL, re-published at 2/3 of it
 MAX_PARALLEL_LOOKUPS = 16  # daemon/discovery.py
 IN = dns.rdataclass.IN
@@ -71,6 +75,9 @@ class Nameserver:
         self.updates = 0
         self.failed = 0  # answers too large for one message
         self.largest: dict[str, int] = {}  # query type -> largest answer, bytes
+        self.unchanged = 0  # browses the SOA serial answered (nothing read again)
+        self._read_by: dict[Any, tuple[int, int, bool]] = {}  # reader -> its last full read
+        self._shard_sizes: list[int] | None = None
 
     # --- the zone
 
@@ -104,15 +111,48 @@ class Nameserver:
             return False
         return True
 
-    def browse(self) -> list[bytes] | None:
-        """The PTR query: the keys its instance labels name (as the daemon reads them,
-        ``records.key_of_label``), or None when the answer does not fit in a message."""
+    def browse(self, reader: Any = None) -> list[bytes] | None:
+        """A browse as io/dnssd.py's ``DnssdClient`` makes it (issue 26, docs/records.md "Shards"):
+        the keys its instance labels name (as the daemon reads them, ``records.key_of_label``), or
+        None when nothing could be read. While the set fits one UDP answer (≤ ``PTR_UDP_MAX``) one
+        PTR query; beyond, the zone's SOA serial first (one small query) and, when it did not move
+        since ``reader``'s last full read, that read again; else the plain set (over TCP) while it
+        holds at most ``PLAIN_BROWSE_MAX`` (half of it once ``reader`` reads shards) and fits a
+        message, else the ``SHARDS`` subtypes, one query each."""
         if self._ptr_size is None or self._ptr_size[0] != self.ptr_version:
             self._ptr_size = (self.ptr_version, self._render_ptr())
             self._ptr_keys = list(self.zone)
-        if not self._note("PTR", self._ptr_size[1]):
-            return None
+            self._shard_sizes = None
+        last = self._read_by.get(reader)  # (serial of its last full read, how many, sharded)
+        if last is not None and last[1] > records.PTR_UDP_MAX:
+            self._note("SOA", SOA_ANSWER)
+            if last[0] == self.ptr_version:
+                self.unchanged += 1
+                return self._ptr_keys
+        sharded = last is not None and last[2]
+        plain_max = records.PLAIN_BROWSE_MAX // 2 if sharded else records.PLAIN_BROWSE_MAX
+        if len(self._ptr_keys) <= plain_max and self._ptr_size[1] <= self.max_message:
+            self._note("PTR", self._ptr_size[1])
+            sharded = False
+        else:
+            for size in self._shards():
+                self._note("PTR-shard", size)
+            sharded = True
+        self._read_by[reader] = (self.ptr_version, len(self._ptr_keys), sharded)
         return self._ptr_keys
+
+    def _shards(self) -> list[int]:
+        """Each shard's answer size (worked out once per version of the PTR set)."""
+        if self._shard_sizes is None:
+            shards: dict[str, list[records.ServiceRecord]] = {}
+            for record in self.zone.values():
+                shards.setdefault(records.shard_label(record.instance_label), []).append(record)
+            zone = list(self.zone.values())
+            first = self._render_ptr(zone[:1]) if zone else 0
+            per = self._render_ptr(zone[:2]) - first if len(zone) >= 2 else first
+            base = first - per + SHARD_NAME_EXTRA  # the question names the shard: ``_xx._sub.`` more
+            self._shard_sizes = [base + per * len(shards.get(f"_{n:02x}", ())) for n in range(records.SHARDS)]
+        return self._shard_sizes
 
     def lookup(self, public: bytes) -> records.Sighting | None:
         """SRV and TXT of one instance, as the daemon turns them into a sighting; None: no such
@@ -256,7 +296,7 @@ class Rendezvous:
             node.pump()
 
     def _browse(self, node: Any) -> None:
-        found = self.nameserver.browse()
+        found = self.nameserver.browse(node)
         if found is None:
             return  # the daemon counts dns-lookup-errors; the node's schedule browses again
         node.node.browse_found(found, self.net.now)
