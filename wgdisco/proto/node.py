@@ -275,7 +275,7 @@ class Node(NodeMesh, NodeViews):
             return self._collect(now)
         selector = self.paths.selector
         current = selector.current(public) if self.traversal else None
-        if current is None or not selector.is_live(public, now) or public not in self.prober.peers:
+        if current is None or not selector.is_live(public, now) or not self.prober.has_peer(public):
             return self._mesh_remove(public, "goodbye", now)
         if m.goodbye(public, now):  # is it still there? (a rebind, or forged): one probe
             self.paths.probe(public, current, now)

@@ -288,7 +288,7 @@ class PathDriver(Core):
                 if peer is not None and peer.current is None:  # the peer's initiation did not come
                     device.try_endpoint(peer, addr, now, cause="probe")
         for public, addr in self.selector.probe_plan(now):
-            if public in self.prober.peers:
+            if self.prober.has_peer(public):
                 self.probe(public, addr, now)
         decided = self._apply_decisions(now, touched)
         self.decided = decided  # for the birthday driver's step (the peers whose paths changed)
@@ -306,7 +306,7 @@ class PathDriver(Core):
             if self.device.peers.get(public) is not peer:
                 continue  # removed meanwhile
             keys.add(public)
-            probes = public in self.prober.peers
+            probes = self.prober.has_peer(public)
             last = peer.last_authenticated
             if last is not None and peer.endpoint is not None and last != self._synced.get(public):
                 self._synced[public] = last
@@ -364,7 +364,7 @@ class PathDriver(Core):
         decided = self.selector.pop_changed() | touched
         for public in decided:
             peer = device.peers.get(public)
-            if peer is None or public not in self.prober.peers:
+            if peer is None or not self.prober.has_peer(public):
                 continue
             addr, reason = self.selector.decision(public, now)
             if reason != self.reasons.get(public):
@@ -395,7 +395,7 @@ class PathDriver(Core):
         pmtu = self.pmtu
         for public in changed:
             peer = self.device.peers.get(public)
-            if peer is None or peer.endpoint is None or peer.current is None or public not in self.prober.peers:
+            if peer is None or peer.endpoint is None or peer.current is None or not self.prober.has_peer(public):
                 continue
             if pmtu.path_of(public) != peer.endpoint:
                 pmtu.set_path(public, peer.endpoint, ":" in self._host_of(peer.endpoint), now)
@@ -407,7 +407,7 @@ class PathDriver(Core):
     def _pmtu_flush(self, now: float) -> None:
         """The search's probes out; a new limit goes to the device (packets over it: "too big")."""
         for want in self.pmtu.pop_probes():
-            if want.peer in self.prober.peers:
+            if self.prober.has_peer(want.peer):
                 self._outbox.append((self.prober.request(want.peer, want.addr, now, size=want.size), want.addr))
         for event in self.pmtu.pop_events():
             peer = self.device.peers.get(event.peer)
