@@ -167,6 +167,11 @@ class _Peer:
     last_data: float = -math.inf  # the latest data to or from the peer (used)
 
 
+def _checkable(p: _Peer) -> bool:
+    """A size to check for a black hole: one enforced, or a completed search."""
+    return p.enforced is not None or (p.path is not None and p.path.state == COMPLETE)
+
+
 class PathMtu(Core):
     """Path MTU discovery for the peers that answer probes (sans-I/O; module docstring)."""
 
@@ -278,7 +283,7 @@ class PathMtu(Core):
             times.append(path.round_end)
         elif path.next_search is not None:
             times.append(path.next_search)
-        if path.silence is not None and path.round_end is None and (p.enforced is not None or path.state == COMPLETE):
+        if path.silence is not None and path.round_end is None and _checkable(p):
             times.append(path.next_check)
         return min(times) if times else None
 
@@ -343,15 +348,16 @@ class PathMtu(Core):
         if path.lo >= top:
             return self._complete(peer, p, now)
         path.state = SEARCHING
-        span = top - path.lo
-        picks = sorted({path.lo + max(1, (span * k) // SPLIT) for k in range(1, SPLIT + 1)} | {top})
         if path.rounds == 0:
             # the largest alone first: most paths carry it (then the search is one probe, not a
             # round of six: 40 members starting at once sent ~23 probes per peer); a lost one
             # costs one round's timeout before the spread search below
             picks = [top]
-        elif path.lo < 0:
-            picks = sorted(set(picks) | {0})  # BASE first of all
+        else:
+            span = top - path.lo
+            picks = sorted({path.lo + max(1, (span * k) // SPLIT) for k in range(1, SPLIT + 1)} | {top})
+            if path.lo < 0:
+                picks = sorted(set(picks) | {0})  # BASE first of all
         sizes = [path.sizes[i] for i in picks]
         if not path.answered_any:
             sizes.insert(0, CONTROL_SIZE)  # does the peer answer probes at all?
@@ -428,7 +434,7 @@ class PathMtu(Core):
         assert path is not None
         if path.silence is None or path.round_end is not None or now < path.next_check:
             return
-        if p.enforced is None and path.state != COMPLETE:
+        if not _checkable(p):
             return  # nothing confirmed to check yet (the search runs, or the peer does not answer)
         path.next_check = now + RECHECK
         self._send_check(peer, p, now)
