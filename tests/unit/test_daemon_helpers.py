@@ -42,7 +42,7 @@ def test_the_sender_and_the_device_share_no_container() -> None:
     endpoint = ("192.0.2.1", 51820)
     device.sources[endpoint] = source = (0, 50, b"\0" * 20)
     assert sender.source_for(endpoint) is source  # the query sees what the device recorded
-    sender.forget_source(endpoint, (0, 50, b"\1" * 20))  # not its source (any more): kept
+    assert not sender.forget_source(endpoint, (0, 50, b"\1" * 20))  # not its source (any more): kept
     assert device.source_for(endpoint) is source
-    sender.forget_source(endpoint, source)
+    assert sender.forget_source(endpoint, source)
     assert device.source_for(endpoint) is None

@@ -568,8 +568,7 @@ class Tunnel:
             return
         with self.lock:
             for c in sticky.stale(checks, oifs):
-                if self.device.source_for(c.endpoint) is c.source:
-                    self.device.forget_source(c.endpoint, c.source)
+                if self.device.forget_source(c.endpoint, c.source):
                     log.info("sending to %s: the route leaves through another interface now; %s (interface %d) "
                              "is no longer the source", udp.format_sockaddr(c.endpoint), c.src, c.ifindex)
 

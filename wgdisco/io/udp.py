@@ -279,8 +279,8 @@ def _no_source(addr: Sockaddr) -> Source | None:
     return None
 
 
-def _forget_nothing(addr: Sockaddr, source: Source) -> None:
-    pass
+def _forget_nothing(addr: Sockaddr, source: Source) -> bool:
+    return False
 
 
 class Sender:
@@ -303,7 +303,7 @@ class Sender:
         self.counts = counts  # reason -> count; the caller's dict, shared with its other drops
         self.gso = True  # False once the path refused to segment: one sendto each from then on
         self.source_for: Callable[[Sockaddr], Source | None] = _no_source  # endpoint -> sticky source
-        self.forget_source: Callable[[Sockaddr, Source], None] = _forget_nothing  # the kernel refused it
+        self.forget_source: Callable[[Sockaddr, Source], bool] = _forget_nothing  # the kernel refused it
         self.unstuck = 0  # sticky sources dropped because the kernel refused them
         self.extra: dict[int, socket.socket] = {}  # extra socket id -> socket (``via`` addresses)
 

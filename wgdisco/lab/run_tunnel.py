@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from typing import Callable
 
 from wgdisco import config
 from wgdisco.daemon import Tunnel
@@ -42,25 +43,19 @@ def main() -> int:
         return 0
     import cProfile
     import threading
-    real_run = threading.Thread.run
 
-    def profiled_run(self: threading.Thread) -> None:  # every thread (the data plane: "dataplane-IFACE")
+    def profiled(fn: Callable[[], object], name: str) -> None:
         prof = cProfile.Profile(time.thread_time)  # CPU, not waits
         prof.enable()
         try:
-            real_run(self)
+            fn()
         finally:
             prof.disable()
-            prof.dump_stats(f"{profile_to}.{self.name}")
+            prof.dump_stats(f"{profile_to}.{name}")
 
-    threading.Thread.run = profiled_run  # type: ignore[method-assign]
-    prof = cProfile.Profile(time.thread_time)  # CPU, not waits
-    prof.enable()
-    try:
-        asyncio.run(tunnel.run())
-    finally:
-        prof.disable()
-        prof.dump_stats(f"{profile_to}.loop")
+    real_run = threading.Thread.run  # every thread (the data plane: "dataplane-IFACE"), and the loop
+    threading.Thread.run = lambda self: profiled(lambda: real_run(self), self.name)  # type: ignore[method-assign]
+    profiled(lambda: asyncio.run(tunnel.run()), "loop")
     return 0
 
 

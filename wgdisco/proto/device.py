@@ -294,11 +294,14 @@ class Device:
         read-only view of ``sources`` (io/udp.py ``Sender.source_for``): it never holds the dict."""
         return self.sources.get(endpoint)
 
-    def forget_source(self, endpoint: Addr, source: Hashable) -> None:
+    def forget_source(self, endpoint: Addr, source: Hashable) -> bool:
         """The shell could not send from ``source`` (the address is gone, the route moved): forget
-        it if it is still ``endpoint``'s, so the kernel chooses until the next authenticated packet."""
-        if self.sources.get(endpoint) is source:
-            del self.sources[endpoint]
+        it if it is still ``endpoint``'s, so the kernel chooses until the next authenticated
+        packet. True when it was (and is forgotten now)."""
+        if self.sources.get(endpoint) is not source:
+            return False
+        del self.sources[endpoint]
+        return True
 
     def try_endpoint(self, peer: Peer, endpoint: Addr, now: float, cause: str = "hint") -> None:
         """Point ``peer`` at a hinted candidate and send an initiation there now.
