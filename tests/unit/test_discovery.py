@@ -126,3 +126,60 @@ async def test_mesh_browse_counts_what_each_read_cost() -> None:
     assert [len(f) for f in found] == [40, 40] and found[0] == found[1]
     assert {k: v for k, v in d.counters.items() if k.startswith("dns-browse")} == {
         "dns-browse-plain": 1, "dns-browse-unchanged": 1, "dns-browse-queries": 3 + 1}
+
+
+def with_serial(inner: Any, serial: list[int], refuse: bool = False) -> Any:
+    """``inner`` (wgsd) with the zone's SOA at ``serial[0]``; ``refuse``: SOA queries REFUSED."""
+    def handler(query: dns.message.Message) -> Any:
+        if query.question[0].rdtype != dns.rdatatype.SOA:
+            return inner(query)
+        response = dns.message.make_response(query)
+        if refuse:
+            response.set_rcode(dns.rcode.REFUSED)
+            return response
+        response.authority.append(dns.rrset.from_text(
+            DOMAIN, 60, "IN", "SOA", f"ns1.{DOMAIN} postmaster.{DOMAIN} {serial[0]} 86400 7200 3600000 60"))
+        return response
+    return handler
+
+
+def kinds(server: FakeDNS, since: int) -> list[str]:
+    return sorted(q for _, _, q in dict.fromkeys(server.seen[since:]))
+
+
+@pytest.mark.asyncio
+async def test_lookups_under_an_unchanged_zone_serial_hand_over_the_last_answers_without_a_query(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 26: an idle mesh's members looked every peer up every PollInterval (2 queries each,
+    quadratic at the nameserver); now one SOA query a second tells that nothing changed."""
+    serial = [7]
+    async with FakeDNS(with_serial(wgsd(PEERS), serial)) as server:
+        d, node = make(server)
+        publics = [p.public for p in PEERS]
+        assert not await d.look_up_all(dnssd.Retry("test"), publics)
+        assert kinds(server, 0) == ["SOA"] + ["SRV"] * 5 + ["TXT"] * 5
+        first = len(server.seen)
+        assert not await d.look_up_all(dnssd.Retry("test"), publics)  # within 1 s: the same serial
+        assert server.seen[first:] == []  # not even the SOA again
+        assert d.counters["dns-lookups-unchanged"] == 5
+        assert sorted(k for _, k in node.sightings[5:]) == sorted(publics)  # the same answers again
+        monkeypatch.setattr(dnssd, "SERIAL_MAX_AGE", 0.0)
+        n = len(server.seen)
+        assert not await d.look_up_all(dnssd.Retry("test"), publics[:2])
+        assert kinds(server, n) == ["SOA"]  # asked again, unchanged
+        serial[0] += 1  # anything in the zone changed
+        n = len(server.seen)
+        assert not await d.look_up_all(dnssd.Retry("test"), publics[:2])
+        assert kinds(server, n) == ["SOA", "SRV", "SRV", "TXT", "TXT"]
+    assert len(node.sightings) == 14
+
+
+@pytest.mark.asyncio
+async def test_a_nameserver_that_refuses_soa_queries_gets_every_lookup_as_before() -> None:
+    async with FakeDNS(with_serial(wgsd(PEERS), [1], refuse=True)) as server:
+        d, node = make(server)
+        for _ in range(2):
+            assert not await d.look_up_all(dnssd.Retry("test"), [PEERS[0].public])
+    assert [q for _, _, q in server.seen].count("SOA") == 1  # asked once, then not again
+    assert [q for _, _, q in server.seen].count("SRV") == 2 and len(node.sightings) == 2
+    assert "dns-lookups-unchanged" not in d.counters

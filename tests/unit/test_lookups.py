@@ -152,6 +152,34 @@ def test_browse_lookups_skip_known_and_rejected_keys_and_are_capped() -> None:
     assert looked(s.pop_events()) == [B] and s.counters == {"mesh-browse-lookups-deferred": 1}
 
 
+def test_browsed_keys_beyond_a_round_are_looked_up_in_later_rounds_not_at_the_next_browse() -> None:
+    s = schedule(mesh=True, browse_lookups=2)  # browse_round 1 s
+    step(s, T0, {})  # the first browse, at once; the next ones 0.5, 1, 2 … s later
+    keys = [bytes([i]) * 32 for i in range(7)]
+    s.browse_found(keys, set(), T0)
+    assert looked(s.pop_events()) == keys[:2]
+    s.add_peer(keys[2], T0 + 0.5)  # admitted meanwhile (its own lookup): a peer's schedule, not a round
+    assert looked(step(s, T0 + 0.5, {keys[2]: (False, None)})) == [keys[2]]
+    p2 = {keys[2]: (False, None)}
+    rounds = lambda now: [k for k in looked(step(s, now, p2)) if k != keys[2]]  # noqa: E731 (2 is a peer now)
+    assert rounds(T0 + 1) == keys[3:5]  # a round a second, not one per browse
+    assert rounds(T0 + 2) == keys[5:]
+    later = [k for i in range(1, 6) for k in rounds(T0 + 2 + i)]
+    assert not set(later) & set(keys[3:])  # each looked up once
+    assert s.counters["mesh-browse-lookups-deferred"] == 2  # two rounds left work for later
+
+
+def test_a_new_browse_replaces_the_keys_still_waiting_and_the_wait_is_capped() -> None:
+    s = schedule(mesh=True, browse_lookups=1, found_kept=3)
+    keys = [bytes([i]) * 32 for i in range(6)]
+    s.browse_found(keys, set(), T0)  # three kept: 0 now, 1 and 2 wait; 3.. dropped (counted)
+    assert looked(s.pop_events()) == keys[:1] and s.counters["mesh-browse-keys-dropped"] == 1
+    s.browse_found([keys[4], keys[2]], set(), T0 + 0.5)  # 1 left the zone: no longer waits
+    assert looked(s.pop_events()) == [keys[4]]
+    assert looked(step(s, T0 + 1.5, {})) == [keys[2]]
+    assert looked(step(s, T0 + 2.5, {})) == []  # nothing waits any more
+
+
 def test_rejected_keys_are_not_looked_up_for_stranger_ttl() -> None:
     s = schedule(mesh=True)  # 600 s
     s.reject(A, T0)

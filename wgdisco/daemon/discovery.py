@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import Any, Callable
 
 from wgdisco.config import DiscoveryConfig
@@ -30,6 +31,7 @@ log = logging.getLogger("wgdisco")
 
 DNS_TTL = 60  # seconds, for our unicast records; re-published at 2/3 of it
 MAX_PARALLEL_LOOKUPS = 16  # DNS-SD lookups in flight at once (each is 2 to 4 queries)
+ANSWERS_KEPT = 4096  # lookups' last answers kept for the SOA check (a peer's, or a browsed key's)
 BROWSE_TIMEOUT = 8.0  # one browse, all its queries (257 on a big mesh), below the default PollInterval
 
 
@@ -57,6 +59,10 @@ class Discovery:
         self.republish = asyncio.Event()  # our record changed: publish it again now
         self.lookup_kick = asyncio.Event()  # the node wants lookups or a browse (LookupWanted, BrowseWanted)
         self.pending: list[bytes] = []  # keys to look up, in the order the node asked
+        # key -> (zone serial asked before its last lookup, what that lookup handed the node):
+        # while the serial stays, the answer would be the same (io/dnssd.py zone_serial)
+        self.soa_usable = True  # False once the nameserver refused the SOA query
+        self.answers: OrderedDict[bytes, tuple[int, records.Sighting | None]] = OrderedDict()
         self.browse_pending = False
 
     # --- lifecycle ----------------------------------------------------------------
@@ -279,21 +285,45 @@ class Discovery:
     async def look_up_all(self, retry: dnssd.Retry, publics: Any) -> bool:
         """Look the keys up in parallel (at most MAX_PARALLEL_LOOKUPS at once), each handed to
         the node as it comes: a lost answer delays its own name by one retransmission
-        (io/dnssd.py), not every name after it. True when the nameserver failed for any."""
+        (io/dnssd.py), not every name after it. A key whose last answer came under the zone
+        serial the nameserver still has gets that answer again, without a query
+        (``dns-lookups-unchanged``). True when the nameserver failed for any."""
+        assert self.client is not None
         publics = list(publics)
+        serial = None
+        if publics and self.client.authoritative and self.soa_usable:
+            try:
+                serial = await self.client.zone_serial()
+            except dnssd.NameserverTimeout:
+                self._count("dns-lookup-errors")
+                return True
+            except (dnssd.NameserverError, ConfigError, AuthError):
+                self.soa_usable = False  # a server that will not say: look everything up, as before
+        if serial is not None:
+            fresh = []
+            for public in publics:
+                kept = self.answers.get(public)
+                if kept is None or kept[0] != serial:
+                    fresh.append(public)
+                    continue
+                self._count("dns-lookups-unchanged")
+                if (sighting := kept[1]) is not None:
+                    self.feed(lambda node, now, s=sighting: node.receive_sighting(s, "dns", now))
+            publics = fresh
         if len(publics) <= 1:
-            return any([await self._look_up(retry, p) for p in publics])
+            return any([await self._look_up(retry, p, serial) for p in publics])
         slots = asyncio.Semaphore(MAX_PARALLEL_LOOKUPS)
 
         async def one(public: bytes) -> bool:
             async with slots:
-                return await self._look_up(retry, public)
+                return await self._look_up(retry, public, serial)
 
         return any(await asyncio.gather(*(one(p) for p in publics)))
 
-    async def _look_up(self, retry: dnssd.Retry, public: bytes) -> bool:
+    async def _look_up(self, retry: dnssd.Retry, public: bytes, serial: int | None = None) -> bool:
         """Look up one key's instance and hand its record to the node; True when the
-        nameserver failed (no record, or a malformed one, is counted and is not a failure)."""
+        nameserver failed (no record, or a malformed one, is counted and is not a failure).
+        ``serial``: the zone's, asked before this lookup; the answer is kept under it."""
         assert self.client is not None
         label = keys.key_to_base32(public)
         try:
@@ -301,14 +331,20 @@ class Discovery:
         except (dnssd.NameserverError, ConfigError, AuthError):
             self._count("dns-lookup-errors")
             return True
-        if raw is None:
-            return False
-        try:
-            sighting = records.record_from_dns(label, raw.srv_port, raw.srv_target, raw.addresses, raw.txt)
-        except DecodeError:
-            self._count("records-malformed")
-            return False
-        self.feed(lambda node, now: node.receive_sighting(sighting, "dns", now))
+        sighting = None
+        if raw is not None:
+            try:
+                sighting = records.record_from_dns(label, raw.srv_port, raw.srv_target, raw.addresses, raw.txt)
+            except DecodeError:
+                self._count("records-malformed")
+                return False
+        if serial is not None:
+            self.answers[public] = (serial, sighting)
+            self.answers.move_to_end(public)
+            while len(self.answers) > ANSWERS_KEPT:
+                self.answers.popitem(last=False)
+        if sighting is not None:
+            self.feed(lambda node, now: node.receive_sighting(sighting, "dns", now))
         return False
 
     async def _mesh_browse(self, retry: dnssd.Retry) -> bool:

@@ -19,6 +19,16 @@ TCP while it holds at most ``PLAIN_BROWSE_MAX`` instances, else (or when the ser
 answer it: SERVFAIL or TC over TCP, past 65,535 bytes) the ``SHARDS`` RFC 6763 §7.1 subtypes,
 in parallel, each over UDP (TCP for a shard whose last answer was truncated).
 
+Lookups skip what cannot have changed (issue 26): ``zone_serial`` gives the zone's SOA serial,
+asked at most once per ``SERIAL_MAX_AGE`` (1 s) however many lookups want it, and the caller
+(daemon/discovery.py) keeps each instance's last answer with the serial asked before it; while
+the serial has not moved, the answer is the same one. A nameserver increments the serial with
+every change to the zone (RFC 1996 §2, RFC 2136 §3.6) and not when an UPDATE changes nothing
+(Knot 3.2, checked in the lab: a re-published identical record set leaves the serial as it was),
+so an idle mesh's members no longer re-read every peer's SRV and TXT every PollInterval: one SOA
+query a second at most instead of 2 per peer. Only against a named nameserver (``authoritative``):
+a caching resolver may hand out an old SOA for its TTL.
+
 Answers are read leniently because wgsd and hand-written zones differ from textbook
 DNS-SD: TTL 0 everywhere, names echoed in upper case (name comparisons are
 case-insensitive), the target's address in the additional section of the SRV answer
@@ -294,6 +304,9 @@ class BrowseCost(NamedTuple):
     largest: int
 
 
+SERIAL_MAX_AGE = 1.0  # seconds a zone serial asked for lookups is used for (zone_serial)
+
+
 class _Tally:
     """Queries sent and the largest answer seen, within one browse."""
 
@@ -374,6 +387,8 @@ class DnssdClient:
         self._sharded = False  # read the shards, not the plain set
         self._tcp_shards: set[int] = set()  # shards whose last UDP answer was truncated
         self.last_browse: BrowseCost | None = None
+        self._seen_serial: tuple[float, int | None] | None = None  # (asked at, serial) for lookups
+        self._serial_lock = asyncio.Lock()
         self._transport = _Transport(nameserver) if nameserver is not None else None
         self._resolver = resolver
         self.where = self._transport.where if self._transport else "the system resolver"
@@ -390,6 +405,25 @@ class DnssdClient:
         """SRV, TXT and target addresses of one instance; None if the name does not exist."""
         name = _label_name(instance_label, self.service)
         return await self._bounded(lambda deadline: self._lookup(name, deadline))
+
+    @property
+    def authoritative(self) -> bool:
+        """Asking a named nameserver (its SOA serial is the zone's own), not the system resolver."""
+        return self._transport is not None
+
+    async def zone_serial(self) -> int | None:
+        """The zone's SOA serial as asked at most ``SERIAL_MAX_AGE`` ago (one query for all the
+        lookups of that second); None when the zone has no SOA at the service name's place.
+        Raises as a lookup does (NameserverError, NameserverTimeout)."""
+        async with self._serial_lock:
+            loop = asyncio.get_running_loop()
+            seen = self._seen_serial
+            if seen is not None and loop.time() - seen[0] <= SERIAL_MAX_AGE:
+                return seen[1]
+            asked = loop.time()  # the serial of this moment or later: a change after it is not hidden
+            serial = await self._bounded(lambda deadline: self._zone_serial(deadline, _Tally()))
+            self._seen_serial = (asked, serial)
+            return serial
 
     async def _browse(self, deadline: float) -> list[str]:
         tally = _Tally()

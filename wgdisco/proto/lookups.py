@@ -6,8 +6,14 @@ at once, then after 0.5, 1, 2, 4 … s up to PollInterval, and at once again aft
 changed (the peer that looked first found nothing; now both have published), when data to it went
 unanswered (then after 0.25, 0.5, 1 … s: a peer whose router rebooted noticed at about the same
 time and publishes within a few round trips), or when a peer on the regular schedule lost its
-path. The mesh's PTR set is browsed on the same growing schedule. Keys whose record was not a valid one of our mesh are not looked up
-again for ``stranger_ttl`` (at most ``rejected_kept`` remembered: strangers create these).
+path. The mesh's PTR set is browsed on the same growing schedule. The keys a browse found that are not
+peers yet are looked up ``browse_lookups`` at a time, a round every ``browse_round`` (1 s), not one
+round per browse: a member that joins a mesh of N meets the others over DNS in about N/32 s, not
+N/32 PollIntervals (issue 26; 300 members took ~94 s that way), and the nameserver gets at most 32
+lookups a second from a member while it catches up. Keys whose record was not a valid one of our
+mesh are not looked up again for ``stranger_ttl`` (at most ``rejected_kept`` remembered: strangers
+create these); at most ``found_kept`` browsed keys wait for their round (anyone with the zone's
+update key can add names to the PTR set).
 
 The core's shape: ``next_deadline()`` (pure, O(1): the top of a heap of lookup times and of the
 moments a regular peer's session stops being live), ``handle_timer(now, paths)`` with ``paths``
@@ -40,7 +46,9 @@ class Timing:
     poll_interval: float = 10.0  # PollInterval ([Discovery])
     stranger_ttl: float = 600.0
     rejected_kept: int = 1024
-    browse_lookups: int = 32  # keys a browse may look up per round
+    browse_lookups: int = 32  # browsed keys looked up per round
+    browse_round: float = 1.0  # seconds between those rounds while browsed keys wait
+    found_kept: int = 4096  # browsed keys waiting for a round, at most
 
 
 class LookupSchedule(Core):
@@ -60,11 +68,14 @@ class LookupSchedule(Core):
         self._regular: set[Key] = set()  # peers looked up every PollInterval (they had a path)
         self._browse_at = 0.0
         self._browse_step = timing.first
+        self._found: dict[Key, None] = {}  # browsed keys not looked up yet, in the browse's order
+        self._found_at: float | None = None  # the next round of them
         self.rejected: OrderedDict[Key, float] = OrderedDict()  # key -> when its DNS record failed
 
     # --- peers ------------------------------------------------------------------------
 
     def add_peer(self, public: Key, now: float) -> None:
+        self._found.pop(public, None)  # a peer now: on its own schedule
         if self.enabled:
             self._schedule(public, now)
 
@@ -102,6 +113,8 @@ class LookupSchedule(Core):
         times = [self._heap[0][0]] if self._heap else []
         if self.mesh:
             times.append(self._browse_at)
+        if self._found_at is not None:
+            times.append(self._found_at)
         return min(times) if times else None
 
     def handle_timer(self, now: float, paths: Mapping[Key, tuple[bool, float | None]]) -> None:
@@ -141,6 +154,8 @@ class LookupSchedule(Core):
         self._settle()
         if due:
             self._events.append(LookupWanted(tuple(due)))
+        if self._found_at is not None and now >= self._found_at:
+            self._next_round(now)
         if self.mesh and now >= self._browse_at:
             self._browse_at = now + min(self._browse_step, poll)
             self._browse_step = min(self._browse_step * 2, poll)
@@ -177,17 +192,34 @@ class LookupSchedule(Core):
 
     def browse_found(self, found: Iterable[Key], known: Container[Key], now: float) -> None:
         """A browse found ``found``: look up those not ``known`` (us, peers), not one whose record
-        recently was not valid; at most ``browse_lookups`` (LookupWanted)."""
+        recently was not valid; ``browse_lookups`` of them now (LookupWanted), the rest in rounds
+        ``browse_round`` apart. The newest browse replaces the keys still waiting."""
         rejected = self.rejected
         while rejected and next(iter(rejected.values())) + self.timing.stranger_ttl <= now:
             rejected.popitem(last=False)
-        out: list[Key] = []
+        waiting: dict[Key, None] = {}
+        kept = self.timing.found_kept
         for public in found:
-            if public in known or public in rejected or public in out:
+            if public in known or public in rejected or public in self._at:
                 continue
-            if len(out) >= self.timing.browse_lookups:
-                self._count("mesh-browse-lookups-deferred")  # left for a later round
+            if len(waiting) >= kept:
+                self._count("mesh-browse-keys-dropped")  # past the cap: the next browse finds them
                 break
-            out.append(public)
+            waiting[public] = None
+        self._found = waiting
+        self._next_round(now)
+
+    def _next_round(self, now: float) -> None:
+        """Up to ``browse_lookups`` waiting keys that are still neither peers nor rejected."""
+        out: list[Key] = []
+        waiting, rejected = self._found, self.rejected
+        while waiting and len(out) < self.timing.browse_lookups:
+            public = next(iter(waiting))
+            del waiting[public]
+            if public not in self._at and public not in rejected:
+                out.append(public)
+        if waiting:
+            self._count("mesh-browse-lookups-deferred")  # a round left for later
+        self._found_at = now + self.timing.browse_round if waiting else None
         if out:
             self._events.append(LookupWanted(tuple(out)))

@@ -76,7 +76,7 @@ class Window:
     seconds: float
     wall: float
     sent: dict[str, int]  # by kind (network.KINDS): data, keepalive, handshake, probe, stun
-    dns: dict[str, int]  # queries by type, updates, failed
+    dns: dict[str, int]  # queries by type, updates, failed, lookups-unchanged
     mdns: int  # multicast messages
 
     def per_member_minute(self, members: int) -> dict[str, float]:
@@ -243,6 +243,7 @@ class MeshSim:
         ns = self.nameserver
         dns = dict(ns.queries)
         dns["updates"], dns["failed"] = ns.updates, ns.failed
+        dns["lookups-unchanged"] = self.rendezvous.lookups_unchanged  # answered by the SOA serial
         return {"sent": sent, "dns": dns, "mdns": sum(lan.messages for lan in self.rendezvous.lans.values())}
 
     def window(self, seconds: float, clock: Callable[[], float]) -> Window:

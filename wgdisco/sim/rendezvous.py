@@ -10,10 +10,13 @@ modelled.
 does (daemon/discovery.py, io/dnssd.py):
 
 - a record change is one UPDATE (PTR value, SRV, TXT, the target's A), visible after one round
-  trip; the daemon also re-publishes every ``DNS_TTL * 2/3`` = 40 s (``republish``);
-- ``LookupWanted(keys)``: per key one SRV and one TXT query (the target's A comes in the SRV
-  answer's additional section, as Knot sends it), at most ``parallel`` keys in flight, each
-  batch one round trip; the answer becomes ``receive_sighting(.., "dns", ..)``;
+  trip, and moves the zone's SOA serial; the daemon also re-publishes every ``DNS_TTL * 2/3`` =
+  40 s (``republish``), which changes nothing and leaves the serial (as Knot does);
+- ``LookupWanted(keys)``: the zone's SOA serial first (one query, reused for 1 s:
+  ``dnssd.SERIAL_MAX_AGE``); a key whose last answer came under that serial gets it again with
+  no query; others one SRV and one TXT query each (the target's A comes in the SRV answer's
+  additional section, as Knot sends it), at most ``parallel`` keys in flight, each batch one
+  round trip; the answer becomes ``receive_sighting(.., "dns", ..)``;
 - ``BrowseWanted``: the browse io/dnssd.py makes (``Nameserver.browse``): one PTR query of
   ``_wireguard._udp.<domain>`` while the set fits one UDP answer; beyond, an SOA query first (an
   unchanged serial: nothing read again), then the plain set or its 256 shard subtypes; the
@@ -56,6 +59,7 @@ SOA_ANSWER = 140  # bytes: the SOA serial check's answer (bench/dns_browse.py: 1
 SHARD_NAME_EXTRA = 18  # a shard's PTR answer over the plain one's: "_xx._sub." in question and owner
 DNS_TTL = 60  # daemon/discovery.py: our unicast records' TTL, re-published at 2/3 of it
 MAX_PARALLEL_LOOKUPS = 16  # daemon/discovery.py
+SERIAL_MAX_AGE = 1.0  # io/dnssd.py: a zone serial asked for lookups is used for a second
 IN = dns.rdataclass.IN
 
 
@@ -68,6 +72,7 @@ class Nameserver:
         self.max_message = max_message
         self.zone: dict[bytes, records.ServiceRecord] = {}  # key -> its published record
         self.ptr_version = 0  # bumped when the PTR set changes
+        self.serial = 1  # the zone's SOA serial: bumped by every UPDATE that changes something
         self._ptr_size: tuple[int, int] | None = None  # (version, size)
         self._ptr_keys: list[bytes] = []
         self._sizes: dict[bytes, tuple[Any, ...]] = {}  # key -> (record, SRV size, TXT size, sighting)
@@ -76,7 +81,7 @@ class Nameserver:
         self.failed = 0  # answers too large for one message
         self.largest: dict[str, int] = {}  # query type -> largest answer, bytes
         self.unchanged = 0  # browses the SOA serial answered (nothing read again)
-        self._read_by: dict[Any, tuple[int, int, bool]] = {}  # reader -> its last full read
+        self._read_by: dict[Any, tuple[int, int, bool]] = {}  # reader -> (serial, size, sharded) of its last full read
         self._shard_sizes: list[int] | None = None
 
     # --- the zone
@@ -84,7 +89,10 @@ class Nameserver:
     def update(self, record: records.ServiceRecord) -> None:
         """An UPDATE from the record's owner (delete-then-add of its PTR value, SRV, TXT, A)."""
         self.updates += 1
-        new = record.public_key not in self.zone
+        old = self.zone.get(record.public_key)
+        new = old is None
+        if new or old != record:
+            self.serial += 1
         self.zone[record.public_key] = record
         if new:
             self.ptr_version += 1
@@ -111,6 +119,11 @@ class Nameserver:
             return False
         return True
 
+    def soa(self) -> int:
+        """The zone's SOA serial, asked (one small query, counted)."""
+        self._note("SOA", SOA_ANSWER)
+        return self.serial
+
     def browse(self, reader: Any = None) -> list[bytes] | None:
         """A browse as io/dnssd.py's ``DnssdClient`` makes it (issue 26, docs/records.md "Shards"):
         the keys its instance labels name (as the daemon reads them, ``records.key_of_label``), or
@@ -126,7 +139,7 @@ class Nameserver:
         last = self._read_by.get(reader)  # (serial of its last full read, how many, sharded)
         if last is not None and last[1] > records.PTR_UDP_MAX:
             self._note("SOA", SOA_ANSWER)
-            if last[0] == self.ptr_version:
+            if last[0] == self.serial:
                 self.unchanged += 1
                 return self._ptr_keys
         sharded = last is not None and last[2]
@@ -138,7 +151,7 @@ class Nameserver:
             for size in self._shards():
                 self._note("PTR-shard", size)
             sharded = True
-        self._read_by[reader] = (self.ptr_version, len(self._ptr_keys), sharded)
+        self._read_by[reader] = (self.serial, len(self._ptr_keys), sharded)
         return self._ptr_keys
 
     def _shards(self) -> list[int]:
@@ -234,7 +247,10 @@ class Rendezvous:
         self.lan_of: dict[int, LanDirectory] = {}  # node index -> its LAN
         self.lans: dict[str, LanDirectory] = {}
         self.lookups_wanted = 0
+        self.lookups_unchanged = 0  # lookups an unchanged SOA serial answered (no SRV/TXT asked)
         self.browses = 0
+        self._serial_seen: dict[int, tuple[float, int]] = {}  # node index -> (asked at, serial)
+        self._answers: dict[tuple[int, bytes], tuple[int, Any]] = {}  # (node, key) -> (serial, sighting)
         self._republish_at: dict[int, float] = {}  # node index -> its next periodic UPDATE
         net.rendezvous = self
         net.on_event = self.on_event
@@ -282,18 +298,37 @@ class Rendezvous:
             return
         if isinstance(event, LookupWanted):
             self.lookups_wanted += len(event.peers)
-            for i, public in enumerate(event.peers):
-                when = self.net.now + self.rtt * (1 + i // MAX_PARALLEL_LOOKUPS)
-                self.net.call_at(when, lambda public=public: self._answer(node, public))
+            now, ns = self.net.now, self.nameserver
+            seen = self._serial_seen.get(node.index)
+            wait = 0.0
+            if seen is None or now - seen[0] > SERIAL_MAX_AGE:
+                seen = self._serial_seen[node.index] = (now, ns.soa())
+                wait = self.rtt
+            fresh = []
+            for public in event.peers:
+                kept = self._answers.get((node.index, public))
+                if kept is not None and kept[0] == seen[1]:
+                    self.lookups_unchanged += 1
+                    if kept[1] is not None:
+                        self.net.call_at(now + wait, lambda s=kept[1]: self._hand(node, s))
+                else:
+                    fresh.append(public)
+            for i, public in enumerate(fresh):
+                when = now + wait + self.rtt * (1 + i // MAX_PARALLEL_LOOKUPS)
+                self.net.call_at(when, lambda public=public, serial=seen[1]: self._answer(node, public, serial))
         elif isinstance(event, BrowseWanted):
             self.browses += 1
             self.net.call_at(self.net.now + self.rtt, lambda: self._browse(node))
 
-    def _answer(self, node: Any, public: bytes) -> None:
+    def _answer(self, node: Any, public: bytes, serial: int) -> None:
         sighting = self.nameserver.lookup(public)
+        self._answers[(node.index, public)] = (serial, sighting)
         if sighting is not None:
-            node.node.receive_sighting(sighting, "dns", self.net.now)
-            node.pump()
+            self._hand(node, sighting)
+
+    def _hand(self, node: Any, sighting: records.Sighting) -> None:
+        node.node.receive_sighting(sighting, "dns", self.net.now)
+        node.pump()
 
     def _browse(self, node: Any) -> None:
         found = self.nameserver.browse(node)
