@@ -58,7 +58,7 @@ $(VENV)/.installed: pyproject.toml setup.py wgdisco/io/_fastpath.c
 	@touch $@
 
 test: bootstrap
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) tests/run_suite.py $(PYTEST_ARGS)
 
 test-fast: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

@@ -28,6 +28,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "netns: needs root and network namespaces; skipped otherwise "
         "(a failure instead when WGDISCO_REQUIRE_NETNS=1)",
     )
+    config.addinivalue_line(
+        "markers",
+        "background: waits most of its time on purpose and measures only its own processes; "
+        "`make test` (tests/run_suite.py) runs these in a second pytest beside the others",
+    )
 
 
 _HERE = Path(__file__).resolve().parent

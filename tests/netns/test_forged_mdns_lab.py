@@ -17,7 +17,7 @@ import pytest
 from wgdisco.lab import Lab
 from wgdisco.lab.wg import PACKAGE_ROOT, Node, keypair
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.background]  # background: tests/run_suite.py
 
 ENV = {"PYTHONPATH": str(PACKAGE_ROOT)}
 

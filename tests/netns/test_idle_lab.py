@@ -18,7 +18,7 @@ from wgdisco.lab import Lab
 from wgdisco.lab.natcells import first_ping, forwarded, idle_pair
 from wgdisco.proto.paths import Timing
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.background]  # background: tests/run_suite.py
 IDLE = 100.0
 def test_an_idle_nat_pair_is_quiet_and_either_side_gets_through_after_100_s(lab: Lab) -> None:
     a, b, routers = idle_pair(lab)  # the defaults: no PersistentKeepalive

@@ -320,6 +320,7 @@ def udp_sockets(node: Node) -> list[str]:
     return [line for line in out.splitlines() if f"pid={node.proc.pid}," in line]  # type: ignore[union-attr]
 
 
+@pytest.mark.background  # 6 s of nothing on purpose, and its own counts (tests/run_suite.py)
 def test_hard_nat_to_hard_nat_says_why_and_does_not_flood(lab: Lab) -> None:
     net, a, b = two_sites(lab, "hard", "hard")
     a.discovery["Metrics"] = "127.0.0.1:9586"

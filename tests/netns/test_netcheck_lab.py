@@ -80,6 +80,7 @@ TWO = ["--stun", f"{STUN_A}:3478", "--stun", f"{STUN_B}:3478"]
 
 
 @pytest.mark.netns
+@pytest.mark.background  # waits on STUN timeouts; its own figures (tests/run_suite.py)
 def test_easy_nat(lab: Lab) -> None:
     wan, _ = start_servers(lab)
     host = site(lab, wan, "easy")
@@ -115,6 +116,7 @@ def test_easy_nat(lab: Lab) -> None:
 
 
 @pytest.mark.netns
+@pytest.mark.background
 def test_hard_nat_varies_by_destination(lab: Lab) -> None:
     wan, _ = start_servers(lab)
     host = site(lab, wan, "hard")
