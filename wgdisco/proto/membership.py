@@ -517,8 +517,10 @@ class MeshMembership(Core):
 
     def next_deadline(self) -> float | None:
         times = []
-        if self.members:
-            times.append(self._next_check)
+        if self.members and (first := self._watch.next()) is not None:
+            # the first member's check or expiry, no earlier than check_interval after the last
+            # round (they coalesce): an idle mesh's member wakes when a check is due, not every 10 s
+            times.append(max(self._next_check, first))
         if self._unheard:  # nothing to announce for once every member was heard of
             times.append(self._next_announce)
         if self.waiting:
