@@ -14,8 +14,11 @@ import time
 import pytest
 
 from tests.observe import status as status_of
+from tests.observe import wait_until
 from wgdisco.lab import Lab
-from wgdisco.lab.natcells import first_ping, forwarded, idle_pair
+from wgdisco.lab.natcells import COUNT_TABLE, Internet, discovery, first_ping, forwarded, idle_pair, internet
+from wgdisco.lab.netns import Host
+from wgdisco.lab.wg import Node, keypair
 from wgdisco.proto.paths import Timing
 
 pytestmark = [pytest.mark.netns, pytest.mark.background]  # background: tests/run_suite.py
@@ -44,6 +47,55 @@ def test_an_idle_nat_pair_is_quiet_and_either_side_gets_through_after_100_s(lab:
     took_a = first_ping(a, "10.9.0.2", 10)
     assert took_a is not None and took_a <= 3.0, took_a
     print(f"forwarded while idle {counts} in {idle:.0f} s; first ping after it: b {took_b:.2f} s, a {took_a:.2f} s")
+    for n in (a, b):
+        assert n.stop() == 0
+        assert "Traceback" not in n.proc.stderr()  # type: ignore[union-attr]
+
+
+def open_site(net: Internet, name: str, index: int, prefix: str) -> Host:
+    """A host on a public /24 of its own (``prefix``.2) behind a plain router (WAN 203.0.113.<index>):
+    no NAT, no filter; the server routes the prefix through it."""
+    lab = net.lab
+    router = lab.router(f"r{name}")
+    lab.attach(router, net.wan, f"203.0.113.{index}/24")
+    lan = lab.lan(f"l{name}")
+    lab.attach(router, lan, f"{prefix}.1/24")
+    net.server.add_route(f"{prefix}.0/24", via=f"203.0.113.{index}")
+    router.run(["nft", "-f", "-"], input=COUNT_TABLE)
+    host = lab.host(name)
+    lab.attach(host, lan, f"{prefix}.2/24")
+    host.add_route("default", via=f"{prefix}.1")
+    return host
+
+
+def test_open_addresses_send_no_keepalives_while_in_use_and_the_first_ping_after_gets_through(lab: Lab) -> None:
+    """Two hosts on public addresses of their own, no NAT, no firewall (defaults, stund with an
+    alternate address, Knot): STUN sees each one's own address and RFC 5780 finds endpoint-
+    independent filtering, so in the 3 minutes a pair stays in use after traffic nothing needs
+    keeping and nothing is sent (behind NATs: one keepalive and its answer per 25 s)."""
+    net = internet(lab)
+    ha, hb = open_site(net, "a", 1, "198.51.100"), open_site(net, "b", 2, "192.0.2")
+    ra, rb = lab.nodes["ra"], lab.nodes["rb"]
+    ra.add_route("192.0.2.0/24", via="203.0.113.2")
+    rb.add_route("198.51.100.0/24", via="203.0.113.1")
+    tag = lab.prefix[3:9]
+    a = Node(ha, "wgdisco", f"wa{tag}", *keypair(), ["10.9.0.1/24"], discovery=discovery("wan", net))
+    b = Node(hb, "wgdisco", f"wb{tag}", *keypair(), ["10.9.0.2/24"], discovery=discovery("wan", net))
+    a.peers, b.peers = [b.peer_spec()], [a.peer_spec()]  # no Endpoint, no PersistentKeepalive
+    a.start()
+    b.start()
+    assert first_ping(a, "10.9.0.2", 20) is not None, a.proc.stderr()  # type: ignore[union-attr]
+    nat = wait_until(lambda: s if (s := status_of(a)["nat"]).get("open") else None, 20,
+                     lambda: f"a never found its address open: {status_of(a)['nat']}")
+    assert nat["filtering"] == "endpoint-independent" and nat["reflexive"][0].startswith("198.51.100.2:"), nat
+    time.sleep(20)  # the traffic's tail: WireGuard's passive keepalive, keepalive probes while active
+    before = [forwarded(r) for r in (ra, rb)]
+    time.sleep(60)  # in use (traffic within 3 min), and quiet: the time is what the test is about
+    counts = [forwarded(r) - n for r, n in zip((ra, rb), before)]
+    assert counts == [0, 0], counts  # no keepalive probe either way (NATed: 2-3 each way)
+    took = first_ping(b, "10.9.0.1", 10)
+    assert took is not None and took <= 1.0, took
+    print(f"open addresses: forwarded while in use and quiet {counts} in 60 s; first ping after it {took:.2f} s")
     for n in (a, b):
         assert n.stop() == 0
         assert "Traceback" not in n.proc.stderr()  # type: ignore[union-attr]

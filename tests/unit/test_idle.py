@@ -130,3 +130,55 @@ def test_a_kept_path_whose_far_side_stopped_first_is_let_go_not_failed_and_a_cal
     assert lost_flows > 0
     took = net.ping_until(b, a, limit=20)
     assert took < 3.0, took
+
+
+def public_pair(alternate: bool = True, b_behind_nat: bool = False) -> tuple[Net, SimNode, SimNode]:
+    """a on a public address with no NAT; b too, or behind an easy NAT (conntrack forgets after 30 s).
+    ``alternate``: the first STUN server has an RFC 5780 alternate address (filtering can be told)."""
+    from tests.unit.test_node import STUN1, STUN2
+    net = Net()
+    s1 = net.stun_server(STUN1, alternate=("192.0.2.9", 3479) if alternate else None)
+    s2 = net.stun_server(STUN2)
+    a = net.node("a", ("198.51.100.7", 51820), "100.64.0.1", stun=[s1, s2])
+    if b_behind_nat:
+        net.nat("nat-b", "10.2.0.0/24", "203.0.113.1", udp_timeout=30.0)
+        b = net.node("b", ("10.2.0.2", 51820), "100.64.0.2", stun=[s1, s2])
+    else:
+        b = net.node("b", ("203.0.113.8", 51820), "100.64.0.2", stun=[s1, s2])  # another /24: not a LAN path
+    a.add(b)
+    b.add(a)
+    a.start()
+    b.start()
+    return net, a, b
+
+
+def keepalives(net: Net, *nodes: SimNode, seconds: float) -> list[int]:
+    """Path probes each of ``nodes`` sent in the next ``seconds``."""
+    before = [n.node.paths.selector.probes_sent for n in nodes]
+    net.run(seconds)
+    return [n.node.paths.selector.probes_sent - b for n, b in zip(nodes, before)]
+
+
+def test_an_open_public_address_sends_no_keepalives_and_a_nated_peer_keeps_its_own_state() -> None:
+    """Issue 26: no keepalive probes on an un-NATed public path. STUN sees a's own address (no
+    NAT) and RFC 5780 finds endpoint-independent filtering: nothing on a's side forgets a flow."""
+    net, a, b = public_pair()
+    net.ping_until(a, b, limit=10)
+    net.run(40)  # the traffic's tail
+    assert keepalives(net, a, b, seconds=120) == [0, 0]  # in use (180 s), and still nothing to keep
+    assert net.ping_until(b, a, limit=5) < 0.5 and net.ping_until(a, b, limit=5) < 0.5
+    # b behind a NAT that forgets after 30 s: b keeps its own mapping open, a still sends nothing
+    net, a, b = public_pair(b_behind_nat=True)
+    net.ping_until(a, b, limit=10)
+    net.run(40)
+    sent_a, sent_b = keepalives(net, a, b, seconds=120)
+    assert sent_a == 0 and 120 / NAT_KEEPALIVE - 1 <= sent_b <= 120 / NAT_KEEPALIVE + 1, (sent_a, sent_b)
+    assert net.ping_until(a, b, limit=5) < 0.5  # b's mapping was kept: a gets through at once
+
+
+def test_a_public_address_whose_filtering_is_unknown_keeps_sending_keepalives() -> None:
+    net, a, b = public_pair(alternate=False)  # no RFC 5780 server: a stateful firewall cannot be ruled out
+    net.ping_until(a, b, limit=10)
+    net.run(40)
+    sent = keepalives(net, a, b, seconds=120)
+    assert sum(sent) >= 120 / NAT_KEEPALIVE - 1, sent

@@ -138,6 +138,7 @@ class Surface:
                 "reflexive": [udp.format_hostport(ip, port) for ip, port in node.reflexive],
                 "mapping": node.mapping_detail,
                 "filtering": node.filtering,
+                "open": node.open_address,
             },
             "port_mapping": None if t.portmapping is None else t.portmapping.status(),
             "peers": peers,

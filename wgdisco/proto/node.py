@@ -23,7 +23,6 @@ or ValueError when it cannot be used here), ``host_of(addr)`` gives its IP liter
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from typing import Any, Callable, Hashable, Iterable
 
@@ -36,7 +35,7 @@ from wgdisco.proto.device import Device, Peer
 from wgdisco.proto import events
 from wgdisco.proto.events import *  # noqa: F401,F403 - the node's events are part of its interface (events.__all__)
 from wgdisco.proto.events import (
-    Event, HandshakeCompleted, MeshAddressChanged, NatSuspected, PortMappingChanged, ReflexiveChanged,
+    Event, HandshakeCompleted, MeshAddressChanged, NatClassified, NatSuspected, PortMappingChanged, ReflexiveChanged,
 )
 from wgdisco.proto.lookups import LookupSchedule
 from wgdisco.proto.membership import CheckWanted, GoodbyeDue, MemberExpired, MeshMembership, RelookWanted
@@ -196,6 +195,7 @@ class Node(NodeMesh, NodeViews):
         self.started = True
         self.own.set_lan(lan)
         self.paths.networks_changed(self.local_networks, now)
+        self._own_openness(now)
         if self.nat is not None:
             self.nat.start(now)
             self._collect(now)
@@ -205,6 +205,7 @@ class Node(NodeMesh, NodeViews):
         """Addresses came or went: new local networks, STUN again, probe every current path."""
         self.own.set_lan(lan)
         self.paths.networks_changed(self.local_networks, now)
+        self._own_openness(now)
         if self.nat is not None:
             self.nat.restart(now, reclassify=True)  # another network, maybe another NAT
             self._collect(now)
@@ -212,6 +213,10 @@ class Node(NodeMesh, NodeViews):
             self.paths.probe_current(now)
             self._collect(now)
         self._update_record(now)
+
+    def _own_openness(self, now: float) -> None:
+        if self.nat is not None and self.traversal:  # IPv4 paths from an open address need no keepalive
+            self.paths.selector.set_open(self.nat.is_open(self.own.host_addresses), now)
 
     def set_mapping(self, external: tuple[str, int] | None, now: float) -> None:
         """The gateway maps ``external`` (ip, port) to our listen port (PCP, NAT-PMP or UPnP IGD,
@@ -426,7 +431,9 @@ class Node(NodeMesh, NodeViews):
                 if isinstance(event, NatSuspected) and self.nat is not None:
                     self.nat.restart(now)
                     self._collect(now)
-                elif isinstance(event, ReflexiveChanged):
+                elif isinstance(event, (NatClassified, ReflexiveChanged)):
+                    self._own_openness(now)
+                if isinstance(event, ReflexiveChanged):
                     if event.behaviour != self._own_mapping:
                         self._own_mapping = event.behaviour
                         self.paths.selector.set_own_mapping(event.behaviour, now)
@@ -435,16 +442,6 @@ class Node(NodeMesh, NodeViews):
                         self.paths.probe_current(now)  # (whose probe to our new record then gets in)
                 elif isinstance(event, MeshAddressChanged):
                     self._moved(event, now)
-
-    def _moved(self, event: MeshAddressChanged, now: float) -> None:
-        """The IPv4 plan moved a member: its AllowedIPs follow; ours: our record follows."""
-        if (peer := self.device.peers.get(event.peer)) is not None:
-            if event.old is not None:
-                self.device.allowed_ips.remove(ipaddress.ip_network(f"{event.old}/32"), peer)
-            if event.new is not None:
-                self.device.allowed_ips.insert(ipaddress.ip_network(f"{event.new}/32"), peer)
-        if event.peer == self.public_key:
-            self._update_record(now)
 
     # --- our record (proto/ownrecord.py) -----------------------------------------------
 

@@ -86,6 +86,17 @@ class NodeMesh:
             self.strangers.discard(public)
         self._collect(now)
 
+    def _moved(self, event: Any, now: float) -> None:
+        """The IPv4 plan moved a member (MeshAddressChanged): its AllowedIPs follow; ours: our
+        record follows."""
+        if (peer := self.device.peers.get(event.peer)) is not None:
+            if event.old is not None:
+                self.device.allowed_ips.remove(ipaddress.ip_network(f"{event.old}/32"), peer)
+            if event.new is not None:
+                self.device.allowed_ips.insert(ipaddress.ip_network(f"{event.new}/32"), peer)
+        if event.peer == self.public_key:
+            self._update_record(now)
+
     def _check_member(self, public: Key, now: float) -> None:
         """A member not heard of for a while (CheckWanted): is it still there? One probe on its
         current path (quiet when idle: no keepalive does this for us)."""

@@ -54,6 +54,11 @@ class NodeViews:
         return self.nat.filtering if self.nat is not None else Filtering.UNKNOWN
 
     @property
+    def open_address(self) -> bool:
+        """Our IPv4 address has no NAT and no filtering (its paths need no keepalive of ours)."""
+        return self.nat is not None and self.nat.is_open(self.own.host_addresses)
+
+    @property
     def mapping_detail(self) -> str:
         return self.nat.mapping_detail if self.nat is not None else Mapping.UNKNOWN
 

@@ -241,6 +241,7 @@ class PathSelector:
     ) -> None:
         self.timing = timing
         self._own_mapping = _check_mapping(own_mapping)
+        self._open = False  # set_open: our IPv4 address has no NAT and no filtering
         self._family = family
         self._peers: dict[Key, _Peer] = {}
         self._order = 0
@@ -272,6 +273,19 @@ class PathSelector:
         self._peers.pop(peer, None)
         self._wake_at.discard(peer)
         self._changed.discard(peer)
+
+    def set_open(self, open_: bool, now: float) -> None:
+        """Our IPv4 address is open (STUN sees our own interface address, and RFC 5780 found
+        endpoint-independent filtering): nothing on our side forgets a flow, so an IPv4 path in
+        use gets no keepalive probes of ours (the peer keeps its own NAT's state if it has one)."""
+        if open_ != self._open:
+            self._open = open_
+            for peer, p in self._peers.items():
+                if not open_ and p.current is not None:  # keepalives again where a path in use needs them
+                    cur = p.paths[p.current]
+                    if cur.next_probe == math.inf and self._keepalive(p, cur, now) < math.inf:
+                        cur.next_probe = now
+                self._touch(peer, now)
 
     def set_own_mapping(self, mapping: str, now: float) -> None:
         """Our NAT's mapping behaviour (from STUN, RFC 5780 §4.3)."""
@@ -599,7 +613,10 @@ class PathSelector:
         return p is not None and p.current is not None and self._natted(p.paths[p.current])
 
     def _natted(self, path: PathInfo) -> bool:
-        return path.kind != "lan"  # (a public address of our own is not told apart yet)
+        """The path has state on our side to keep: not a LAN path, and not an IPv4 path from an
+        open address of ours (``set_open``: no NAT, nothing filtered). IPv6 has no NAT but often
+        a stateful firewall that no test here can see, so its paths are kept as NATed ones."""
+        return path.kind != "lan" and not (self._open and path.family == 4)
 
     def _keepalive(self, p: _Peer, cur: PathInfo, now: float) -> float:
         """The current path's keepalive interval now (inf: none)."""

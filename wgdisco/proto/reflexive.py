@@ -74,6 +74,13 @@ class NatObserver(Core):
         """Our NAT's filtering (RFC 4787 §5), "unknown" until the RFC 5780 tests tell."""
         return self.classifier.filtering if self.classifier.done else Filtering.UNKNOWN
 
+    def is_open(self, ours: Iterable[object]) -> bool:
+        """Our IPv4 address is open: STUN sees one of ``ours`` (our interfaces' addresses: no
+        NAT) and the RFC 5780 tests found endpoint-independent filtering (no stateful firewall).
+        Unknown filtering (one STUN server, or one without an alternate address) is not open."""
+        mine = {str(a) for a in ours}
+        return self.filtering == Filtering.INDEPENDENT and any(ip in mine for ip, _ in self.reflexive)
+
     @property
     def mapping_detail(self) -> str:
         """The mapping in RFC 4787 §4.1 terms: endpoint-dependent refined to address- or
