@@ -62,7 +62,7 @@ class Discovery:
         # key -> (zone serial asked before its last lookup, what that lookup handed the node):
         # while the serial stays, the answer would be the same (io/dnssd.py zone_serial)
         self.soa_usable = True  # False once the nameserver refused the SOA query
-        self.answers: OrderedDict[bytes, tuple[int, records.Sighting | None]] = OrderedDict()
+        self.answers: OrderedDict[bytes, tuple[int | None, records.Sighting | None]] = OrderedDict()
         self.browse_pending = False
 
     # --- lifecycle ----------------------------------------------------------------
@@ -292,18 +292,21 @@ class Discovery:
         publics = list(publics)
         serial = None
         if publics and self.client.authoritative and self.soa_usable:
-            try:
-                serial = await self.client.zone_serial()
-            except dnssd.NameserverTimeout:
-                self._count("dns-lookup-errors")
-                return True
-            except (dnssd.NameserverError, ConfigError, AuthError):
-                self.soa_usable = False  # a server that will not say: look everything up, as before
+            if any(p in self.answers for p in publics):  # an answer may stand: ask (or reuse) the serial
+                try:
+                    serial = await self.client.zone_serial()
+                except dnssd.NameserverTimeout:
+                    self._count("dns-lookup-errors")
+                    return True
+                except (dnssd.NameserverError, ConfigError, AuthError):
+                    self.soa_usable = False  # a server that will not say: look everything up, as before
+            else:  # first lookups wait for nothing (a lost SOA query would delay them): a serial
+                serial = self.client.recent_serial()  # asked within the second, or None (kept untagged)
         if serial is not None:
             fresh = []
             for public in publics:
                 kept = self.answers.get(public)
-                if kept is None or kept[0] != serial:
+                if kept is None or kept[0] is None or kept[0] != serial:
                     fresh.append(public)
                     continue
                 self._count("dns-lookups-unchanged")
@@ -338,7 +341,7 @@ class Discovery:
             except DecodeError:
                 self._count("records-malformed")
                 return False
-        if serial is not None:
+        if self.client.authoritative and self.soa_usable:  # untagged (None): looked up again next time
             self.answers[public] = (serial, sighting)
             self.answers.move_to_end(public)
             while len(self.answers) > ANSWERS_KEPT:

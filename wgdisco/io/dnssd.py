@@ -411,6 +411,13 @@ class DnssdClient:
         """Asking a named nameserver (its SOA serial is the zone's own), not the system resolver."""
         return self._transport is not None
 
+    def recent_serial(self) -> int | None:
+        """The serial ``zone_serial`` asked within ``SERIAL_MAX_AGE``, without asking (None: none)."""
+        seen = self._seen_serial
+        if seen is not None and asyncio.get_running_loop().time() - seen[0] <= SERIAL_MAX_AGE:
+            return seen[1]
+        return None
+
     async def zone_serial(self) -> int | None:
         """The zone's SOA serial as asked at most ``SERIAL_MAX_AGE`` ago (one query for all the
         lookups of that second); None when the zone has no SOA at the service name's place.

@@ -12,9 +12,9 @@ does (daemon/discovery.py, io/dnssd.py):
 - a record change is one UPDATE (PTR value, SRV, TXT, the target's A), visible after one round
   trip, and moves the zone's SOA serial; the daemon also re-publishes every ``DNS_TTL * 2/3`` =
   40 s (``republish``), which changes nothing and leaves the serial (as Knot does);
-- ``LookupWanted(keys)``: the zone's SOA serial first (one query, reused for 1 s:
-  ``dnssd.SERIAL_MAX_AGE``); a key whose last answer came under that serial gets it again with
-  no query; others one SRV and one TXT query each (the target's A comes in the SRV answer's
+- ``LookupWanted(keys)``: when a key has a kept answer, the zone's SOA serial first (one query,
+  reused for 1 s: ``dnssd.SERIAL_MAX_AGE``; first lookups do not wait for one); a key whose last
+  answer came under that serial gets it again with no query; others one SRV and one TXT query each (the target's A comes in the SRV answer's
   additional section, as Knot sends it), at most ``parallel`` keys in flight, each batch one
   round trip; the answer becomes ``receive_sighting(.., "dns", ..)``;
 - ``BrowseWanted``: the browse io/dnssd.py makes (``Nameserver.browse``): one PTR query of
@@ -250,7 +250,7 @@ class Rendezvous:
         self.lookups_unchanged = 0  # lookups an unchanged SOA serial answered (no SRV/TXT asked)
         self.browses = 0
         self._serial_seen: dict[int, tuple[float, int]] = {}  # node index -> (asked at, serial)
-        self._answers: dict[tuple[int, bytes], tuple[int, Any]] = {}  # (node, key) -> (serial, sighting)
+        self._answers: dict[tuple[int, bytes], tuple[int | None, Any]] = {}  # (node, key) -> (serial, sighting)
         self._republish_at: dict[int, float] = {}  # node index -> its next periodic UPDATE
         net.rendezvous = self
         net.on_event = self.on_event
@@ -300,14 +300,16 @@ class Rendezvous:
             self.lookups_wanted += len(event.peers)
             now, ns = self.net.now, self.nameserver
             seen = self._serial_seen.get(node.index)
+            serial = seen[1] if seen is not None and now - seen[0] <= SERIAL_MAX_AGE else None
             wait = 0.0
-            if seen is None or now - seen[0] > SERIAL_MAX_AGE:
-                seen = self._serial_seen[node.index] = (now, ns.soa())
+            if serial is None and any((node.index, p) in self._answers for p in event.peers):
+                serial = ns.soa()  # an answer may stand: ask the serial first (first lookups do not)
+                self._serial_seen[node.index] = (now, serial)
                 wait = self.rtt
             fresh = []
             for public in event.peers:
                 kept = self._answers.get((node.index, public))
-                if kept is not None and kept[0] == seen[1]:
+                if serial is not None and kept is not None and kept[0] == serial:
                     self.lookups_unchanged += 1
                     if kept[1] is not None:
                         self.net.call_at(now + wait, lambda s=kept[1]: self._hand(node, s))
@@ -315,12 +317,12 @@ class Rendezvous:
                     fresh.append(public)
             for i, public in enumerate(fresh):
                 when = now + wait + self.rtt * (1 + i // MAX_PARALLEL_LOOKUPS)
-                self.net.call_at(when, lambda public=public, serial=seen[1]: self._answer(node, public, serial))
+                self.net.call_at(when, lambda public=public, serial=serial: self._answer(node, public, serial))
         elif isinstance(event, BrowseWanted):
             self.browses += 1
             self.net.call_at(self.net.now + self.rtt, lambda: self._browse(node))
 
-    def _answer(self, node: Any, public: bytes, serial: int) -> None:
+    def _answer(self, node: Any, public: bytes, serial: int | None) -> None:
         sighting = self.nameserver.lookup(public)
         self._answers[(node.index, public)] = (serial, sighting)
         if sighting is not None:
