@@ -59,9 +59,9 @@ class Discovery:
         self.republish = asyncio.Event()  # our record changed: publish it again now
         self.lookup_kick = asyncio.Event()  # the node wants lookups or a browse (LookupWanted, BrowseWanted)
         self.pending: list[bytes] = []  # keys to look up, in the order the node asked
+        self.soa_usable = True  # False once the nameserver refused the SOA query or had none
         # key -> (zone serial asked before its last lookup, what that lookup handed the node):
         # while the serial stays, the answer would be the same (io/dnssd.py zone_serial)
-        self.soa_usable = True  # False once the nameserver refused the SOA query
         self.answers: OrderedDict[bytes, tuple[int | None, records.Sighting | None]] = OrderedDict()
         self.browse_pending = False
 
@@ -300,6 +300,8 @@ class Discovery:
                     return True
                 except (dnssd.NameserverError, ConfigError, AuthError):
                     self.soa_usable = False  # a server that will not say: look everything up, as before
+                if serial is None:
+                    self.soa_usable = False  # no SOA where the service is: nothing to compare
             else:  # first lookups wait for nothing (a lost SOA query would delay them): a serial
                 serial = self.client.recent_serial()  # asked within the second, or None (kept untagged)
         if serial is not None:
