@@ -115,6 +115,19 @@ def bridge_counts(lan: Any) -> list[int]:
     return [int(x) for x in re.findall(r"counter packets (\d+)", lan.run(["nft", "list", "table", "bridge", "count"]).stdout)]
 
 
+# what the datagrams to tunnel ports are, by their first byte (proto/classify.py): counted apart
+KINDS = (("handshake initiation", "0x01"), ("handshake response", "0x02"), ("cookie reply", "0x03"),
+         ("transport data", "0x04"), ("probe request", "0xf1"), ("probe response", "0xf2"))
+KINDS_TABLE = ("table bridge kinds {\n chain pre {\n  type filter hook prerouting priority 1;\n"
+               + "".join(f"  udp dport 51820 @th,64,8 {v} counter\n" for _, v in KINDS) + " }\n}\n")
+
+
+def kind_counts(lan: Any) -> dict[str, int]:
+    """Datagrams to tunnel ports so far, by kind (KINDS); STUN and the rest are not counted."""
+    counts = re.findall(r"counter packets (\d+)", lan.run(["nft", "list", "table", "bridge", "kinds"]).stdout)
+    return {name: int(c) for (name, _), c in zip(KINDS, counts)}
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
@@ -279,6 +292,7 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
         lan.run(["nft", "-f", "-"], input="table bridge count {\n chain pre {\n"
                 "  type filter hook prerouting priority 0;\n"
                 "  udp dport 5353 counter\n  udp dport 51820 counter\n  udp sport 51820 udp dport != 51820 counter\n }\n}\n")
+        lan.run(["nft", "-f", "-"], input=KINDS_TABLE)
         conf = lab.logdir / "mesh.conf"
         conf.write_text(CONFIG)
         conf.chmod(0o600)
@@ -331,6 +345,7 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
             "cpu_up_to_full_s": spread([round(b - a, 2) for a, b in zip(cpu_up, cpu_full)]),
             "main_thread_cpu_up_to_full_s": spread([round(b - a, 2) for a, b in zip(main_up, main_full)]),
             "packets_launch_to_full": to_full,
+            "kinds_launch_to_full": kind_counts(lan),
             "pairs_done_per_s": collections.Counter(int(t) for t in done_at),
             "pairs_left_list": [(i, j, ("ipv4", "ipv6")[f]) for i, j, f in left_out[:50]],
         }
@@ -339,7 +354,8 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
                  f"NOT a full mesh after {limit:.0f} s ({left} of {2 * n * (n - 1)} pair-families left)")
               + f"; pair-families done at {spread_at}; CPU s per daemon to up {result['cpu_to_up_s']}, "
               f"up to full {result['cpu_up_to_full_s']} (event-loop thread {result['main_thread_cpu_up_to_full_s']})"
-              + f"; packets on the bridge from launch to full mesh {to_full}"
+              + f"; packets on the bridge from launch to full mesh {to_full}, to tunnel ports by kind "
+              f"{result['kinds_launch_to_full']}"
               + (f"; left (from, to, family): {left_out[:10]}" if left_out else ""), flush=True)
         if took is None or os.environ.get("WGDISCO_MESH_DIAG"):
             diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json")
