@@ -572,7 +572,7 @@ def test_a_peers_keepalive_request_stands_for_ours_on_the_deferring_side() -> No
 def currents_after(first: tuple, second: tuple) -> list:
     """A new peer with these two candidates: the current path after each one's answer (addr, rtt)."""
     sel = PathSelector()
-    sel.add_candidates(P, [Candidate(a, "lan" if a in (LAN, LAN6) else "srflx", "mdns") for a, _ in (first, second)], 0.0)
+    sel.add_candidates(P, [Candidate(a, "lan" if a in (LAN, LAN6, LAN_B) else "srflx", "mdns") for a, _ in (first, second)], 0.0)
     sel.probe_plan(0.0)
     seen = []
     for addr, rtt in (first, second):
@@ -581,10 +581,17 @@ def currents_after(first: tuple, second: tuple) -> list:
     return seen
 
 
+LAN_B = ("192.168.1.21", 51820)  # the member's second IPv4 address on the same LAN
+
+
 def test_one_faster_answer_on_the_other_lan_address_does_not_switch_before_traffic() -> None:
-    # a member's IPv6 and IPv4 on one LAN: which answers first is noise (tens of ms of it on a
+    # two addresses of one class on one LAN: which answers first is noise (tens of ms of it on a
     # busy host). One faster answer on the other one must not switch: the peer picks for itself
     # and both would roam back and forth, each change a new path MTU search
-    assert currents_after((LAN6, 0.060), (LAN, 0.002)) == [LAN6, LAN6]
+    assert currents_after((LAN_B, 0.060), (LAN, 0.002)) == [LAN_B, LAN_B]
+    # IPv4 and IPv6 on one LAN: both sides of the pair take IPv4, whichever answered first, so
+    # they agree (before: each kept its first, and roaming moved each to the other's choice)
+    assert currents_after((LAN6, 0.002), (LAN, 0.060)) == [LAN6, LAN]
+    assert currents_after((LAN, 0.060), (LAN6, 0.002)) == [LAN, LAN]
     # … while a LAN path still replaces a path through a NAT at once
     assert currents_after((PUB, 0.010), (LAN, 0.030)) == [PUB, LAN]
