@@ -31,7 +31,7 @@ whitepaper §6.1), or while it is *dormant* (below).
   punching round at once, the peer's record asked for it), or its keepalive probes fail.
 
 - No live path: hole punching (the idea of RFC 5128 §3.3 and ICE, RFC 8445 §6.1.4): every
-  candidate is probed at once (LAN first, then IPv6) at `punch_schedule` offsets 0, 0.2, 0.5, 1,
+  candidate is probed at once (LAN first, IPv4 before IPv6 there; then IPv6) at `punch_schedule` offsets 0, 0.2, 0.5, 1,
   2, 4 s, then every `punch_max_interval` (4 s) up to `punch_time` (30 s), then every
   `slow_interval` (30 s). A sighting with new candidates starts a new round at once.
 - Choosing: LAN beats public (and on a LAN, IPv4 beats IPv6, so both sides of a pair agree on
@@ -214,8 +214,10 @@ def _replaces_failing(candidate: PathInfo, current: PathInfo) -> bool:
     return current.misses >= 2 or (current.misses >= 1 and _class(candidate) <= _class(current))
 
 
-def _probe_order(p: PathInfo) -> tuple[bool, bool, int]:
-    return (p.kind != "lan", p.family != 6, p.order)
+def _probe_order(p: PathInfo) -> tuple[int, bool, int]:
+    """The preferred class first (IPv4 on a LAN: the first answer is then usually the path both
+    sides keep), then IPv6 (no NAT on the way), then the order the candidates came in."""
+    return (_class(p), p.family != 6, p.order)
 
 
 def _touches(method: Callable[..., Any]) -> Callable[..., Any]:
