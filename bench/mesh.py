@@ -216,8 +216,25 @@ def py_spy_summary(raw: Path, top: int = 25) -> list[tuple[str, float, float]]:
     return [(fn, 100 * c / samples, 100 * total[fn] / samples) for fn, c in own.most_common(top)]
 
 
-def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socket], path: Path) -> None:
-    """Why not: each member's status (mesh peers, peers with a handshake, paths, counters)."""
+def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socket], path: Path,
+         left: list[tuple[int, int, int]] = ()) -> None:
+    """Why not: each member's status (mesh peers, peers with a handshake, paths, counters); for
+    each pair left, what each side holds of the other (wg show dump: endpoint, allowed IPs,
+    handshake, transfer), its status line, its drops, and the routes to the other's address."""
+    pairs = []
+    for i, j, fam in list(dict.fromkeys(left))[:6]:
+        row: dict[str, object] = {"from": i, "to": j, "family": ("ipv4", "ipv6")[fam]}
+        for a, b in ((i, j), (j, i)):
+            st = json.loads(hosts[a].run([sys.executable, "-m", "wgdisco", "status", f"m{a}{tag}", "--json"],
+                                         check=False).stdout or "{}")
+            dump = hosts[a].run(["wg", "show", f"m{a}{tag}", "dump"], check=False).stdout.splitlines()
+            mine = [line for line in dump[1:] if any(addrs[b][f] + "/" in line for f in (0, 1))]
+            peer = [p for p in st.get("peers", []) if addrs[b][0] in str(p.get("allowed_ips"))
+                    or addrs[b][1] in str(p.get("allowed_ips"))]
+            route = hosts[a].run(["ip", "route", "get", addrs[b][fam]], check=False).stdout.strip()
+            row[f"m{a} about m{b}"] = {"wg_dump": mine, "status": peer, "dropped": st.get("dropped"),
+                                      "route": route, "addrs_of_other": addrs[b]}
+        pairs.append(row)
     rows = []
     for i, h in enumerate(hosts):
         r = h.run([sys.executable, "-m", "wgdisco", "status", f"m{i}{tag}", "--json"], check=False)
@@ -232,7 +249,7 @@ def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socke
                      "paths": collections.Counter(p["path"] for p in peers),
                      "reasons": collections.Counter(p["reason"] for p in peers if p["reason"]),
                      "counters": st.get("counters") or st.get("discovery") or {}})
-    path.write_text(json.dumps(rows, indent=1, default=str))
+    path.write_text(json.dumps({"members": rows, "pairs_left": pairs}, indent=1, default=str))
     print(f"diagnosis in {path}: mesh peers per node {[r.get('mesh_peers') for r in rows]}; "
           f"with a handshake {[r.get('handshaken') for r in rows]}", flush=True)
 
@@ -358,7 +375,7 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
               f"{result['kinds_launch_to_full']}"
               + (f"; left (from, to, family): {left_out[:10]}" if left_out else ""), flush=True)
         if took is None or os.environ.get("WGDISCO_MESH_DIAG"):
-            diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json")
+            diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json", left_out)
         if idle:
             time.sleep(max(0.0, idle - window))
             before = [cpu_seconds(pid) for pid in pids]

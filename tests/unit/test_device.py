@@ -603,3 +603,24 @@ def test_packets_over_the_path_limit_get_too_big_or_go_in_fragments() -> None:
     p.a.set_path_limit(p.pa, None)  # no limit: as before
     p.send("a", bytes(big))
     assert p.delivered["b"][-1] == bytes(big)
+
+
+def test_crossed_initiations_give_a_session_at_once_not_after_the_retransmission() -> None:
+    """Both sides initiate in the same instant (both had data staged): the lower key's
+    initiation is the one both complete; without the rule each consumed the other's, dropped the
+    response to its own, and both waited REKEY_TIMEOUT (5 s) for a retransmission."""
+    p = Pair()
+    p.b.set_endpoint(p.pb, A_ADDR)
+    to_b, to_a = ipv4_packet("10.0.0.1", "10.0.0.2"), ipv4_packet("10.0.0.2", "10.0.0.1", b"back")
+    for name, pkt in (("a", to_b), ("b", to_a)):
+        dev = p.device(name)
+        assert dev.send_packet(pkt, p.now) is None  # staged; the initiation is in the outbox
+    assert all(len(d.outbox) == 1 for d in (p.a, p.b))  # two initiations on the wire at once
+    p.flush()
+    assert p.delivered == {"a": [to_a], "b": [to_b]}  # at once: no 5 s wait
+    lower, higher = sorted((p.a, p.b), key=lambda d: d.identity.public)
+    assert lower.counters.get("initiations-crossed") == 1 and "initiations-crossed" not in higher.counters
+    # the rule holds only for an initiation of ours that is fresh and unanswered: later ones are consumed
+    p.advance(200)  # past REKEY_AFTER_TIME: the next data rekeys, one side alone
+    p.send("b", to_a)
+    assert p.delivered["a"][-1] == to_a and lower.counters.get("initiations-crossed") == 1

@@ -73,6 +73,8 @@ MAX_INNER = 65535  # Peer.max_inner without a limit: larger than any IP packet
 _NEVER = float("inf")
 TRANSPORT_TYPE_WORD = noise.MESSAGE_TRANSPORT_TYPE  # little-endian u32 with 3 zero bytes
 HANDSHAKE_LOAD_THRESHOLD = 128  # handshake messages a second that mean "under load"
+# Crossed initiations: both sides initiate within this many seconds of each other (_yields)
+CROSSED_WINDOW = 1.0
 # Handshake work per second, so that a flood never starves transport data (the data plane is one
 # thread): initiations/responses consumed (~120 µs each) and cookie replies made (~90 µs each).
 # At most ~0.2 s of CPU a second between them, and ~4 ms in one burst.
@@ -720,16 +722,41 @@ class Device:
         consume(data, addr, now, local)
 
     def _consume_initiation(self, data: bytes, addr: Addr, now: float, local: Hashable) -> None:
+        crossed: list[Peer] = []
+
         def lookup(public: bytes) -> noise.Handshake | None:
             p = self.peers.get(public)
+            if p is not None and self._yields(p, now):
+                crossed.append(p)
+                return None  # left alone: our own initiation stands
             return p.handshake if p is not None else None
 
-        hs = noise.consume_initiation(self.identity, data, lookup, now=now)
+        try:
+            hs = noise.consume_initiation(self.identity, data, lookup, now=now)
+        except AuthError:
+            if crossed:
+                self._count("initiations-crossed")
+                return
+            raise
         peer = self.peers[hs.remote_static]
         peer.rx_bytes += len(data)  # as wireguard-go's receive.go: handshake messages count too
         self._set_endpoint_from_packet(peer, addr, local)
         self._authenticated(peer, now)
         self._send_handshake_response(peer, now)
+
+    def _yields(self, peer: Peer, now: float) -> bool:
+        """Leave ``peer``'s initiation unconsumed: ours to it went out less than CROSSED_WINDOW
+        ago, is still unanswered, and our key is the lower. When both sides initiate at once, each
+        consumes the other's initiation, which overwrites its own handshake state, so each drops
+        the response to its own and both wait for the retransmission (REKEY_TIMEOUT, 5 s;
+        wireguard-go and the kernel module alike). With this rule the lower key's initiation is
+        the one both complete: the higher side (wgdisco or not) consumes it as usual, and the
+        higher side's initiation is lost here, as on a lossy link. One older than the window is
+        taken to be lost, and the peer's is consumed. (40 members on 2 cores: the last pairs of
+        the mesh waited 5-13 s for this.)"""
+        return (peer.handshake.state is noise.HandshakeState.INITIATION_CREATED
+                and peer.last_sent_handshake is not None and now - peer.last_sent_handshake < CROSSED_WINDOW
+                and self.identity.public < peer.public_key)
 
     def _consume_response(self, data: bytes, addr: Addr, now: float, local: Hashable) -> None:
         def lookup(index: int) -> noise.Handshake | None:
