@@ -327,8 +327,8 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
                 "PYTHONPATH": str(PACKAGE_ROOT), "WGDISCO_STATE_DIR": str(lab.logdir / f"state-{i}"),
                 "WGDISCO_HOSTS_FILE": str(lab.logdir / f"hosts-{i}"),
                 # WGDISCO_CPROFILE=/tmp/x: daemon 0 under cProfile by CPU time (/tmp/x.loop, /tmp/x.dataplane-IFACE, …)
-                **({"WGDISCO_CPROFILE": os.environ["WGDISCO_CPROFILE"]}
-                   if i == 0 and os.environ.get("WGDISCO_CPROFILE") else {})}))
+                # (the others get it empty: they would inherit it from this process's environment)
+                "WGDISCO_CPROFILE": os.environ.get("WGDISCO_CPROFILE", "") if i == 0 else ""}))
         spy = None
         addrs = []
         for k, p in enumerate(procs):

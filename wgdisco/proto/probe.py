@@ -58,6 +58,7 @@ IPv6 shown as IPv4 (the requester turns it into its own socket's form).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import struct
@@ -168,11 +169,16 @@ def encode_address(addr: Any) -> bytes:
     """
     try:
         host, port = addr[0], addr[1]
-        ip = ipaddress.ip_address(str(host).partition("%")[0])
     except (TypeError, IndexError, KeyError):
         raise LocalError(f"not a (host, port) address: {addr!r}") from None
     if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
         raise LocalError(f"port out of range in {addr!r}")
+    return _encoded(str(host), port)
+
+
+@functools.lru_cache(maxsize=4096)  # every probe answer encodes its sender: ~50 µs of ipaddress each
+def _encoded(host: str, port: int) -> bytes:
+    ip = ipaddress.ip_address(host.partition("%")[0])  # ValueError for a host that is no IP, as before
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     family = _FAMILY_IPV4 if ip.version == 4 else _FAMILY_IPV6
@@ -190,7 +196,9 @@ def decode_address(data: bytes) -> tuple[str, int]:
 
 def _xor_address(data: bytes, pad: bytes) -> bytes:
     """XOR with `pad` repeated (RFC 5389 §15.2 XORs with the cookie and transaction id)."""
-    return bytes(b ^ pad[i % len(pad)] for i, b in enumerate(data))
+    n = len(data)
+    mask = (pad * (n // len(pad) + 1))[:n]
+    return (int.from_bytes(data, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
 
 
 # ---------------------------------------------------------------------- events
