@@ -589,9 +589,13 @@ def test_one_faster_answer_on_the_other_lan_address_does_not_switch_before_traff
     # busy host). One faster answer on the other one must not switch: the peer picks for itself
     # and both would roam back and forth, each change a new path MTU search
     assert currents_after((LAN_B, 0.060), (LAN, 0.002)) == [LAN_B, LAN_B]
-    # IPv4 and IPv6 on one LAN: both sides of the pair take IPv4, whichever answered first, so
-    # they agree (before: each kept its first, and roaming moved each to the other's choice)
-    assert currents_after((LAN6, 0.002), (LAN, 0.060)) == [LAN6, LAN]
-    assert currents_after((LAN, 0.060), (LAN6, 0.002)) == [LAN, LAN]
+    assert currents_after((LAN6, 0.060), (LAN, 0.002)) == [LAN6, LAN6]  # IPv4 and IPv6: one class too
+
+
+def test_lan_candidates_are_probed_ipv4_first_so_both_sides_usually_keep_the_same_family() -> None:
+    sel = PathSelector()
+    sel.add_candidates(P, [Candidate(a, k, "mdns") for a, k in
+                           ((PUB6, "srflx"), (PUB, "srflx"), (LAN6, "lan"), (LAN, "lan"))], 0.0)
+    assert [addr for _, addr in sel.probe_plan(0.0)] == [LAN, LAN6, PUB6, PUB]
     # … while a LAN path still replaces a path through a NAT at once
     assert currents_after((PUB, 0.010), (LAN, 0.030)) == [PUB, LAN]
