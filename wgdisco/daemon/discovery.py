@@ -291,7 +291,7 @@ class Discovery:
         assert self.client is not None
         publics = list(publics)
         serial = None
-        if publics and self.client.authoritative and self.soa_usable:
+        if publics and self._serial_checked:
             if any(p in self.answers for p in publics):  # an answer may stand: ask (or reuse) the serial
                 try:
                     serial = await self.client.zone_serial()
@@ -325,6 +325,11 @@ class Discovery:
 
         return any(await asyncio.gather(*(one(p) for p in publics)))
 
+    @property
+    def _serial_checked(self) -> bool:
+        """Lookups go by the zone's serial (docs/records.md): a named nameserver that answers SOA."""
+        return self.client is not None and self.client.authoritative and self.soa_usable
+
     async def _look_up(self, retry: dnssd.Retry, public: bytes, serial: int | None = None) -> bool:
         """Look up one key's instance and hand its record to the node; True when the
         nameserver failed (no record, or a malformed one, is counted and is not a failure).
@@ -343,7 +348,7 @@ class Discovery:
             except DecodeError:
                 self._count("records-malformed")
                 return False
-        if self.client.authoritative and self.soa_usable:  # untagged (None): looked up again next time
+        if self._serial_checked:  # untagged (None): looked up again next time
             self.answers[public] = (serial, sighting)
             self.answers.move_to_end(public)
             while len(self.answers) > ANSWERS_KEPT:

@@ -413,24 +413,27 @@ class DnssdClient:
 
     def recent_serial(self) -> int | None:
         """The serial ``zone_serial`` asked within ``SERIAL_MAX_AGE``, without asking (None: none)."""
-        seen = self._seen_serial
-        if seen is not None and asyncio.get_running_loop().time() - seen[0] <= SERIAL_MAX_AGE:
-            return seen[1]
-        return None
+        seen = self._recent()
+        return None if seen is None else seen[1]
 
     async def zone_serial(self) -> int | None:
         """The zone's SOA serial as asked at most ``SERIAL_MAX_AGE`` ago (one query for all the
         lookups of that second); None when the zone has no SOA at the service name's place.
         Raises as a lookup does (NameserverError, NameserverTimeout)."""
         async with self._serial_lock:
-            loop = asyncio.get_running_loop()
-            seen = self._seen_serial
-            if seen is not None and loop.time() - seen[0] <= SERIAL_MAX_AGE:
+            if (seen := self._recent()) is not None:
                 return seen[1]
-            asked = loop.time()  # the serial of this moment or later: a change after it is not hidden
+            asked = asyncio.get_running_loop().time()  # a change after this moment is not hidden
             serial = await self._bounded(lambda deadline: self._zone_serial(deadline, _Tally()))
             self._seen_serial = (asked, serial)
             return serial
+
+    def _recent(self) -> tuple[float, int | None] | None:
+        """(asked at, serial) of the last serial asked, if within ``SERIAL_MAX_AGE``."""
+        seen = self._seen_serial
+        if seen is not None and asyncio.get_running_loop().time() - seen[0] <= SERIAL_MAX_AGE:
+            return seen
+        return None
 
     async def _browse(self, deadline: float) -> list[str]:
         tally = _Tally()
@@ -480,10 +483,10 @@ class DnssdClient:
         self.last_browse = BrowseCost(how, tally.queries, tally.largest)
         return list(labels)
 
-    def _instances(self, msg: dns.message.Message, owner: dns.name.Name, into: list[str] | None = None) -> list[str]:
+    def _instances(self, msg: dns.message.Message, owner: dns.name.Name) -> list[str]:
         """Instance labels a PTR answer at ``owner`` names: one label under the service name
         (RFC 6763 §7.1: a subtype's PTRs name the same instances as the plain set's)."""
-        labels = [] if into is None else into
+        labels: dict[str, None] = {}  # deduplicated in answer order
         for rrset in _chase(msg, owner, [dns.rdatatype.PTR]):
             for rdata in rrset:
                 target = rdata.target
@@ -493,30 +496,29 @@ class DnssdClient:
                     label = target.labels[0].decode("ascii").lower()
                 except UnicodeDecodeError:
                     continue
-                if label not in labels:
-                    labels.append(label)
-        return labels
+                labels[label] = None
+        return list(labels)
 
     async def _read_shards(self, deadline: float, tally: _Tally) -> list[str]:
         """Every shard's PTR set, SHARD_READS_IN_FLIGHT at a time; labels in shard order."""
         slots = asyncio.Semaphore(SHARD_READS_IN_FLIGHT)
 
-        async def one(n: int) -> dns.message.Message:
+        async def one(n: int) -> list[str]:
             async with slots:
                 name = self.shards[n]
                 try:
-                    msg = await self._ask(name, dns.rdatatype.PTR, deadline, tally, tcp=n in self._tcp_shards)
-                    if n in self._tcp_shards and len(self._instances(msg, name)) <= PTR_UDP_MAX // 2:
+                    found = self._instances(
+                        await self._ask(name, dns.rdatatype.PTR, deadline, tally, tcp=n in self._tcp_shards), name)
+                    if n in self._tcp_shards and len(found) <= PTR_UDP_MAX // 2:
                         self._tcp_shards.discard(n)  # it shrank: UDP again next time
-                    return msg
+                    return found
                 except _Truncated:
                     self._tcp_shards.add(n)
-                    return await self._ask(name, dns.rdatatype.PTR, deadline, tally, tcp=True)
+                    return self._instances(await self._ask(name, dns.rdatatype.PTR, deadline, tally, tcp=True), name)
 
-        labels: list[str] = []
-        for n, msg in enumerate(await _all(*(one(n) for n in range(len(self.shards))))):
-            self._instances(msg, self.shards[n], labels)
-        return labels
+        # each answer parsed once; one label once, where its first shard puts it
+        return list(dict.fromkeys(label for found in await _all(*(one(n) for n in range(len(self.shards))))
+                                  for label in found))
 
     async def _zone_serial(self, deadline: float, tally: _Tally) -> int | None:
         """The SOA serial of the zone holding the service name (RFC 1035 §3.3.13): in the answer
@@ -684,7 +686,7 @@ class DnssdPublisher:
         IN = dns.rdataclass.IN
         update = self._update()
         ptr = dns.rdtypes.ANY.PTR.PTR(IN, dns.rdatatype.PTR, instance)
-        for owner in (self.service, self._shard(instance_label)):  # plain set and shard (RFC 6763 §7.1)
+        for owner in self._ptr_owners(instance_label):
             update.delete(owner, ptr)
             update.add(owner, ttl, ptr)
         update.delete(instance, dns.rdatatype.SRV)
@@ -711,8 +713,8 @@ class DnssdPublisher:
         target_name = dns.name.from_text(target) if target else instance
         update = self._update()
         ptr = dns.rdtypes.ANY.PTR.PTR(dns.rdataclass.IN, dns.rdatatype.PTR, instance)
-        update.delete(self.service, ptr)
-        update.delete(self._shard(instance_label), ptr)
+        for owner in self._ptr_owners(instance_label):
+            update.delete(owner, ptr)
         update.delete(instance, dns.rdatatype.SRV)
         update.delete(instance, dns.rdatatype.TXT)
         if target_name.is_subdomain(self.zone):
@@ -722,8 +724,9 @@ class DnssdPublisher:
 
     # -- plumbing
 
-    def _shard(self, instance_label: str) -> dns.name.Name:
-        return dns.name.from_text(f"{shard_label(instance_label)}._sub", self.service)
+    def _ptr_owners(self, instance_label: str) -> tuple[dns.name.Name, dns.name.Name]:
+        """Where the instance's PTR value goes: the plain set and its shard (RFC 6763 §7.1)."""
+        return self.service, dns.name.from_text(f"{shard_label(instance_label)}._sub", self.service)
 
     def _update(self) -> dns.update.UpdateMessage:
         return dns.update.UpdateMessage(self.zone, keyring=dns_key(self.key))
