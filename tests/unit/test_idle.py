@@ -182,3 +182,20 @@ def test_a_public_address_whose_filtering_is_unknown_keeps_sending_keepalives() 
     net.run(40)
     sent = keepalives(net, a, b, seconds=120)
     assert sum(sent) >= 120 / NAT_KEEPALIVE - 1, sent
+
+
+def test_only_an_ipv4_reflexive_address_of_our_own_makes_an_address_open() -> None:
+    """An IPv6 STUN answer always shows one of our own addresses (no NAT in IPv6): it must not
+    make an IPv4 address behind a full-cone NAT (endpoint-independent filtering) look open."""
+    import random
+
+    from wgdisco.proto.reflexive import NatObserver
+    obs = NatObserver([], rng=random.Random(1).randbytes, host_of=lambda a: a[0], addr_of=lambda h, p: (h, p))
+    obs.classifier.filtering, obs.classifier.done = "endpoint-independent", True  # as RFC 5780 found
+    ours = ["10.2.0.2", "2001:db8:2::2"]
+    obs.reflexive = [("203.0.113.1", 40000), ("2001:db8:2::2", 51820)]  # behind an IPv4 NAT
+    assert not obs.is_open(ours)
+    obs.reflexive = [("10.2.0.2", 51820)]  # STUN over IPv4 sees our own address: no NAT
+    assert obs.is_open(ours)
+    obs.classifier.filtering = "address-and-port-dependent"  # a stateful firewall: not open
+    assert not obs.is_open(ours)

@@ -216,7 +216,7 @@ class Node(NodeMesh, NodeViews):
 
     def _own_openness(self, now: float) -> None:
         if self.nat is not None and self.traversal:  # IPv4 paths from an open address need no keepalive
-            self.paths.selector.set_open(self.nat.is_open(self.own.host_addresses), now)
+            self.paths.selector.set_open(self.open_address, now)
 
     def set_mapping(self, external: tuple[str, int] | None, now: float) -> None:
         """The gateway maps ``external`` (ip, port) to our listen port (PCP, NAT-PMP or UPnP IGD,
@@ -431,9 +431,10 @@ class Node(NodeMesh, NodeViews):
                 if isinstance(event, NatSuspected) and self.nat is not None:
                     self.nat.restart(now)
                     self._collect(now)
-                elif isinstance(event, (NatClassified, ReflexiveChanged)):
+                elif isinstance(event, NatClassified):
                     self._own_openness(now)
-                if isinstance(event, ReflexiveChanged):
+                elif isinstance(event, ReflexiveChanged):
+                    self._own_openness(now)
                     if event.behaviour != self._own_mapping:
                         self._own_mapping = event.behaviour
                         self.paths.selector.set_own_mapping(event.behaviour, now)

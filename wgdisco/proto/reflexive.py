@@ -75,11 +75,14 @@ class NatObserver(Core):
         return self.classifier.filtering if self.classifier.done else Filtering.UNKNOWN
 
     def is_open(self, ours: Iterable[object]) -> bool:
-        """Our IPv4 address is open: STUN sees one of ``ours`` (our interfaces' addresses: no
-        NAT) and the RFC 5780 tests found endpoint-independent filtering (no stateful firewall).
-        Unknown filtering (one STUN server, or one without an alternate address) is not open."""
+        """Our IPv4 address is open: STUN over IPv4 sees one of ``ours`` (our interfaces'
+        addresses: no NAT) and the RFC 5780 tests found endpoint-independent filtering (no
+        stateful firewall). Unknown filtering (one STUN server, or one without an alternate
+        address) is not open. An IPv6 reflexive address is always one of ours (no NAT) and says
+        nothing about an IPv4 NAT, so it does not count."""
         mine = {str(a) for a in ours}
-        return self.filtering == Filtering.INDEPENDENT and any(ip in mine for ip, _ in self.reflexive)
+        return self.filtering == Filtering.INDEPENDENT and any(
+            ip in mine and ":" not in ip for ip, _ in self.reflexive)
 
     @property
     def mapping_detail(self) -> str:
