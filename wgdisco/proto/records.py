@@ -81,6 +81,7 @@ MAX_CANDIDATES = 32  # a sighting never carries more (DNS answers can be long)
 # compressed to a pointer, 10 bytes of type/class/TTL/length, 57 of label and a pointer), so one
 # DNS message (65,535 bytes, RFC 1035 §4.2.2) holds ~920 of them; Knot answers SERVFAIL beyond.
 SHARDS = 256  # subtypes _00 … _ff: ~6 instances each at 1,500 members, one UDP answer each
+SHARD_LABELS = tuple(f"_{n:02x}" for n in range(SHARDS))  # the subtypes' labels, in order
 PTR_UDP_MAX = 16  # instances in one 1232-byte EDNS answer (DNS flag day 2020): ~16 x 71 bytes
 PLAIN_BROWSE_MAX = 768  # a plain set larger than this (~55 KB) is read through the shards
 
@@ -121,13 +122,13 @@ def shard_label(instance_label: str) -> str:
     first byte of SHA-256(lowercase label). Hashed, so keys ground for a vanity prefix (which
     share the label's first characters) still spread over all shards."""
     digest = hashlib.sha256(instance_label.strip().lower().encode("ascii")).digest()
-    return f"_{digest[0] % SHARDS:02x}"
+    return SHARD_LABELS[digest[0] % SHARDS]
 
 
 def shard_names(domain: str) -> list[str]:
     """Every shard's PTR owner, ``_<xx>._sub._wireguard._udp.<domain>.``, in order."""
     service = service_name(domain)
-    return [f"_{n:02x}._sub.{service}" for n in range(SHARDS)]
+    return [f"{label}._sub.{service}" for label in SHARD_LABELS]
 
 
 def instance_name(public_key: bytes, domain: str) -> str:

@@ -138,8 +138,7 @@ class Nameserver:
             self._shard_sizes = None
         last = self._read_by.get(reader)  # (serial of its last full read, how many, sharded)
         if last is not None and last[1] > records.PTR_UDP_MAX:
-            self._note("SOA", SOA_ANSWER)
-            if last[0] == self.serial:
+            if self.soa() == last[0]:  # the serial of its last full read
                 self.unchanged += 1
                 return self._ptr_keys
         sharded = last is not None and last[2]
@@ -164,7 +163,7 @@ class Nameserver:
             first = self._render_ptr(zone[:1]) if zone else 0
             per = self._render_ptr(zone[:2]) - first if len(zone) >= 2 else first
             base = first - per + SHARD_NAME_EXTRA  # the question names the shard: ``_xx._sub.`` more
-            self._shard_sizes = [base + per * len(shards.get(f"_{n:02x}", ())) for n in range(records.SHARDS)]
+            self._shard_sizes = [base + per * len(shards.get(label, ())) for label in records.SHARD_LABELS]
         return self._shard_sizes
 
     def lookup(self, public: bytes) -> records.Sighting | None:
