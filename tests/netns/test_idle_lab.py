@@ -23,6 +23,13 @@ from wgdisco.proto.paths import Timing
 
 pytestmark = [pytest.mark.netns, pytest.mark.background]  # background: tests/run_suite.py
 IDLE = 100.0
+def stopped_cleanly(*nodes: Node) -> None:
+    """Each node stops with exit status 0 and logged no traceback."""
+    for n in nodes:
+        assert n.stop() == 0
+        assert "Traceback" not in n.proc.stderr()  # type: ignore[union-attr]
+
+
 def test_an_idle_nat_pair_is_quiet_and_either_side_gets_through_after_100_s(lab: Lab) -> None:
     a, b, routers = idle_pair(lab)  # the defaults: no PersistentKeepalive
     a.start()
@@ -47,9 +54,7 @@ def test_an_idle_nat_pair_is_quiet_and_either_side_gets_through_after_100_s(lab:
     took_a = first_ping(a, "10.9.0.2", 10)
     assert took_a is not None and took_a <= 3.0, took_a
     print(f"forwarded while idle {counts} in {idle:.0f} s; first ping after it: b {took_b:.2f} s, a {took_a:.2f} s")
-    for n in (a, b):
-        assert n.stop() == 0
-        assert "Traceback" not in n.proc.stderr()  # type: ignore[union-attr]
+    stopped_cleanly(a, b)
 
 
 def open_site(net: Internet, name: str, index: int, prefix: str) -> Host:
@@ -96,6 +101,4 @@ def test_open_addresses_send_no_keepalives_while_in_use_and_the_first_ping_after
     took = first_ping(b, "10.9.0.1", 10)
     assert took is not None and took <= 1.0, took
     print(f"open addresses: forwarded while in use and quiet {counts} in 60 s; first ping after it {took:.2f} s")
-    for n in (a, b):
-        assert n.stop() == 0
-        assert "Traceback" not in n.proc.stderr()  # type: ignore[union-attr]
+    stopped_cleanly(a, b)
