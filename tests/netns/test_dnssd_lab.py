@@ -520,3 +520,58 @@ def test_a_browse_of_1500_members_within_one_poll_interval(lab: Lab) -> None:
     finally:
         net.alice.close()
         net.bob.close()
+
+
+@pytest.mark.netns
+def test_lookups_under_an_unchanged_serial_ask_knot_one_soa_query_and_a_change_is_read_again(net: Net) -> None:
+    """Issue 26 with the real Knot and the defaults (SERIAL_MAX_AGE 1 s): a member's regular
+    lookups of unchanged records cost Knot one SOA query, not SRV and TXT per peer; a
+    re-publication of the same record leaves Knot's serial, so it does not undo that; a changed
+    record moves the serial and is read again at the next round."""
+    from wgdisco.daemon.discovery import Discovery
+
+    pubs = [PUB1, PUB2]
+    for n, pub in enumerate(pubs):
+        net.alice.run(publish, net.publisher(), node_record(pub, 51820 + n, [f"203.0.113.{10 + n}"], []))
+    router = net.router
+    assert router is not None
+    router.run(["nft", "-f", "-"], input=DNS_COUNTERS)
+
+    def serial() -> str:
+        return net.knot.dig(net.bob.host, DOMAIN, "SOA").split()[6]
+
+    async def rounds() -> tuple[list[tuple[bytes, int]], list[int], dict[str, int], list[str]]:
+        seen: list[tuple[bytes, int]] = []
+
+        class Node:
+            def receive_sighting(self, sighting, source, now) -> None:
+                seen.append((sighting.public_key, sighting.candidates[0][1]))  # the SRV port
+
+        node = Node()
+        d = Discovery({}, "lab.conf", None, feed=lambda fn: fn(node, 0.0), peer_keys=frozenset)  # type: ignore[arg-type]
+        d.client = net.client()
+        queries, serials = [], []
+        for step in range(4):
+            if step == 2:  # the same record again (what a member does every 40 s): the serial stays
+                serials.append(await asyncio.to_thread(serial))
+                await asyncio.to_thread(net.alice.run, publish, net.publisher(),
+                                        node_record(PUB1, 51820, ["203.0.113.10"], []))
+                serials.append(await asyncio.to_thread(serial))
+            if step == 3:  # PUB1 moved to another port: the serial moves
+                await asyncio.to_thread(net.alice.run, publish, net.publisher(),
+                                        node_record(PUB1, 51999, ["203.0.113.10"], []))
+                serials.append(await asyncio.to_thread(serial))
+            await asyncio.sleep(dnssd.SERIAL_MAX_AGE + 0.1)  # the lookup rounds of a PollInterval are seconds apart
+            before = knot_saw(router)[0]
+            assert not await d.look_up_all(Retry("lab"), pubs)
+            queries.append(knot_saw(router)[0] - before)
+        return seen, queries, dict(d.counters), serials
+
+    seen, queries, counters, serials = net.bob.run(rounds)
+    print(f"UDP queries at Knot per round: {queries}; serials {serials}; counters {counters}")
+    # 1: SRV+TXT each (no SOA: a first lookup waits for none); 2: SOA + SRV+TXT each (now under the
+    # serial); 3: the SOA alone, though PUB1 was re-published; 4: SOA + SRV+TXT each (it moved)
+    assert queries == [4, 5, 1, 5], queries
+    assert serials[0] == serials[1] != serials[2], serials
+    assert counters.get("dns-lookups-unchanged") == 2, counters
+    assert len(seen) == 8 and seen[-2:] != seen[:2] and (PUB1, 51999) in seen[-2:], seen
