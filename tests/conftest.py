@@ -33,6 +33,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "background: waits most of its time on purpose and measures only its own processes; "
         "`make test` (tests/run_suite.py) runs these in a second pytest beside the others",
     )
+    config.addinivalue_line(
+        "markers",
+        "quarter_hour: waits about 15 minutes on purpose; `make test` (tests/run_suite.py) runs it "
+        "in a pytest of its own beside the others",
+    )
 
 
 _HERE = Path(__file__).resolve().parent
