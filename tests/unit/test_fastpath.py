@@ -305,7 +305,7 @@ def test_send_is_byte_identical_and_a_tso_super_packet_is_split_as_tso_would(v6:
         assert got == expected
         # the send timers and counters, as _encrypt sets them per packet (Device.transport_sent per drain)
         send_state = lambda w: (w.pb.tx_bytes, w.pb.t_new_handshake, w.pb.t_send_keepalive,  # noqa: E731
-                                w.pb.current.send_counter, dict(w.b.drops))
+                                w.pb.current.send_counter, dict(w.b.drops), w.pb.unanswered_largest)
         assert send_state(dut) == send_state(ref)
         # a TSO super-packet: the segments the sender would have made, each sealed in turn
         # (flow() sends to 10.9.0.2, routed to the peer, and to fd00:9::2, not routed)
@@ -322,6 +322,8 @@ def test_send_is_byte_identical_and_a_tso_super_packet_is_split_as_tso_would(v6:
         opened = [dut.a.receive_datagram(d, b_sock.getsockname(), dut.now) for d in sealed]
         assert back == [] and opened == segments
     assert dut.pb.tx_bytes == ref.pb.tx_bytes + sum(len(d) for d in sealed)
+    if sealed:  # the largest datagram of the silence, as C reports it (proto/pmtu.py black-hole checks)
+        assert dut.pb.unanswered_largest == max(len(d) for d in sealed) > send_state(ref)[-1]
 
 
 @needs_c

@@ -299,3 +299,24 @@ def test_silence_towards_a_peer_that_never_answered_wakes_nothing() -> None:
     assert net.core.next_deadline() > 21  # the retry of the search, not now
     net.core.handle_timer(20.6)
     assert net.core.next_deadline() > 21 and net.core.pop_probes() == []
+
+
+def test_silence_of_small_datagrams_is_not_checked_and_a_large_one_makes_it_a_check() -> None:
+    """Only data larger than BASE can be lost to a black hole (a path carries BASE, RFC 8899
+    §5.1.2): a silence of small datagrams (pings under load, keepalives) sends no check and
+    leaves no deadline in the past; a large datagram in the same silence makes the check due."""
+    net = start(1500)
+    net.run(5.0)
+    base = ladder(1420)[0]
+    since = net.now
+    net.core.silence(PEER, since, net.now, largest=84 + 32)  # a ping, sealed
+    net.run(since + 3.0)
+    assert net.core.counters.get("pmtu-checks", 0) == 0 and net.core.pop_probes() == []
+    due = net.core.next_deadline()
+    assert due is None or due > net.now  # nothing left due behind
+    net.core.silence(PEER, since, net.now, largest=base)  # BASE itself: still nothing to check
+    net.run(net.now + 1.0)
+    assert net.core.counters.get("pmtu-checks", 0) == 0
+    net.core.silence(PEER, since, net.now, largest=base + 16)  # one size above BASE
+    net.run(net.now + 1.0)
+    assert net.core.counters["pmtu-checks"] == 1 and net.core.limit(PEER) == 1420

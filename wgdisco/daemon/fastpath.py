@@ -246,7 +246,7 @@ class FastPath:
         """What C reports after a drain, into the Device; ``sent``: whether it sent data."""
         device, held, counter = self.device, self.held, self.counter
         self.sent = False
-        for slot, rx_bytes, _rx_packets, rx_data, tx_bytes, tx_data, endpoint, local, roamed, unstuck, sent in events:
+        for slot, rx_bytes, _rx_packets, rx_data, tx_bytes, tx_data, endpoint, local, roamed, unstuck, sent, tx_max in events:
             peer = self.peer_at.get(slot)
             if peer is None:
                 continue
@@ -260,7 +260,7 @@ class FastPath:
                 device.transport_received(peer, now, rx_bytes, rx_data, endpoint, local)
             if tx_bytes:
                 self.sent = True
-                device.transport_sent(peer, kp, now, tx_bytes, tx_data)
+                device.transport_sent(peer, kp, now, tx_bytes, tx_data, tx_max)
             if state is not None and (endpoint is not None or unstuck):
                 # C follows the peer already: record what it has, so sync does not push it again
                 ep = peer.endpoint

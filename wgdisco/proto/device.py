@@ -135,6 +135,7 @@ class Peer:
         # when data first went unanswered (timersDataSent armed t_new_handshake); None once an
         # authenticated packet came or the new-handshake timer fired (the node's suspicion)
         self.unanswered_since: float | None = None
+        self.unanswered_largest = 0  # the largest data datagram sent since then (proto/pmtu.py black holes)
         self.t_zero_key: float | None = None
         self.t_persistent: float | None = None
         self.handshake_attempts = 0
@@ -899,9 +900,11 @@ class Device:
             peer.sent_last_minute_handshake = True
             self.send_handshake_initiation(peer, now, is_retry=False)
 
-    def transport_sent(self, peer: Peer, kp: Keypair | None, now: float, nbytes: int, data_packets: int) -> None:
-        """``data_packets`` data messages (``nbytes`` on the wire) went to ``peer`` with ``kp``, whose
-        ``send_counter`` is up to date: _encrypt's timers and keepKeyFreshSending (§6.2)."""
+    def transport_sent(self, peer: Peer, kp: Keypair | None, now: float, nbytes: int, data_packets: int,
+                       largest: int | None = None) -> None:
+        """``data_packets`` data messages (``nbytes`` on the wire, the largest ``largest`` bytes; None:
+        not known, taken as ``nbytes``) went to ``peer`` with ``kp``, whose ``send_counter`` is up to
+        date: _encrypt's timers and keepKeyFreshSending (§6.2)."""
         peer.tx_bytes += nbytes
         if peer.persistent_keepalive:
             peer.t_persistent = now + peer.persistent_keepalive
@@ -916,6 +919,11 @@ class Device:
             if peer.t_new_handshake < peer.armed_at:  # an earlier deadline: into the timer heap
                 self._arm(peer, peer.t_new_handshake)
             peer.unanswered_since = now
+            peer.unanswered_largest = 0
+        if data_packets and peer.unanswered_since is not None:
+            size = nbytes if largest is None else largest
+            if size > peer.unanswered_largest:
+                peer.unanswered_largest = size
         # keepKeyFreshSending (whitepaper §6.2)
         if kp is not None and (kp.send_counter - 1 > self._rekey_messages or now > kp.rekey_at):
             self.send_handshake_initiation(peer, now, is_retry=False)
