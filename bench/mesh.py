@@ -118,14 +118,21 @@ def bridge_counts(lan: Any) -> list[int]:
 # what the datagrams to tunnel ports are, by their first byte (proto/classify.py): counted apart
 KINDS = (("handshake initiation", "0x01"), ("handshake response", "0x02"), ("cookie reply", "0x03"),
          ("transport data", "0x04"), ("probe request", "0xf1"), ("probe response", "0xf2"))
+MDNS_KINDS = [(f"mDNS query over IPv{v}", f"ether type {eth} udp dport 5353 @th,80,1 0")
+              for v, eth in ((4, "ip"), (6, "ip6"))] + [
+    (f"mDNS response over IPv{v}, {dst}, {what}", f"ether type {eth} {fam} daddr {op}{group} udp dport 5353 @th,80,1 1 @th,112,16 {count}")
+    for v, eth, fam, group in ((4, "ip", "ip", "224.0.0.251"), (6, "ip6", "ip6", "ff02::fb"))
+    for dst, op in (("multicast", ""), ("unicast", "!= "))
+    for what, count in (("1 answer", "1"), ("more answers", "> 1"))]
 KINDS_TABLE = ("table bridge kinds {\n chain pre {\n  type filter hook prerouting priority 1;\n"
-               + "".join(f"  udp dport 51820 @th,64,8 {v} counter\n" for _, v in KINDS) + " }\n}\n")
+               + "".join(f"  udp dport 51820 @th,64,8 {v} counter\n" for _, v in KINDS)
+               + "".join(f"  {rule} counter\n" for _, rule in MDNS_KINDS) + " }\n}\n")
 
 
 def kind_counts(lan: Any) -> dict[str, int]:
     """Datagrams to tunnel ports so far, by kind (KINDS); STUN and the rest are not counted."""
     counts = re.findall(r"counter packets (\d+)", lan.run(["nft", "list", "table", "bridge", "kinds"]).stdout)
-    return {name: int(c) for (name, _), c in zip(KINDS, counts)}
+    return {name: int(c) for (name, _), c in zip(KINDS + tuple(MDNS_KINDS), counts)}
 
 
 def spread(values: list[float]) -> dict[str, float]:
@@ -133,7 +140,8 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
-              done_at: list[float] | None = None, left_out: list | None = None) -> tuple[float | None, int]:
+              done_at: list[float] | None = None, left_out: list | None = None,
+              done_pairs: list | None = None) -> tuple[float | None, int]:
     """Until every (i, j, family) pair echoed, or ``limit`` seconds: (seconds, pairs left).
     ``done_at`` collects the seconds at which each pair-family echoed (their spread shows
     whether a few pairs wait for a retry, or all arrive late)."""
@@ -192,6 +200,8 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
                     pending.discard((i, j, f))
                     if done_at is not None:
                         done_at.append(time.monotonic() - start)
+                    if done_pairs is not None:
+                        done_pairs.append((round(time.monotonic() - start, 2), i, j, ("ipv4", "ipv6")[f]))
     return time.monotonic() - start, 0
 
 
@@ -252,6 +262,41 @@ def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socke
     path.write_text(json.dumps({"members": rows, "pairs_left": pairs}, indent=1, default=str))
     print(f"diagnosis in {path}: mesh peers per node {[r.get('mesh_peers') for r in rows]}; "
           f"with a handshake {[r.get('handshaken') for r in rows]}", flush=True)
+
+
+def socket_drops(hosts: list) -> dict[str, int]:  # type: ignore[type-arg]
+    """UDP datagrams the kernel dropped at a full receive buffer (/proc/net/udp{,6} "drops"),
+    summed over the hosts, for the mDNS and tunnel ports."""
+    out: dict = {"mdns": 0, "tunnel": 0}
+    ports = {0x14E9: "mdns", 51820: "tunnel"}
+    for k, h in enumerate(hosts):
+        text = h.run(["cat", "/proc/net/udp", "/proc/net/udp6"], check=False).stdout
+        for line in text.splitlines():
+            f = line.split()
+            if len(f) > 12 and ":" in f[1] and f[0].rstrip(":").isdigit():
+                port = int(f[1].rsplit(":", 1)[1], 16)
+                if port in ports:
+                    out[ports[port]] += int(f[-1])
+                    if k == 0:  # host 0's sockets one by one: local address, receive queue, drops
+                        out.setdefault("host0", []).append((f[1], f[4].split(":")[1], f[-1]))
+    return out
+
+
+COUNTED = ("probes-", "triggered-probes", "pmtu-", "candidate-probes", "probe-drop-", "probes sent",
+           "handshake-tries", "initiations-crossed", "mesh-peers-admitted", "mdns-", "mesh-records-")
+
+
+def shutdown_counters(logs: list[str]) -> dict[str, int]:
+    """The probe-related counters of the daemons' shutdown lines, summed over the daemons."""
+    total: collections.Counter[str] = collections.Counter()
+    for log in logs:
+        for line in log.splitlines():
+            if "discovery: " not in line and "nat traversal: " not in line:
+                continue
+            for m in re.finditer(r"([a-z][\w-]*)=(\d+)", line):
+                if m.group(1).startswith(COUNTED) or m.group(1) == "sent":
+                    total["probes sent" if m.group(1) == "sent" else m.group(1)] += int(m.group(2))
+    return dict(sorted(total.items()))
 
 
 NEIGH = [f"/proc/sys/net/{fam}/neigh/default/gc_thresh{i}" for fam in ("ipv4", "ipv6") for i in (1, 2, 3)]
@@ -345,8 +390,10 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
         main_up = [cpu_seconds_main(pid) for pid in pids]
         done_at: list[float] = []
         left_out: list[tuple[int, int, int]] = []
-        took, left = reach_all(socks, addrs, limit, done_at, left_out)
+        done_pairs: list[tuple[float, int, int, str]] = []
+        took, left = reach_all(socks, addrs, limit, done_at, left_out, done_pairs)
         cpu_full = [cpu_seconds(pid) for pid in pids]
+        result_drops = socket_drops(hosts)
         main_full = [cpu_seconds_main(pid) for pid in pids]
         to_full = dict(zip(("mdns", "to tunnel port", "tunnel port to other"), bridge_counts(lan)))
         done_at.sort()
@@ -365,6 +412,8 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
             "kinds_launch_to_full": kind_counts(lan),
             "pairs_done_per_s": collections.Counter(int(t) for t in done_at),
             "pairs_left_list": [(i, j, ("ipv4", "ipv6")[f]) for i, j, f in left_out[:50]],
+            "last_pairs": done_pairs[-8:],
+            "socket_drops_at_full": result_drops,  # the kernel's receive-buffer drops, by port, all hosts  # (seconds after the last up, from, to, family): the tail
         }
         print(f"{n} nodes: all up {up - launched:.1f} s after launch; "
               + (f"full mesh {took:.2f} s after the last was up" if took is not None else
@@ -373,7 +422,8 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
               f"up to full {result['cpu_up_to_full_s']} (event-loop thread {result['main_thread_cpu_up_to_full_s']})"
               + f"; packets on the bridge from launch to full mesh {to_full}, to tunnel ports by kind "
               f"{result['kinds_launch_to_full']}"
-              + (f"; left (from, to, family): {left_out[:10]}" if left_out else ""), flush=True)
+              + (f"; left (from, to, family): {left_out[:10]}" if left_out else "")
+              + f"; the last pairs (s, from, to, family): {done_pairs[-6:]}; socket drops {result_drops}", flush=True)
         if took is None or os.environ.get("WGDISCO_MESH_DIAG"):
             diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json", left_out)
         if idle:
@@ -399,6 +449,10 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
                           loadavg_idle=os.getloadavg()[0])
             print(f"idle after {idle:.0f} s: CPU % per daemon {spread(cpu)}, RSS MB {spread(rss)}, "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
+        for p in procs:  # their shutdown lines carry the counters ("discovery: k=v ...", "nat traversal: ...")
+            p.stop(grace=10.0)
+        result["probe_counters"] = shutdown_counters([p.stderr() for p in procs])
+        print(f"probe counters, all daemons, launch to stop: {result['probe_counters']}", flush=True)
         result["tracebacks"] = sum("Traceback" in p.stderr() for p in procs)
         if spy is not None:
             spy.wait(timeout=profile + 60)

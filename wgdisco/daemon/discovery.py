@@ -245,6 +245,12 @@ class Discovery:
     def _count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
 
+    def mdns_counts(self) -> dict[str, int]:
+        """The mDNS browser's own counts (for the shutdown line), those not zero."""
+        m = self.mdns
+        counts = {} if m is None else {"mdns-unresolved": m.unresolved, "mdns-names-ignored": m.ignored_names}
+        return {k: v for k, v in counts.items() if v}
+
     def _on_mdns(self, event: mdns.Seen | mdns.Removal) -> None:
         if isinstance(event, mdns.Removal):
             try:

@@ -444,7 +444,7 @@ class Surface:
         """What records did, e.g. ``hints-ignored-live=3 records-not-a-peer=1`` (never secrets)."""
         t = self.tunnel
         assert t.node is not None and t.discovery is not None
-        counts = {**t.node.stats().counters, **t.discovery.counters}
+        counts = {**t.node.stats().counters, **t.discovery.counters, **t.discovery.mdns_counts()}
         return " ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing to report"
 
 

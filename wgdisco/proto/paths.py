@@ -258,6 +258,7 @@ class PathSelector:
             sched.append(t)
         self._fast = tuple(sched)  # round offsets of a punching phase
         self.probes_sent = 0
+        self.probes_by: dict[str, int] = {"punching": 0, "keepalive": 0, "reprobe": 0}  # probes_sent by why
         self.candidates_dropped = 0  # new candidates refused: both caps full of protected paths
         self.probes_over_budget = 0  # probes not sent: the peer's budget was spent
         self.paths_let_go = 0  # idle paths whose keepalives went unanswered: let go, not failed
@@ -675,6 +676,7 @@ class PathSelector:
                     break  # due again at the next call
                 out.append((peer, path.addr))
                 self._sent(path, now)
+                self.probes_by["keepalive" if path is cur else "reprobe"] += 1
                 if path is cur:
                     # after a miss, ask again within keepalive_interval even when idle
                     path.next_probe = now + (min(interval, t.keepalive_interval) if path.misses else interval)
@@ -695,6 +697,7 @@ class PathSelector:
                     break  # the rest waits for the next round
                 out.append((peer, path.addr))
                 self._sent(path, now)
+                self.probes_by["punching"] += 1
                 path.next_probe = now + t.upgrade_interval
             self._next_round(p, now)
             if hard and p.hard_probes >= t.hard_nat_probe_budget:

@@ -97,7 +97,8 @@ def stats(node: Any) -> NodeStats:
         ("candidates-dropped", selector.candidates_dropped),
         ("probes-over-budget", selector.probes_over_budget),
         ("idle-paths-let-go", selector.paths_let_go),
-        ("birthday-probes", node.birthday.probes_sent)) if v})
+        ("birthday-probes", node.birthday.probes_sent),
+        *((f"probes-{why}", n) for why, n in selector.probes_by.items())) if v})
     return NodeStats(
         probes_sent=selector.probes_sent, probe_replies=node.prober.replies, probe_drops=dict(node.prober.drops),
         stun_errors=c.timeouts + c.error_responses if c is not None else 0, counters=counters)
