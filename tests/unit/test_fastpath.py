@@ -216,7 +216,7 @@ def c_receive(fp: fastpath.FastPath, tun: FakeTun, world: World, datagrams: list
 def peer_state(world: World) -> tuple:
     p = world.pb
     return (p.endpoint, p.rx_bytes, p.last_authenticated, p.t_send_keepalive, p.need_another_keepalive,
-            p.t_new_handshake, dict(world.b.drops))
+            p.t_new_handshake, dict(world.b.drops), p.large_received)
 
 
 # --- sequences ---------------------------------------------------------------------

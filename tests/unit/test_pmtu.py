@@ -320,3 +320,34 @@ def test_silence_of_small_datagrams_is_not_checked_and_a_large_one_makes_it_a_ch
     net.core.silence(PEER, since, net.now, largest=base + 16)  # one size above BASE
     net.run(net.now + 1.0)
     assert net.core.counters["pmtu-checks"] == 1 and net.core.limit(PEER) == 1420
+
+
+def test_a_silence_of_small_datagrams_after_the_peers_large_data_is_checked() -> None:
+    """The link narrows both ways while the peer uploads: its large packets stop arriving, and what
+    goes unanswered here is our small ACKs. Large data from the peer within LARGE_RECENT makes that
+    silence worth a check, which finds the black hole in our direction of the same link; without
+    recent large data the same silence sends nothing, and leaves no deadline behind."""
+    net = start(1500)
+    net.run(5.0)
+    net.mtu = 1400  # the link narrows; no ICMP
+    since = net.now
+    net.core.silence(PEER, since, net.now, largest=96, large_received=since - 0.1)  # ACKs after its upload
+    net.run(since + pmtu.SILENCE + pmtu.MAX_TIMEOUT + 0.01)
+    assert net.core.counters["pmtu-checks"] == 1 and net.core.limit(PEER) <= 1312
+    quiet = start(1500)
+    quiet.run(5.0)
+    since = quiet.now
+    quiet.core.silence(PEER, since, quiet.now, largest=96, large_received=since - pmtu.LARGE_RECENT)
+    quiet.run(since + 5.0)
+    assert quiet.core.counters.get("pmtu-checks", 0) == 0
+    due = quiet.core.next_deadline()
+    assert due is None or due > quiet.now
+    # recent when the silence began, no longer when the check falls due: nothing sent, no spin
+    late = start(1500)
+    late.run(5.0)
+    since = late.now
+    late.core.silence(PEER, since, late.now, largest=96, large_received=since - pmtu.LARGE_RECENT + 0.2)
+    late.run(since + 10.0)
+    assert late.core.counters.get("pmtu-checks", 0) == 0
+    due = late.core.next_deadline()
+    assert due is None or due > late.now

@@ -246,7 +246,8 @@ class FastPath:
         """What C reports after a drain, into the Device; ``sent``: whether it sent data."""
         device, held, counter = self.device, self.held, self.counter
         self.sent = False
-        for slot, rx_bytes, _rx_packets, rx_data, tx_bytes, tx_data, endpoint, local, roamed, unstuck, sent, tx_max in events:
+        for (slot, rx_bytes, _rx_packets, rx_data, tx_bytes, tx_data, endpoint, local, roamed, unstuck, sent, tx_max,
+             rx_max) in events:
             peer = self.peer_at.get(slot)
             if peer is None:
                 continue
@@ -257,7 +258,7 @@ class FastPath:
             if unstuck and peer.endpoint is not None:
                 self._unstuck(peer)
             if rx_bytes:
-                device.transport_received(peer, now, rx_bytes, rx_data, endpoint, local)
+                device.transport_received(peer, now, rx_bytes, rx_data, endpoint, local, rx_max)
             if tx_bytes:
                 self.sent = True
                 device.transport_sent(peer, kp, now, tx_bytes, tx_data, tx_max)

@@ -120,7 +120,7 @@ typedef struct {
     int dirty;
     uint64_t rx_bytes, tx_bytes;
     uint64_t rx_data, rx_packets, tx_data;
-    size_t tx_max; /* the largest data datagram sent (proto/pmtu.py: only a large one can meet a black hole) */
+    size_t tx_max, rx_max; /* the largest data datagrams sent and received (proto/pmtu.py black holes) */
     int roamed, src_changed, unstuck;
 } Peer;
 
@@ -1065,6 +1065,8 @@ static int open_transport(DataPath *self, uint8_t *d, size_t n, const struct soc
     if (!clen)
         return 1; /* a keepalive */
     p->rx_data++;
+    if (n > p->rx_max)
+        p->rx_max = n;
     uint8_t *pt = body;
     size_t length;
     const uint8_t *source;
@@ -1202,12 +1204,12 @@ static PyObject *peer_events(DataPath *self)
             src = p->has_src ? local_tuple(p->src_level, p->src_type, p->src, p->src_len) : (Py_INCREF(Py_None), Py_None);
         }
         long long counter = p->send_kp ? (long long)p->send_kp->send_counter : -1;
-        PyObject *ev = Py_BuildValue("(iKKKKKNNiiLn)", slot, (unsigned long long)p->rx_bytes,
+        PyObject *ev = Py_BuildValue("(iKKKKKNNiiLnn)", slot, (unsigned long long)p->rx_bytes,
                                      (unsigned long long)p->rx_packets, (unsigned long long)p->rx_data,
                                      (unsigned long long)p->tx_bytes, (unsigned long long)p->tx_data, roam, src,
-                                     p->roamed, p->unstuck, counter, (Py_ssize_t)p->tx_max);
+                                     p->roamed, p->unstuck, counter, (Py_ssize_t)p->tx_max, (Py_ssize_t)p->rx_max);
         p->rx_bytes = p->tx_bytes = p->rx_data = p->rx_packets = p->tx_data = 0;
-        p->tx_max = 0;
+        p->tx_max = p->rx_max = 0;
         p->roamed = p->src_changed = p->unstuck = 0;
         if (!ev || PyList_Append(list, ev) < 0) {
             Py_XDECREF(ev);

@@ -59,9 +59,12 @@ from wgdisco.proto.icmp import TooBig, Unreachable
 from wgdisco.proto.indextable import IndexTable
 from wgdisco.proto.keys import clamp
 from wgdisco.proto.multicast import Multicast
+from wgdisco.proto.pmtu import BASE_INNER, WG_OVERHEAD
 from wgdisco.proto.ratelimiter import RateLimiter, TokenBucket
 from wgdisco.proto.replay import ReplayFilter
 from wgdisco.proto.timers import LIVE_TIME, QUEUE_STAGED_SIZE, UNDER_LOAD_AFTER_TIME, Timing
+
+LARGE_DATAGRAM = BASE_INNER + WG_OVERHEAD  # a data datagram above this can meet a path MTU limit (proto/pmtu.py)
 
 Addr = Hashable
 Rng = Callable[[int], bytes]
@@ -136,6 +139,7 @@ class Peer:
         # authenticated packet came or the new-handshake timer fired (the node's suspicion)
         self.unanswered_since: float | None = None
         self.unanswered_largest = 0  # the largest data datagram sent since then (proto/pmtu.py black holes)
+        self.large_received: float | None = None  # `now` of the last data datagram received larger than LARGE_DATAGRAM
         self.t_zero_key: float | None = None
         self.t_persistent: float | None = None
         self.handshake_attempts = 0
@@ -847,6 +851,8 @@ class Device:
         if not n:
             return None  # a keepalive
         peer.last_data = now
+        if len(data) > LARGE_DATAGRAM:
+            peer.large_received = now
         # timersDataReceived
         if peer.t_send_keepalive is None:
             peer.t_send_keepalive = now + timing.keepalive_timeout
@@ -930,11 +936,12 @@ class Device:
 
     def transport_received(
         self, peer: Peer, now: float, nbytes: int, data_packets: int,
-        endpoint: Addr | None = None, local: Hashable = None,
+        endpoint: Addr | None = None, local: Hashable = None, largest: int | None = None,
     ) -> None:
         """Authenticated transport messages from ``peer`` (``nbytes``, of which ``data_packets`` were
-        not keepalives); ``endpoint``/``local``: where the latest came from and arrived on, when
-        that changed (roaming, §2.1). _receive_transport's bookkeeping after the checks."""
+        not keepalives, the largest data message ``largest`` bytes; None: taken as ``nbytes``);
+        ``endpoint``/``local``: where the latest came from and arrived on, when that changed
+        (roaming, §2.1). _receive_transport's bookkeeping after the checks."""
         timing = self.timing
         self._keep_key_fresh_receiving(peer, now)
         if endpoint is not None:
@@ -950,6 +957,8 @@ class Device:
                 self._arm(peer, peer.t_persistent)
         peer.t_new_handshake = peer.unanswered_since = None  # timersAnyAuthenticatedPacketReceived
         peer.rx_bytes += nbytes
+        if data_packets and (nbytes if largest is None else largest) > LARGE_DATAGRAM:
+            peer.large_received = now
         if data_packets:  # timersDataReceived, once per data packet
             peer.last_data = now
             if peer.t_send_keepalive is None:

@@ -399,7 +399,7 @@ class PathDriver(Core):
                 continue
             if pmtu.path_of(public) != peer.endpoint:
                 pmtu.set_path(public, peer.endpoint, ":" in self._host_of(peer.endpoint), now)
-            pmtu.silence(public, peer.unanswered_since, now, peer.unanswered_largest)
+            pmtu.silence(public, peer.unanswered_since, now, peer.unanswered_largest, peer.large_received)
         if (due := pmtu.next_deadline()) is not None and due <= now:
             pmtu.handle_timer(now)
         self._pmtu_flush(now)

@@ -79,6 +79,7 @@ SPLIT = 4  # sizes probed in one search round
 MIN_TIMEOUT, MAX_TIMEOUT = 0.25, 1.0  # a round's probe timeout, 3 × RTT within these
 SILENCE = 0.5  # data unanswered this long: is it a black hole? (RFC 8899 §4.3)
 RECHECK = 2.0  # while the silence lasts, check again at most this often
+LARGE_RECENT = 10.0  # large data from the peer within this makes a silence worth a check
 REVALIDATE = 600.0  # RFC 8899 §5.1.1 PMTU_RAISE_TIMER: search again after this long
 IDLE_AFTER = 180.0  # … but not for a peer that carried no data this long (issue 26: quiet when idle)
 RETRY_UNANSWERED = 600.0  # a peer that answered no probe: try again after this long
@@ -155,6 +156,7 @@ class _Path:
     next_search: float | None = None
     silence: float | None = None  # start of the silence being watched
     silence_largest: int = 0  # the largest data datagram sent in it (UDP payload bytes)
+    large_received: float | None = None  # when data larger than BASE last came from the peer
     next_check: float = 0.0
 
 
@@ -168,15 +170,20 @@ class _Peer:
     last_data: float = -math.inf  # the latest data to or from the peer (used)
 
 
-def _checkable(p: _Peer) -> bool:
+def _checkable(p: _Peer, now: float) -> bool:
     """A size to check for a black hole: one enforced, or a completed search; and a silence that
-    one could explain: data larger than BASE went unanswered. A path carries BASE by definition
-    (RFC 8899 §5.1.2), so when only small datagrams were lost (a ping, keepalives, an SSH session)
-    the silence is loss or a dead path, not the MTU: no check (40 members converging on a loaded
-    machine sent ~3,200 checks of 3 probes each for silences of small pings)."""
+    one could explain: large packets are involved. Our data larger than BASE went unanswered (a
+    path carries BASE, RFC 8899 §5.1.2), or the peer sent us large data lately: its large packets
+    may be what stopped arriving (a link's MTU narrows both ways; while the peer uploads, our
+    small ACKs are what goes unanswered), and the check tests our direction of the same link.
+    A silence of small datagrams with no large data anywhere is loss or a dead path, not the MTU:
+    no check (40 members converging on a loaded machine sent ~3,200 checks of 3 probes each for
+    silences of small pings)."""
     path = p.path
-    return path is not None and path.silence_largest > path.sizes[0] and (
-        p.enforced is not None or path.state == COMPLETE)
+    if path is None or (p.enforced is None and path.state != COMPLETE):
+        return False
+    return path.silence_largest > path.sizes[0] or (
+        path.large_received is not None and now - path.large_received < LARGE_RECENT)
 
 
 class PathMtu(Core):
@@ -232,9 +239,11 @@ class PathMtu(Core):
             self._end_round(peer, p, now)
             self._touch(peer, p)
 
-    def silence(self, peer: Key, since: float | None, now: float, largest: int | None = None) -> None:
+    def silence(self, peer: Key, since: float | None, now: float, largest: int | None = None,
+                large_received: float | None = None) -> None:
         """Data to ``peer`` has gone unanswered since ``since`` (None: it is answered again), the
-        largest datagram of it ``largest`` bytes of UDP payload (None: not known, maybe large)."""
+        largest datagram of it ``largest`` bytes of UDP payload (None: not known, maybe large);
+        ``large_received``: when data larger than BASE last came from the peer (None: never)."""
         p = self._peers.get(peer)
         if p is None or p.path is None:
             return
@@ -243,6 +252,7 @@ class PathMtu(Core):
             path.silence = since
             path.next_check = 0.0 if since is None else since + SILENCE
         path.silence_largest = 0 if since is None else (1 << 16) if largest is None else largest
+        path.large_received = large_received
         self._maybe_check(peer, p, now)
         self._touch(peer, p)
 
@@ -293,7 +303,7 @@ class PathMtu(Core):
             times.append(path.round_end)
         elif path.next_search is not None:
             times.append(path.next_search)
-        if path.silence is not None and path.round_end is None and _checkable(p):
+        if path.silence is not None and path.round_end is None and _checkable(p, path.next_check):
             times.append(path.next_check)
         return min(times) if times else None
 
@@ -445,7 +455,9 @@ class PathMtu(Core):
         assert path is not None
         if path.silence is None or path.round_end is not None or now < path.next_check:
             return
-        if not _checkable(p):
+        if not _checkable(p, now):
+            if _checkable(p, path.next_check):
+                path.next_check = now + RECHECK  # the peer's large data is no longer recent: not due again
             return  # nothing confirmed to check yet (the search runs, or the peer does not answer)
         path.next_check = now + RECHECK
         self._send_check(peer, p, now)
