@@ -283,7 +283,7 @@ def socket_drops(hosts: list) -> dict[str, int]:  # type: ignore[type-arg]
 
 
 COUNTED = ("probes-", "triggered-probes", "pmtu-", "candidate-probes", "probe-drop-", "probes sent",
-           "handshake-tries", "initiations-crossed", "mesh-peers-admitted", "mdns-", "mesh-records-")
+           "handshake-tries", "probe-answers-late", "initiations-crossed", "mesh-peers-admitted", "mdns-", "mesh-records-")
 
 
 def shutdown_counters(logs: list[str]) -> dict[str, int]:

@@ -305,6 +305,30 @@ def test_unanswered_requests_time_out_in_order() -> None:
     assert a.get_timer() is None and a.outstanding == 0
 
 
+def test_an_answer_after_the_timeout_still_proves_the_path_within_the_late_window() -> None:
+    """A starved responder answers late: the timeout is reported (the selector counts a miss), and
+    the late answer is still a result (once), until LATE_WINDOW after the timeout; then it is
+    unexpected. The late ids are bounded like the outstanding ones."""
+    a, b = pair(timeout=3.0)
+    req = a.request(B_PUB, B_ADDR, 0.0)
+    reply, _ = b.receive(req, A_ADDR, 4.0)
+    assert a.handle_timer(3.0) == [ProbeTimeout(B_PUB, B_ADDR)]
+    got = a.receive(reply, B_ADDR, 4.5).event
+    assert isinstance(got, ProbeResult) and got.rtt == 4.5 and a.late_answers == 1
+    assert a.receive(reply, B_ADDR, 4.6) == (None, None)  # once
+    old = a.request(B_PUB, B_ADDR, 10.0)
+    old_reply, _ = b.receive(old, A_ADDR, 10.0)
+    a.handle_timer(13.0)
+    a.handle_timer(13.0 + probe.LATE_WINDOW)
+    assert a.receive(old_reply, B_ADDR, 13.0 + probe.LATE_WINDOW) == (None, None)
+    assert a.drops == {"unexpected-response": 2} and a.late_answers == 1
+    small, _ = pair(max_outstanding=2)
+    for i in range(5):
+        small.request(B_PUB, ("h", i), 0.0)
+    small.handle_timer(10.0)
+    assert small.outstanding == 0 and small.late_kept <= 2  # bounded: the newest kept
+
+
 def test_outstanding_is_bounded() -> None:
     a, _ = pair(max_outstanding=3)
     for i in range(5):

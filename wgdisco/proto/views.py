@@ -98,6 +98,7 @@ def stats(node: Any) -> NodeStats:
         ("probes-over-budget", selector.probes_over_budget),
         ("idle-paths-let-go", selector.paths_let_go),
         ("birthday-probes", node.birthday.probes_sent),
+        ("probe-answers-late", node.prober.late_answers),
         *((f"probes-{why}", n) for why, n in selector.probes_by.items())) if v})
     return NodeStats(
         probes_sent=selector.probes_sent, probe_replies=node.prober.replies, probe_drops=dict(node.prober.drops),
