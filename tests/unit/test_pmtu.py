@@ -351,3 +351,41 @@ def test_a_silence_of_small_datagrams_after_the_peers_large_data_is_checked() ->
     assert late.core.counters.get("pmtu-checks", 0) == 0
     due = late.core.next_deadline()
     assert due is None or due > late.now
+
+
+def test_a_path_taken_again_keeps_what_its_search_found_until_revalidation() -> None:
+    """Two LAN addresses of one peer, the path switching between them (roaming while members
+    converge): each is searched once; switching back restores its result (no probe, the same
+    limit) until its re-validation is due; a black hole found on it forgets the result."""
+    net = start(1400)
+    net.run(5.0)
+    assert net.core.limit(PEER) == 1312 and net.core.counters["pmtu-searches"] == 1
+    other = ("2001:db8:2::2", 51820)
+    net.core.set_path(PEER, other, True, net.now)
+    for w in net.core.pop_probes():  # the other path is 1500 wide
+        net.core.answered(PEER, other, w.size, RTT, net.now)
+    assert net.core.limit(PEER) == 1420 and net.core.counters["pmtu-searches"] == 2
+    net.core.set_path(PEER, ADDR, True, net.now + 1.0)  # back: restored, no probe
+    assert net.core.pop_probes() == [] and net.core.limit(PEER) == 1312
+    assert net.core.counters["pmtu-searches-spared"] == 1 and net.core.view(PEER).state == pmtu.COMPLETE
+    assert net.core.next_deadline() <= pmtu.REVALIDATE + 5.0  # re-validated on its own schedule
+    net.core.set_path(PEER, other, True, net.now + 2.0)
+    net.core.set_path(PEER, ADDR, True, pmtu.REVALIDATE + 10.0)  # too old: searched again
+    assert net.core.counters["pmtu-searches"] == 3 and net.core.pop_probes()
+
+
+def test_a_black_hole_forgets_what_the_path_was_found_to_carry() -> None:
+    net = start(1500)
+    net.run(5.0)
+    net.mtu = 1400
+    since = net.now
+    net.core.silence(PEER, since, net.now, largest=1452)
+    net.run(since + pmtu.SILENCE + pmtu.MIN_TIMEOUT + 0.01)  # the check found it; the new search runs
+    assert net.core.counters["pmtu-black-holes"] == 1 and net.core.view(PEER).state == pmtu.SEARCHING
+    other = ("2001:db8:2::2", 51820)
+    net.core.set_path(PEER, other, True, net.now)
+    net.core.pop_probes()
+    net.core.set_path(PEER, ADDR, True, net.now)  # back: its old 1420 must not come back
+    assert net.core.limit(PEER) is None or net.core.limit(PEER) <= 1312
+    net.run(net.now + 5.0)
+    assert net.core.limit(PEER) == 1312
