@@ -226,6 +226,40 @@ def py_spy_summary(raw: Path, top: int = 25) -> list[tuple[str, float, float]]:
     return [(fn, 100 * c / samples, 100 * total[fn] / samples) for fn, c in own.most_common(top)]
 
 
+def _snapshot(host: Any, iface: str) -> dict[str, int]:
+    """The kernel's IPv6/UDP counters of a host (/proc/net/snmp6, /proc/net/snmp "Udp:") and the
+    daemon's drops, flattened: what a packet that vanished might have incremented."""
+    out: dict[str, int] = {}
+    for line in host.run(["cat", "/proc/net/snmp6"], check=False).stdout.splitlines():
+        k, _, v = line.partition(" ")
+        if v.strip().isdigit():
+            out[k] = int(v)
+    snmp = host.run(["cat", "/proc/net/snmp"], check=False).stdout.splitlines()
+    for names, values in zip(snmp[::2], snmp[1::2]):
+        if names.startswith(("Udp:", "Ip:")):
+            for k, v in zip(names.split()[1:], values.split()[1:]):
+                out[names.split(":")[0] + k] = int(v) if v.lstrip("-").isdigit() else 0
+    st = json.loads(host.run([sys.executable, "-m", "wgdisco", "status", iface, "--json"], check=False).stdout or "{}")
+    for k, v in (st.get("dropped") or {}).items():
+        out["wgdisco-dropped-" + k] = v
+    for p in st.get("peers", []):
+        out["wgdisco-rx-" + p["public_key"][:8]] = p.get("rx_bytes", 0)
+        out["wgdisco-tx-" + p["public_key"][:8]] = p.get("tx_bytes", 0)
+    return out
+
+
+def probe_pair(hosts: list, tag: str, addrs: list[list[str]], i: int, j: int, fam: int) -> dict[str, object]:
+    """A pair left: five pings from i to j's mesh address of the family, and what moved on both
+    sides meanwhile (kernel IPv6/UDP counters, the daemons' drops and transfer counters), so the
+    place where the packets die shows up."""
+    before = [_snapshot(hosts[k], f"m{k}{tag}") for k in (i, j)]
+    ping = hosts[i].run(["ping", "-c", "5", "-i", "0.2", "-W", "1", addrs[j][fam]], check=False)
+    after = [_snapshot(hosts[k], f"m{k}{tag}") for k in (i, j)]
+    moved = [{k: v - b.get(k, 0) for k, v in a.items() if v != b.get(k, 0)} for b, a in zip(before, after)]
+    return {"ping_rc": ping.returncode, "ping_tail": ping.stdout.strip().splitlines()[-2:],
+            f"m{i} moved": moved[0], f"m{j} moved": moved[1]}
+
+
 def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socket], path: Path,
          left: list[tuple[int, int, int]] = ()) -> None:
     """Why not: each member's status (mesh peers, peers with a handshake, paths, counters); for
@@ -244,6 +278,7 @@ def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socke
             route = hosts[a].run(["ip", "route", "get", addrs[b][fam]], check=False).stdout.strip()
             row[f"m{a} about m{b}"] = {"wg_dump": mine, "status": peer, "dropped": st.get("dropped"),
                                       "route": route, "addrs_of_other": addrs[b]}
+        row["probe"] = probe_pair(hosts, tag, addrs, i, j, fam)
         pairs.append(row)
     rows = []
     for i, h in enumerate(hosts):
@@ -425,7 +460,8 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
               + (f"; left (from, to, family): {left_out[:10]}" if left_out else "")
               + f"; the last pairs (s, from, to, family): {done_pairs[-6:]}; socket drops {result_drops}", flush=True)
         if took is None or os.environ.get("WGDISCO_MESH_DIAG"):
-            diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json", left_out)
+            diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json",
+                 left_out or [(i, j, ("ipv4", "ipv6").index(f)) for _, i, j, f in done_pairs[-1:]])
         if idle:
             time.sleep(max(0.0, idle - window))
             before = [cpu_seconds(pid) for pid in pids]
