@@ -68,12 +68,13 @@ def test_the_backoff_cap_is_poll_interval() -> None:
     assert gaps(due_times(s, {A: False}, T0 + 20)[A]) == [0.5, 1, 2] + [3] * 5
 
 
-def test_peers_with_a_path_are_looked_up_every_poll_interval_within_ten_percent_not_in_lockstep() -> None:
+def test_peers_with_a_path_are_looked_up_every_poll_interval_or_up_to_15_percent_sooner_not_in_lockstep() -> None:
     s = schedule(peers=(A, B))
     got = due_times(s, {A: True, B: True}, T0 + 500)
     for public in (A, B):
         assert got[public][0] == 0  # never looked up: at once
-        assert all(9.0 <= g <= 11.0 for g in gaps(got[public])), gaps(got[public])
+        # never later than PollInterval: a call= is read within it (the idle bound, issue 26)
+        assert all(8.5 <= g <= 10.0 for g in gaps(got[public])), gaps(got[public])
         assert len(set(gaps(got[public]))) > 1  # jittered, not a fixed period
         assert s.is_regular(public)
     assert got[A][1:] != got[B][1:]  # two peers drift apart: no lockstep

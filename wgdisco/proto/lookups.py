@@ -1,7 +1,9 @@
 """When to look peers up over unicast DNS-SD (docs/records.md), and, in a mesh, when to browse
 the PTR set and which of the keys found there to look up. Pure; ``now`` and ``rng`` passed in.
 
-A peer with a path is looked up every PollInterval (±10 %, no lockstep); one without is looked up
+A peer with a path is looked up every PollInterval, up to 15 % sooner (no lockstep, and never later:
+a peer that let its path go idle reads our ``call=`` within one PollInterval, docs/nat-traversal.md
+"Idle peers"); one without is looked up
 at once, then after 0.5, 1, 2, 4 … s up to PollInterval, and at once again after our own record
 changed (the peer that looked first found nothing; now both have published), when data to it went
 unanswered (then after 0.25, 0.5, 1 … s: a peer whose router rebooted noticed at about the same
@@ -144,7 +146,7 @@ class LookupSchedule(Core):
             if path:
                 self._step.pop(public, None)
                 self._regular.add(public)
-                jitter = 0.9 + 0.2 * int.from_bytes(self._rng(2), "big") / 65535  # no lockstep
+                jitter = 0.85 + 0.15 * int.from_bytes(self._rng(2), "big") / 65535  # no lockstep, never late
                 self._schedule(public, now + poll * jitter)
                 self._watch(public, path, quiet, now)
             else:
