@@ -402,6 +402,33 @@ def test_nameserver_down_then_back(net: Net, caplog: pytest.LogCaptureFixture) -
     assert not retry.down
 
 
+def two_published(net: Net, router_table: str) -> tuple[list[bytes], Host]:
+    """PUB1 and PUB2 published at Knot (ports 51820 and 51821), and ``router_table`` (nftables) on
+    the router in front of it; the keys and the router."""
+    pubs = [PUB1, PUB2]
+    for n, pub in enumerate(pubs):
+        net.alice.run(publish, net.publisher(), node_record(pub, 51820 + n, [f"203.0.113.{10 + n}"], []))
+    router = net.router
+    assert router is not None
+    router.run(["nft", "-f", "-"], input=router_table)
+    return pubs, router
+
+
+def discovery_to(on_sighting: Callable[[records.Sighting], None], client: DnssdClient):
+    """The daemon's Discovery looking up over ``client``, each record it hands the node going to
+    ``on_sighting`` (call it inside the host's event loop)."""
+    from wgdisco.daemon.discovery import Discovery
+
+    class Node:
+        def receive_sighting(self, sighting, source, now) -> None:
+            on_sighting(sighting)
+
+    node = Node()
+    d = Discovery({}, "lab.conf", None, feed=lambda fn: fn(node, 0.0), peer_keys=frozenset)  # type: ignore[arg-type]
+    d.client = client
+    return d
+
+
 LOSSY_DNS = """table inet lossydns {
     chain lossy {
         type filter hook forward priority 0;
@@ -416,25 +443,11 @@ def test_lost_queries_cost_one_short_retransmission_and_names_go_in_parallel(net
     """A router in front of Knot loses the first queries: each lost one is sent again after
     dnssd.FIRST_RTO (0.4 s), and the lookups of several names run at once (discovery.py
     look_up_all), so the whole round costs one retransmission wait, not one per name."""
-    from wgdisco.daemon.discovery import Discovery
-
-    pubs = [PUB1, PUB2]
-    for n, pub in enumerate(pubs):
-        net.alice.run(publish, net.publisher(), node_record(pub, 51820 + n, [f"203.0.113.{10 + n}"], []))
-    router = net.router
-    assert router is not None
-    router.run(["nft", "-f", "-"], input=LOSSY_DNS)
+    pubs, router = two_published(net, LOSSY_DNS)
 
     async def look_up_both() -> tuple[list[bytes], float, bool]:
         seen: list[bytes] = []
-
-        class Node:
-            def receive_sighting(self, sighting, source, now) -> None:
-                seen.append(sighting.public_key)
-
-        node = Node()
-        d = Discovery({}, "lab.conf", None, feed=lambda fn: fn(node, 0.0), peer_keys=frozenset)  # type: ignore[arg-type]
-        d.client = net.client(timeout=2.0)
+        d = discovery_to(lambda sighting: seen.append(sighting.public_key), net.client(timeout=2.0))
         started = time.monotonic()
         failed = await d.look_up_all(Retry("lab"), pubs)
         return seen, time.monotonic() - started, failed
@@ -528,28 +541,15 @@ def test_lookups_under_an_unchanged_serial_ask_knot_one_soa_query_and_a_change_i
     lookups of unchanged records cost Knot one SOA query, not SRV and TXT per peer; a
     re-publication of the same record leaves Knot's serial, so it does not undo that; a changed
     record moves the serial and is read again at the next round."""
-    from wgdisco.daemon.discovery import Discovery
-
-    pubs = [PUB1, PUB2]
-    for n, pub in enumerate(pubs):
-        net.alice.run(publish, net.publisher(), node_record(pub, 51820 + n, [f"203.0.113.{10 + n}"], []))
-    router = net.router
-    assert router is not None
-    router.run(["nft", "-f", "-"], input=DNS_COUNTERS)
+    pubs, router = two_published(net, DNS_COUNTERS)
 
     def serial() -> str:
         return net.knot.dig(net.bob.host, DOMAIN, "SOA").split()[6]
 
     async def rounds() -> tuple[list[tuple[bytes, int]], list[int], dict[str, int], list[str]]:
         seen: list[tuple[bytes, int]] = []
-
-        class Node:
-            def receive_sighting(self, sighting, source, now) -> None:
-                seen.append((sighting.public_key, sighting.candidates[0][1]))  # the SRV port
-
-        node = Node()
-        d = Discovery({}, "lab.conf", None, feed=lambda fn: fn(node, 0.0), peer_keys=frozenset)  # type: ignore[arg-type]
-        d.client = net.client()
+        d = discovery_to(lambda sighting: seen.append((sighting.public_key, sighting.candidates[0][1])),  # SRV port
+                         net.client())
         queries, serials = [], []
         for step in range(4):
             if step == 2:  # the same record again (what a member does every 40 s): the serial stays
