@@ -317,7 +317,7 @@ def socket_drops(hosts: list) -> dict[str, int]:  # type: ignore[type-arg]
     return out
 
 
-COUNTED = ("probes-", "triggered-probes", "pmtu-", "candidate-probes", "probe-drop-", "probes sent",
+COUNTED = ("probes-", "triggered-probes", "pmtu-", "candidate-probes", "probe-drop-",
            "handshake-tries", "probe-answers-late", "initiations-crossed", "mesh-peers-admitted", "mdns-", "mesh-records-")
 
 
