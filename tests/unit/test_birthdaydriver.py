@@ -233,3 +233,21 @@ def test_what_the_selector_does_not_report_comes_from_the_heap() -> None:
     d.step(T0 + 17.3, p, EI, (), set())  # the backoff is over
     assert [(e.state, e.role) for e in d.pop_events()] == [("started", EASY)]
     assert d.puncher.stats(PEER.public)[:1] == (2,)
+
+
+def test_a_hard_attempt_won_over_the_listen_socket_is_a_birthday_path() -> None:
+    """The easy peer's random probes may hit the mapping our listen socket holds towards it (one
+    port more in the set): the attempt is won with no extra socket kept, and the path is the
+    birthday attempt's all the same (status says "birthday", not "record")."""
+    d, selector = driver(timing=Timing(sockets=4))
+    p = prober()
+    selector.set_peer_mapping(PEER.public, EI, T0)
+    addr = ("198.51.100.9", 5000)
+    selector.add_candidates(PEER.public, [Candidate(addr, "srflx", "dns")], T0)
+    d.step(T0 + 2.0, p, ED, ())
+    assert [e.state for e in d.pop_events() if isinstance(e, BirthdayChanged)] == ["started"]
+    assert d.found == {}
+    selector.on_authenticated(PEER.public, addr, T0 + 3.0)  # over the listen socket: no sid
+    d.step(T0 + 3.0, p, ED, (), selector.pop_changed())
+    assert [(e.state, e.role) for e in d.pop_events() if isinstance(e, BirthdayChanged)] == [("won", HARD)]
+    assert d.found == {PEER.public: addr}

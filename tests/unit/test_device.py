@@ -544,6 +544,39 @@ def test_sticky_source_dropped_on_new_endpoint_removal_and_retries() -> None:
     assert q.pa.handshake_attempts >= 1 and q.a.sources == {}
 
 
+def test_a_source_whose_route_moved_is_not_learned_again_from_packets_in_flight() -> None:
+    """The shell found the route to B leaving through another interface (daemon/sticky.py) and
+    forgot "a-first" with moved=True: B's packets still arriving there (B writes to the old
+    address until it hears us from the new one) leave the choice to the kernel; a packet to
+    another of our addresses is learned; after the next route change the old one may be again."""
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+
+    def from_b(local: str) -> None:
+        out = p.b.send_packet(ipv4_packet("10.0.0.2", "10.0.0.1"), p.now)
+        assert out is not None and p.a.receive_datagram(out[0], B_ADDR, p.now, local) is not None
+
+    from_b("a-first")
+    assert p.a.sources == {B_ADDR: "a-first"}
+    assert p.a.forget_source(B_ADDR, "a-first", moved=True)
+    from_b("a-first")  # in flight when the route moved
+    assert p.a.sources == {}
+    from_b("a-third")  # B heard us from the new source and writes there
+    assert p.a.sources == {B_ADDR: "a-third"}
+    from_b("a-first")  # the mark went with the new source: an ordinary change again
+    assert p.a.sources == {B_ADDR: "a-first"}
+    assert p.a.forget_source(B_ADDR, "a-first", moved=True)
+    p.a.routes_changed()  # the route came back, say: the next check decides
+    from_b("a-first")
+    assert p.a.sources == {B_ADDR: "a-first"}
+    # the batched path (the compiled data plane's reports) keeps the same rule
+    assert p.a.forget_source(B_ADDR, "a-first", moved=True)
+    p.a.transport_received(p.pa, p.now, 100, 1, B_ADDR, "a-first")
+    assert p.a.sources == {}
+    p.a.transport_received(p.pa, p.now, 100, 1, B_ADDR, "a-third")
+    assert p.a.sources == {B_ADDR: "a-third"}
+
+
 def test_timers_come_from_a_heap_not_a_scan_of_the_peers() -> None:
     """get_timer is the top of a heap (issue 22): the earliest deadline wins whoever set it; a
     deadline moved later costs one early wake that does nothing and re-arms at the real one; a

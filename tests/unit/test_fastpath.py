@@ -468,3 +468,45 @@ def test_multicast_from_a_peer_goes_through_the_same_rules_on_both_paths(enabled
     assert peer_state(dut) == peer_state(ref)
     if enabled:
         assert dut.b.multicast.counters == ref.b.multicast.counters  # type: ignore[union-attr]
+
+
+class Recording:
+    """The C data path with its ``set_peer`` calls recorded (what Python pushed, slot by slot)."""
+
+    def __init__(self, dp: object) -> None:
+        self.dp, self.pushes = dp, []
+
+    def set_peer(self, slot, endpoint, source, *rest):
+        self.pushes.append((slot, endpoint, source))
+        return self.dp.set_peer(slot, endpoint, source, *rest)  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str):
+        return getattr(self.dp, name)
+
+
+@needs_c
+def test_a_source_the_device_will_not_take_again_is_pushed_back_to_c(loop_socks) -> None:
+    """C follows the sticky source of every authenticated packet itself and reports it; the
+    device may refuse it (its route moved to another interface, Device.forget_source moved=True):
+    then the next sync pushes "no source" to C, which would otherwise keep sending from it."""
+    a_sock, b_sock = loop_socks
+    udp.enable_pktinfo(b_sock)
+    _ref, dut = worlds(a_sock, b_sock)
+    tun = FakeTun()
+    try:
+        fp = make_fast(dut, tun, b_sock)
+        a_addr = a_sock.getsockname()
+        c_receive(fp, tun, dut, [dut.seal(ipv4("10.0.0.1", "10.0.0.2"))], a_sock, b_sock.getsockname())
+        local = dut.b.sources.get(a_addr)
+        assert local is not None  # C reported where the packet arrived
+        assert dut.b.forget_source(a_addr, local, moved=True)
+        fp.dp = recording = Recording(fp.dp)  # type: ignore[assignment]
+        fp.sync(dut.now)
+        assert [p[2] for p in recording.pushes] == [None]  # C sends without it now ...
+        recording.pushes.clear()
+        c_receive(fp, tun, dut, [dut.seal(ipv4("10.0.0.1", "10.0.0.2"))], a_sock, b_sock.getsockname())
+        assert dut.b.sources == {}  # ... a packet still arriving there: C took it, the device did not ...
+        fp.sync(dut.now)
+        assert [p[2] for p in recording.pushes] == [None]  # ... so "no source" goes to C again
+    finally:
+        tun.close()

@@ -263,9 +263,11 @@ class FastPath:
                 self.sent = True
                 device.transport_sent(peer, kp, now, tx_bytes, tx_data, tx_max)
             if state is not None and (endpoint is not None or unstuck):
-                # C follows the peer already: record what it has, so sync does not push it again
-                ep = peer.endpoint
-                self.pushed[slot] = (ep, device.sources.get(ep) if ep is not None else None, *state[2:])
+                # C follows the peer already: record what it has (the endpoint and source it
+                # reported, or no source after an unstick), so sync pushes only where the device
+                # decided otherwise (a source whose route moved is not taken again, Device._moved)
+                held_ep = endpoint if endpoint is not None else state[0]
+                self.pushed[slot] = (held_ep, local if endpoint is not None else None, *state[2:])
         if drops:
             device_drops, other, tun_drops = self.dp.take_drops()
             device.count_drops(device_drops)

@@ -33,6 +33,7 @@ from typing import Any, Callable
 from wgdisco import config as configmod
 from wgdisco.daemon import clock, memtrace, sticky
 from wgdisco.daemon.dataplane import DataPlane
+from wgdisco.daemon.rerun import Rerun
 from wgdisco.daemon.routing import Routing
 from wgdisco.daemon.surface import Surface, fmt_addr, short_key
 from wgdisco.errors import ConfigError, LocalError
@@ -101,8 +102,9 @@ class Tunnel:
         self.discovery: Any = None  # wgdisco.daemon.discovery.Discovery when [Discovery] asks for it
         self.netmon: Any = None  # wgdisco.io.netmon.NetworkMonitor
         self.portmapping: Any = None  # daemon/portmapping.PortMapping, with NAT traversal (PortMapping != off)
-        self.change_task: asyncio.Task[None] | None = None
-        self.sticky_task: asyncio.Task[None] | None = None  # _recheck_sticky after a network change
+        # after a network change (a burst asked for while a pass runs gets one more pass: daemon/rerun.py)
+        self.regathering = Rerun(self._regather, "re-gathering after a network change")
+        self.sticky_check = Rerun(self._recheck_sticky, "the sticky-source check")
         self.loop: asyncio.AbstractEventLoop | None = None
         self.metrics: Any = None
         self.routing = Routing(cfg.name, cfg.interface)  # AllowedIPs routes, policy routing, the fwmark
@@ -545,18 +547,17 @@ class Tunnel:
     def _network_changed(self, kinds: set[str]) -> None:
         """NetworkMonitor (debounced): sticky sources checked against their routes; with NAT
         traversal, re-gather, STUN again, re-publish, re-probe, within a second."""
-        if self.sticky_task is None or self.sticky_task.done():
-            self.sticky_task = asyncio.create_task(self._recheck_sticky())
+        self.sticky_check.ask(kinds)
         if self.node is None or not self.node.traversal:
             return
-        if self.change_task is None or self.change_task.done():
-            self.change_task = asyncio.create_task(self._regather(sorted(kinds)))
+        self.regathering.ask(kinds)
 
-    async def _recheck_sticky(self) -> None:
+    async def _recheck_sticky(self, _kinds: list[str]) -> None:
         """Drop the sticky sources whose route now leaves through another interface (daemon/sticky.py)."""
         if self.device is None:
             return
         with self.lock:
+            self.device.routes_changed()
             checks = sticky.to_check(self.device.sources)
         if not checks:
             return
@@ -568,7 +569,7 @@ class Tunnel:
             return
         with self.lock:
             for c in sticky.stale(checks, oifs):
-                if self.device.forget_source(c.endpoint, c.source):
+                if self.device.forget_source(c.endpoint, c.source, moved=True):
                     log.info("sending to %s: the route leaves through another interface now; %s (interface %d) "
                              "is no longer the source", udp.format_sockaddr(c.endpoint), c.src, c.ifindex)
 
@@ -601,10 +602,8 @@ class Tunnel:
         if self.netmon is not None:
             await self.netmon.close()
             self.netmon = None
-        if self.sticky_task is not None:
-            self.sticky_task.cancel()
-        if self.change_task is not None:
-            self.change_task.cancel()
+        self.sticky_check.cancel()
+        self.regathering.cancel()
         if self.live_task is not None:
             self.live_task.cancel()
             await asyncio.gather(self.live_task, return_exceptions=True)

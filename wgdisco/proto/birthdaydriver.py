@@ -56,7 +56,7 @@ class BirthdayDriver(Core):
         self._addr_of = addr_of
         self._host_of = host_of
         self._format_addr = format_addr
-        self.found: dict[Key, Addr] = {}  # peer -> the address a birthday probe's answer proved
+        self.found: dict[Key, Addr] = {}  # peer -> the address a birthday attempt proved
         self._sent: dict[Key, set[Addr]] = {}  # easy role: this attempt's probed addresses
         # what step looks at besides the peers whose paths changed (issue 22): peers waiting for
         # their backoff or ordinary punching's start_after (a heap), peers waiting for the one
@@ -165,6 +165,10 @@ class BirthdayDriver(Core):
             if live and public not in suspected:
                 role = b.role(public) or ""
                 b.won(public, sid, now)
+                if role == HARD and sid is None and current is not None:
+                    # the peer's random probe hit the mapping our listen socket holds towards it
+                    # (one more port in the set, 1 in sockets + 1): a birthday path all the same
+                    self.found[public] = current
                 self._sent.pop(public, None)
                 self._count("birthday-wins")
                 self._events.append(BirthdayChanged(public, "won", role, b.probes_sent, (

@@ -33,7 +33,11 @@ addresses hears back from that address instead of seeing us roam. An entry goes 
 endpoint changes, when the peer is removed, and when a handshake is retried for want of an
 answer (wireguard-go markEndpointSrcForClearing: the source may be the trouble); the shell
 asks ``forget_source`` to drop one the kernel refuses; it reads them through ``source_for``
-(never the dict itself). ``local=None`` (no report) leaves the choice to the kernel.
+(never the dict itself). ``local=None`` (no report) leaves the choice to the kernel. A source
+whose route moved to another interface (``forget_source(..., moved=True)``, daemon/sticky.py) is
+not learned again from the packets still in flight to it (the peer writes there until it hears
+us from the new source; the kernel module checks the route at every send, socket.c ``send4``,
+so it cannot pin the old one again either) until ``routes_changed`` says the routes changed anew.
 
 Names and rules follow wireguard-go's device/ (send.go, receive.go, timers.go,
 keypair.go, peer.go); whitepaper sections are cited where a rule comes from.
@@ -226,6 +230,7 @@ class Device:
         self.too_big: TooBig | None = None  # over a peer's path limit: ICMP "too big" or fragments (icmp.py)
         self.multicast: Multicast | None = None  # link-local multicast over the tunnel (proto/multicast.py)
         self.sources: dict[Addr, Hashable] = {}  # endpoint -> local source of its latest authenticated packet
+        self._moved: dict[Addr, Hashable] = {}  # endpoint -> a source whose route moved: not learned again
         self.events: list[DeviceEvent] = []
         # (deadline, seq, peer): at most one live entry per peer, the earliest of its timers or
         # earlier (a timer moved later is found when the entry pops); get_timer is its top
@@ -301,14 +306,32 @@ class Device:
         read-only view of ``sources`` (io/udp.py ``Sender.source_for``): it never holds the dict."""
         return self.sources.get(endpoint)
 
-    def forget_source(self, endpoint: Addr, source: Hashable) -> bool:
+    def forget_source(self, endpoint: Addr, source: Hashable, moved: bool = False) -> bool:
         """The shell could not send from ``source`` (the address is gone, the route moved): forget
         it if it is still ``endpoint``'s, so the kernel chooses until the next authenticated
-        packet. True when it was (and is forgotten now)."""
+        packet. ``moved``: the route to the endpoint leaves through another interface now, and a
+        packet arriving on ``source`` does not make it the source again (until ``routes_changed``).
+        True when it was (and is forgotten now)."""
         if self.sources.get(endpoint) is not source:
             return False
         del self.sources[endpoint]
+        if moved:
+            self._moved[endpoint] = source
         return True
+
+    def routes_changed(self) -> None:
+        """The routes changed again (the shell checks the sticky sources anew): a source whose
+        route had moved may be learned again (the route may have come back)."""
+        self._moved.clear()
+
+    def _learn_source(self, addr: Addr, local: Hashable) -> None:
+        """``local`` (not None) became ``addr``'s source, unless its route moved away (forget_source)."""
+        if self._moved and self._moved.get(addr) == local:
+            self.sources.pop(addr, None)
+            return
+        self.sources[addr] = local
+        if self._moved:
+            self._moved.pop(addr, None)
 
     def try_endpoint(self, peer: Peer, endpoint: Addr, now: float, cause: str = "hint") -> None:
         """Point ``peer`` at a hinted candidate and send an initiation there now.
@@ -804,7 +827,7 @@ class Device:
         if local is None:
             self.sources.pop(addr, None)
         else:
-            self.sources[addr] = local
+            self._learn_source(addr, local)
 
     def _receive_transport(self, data: bytes, addr: Addr, now: float, local: Hashable) -> bytes | None:
         """Decrypt, replay-check, then the inner packet's length and source (whitepaper §5.4.6, §2).
@@ -838,7 +861,7 @@ class Device:
         if peer.endpoint != addr:
             self._set_endpoint_from_packet(peer, addr, local)
         elif local is not None and self.sources.get(addr) != local:
-            self.sources[addr] = local  # the peer wrote to another of our addresses (or again after an unstick)
+            self._learn_source(addr, local)  # the peer wrote to another of our addresses (or again after an unstick)
         peer.last_authenticated = now
         self.touched.add(peer)
         if peer.persistent_keepalive:
@@ -948,7 +971,7 @@ class Device:
             if peer.endpoint != endpoint:
                 self._set_endpoint_from_packet(peer, endpoint, local)
             elif local is not None and self.sources.get(endpoint) != local:
-                self.sources[endpoint] = local
+                self._learn_source(endpoint, local)
         peer.last_authenticated = now
         self.touched.add(peer)
         if peer.persistent_keepalive:
