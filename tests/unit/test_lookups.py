@@ -58,14 +58,15 @@ def test_a_peer_without_a_path_is_due_at_once_then_on_a_growing_schedule_capped_
     s = schedule(peers=(A,))  # first 0.5 s, PollInterval 10 s
     times = due_times(s, {A: False}, T0 + 80)[A]
     assert times[0] == 0
-    assert gaps(times) == [0.5, 1, 2, 4, 8] + [10] * 6
+    # every 0.5 s for the first 2 s (both ends of a pair usually start together), then growing
+    assert gaps(times) == [0.5] * 5 + [1, 2, 4, 8] + [10] * 6
     assert not s.is_regular(A)
     assert step(s, T0 + times[-1] + 9.99, {A: (False, None)}) == []  # nothing between two turns
 
 
 def test_the_backoff_cap_is_poll_interval() -> None:
     s = schedule(peers=(A,), poll_interval=3.0)
-    assert gaps(due_times(s, {A: False}, T0 + 20)[A]) == [0.5, 1, 2] + [3] * 5
+    assert gaps(due_times(s, {A: False}, T0 + 20)[A]) == [0.5] * 5 + [1, 2] + [3] * 4
 
 
 def test_peers_with_a_path_are_looked_up_every_poll_interval_or_up_to_15_percent_sooner_not_in_lockstep() -> None:
@@ -120,6 +121,10 @@ def test_our_record_changing_looks_peers_without_a_path_at_once_and_resets_brows
     assert looked(events) == [A]  # B was not named: it keeps its time
     assert any(isinstance(e, BrowseWanted) for e in events)  # the PTR set at once too
     assert s.next_deadline() == T0 + 21.5
+    # and A is on the first seconds' 0.5 s steps again (B now publishes too, say)
+    for t in (21.5, 22.0, 22.5, 23.0):
+        assert looked(step(s, T0 + t, {A: (False, None), B: (False, None)})) == [A]
+        assert s.next_deadline() == T0 + t + 0.5
 
 
 def test_the_mesh_ptr_set_is_browsed_on_the_growing_schedule() -> None:

@@ -270,7 +270,7 @@ class Discovery:
 
     async def _poll_loop(self) -> None:
         """Look up the keys the node asks for (LookupWanted: proto/lookups.py schedules them: at
-        once, then 0.5, 1, 2 … s while a peer has no path, every PollInterval once it has one, at
+        once, every 0.5 s for 2 s, then 1, 2, 4 … s while a peer has no path, every PollInterval once it has one, at
         once after our record changed) and browse when it asks (BrowseWanted)."""
         assert self.client is not None
         retry = dnssd.Retry("DNS-SD lookups", logger=log, maximum=MAX_BACKOFF)

@@ -4,7 +4,10 @@ the PTR set and which of the keys found there to look up. Pure; ``now`` and ``rn
 A peer with a path is looked up every PollInterval, up to 15 % sooner (no lockstep, and never later:
 a peer that let its path go idle reads our ``call=`` within one PollInterval, docs/nat-traversal.md
 "Idle peers"); one without is looked up
-at once, then after 0.5, 1, 2, 4 … s up to PollInterval, and at once again after our own record
+at once, every 0.5 s for the first 2 s (``flat_for``: the two ends of a pair usually start
+together, and the later one publishes a second or two after the first; with SOA-gated lookups a
+look at an unchanged zone is one small query), then after 1, 2, 4 … s up to PollInterval, and
+at once again (the same 2 s of 0.5 s) after our own record
 changed (the peer that looked first found nothing; now both have published), when data to it went
 unanswered (then after 0.25, 0.5, 1 … s: a peer whose router rebooted noticed at about the same
 time and publishes within a few round trips), or when a peer on the regular schedule lost its
@@ -43,6 +46,7 @@ Key = bytes
 @dataclass(frozen=True)
 class Timing:
     first: float = 0.5  # the first wait of a peer without a path (then doubling)
+    flat_for: float = 2.0  # … kept that long after the peer was added or our record changed
     lost_first: float = 0.25  # … of a peer whose data went unanswered: it may have seen its own move
     # (a router reboot) in the same instant and publish within a few round trips (issue 24)
     poll_interval: float = 10.0  # PollInterval ([Discovery])
@@ -67,6 +71,7 @@ class LookupSchedule(Core):
         self._check: dict[Key, float] = {}  # regular peer -> when its session stops being live
         self._heap: list[tuple[float, Key]] = []  # (time, peer): an entry of _at or _check, or stale
         self._step: dict[Key, float] = {}  # peer without a path -> its current backoff
+        self._flat_until: dict[Key, float] = {}  # peer -> until when its backoff stays at ``first``
         self._regular: set[Key] = set()  # peers looked up every PollInterval (they had a path)
         self._browse_at = 0.0
         self._browse_step = timing.first
@@ -79,10 +84,11 @@ class LookupSchedule(Core):
     def add_peer(self, public: Key, now: float) -> None:
         self._found.pop(public, None)  # a peer now: on its own schedule
         if self.enabled:
+            self._flat_until[public] = now + self.timing.flat_for
             self._schedule(public, now)
 
     def forget(self, public: Key) -> None:
-        for table in (self._at, self._check, self._step):
+        for table in (self._at, self._check, self._step, self._flat_until):
             table.pop(public, None)
         self._regular.discard(public)
         self._settle()
@@ -104,6 +110,8 @@ class LookupSchedule(Core):
         """Our record changed: peers without a path, and the mesh's PTR set, are looked at again."""
         for public in without_path:
             self.look_now(public, now)
+            if public in self._at:
+                self._flat_until[public] = now + self.timing.flat_for
         self._browse_at, self._browse_step = now, self.timing.first
 
     def is_regular(self, public: Key) -> bool:
@@ -145,13 +153,18 @@ class LookupSchedule(Core):
             due.append(public)
             if path:
                 self._step.pop(public, None)
+                self._flat_until.pop(public, None)
                 self._regular.add(public)
                 jitter = 0.85 + 0.15 * int.from_bytes(self._rng(2), "big") / 65535  # no lockstep, never late
                 self._schedule(public, now + poll * jitter)
                 self._watch(public, path, quiet, now)
             else:
                 step = min(self._step.get(public, self.timing.first), poll)
-                self._step[public] = step * 2
+                if now < self._flat_until.get(public, now):
+                    self._step[public] = step  # the first seconds: both ends usually start together
+                else:
+                    self._flat_until.pop(public, None)
+                    self._step[public] = step * 2
                 self._schedule(public, now + step)
         self._settle()
         if due:
