@@ -4,6 +4,7 @@ first ping through their tunnel. Median of N runs.
     sudo .venv/bin/python bench/discovery.py [--scenario lan|nat|portmap] [--runs 10] [--out FILE]
     sudo .venv/bin/python bench/discovery.py --scenario portmap --mode pcp|natpmp|upnp|auto
     sudo .venv/bin/python bench/discovery.py --scenario nat --wan off|home|mobile [--runs 10]
+    sudo .venv/bin/python bench/discovery.py --scenario nat --stagger 1.5 [--runs 10]
 
 ``lan``: one bridge, two hosts, ``[Discovery] mDNS = on``: found by mDNS.
 ``nat``: two sites behind two easy nftables NATs, a WAN with stund and Knot: found through
@@ -16,7 +17,9 @@ cell (wgdisco/lab/natcells.py: the same two easy NATs, stund and Knot, Persisten
 with every site's line to the internet impaired by wgdisco/lab/wan.py's profile (``home``: 20 ms
 ± 5 ms each way and 1 % loss on each line; ``mobile``: 60 ms ± 20 ms, 3 % loss, 1 % reordering;
 ``off``: the same lab unimpaired). Each run is a fresh lab; the clock starts before the first daemon is launched; pings go
-every 100 ms (1 s timeout each) until one comes back.
+every 100 ms (1 s timeout each) until one comes back. ``--stagger S``: b is started S seconds
+after a is up (a home lab's machines do not boot in the same second; a loaded machine starts the
+second daemon late too): the figure is then from b's start.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from wgdisco.lab.wg import Node, keypair  # noqa: E402
 
 
 UP_TIMES: list[float] = []  # the same runs' seconds from both daemons up (after b.start returned)
+STAGGER = 0.0  # seconds between a up and b's start (--stagger)
 
 
 def first_ping_after_start(a, b) -> float:  # type: ignore[no-untyped-def]
@@ -42,6 +46,9 @@ def first_ping_after_start(a, b) -> float:  # type: ignore[no-untyped-def]
     (the time from both daemons up goes to UP_TIMES)."""
     start = time.monotonic()
     a.start()
+    if STAGGER:
+        time.sleep(STAGGER)
+        start = time.monotonic()  # from b's start: the later one is what a user waits for
     b.start()
     up = time.monotonic()
     while a.host.run(["ping", "-c1", "-W1", b.inner4], check=False).returncode != 0:
@@ -106,8 +113,12 @@ def main() -> int:
     p.add_argument("--wan", choices=("off", "home", "mobile", "none"),
                    help="nat: the matrix's easy x easy cell, every site's line impaired (wgdisco/lab/wan.py)")
     p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--stagger", type=float, default=0.0,
+                   help="nat, portmap: start b this many seconds after a is up (the figure counts from b's start)")
     p.add_argument("--out", default="bench/results/discovery.json")
     args = p.parse_args()
+    global STAGGER
+    STAGGER = args.stagger
     if args.wan is not None and args.scenario != "nat":
         p.error("--wan goes with --scenario nat")
     samples = []
@@ -122,7 +133,7 @@ def main() -> int:
         print(f"[{i + 1}/{args.runs}] first ping after {seconds:.2f} s"
               + (f" ({UP_TIMES[-1]:.2f} s after both daemons were up)" if len(UP_TIMES) == len(samples) else ""),
               flush=True)
-    result = {"scenario": args.scenario, "wan": args.wan, **({"mode": args.mode, "upnp_only": args.upnp_only} if args.scenario == "portmap" else {}), "runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
+    result = {"scenario": args.scenario, "wan": args.wan, "stagger_s": args.stagger, **({"mode": args.mode, "upnp_only": args.upnp_only} if args.scenario == "portmap" else {}), "runs": args.runs, "samples_s": samples, "median_s": statistics.median(samples),
               "min_s": min(samples), "max_s": max(samples)}
     if len(UP_TIMES) == len(samples):
         result.update(after_up_s=UP_TIMES, after_up_median_s=statistics.median(UP_TIMES), after_up_max_s=max(UP_TIMES))
