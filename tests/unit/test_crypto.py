@@ -242,3 +242,16 @@ def test_tai64n_monotonic(a: float, b: float) -> None:
     lo, hi = sorted((a, b))
     assert tai64n(lo) <= tai64n(hi)
     assert len(tai64n(lo)) == 12
+
+
+def test_a_substream_is_deterministic_per_seed_and_independent_of_how_it_is_drawn() -> None:
+    from wgdisco.errors import LocalError
+    from wgdisco.proto.crypto import substream
+
+    a, b = substream(b"seed-1"), substream(b"seed-1")
+    assert a(2) + a(40) == b(2) + b(40)  # the same seed, the same draws
+    assert substream(b"seed-2")(16) != substream(b"seed-1")(16)
+    assert len(substream(bytes(32))(100)) == 100
+    for bad in (b"", bytes(33)):
+        with pytest.raises(LocalError):
+            substream(bad)

@@ -358,7 +358,8 @@ def test_a_peer_without_a_path_is_looked_up_on_a_growing_schedule() -> None:
     times = lookup_times(a, b.public, 40)
     gaps = [y - x for x, y in zip(times, times[1:])]
     assert times[0] <= 0.05  # at once
-    assert gaps[:6] == pytest.approx([0.5, 1, 2, 4, 8, 10], abs=0.06)  # then PollInterval (10 s)
+    # every 0.5 s for the first 2 s, then growing up to PollInterval (10 s)
+    assert gaps[:10] == pytest.approx([0.5] * 5 + [1, 2, 4, 8, 10], abs=0.06)
 
 
 def test_our_record_changing_brings_the_lookup_forward() -> None:
@@ -377,7 +378,8 @@ def test_a_peer_with_a_path_is_looked_up_every_poll_interval() -> None:
     net.ping_until(a, b, limit=5)
     times = lookup_times(a, b.public, 45, step=0.1)
     gaps = [y - x for x, y in zip(times, times[1:])]
-    assert gaps and all(9 <= g <= 11.05 for g in gaps)
+    # PollInterval or up to 15 % sooner (never later: a call= is read within it), on a 0.1 s step
+    assert gaps and all(8.5 - 0.11 <= g <= 10 + 0.11 for g in gaps), gaps
 
 
 def test_a_peer_that_loses_its_path_is_looked_up_at_once() -> None:

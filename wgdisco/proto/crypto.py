@@ -13,8 +13,10 @@ Everything here is a pure function of its arguments; decrypt failures raise Auth
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import struct
+from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import (
@@ -217,3 +219,20 @@ def tai64n(wall: float) -> bytes:
     secs = math.floor(wall)
     nano = min(int((wall - secs) * 1e9), 999_999_999) & ~TAI64N_WHITENER_MASK
     return struct.pack(">QI", TAI64_BASE + secs, nano)
+
+
+def substream(seed: bytes) -> Callable[[int], bytes]:
+    """A deterministic byte stream from ``seed`` (up to 32 bytes; keyed BLAKE2s of a counter): a
+    core's own source of jitter, so that how much one core draws shifts no other core's
+    randomness (proto/node.py gives the lookup schedule one). Not for secrets or nonces."""
+    if not 0 < len(seed) <= 32:
+        raise LocalError("a substream seed is 1 to 32 bytes")
+    counter = itertools.count()
+
+    def draw(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            out += hashlib.blake2s(struct.pack("<Q", next(counter)), key=seed).digest()
+        return out[:n]
+
+    return draw

@@ -31,6 +31,7 @@ from wgdisco.proto import ownrecord, records, views
 from wgdisco.proto.birthdaydriver import BirthdayDriver
 from wgdisco.proto.calls import Calls
 from wgdisco.proto.classify import PROBE, STUN, WIREGUARD, classify
+from wgdisco.proto.crypto import substream
 from wgdisco.proto.device import Device, Peer
 from wgdisco.proto import events
 from wgdisco.proto.events import *  # noqa: F401,F403 - the node's events are part of its interface (events.__all__)
@@ -84,7 +85,8 @@ class Node(NodeMesh, NodeViews):
                                         host_of=host_of, format_addr=format_addr, via=via, via_socket=via_socket)
         self.membership = None if mesh is None else \
             MeshMembership(mesh, device.identity.public, wall=wall, name=mesh_name, timing=timing.mesh)
-        self.lookups = LookupSchedule(rng=rng, timing=timing.lookups, mesh=mesh is not None, enabled=unicast)
+        # its jitter has a stream of its own (seeded from rng): lookups shift no probe's, STUN's or birthday's randomness
+        self.lookups = LookupSchedule(rng=substream(rng(16)), timing=timing.lookups, mesh=mesh is not None, enabled=unicast)
         for public in device.peers:  # (configured before the node was made)
             self.lookups.add_peer(public, 0.0)
         self.history = views.PeerHistory()
