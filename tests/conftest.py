@@ -35,6 +35,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "last: measures latency or CPU under a flood it makes: runs after every other test of its "
+        "pytest (`make test`'s runs beside it are done or idle by then, so their daemons starting "
+        "do not show up as the flooded daemon's stalls)",
+    )
+    config.addinivalue_line(
+        "markers",
         "quarter_hour: waits about 15 minutes on purpose; `make test` (tests/run_suite.py) runs it "
         "in a pytest of its own beside the others",
     )
@@ -54,6 +60,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             misplaced.append(f"{item.nodeid}: not marked netns, belongs in tests/unit/ (or mark it)")
     if misplaced:
         raise pytest.UsageError("tests in the wrong folder:\n  " + "\n  ".join(misplaced))
+    items[:] = [i for i in items if i.get_closest_marker("last") is None] + \
+        [i for i in items if i.get_closest_marker("last") is not None]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

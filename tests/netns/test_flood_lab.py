@@ -16,7 +16,7 @@ import pytest
 from wgdisco.lab import Lab, require_tool
 from wgdisco.lab.wg import PACKAGE_ROOT, Node, keypair
 
-pytestmark = pytest.mark.netns
+pytestmark = [pytest.mark.netns, pytest.mark.last]  # latency under a flood: after the rest (conftest.py)
 
 RATE, SECONDS = 20_000, 20
 

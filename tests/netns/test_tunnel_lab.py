@@ -145,6 +145,7 @@ def test_roaming_peer_follows_the_new_address(lab: Lab, mover_kind: str, followe
 # --- cookies under load (whitepaper §5.3) -----------------------------------------------
 
 
+@pytest.mark.last  # a flood: after the rest (conftest.py)
 def test_cookie_replies_under_flood_and_genuine_peer_gets_through(lab: Lab) -> None:
     lan = lab.lan("lan")
     ha, hb, hc = lab.host("a"), lab.host("b"), lab.host("c")
