@@ -63,7 +63,11 @@ def test_the_impaired_wan_gives_what_was_asked_and_costs_little(lab: Lab) -> Non
     # delay: 20 ± 5 ms, plus the overhead above; the reordered 5 % are held one delay more (a
     # frame never leaves before the one ahead of it, so the median is a little above 20 ms)
     assert 15.0 <= delays[0] and 19.0 <= statistics.median(delays) <= 22.5
-    assert p90 <= 27.0 and delays[-1] <= 80, (p90, delays[-1])
+    # the 99th percentile is the reordered frames' (held one delay more: <= 2 x 25 ms); the single
+    # worst frame also carries any pause of the two Python processes timing it (a CI run saw one of
+    # 85.6 ms with the 99th percentile in bounds), so it only guards against a frame held for good
+    p99 = delays[int(0.99 * len(delays))]
+    assert p90 <= 27.0 and p99 <= 60 and delays[-1] <= 200, (p90, p99, delays[-1])
     # loss 10 % (binomial, 400 draws: σ = 1.5 %), reordering and duplication 5 % each
     assert 0.05 <= lost <= 0.16, lost
     assert 5 <= got["reordered"] <= 40 and 5 <= got["duplicates"] <= 40, got
