@@ -141,10 +141,13 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
               done_at: list[float] | None = None, left_out: list | None = None,
-              done_pairs: list | None = None) -> tuple[float | None, int]:
+              done_pairs: list | None = None, history: dict | None = None) -> tuple[float | None, int]:
     """Until every (i, j, family) pair echoed, or ``limit`` seconds: (seconds, pairs left).
     ``done_at`` collects the seconds at which each pair-family echoed (their spread shows
-    whether a few pairs wait for a retry, or all arrive late)."""
+    whether a few pairs wait for a retry, or all arrive late). ``history`` gets, for each pair
+    left, what its requests met: sent, refused (an ICMP error from the requester's daemon, or a
+    send error), seen by the target's socket (then echoed), echo send errors, and the seconds of
+    the last refusal and of the last request the target saw."""
     n = len(socks)
     mapped = [[a if ":" in a else f"::ffff:{a}" for a in pair] for pair in addrs]
     pending = {(i, j, f) for i in range(n) for j in range(n) if i != j for f in (0, 1)}
@@ -155,21 +158,29 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
     next_round = start
     rounds = 0
     refused = set(pending)  # asked again every round; the others every RESEND rounds
+    seen: dict[tuple[int, int, int], dict[str, float]] = collections.defaultdict(
+        lambda: {"sent": 0, "refused": 0, "seen_by_target": 0, "echo_send_errors": 0,
+                 "last_refused_s": -1.0, "last_seen_s": -1.0})
     while pending:
         now = time.monotonic()
         if now - start > limit:
             if left_out is not None:
                 left_out.extend(sorted(pending))
+            if history is not None:
+                history.update({f"{i}->{j} {('ipv4', 'ipv6')[f]}": seen[(i, j, f)] for i, j, f in sorted(pending)[:10]})
             return None, len(pending)
         if now >= next_round:
             for i, j, f in pending:
                 if (i, j, f) not in refused and rounds % RESEND:
                     continue
                 refused.discard((i, j, f))
+                seen[(i, j, f)]["sent"] += 1
                 try:
                     socks[i].sendto(struct.pack("!cHHB", b"Q", i, j, f) + b"wgdisco", (mapped[j][f], ECHO_PORT))
                 except OSError:
                     refused.add((i, j, f))  # no route yet: next round
+                    seen[(i, j, f)]["refused"] += 1
+                    seen[(i, j, f)]["last_refused_s"] = round(now - start, 2)
             rounds += 1
             next_round = now + ROUND
         for key, _ in sel.select(max(0.0, next_round - time.monotonic())):
@@ -186,16 +197,21 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
                         except OSError:
                             break
                         if len(quoted) >= 6 and quoted[:1] == b"Q":
-                            refused.add(struct.unpack("!HHB", quoted[1:6]))
+                            pair = struct.unpack("!HHB", quoted[1:6])
+                            refused.add(pair)
+                            seen[pair]["refused"] += 1
+                            seen[pair]["last_refused_s"] = round(time.monotonic() - start, 2)
                     continue
                 if len(data) < 6:
                     continue
                 kind, i, j, f = struct.unpack("!cHHB", data[:6])
                 if kind == b"Q":
+                    seen[(i, j, f)]["seen_by_target"] += 1
+                    seen[(i, j, f)]["last_seen_s"] = round(time.monotonic() - start, 2)
                     try:
                         sock.sendto(b"R" + data[1:], src)  # type: ignore[union-attr]
                     except OSError:
-                        pass  # no route back yet: the requester asks again
+                        seen[(i, j, f)]["echo_send_errors"] += 1  # no route back yet: the requester asks again
                 elif kind == b"R" and (i, j, f) in pending:
                     pending.discard((i, j, f))
                     if done_at is not None:
@@ -426,7 +442,8 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
         done_at: list[float] = []
         left_out: list[tuple[int, int, int]] = []
         done_pairs: list[tuple[float, int, int, str]] = []
-        took, left = reach_all(socks, addrs, limit, done_at, left_out, done_pairs)
+        history: dict[str, dict[str, float]] = {}
+        took, left = reach_all(socks, addrs, limit, done_at, left_out, done_pairs, history)
         cpu_full = [cpu_seconds(pid) for pid in pids]
         result_drops = socket_drops(hosts)
         main_full = [cpu_seconds_main(pid) for pid in pids]
@@ -447,6 +464,7 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
             "kinds_launch_to_full": kind_counts(lan),
             "pairs_done_per_s": collections.Counter(int(t) for t in done_at),
             "pairs_left_list": [(i, j, ("ipv4", "ipv6")[f]) for i, j, f in left_out[:50]],
+            "pairs_left_history": history,
             "last_pairs": done_pairs[-8:],
             "socket_drops_at_full": result_drops,  # the kernel's receive-buffer drops, by port, all hosts  # (seconds after the last up, from, to, family): the tail
         }
@@ -457,7 +475,7 @@ def one_run(n: int, limit: float, idle: float, window: float, profile: float, ou
               f"up to full {result['cpu_up_to_full_s']} (event-loop thread {result['main_thread_cpu_up_to_full_s']})"
               + f"; packets on the bridge from launch to full mesh {to_full}, to tunnel ports by kind "
               f"{result['kinds_launch_to_full']}"
-              + (f"; left (from, to, family): {left_out[:10]}" if left_out else "")
+              + (f"; left (from, to, family): {left_out[:10]}, what their requests met: {history}" if left_out else "")
               + f"; the last pairs (s, from, to, family): {done_pairs[-6:]}; socket drops {result_drops}", flush=True)
         if took is None or os.environ.get("WGDISCO_MESH_DIAG"):
             diag(hosts, tag, addrs, socks, out_dir / f"mesh-{n}-diag.json",
