@@ -161,6 +161,13 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
     seen: dict[tuple[int, int, int], dict[str, float]] = collections.defaultdict(
         lambda: {"sent": 0, "refused": 0, "seen_by_target": 0, "echo_send_errors": 0,
                  "last_refused_s": -1.0, "last_seen_s": -1.0})
+
+    def refuse(pair: tuple[int, int, int]) -> None:
+        """``pair``'s request was refused (a send error or an ICMP error): asked again next round."""
+        refused.add(pair)
+        seen[pair]["refused"] += 1
+        seen[pair]["last_refused_s"] = round(time.monotonic() - start, 2)
+
     while pending:
         now = time.monotonic()
         if now - start > limit:
@@ -178,9 +185,7 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
                 try:
                     socks[i].sendto(struct.pack("!cHHB", b"Q", i, j, f) + b"wgdisco", (mapped[j][f], ECHO_PORT))
                 except OSError:
-                    refused.add((i, j, f))  # no route yet: next round
-                    seen[(i, j, f)]["refused"] += 1
-                    seen[(i, j, f)]["last_refused_s"] = round(now - start, 2)
+                    refuse((i, j, f))  # no route yet
             rounds += 1
             next_round = now + ROUND
         for key, _ in sel.select(max(0.0, next_round - time.monotonic())):
@@ -197,10 +202,7 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
                         except OSError:
                             break
                         if len(quoted) >= 6 and quoted[:1] == b"Q":
-                            pair = struct.unpack("!HHB", quoted[1:6])
-                            refused.add(pair)
-                            seen[pair]["refused"] += 1
-                            seen[pair]["last_refused_s"] = round(time.monotonic() - start, 2)
+                            refuse(struct.unpack("!HHB", quoted[1:6]))
                     continue
                 if len(data) < 6:
                     continue
