@@ -657,3 +657,27 @@ def test_crossed_initiations_give_a_session_at_once_not_after_the_retransmission
     p.advance(200)  # past REKEY_AFTER_TIME: the next data rekeys, one side alone
     p.send("b", to_a)
     assert p.delivered["a"][-1] == to_a and lower.counters.get("initiations-crossed") == 1
+
+
+def test_crossed_initiations_delayed_two_seconds_still_give_a_session_at_once() -> None:
+    """A busy host (40 members starting on 2 cores) handles a datagram seconds after it came:
+    the higher key's initiation reached the lower one 1.6 s after the lower sent its own, which it
+    then consumed (window 1 s), the higher had consumed the lower's: both waited 5 s. The window
+    is REKEY_TIMEOUT / 2, so an outstanding initiation of ours stands for 2.5 s."""
+    p = Pair()
+    p.b.set_endpoint(p.pb, A_ADDR)
+    to_b, to_a = ipv4_packet("10.0.0.1", "10.0.0.2"), ipv4_packet("10.0.0.2", "10.0.0.1", b"back")
+    lower, higher = sorted((p.a, p.b), key=lambda d: d.identity.public)
+    name = {id(p.a): "a", id(p.b): "b"}
+    lo, hi = name[id(lower)], name[id(higher)]
+    assert lower.send_packet(to_b if lo == "a" else to_a, p.now) is None
+    (init_lo, _), = lower.datagrams_to_send()
+    p.now += 2.0
+    assert higher.send_packet(to_b if hi == "a" else to_a, p.now) is None
+    (init_hi, _), = higher.datagrams_to_send()
+    # the higher's reaches the lower first (the lower was busy), then the lower's reaches the higher
+    assert lower.receive_datagram(init_hi, p.addr[hi], p.now) is None
+    assert lower.counters.get("initiations-crossed") == 1 and not lower.outbox
+    assert higher.receive_datagram(init_lo, p.addr[lo], p.now) is None
+    p.flush()  # the higher's response completes the lower's handshake; both send their data
+    assert p.delivered == {"a": [to_a], "b": [to_b]}

@@ -199,3 +199,19 @@ def test_only_an_ipv4_reflexive_address_of_our_own_makes_an_address_open() -> No
     assert obs.is_open(ours)
     obs.classifier.filtering = "address-and-port-dependent"  # a stateful firewall: not open
     assert not obs.is_open(ours)
+
+
+def test_one_way_data_on_a_lan_path_makes_no_call() -> None:
+    # data that gets no answer within SUSPECT_AFTER (one-way traffic: the peer's passive keepalive
+    # comes 10 s later, or a CPU-starved peer) is suspected, but a call asks the peer to open holes
+    # that a LAN path does not have: it would only change our record, which every member on the
+    # link then resolves and parses again (40 members: ~8,000 resolves while converging)
+    net, a, b = lan_pair()
+    net.ping_until(a, b, limit=10)
+    net.run(30)
+    a.ping(b, b"one way")
+    net.run(5)
+    assert b.got(a, b"one way")
+    assert b.public in a.node.paths.suspected  # the silence was seen (and b looked up again)
+    assert "call" not in a.node.record().txt_extra
+    assert not a.node.calls.counters.get("calls")

@@ -176,6 +176,19 @@ def test_a_deferred_initiation_is_dropped_when_the_peer_initiated_first() -> Non
     assert hi.device.peers[lo.public].last_handshake is not None
 
 
+def test_the_higher_key_does_not_initiate_after_it_answered_the_lower_keys_initiation() -> None:
+    # the lower key's initiation came and was answered, but the lower side has not completed yet
+    # (its response is late: a busy host, or lost): an initiation of ours now would only cross it
+    wire, lo, hi = pair()
+    wire.drop = lambda src, dst, data: src == hi.addr and classify(data) == WIREGUARD
+    lo.record_of(hi, wire.now)
+    hi.record_of(lo, wire.now)
+    wire.run(DEFER_INITIATION + 2)
+    assert len(wire.initiations(lo)) == 1
+    assert hi.device.peers[lo.public].next is not None  # hi answered lo's initiation
+    assert wire.initiations(hi) == []
+
+
 def test_a_probe_request_on_an_unverified_path_gets_a_triggered_probe_back() -> None:
     """hi punches towards lo from T0, but lo's NAT lets nothing in until lo probes hi itself (lo
     saw hi's record only at T0 + 2.1). hi probes back at once on lo's request (RFC 8445

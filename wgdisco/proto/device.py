@@ -80,8 +80,6 @@ MAX_INNER = 65535  # Peer.max_inner without a limit: larger than any IP packet
 _NEVER = float("inf")
 TRANSPORT_TYPE_WORD = noise.MESSAGE_TRANSPORT_TYPE  # little-endian u32 with 3 zero bytes
 HANDSHAKE_LOAD_THRESHOLD = 128  # handshake messages a second that mean "under load"
-# Crossed initiations: both sides initiate within this many seconds of each other (_yields)
-CROSSED_WINDOW = 1.0
 # Handshake work per second, so that a flood never starves transport data (the data plane is one
 # thread): initiations/responses consumed (~120 µs each) and cookie replies made (~90 µs each).
 # At most ~0.2 s of CPU a second between them, and ~4 ms in one burst.
@@ -773,7 +771,7 @@ class Device:
         self._send_handshake_response(peer, now)
 
     def _yields(self, peer: Peer, now: float) -> bool:
-        """Leave ``peer``'s initiation unconsumed: ours to it went out less than CROSSED_WINDOW
+        """Leave ``peer``'s initiation unconsumed: ours to it went out less than REKEY_TIMEOUT / 2
         ago, is still unanswered, and our key is the lower. When both sides initiate at once, each
         consumes the other's initiation, which overwrites its own handshake state, so each drops
         the response to its own and both wait for the retransmission (REKEY_TIMEOUT, 5 s;
@@ -781,9 +779,14 @@ class Device:
         the one both complete: the higher side (wgdisco or not) consumes it as usual, and the
         higher side's initiation is lost here, as on a lossy link. One older than the window is
         taken to be lost, and the peer's is consumed. (40 members on 2 cores: the last pairs of
-        the mesh waited 5-13 s for this.)"""
+        the mesh waited 5-13 s for this.) The window is half of REKEY_TIMEOUT, not less: a busy
+        host reads a datagram seconds after it came (40 members starting on 2 cores: the other
+        side's initiation came 1-3 s after ours in 11 of 74 crossings with a 1 s window, and each
+        cost both 5 s); the other half of each retransmission cycle still consumes the peer's
+        initiation when ours was lost."""
         return (peer.handshake.state is noise.HandshakeState.INITIATION_CREATED
-                and peer.last_sent_handshake is not None and now - peer.last_sent_handshake < CROSSED_WINDOW
+                and peer.last_sent_handshake is not None
+                and now - peer.last_sent_handshake < self.timing.rekey_timeout / 2
                 and self.identity.public < peer.public_key)
 
     def _consume_response(self, data: bytes, addr: Addr, now: float, local: Hashable) -> None:

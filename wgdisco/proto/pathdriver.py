@@ -285,7 +285,9 @@ class PathDriver(Core):
             if when <= now:
                 del self._deferred[public]
                 peer = device.peers.get(public)
-                if peer is not None and peer.current is None:  # the peer's initiation did not come
+                # the peer's initiation did not come (consumed, it left a session in ``next``: ours
+                # now would only cross the handshake the peer is completing)
+                if peer is not None and peer.current is None and peer.next is None:
                     device.try_endpoint(peer, addr, now, cause="probe")
         for public, addr in self.selector.probe_plan(now):
             if self.prober.has_peer(public):
@@ -346,9 +348,13 @@ class PathDriver(Core):
                 continue
             if self.suspected.get(public) != since:  # once per silence
                 self.suspected[public] = since
+                # a call asks the peer to open holes: a LAN path has none (one-way data, or a busy
+                # peer, is silent too); the call would only change our record for every member
+                call = self.selector.needs_nat(public) or self.selector.current(public) is None
                 self.selector.on_unanswered(public, now)  # a verified alternative may take over now
                 self._events.append(Suspected(public))
-                self._events.append(CallWanted(public))  # the peer may need to open its side again
+                if call:
+                    self._events.append(CallWanted(public))  # the peer may need to open its side again
         # while a suspected peer stays unanswered, our NAT is checked whenever the node allows
         silent = [(public, since) for public, since in self.suspected.items()
                   if (peer := device.peers.get(public)) is not None and peer.unanswered_since == since

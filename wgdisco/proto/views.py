@@ -87,7 +87,8 @@ def stats(node: Any) -> NodeStats:
     c = nat.stun.counters if nat is not None else None
     selector = node.paths.selector
     counters = dict(node.counters)
-    cores = [node.paths.counters, node.paths.pmtu.counters, node.birthdays.counters, node.lookups.counters]
+    cores = [node.paths.counters, node.paths.pmtu.counters, node.birthdays.counters, node.lookups.counters,
+             node.calls.counters]
     if node.membership is not None:
         cores.append(node.membership.counters)
     for core in cores:
