@@ -681,3 +681,22 @@ def test_crossed_initiations_delayed_two_seconds_still_give_a_session_at_once() 
     assert higher.receive_datagram(init_lo, p.addr[lo], p.now) is None
     p.flush()  # the higher's response completes the lower's handshake; both send their data
     assert p.delivered == {"a": [to_a], "b": [to_b]}
+
+
+def test_an_initiation_with_no_endpoint_is_not_made_and_does_not_block_the_peers() -> None:
+    """Data for a peer with no endpoint yet (a mesh member admitted before any path) makes no
+    initiation: no Diffie-Hellman work, and no handshake state that would make the lower key
+    yield to the peer's initiation as if its own were on the wire."""
+    p = Pair(endpoint_b=False)
+    lower, higher = sorted((p.a, p.b), key=lambda d: d.identity.public)
+    lo, hi = ("a", "b") if lower is p.a else ("b", "a")
+    lo_peer = lower.peers[higher.identity.public]
+    packet = {"a": ipv4_packet("10.0.0.1", "10.0.0.2"), "b": ipv4_packet("10.0.0.2", "10.0.0.1", b"back")}
+    assert lower.send_packet(packet[lo], p.now) is None  # staged
+    assert not lower.outbox and lower.counters.get("initiations-no-endpoint") == 1
+    assert lo_peer.handshake.state is noise.HandshakeState.ZEROED
+    higher.set_endpoint(higher.peers[lower.identity.public], p.addr[lo])
+    p.now += 1.0
+    p.send(hi, packet[hi])  # the higher's initiation is consumed at once: a session, both ways
+    assert p.delivered[lo] == [packet[hi]] and p.delivered[hi] == [packet[lo]]
+    assert "initiations-crossed" not in lower.counters

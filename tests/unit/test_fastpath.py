@@ -149,6 +149,19 @@ def python_receive(world: World, datagrams: list[bytes], src: tuple, other: dict
     return tun_frames(demux(world, [(d, src, None) for d in datagrams], other))
 
 
+@pytest.fixture(autouse=True)
+def every_change_is_marked(monkeypatch):
+    """After each (incremental) sync, a full comparison finds nothing C holds out of date: every
+    change to what C mirrors was marked in the Device (Device.pop_mirrored)."""
+    real = fastpath.FastPath.sync
+
+    def checked(self, now: float) -> None:
+        real(self, now)
+        assert self.stale(now) == [], "a change the compiled path did not get"
+
+    monkeypatch.setattr(fastpath.FastPath, "sync", checked)
+
+
 @pytest.fixture
 def loop_socks():
     b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -346,6 +359,30 @@ def test_a_peer_without_a_keypair_goes_to_python_and_the_handshake_goes_on_there
         written, punted = c_receive(fp, tun, dut, [dut.seal(ipv4("10.0.0.1", "10.0.0.2"))], a_sock,
                                     b_sock.getsockname())
         assert written == [] and len(punted) == 1
+    finally:
+        tun.close()
+
+
+@needs_c
+def test_sync_hands_c_only_what_changed_and_a_python_send_moves_cs_counter(loop_socks) -> None:
+    """sync reads the peers the device marked (issue 26: no scan of every peer per drain): an idle
+    drain pushes nothing, a keepalive Python sent moves the counter C sends with."""
+    a_sock, b_sock = loop_socks
+    _ref, dut = worlds(a_sock, b_sock)
+    tun = FakeTun()
+    try:
+        fp = make_fast(dut, tun, b_sock)
+        assert dut.b.pop_mirrored() == set()  # make_fast's sync took them all
+        fp.sync(dut.now)  # nothing changed: nothing to push, nothing stale (the autouse check)
+        kp = dut.pb.current
+        before = kp.send_counter
+        dut.b.send_keepalive(dut.pb, dut.now)  # Python encrypts with the keypair C holds
+        assert kp.send_counter == before + 1 and dut.pb in dut.b.pop_mirrored()
+        dut.b.send_keepalive(dut.pb, dut.now)
+        fp.sync(dut.now)
+        tun.inject(ipv4("10.0.0.2", "10.0.0.1", b"after"))
+        assert fp.tun_read(dut.now, 256) == []  # C sent it, with the next counter
+        assert kp.send_counter == before + 3
     finally:
         tun.close()
 

@@ -109,6 +109,8 @@ class FastPath:
         self.held: dict[int, Keypair] = {}  # local index -> keypair held by C
         self.counter: dict[int, int] = {}  # local index -> send counter as C has it
         self.routes_generation = -1
+        self.peers_generation = -1  # Device.peers_generation when the slots were last matched
+        self.resync = True  # every peer at the next sync (the socket's family changed)
         self.sent = False  # the last tun_read sent data
 
     def set_socket(self, sock: socket.socket) -> None:
@@ -116,49 +118,85 @@ class FastPath:
         if sock.family != self.family:
             self.family = sock.family
             self.pushed.clear()
+            self.resync = True
 
     # --- Python -> C -------------------------------------------------------------------
 
     def sync(self, now: float) -> None:
-        device, dp, held, counter = self.device, self.dp, self.held, self.counter
-        sources = device.sources
+        """Hand C what changed: the peers the device marked since the last sync (Device.pop_mirrored),
+        all of them only when the peer set or the socket's family changed. O(changed) per drain,
+        not a scan of every peer (issue 26)."""
+        device = self.device
         peers = device.peers
-        if len(self.slots) != len(peers) or any(peers.get(k) is not self.peer_at[s] for k, s in self.slots.items()):
+        changed = device.pop_mirrored()
+        if device.peers_generation != self.peers_generation:
             self._sync_peer_set()
-        for public, peer in peers.items():
-            slot = self.slots[public]
-            eligible = self.eligible(peer, self.family)
-            if eligible:
-                current, previous = peer.current, peer.previous
-            else:
-                # a peer whose packets come and go by another socket (birthday punching) is
-                # Python's to send to and to receive from: its keypairs stay with the Device,
-                # so there is one replay window per keypair, never two
-                current = previous = None
-                for kp in (peer.current, peer.previous):
-                    if kp is not None and held.get(kp.local_index) is kp:
-                        self._release(kp)
-            for kp in (current, previous):
-                if kp is None:
-                    continue
-                index = kp.local_index
-                if held.get(index) is not kp:
-                    self._hold(kp, slot, now)
-                elif kp.send_counter != counter[index]:
-                    dp.set_send_counter(index, kp.send_counter)  # Python sent (a keepalive, staged packets)
-                    counter[index] = kp.send_counter
-            kp = device.fast_sendable(peer, now) if eligible else None
-            endpoint = peer.endpoint
-            state = (endpoint, sources.get(endpoint) if endpoint is not None else None,
-                     -1 if kp is None else kp.local_index, eligible, current, previous, peer.max_inner)
-            if state != self.pushed.get(slot):
-                old = self.pushed.get(slot)
-                if old is not None:
-                    for gone in (old[4], old[5]):
-                        if gone is not None and gone is not current and gone is not previous:
-                            self._release(gone)
-                dp.set_peer(slot, endpoint, state[1], state[2], state[3], peer.max_inner)
-                self.pushed[slot] = state
+            self.peers_generation = device.peers_generation
+            changed = None
+        if self.resync:
+            self.resync, changed = False, None
+        for peer in (peers.values() if changed is None else changed):
+            if peers.get(peer.public_key) is peer:
+                self._sync_peer(peer, now)
+        self._sync_routes()
+
+    def stale(self, now: float) -> list[bytes]:
+        """The peers whose state C holds differs from what a full sync would push (tests: every
+        change must be marked, Device.pop_mirrored); nothing is pushed."""
+        out = []
+        for public, peer in self.device.peers.items():
+            slot = self.slots.get(public)
+            if slot is None or self._state(peer, now)[0] != self.pushed.get(slot):
+                out.append(public)
+                continue
+            for kp in self._state(peer, now)[1]:
+                if kp is not None and (self.held.get(kp.local_index) is not kp
+                                       or kp.send_counter != self.counter[kp.local_index]):
+                    out.append(public)
+                    break
+        return out
+
+    def _state(self, peer: Peer, now: float) -> tuple[tuple, tuple]:
+        """(what set_peer holds for ``peer``, the keypairs C should hold for it)."""
+        eligible = self.eligible(peer, self.family)
+        current, previous = (peer.current, peer.previous) if eligible else (None, None)
+        kp = self.device.fast_sendable(peer, now) if eligible else None
+        endpoint = peer.endpoint
+        state = (endpoint, self.device.sources.get(endpoint) if endpoint is not None else None,
+                 -1 if kp is None else kp.local_index, eligible, current, previous, peer.max_inner)
+        return state, (current, previous)
+
+    def _sync_peer(self, peer: Peer, now: float) -> None:
+        dp, held, counter = self.dp, self.held, self.counter
+        slot = self.slots[peer.public_key]
+        state, (current, previous) = self._state(peer, now)
+        if not state[3]:
+            # a peer whose packets come and go by another socket (birthday punching) is
+            # Python's to send to and to receive from: its keypairs stay with the Device,
+            # so there is one replay window per keypair, never two
+            for kp in (peer.current, peer.previous):
+                if kp is not None and held.get(kp.local_index) is kp:
+                    self._release(kp)
+        for kp in (current, previous):
+            if kp is None:
+                continue
+            index = kp.local_index
+            if held.get(index) is not kp:
+                self._hold(kp, slot, now)
+            elif kp.send_counter != counter[index]:
+                dp.set_send_counter(index, kp.send_counter)  # Python sent (a keepalive, staged packets)
+                counter[index] = kp.send_counter
+        if state != self.pushed.get(slot):
+            old = self.pushed.get(slot)
+            if old is not None:
+                for gone in (old[4], old[5]):
+                    if gone is not None and gone is not current and gone is not previous:
+                        self._release(gone)
+            dp.set_peer(slot, state[0], state[1], state[2], state[3], peer.max_inner)
+            self.pushed[slot] = state
+
+    def _sync_routes(self) -> None:
+        device, dp = self.device, self.dp
         generation = device.allowed_ips.generation
         if generation != self.routes_generation:
             slots = {id(p): s for s, p in self.peer_at.items()}

@@ -223,6 +223,14 @@ class Device:
         # peers whose last_authenticated, last_data or unanswered_since changed since pop_touched():
         # the node's cores look at these only, not at every peer (issue 26)
         self.touched: set[Peer] = set()
+        # peers whose endpoint, sticky source, keypairs, Python-side send counter or path limit
+        # changed since pop_mirrored(): the compiled data path re-reads these only, not every peer
+        # at every drain (daemon/fastpath.py sync; issue 26). ``_mirror_all``: a change not tied to
+        # one peer (a source forgotten by address): every peer. ``peers_generation`` moves when
+        # a peer comes or goes.
+        self._mirror: set[Peer] = set()
+        self._mirror_all = False
+        self.peers_generation = 0
         self.unreachable: Unreachable | None = None  # ICMP answers to unsendable packets (proto/icmp.py)
         self.tun_out: list[bytes] = []  # packets the device itself writes to TUN (those answers)
         self.too_big: TooBig | None = None  # over a peer's path limit: ICMP "too big" or fragments (icmp.py)
@@ -263,12 +271,16 @@ class Device:
             raise LocalError("a peer cannot have the interface's own public key")
         peer = Peer(self, public_key, preshared_key)
         self.peers[public_key] = peer
+        self.peers_generation += 1
+        self._mirror.add(peer)
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
         if peer is None:
             return
+        self.peers_generation += 1
+        self._mirror.discard(peer)
         self.allowed_ips.remove_by_peer(peer)
         self._zero_and_flush(peer)
         peer.staged.clear()
@@ -292,12 +304,14 @@ class Device:
                 self.events.append(EndpointChanged(peer.public_key, peer.endpoint, endpoint, cause))
             self.unstick(peer)  # a new endpoint: the kernel picks the source until the peer answers
         peer.endpoint = endpoint
+        self._mirror.add(peer)
 
     def unstick(self, peer: Peer) -> None:
         """Forget the local source for ``peer``'s endpoint: the kernel chooses until the next
         authenticated packet from it (wireguard-go ClearSrc)."""
         if peer.endpoint is not None:
             self.sources.pop(peer.endpoint, None)
+            self._mirror.add(peer)
 
     def source_for(self, endpoint: Addr) -> Hashable | None:
         """The local source to send to ``endpoint`` from (None: the kernel chooses). The shell's
@@ -313,6 +327,7 @@ class Device:
         if self.sources.get(endpoint) is not source:
             return False
         del self.sources[endpoint]
+        self._mirror_all = True  # whose endpoint it is: not known here (rare: a send failed, a route moved)
         if moved:
             self._moved[endpoint] = source
         return True
@@ -322,8 +337,10 @@ class Device:
         route had moved may be learned again (the route may have come back)."""
         self._moved.clear()
 
-    def _learn_source(self, addr: Addr, local: Hashable) -> None:
-        """``local`` (not None) became ``addr``'s source, unless its route moved away (forget_source)."""
+    def _learn_source(self, peer: Peer, addr: Addr, local: Hashable) -> None:
+        """``local`` (not None) became ``addr``'s (``peer``'s endpoint's) source, unless its route
+        moved away (forget_source)."""
+        self._mirror.add(peer)
         if self._moved and self._moved.get(addr) == local:
             self.sources.pop(addr, None)
             return
@@ -452,6 +469,16 @@ class Device:
         if peer.last_sent_handshake is not None and now - peer.last_sent_handshake < self.timing.rekey_timeout:
             return  # whitepaper §6.1: at most one initiation per REKEY_TIMEOUT
         peer.last_sent_handshake = now
+        if peer.endpoint is None:
+            # nowhere to send it (wireguard-go makes it, then fails "no known endpoint"): the timers
+            # run as if it went, so staged packets still go after REKEY_ATTEMPT_TIME (§6.4), but no
+            # Diffie-Hellman work and no handshake state: an initiation that never left must not
+            # make us yield to the peer's as if ours were on the wire (_yields). 40 members starting:
+            # 1,415 such initiations, made for data that came before any path.
+            self._count("initiations-no-endpoint")
+            self._traversal(peer, now)
+            self._retransmit_after(peer, now)
+            return
         hs = peer.handshake
         if hs.local_index:
             self.index_table.delete(hs.local_index)
@@ -468,9 +495,11 @@ class Device:
         msg = peer.cookie_generator.add_macs(msg, now=now)
         self._traversal(peer, now)
         peer.t_send_keepalive = None  # timersAnyAuthenticatedPacketSent
-        if peer.endpoint is not None:
-            self.outbox.append((msg, peer.endpoint))
-            peer.tx_bytes += len(msg)  # wg show transfer counts handshakes too (wireguard-go SendBuffers)
+        self.outbox.append((msg, peer.endpoint))
+        peer.tx_bytes += len(msg)  # wg show transfer counts handshakes too (wireguard-go SendBuffers)
+        self._retransmit_after(peer, now)
+
+    def _retransmit_after(self, peer: Peer, now: float) -> None:
         peer.t_retransmit = now + self.timing.rekey_timeout + self._jitter()  # timersHandshakeInitiated
         if peer.t_retransmit < peer.armed_at:  # an earlier deadline: into the timer heap
             self._arm(peer, peer.t_retransmit)
@@ -495,6 +524,7 @@ class Device:
         """BeginSymmetricSession + keypair rotation (wireguard-go noise-protocol.go)."""
         keys = noise.begin_symmetric_session(peer.handshake, now=now)
         keypair = Keypair(keys, peer, self.timing)
+        self._mirror.add(peer)
         self.index_table.swap(keys.local_index, keypair)
         if keys.is_initiator:
             if peer.next is not None:
@@ -518,6 +548,7 @@ class Device:
         """Force a new handshake before the next data packet (wireguard-go ExpireCurrentKeypairs)."""
         peer.handshake.clear()
         peer.last_sent_handshake = None
+        self._mirror.add(peer)
         for kp in (peer.current, peer.next):
             if kp is not None:
                 kp.send_counter = self.timing.reject_after_messages
@@ -527,6 +558,7 @@ class Device:
         for kp in (peer.previous, peer.current, peer.next):
             self._delete_keypair(kp)
         peer.previous = peer.current = peer.next = None
+        self._mirror.add(peer)
         if peer.handshake.local_index:
             self.index_table.delete(peer.handshake.local_index)
         peer.handshake.clear()
@@ -590,6 +622,7 @@ class Device:
     def set_path_limit(self, peer: Peer, inner: int | None) -> None:
         """The largest inner packet ``peer``'s path carries (None: no limit); proto/pmtu.py finds it."""
         peer.max_inner = MAX_INNER if inner is None else inner
+        self._mirror.add(peer)
 
     def _fan_out(self, packet: bytes, now: float) -> None:
         """One copy of a multicast packet to every eligible peer (proto/multicast.py). A peer with an
@@ -638,6 +671,7 @@ class Device:
         """One transport message (whitepaper §5.4.6) with a checked keypair, and the send timers."""
         counter = kp.send_counter
         kp.send_counter = counter + 1
+        self._mirror.add(peer)  # the compiled path's copy of the counter is behind now
         n = len(packet)
         # whitepaper §5.4.6: pad to a multiple of 16, not beyond the MTU
         if n & 15 and n < self.mtu:
@@ -823,6 +857,7 @@ class Device:
     def _set_endpoint_from_packet(self, peer: Peer, addr: Addr, local: Hashable) -> None:
         """Roaming (whitepaper §2.1): the endpoint follows the latest authenticated packet,
         and our source for it is the local address that packet arrived on."""
+        self._mirror.add(peer)
         if peer.endpoint != addr:
             self.events.append(EndpointChanged(peer.public_key, peer.endpoint, addr, "roaming"))
             self.unstick(peer)
@@ -830,7 +865,7 @@ class Device:
         if local is None:
             self.sources.pop(addr, None)
         else:
-            self._learn_source(addr, local)
+            self._learn_source(peer, addr, local)
 
     def _receive_transport(self, data: bytes, addr: Addr, now: float, local: Hashable) -> bytes | None:
         """Decrypt, replay-check, then the inner packet's length and source (whitepaper §5.4.6, §2).
@@ -857,6 +892,7 @@ class Device:
         if kp is peer.next:  # ReceivedWithKeypair: the responder's first data (§5.4.5)
             self._delete_keypair(peer.previous)
             peer.previous, peer.current, peer.next = peer.current, kp, None
+            self._mirror.add(peer)
             self._handshake_complete(peer, now)
             self._send_staged(peer, now)
         timing = self.timing
@@ -864,7 +900,7 @@ class Device:
         if peer.endpoint != addr:
             self._set_endpoint_from_packet(peer, addr, local)
         elif local is not None and self.sources.get(addr) != local:
-            self._learn_source(addr, local)  # the peer wrote to another of our addresses (or again after an unstick)
+            self._learn_source(peer, addr, local)  # the peer wrote to another of our addresses (or again after an unstick)
         peer.last_authenticated = now
         self.touched.add(peer)
         if peer.persistent_keepalive:
@@ -974,7 +1010,7 @@ class Device:
             if peer.endpoint != endpoint:
                 self._set_endpoint_from_packet(peer, endpoint, local)
             elif local is not None and self.sources.get(endpoint) != local:
-                self._learn_source(endpoint, local)
+                self._learn_source(peer, endpoint, local)
         peer.last_authenticated = now
         self.touched.add(peer)
         if peer.persistent_keepalive:
@@ -1011,6 +1047,13 @@ class Device:
 
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         out, self.outbox = self.outbox, []
+        return out
+
+    def pop_mirrored(self) -> set[Peer] | None:
+        """The peers whose state a compiled data path mirrors may have changed since the last
+        call (None: any peer may have); cleared."""
+        out: set[Peer] | None = None if self._mirror_all else self._mirror
+        self._mirror, self._mirror_all = set(), False
         return out
 
     def pop_touched(self) -> set[Peer]:
