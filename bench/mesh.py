@@ -278,6 +278,37 @@ def probe_pair(hosts: list, tag: str, addrs: list[list[str]], i: int, j: int, fa
             f"m{i} moved": moved[0], f"m{j} moved": moved[1]}
 
 
+def echo_once(socks: list[socket.socket], addrs: list[list[str]], i: int, j: int, fam: int) -> dict[str, object]:
+    """A pair left, step by step with the check's own sockets: i's request, whether (and from
+    what source) j's socket gets it, j's reply (a send error?), whether i's socket gets it."""
+    dest = addrs[j][fam] if fam else f"::ffff:{addrs[j][fam]}"
+
+    def wait(sock: socket.socket, seconds: float = 1.0) -> object:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                return sock.recvfrom(64)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError as e:
+                return f"error {e}"
+        return "nothing"
+
+    try:
+        socks[i].sendto(struct.pack("!cHHB", b"Q", i, j, fam) + b"diag", (dest, ECHO_PORT))
+    except OSError as e:
+        return {"request_send_error": str(e)}
+    got = wait(socks[j])
+    out: dict[str, object] = {"request_at_target": str(got)}
+    if isinstance(got, tuple):
+        try:
+            socks[j].sendto(b"R" + got[0][1:], got[1])
+        except OSError as e:
+            out["reply_send_error"] = str(e)
+        out["reply_at_requester"] = str(wait(socks[i]))
+    return out
+
+
 def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socket], path: Path,
          left: list[tuple[int, int, int]] = ()) -> None:
     """Why not: each member's status (mesh peers, peers with a handshake, paths, counters); for
@@ -296,6 +327,10 @@ def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socke
             route = hosts[a].run(["ip", "route", "get", addrs[b][fam]], check=False).stdout.strip()
             row[f"m{a} about m{b}"] = {"wg_dump": mine, "status": peer, "dropped": st.get("dropped"),
                                       "route": route, "addrs_of_other": addrs[b]}
+        try:
+            row["echo_once"] = echo_once(socks, addrs, i, j, fam)
+        except Exception as e:  # a diagnosis must not lose the rest of the record
+            row["echo_once"] = f"failed: {e!r}"
         row["probe"] = probe_pair(hosts, tag, addrs, i, j, fam)
         pairs.append(row)
     rows = []
