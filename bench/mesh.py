@@ -328,7 +328,11 @@ def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socke
             row[f"m{a} about m{b}"] = {"wg_dump": mine, "status": peer, "dropped": st.get("dropped"),
                                       "route": route, "addrs_of_other": addrs[b]}
         try:
+            before = [_snapshot(hosts[k], f"m{k}{tag}") for k in (i, j)]
             row["echo_once"] = echo_once(socks, addrs, i, j, fam)
+            after = [_snapshot(hosts[k], f"m{k}{tag}") for k in (i, j)]
+            row["echo_once"][f"m{i} moved"], row["echo_once"][f"m{j} moved"] = (  # e.g. Udp6InCsumErrors
+                {k: v - b.get(k, 0) for k, v in a.items() if v != b.get(k, 0)} for b, a in zip(before, after))
         except Exception as e:  # a diagnosis must not lose the rest of the record
             row["echo_once"] = f"failed: {e!r}"
         row["probe"] = probe_pair(hosts, tag, addrs, i, j, fam)

@@ -365,7 +365,8 @@ def format_status(r: dict) -> str:
         m = p.get("path_mtu")
         if m and m.get("state") not in (None, "off", "none"):
             how = {"probe": "confirmed by probes", "black-hole": "black hole found, fell back",
-                   "error": "the path is below the minimum", "interface": "the interface MTU"}.get(m["how"], m["how"])
+                   "error": "the path is below the minimum", "interface": "the interface MTU",
+                   "link": "on the link, no search"}.get(m["how"], m["how"])
             outer = f", outer {m['path']}" if m.get("path") else ""
             holes = f", {m['black_holes']} black hole(s) so far" if m.get("black_holes") else ""
             lines.append(f"  path MTU: inner packets up to {m['inner']} bytes{outer} ({how}; {m['state']}{holes})")

@@ -215,3 +215,12 @@ def test_one_way_data_on_a_lan_path_makes_no_call() -> None:
     assert b.public in a.node.paths.suspected  # the silence was seen (and b looked up again)
     assert "call" not in a.node.record().txt_extra
     assert not a.node.calls.counters.get("calls")
+
+
+def test_a_lan_path_sends_no_path_mtu_probes() -> None:
+    net, a, b = lan_pair()
+    net.ping_until(a, b, limit=10)
+    net.run(700)  # past a re-validation (600 s)
+    for x in (a, b):
+        counts = x.node.paths.pmtu.counters
+        assert counts.get("pmtu-on-link", 0) >= 1 and not counts.get("pmtu-searches") and not counts.get("pmtu-probes")

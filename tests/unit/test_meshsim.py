@@ -27,7 +27,10 @@ def test_a_mixed_mesh_converges_and_an_idle_member_sends_under_one_datagram_a_se
     assert not sim.can_meet(3, 4) and sim.can_meet(2, 5) and sim.can_meet(0, 1)  # hard ↔ hard apart only
     assert sim.expected_pairs() == 15 - 1
     took = sim.run_to_full_mesh(limit=60, every=0.5)
-    assert took is not None and took <= 15, took  # a birthday round for the hard ones included
+    # a birthday round or two for the hard ones included: over 10 node seeds 5.0-17.5 s (median
+    # 10), before and after LAN paths stopped their path MTU search (which shifted this seed's
+    # random stream from 5.5 to 15.5 s; the bound was 15 until then)
+    assert took is not None and took <= 20, took
     members = sim.members
     assert all(m.node.peers == {o.public for o in members if o is not m} for m in members)  # every one a peer
     sim.run(200)  # past the "in use" window of the convergence's own traffic

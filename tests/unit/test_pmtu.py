@@ -389,3 +389,21 @@ def test_a_black_hole_forgets_what_the_path_was_found_to_carry() -> None:
     assert net.core.limit(PEER) is None or net.core.limit(PEER) <= 1312
     net.run(net.now + 5.0)
     assert net.core.limit(PEER) == 1312
+
+
+def test_an_on_link_path_takes_the_full_size_without_a_search_and_a_black_hole_is_still_found() -> None:
+    core = PathMtu(1420)
+    net = FakePath(core, 1500)
+    core.set_path(PEER, ADDR, True, 0.0, on_link=True)
+    net.run(3600.0)  # an hour with data: no search, no re-validation
+    assert net.sent == [] and core.limit(PEER) == 1420
+    view = core.view(PEER)
+    assert view is not None and view.state == pmtu.COMPLETE and view.how == "link" and view.path == 1500
+    assert [e.how for e in net.events] == ["link"] and "the link's own" in net.events[0].text
+    # a link that does not carry what it says (misconfigured jumbo frames, a bridge narrower than
+    # its ends): large data unanswered is checked as on any path
+    net.mtu = 1400
+    silence = net.now
+    core.silence(PEER, silence, net.now, 1452)
+    net.run(silence + pmtu.SILENCE + pmtu.MAX_TIMEOUT + 0.01)
+    assert [e.how for e in net.events][-1] == "black-hole" and core.limit(PEER) <= 1312

@@ -5,8 +5,11 @@ Theory of operation
 ``wgdisco.io._fastpath`` (C, optional; built by ``pip install``) moves bulk transport data:
 TUN -> encrypt -> UDP GSO, and UDP GRO -> decrypt -> TUN (docs/tunnel.md, "Data paths").
 The Device (proto/device.py) stays the source of truth for everything else. Before each
-batch ``sync`` hands the C side what changed since the last one, found by comparing a small
-tuple per peer:
+batch ``sync`` hands the C side what changed since the last one: the Device marks a peer when
+anything C mirrors of it changes (``Device.pop_mirrored``: endpoint, sticky source, keypairs, a
+send of Python's own, the path limit), and sync compares a small tuple for those peers only, so a
+drain costs O(changed peers), not a scan of every peer (issue 26; all of them when the peer set
+or the socket's family changed). What is compared:
 
 - per peer a slot number, its endpoint and sticky source (``Device.sources``), the local
   index of the keypair to send with (``Device.fast_sendable``), and whether it may send at

@@ -404,7 +404,8 @@ class PathDriver(Core):
             if peer is None or peer.endpoint is None or peer.current is None or not self.prober.has_peer(public):
                 continue
             if pmtu.path_of(public) != peer.endpoint:
-                pmtu.set_path(public, peer.endpoint, ":" in self._host_of(peer.endpoint), now)
+                on_link = any(p.addr == peer.endpoint and p.kind == "lan" for p in self.selector.paths(public))
+                pmtu.set_path(public, peer.endpoint, ":" in self._host_of(peer.endpoint), now, on_link=on_link)
             pmtu.silence(public, peer.unanswered_since, now, peer.unanswered_largest, peer.large_received)
         if (due := pmtu.next_deadline()) is not None and due <= now:
             pmtu.handle_timer(now)
