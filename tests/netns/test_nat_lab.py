@@ -148,11 +148,16 @@ def test_easy_nat_to_easy_nat_connects_directly(lab: Lab) -> None:
     a.discovery["Metrics"] = "127.0.0.1:9586"
     start = time.monotonic()
     a.start()
-    b.start()
+    b.start()  # returns once b logged "interface … up"
+    up = time.monotonic()
     first_ping(a, b.inner4, timeout=15)
-    elapsed = time.monotonic() - start
-    print(f"easy<->easy, defaults: first ping {elapsed:.2f} s after start")
-    assert elapsed <= 3.5, f"first ping after {elapsed:.2f} s (documented defaults: no PollInterval set)"
+    elapsed, after_up = time.monotonic() - start, time.monotonic() - up
+    print(f"easy<->easy, defaults: first ping {elapsed:.2f} s after start, {after_up:.2f} s after both were up")
+    # what discovery and traversal take (bench/discovery.py --scenario nat: median 0.64 s, max
+    # 0.74 s, 2026-12-07 evening), and the whole with two Pythons starting: under CI load the
+    # starts alone took over 3 s (3.75 s and 4.26 s in all, against a 3.5 s bound from the start)
+    assert after_up <= 1.5, f"first ping {after_up:.2f} s after both were up (documented defaults: no PollInterval set)"
+    assert elapsed <= 5.0, f"first ping after {elapsed:.2f} s (documented defaults: no PollInterval set)"
     # direct, over the reflexive addresses: each side's endpoint is the other's NAT
     assert a.dump()[b.public]["endpoint"] == "203.0.113.2:51820"
     assert b.dump()[a.public]["endpoint"] == "203.0.113.1:51820"
