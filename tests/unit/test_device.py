@@ -700,3 +700,12 @@ def test_an_initiation_with_no_endpoint_is_not_made_and_does_not_block_the_peers
     p.send(hi, packet[hi])  # the higher's initiation is consumed at once: a session, both ways
     assert p.delivered[lo] == [packet[hi]] and p.delivered[hi] == [packet[lo]]
     assert "initiations-crossed" not in lower.counters
+
+
+def test_a_removed_peer_is_not_held_for_the_compiled_path() -> None:
+    """Device.pop_mirrored names peers the compiled path must re-read; nothing pops it on the pure
+    Python path, so a removed peer (mesh churn) must not stay in it."""
+    p = Pair()
+    p.send("a", ipv4_packet("10.0.0.1", "10.0.0.2"))
+    p.a.remove_peer(p.b.identity.public)
+    assert p.pa not in (p.a.pop_mirrored() or set())

@@ -280,11 +280,11 @@ class Device:
         if peer is None:
             return
         self.peers_generation += 1
-        self._mirror.discard(peer)
         self.allowed_ips.remove_by_peer(peer)
         self._zero_and_flush(peer)
         peer.staged.clear()
         self.unstick(peer)
+        self._mirror.discard(peer)  # after the calls above, which mark it: a gone peer is held nowhere
         if self.multicast is not None:
             self.multicast.forget(public_key)
 
