@@ -149,14 +149,11 @@ class FastPath:
         out = []
         for public, peer in self.device.peers.items():
             slot = self.slots.get(public)
-            if slot is None or self._state(peer, now)[0] != self.pushed.get(slot):
+            state, keypairs = self._state(peer, now)
+            if slot is None or state != self.pushed.get(slot) or any(
+                    kp is not None and (self.held.get(kp.local_index) is not kp
+                                        or kp.send_counter != self.counter[kp.local_index]) for kp in keypairs):
                 out.append(public)
-                continue
-            for kp in self._state(peer, now)[1]:
-                if kp is not None and (self.held.get(kp.local_index) is not kp
-                                       or kp.send_counter != self.counter[kp.local_index]):
-                    out.append(public)
-                    break
         return out
 
     def _state(self, peer: Peer, now: float) -> tuple[tuple, tuple]:
