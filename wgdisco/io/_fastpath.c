@@ -695,12 +695,17 @@ static int handle_plain(DataPath *self, Batch *b, uint8_t *pkt, size_t n, double
     return seal_into(self, b, slot, kp, pkt, n);
 }
 
-/* complete a CHECKSUM_PARTIAL packet (virtio-net NEEDS_CSUM) */
+/* complete a CHECKSUM_PARTIAL packet (virtio-net NEEDS_CSUM). A sum that completes to zero is
+   written as 0xFFFF, its other one's-complement form (RFC 768; Linux skb_checksum_help writes
+   CSUM_MANGLED_0): a zero UDP checksum means "none" over IPv4 and is invalid over IPv6 (RFC 8200
+   §8.1), so the receiver dropped the packet (Udp6InCsumErrors). For TCP and ICMP both forms verify. */
 static void complete_csum(uint8_t *pkt, size_t n, size_t start, size_t offset)
 {
     if (start + offset + 2 > n)
         return;
     uint16_t c = csum_final(csum_add(0, pkt + start, n - start));
+    if (!c)
+        c = 0xFFFF;
     memcpy(pkt + start + offset, &c, 2);
 }
 
