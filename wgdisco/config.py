@@ -437,11 +437,24 @@ def parse_port_mapping(value: str) -> str:
     return mode
 
 
+MDNS_FAMILIES = ("auto", "both", "ipv4", "ipv6")
+
+
+def parse_mdns_family(value: str) -> str:
+    """``auto`` (IPv4 on an interface that has an IPv4 address, else IPv6), ``both``, ``ipv4`` or
+    ``ipv6`` (any case): which IP families mDNS speaks on (docs/configuration.md)."""
+    family = value.strip().lower()
+    if family not in MDNS_FAMILIES:
+        raise ValueError(f"{value!r}: want one of {', '.join(MDNS_FAMILIES)}")
+    return family
+
+
 # [Discovery] keys: lowercase name -> (canonical name, parser, default). docs/configuration.md
 # documents each one. Later features (STUN, metrics) register their keys here.
 DISCOVERY_KEYS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "mdns": ("mDNS", parse_bool, True),
     "mdnsinterfaces": ("mDNSInterfaces", parse_interfaces, []),
+    "mdnsfamily": ("mDNSFamily", parse_mdns_family, "auto"),
     "domain": ("Domain", parse_domain, None),
     "nameserver": ("Nameserver", parse_nameserver, None),
     "pollinterval": ("PollInterval", parse_seconds, 10.0),
@@ -468,7 +481,8 @@ SECRET_DISCOVERY_KEYS = {"UpdateKey", "MeshKey", "PreviousMeshKey"}
 MESH_ONLY_KEYS = ("MeshIPv4", "MeshMaxPeers", "Name", "MeshId", "PreviousMeshKey", "PreviousMeshKeyUntil", "MeshDeny")
 # canonical key -> DiscoveryConfig field
 DISCOVERY_FIELDS = {
-    "mDNS": "mdns", "mDNSInterfaces": "mdns_interfaces", "Domain": "domain", "Nameserver": "nameserver",
+    "mDNS": "mdns", "mDNSInterfaces": "mdns_interfaces", "mDNSFamily": "mdns_family", "Domain": "domain",
+    "Nameserver": "nameserver",
     "PollInterval": "poll_interval", "UpdateKey": "update_key", "UpdateKeyFile": "update_key_file", "Zone": "zone",
     "STUN": "stun", "PortMapping": "port_mapping", "Metrics": "metrics", "MeshKey": "mesh_key",
     "MeshKeyFile": "mesh_key_file", "MeshIPv4": "mesh_ipv4", "MeshMaxPeers": "mesh_max_peers", "Name": "name",
@@ -486,6 +500,7 @@ class DiscoveryConfig:
 
     mdns: bool = True
     mdns_interfaces: list[str] = field(default_factory=list)
+    mdns_family: str = "auto"
     domain: str | None = None
     nameserver: Any = None
     poll_interval: float = 10.0

@@ -145,6 +145,45 @@ def test_mesh_from_identical_configs_and_a_stranger_mesh(lab: Lab) -> None:
     assert len(xdump.strip().splitlines()) == 1  # it admitted nobody
     for text in (p.stderr() for _h, p, _k, _a in members):
         assert "horse" not in text  # the mesh key is never logged
+    # mDNSFamily = auto (the default) on this dual-stack LAN: mDNS over IPv4 alone (AAAA records
+    # travel in it), so every message is on the link once, not once per family
+    for h, proc, _k, _a in members:
+        assert mdns_ports(h) == {4}, h.run(["ss", "-ulpn"], check=False).stdout
+        proc.wait_for(r"mDNS: published \S+ on \S+ \(IPv4\)", timeout=10, stream="stderr")
+
+
+def mdns_ports(host: Host) -> set[int]:
+    """The IP versions of the UDP sockets bound to port 5353 in ``host``'s namespace."""
+    out = set()
+    for version, table in ((4, "/proc/net/udp"), (6, "/proc/net/udp6")):
+        for line in host.run(["cat", table]).stdout.splitlines()[1:]:
+            if line.split()[1].endswith(":14E9"):
+                out.add(version)
+    return out
+
+
+def test_mesh_mdns_family_both_meets_a_member_without_ipv4(lab: Lab) -> None:
+    """mDNSFamily: a member that speaks mDNS over IPv6 only (``ipv6``, as a host without an IPv4
+    address does under ``auto``) meets one configured with ``both``; each pings the other over
+    both inner families (docs/configuration.md, mDNSFamily)."""
+    lan = lab.lan("lan")
+    tag = lab.prefix[3:9]
+    hosts = [lab.host(f"n{i}") for i in range(2)]
+    for i, h in enumerate(hosts):
+        lab.attach(h, lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
+    both = start(lab, hosts[0], f"m0{tag}", CONFIG + "mDNSFamily = both\n", hostname="n0")
+    six = start(lab, hosts[1], f"m1{tag}", CONFIG + "mDNSFamily = ipv6\n", hostname="n1")
+    assert mdns_ports(hosts[0]) == {4, 6} and mdns_ports(hosts[1]) == {6}
+    deadline = time.monotonic() + LIMIT
+    pending = {(a, b, fam) for a, b in ((0, 1), (1, 0)) for fam in (0, 1)}
+    members = [both, six]
+    while pending:
+        for a, b, fam in sorted(pending):
+            if ping_ok(hosts[a], members[b][2][fam]):
+                pending.discard((a, b, fam))
+        assert time.monotonic() < deadline, f"still failing after {LIMIT:.0f} s: {sorted(pending)}"
+    both[0].wait_for(r"mDNS: published \S+ on \S+ \(IPv4 and IPv6\)", timeout=10, stream="stderr")
+    six[0].wait_for(r"mDNS: published \S+ on \S+ \(IPv6\)", timeout=10, stream="stderr")
 
 
 def test_mesh_member_stopped_is_removed_and_comes_back_with_the_same_key_and_address(lab: Lab) -> None:

@@ -118,6 +118,7 @@ BAD = [
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nNameserver = ns1\n", 5, "Nameserver", "not a nameserver"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nPollInterval = 0\n", 5, "PollInterval", "out of range"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nPortMapping = igd\n", 4, "PortMapping", "want one of auto, pcp, natpmp, upnp, off"),
+    (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nmDNSFamily = ipv5\n", 4, "mDNSFamily", "want one of auto, both, ipv4, ipv6"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nNatKeepalive = 2\n", 4, "NatKeepalive", "out of range (5-300"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nNameserver = 192.0.2.53\n", 4, "Nameserver", "needs Domain"),
     (f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\nDomain = wg.example.net\nUpdateKey = md5:k:AAAA\n", 5, "UpdateKey", "not one of"),
@@ -351,6 +352,14 @@ def test_mesh_identity_is_generated_once_0600(tmp_path: Path) -> None:
                                         ("PortMapping = natpmp\n", "natpmp"), ("PortMapping = upnp\n", "upnp")])
 def test_port_mapping_key(value: str, mode: str) -> None:
     assert parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\n{value}").discovery.port_mapping == mode
+
+
+@pytest.mark.parametrize("value,family", [("", "auto"), ("mDNSFamily = Both\n", "both"), ("mdnsfamily = ipv4\n", "ipv4"),
+                                          ("mDNSFamily = IPv6\n", "ipv6"), ("mDNSFamily = auto\n", "auto")])
+def test_mdns_family_key(value: str, family: str) -> None:
+    cfg = parse(f"[Interface]\nPrivateKey = {PRIV}\n[Discovery]\n{value}")
+    assert cfg.discovery.mdns_family == family
+    assert f"mDNSFamily = {family}" in config.format_config(cfg) or family == "auto"
 
 
 def test_the_discovery_dataclass_and_the_key_table_agree() -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import socket
 
 import pytest
 
+from wgdisco import config
 from wgdisco.errors import LocalError
 from wgdisco.io import mdns
 from wgdisco.proto import keys
@@ -85,6 +87,21 @@ async def test_api_misuse_is_local_error() -> None:
     with pytest.raises(LocalError, match="not started"):
         await service.browse(lambda event: None)
     await service.close()  # closing a service never started is fine
+
+
+def test_bind_choice_prefers_ipv4_where_an_interface_has_it() -> None:
+    """mDNSFamily = auto (the default): an interface with an IPv4 address speaks mDNS over IPv4
+    alone (one copy of every message on a dual-stack link, not two); ``both`` keeps both; an
+    interface without IPv4 speaks IPv6 either way."""
+    assert mdns.bind_choice(["lo"]) == (["127.0.0.1", socket.if_nametoindex("lo")], mdns.IPVersion.All)
+    assert mdns.bind_choice(["lo"], prefer_ipv4=True) == (["127.0.0.1"], mdns.IPVersion.V4Only)
+    assert mdns.bind_choice(["lo"], mdns.IPVersion.V6Only, prefer_ipv4=True) == (
+        [socket.if_nametoindex("lo")], mdns.IPVersion.V6Only)
+    assert mdns.FAMILIES == {"auto": (mdns.IPVersion.All, True), "both": (mdns.IPVersion.All, False),
+                             "ipv4": (mdns.IPVersion.V4Only, False), "ipv6": (mdns.IPVersion.V6Only, False)}
+    assert set(mdns.FAMILIES) == set(config.MDNS_FAMILIES)
+    assert [mdns.family_text(b) for b in (None, ([], mdns.IPVersion.V4Only), ([], mdns.IPVersion.V6Only))] == [
+        "IPv4 and IPv6", "IPv4", "IPv6"]
 
 
 def test_interface_addresses_skip_loopback() -> None:

@@ -113,13 +113,14 @@ class Discovery:
     async def _mdns_bind(self) -> None:
         """Start, restart or stop the mDNS service so it is bound as ``mdns_names`` want."""
         names = self.mdns_names
+        asked, prefer = mdns.FAMILIES[self.settings.mdns_family]  # [Discovery] mDNSFamily
         why = ""
         wanted = None
         if not names:
             why = "no LAN interface yet; mDNS starts when one has an address"
         else:
             try:
-                choice, version = await asyncio.to_thread(mdns.bind_choice, names)
+                choice, version = await asyncio.to_thread(mdns.bind_choice, names, asked, prefer_ipv4=prefer)
                 wanted = (choice, version)
             except LocalError as e:
                 why = f"{e}; mDNS waits for the network"
@@ -136,7 +137,7 @@ class Discovery:
             self.mdns_waiting = why
             return
         self.mdns_waiting = ""
-        service = self.mdns = mdns.MdnsService(names)
+        service = self.mdns = mdns.MdnsService(names, ip_version=asked, prefer_ipv4=prefer)
         try:
             await service.start()
             await service.browse(self._on_mdns)
@@ -171,7 +172,8 @@ class Discovery:
                 await self.mdns.update(label, self.record.port, self.mdns_addresses, txt)
             else:
                 await self.mdns.publish(label, self.record.port, self.mdns_addresses, txt)
-                log.info("mDNS: published %s on %s", label[:16] + "…", ", ".join(self.mdns_names))
+                log.info("mDNS: published %s on %s (%s)", label[:16] + "…", ", ".join(self.mdns_names),
+                         mdns.family_text(self.mdns.bound))
         except LocalError as e:
             log.warning("mDNS: cannot publish our record: %s", e)
             return

@@ -78,7 +78,9 @@ __all__ = [
     "SightingCallback",
     "decode_txt",
     "encode_txt",
+    "FAMILIES",
     "bind_choice",
+    "family_text",
     "interface_addresses",
     "server_name",
 ]
@@ -286,8 +288,25 @@ def interface_addresses(interfaces: Sequence[str], *, link_local: bool = False) 
     return sorted(set(out), key=_address_key)
 
 
-def bind_choice(interfaces: Sequence[str], ip_version: IPVersion = IPVersion.All) -> tuple[list[str | int], IPVersion]:
+# [Discovery] mDNSFamily (config.MDNS_FAMILIES) -> (zeroconf's IP version, prefer_ipv4 for bind_choice)
+FAMILIES: dict[str, tuple[IPVersion, bool]] = {
+    "auto": (IPVersion.All, True),
+    "both": (IPVersion.All, False),
+    "ipv4": (IPVersion.V4Only, False),
+    "ipv6": (IPVersion.V6Only, False),
+}
+
+
+def bind_choice(interfaces: Sequence[str], ip_version: IPVersion = IPVersion.All, *,
+                prefer_ipv4: bool = False) -> tuple[list[str | int], IPVersion]:
     """What zeroconf binds to for the named interfaces, and the IP version that results.
+
+    ``prefer_ipv4`` (``mDNSFamily = auto``): an interface that has an IPv4 address speaks mDNS
+    over IPv4 alone, one without over IPv6. Every mDNS message is a multicast that each host on
+    the link receives and parses, and a dual-stack responder sends each one twice, once per
+    family, with the same records in it (RFC 6762 §20 lets a host use either); so one family
+    halves the link's mDNS. AAAA records still travel over IPv4. A host whose interface has no
+    IPv4 address speaks IPv6 and is heard by members configured with ``both``.
 
     LocalError if an interface does not exist or none has a usable address.  A
     caller that follows the network compares this with ``MdnsService.bound``:
@@ -300,9 +319,11 @@ def bind_choice(interfaces: Sequence[str], ip_version: IPVersion = IPVersion.All
     for name in interfaces:
         adapter = _adapter(name, adapters)
         v6_ips = [ip.ip[0] for ip in adapter.ips if isinstance(ip.ip, tuple)]
+        v4_ips = [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)]
         if ip_version != IPVersion.V6Only:
-            v4 += [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)]
-        if ip_version != IPVersion.V4Only and v6_ips:
+            v4 += v4_ips
+        v4_here = bool(v4_ips) and ip_version != IPVersion.V6Only
+        if ip_version != IPVersion.V4Only and v6_ips and not (prefer_ipv4 and v4_here):
             link_local = [a for a in v6_ips if ipaddress.IPv6Address(a.split("%", 1)[0]).is_link_local]
             v6.append(link_local[0].split("%", 1)[0] if link_local else socket.if_nametoindex(name))
     if v4 and v6:
@@ -312,6 +333,12 @@ def bind_choice(interfaces: Sequence[str], ip_version: IPVersion = IPVersion.All
     if v6:
         return v6, IPVersion.V6Only
     raise LocalError(f"no usable {ip_version.name} address on interfaces {list(interfaces)}")
+
+
+def family_text(bound: tuple[list[str | int], IPVersion] | None) -> str:
+    """A binding (``MdnsService.bound``) as a log line says it: "IPv4", "IPv6" or "IPv4 and IPv6"."""
+    version = IPVersion.All if bound is None else bound[1]
+    return {IPVersion.V4Only: "IPv4", IPVersion.V6Only: "IPv6"}.get(version, "IPv4 and IPv6")
 
 
 # --- the service ----------------------------------------------------------------
@@ -340,7 +367,9 @@ class MdnsService:
     """Publish and browse ``_wireguard._udp.local.`` on the running asyncio loop.
 
     ``interfaces``: interface names (``None``: all); ``ip_version``: which
-    families to speak mDNS on (zeroconf's ``IPVersion``, re-exported here).
+    families to speak mDNS on (zeroconf's ``IPVersion``, re-exported here);
+    ``prefer_ipv4``: on named interfaces, IPv4 alone where an interface has it
+    (``bind_choice``; the daemon's default, ``mDNSFamily = auto``).
     """
 
     def __init__(
@@ -349,9 +378,11 @@ class MdnsService:
         *,
         ip_version: IPVersion = IPVersion.All,
         resolve_timeout: float = RESOLVE_TIMEOUT,
+        prefer_ipv4: bool = False,
     ) -> None:
         self.interfaces = None if interfaces is None else list(interfaces)
         self.ip_version = ip_version
+        self.prefer_ipv4 = prefer_ipv4  # named interfaces only: see bind_choice
         self.resolve_timeout = resolve_timeout
         self._aiozc: AsyncZeroconf | None = None
         self.bound: tuple[list[str | int], IPVersion] | None = None  # bind_choice() at start(), if named
@@ -375,7 +406,7 @@ class MdnsService:
             choice: list[str | int] | InterfaceChoice = InterfaceChoice.All
             version = self.ip_version
         else:
-            choice, version = bind_choice(self.interfaces, self.ip_version)
+            choice, version = bind_choice(self.interfaces, self.ip_version, prefer_ipv4=self.prefer_ipv4)
             self.bound = (list(choice), version)
         zc = Zeroconf(interfaces=choice, ip_version=version, use_asyncio=True)
         aiozc = AsyncZeroconf(zc=zc)
