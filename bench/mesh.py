@@ -27,7 +27,11 @@ the daemon with ICMP "unreachable" (the socket reads it from its error queue, IP
 is asked again 0.5 s later; a request not refused is repeated only every 2 s (in case it was
 lost). Asking every pending pair every 0.5 s instead had each daemon replay ~15 staged requests
 per pair at its handshake: 121,730 datagrams to tunnel ports before a 40-member mesh was full
-(b41e1b9), load that the bench made and the mesh then had to carry.
+(b41e1b9), load that the bench made and the mesh then had to carry. The check runs at nice -10
+once the daemons are launched (they keep 0): it is the instrument, and at the default priority a
+saturated machine slowed its rounds to ~10 s at 100 members. For a pair left it repeats the check
+for that pair with the kernels' counters read and both tunnel interfaces tapped, before asking the
+daemons anything (``check_again_5s`` in the diagnosis).
 
 Run it under the quiet lock (docs/performance.md): ``flock /tmp/wgdisco-quiet.lock …``.
 """
@@ -95,6 +99,56 @@ def socket_in(ns: str) -> socket.socket:
             raise OSError(ctypes.get_errno(), "setns back")
 
 
+def tap_in(ns: str, iface: str) -> socket.socket:
+    """A packet socket on ``iface`` inside namespace ``ns`` (AF_PACKET, cooked: IP packets as the
+    kernel sees them in both directions), non-blocking."""
+    setns(f"/run/netns/{ns}")
+    try:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0003))  # ETH_P_ALL
+        s.bind((iface, 0))
+        s.setblocking(False)
+        return s
+    finally:
+        if _libc.setns(_HOME_NS, 0x40000000) != 0:
+            raise OSError(ctypes.get_errno(), "setns back")
+
+
+def _udp6_checksum_ok(pkt: bytes) -> bool | None:
+    """Whether an IPv6/UDP packet's checksum verifies (None: not IPv6/UDP, or cut short)."""
+    if len(pkt) < 48 or pkt[0] >> 4 != 6 or pkt[6] != 17:
+        return None
+    length = int.from_bytes(pkt[4:6], "big")
+    if len(pkt) < 40 + length:
+        return None
+    data = pkt[8:40] + length.to_bytes(4, "big") + b"\0\0\0\x11" + pkt[40:40 + length]
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[k:k + 2], "big") for k in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total == 0xFFFF
+
+
+def tapped(taps: dict[str, socket.socket]) -> dict[str, list[str]]:
+    """What each tap saw of the check's IPv6/UDP datagrams (port 7): direction, length, whether the
+    checksum verifies, and the packet in hex (first few of each). An outgoing packet carries the
+    partial sum the kernel leaves to a TUN reader with checksum offload: "BAD" is expected there."""
+    out: dict[str, list[str]] = {}
+    for name, s in taps.items():
+        rows = out.setdefault(name, [])
+        while True:
+            try:
+                pkt, addr = s.recvfrom(2048)
+            except BlockingIOError:
+                break
+            if len(pkt) >= 44 and pkt[0] >> 4 == 6 and pkt[6] == 17 and 7 in (
+                    int.from_bytes(pkt[40:42], "big"), int.from_bytes(pkt[42:44], "big")):
+                if len(rows) < 8:
+                    rows.append(f"{'out' if addr[2] == socket.PACKET_OUTGOING else 'in'} len {len(pkt)} "
+                                f"checksum {'ok' if _udp6_checksum_ok(pkt) else 'BAD'} {pkt.hex()}")
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
@@ -142,7 +196,8 @@ def spread(values: list[float]) -> dict[str, float]:
 
 def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
               done_at: list[float] | None = None, left_out: list | None = None,
-              done_pairs: list | None = None, history: dict | None = None) -> tuple[float | None, int]:
+              done_pairs: list | None = None, history: dict | None = None,
+              only: list[tuple[int, int, int]] | None = None) -> tuple[float | None, int]:
     """Until every (i, j, family) pair echoed, or ``limit`` seconds: (seconds, pairs left).
     ``done_at`` collects the seconds at which each pair-family echoed (their spread shows
     whether a few pairs wait for a retry, or all arrive late). ``history`` gets, for each pair
@@ -151,7 +206,7 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
     the last refusal and of the last request the target saw."""
     n = len(socks)
     mapped = [[a if ":" in a else f"::ffff:{a}" for a in pair] for pair in addrs]
-    pending = {(i, j, f) for i in range(n) for j in range(n) if i != j for f in (0, 1)}
+    pending = set(only) if only is not None else {(i, j, f) for i in range(n) for j in range(n) if i != j for f in (0, 1)}
     sel = selectors.DefaultSelector()
     for i, s in enumerate(socks):
         sel.register(s, selectors.EVENT_READ, i)
@@ -194,30 +249,44 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
         ready = sel.select(max(0.0, next_round - time.monotonic()))
         wakeups += 1
         got_any = False
+        def drain_errors(sock: Any) -> int:
+            """The socket's error queue (ICMP errors about what it sent, IP_RECVERR): a refused
+            request is asked again next round, a refused echo counted; how many were read."""
+            read = 0
+            while True:
+                try:
+                    quoted, anc, _, _ = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+                except OSError:
+                    return read
+                read += 1
+                if len(quoted) >= 6 and quoted[:1] == b"Q":
+                    refuse(struct.unpack("!HHB", quoted[1:6]))
+                elif len(quoted) >= 6 and quoted[:1] == b"R":  # an echo refused on its way back
+                    pair = struct.unpack("!HHB", quoted[1:6])
+                    seen[pair]["echo_refused"] += 1
+                    if anc:  # struct sock_extended_err: errno, origin, type, code
+                        errno_, origin, icmp_type, icmp_code = struct.unpack_from("=IBBB", anc[0][2])
+                        seen[pair]["echo_refusal"] = f"errno {errno_} origin {origin} type {icmp_type} code {icmp_code}"
+
         for key, _ in ready:
             sock = key.fileobj
+            read_here = 0
             while True:
                 try:
                     data, src = sock.recvfrom(64)  # type: ignore[union-attr]
                 except BlockingIOError:
+                    if not read_here and drain_errors(sock):
+                        # readable for its error queue alone (the error itself already taken): without
+                        # this read the selector reports the socket ready again at once, a spin
+                        got_any = True
                     break
                 except OSError:  # an ICMP error: the requests it quotes are asked again next round
                     got_any = True
-                    while True:
-                        try:
-                            quoted, anc, _, _ = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)  # type: ignore[union-attr]
-                        except OSError:
-                            break
-                        if len(quoted) >= 6 and quoted[:1] == b"Q":
-                            refuse(struct.unpack("!HHB", quoted[1:6]))
-                        elif len(quoted) >= 6 and quoted[:1] == b"R":  # an echo refused on its way back
-                            pair = struct.unpack("!HHB", quoted[1:6])
-                            seen[pair]["echo_refused"] += 1
-                            if anc:  # struct sock_extended_err: errno, origin, type, code
-                                errno_, origin, icmp_type, icmp_code = struct.unpack_from("=IBBB", anc[0][2])
-                                seen[pair]["echo_refusal"] = f"errno {errno_} origin {origin} type {icmp_type} code {icmp_code}"
+                    read_here += 1
+                    drain_errors(sock)
                     continue
                 got_any = True
+                read_here += 1
                 if len(data) < 6:
                     continue
                 kind, i, j, f = struct.unpack("!cHHB", data[:6])
@@ -260,9 +329,10 @@ def py_spy_summary(raw: Path, top: int = 25) -> list[tuple[str, float, float]]:
     return [(fn, 100 * c / samples, 100 * total[fn] / samples) for fn, c in own.most_common(top)]
 
 
-def _snapshot(host: Any, iface: str) -> dict[str, int]:
+def _snapshot(host: Any, iface: str, daemon: bool = True) -> dict[str, int]:
     """The kernel's IPv6/UDP counters of a host (/proc/net/snmp6, /proc/net/snmp "Udp:") and the
-    daemon's drops, flattened: what a packet that vanished might have incremented."""
+    daemon's drops, flattened: what a packet that vanished might have incremented (``daemon``
+    False: the kernel's only, nothing asked of the daemon)."""
     out: dict[str, int] = {}
     for line in host.run(["cat", "/proc/net/snmp6"], check=False).stdout.splitlines():
         k, _, v = line.partition(" ")
@@ -273,6 +343,8 @@ def _snapshot(host: Any, iface: str) -> dict[str, int]:
         if names.startswith(("Udp:", "Ip:")):
             for k, v in zip(names.split()[1:], values.split()[1:]):
                 out[names.split(":")[0] + k] = int(v) if v.lstrip("-").isdigit() else 0
+    if not daemon:
+        return out
     st = json.loads(host.run([sys.executable, "-m", "wgdisco", "status", iface, "--json"], check=False).stdout or "{}")
     for k, v in (st.get("dropped") or {}).items():
         out["wgdisco-dropped-" + k] = v
@@ -331,8 +403,34 @@ def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socke
     each pair left, what each side holds of the other (wg show dump: endpoint, allowed IPs,
     handshake, transfer), its status line, its drops, and the routes to the other's address."""
     pairs = []
-    for i, j, fam in list(dict.fromkeys(left))[:6]:
-        row: dict[str, object] = {"from": i, "to": j, "family": ("ipv4", "ipv6")[fam]}
+    # first, the check's own way once more, for these pairs only and before anything else touches
+    # the daemons (status, wg show, ping): does a pair left by the check answer it now?
+    few = list(dict.fromkeys(left))[:6]
+    members = sorted({k for i, j, _ in few for k in (i, j)})
+
+    def check_again() -> dict[str, object]:
+        """reach_all for the pairs left, 5 s, with the kernel counters that moved meanwhile (read
+        without asking the daemons anything)."""
+        met: dict = {}
+        taps = {}
+        for k in members:
+            try:
+                taps[f"m{k}"] = tap_in(hosts[k].ns, f"m{k}{tag}")
+            except OSError:
+                pass
+        before = {k: _snapshot(hosts[k], "", daemon=False) for k in members}
+        took, n_left = reach_all(socks, addrs, 5.0, history=met, only=few)
+        after = {k: _snapshot(hosts[k], "", daemon=False) for k in members}
+        seen_on_tun = tapped(taps)
+        for t in taps.values():
+            t.close()
+        moved = {f"m{k}": {c: v - before[k].get(c, 0) for c, v in after[k].items() if v != before[k].get(c, 0)}
+                 for k in members}
+        return {"done_after_s": took, "left": n_left, "met": met, "kernel_moved": moved, "on_the_tunnel": seen_on_tun}
+
+    first = check_again()  # before anything asks the daemons (status, wg show) or pings
+    for i, j, fam in few:
+        row: dict[str, object] = {"from": i, "to": j, "family": ("ipv4", "ipv6")[fam], "check_again_5s": first}
         for a, b in ((i, j), (j, i)):
             st = json.loads(hosts[a].run([sys.executable, "-m", "wgdisco", "status", f"m{a}{tag}", "--json"],
                                          check=False).stdout or "{}")
@@ -343,6 +441,7 @@ def diag(hosts: list, tag: str, addrs: list[list[str]], socks: list[socket.socke
             route = hosts[a].run(["ip", "route", "get", addrs[b][fam]], check=False).stdout.strip()
             row[f"m{a} about m{b}"] = {"wg_dump": mine, "status": peer, "dropped": st.get("dropped"),
                                       "route": route, "addrs_of_other": addrs[b]}
+        row["check_again_after_status"] = check_again()  # did asking the daemons change anything?
         try:
             before = [_snapshot(hosts[k], f"m{k}{tag}") for k in (i, j)]
             row["echo_once"] = echo_once(socks, addrs, i, j, fam)
