@@ -173,8 +173,10 @@ def test_mesh_mdns_family_both_meets_a_member_without_ipv4(lab: Lab) -> None:
         lab.attach(h, lan, f"10.1.0.{i + 1}/24", f"fd00:1::{i + 1}/64")
     both = start(lab, hosts[0], f"m0{tag}", CONFIG + "mDNSFamily = both\n", hostname="n0")
     six = start(lab, hosts[1], f"m1{tag}", CONFIG + "mDNSFamily = ipv6\n", hostname="n1")
-    assert mdns_ports(hosts[0]) == {4, 6} and mdns_ports(hosts[1]) == {6}
     deadline = time.monotonic() + LIMIT
+    while (mdns_ports(hosts[0]), mdns_ports(hosts[1])) != ({4, 6}, {6}):  # mDNS binds just after "up"
+        assert time.monotonic() < deadline, (mdns_ports(hosts[0]), mdns_ports(hosts[1]))
+        time.sleep(0.2)
     pending = {(a, b, fam) for a, b in ((0, 1), (1, 0)) for fam in (0, 1)}
     members = [both, six]
     while pending:
