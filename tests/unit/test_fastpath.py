@@ -203,6 +203,17 @@ def delivered(sender: socket.socket) -> None:
         assert mark.recv(100) == MARK
 
 
+def drain_tun(fp: fastpath.FastPath, tun: FakeTun, now: float, frames: list[tuple[bytes, bytes]],
+              receiver: socket.socket, sender: socket.socket) -> tuple[list[bytes], list[bytes]]:
+    """``frames`` (packet, virtio-net header) as the kernel writes them to TUN, one drain: (what C
+    handed back to Python, what it sealed and sent to ``receiver``)."""
+    for packet, vnet in frames:
+        tun.inject(packet, vnet)
+    fp.sync(now)
+    back = fp.tun_read(now, 256)
+    return back, received_until_mark(receiver, sender)
+
+
 def received_until_mark(receiver: socket.socket, sender: socket.socket) -> list[bytes]:
     """What ``sender`` (the data path under test) sent to ``receiver`` so far: a marker sent after
     it from the same socket closes the list (the same flow: in order)."""
@@ -322,10 +333,7 @@ def test_send_is_byte_identical_and_a_tso_super_packet_is_split_as_tso_would(v6:
         assert send_state(dut) == send_state(ref)
         # a TSO super-packet: the segments the sender would have made, each sealed in turn
         # (flow() sends to 10.9.0.2, routed to the peer, and to fd00:9::2, not routed)
-        tun.inject(super_packet, vnet)
-        fp.sync(dut.now)
-        back = fp.tun_read(dut.now, 256)
-        sealed = received_until_mark(a_sock, b_sock)
+        back, sealed = drain_tun(fp, tun, dut.now, [(super_packet, vnet)], a_sock, b_sock)
     finally:
         tun.close()
     if v6:  # fd00:9::2 is not routed to the peer: the segments come back to Python, complete
@@ -594,11 +602,7 @@ def test_a_udp_checksum_that_completes_to_zero_goes_out_as_all_ones(loop_socks) 
     tun = FakeTun()
     try:
         fp = make_fast(dut, tun, b_sock)
-        tun.inject(sealed_packet, vnet)
-        tun.inject(back_packet, vnet2)
-        fp.sync(dut.now)
-        back = fp.tun_read(dut.now, 256)
-        sealed = received_until_mark(a_sock, b_sock)
+        back, sealed = drain_tun(fp, tun, dut.now, [(sealed_packet, vnet), (back_packet, vnet2)], a_sock, b_sock)
     finally:
         tun.close()
     opened = [dut.a.receive_datagram(d, b_sock.getsockname(), dut.now) for d in sealed]
