@@ -169,6 +169,25 @@ async def test_a_closed_service_leaves_no_zeroconf_behind() -> None:
     assert left == 0, f"{left} closed zeroconf instances still in memory after 10 rebinds"
 
 
+@pytest.mark.asyncio
+async def test_a_service_binds_to_what_the_caller_computed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon computes ``bind_choice`` off the event loop (with its mDNSFamily) and compares it
+    with ``bound`` at each network change: the service binds to exactly that, without listing the
+    interfaces again on the loop."""
+    given = mdns.bind_choice(["lo"], prefer_ipv4=True)
+
+    def listed_again(*args: object, **kw: object) -> None:
+        raise AssertionError("bind_choice called again")
+
+    monkeypatch.setattr(mdns, "bind_choice", listed_again)
+    service = mdns.MdnsService(["lo"], bound=given)
+    await service.start()
+    try:
+        assert service.bound is given and given == (["127.0.0.1"], mdns.IPVersion.V4Only)
+    finally:
+        await service.close()
+
+
 def test_zeroconf_sockets_hear_only_their_own_groups() -> None:
     """IP_MULTICAST_ALL (on by default) would hand zeroconf's wildcard socket the mDNS of every
     interface where anything joined the group, the tunnel with Avahi on it included (issue 28)."""

@@ -137,7 +137,7 @@ class Discovery:
             self.mdns_waiting = why
             return
         self.mdns_waiting = ""
-        service = self.mdns = mdns.MdnsService(names, ip_version=asked, prefer_ipv4=prefer)
+        service = self.mdns = mdns.MdnsService(names, bound=wanted)  # bound as compared above
         try:
             await service.start()
             await service.browse(self._on_mdns)

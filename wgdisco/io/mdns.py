@@ -319,10 +319,8 @@ def bind_choice(interfaces: Sequence[str], ip_version: IPVersion = IPVersion.All
     for name in interfaces:
         adapter = _adapter(name, adapters)
         v6_ips = [ip.ip[0] for ip in adapter.ips if isinstance(ip.ip, tuple)]
-        v4_ips = [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)]
-        if ip_version != IPVersion.V6Only:
-            v4 += v4_ips
-        v4_here = bool(v4_ips) and ip_version != IPVersion.V6Only
+        v4_here = [ip.ip for ip in adapter.ips if isinstance(ip.ip, str)] if ip_version != IPVersion.V6Only else []
+        v4 += v4_here
         if ip_version != IPVersion.V4Only and v6_ips and not (prefer_ipv4 and v4_here):
             link_local = [a for a in v6_ips if ipaddress.IPv6Address(a.split("%", 1)[0]).is_link_local]
             v6.append(link_local[0].split("%", 1)[0] if link_local else socket.if_nametoindex(name))
@@ -368,8 +366,9 @@ class MdnsService:
 
     ``interfaces``: interface names (``None``: all); ``ip_version``: which
     families to speak mDNS on (zeroconf's ``IPVersion``, re-exported here);
-    ``prefer_ipv4``: on named interfaces, IPv4 alone where an interface has it
-    (``bind_choice``; the daemon's default, ``mDNSFamily = auto``).
+    ``bound``: what ``bind_choice`` gave the caller for ``interfaces`` (the daemon
+    computes it off the event loop, with its ``mDNSFamily``), else ``start``
+    computes it.
     """
 
     def __init__(
@@ -378,14 +377,13 @@ class MdnsService:
         *,
         ip_version: IPVersion = IPVersion.All,
         resolve_timeout: float = RESOLVE_TIMEOUT,
-        prefer_ipv4: bool = False,
+        bound: tuple[list[str | int], IPVersion] | None = None,
     ) -> None:
         self.interfaces = None if interfaces is None else list(interfaces)
         self.ip_version = ip_version
-        self.prefer_ipv4 = prefer_ipv4  # named interfaces only: see bind_choice
         self.resolve_timeout = resolve_timeout
         self._aiozc: AsyncZeroconf | None = None
-        self.bound: tuple[list[str | int], IPVersion] | None = None  # bind_choice() at start(), if named
+        self.bound = bound  # bind_choice() for named interfaces: the caller's, or start()'s
         self._infos: dict[str, AsyncServiceInfo] = {}  # own instances, by lowercase label
         self._browser: AsyncServiceBrowser | None = None
         self._callback: SightingCallback | None = None
@@ -406,8 +404,9 @@ class MdnsService:
             choice: list[str | int] | InterfaceChoice = InterfaceChoice.All
             version = self.ip_version
         else:
-            choice, version = bind_choice(self.interfaces, self.ip_version, prefer_ipv4=self.prefer_ipv4)
-            self.bound = (list(choice), version)
+            if self.bound is None:
+                self.bound = bind_choice(self.interfaces, self.ip_version)
+            choice, version = list(self.bound[0]), self.bound[1]
         zc = Zeroconf(interfaces=choice, ip_version=version, use_asyncio=True)
         aiozc = AsyncZeroconf(zc=zc)
         try:
