@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ from tests.observe import status, wait_until
 from wgdisco.lab import LAB_DIR, Lab, require_tool
 from wgdisco.lab.skips import netns_required
 from wgdisco.lab.wg import Node, PeerSpec, keypair, pair
+from wgdisco.proto import icmp
 
 pytestmark = pytest.mark.netns
 
@@ -361,23 +364,24 @@ def test_default_route_through_the_tunnel_like_wg_quick(lab: Lab) -> None:
 
 ZERO_SUM_SENDER = r"""
 import socket, sys
-src, dst = sys.argv[1], sys.argv[2]
-def s16(b):
-    b = b + b"\0" * (len(b) % 2)
-    t = sum(int.from_bytes(b[k:k + 2], "big") for k in range(0, len(b), 2))
-    while t >> 16:
-        t = (t & 0xFFFF) + (t >> 16)
-    return t
-body = b"wgdisco-zero"  # 12 bytes; two more make the checksum complete to zero
-length = 8 + len(body) + 2
-pseudo = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + length.to_bytes(4, "big") + b"\0\0\0\x11"
-partial = s16(s16(pseudo).to_bytes(2, "big") + (40009).to_bytes(2, "big") + (9).to_bytes(2, "big") + length.to_bytes(2, "big") + body)
-last = (0xFFFF - partial) or 0xFFFF
+src, dst, payload = sys.argv[1], sys.argv[2], bytes.fromhex(sys.argv[3])
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 s.bind((src, 40009))
 for _ in range(3):
-    s.sendto(body + last.to_bytes(2, "big"), (dst, 9))
+    s.sendto(payload, (dst, 9))
 """
+
+
+def zero_sum_payload(src: str, dst: str) -> bytes:
+    """A payload from [src]:40009 to [dst]:9 whose UDP checksum completes to zero: its last two
+    bytes are the Internet checksum (RFC 1071) of everything before them, pseudo-header included."""
+    body = b"wgdisco-zero"  # 12 bytes: the last word is aligned
+    length = 8 + len(body) + 2
+    pseudo = socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) \
+        + length.to_bytes(4, "big") + b"\0\0\0\x11"
+    head = struct.pack("!HHHH", 40009, 9, length, 0)
+    return body + icmp.checksum(pseudo + head + body).to_bytes(2, "big")
+
 
 ZERO_SUM_LISTENER = r"""
 import socket
@@ -416,7 +420,7 @@ def test_a_udp_checksum_that_completes_to_zero_gets_through_over_ipv6(lab: Lab, 
     errors = udp6_csum_errors(dst)
     listener = dst.host.popen([sys.executable, "-c", ZERO_SUM_LISTENER], name="zero-sum-listener")
     listener.wait_for("listening", timeout=5)
-    src.host.run([sys.executable, "-c", ZERO_SUM_SENDER, src.inner6, dst.inner6])
+    src.host.run([sys.executable, "-c", ZERO_SUM_SENDER, src.inner6, dst.inner6, zero_sum_payload(src.inner6, dst.inner6).hex()])
     listener.wait_for("done", timeout=10)
     assert listener.stdout().count("got 14") == 3, listener.stdout()
     assert udp6_csum_errors(dst) == errors

@@ -24,7 +24,7 @@ import pytest
 from wgdisco.daemon import fastpath
 from wgdisco.errors import LocalError
 from wgdisco.io import udp
-from wgdisco.proto import gro, keys
+from wgdisco.proto import gro, icmp, keys
 from wgdisco.proto.classify import WIREGUARD, classify
 from wgdisco.proto.device import Device
 
@@ -557,16 +557,9 @@ def test_a_source_the_device_will_not_take_again_is_pushed_back_to_c(loop_socks)
         tun.close()
 
 
-def _fold(total: int) -> int:
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def _sum16(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    return _fold(sum(int.from_bytes(data[k:k + 2], "big") for k in range(0, len(data), 2)))
+def udp6_pseudo_header(src: bytes, dst: bytes, length: int) -> bytes:
+    """RFC 8200 §8.1: source, destination, upper-layer length, next header 17."""
+    return src + dst + length.to_bytes(4, "big") + b"\0\0\0\x11"
 
 
 def udp6_summing_to_zero(src: str, dst: str) -> tuple[bytes, bytes]:
@@ -576,12 +569,12 @@ def udp6_summing_to_zero(src: str, dst: str) -> tuple[bytes, bytes]:
     s, d = ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed
     body = b"Q\x00\x1d\x00'\x01wgdisc"  # like the mesh check's requests; 12 bytes, so the last word is aligned
     length = 8 + len(body) + 2
-    pseudo = _sum16(s + d + length.to_bytes(4, "big") + b"\0\0\0\x11")
+    pseudo = udp6_pseudo_header(s, d, length)
     head = struct.pack("!HHHH", 7, 7, length, 0)
-    partial = _fold(pseudo + _sum16(head + body))
-    last = 0xFFFF - partial if partial != 0xFFFF else 0xFFFF  # the whole sum becomes 0xFFFF: checksum 0
-    udp = struct.pack("!HHHH", 7, 7, length, pseudo) + body + last.to_bytes(2, "big")
-    assert _fold(partial + last) == 0xFFFF
+    last = icmp.checksum(pseudo + head + body).to_bytes(2, "big")  # the whole sum becomes 0xFFFF: checksum 0
+    assert icmp.checksum(pseudo + head + body + last) == 0
+    partial = 0xFFFF - icmp.checksum(pseudo)  # folded, not complemented: what the kernel leaves there
+    udp = struct.pack("!HHHH", 7, 7, length, partial) + body + last
     packet = struct.pack("!IHBB16s16s", 6 << 28, length, 17, 64, s, d) + udp
     vnet = struct.pack("<BBHHHH", 1, 0, 0, 0, 40, 6)  # NEEDS_CSUM, no GSO, csum_start 40, csum_offset 6
     return packet, vnet
@@ -609,5 +602,5 @@ def test_a_udp_checksum_that_completes_to_zero_goes_out_as_all_ones(loop_socks) 
     assert len(opened) == 1 and len(back) == 1
     for packet in (opened[0], back[0]):
         assert packet[46:48] == b"\xff\xff"  # not 0x0000
-        s_d_len = packet[8:40] + int.from_bytes(packet[4:6], "big").to_bytes(4, "big") + b"\0\0\0\x11"
-        assert _fold(_sum16(s_d_len) + _sum16(packet[40:])) == 0xFFFF  # it verifies
+        pseudo = udp6_pseudo_header(packet[8:24], packet[24:40], int.from_bytes(packet[4:6], "big"))
+        assert icmp.checksum(pseudo + packet[40:]) == 0  # it verifies
