@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import ctypes
 import json
 import os
@@ -51,13 +52,14 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from wgdisco.lab import Lab  # noqa: E402
 from wgdisco.lab.wg import PACKAGE_ROOT  # noqa: E402
+from wgdisco.proto import icmp  # noqa: E402
 
 CONFIG = "[Interface]\nListenPort = 51820\n\n[Discovery]\nMeshKey = correct horse battery staple\n"
 ECHO_PORT = 7
@@ -69,22 +71,33 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def setns(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
+CLONE_NEWNET = 0x40000000
+_HOME_NS = os.open("/proc/self/ns/net", os.O_RDONLY)  # where this process started
+
+
+def _setns(fd: int, what: str) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), f"setns {what}")
+
+
+@contextlib.contextmanager
+def in_netns(ns: str) -> Iterator[None]:
+    """This process inside network namespace ``ns`` meanwhile (a socket made there stays there),
+    then back where it started."""
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
-        if _libc.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
-            raise OSError(ctypes.get_errno(), f"setns {path}")
+        _setns(fd, ns)
     finally:
         os.close(fd)
-
-
-_HOME_NS = os.open("/proc/self/ns/net", os.O_RDONLY)  # where this process started
+    try:
+        yield
+    finally:
+        _setns(_HOME_NS, "back")
 
 
 def socket_in(ns: str) -> socket.socket:
     """A dual-stack UDP socket on [::]:ECHO_PORT inside network namespace ``ns``."""
-    setns(f"/run/netns/{ns}")
-    try:
+    with in_netns(ns):
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         # ICMP "unreachable" for a request (a member not admitted yet) comes back on the error
@@ -94,23 +107,16 @@ def socket_in(ns: str) -> socket.socket:
         s.bind(("::", ECHO_PORT))
         s.setblocking(False)
         return s
-    finally:
-        if _libc.setns(_HOME_NS, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), "setns back")
 
 
 def tap_in(ns: str, iface: str) -> socket.socket:
     """A packet socket on ``iface`` inside namespace ``ns`` (AF_PACKET, cooked: IP packets as the
     kernel sees them in both directions), non-blocking."""
-    setns(f"/run/netns/{ns}")
-    try:
+    with in_netns(ns):
         s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0003))  # ETH_P_ALL
         s.bind((iface, 0))
         s.setblocking(False)
         return s
-    finally:
-        if _libc.setns(_HOME_NS, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), "setns back")
 
 
 def _udp6_checksum_ok(pkt: bytes) -> bool | None:
@@ -120,13 +126,7 @@ def _udp6_checksum_ok(pkt: bytes) -> bool | None:
     length = int.from_bytes(pkt[4:6], "big")
     if len(pkt) < 40 + length:
         return None
-    data = pkt[8:40] + length.to_bytes(4, "big") + b"\0\0\0\x11" + pkt[40:40 + length]
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(int.from_bytes(data[k:k + 2], "big") for k in range(0, len(data), 2))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return total == 0xFFFF
+    return icmp.checksum(pkt[8:40] + length.to_bytes(4, "big") + b"\0\0\0\x11" + pkt[40:40 + length]) == 0
 
 
 def tapped(taps: dict[str, socket.socket]) -> dict[str, list[str]]:
@@ -225,6 +225,25 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
         seen[pair]["refused"] += 1
         seen[pair]["last_refused_s"] = round(time.monotonic() - start, 2)
 
+    def drain_errors(sock: Any) -> int:
+        """The socket's error queue (ICMP errors about what it sent, IP_RECVERR): a refused
+        request is asked again next round, a refused echo counted; how many were read."""
+        read = 0
+        while True:
+            try:
+                quoted, anc, _, _ = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)
+            except OSError:
+                return read
+            read += 1
+            if len(quoted) >= 6 and quoted[:1] == b"Q":
+                refuse(struct.unpack("!HHB", quoted[1:6]))
+            elif len(quoted) >= 6 and quoted[:1] == b"R":  # an echo refused on its way back
+                pair = struct.unpack("!HHB", quoted[1:6])
+                seen[pair]["echo_refused"] += 1
+                if anc:  # struct sock_extended_err: errno, origin, type, code
+                    errno_, origin, icmp_type, icmp_code = struct.unpack_from("=IBBB", anc[0][2])
+                    seen[pair]["echo_refusal"] = f"errno {errno_} origin {origin} type {icmp_type} code {icmp_code}"
+
     while pending:
         now = time.monotonic()
         if now - start > limit:
@@ -249,25 +268,6 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
         ready = sel.select(max(0.0, next_round - time.monotonic()))
         wakeups += 1
         got_any = False
-        def drain_errors(sock: Any) -> int:
-            """The socket's error queue (ICMP errors about what it sent, IP_RECVERR): a refused
-            request is asked again next round, a refused echo counted; how many were read."""
-            read = 0
-            while True:
-                try:
-                    quoted, anc, _, _ = sock.recvmsg(64, 512, socket.MSG_ERRQUEUE)
-                except OSError:
-                    return read
-                read += 1
-                if len(quoted) >= 6 and quoted[:1] == b"Q":
-                    refuse(struct.unpack("!HHB", quoted[1:6]))
-                elif len(quoted) >= 6 and quoted[:1] == b"R":  # an echo refused on its way back
-                    pair = struct.unpack("!HHB", quoted[1:6])
-                    seen[pair]["echo_refused"] += 1
-                    if anc:  # struct sock_extended_err: errno, origin, type, code
-                        errno_, origin, icmp_type, icmp_code = struct.unpack_from("=IBBB", anc[0][2])
-                        seen[pair]["echo_refusal"] = f"errno {errno_} origin {origin} type {icmp_type} code {icmp_code}"
-
         for key, _ in ready:
             sock = key.fileobj
             read_here = 0
@@ -275,17 +275,15 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
                 try:
                     data, src = sock.recvfrom(64)  # type: ignore[union-attr]
                 except BlockingIOError:
-                    if not read_here and drain_errors(sock):
+                    if not read_here:
                         # readable for its error queue alone (the error itself already taken): without
                         # this read the selector reports the socket ready again at once, a spin
-                        got_any = True
+                        read_here = drain_errors(sock)
                     break
                 except OSError:  # an ICMP error: the requests it quotes are asked again next round
-                    got_any = True
                     read_here += 1
                     drain_errors(sock)
                     continue
-                got_any = True
                 read_here += 1
                 if len(data) < 6:
                     continue
@@ -303,6 +301,7 @@ def reach_all(socks: list[socket.socket], addrs: list[list[str]], limit: float,
                         done_at.append(time.monotonic() - start)
                     if done_pairs is not None:
                         done_pairs.append((round(time.monotonic() - start, 2), i, j, ("ipv4", "ipv6")[f]))
+            got_any = got_any or read_here > 0
         if ready and not got_any:
             empty_wakeups += 1  # readable, yet nothing to read: a spin, if it repeats
     return time.monotonic() - start, 0
